@@ -1,2 +1,33 @@
-"""fastopt: fused CPU optimizer update kernels in Cython behind torch.optim-shaped classes."""
+"""fastopt: fused CPU optimizer update kernels in Cython behind torch.optim-shaped classes.
+
+>>> import numpy as np, fastopt
+>>> w = np.zeros(3)
+>>> opt = fastopt.Adam([w], lr=0.1)
+>>> opt.step([np.array([1.0, -1.0, 0.0])])
+"""
+from ._backend import build_info, kernels as _kernels
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
+from .optimizer import Optimizer
+from .rmsprop import RMSprop
+from .sgd import SGD
+
 __version__ = "0.1.0"
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for large steps (``0``: follow OpenMP / ``OMP_NUM_THREADS``)."""
+    _kernels.set_num_threads(int(n))
+
+
+def get_num_threads():
+    """The number of threads a large step uses."""
+    return _kernels.get_num_threads()
+
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "clip_grad_norm_", "clip_grad_value_", "grads_finite",
+    "set_num_threads", "get_num_threads", "build_info",
+]

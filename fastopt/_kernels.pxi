@@ -1,0 +1,1055 @@
+# fastopt's compiled core: every update kernel, written once over the fused ``floating`` type.
+#
+# This file is included by ``_step.pyx`` (built for the native ISA, or for baseline x86-64 in a
+# portable build) and by ``_step_avx2.pyx`` (portable builds only, compiled with -mavx2 -mfma and
+# chosen at run time). Compiler directives come from setup.py.
+#
+# Layout of one step
+# ------------------
+# A ``ParamBucket`` holds the params of one param group that share a dtype. Their data pointers,
+# sizes and prefix offsets are gathered once at construction (params never move), and each optimizer
+# state buffer ("exp_avg", ...) of the bucket is one contiguous arena of ``total_size`` elements in
+# which param k owns ``[offsets[k], offsets[k + 1])``. A step gathers the gradient pointers in C,
+# validating each one, then makes a single ``nogil`` call that walks the bucket's global element
+# range: thread t of T takes ``[N t / T, N (t + 1) / T)`` (cut at 16-element boundaries so no two
+# threads share a cache line) and runs the per-element kernel on each array span that overlaps it.
+# Elementwise updates are therefore bit-identical for any thread count. Reductions (the clipping
+# norm, the finiteness check) are summed in fixed 4096-element blocks and the block partials combined
+# in block order, so they too are independent of the thread count.
+
+cimport cython
+from cython cimport floating
+from cython.parallel cimport parallel, threadid
+from libc.math cimport sqrt, fabs, pow, INFINITY, NAN
+from libc.stdint cimport intptr_t, int64_t, uint8_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from cpython.object cimport PyObject
+cimport numpy as cnp
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fo_omp_max_threads(void) { return omp_get_max_threads(); }
+    static int fo_omp_team_size(void) { return omp_get_num_threads(); }
+    static int fo_has_openmp(void) { return 1; }
+    #else
+    static int fo_omp_max_threads(void) { return 1; }
+    static int fo_omp_team_size(void) { return 1; }
+    static int fo_has_openmp(void) { return 0; }
+    #endif
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int fo_cpu_has_avx2_fma(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    #else
+    static int fo_cpu_has_avx2_fma(void) { return 0; }
+    #endif
+    #if defined(__AVX512F__)
+    #define FO_VECTOR_ISA "avx512"
+    #elif defined(__AVX2__)
+    #define FO_VECTOR_ISA "avx2"
+    #elif defined(__AVX__)
+    #define FO_VECTOR_ISA "avx"
+    #elif defined(__SSE2__)
+    #define FO_VECTOR_ISA "sse2"
+    #else
+    #define FO_VECTOR_ISA "generic"
+    #endif
+    """
+    int fo_omp_max_threads() noexcept nogil
+    int fo_omp_team_size() noexcept nogil
+    int fo_has_openmp() noexcept nogil
+    int fo_cpu_has_avx2_fma() noexcept nogil
+    const char* FO_VECTOR_ISA
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads
+# ----------------------------------------------------------------------------------------------
+
+# 0 means "follow OpenMP" (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl).
+cdef int _requested_threads = 0
+# A step on fewer elements than this runs on the calling thread: waking a thread team costs more
+# than the work it would share.
+cdef Py_ssize_t _parallel_min_size = 65536
+cdef enum:
+    # Each thread's share is cut at a multiple of this many elements (one 64-byte line of float32).
+    SPLIT_ALIGN = 16
+    # Reductions are summed in blocks of this many elements, then the block sums in block order.
+    REDUCE_BLOCK = 4096
+    # Independent accumulators in a reduction: enough to fill the vector units, and a fixed
+    # summation order whatever the vector width.
+    N_ACC = 16
+
+
+def vector_isa():
+    """The vector instruction set this module was compiled for ("avx512", "avx2", "sse2", ...)."""
+    return FO_VECTOR_ISA.decode("ascii")
+
+
+def has_openmp():
+    """True if this module was built with OpenMP."""
+    return bool(fo_has_openmp())
+
+
+def cpu_has_avx2_fma():
+    """True if the running CPU supports AVX2 and FMA."""
+    return bool(fo_cpu_has_avx2_fma())
+
+
+def set_num_threads(int n):
+    """Use ``n`` threads for large steps; ``0`` restores the OpenMP default (``OMP_NUM_THREADS``)."""
+    global _requested_threads
+    if n < 0:
+        raise ValueError(f"num_threads must be >= 0, got {n}")
+    _requested_threads = n
+
+
+def get_num_threads():
+    """The number of threads a large step uses now."""
+    return _effective_threads()
+
+
+def set_parallel_min_size(Py_ssize_t n):
+    """Steps on fewer than ``n`` elements run on one thread."""
+    global _parallel_min_size
+    if n < 0:
+        raise ValueError(f"parallel_min_size must be >= 0, got {n}")
+    _parallel_min_size = n
+
+
+def get_parallel_min_size():
+    return _parallel_min_size
+
+
+cdef inline int _effective_threads() noexcept nogil:
+    if not fo_has_openmp():
+        return 1
+    if _requested_threads > 0:
+        return _requested_threads
+    return fo_omp_max_threads()
+
+
+cdef inline int _threads_for(Py_ssize_t n) noexcept nogil:
+    if n < _parallel_min_size:
+        return 1
+    cdef int t = _effective_threads()
+    # Never give a thread less than about half the threshold.
+    cdef Py_ssize_t useful = n // (_parallel_min_size // 2 + 1) + 1
+    if useful < t:
+        t = <int>useful
+    return t if t > 0 else 1
+
+
+cdef inline Py_ssize_t _split_point(Py_ssize_t n, int part, int parts) noexcept nogil:
+    """Start of share ``part`` of ``parts`` of [0, n), cut at a multiple of SPLIT_ALIGN."""
+    if part >= parts:
+        return n
+    cdef Py_ssize_t cut = <Py_ssize_t>((<double>n * part) / parts)
+    cut -= cut % SPLIT_ALIGN
+    return cut
+
+
+# ----------------------------------------------------------------------------------------------
+# One step's context: pointers and scalars the span kernels read.
+# ----------------------------------------------------------------------------------------------
+
+cdef enum Algorithm:
+    ALG_SGD = 0
+    ALG_ADAM = 1
+    ALG_RMSPROP = 2
+    ALG_ADAGRAD = 3
+
+cdef enum:
+    MAX_STATE = 3
+    MAX_SCALARS = 12
+
+cdef struct StepContext:
+    int algorithm
+    Py_ssize_t n_arrays
+    Py_ssize_t total
+    const Py_ssize_t* offsets        # n_arrays + 1 prefix offsets into the arenas
+    char** params                    # data pointer of each param
+    char** grads                     # data pointer of each grad, NULL to skip that param
+    char* state[MAX_STATE]           # arena base pointers
+    const double* per_array          # 2 scalars per param (bias corrections, step size, flags)
+    double hp[MAX_SCALARS]           # hyperparameters
+    int flag[4]                      # boolean options
+
+
+# Index names for StepContext.hp / .flag, per algorithm.
+cdef enum:
+    HP_LR = 0
+    HP_WD = 1
+    HP_SIGN = 2        # -1.0 when maximizing, exact negation
+    HP_A = 3           # SGD momentum | Adam beta1 | RMSprop alpha
+    HP_B = 4           # SGD dampening | Adam beta2 | RMSprop momentum
+    HP_EPS = 5
+    HP_DECAY = 6       # AdamW: 1 - lr * weight_decay
+
+cdef enum:
+    FL_NESTEROV = 0
+    FL_AMSGRAD = 0
+    FL_CENTERED = 0
+    FL_DECOUPLED = 1
+    FL_L2 = 2          # weight_decay != 0, coupled into the gradient
+
+
+cdef inline floating _lerp(floating start, floating end, floating weight) noexcept nogil:
+    """torch.lerp's formula, which switches form at weight 0.5 for accuracy."""
+    if weight < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (1 - weight)
+
+
+# --- SGD ------------------------------------------------------------------------------------
+
+cdef void _sgd_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                    floating* p, const floating* g, floating* buf) noexcept nogil:
+    cdef floating lr_neg = <floating>(-c.hp[HP_LR])
+    cdef floating wd = <floating>c.hp[HP_WD]
+    cdef floating sign = <floating>c.hp[HP_SIGN]
+    cdef floating momentum = <floating>c.hp[HP_A]
+    cdef floating keep = <floating>(1.0 - c.hp[HP_B])
+    cdef bint l2 = c.flag[FL_L2]
+    cdef bint nesterov = c.flag[FL_NESTEROV]
+    cdef bint use_momentum = c.hp[HP_A] != 0
+    cdef bint first = c.per_array[2 * k] != 0
+    cdef Py_ssize_t i
+    cdef floating d, b
+    if not use_momentum:
+        for i in range(lo, hi):
+            d = sign * g[i]
+            if l2:
+                d = d + wd * p[i]
+            p[i] = p[i] + lr_neg * d
+    elif first:
+        for i in range(lo, hi):
+            d = sign * g[i]
+            if l2:
+                d = d + wd * p[i]
+            buf[i] = d
+            if nesterov:
+                d = d + momentum * d
+            p[i] = p[i] + lr_neg * d
+    else:
+        for i in range(lo, hi):
+            d = sign * g[i]
+            if l2:
+                d = d + wd * p[i]
+            b = buf[i] * momentum + keep * d
+            buf[i] = b
+            if nesterov:
+                d = d + momentum * b
+            else:
+                d = b
+            p[i] = p[i] + lr_neg * d
+
+
+# --- Adam / AdamW ---------------------------------------------------------------------------
+
+cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                     floating* p, const floating* g, floating* m, floating* v,
+                     floating* vmax) noexcept nogil:
+    cdef floating wd = <floating>c.hp[HP_WD]
+    cdef floating sign = <floating>c.hp[HP_SIGN]
+    cdef floating w1 = <floating>(1.0 - c.hp[HP_A])
+    cdef floating beta2 = <floating>c.hp[HP_B]
+    cdef floating w2 = <floating>(1.0 - c.hp[HP_B])
+    cdef floating eps = <floating>c.hp[HP_EPS]
+    cdef floating decay = <floating>c.hp[HP_DECAY]
+    cdef floating step_neg = <floating>c.per_array[2 * k]
+    cdef floating bc2_sqrt = <floating>c.per_array[2 * k + 1]
+    cdef bint l2 = c.flag[FL_L2]
+    cdef bint decoupled = c.flag[FL_DECOUPLED]
+    cdef bint amsgrad = c.flag[FL_AMSGRAD]
+    cdef Py_ssize_t i
+    cdef floating d, mi, vi, pi, denom
+    for i in range(lo, hi):
+        d = sign * g[i]
+        pi = p[i]
+        if l2:
+            d = d + wd * pi
+        if decoupled:
+            pi = pi * decay
+        mi = _lerp(m[i], d, w1)
+        vi = v[i] * beta2 + (w2 * d) * d
+        m[i] = mi
+        v[i] = vi
+        if amsgrad:
+            # torch.maximum: a NaN in the new value propagates.
+            if not (vmax[i] >= vi):
+                vmax[i] = vi
+            vi = vmax[i]
+        denom = sqrt(vi) / bc2_sqrt + eps
+        p[i] = pi + (step_neg * mi) / denom
+
+
+# --- RMSprop --------------------------------------------------------------------------------
+
+cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* sq, floating* buf,
+                        floating* gavg) noexcept nogil:
+    cdef floating lr_neg = <floating>(-c.hp[HP_LR])
+    cdef floating wd = <floating>c.hp[HP_WD]
+    cdef floating sign = <floating>c.hp[HP_SIGN]
+    cdef floating alpha = <floating>c.hp[HP_A]
+    cdef floating w = <floating>(1.0 - c.hp[HP_A])
+    cdef floating momentum = <floating>c.hp[HP_B]
+    cdef floating eps = <floating>c.hp[HP_EPS]
+    cdef bint l2 = c.flag[FL_L2]
+    cdef bint centered = c.flag[FL_CENTERED]
+    cdef bint use_momentum = c.hp[HP_B] > 0
+    cdef Py_ssize_t i
+    cdef floating d, s, a, ga, b
+    for i in range(lo, hi):
+        d = sign * g[i]
+        if l2:
+            d = d + wd * p[i]
+        s = sq[i] * alpha + (w * d) * d
+        sq[i] = s
+        if centered:
+            ga = _lerp(gavg[i], d, w)
+            gavg[i] = ga
+            a = sqrt(s + (-ga) * ga) + eps
+        else:
+            a = sqrt(s) + eps
+        if use_momentum:
+            b = buf[i] * momentum + d / a
+            buf[i] = b
+            p[i] = p[i] + lr_neg * b
+        else:
+            p[i] = p[i] + (lr_neg * d) / a
+
+
+# --- Adagrad --------------------------------------------------------------------------------
+
+cdef void _adagrad_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* acc) noexcept nogil:
+    cdef floating wd = <floating>c.hp[HP_WD]
+    cdef floating sign = <floating>c.hp[HP_SIGN]
+    cdef floating eps = <floating>c.hp[HP_EPS]
+    cdef floating clr_neg = <floating>c.per_array[2 * k]
+    cdef bint l2 = c.flag[FL_L2]
+    cdef Py_ssize_t i
+    cdef floating d, s
+    for i in range(lo, hi):
+        d = sign * g[i]
+        if l2:
+            d = d + wd * p[i]
+        s = acc[i] + d * d
+        acc[i] = s
+        p[i] = p[i] + (clr_neg * d) / (sqrt(s) + eps)
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+cdef void _run_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                    floating* tag) noexcept nogil:
+    """Apply the step to elements [lo, hi) of param k (local indices)."""
+    cdef Py_ssize_t off = c.offsets[k]
+    cdef floating* p = <floating*>c.params[k]
+    cdef const floating* g = <const floating*>c.grads[k]
+    cdef floating* s0 = (<floating*>c.state[0]) + off if c.state[0] != NULL else NULL
+    cdef floating* s1 = (<floating*>c.state[1]) + off if c.state[1] != NULL else NULL
+    cdef floating* s2 = (<floating*>c.state[2]) + off if c.state[2] != NULL else NULL
+    if c.algorithm == ALG_ADAM:
+        _adam_span(c, k, lo, hi, p, g, s0, s1, s2)
+    elif c.algorithm == ALG_SGD:
+        _sgd_span(c, k, lo, hi, p, g, s0)
+    elif c.algorithm == ALG_RMSPROP:
+        _rmsprop_span(c, k, lo, hi, p, g, s0, s1, s2)
+    elif c.algorithm == ALG_ADAGRAD:
+        _adagrad_span(c, k, lo, hi, p, g, s0)
+
+
+cdef inline Py_ssize_t _first_array_at(const Py_ssize_t* offsets, Py_ssize_t n_arrays,
+                                       Py_ssize_t pos) noexcept nogil:
+    """The array k with offsets[k] <= pos < offsets[k + 1] (the last one if pos is past the end)."""
+    cdef Py_ssize_t lo = 0, hi = n_arrays, mid
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if offsets[mid] <= pos:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+cdef void _run_range(const StepContext* c, Py_ssize_t start, Py_ssize_t stop,
+                     floating* tag) noexcept nogil:
+    """Apply the step to the global element range [start, stop) of the bucket."""
+    if start >= stop:
+        return
+    cdef Py_ssize_t k = _first_array_at(c.offsets, c.n_arrays, start)
+    cdef Py_ssize_t a, b
+    while k < c.n_arrays and c.offsets[k] < stop:
+        if c.grads[k] != NULL:
+            a = start if start > c.offsets[k] else c.offsets[k]
+            b = stop if stop < c.offsets[k + 1] else c.offsets[k + 1]
+            if b > a:
+                _run_span(c, k, a - c.offsets[k], b - c.offsets[k], tag)
+        k += 1
+
+
+cdef void _run_step(const StepContext* c, Py_ssize_t active, floating* tag) noexcept nogil:
+    cdef int nthreads = _threads_for(active)
+    cdef int tid, team
+    if nthreads <= 1:
+        _run_range(c, 0, c.total, tag)
+        return
+    with parallel(num_threads=nthreads):
+        tid = threadid()
+        team = fo_omp_team_size()
+        _run_range(c, _split_point(c.total, tid, team), _split_point(c.total, tid + 1, team), tag)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathering gradients: validation at C speed, before anything is written.
+# ----------------------------------------------------------------------------------------------
+
+cdef inline str _dtype_name(int typenum):
+    return "float32" if typenum == cnp.NPY_FLOAT32 else "float64" if typenum == cnp.NPY_FLOAT64 else str(typenum)
+
+
+cdef object _as_array(object obj, str what):
+    """``obj`` as an ndarray without copying (buffer-protocol objects are viewed, never copied)."""
+    if cnp.PyArray_Check(obj):
+        return obj
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:
+        raise TypeError(f"{what} must be an array (NumPy array or buffer), got {type(obj).__name__}") from exc
+    if arr.dtype == object:
+        raise TypeError(f"{what} must be a float32 or float64 array, got {type(obj).__name__}")
+    return arr
+
+
+cdef char* _checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t index,
+                         bint need_writeable) except? NULL:
+    """Validate one gradient against its param; return its data pointer."""
+    cdef cnp.ndarray g
+    cdef int nd, d
+    cdef cnp.npy_intp* gd
+    cdef cnp.npy_intp* pd
+    cdef char* gp
+    cdef char* pp
+    cdef Py_ssize_t nbytes
+    if cnp.PyArray_Check(grad):
+        g = <cnp.ndarray>grad
+    else:
+        g = _as_array(grad, f"grads[{index}]")
+    if cnp.PyArray_TYPE(g) != typenum:
+        raise TypeError(
+            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_dtype_name(typenum)}; "
+            "grads must have their param's dtype")
+    nd = cnp.PyArray_NDIM(g)
+    gd = cnp.PyArray_DIMS(g)
+    pd = cnp.PyArray_DIMS(param)
+    if nd != cnp.PyArray_NDIM(param):
+        raise ValueError(f"grads[{index}] has shape {(<object>g).shape}, but its param has shape {(<object>param).shape}")
+    for d in range(nd):
+        if gd[d] != pd[d]:
+            raise ValueError(f"grads[{index}] has shape {(<object>g).shape}, but its param has shape {(<object>param).shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(g):
+        raise ValueError(f"grads[{index}] must be C-contiguous (use np.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(g):
+        raise ValueError(f"grads[{index}] must be aligned to its dtype")
+    if need_writeable and not cnp.PyArray_ISWRITEABLE(g):
+        raise ValueError(f"grads[{index}] is read-only, but is modified in place")
+    gp = <char*>cnp.PyArray_DATA(g)
+    pp = <char*>cnp.PyArray_DATA(param)
+    nbytes = cnp.PyArray_NBYTES(g)
+    if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+        raise ValueError(f"grads[{index}] shares memory with its param; pass a separate gradient array")
+    return gp
+
+
+# ----------------------------------------------------------------------------------------------
+# ParamBucket
+# ----------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class ParamBucket:
+    """The params of one param group that share a dtype, with their optimizer state arenas.
+
+    Parameters
+    ----------
+    params : list of ndarray
+        Validated, C-contiguous, writeable arrays of one dtype (float32 or float64).
+    indices : list of int
+        For each param, its position in the optimizer's flat list of params (and of grads).
+    """
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t n_arrays
+    cdef readonly Py_ssize_t total_size
+    cdef readonly list params
+    cdef readonly tuple indices
+    cdef readonly dict arenas
+    cdef readonly cnp.ndarray steps            # int64 per param: steps taken
+    cdef readonly cnp.ndarray initialized      # uint8 per param: momentum buffer / state present
+    cdef int typenum
+    cdef Py_ssize_t* _offsets
+    cdef char** _params
+    cdef char** _grads
+    cdef double* _per_array
+    cdef Py_ssize_t* _index
+
+    def __cinit__(self, list params, indices):
+        cdef Py_ssize_t k, n = len(params)
+        self.n_arrays = n
+        self._offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        self._params = <char**>malloc((n + 1) * sizeof(char*))
+        self._grads = <char**>malloc((n + 1) * sizeof(char*))
+        self._per_array = <double*>malloc((2 * n + 2) * sizeof(double))
+        self._index = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        if (self._offsets == NULL or self._params == NULL or self._grads == NULL
+                or self._per_array == NULL or self._index == NULL):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self._offsets)
+        free(self._params)
+        free(self._grads)
+        free(self._per_array)
+        free(self._index)
+
+    def __init__(self, list params, indices):
+        cdef Py_ssize_t k, total = 0
+        cdef cnp.ndarray p
+        if self.n_arrays == 0:
+            raise ValueError("a ParamBucket needs at least one param")
+        self.params = list(params)
+        self.indices = tuple(int(i) for i in indices)
+        if len(self.indices) != self.n_arrays:
+            raise ValueError("params and indices differ in length")
+        p = <cnp.ndarray>self.params[0]
+        self.typenum = cnp.PyArray_TYPE(p)
+        if self.typenum != cnp.NPY_FLOAT32 and self.typenum != cnp.NPY_FLOAT64:
+            raise TypeError("ParamBucket holds float32 or float64 params only")
+        self.dtype = p.dtype
+        for k in range(self.n_arrays):
+            p = <cnp.ndarray>self.params[k]
+            if cnp.PyArray_TYPE(p) != self.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(p) \
+                    or not cnp.PyArray_ISWRITEABLE(p):
+                raise ValueError("ParamBucket params must be validated first")
+            self._params[k] = <char*>cnp.PyArray_DATA(p)
+            self._offsets[k] = total
+            self._index[k] = self.indices[k]
+            total += cnp.PyArray_SIZE(p)
+        self._offsets[self.n_arrays] = total
+        self.total_size = total
+        self.arenas = {}
+        self.steps = np.zeros(self.n_arrays, dtype=np.int64)
+        self.initialized = np.zeros(self.n_arrays, dtype=np.uint8)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def arena(self, str name, double fill=0.0):
+        """The state arena ``name``, created (filled with ``fill``) on first use."""
+        arr = self.arenas.get(name)
+        if arr is None:
+            arr = np.full(self.total_size, fill, dtype=self.dtype)
+            self.arenas[name] = arr
+        return arr
+
+    def offsets(self):
+        return np.array([self._offsets[k] for k in range(self.n_arrays + 1)], dtype=np.intp)
+
+    def state_view(self, str name, Py_ssize_t k):
+        """The slice of arena ``name`` owned by param ``k``, shaped like the param (a view)."""
+        arr = self.arenas[name]
+        return arr[self._offsets[k]:self._offsets[k + 1]].reshape((<object>self.params[k]).shape)
+
+    # -- gathering -----------------------------------------------------------------------------
+
+    cdef Py_ssize_t _gather(self, object grads, bint need_writeable) except -1:
+        """Fill self._grads from the optimizer-wide grads sequence; return the active element count."""
+        cdef Py_ssize_t k, active = 0
+        cdef object g
+        cdef list glist
+        cdef tuple gtuple
+        if type(grads) is list:
+            glist = <list>grads
+            for k in range(self.n_arrays):
+                g = glist[self._index[k]]
+                if g is None:
+                    self._grads[k] = NULL
+                else:
+                    self._grads[k] = _checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
+                                                   self._index[k], need_writeable)
+                    active += self._offsets[k + 1] - self._offsets[k]
+        else:
+            gtuple = <tuple>grads
+            for k in range(self.n_arrays):
+                g = gtuple[self._index[k]]
+                if g is None:
+                    self._grads[k] = NULL
+                else:
+                    self._grads[k] = _checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
+                                                   self._index[k], need_writeable)
+                    active += self._offsets[k + 1] - self._offsets[k]
+        return active
+
+    cdef void _init_context(self, StepContext* c, int algorithm):
+        memset(c, 0, sizeof(StepContext))
+        c.algorithm = algorithm
+        c.n_arrays = self.n_arrays
+        c.total = self.total_size
+        c.offsets = self._offsets
+        c.params = self._params
+        c.grads = self._grads
+        c.per_array = self._per_array
+
+    cdef inline char* _arena_ptr(self, str name, double fill=0.0):
+        return <char*>cnp.PyArray_DATA(<cnp.ndarray>self.arena(name, fill))
+
+    cdef void _run(self, StepContext* c, Py_ssize_t active) noexcept:
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT32:
+                _run_step(c, active, <float*>NULL)
+            else:
+                _run_step(c, active, <double*>NULL)
+
+    def check_grads(self, grads, bint need_writeable=False):
+        """Validate this bucket's grads (in ``grads``, the optimizer-wide list) without stepping."""
+        return self._gather(grads, need_writeable)
+
+    # -- steps -----------------------------------------------------------------------------------
+    # Each step method takes the optimizer-wide grads list and the group's hyperparameters, already
+    # validated by the Python layer. Nothing is written before every gradient has been validated.
+
+    def step_sgd(self, grads, double lr, double momentum, double dampening, double weight_decay,
+                 bint nesterov, bint maximize):
+        cdef StepContext c
+        cdef Py_ssize_t k
+        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef uint8_t[::1] init = self.initialized
+        self._init_context(&c, ALG_SGD)
+        c.hp[HP_LR] = lr
+        c.hp[HP_WD] = weight_decay
+        c.hp[HP_SIGN] = -1.0 if maximize else 1.0
+        c.hp[HP_A] = momentum
+        c.hp[HP_B] = dampening
+        c.flag[FL_L2] = weight_decay != 0
+        c.flag[FL_NESTEROV] = nesterov
+        if momentum != 0:
+            c.state[0] = self._arena_ptr("momentum_buffer")
+            for k in range(self.n_arrays):
+                self._per_array[2 * k] = 0.0 if init[k] else 1.0
+        self._run(&c, active)
+        if momentum != 0:
+            for k in range(self.n_arrays):
+                if self._grads[k] != NULL:
+                    init[k] = 1
+
+    def step_adam(self, grads, double lr, double beta1, double beta2, double eps,
+                  double weight_decay, bint amsgrad, bint maximize, bint decoupled_weight_decay):
+        cdef StepContext c
+        cdef Py_ssize_t k
+        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef int64_t[::1] steps = self.steps
+        cdef int64_t last_step = -1, s
+        cdef double step_neg = 0.0, bc2_sqrt = 1.0
+        self._init_context(&c, ALG_ADAM)
+        c.hp[HP_LR] = lr
+        c.hp[HP_SIGN] = -1.0 if maximize else 1.0
+        c.hp[HP_A] = beta1
+        c.hp[HP_B] = beta2
+        c.hp[HP_EPS] = eps
+        c.hp[HP_WD] = weight_decay
+        c.hp[HP_DECAY] = 1.0 - lr * weight_decay if decoupled_weight_decay else 1.0
+        c.flag[FL_L2] = weight_decay != 0 and not decoupled_weight_decay
+        c.flag[FL_DECOUPLED] = weight_decay != 0 and decoupled_weight_decay
+        c.flag[FL_AMSGRAD] = amsgrad
+        c.state[0] = self._arena_ptr("exp_avg")
+        c.state[1] = self._arena_ptr("exp_avg_sq")
+        if amsgrad:
+            c.state[2] = self._arena_ptr("max_exp_avg_sq")
+        for k in range(self.n_arrays):
+            if self._grads[k] == NULL:
+                continue
+            s = steps[k] + 1
+            if s != last_step:   # params usually share a step count: compute the powers once
+                step_neg = -(lr / (1.0 - pow(beta1, <double>s)))
+                bc2_sqrt = sqrt(1.0 - pow(beta2, <double>s))
+                last_step = s
+            self._per_array[2 * k] = step_neg
+            self._per_array[2 * k + 1] = bc2_sqrt
+        self._run(&c, active)
+        for k in range(self.n_arrays):
+            if self._grads[k] != NULL:
+                steps[k] += 1
+
+    def step_rmsprop(self, grads, double lr, double alpha, double eps, double weight_decay,
+                     double momentum, bint centered, bint maximize):
+        cdef StepContext c
+        cdef Py_ssize_t k
+        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef int64_t[::1] steps = self.steps
+        self._init_context(&c, ALG_RMSPROP)
+        c.hp[HP_LR] = lr
+        c.hp[HP_WD] = weight_decay
+        c.hp[HP_SIGN] = -1.0 if maximize else 1.0
+        c.hp[HP_A] = alpha
+        c.hp[HP_B] = momentum
+        c.hp[HP_EPS] = eps
+        c.flag[FL_L2] = weight_decay != 0
+        c.flag[FL_CENTERED] = centered
+        c.state[0] = self._arena_ptr("square_avg")
+        if momentum > 0:
+            c.state[1] = self._arena_ptr("momentum_buffer")
+        if centered:
+            c.state[2] = self._arena_ptr("grad_avg")
+        self._run(&c, active)
+        for k in range(self.n_arrays):
+            if self._grads[k] != NULL:
+                steps[k] += 1
+
+    def step_adagrad(self, grads, double lr, double lr_decay, double weight_decay, double eps,
+                     double initial_accumulator_value, bint maximize):
+        cdef StepContext c
+        cdef Py_ssize_t k
+        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef int64_t[::1] steps = self.steps
+        self._init_context(&c, ALG_ADAGRAD)
+        c.hp[HP_WD] = weight_decay
+        c.hp[HP_SIGN] = -1.0 if maximize else 1.0
+        c.hp[HP_EPS] = eps
+        c.flag[FL_L2] = weight_decay != 0
+        c.state[0] = self._arena_ptr("sum", initial_accumulator_value)
+        for k in range(self.n_arrays):
+            if self._grads[k] != NULL:
+                self._per_array[2 * k] = -(lr / (1.0 + <double>steps[k] * lr_decay))
+        self._run(&c, active)
+        for k in range(self.n_arrays):
+            if self._grads[k] != NULL:
+                steps[k] += 1
+
+    def grads_finite(self, grads):
+        """True if every element of this bucket's (non-None) grads is finite."""
+        cdef Py_ssize_t k
+        self._gather(grads, False)
+        cdef ArraySet s = ArraySet.__new__(ArraySet)
+        s._borrow(self.n_arrays, self._grads, self._offsets, self.typenum)
+        return s.all_finite()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reductions and in-place transforms over many arrays (gradient clipping, finiteness)
+# ----------------------------------------------------------------------------------------------
+
+cdef enum:
+    RED_SUMSQ = 0      # sum of squares
+    RED_MAXABS = 1     # max |x| (NaN-propagating)
+    RED_SUMPOW = 2     # sum |x|^p
+    RED_NONFINITE = 3  # count of non-finite elements
+
+cdef struct ReduceContext:
+    int kind
+    double p
+    Py_ssize_t n_arrays
+    Py_ssize_t total
+    const Py_ssize_t* offsets
+    char** data
+    const int* typenums      # per array, or NULL when uniform
+    int typenum
+    double* partial          # one per REDUCE_BLOCK block
+
+
+cdef inline double _span_reduce(int kind, double p, const floating* x, Py_ssize_t n) noexcept nogil:
+    """Reduce x[0:n] in a fixed order that does not depend on the vector width."""
+    cdef double acc[N_ACC]
+    cdef Py_ssize_t i, j, head = n - n % N_ACC
+    cdef double a, r = 0.0
+    for j in range(N_ACC):
+        acc[j] = 0.0
+    if kind == RED_SUMSQ:
+        i = 0
+        while i < head:
+            for j in range(N_ACC):
+                a = <double>x[i + j]
+                acc[j] = acc[j] + a * a
+            i += N_ACC
+        for i in range(head, n):
+            a = <double>x[i]
+            acc[0] = acc[0] + a * a
+    elif kind == RED_NONFINITE:
+        # x - x is 0 for finite x and NaN for NaN and +-Inf; NaN survives the sum.
+        i = 0
+        while i < head:
+            for j in range(N_ACC):
+                a = <double>x[i + j]
+                acc[j] = acc[j] + (a - a)
+            i += N_ACC
+        for i in range(head, n):
+            a = <double>x[i]
+            acc[0] = acc[0] + (a - a)
+    elif kind == RED_MAXABS:
+        for i in range(n):
+            a = fabs(<double>x[i])
+            if not (acc[0] >= a):
+                acc[0] = a
+        return acc[0]
+    else:
+        for i in range(n):
+            acc[0] = acc[0] + pow(fabs(<double>x[i]), p)
+        return acc[0]
+    for j in range(N_ACC):
+        r = r + acc[j]
+    return r
+
+
+cdef inline double _combine(int kind, double a, double b) noexcept nogil:
+    if kind == RED_MAXABS:
+        if a != a or b != b:
+            return NAN
+        return a if a >= b else b
+    return a + b
+
+
+cdef void _reduce_block(const ReduceContext* c, Py_ssize_t block) noexcept nogil:
+    cdef Py_ssize_t start = block * REDUCE_BLOCK
+    cdef Py_ssize_t stop = start + REDUCE_BLOCK
+    cdef Py_ssize_t k, a, b
+    cdef int typenum
+    cdef double r = 0.0, part
+    if stop > c.total:
+        stop = c.total
+    k = _first_array_at(c.offsets, c.n_arrays, start)
+    while k < c.n_arrays and c.offsets[k] < stop:
+        a = start if start > c.offsets[k] else c.offsets[k]
+        b = stop if stop < c.offsets[k + 1] else c.offsets[k + 1]
+        if b > a and c.data[k] != NULL:
+            typenum = c.typenums[k] if c.typenums != NULL else c.typenum
+            if typenum == cnp.NPY_FLOAT32:
+                part = _span_reduce(c.kind, c.p, (<const float*>c.data[k]) + (a - c.offsets[k]), b - a)
+            else:
+                part = _span_reduce(c.kind, c.p, (<const double*>c.data[k]) + (a - c.offsets[k]), b - a)
+            r = _combine(c.kind, r, part)
+        k += 1
+    c.partial[block] = r
+
+
+cdef double _reduce(ReduceContext* c) noexcept nogil:
+    cdef Py_ssize_t n_blocks = (c.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+    cdef Py_ssize_t b, b0, b1
+    cdef int nthreads = _threads_for(c.total), tid, team
+    cdef double r = 0.0
+    if nthreads <= 1:
+        for b in range(n_blocks):
+            _reduce_block(c, b)
+    else:
+        with parallel(num_threads=nthreads):
+            tid = threadid()
+            team = fo_omp_team_size()
+            b0 = (n_blocks * tid) // team
+            b1 = (n_blocks * (tid + 1)) // team
+            for b in range(b0, b1):
+                _reduce_block(c, b)
+    for b in range(n_blocks):
+        r = _combine(c.kind, r, c.partial[b])
+    return r
+
+
+cdef enum:
+    TR_SCALE = 0
+    TR_CLAMP = 1
+
+
+cdef void _transform_span(int kind, double a, floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating s = <floating>a
+    cdef floating lo = <floating>(-a)
+    cdef Py_ssize_t i
+    cdef floating v
+    if kind == TR_SCALE:
+        for i in range(n):
+            x[i] = x[i] * s
+    else:
+        for i in range(n):
+            v = x[i]
+            # clamp that lets NaN through, as torch.clamp does
+            if v < lo:
+                v = lo
+            if v > s:
+                v = s
+            x[i] = v
+
+
+cdef void _transform_range(const ReduceContext* c, int kind, double a, Py_ssize_t start,
+                           Py_ssize_t stop) noexcept nogil:
+    if start >= stop:
+        return
+    cdef Py_ssize_t k = _first_array_at(c.offsets, c.n_arrays, start)
+    cdef Py_ssize_t lo, hi
+    cdef int typenum
+    while k < c.n_arrays and c.offsets[k] < stop:
+        lo = start if start > c.offsets[k] else c.offsets[k]
+        hi = stop if stop < c.offsets[k + 1] else c.offsets[k + 1]
+        if hi > lo and c.data[k] != NULL:
+            typenum = c.typenums[k] if c.typenums != NULL else c.typenum
+            if typenum == cnp.NPY_FLOAT32:
+                _transform_span(kind, a, (<float*>c.data[k]) + (lo - c.offsets[k]), hi - lo)
+            else:
+                _transform_span(kind, a, (<double*>c.data[k]) + (lo - c.offsets[k]), hi - lo)
+        k += 1
+
+
+cdef void _transform(const ReduceContext* c, int kind, double a) noexcept nogil:
+    cdef int nthreads = _threads_for(c.total), tid, team
+    if nthreads <= 1:
+        _transform_range(c, kind, a, 0, c.total)
+        return
+    with parallel(num_threads=nthreads):
+        tid = threadid()
+        team = fo_omp_team_size()
+        _transform_range(c, kind, a, _split_point(c.total, tid, team), _split_point(c.total, tid + 1, team))
+
+
+@cython.final
+cdef class ArraySet:
+    """Many float32/float64 arrays treated as one range of elements, for reductions and transforms.
+
+    Built by :func:`gather_arrays` (which validates) or borrowed from a ParamBucket's gradients.
+    """
+    cdef Py_ssize_t n_arrays
+    cdef Py_ssize_t total
+    cdef Py_ssize_t* offsets
+    cdef char** data
+    cdef int* typenums
+    cdef int typenum
+    cdef bint owner
+    cdef list keep_alive
+
+    def __cinit__(self):
+        self.offsets = NULL
+        self.data = NULL
+        self.typenums = NULL
+        self.owner = False
+
+    def __dealloc__(self):
+        if self.owner:
+            free(self.offsets)
+            free(self.data)
+            free(self.typenums)
+
+    cdef void _borrow(self, Py_ssize_t n, char** data, Py_ssize_t* offsets, int typenum):
+        self.n_arrays = n
+        self.data = data
+        self.offsets = offsets
+        self.total = offsets[n]
+        self.typenum = typenum
+        self.typenums = NULL
+        self.owner = False
+
+    cdef double _reduce(self, int kind, double p) noexcept:
+        cdef ReduceContext c
+        cdef Py_ssize_t n_blocks = (self.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+        cdef double r
+        c.kind = kind
+        c.p = p
+        c.n_arrays = self.n_arrays
+        c.total = self.total
+        c.offsets = self.offsets
+        c.data = self.data
+        c.typenums = self.typenums
+        c.typenum = self.typenum
+        c.partial = <double*>malloc((n_blocks + 1) * sizeof(double))
+        if c.partial == NULL:
+            return NAN
+        with nogil:
+            r = _reduce(&c)
+        free(c.partial)
+        return r
+
+    cdef void _transform(self, int kind, double a) noexcept:
+        cdef ReduceContext c
+        c.n_arrays = self.n_arrays
+        c.total = self.total
+        c.offsets = self.offsets
+        c.data = self.data
+        c.typenums = self.typenums
+        c.typenum = self.typenum
+        with nogil:
+            _transform(&c, kind, a)
+
+    def all_finite(self):
+        """True if every element is finite."""
+        cdef double r = self._reduce(RED_NONFINITE, 0.0)
+        return r == 0.0
+
+    def norm(self, double norm_type):
+        """The ``norm_type``-norm of all elements together, accumulated in float64."""
+        if norm_type == INFINITY:
+            return self._reduce(RED_MAXABS, 0.0)
+        if norm_type == 2.0:
+            return sqrt(self._reduce(RED_SUMSQ, 2.0))
+        if norm_type == 1.0:
+            return self._reduce(RED_SUMPOW, 1.0)
+        return pow(self._reduce(RED_SUMPOW, norm_type), 1.0 / norm_type)
+
+    def scale_(self, double factor):
+        """Multiply every element in place by ``factor`` (rounded to each array's dtype)."""
+        self._transform(TR_SCALE, factor)
+
+    def clamp_(self, double clip_value):
+        """Clamp every element in place to [-clip_value, clip_value]; NaN stays NaN."""
+        self._transform(TR_CLAMP, clip_value)
+
+
+def gather_arrays(arrays, str name="grads", bint need_writeable=True):
+    """Validate ``arrays`` and view them as one :class:`ArraySet` (no copies).
+
+    Raises TypeError / ValueError naming ``name[i]`` for non-float32/float64, non-contiguous,
+    misaligned or (when ``need_writeable``) read-only arrays.
+    """
+    cdef list items
+    if cnp.PyArray_Check(arrays):
+        items = [arrays]
+    else:
+        try:
+            items = list(arrays)
+        except TypeError:
+            raise TypeError(f"{name} must be an array or a sequence of arrays, got {type(arrays).__name__}") from None
+    cdef Py_ssize_t n = len(items), k, total = 0
+    cdef ArraySet s = ArraySet.__new__(ArraySet)
+    cdef cnp.ndarray a
+    cdef int t
+    s.owner = True
+    s.n_arrays = n
+    s.offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    s.data = <char**>malloc((n + 1) * sizeof(char*))
+    s.typenums = <int*>malloc((n + 1) * sizeof(int))
+    if s.offsets == NULL or s.data == NULL or s.typenums == NULL:
+        raise MemoryError()
+    s.keep_alive = []
+    for k in range(n):
+        obj = items[k]
+        if obj is None:
+            raise TypeError(f"{name}[{k}] is None; pass only the gradients to use")
+        a = <cnp.ndarray>_as_array(obj, f"{name}[{k}]")
+        t = cnp.PyArray_TYPE(a)
+        if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+            raise TypeError(f"{name}[{k}] must be float32 or float64, got {a.dtype}")
+        if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+            raise ValueError(f"{name}[{k}] must be C-contiguous (use np.ascontiguousarray)")
+        if not cnp.PyArray_ISALIGNED(a):
+            raise ValueError(f"{name}[{k}] must be aligned to its dtype")
+        if need_writeable and not cnp.PyArray_ISWRITEABLE(a):
+            raise ValueError(f"{name}[{k}] is read-only, but is modified in place")
+        s.keep_alive.append(a)
+        s.data[k] = <char*>cnp.PyArray_DATA(a)
+        s.typenums[k] = t
+        s.offsets[k] = total
+        total += cnp.PyArray_SIZE(a)
+    s.offsets[n] = total
+    s.total = total
+    s.typenum = s.typenums[0] if n > 0 else cnp.NPY_FLOAT64
+    return s

@@ -1,0 +1,93 @@
+"""Argument checks shared by every public function and class.
+
+All checks live here (and, for the per-step gradient checks that must run at C speed, in
+``_kernels.pxi: _checked_grad``). Each failure raises TypeError (wrong kind of value) or ValueError
+(right kind, wrong value) whose message names the argument and says what was expected.
+"""
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_param_array(obj, name):
+    """``obj`` as a float32/float64 C-contiguous writeable ndarray, without copying.
+
+    Objects with the buffer protocol (``torch_tensor.numpy()``, ``memoryview``, ``array.array``) are
+    viewed, never copied, so updates land in the caller's memory.
+    """
+    if not isinstance(obj, np.ndarray):
+        if isinstance(obj, (dict, str, bytes, numbers.Number)) or obj is None:
+            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+        try:
+            arr = np.asarray(obj)
+        except Exception as exc:  # an object NumPy cannot view
+            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+        if arr.dtype == object or arr.base is None and not isinstance(obj, np.ndarray):
+            # np.asarray made a new array (a list, say): updates would never reach the caller.
+            raise TypeError(
+                f"{name} must be an array that can be updated in place (a NumPy array or a writable "
+                f"buffer), got {type(obj).__name__}")
+    else:
+        arr = obj
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray and keep that array)")
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only; params are updated in place")
+    if not arr.flags.aligned:
+        raise ValueError(f"{name} must be aligned to its dtype")
+    return arr
+
+
+def check_no_overlap(arrays, names):
+    """Raise ValueError if two of ``arrays`` share memory (the same param twice, or two views)."""
+    spans = []
+    for arr, name in zip(arrays, names):
+        if arr.nbytes == 0:
+            continue
+        start = arr.__array_interface__["data"][0]
+        spans.append((start, start + arr.nbytes, name))
+    spans.sort()
+    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(
+                f"{n0} and {n1} share memory; each param must appear once, in one param group")
+
+
+def check_real(name, value, *, low=None, high=None, low_inclusive=True, high_inclusive=True):
+    """``value`` as a float, finite and within the given bounds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        op = ">=" if low_inclusive else ">"
+        raise ValueError(f"{name} must be {op} {low}, got {value}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        op = "<=" if high_inclusive else "<"
+        raise ValueError(f"{name} must be {op} {high}, got {value}")
+    return value
+
+
+def check_bool(name, value):
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_betas(name, value):
+    try:
+        beta1, beta2 = value
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
+    b1 = check_real(f"{name}[0]", beta1, low=0.0, high=1.0, high_inclusive=False)
+    b2 = check_real(f"{name}[1]", beta2, low=0.0, high=1.0, high_inclusive=False)
+    return (b1, b2)

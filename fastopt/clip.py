@@ -1,0 +1,78 @@
+"""Gradient clipping over many arrays: by global norm and by value."""
+import math
+
+from . import _validation as V
+from ._backend import kernels
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    r"""Scale ``grads`` in place so that their global norm is at most ``max_norm``.
+
+    The norm is taken over all elements of all arrays together, accumulated in float64:
+
+    .. math::
+
+        \|g\|_p = \Big(\sum_i \sum_j |g_{ij}|^p\Big)^{1/p}, \qquad
+        \|g\|_\infty = \max_{i,j} |g_{ij}|
+
+    and when :math:`c = \text{max\_norm} / (\|g\|_p + 10^{-6}) < 1` every element is multiplied
+    by :math:`c` (as ``torch.nn.utils.clip_grad_norm_`` does; a NaN norm makes ``c`` NaN and
+    propagates, unless ``error_if_nonfinite``).
+
+    Parameters
+    ----------
+    grads : ndarray or iterable of ndarray
+        float32/float64, C-contiguous, writeable arrays; mixed dtypes are allowed.
+    max_norm : float
+        The largest allowed norm (>= 0).
+    norm_type : float or "inf", default 2.0
+        :math:`p > 0`, or ``inf`` for the max-norm.
+    error_if_nonfinite : bool, default False
+        Raise RuntimeError (before touching the gradients) when the norm is NaN or infinite.
+
+    Returns
+    -------
+    float
+        The total norm before clipping.
+    """
+    max_norm = V.check_real("max_norm", max_norm, low=0.0)
+    if isinstance(norm_type, str):
+        if norm_type.lower() != "inf":
+            raise ValueError(f"norm_type must be a number > 0 or 'inf', got {norm_type!r}")
+        norm_type = math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) and not hasattr(norm_type, "__float__"):
+        raise TypeError(f"norm_type must be a number > 0 or 'inf', got {type(norm_type).__name__}")
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+    error_if_nonfinite = V.check_bool("error_if_nonfinite", error_if_nonfinite)
+    arrays = kernels.gather_arrays(grads, "grads", True)
+    total = arrays.norm(norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(
+            f"The total norm of order {norm_type} for gradients is non-finite ({total}), so it "
+            "cannot be clipped; the gradients were left unchanged. Set error_if_nonfinite=False "
+            "to clip anyway (the gradients then become NaN).")
+    coef = max_norm / (total + 1e-6)
+    if not coef >= 1.0:
+        arrays.scale_(coef)
+    return total
+
+
+def clip_grad_value_(grads, clip_value):
+    r"""Clamp every element of ``grads`` in place to :math:`[-c, c]` (NaN stays NaN).
+
+    Parameters
+    ----------
+    grads : ndarray or iterable of ndarray
+        float32/float64, C-contiguous, writeable arrays.
+    clip_value : float
+        :math:`c \ge 0`.
+    """
+    clip_value = V.check_real("clip_value", clip_value, low=0.0)
+    kernels.gather_arrays(grads, "grads", True).clamp_(clip_value)
+
+
+def grads_finite(grads):
+    """True if every element of ``grads`` is finite (one read-only pass, any thread count)."""
+    return kernels.gather_arrays(grads, "grads", False).all_finite()

@@ -1,0 +1,374 @@
+"""The ``Optimizer`` base class: param groups, state arenas, ``step``, ``state_dict``.
+
+Subclasses (``SGD``, ``Adam``, ...) only declare their hyperparameters, check them, and name the
+compiled bucket method that applies their update; the state they keep lives in per-(group, dtype)
+arenas inside :class:`fastopt._step.ParamBucket`.
+"""
+import threading
+
+import numpy as np
+
+from . import _validation as V
+from ._backend import kernels
+
+
+class Optimizer:
+    """Base class of fastopt's optimizers (torch.optim.Optimizer's shape over NumPy arrays).
+
+    Parameters
+    ----------
+    params : iterable of ndarray, or iterable of dict
+        The arrays to optimize (float32 or float64, C-contiguous, writeable; updated in place), or
+        param groups: dicts with a ``"params"`` list and any hyperparameters that override the
+        defaults for that group.
+    defaults : dict
+        Default hyperparameters.
+
+    Attributes
+    ----------
+    param_groups : list of dict
+        One dict per group with ``"params"`` and the hyperparameters. Hyperparameters are read at
+        every :meth:`step`, so assigning ``group["lr"]`` (as an LR scheduler does) takes effect on
+        the next step; they are checked again then.
+    defaults : dict
+    state : dict
+        ``{param_index: {state_name: view, "step": int}}`` for params that have state; the arrays are
+        views of the optimizer's memory (a copy is in :meth:`state_dict`).
+    """
+
+    #: Names of the state buffers this optimizer keeps per param, in state_dict order.
+    _state_names = ()
+    #: Whether per-param state carries a ``"step"`` count.
+    _has_step = True
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.param_groups = []
+        self._buckets = []          # per group: list of ParamBucket (one per dtype)
+        self._params = []           # all params, in index order
+        self._lock = threading.Lock()
+        if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
+            raise TypeError(
+                "params must be an iterable of arrays or of dicts (param groups), "
+                f"got {type(params).__name__}; wrap a single array in a list")
+        try:
+            groups = list(params)
+        except TypeError:
+            raise TypeError(f"params must be an iterable of arrays or dicts, got {type(params).__name__}") from None
+        if len(groups) == 0:
+            raise ValueError("params is empty: the optimizer got no arrays to optimize")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    # ------------------------------------------------------------------------------------------
+    # Param groups
+    # ------------------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group):
+        """Add a param group (a dict with ``"params"`` and optional hyperparameters)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry")
+        g = len(self.param_groups)
+        raw = param_group["params"]
+        if isinstance(raw, (set, frozenset)):
+            raise TypeError("params must be an ordered collection (list or tuple), not a set")
+        if isinstance(raw, np.ndarray):
+            raw = [raw]
+        else:
+            raw = list(raw)
+        if len(raw) == 0:
+            raise ValueError(f"param group {g} has no params")
+        first = len(self._params)
+        arrays = [V.as_param_array(p, f"params[{first + i}]") for i, p in enumerate(raw)]
+        everything = self._params + arrays
+        V.check_no_overlap(everything, [f"params[{i}]" for i in range(len(everything))])
+
+        group = {"params": arrays}
+        for key, value in self.defaults.items():
+            group[key] = param_group.get(key, value)
+        for key, value in param_group.items():
+            if key not in group:
+                group[key] = value
+        self._check_group(group)   # raises before anything is stored
+
+        by_dtype = {}
+        for i, arr in enumerate(arrays):
+            by_dtype.setdefault(arr.dtype, []).append(i)
+        buckets = [kernels.ParamBucket([arrays[i] for i in idx], [first + i for i in idx])
+                   for idx in by_dtype.values()]
+        self.param_groups.append(group)
+        self._buckets.append(buckets)
+        self._params.extend(arrays)
+        self._init_group_state(group, buckets)
+
+    def _check_group(self, group):
+        """Check a group's hyperparameters; return the values its step uses (subclass hook)."""
+        raise NotImplementedError
+
+    def _init_group_state(self, group, buckets):
+        """Create state that exists before the first step (subclass hook; Adagrad uses it)."""
+
+    # ------------------------------------------------------------------------------------------
+    # Step
+    # ------------------------------------------------------------------------------------------
+
+    def _normalize_grads(self, grads):
+        n = len(self._params)
+        if isinstance(grads, (list, tuple)):
+            if len(grads) != n:
+                raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
+            return grads
+        if grads is None:
+            raise TypeError("grads must be a list of arrays aligned with the params, got None")
+        if isinstance(grads, np.ndarray) or hasattr(grads, "__array__") or hasattr(grads, "__array_interface__"):
+            if n == 1:
+                return [grads]
+            raise TypeError(f"grads must be a list of {n} arrays (one per param), got a single array")
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(f"grads must be a list of arrays aligned with the params, got {type(grads).__name__}") from None
+        if len(grads) != n:
+            raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
+        return grads
+
+    def step(self, grads):
+        """Apply one update to every param in place.
+
+        Parameters
+        ----------
+        grads : list of ndarray (or None entries)
+            One gradient per param, in param order across groups, each with its param's shape and
+            dtype and C-contiguous. A ``None`` entry skips that param (its state is untouched, as in
+            torch.optim for a param whose ``.grad`` is None). A single array is accepted when the
+            optimizer has one param.
+
+        Everything is checked (hyperparameters of every group, every gradient) before any param or
+        state is written: a bad argument raises and leaves the optimizer exactly as it was.
+        """
+        grads = self._normalize_grads(grads)
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                "this optimizer is already running step() in another thread; an optimizer's "
+                "state is not shared between concurrent steps (use one optimizer per thread)")
+        try:
+            groups = self.param_groups
+            buckets = self._buckets
+            if len(groups) != len(buckets):
+                raise RuntimeError("param_groups was resized by hand; use add_param_group")
+            if len(groups) == 1 and len(buckets[0]) == 1:
+                # The common case: one group, one dtype; the bucket validates all grads first.
+                group = groups[0]
+                if len(group["params"]) != buckets[0][0].n_arrays:
+                    raise RuntimeError("param_groups[0]['params'] was changed by hand; build a new optimizer")
+                self._apply(buckets[0][0], grads, self._check_group(group))
+                return
+            hypers = []
+            for g, group in enumerate(groups):
+                if len(group["params"]) != sum(b.n_arrays for b in buckets[g]):
+                    raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
+                hypers.append(self._check_group(group))
+            for group_buckets in buckets:   # validate every gradient before any write
+                for bucket in group_buckets:
+                    bucket.check_grads(grads)
+            for group_buckets, hyper in zip(buckets, hypers):
+                for bucket in group_buckets:
+                    self._apply(bucket, grads, hyper)
+        finally:
+            self._lock.release()
+
+    def _apply(self, bucket, grads, hyper):
+        """Run this optimizer's compiled update on one bucket (subclass hook)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------
+    # State
+    # ------------------------------------------------------------------------------------------
+
+    def _has_state(self, bucket, k):
+        return bucket.steps[k] > 0
+
+    def _iter_param_slots(self):
+        """Yield (param index, bucket, position in bucket) for every param."""
+        for group_buckets in self._buckets:
+            for bucket in group_buckets:
+                for k, index in enumerate(bucket.indices):
+                    yield index, bucket, k
+
+    def _param_state(self, bucket, k, copy):
+        entry = {}
+        if self._has_step:
+            entry["step"] = int(bucket.steps[k])
+        for name in self._state_names:
+            if name in bucket.arenas:
+                view = bucket.state_view(name, k)
+                entry[name] = view.copy() if copy else view
+        return entry
+
+    @property
+    def state(self):
+        out = {}
+        for index, bucket, k in sorted(self._iter_param_slots(), key=lambda t: t[0]):
+            if self._has_state(bucket, k):
+                out[index] = self._param_state(bucket, k, copy=False)
+        return out
+
+    def state_dict(self):
+        """The optimizer's state as plain data (copies): ``{"state": ..., "param_groups": ...}``.
+
+        ``state`` maps param index to ``{"step": int, <buffer name>: ndarray}``; ``param_groups``
+        holds each group's hyperparameters with ``"params"`` replaced by the param indices, as in
+        torch.optim. ``load_state_dict(state_dict())`` restores the optimizer bit for bit.
+        """
+        state = {}
+        for index, bucket, k in sorted(self._iter_param_slots(), key=lambda t: t[0]):
+            if self._has_state(bucket, k):
+                state[index] = self._param_state(bucket, k, copy=True)
+        groups = []
+        start = 0
+        for group in self.param_groups:
+            entry = {key: value for key, value in group.items() if key != "params"}
+            entry["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(entry)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore state saved by :meth:`state_dict`.
+
+        Everything is checked first (group and param counts, hyperparameters, each buffer's name,
+        shape and dtype, step counts); on any mismatch a ValueError/TypeError names the entry and
+        the optimizer is left unchanged.
+        """
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise TypeError("state_dict must be a dict with 'state' and 'param_groups' (from state_dict())")
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+            raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"state_dict has {len(saved_groups)} param groups, the optimizer has {len(self.param_groups)}")
+        new_groups = []
+        start = 0
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise TypeError(f"state_dict['param_groups'][{g}] must be a dict with 'params'")
+            n = len(group["params"])
+            if list(saved["params"]) != list(range(start, start + n)):
+                raise ValueError(
+                    f"state_dict['param_groups'][{g}] has params {list(saved['params'])}, expected "
+                    f"{list(range(start, start + n))} (a different model or grouping)")
+            start += n
+            merged = {key: value for key, value in saved.items() if key != "params"}
+            merged["params"] = group["params"]
+            try:
+                self._check_group(merged)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state_dict['param_groups'][{g}]: {exc}") from None
+            new_groups.append(merged)
+
+        n_params = len(self._params)
+        allowed = set(self._state_names) | ({"step"} if self._has_step else set())
+        plan = []   # (bucket, k, entry) checked entries to write
+        slots = {index: (bucket, k) for index, bucket, k in self._iter_param_slots()}
+        for key, entry in saved_state.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)) \
+                    or not 0 <= key < n_params:
+                raise ValueError(f"state_dict['state'] has key {key!r}; expected param indices 0..{n_params - 1}")
+            if not isinstance(entry, dict):
+                raise TypeError(f"state_dict['state'][{key}] must be a dict")
+            unknown = set(entry) - allowed
+            if unknown:
+                raise ValueError(
+                    f"state_dict['state'][{key}] has unknown entries {sorted(unknown)}; "
+                    f"{type(self).__name__} keeps {sorted(allowed)}")
+            bucket, k = slots[int(key)]
+            param = self._params[int(key)]
+            checked = {}
+            for name, value in entry.items():
+                where = f"state_dict['state'][{key}][{name!r}]"
+                if name == "step":
+                    step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
+                    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)) \
+                            or not float(step).is_integer() or step < 0:
+                        raise ValueError(f"{where} must be a non-negative whole number, got {value!r}")
+                    checked["step"] = int(step)
+                    continue
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"{where} must be an ndarray, got {type(value).__name__}")
+                if value.shape != param.shape:
+                    raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
+                if value.dtype != param.dtype:
+                    raise TypeError(f"{where} has dtype {value.dtype}, its param has dtype {param.dtype}")
+                checked[name] = value
+            g = self._group_of(int(key))
+            self._check_entry(key, checked, new_groups[g])
+            plan.append((g, bucket, k, checked))
+
+        # Everything checked: now write.
+        for group, merged in zip(self.param_groups, new_groups):
+            group.clear()
+            group.update(merged)
+        for group_buckets, group in zip(self._buckets, self.param_groups):
+            for bucket in group_buckets:
+                bucket.steps[:] = 0
+                bucket.initialized[:] = 0
+                for name in list(bucket.arenas):
+                    del bucket.arenas[name]
+                self._init_group_state(group, [bucket])
+        for g, bucket, k, checked in plan:
+            for name, value in checked.items():
+                if name == "step":
+                    bucket.steps[k] = value
+                    continue
+                bucket.arena(name, self._state_fill(name, self.param_groups[g]))
+                bucket.state_view(name, k)[...] = value
+            self._mark_loaded(bucket, k, checked)
+
+    def _group_of(self, index):
+        start = 0
+        for g, group in enumerate(self.param_groups):
+            start += len(group["params"])
+            if index < start:
+                return g
+        raise IndexError(index)
+
+    def _check_entry(self, key, entry, group):
+        """Check that a saved state entry is complete for this optimizer (subclass hook)."""
+        where = f"state_dict['state'][{key}]"
+        if self._has_step and "step" not in entry:
+            raise ValueError(f"{where} has no 'step'")
+        for name in self._required_state(group):
+            if name not in entry:
+                raise ValueError(f"{where} has no {name!r}, which this optimizer needs")
+
+    def _required_state(self, group):
+        return ()
+
+    def _state_fill(self, name, group):
+        return 0.0
+
+    def _mark_loaded(self, bucket, k, entry):
+        pass
+
+    # ------------------------------------------------------------------------------------------
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for g, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {g}")
+            for key in sorted(group):
+                if key != "params":
+                    lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+    def __getstate__(self):
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled (it holds raw pointers to its params); "
+            "save optimizer.state_dict() or use fastopt.save instead")

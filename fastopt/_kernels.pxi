@@ -20,7 +20,7 @@
 cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
-from libc.math cimport sqrt, fabs, pow, INFINITY, NAN
+from libc.math cimport sqrt, sqrtf, fabs, pow, INFINITY, NAN
 from libc.stdint cimport intptr_t, int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
@@ -202,6 +202,14 @@ cdef enum:
     FL_L2 = 2          # weight_decay != 0, coupled into the gradient
 
 
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    """Square root in the operand's own precision (sqrt on a float would widen to double)."""
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
 cdef inline floating _lerp(floating start, floating end, floating weight) noexcept nogil:
     """torch.lerp's formula, which switches form at weight 0.5 for accuracy."""
     if weight < 0.5:
@@ -288,7 +296,7 @@ cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize
             if not (vmax[i] >= vi):
                 vmax[i] = vi
             vi = vmax[i]
-        denom = sqrt(vi) / bc2_sqrt + eps
+        denom = _sqrt(vi) / bc2_sqrt + eps
         p[i] = pi + (step_neg * mi) / denom
 
 
@@ -318,9 +326,9 @@ cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ss
         if centered:
             ga = _lerp(gavg[i], d, w)
             gavg[i] = ga
-            a = sqrt(s + (-ga) * ga) + eps
+            a = _sqrt(s + (-ga) * ga) + eps
         else:
-            a = sqrt(s) + eps
+            a = _sqrt(s) + eps
         if use_momentum:
             b = buf[i] * momentum + d / a
             buf[i] = b
@@ -346,7 +354,7 @@ cdef void _adagrad_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ss
             d = d + wd * p[i]
         s = acc[i] + d * d
         acc[i] = s
-        p[i] = p[i] + (clr_neg * d) / (sqrt(s) + eps)
+        p[i] = p[i] + (clr_neg * d) / (_sqrt(s) + eps)
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -608,8 +616,11 @@ cdef class ParamBucket:
         c.grads = self._grads
         c.per_array = self._per_array
 
-    cdef inline char* _arena_ptr(self, str name, double fill=0.0):
-        return <char*>cnp.PyArray_DATA(<cnp.ndarray>self.arena(name, fill))
+    cdef inline char* _arena_ptr(self, str name, double fill=0.0) except NULL:
+        arr = self.arenas.get(name)
+        if arr is None:
+            arr = self.arena(name, fill)
+        return <char*>cnp.PyArray_DATA(<cnp.ndarray>arr)
 
     cdef void _run(self, StepContext* c, Py_ssize_t active) noexcept:
         with nogil:

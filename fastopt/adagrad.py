@@ -34,6 +34,9 @@ class Adagrad(Optimizer):
         :math:`\epsilon \ge 0`, added after the square root.
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    skip_nonfinite : bool, default False
+        Skip a step whose gradients hold NaN/Inf, leaving params and state untouched (see
+        :class:`fastopt.Optimizer`); by default non-finite values propagate as in torch.optim.
 
     State per param (from construction on, as in torch): ``step`` and ``sum`` (:math:`s`).
     """
@@ -41,10 +44,10 @@ class Adagrad(Optimizer):
     _state_names = ("sum",)
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, *, maximize=False):
+                 eps=1e-10, *, maximize=False, skip_nonfinite=False):
         defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                         initial_accumulator_value=initial_accumulator_value, eps=eps, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group):
         lr = V.check_real("lr", group["lr"], low=0.0)

@@ -38,6 +38,9 @@ class Adam(Optimizer):
         Use the running maximum of :math:`v` (AMSGrad).
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    skip_nonfinite : bool, default False
+        Skip a step whose gradients hold NaN/Inf, leaving params and state untouched (see
+        :class:`fastopt.Optimizer`); by default non-finite values propagate as in torch.optim.
     decoupled_weight_decay : bool, default False
         Decay the weights directly, as AdamW does (``AdamW`` sets it).
 
@@ -48,10 +51,10 @@ class Adam(Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False):
+                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False, skip_nonfinite=False):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group):
         lr = V.check_real("lr", group["lr"], low=0.0)
@@ -83,6 +86,7 @@ class AdamW(Adam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False):
+                 amsgrad=False, *, maximize=False, skip_nonfinite=False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                         skip_nonfinite=skip_nonfinite)

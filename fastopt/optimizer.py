@@ -12,6 +12,56 @@ from . import _validation as V
 from ._backend import kernels
 
 
+class ParamGroup(dict):
+    """A param group: a dict that remembers its checked hyperparameters until it is modified.
+
+    Re-checking every hyperparameter costs microseconds, more than a small step's update itself,
+    so a step re-checks a group only after one of its entries has been assigned (as an LR
+    scheduler does). Mutable values are stored as tuples so they cannot change behind its back.
+    """
+
+    __slots__ = ("checked",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checked = None
+
+    def __setitem__(self, key, value):
+        self.checked = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.checked = None
+        super().__delitem__(key)
+
+    def update(self, *args, **kwargs):
+        self.checked = None
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self.checked = None
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self.checked = None
+        return super().pop(*args)
+
+    def popitem(self):
+        self.checked = None
+        return super().popitem()
+
+    def clear(self):
+        self.checked = None
+        super().clear()
+
+    def __ior__(self, other):
+        self.checked = None
+        return super().__ior__(other)
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+
 class Optimizer:
     """Base class of fastopt's optimizers (torch.optim.Optimizer's shape over NumPy arrays).
 
@@ -23,6 +73,11 @@ class Optimizer:
         defaults for that group.
     defaults : dict
         Default hyperparameters.
+    skip_nonfinite : bool, default False
+        Check every gradient for NaN/Inf before each step; when one is found, skip the step
+        entirely (params and state stay bit-identical), set ``found_inf`` and count it in
+        ``skipped_steps``, as torch's GradScaler does. The check is one extra read-only pass over
+        the gradients. With the default ``False`` non-finite values propagate as in torch.optim.
 
     Attributes
     ----------
@@ -41,7 +96,10 @@ class Optimizer:
     #: Whether per-param state carries a ``"step"`` count.
     _has_step = True
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, skip_nonfinite=False):
+        self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
+        self.found_inf = False
+        self.skipped_steps = 0
         self.defaults = dict(defaults)
         self.param_groups = []
         self._buckets = []          # per group: list of ParamBucket (one per dtype)
@@ -87,13 +145,13 @@ class Optimizer:
         everything = self._params + arrays
         V.check_no_overlap(everything, [f"params[{i}]" for i in range(len(everything))])
 
-        group = {"params": arrays}
+        group = ParamGroup(params=arrays)
         for key, value in self.defaults.items():
             group[key] = param_group.get(key, value)
         for key, value in param_group.items():
             if key not in group:
                 group[key] = value
-        self._check_group(group)   # raises before anything is stored
+        self._checked(group)   # raises before anything is stored
 
         by_dtype = {}
         for i, arr in enumerate(arrays):
@@ -108,6 +166,18 @@ class Optimizer:
     def _check_group(self, group):
         """Check a group's hyperparameters; return the values its step uses (subclass hook)."""
         raise NotImplementedError
+
+    def _checked(self, group):
+        """The group's checked hyperparameters, re-checked only if the group was modified."""
+        hyper = group.checked if type(group) is ParamGroup else None
+        if hyper is None:
+            hyper = self._check_group(group)
+            for key, value in list(group.items()):
+                if isinstance(value, list) and key != "params":
+                    dict.__setitem__(group, key, tuple(value))
+            if type(group) is ParamGroup:
+                group.checked = hyper
+        return hyper
 
     def _init_group_state(self, group, buckets):
         """Create state that exists before the first step (subclass hook; Adagrad uses it)."""
@@ -149,6 +219,12 @@ class Optimizer:
 
         Everything is checked (hyperparameters of every group, every gradient) before any param or
         state is written: a bad argument raises and leaves the optimizer exactly as it was.
+
+        Returns
+        -------
+        bool
+            True if the update was applied; False if ``skip_nonfinite`` found a NaN/Inf gradient
+            and skipped it.
         """
         grads = self._normalize_grads(grads)
         if not self._lock.acquire(blocking=False):
@@ -160,26 +236,49 @@ class Optimizer:
             buckets = self._buckets
             if len(groups) != len(buckets):
                 raise RuntimeError("param_groups was resized by hand; use add_param_group")
+            if self.skip_nonfinite:
+                return self._step_checked(grads)
             if len(groups) == 1 and len(buckets[0]) == 1:
                 # The common case: one group, one dtype; the bucket validates all grads first.
                 group = groups[0]
                 if len(group["params"]) != buckets[0][0].n_arrays:
                     raise RuntimeError("param_groups[0]['params'] was changed by hand; build a new optimizer")
-                self._apply(buckets[0][0], grads, self._check_group(group))
-                return
+                self._apply(buckets[0][0], grads, self._checked(group))
+                return True
             hypers = []
             for g, group in enumerate(groups):
                 if len(group["params"]) != sum(b.n_arrays for b in buckets[g]):
                     raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
-                hypers.append(self._check_group(group))
+                hypers.append(self._checked(group))
             for group_buckets in buckets:   # validate every gradient before any write
                 for bucket in group_buckets:
                     bucket.check_grads(grads)
             for group_buckets, hyper in zip(buckets, hypers):
                 for bucket in group_buckets:
                     self._apply(bucket, grads, hyper)
+            return True
         finally:
             self._lock.release()
+
+    def _step_checked(self, grads):
+        """step() with skip_nonfinite: check everything, then every gradient's finiteness, then write."""
+        hypers = []
+        for g, group in enumerate(self.param_groups):
+            if len(group["params"]) != sum(b.n_arrays for b in self._buckets[g]):
+                raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
+            hypers.append(self._checked(group))
+        finite = True
+        for group_buckets in self._buckets:
+            for bucket in group_buckets:
+                finite = bucket.grads_finite(grads) and finite   # validates every gradient too
+        self.found_inf = not finite
+        if not finite:
+            self.skipped_steps += 1
+            return False
+        for group_buckets, hyper in zip(self._buckets, hypers):
+            for bucket in group_buckets:
+                self._apply(bucket, grads, hyper)
+        return True
 
     def _apply(self, bucket, grads, hyper):
         """Run this optimizer's compiled update on one bucket (subclass hook)."""
@@ -264,7 +363,7 @@ class Optimizer:
                     f"state_dict['param_groups'][{g}] has params {list(saved['params'])}, expected "
                     f"{list(range(start, start + n))} (a different model or grouping)")
             start += n
-            merged = {key: value for key, value in saved.items() if key != "params"}
+            merged = ParamGroup((key, value) for key, value in saved.items() if key != "params")
             merged["params"] = group["params"]
             try:
                 self._check_group(merged)
@@ -311,9 +410,9 @@ class Optimizer:
             plan.append((g, bucket, k, checked))
 
         # Everything checked: now write.
-        for group, merged in zip(self.param_groups, new_groups):
-            group.clear()
-            group.update(merged)
+        for g, merged in enumerate(new_groups):
+            merged.checked = None
+            self.param_groups[g] = merged
         for group_buckets, group in zip(self._buckets, self.param_groups):
             for bucket in group_buckets:
                 bucket.steps[:] = 0

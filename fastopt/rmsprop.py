@@ -36,6 +36,9 @@ class RMSprop(Optimizer):
         Normalize by an estimate of the gradient's variance instead of its second moment.
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    skip_nonfinite : bool, default False
+        Skip a step whose gradients hold NaN/Inf, leaving params and state untouched (see
+        :class:`fastopt.Optimizer`); by default non-finite values propagate as in torch.optim.
 
     State per param: ``step``, ``square_avg`` (:math:`s`), ``momentum_buffer`` (:math:`b`, when
     momentum > 0) and ``grad_avg`` (:math:`\bar g`, when centered).
@@ -44,10 +47,10 @@ class RMSprop(Optimizer):
     _state_names = ("square_avg", "momentum_buffer", "grad_avg")
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, *, maximize=False):
+                 centered=False, *, maximize=False, skip_nonfinite=False):
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                         centered=centered, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group):
         lr = V.check_real("lr", group["lr"], low=0.0)

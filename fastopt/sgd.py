@@ -33,6 +33,9 @@ class SGD(Optimizer):
         Nesterov momentum (needs momentum > 0 and dampening = 0).
     maximize : bool, default False
         Maximize the objective instead of minimizing it.
+    skip_nonfinite : bool, default False
+        Skip a step whose gradients hold NaN/Inf, leaving params and state untouched (see
+        :class:`fastopt.Optimizer`); by default non-finite values propagate as in torch.optim.
 
     State per param: ``momentum_buffer`` (when momentum is used).
     """
@@ -41,10 +44,10 @@ class SGD(Optimizer):
     _has_step = False
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False):
+                 nesterov=False, *, maximize=False, skip_nonfinite=False):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
 
     def _check_group(self, group):
         lr = V.check_real("lr", group["lr"], low=0.0)

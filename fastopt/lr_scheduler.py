@@ -20,6 +20,8 @@ Differences from torch, all deliberate:
   ``total_iters``, decreasing ``milestones``, negative ``patience``/``cooldown``, a non-callable
   ``lr_lambda``.
 * ``state_dict()`` returns copies, never references to the scheduler's live lists.
+* torch's ``CosineAnnealingLR`` has a closed-form branch for a first ``step(epoch)``; without
+  ``step(epoch)`` it cannot be reached, so it is left out.
 """
 
 import copy
@@ -520,12 +522,6 @@ class CosineAnnealingLR(LRScheduler):
         groups = self.optimizer.param_groups
         if self._is_initial:
             return _param_groups_val_list(self.optimizer, "lr")
-        if self._step_count == 1 and self.last_epoch > 0:
-            return [
-                self.eta_min
-                + (base_lr - self.eta_min) * (1 + math.cos(self.last_epoch * math.pi / self.T_max)) / 2
-                for base_lr in self.base_lrs
-            ]
         if (self.last_epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
             return [
                 group["lr"] + (base_lr - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2

@@ -795,7 +795,9 @@ class ReduceLROnPlateau(LRScheduler):
         if mode not in {"min", "max"}:
             raise ValueError(f"mode {mode!r} is unknown! (expected 'min' or 'max')")
         if threshold_mode not in {"rel", "abs"}:
-            raise ValueError(f"threshold mode (threshold_mode) {threshold_mode!r} is unknown! (expected 'rel' or 'abs')")
+            raise ValueError(
+                f"threshold mode (threshold_mode) {threshold_mode!r} is unknown! (expected 'rel' or 'abs')"
+            )
         self.mode_worse = math.inf if mode == "min" else -math.inf
         self.mode = mode
         self.threshold = threshold
@@ -855,7 +857,13 @@ class OneCycleLR(LRScheduler):
     Raises
     ------
     ValueError
-        From :meth:`step` when stepped past ``total_steps``.
+        From :meth:`step` when ``last_epoch`` would exceed ``total_steps``.
+
+    Notes
+    -----
+    The cycle ends at step ``total_steps - 1`` (construction is step 0). Like torch, one more
+    :meth:`step` is allowed; it extrapolates the last phase one step past ``min_lr`` (with
+    ``anneal_strategy='linear'`` that can make the lr negative).
     """
 
     def __init__(
@@ -903,7 +911,10 @@ class OneCycleLR(LRScheduler):
         if three_phase:
             self._schedule_phases = [
                 _phase(warmup_end, "initial_lr", "max_lr", "max_momentum", "base_momentum"),
-                _phase(float(2 * pct_start * self.total_steps) - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                _phase(
+                    float(2 * pct_start * self.total_steps) - 2,
+                    "max_lr", "initial_lr", "base_momentum", "max_momentum",
+                ),
                 _phase(self.total_steps - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum"),
             ]
         else:

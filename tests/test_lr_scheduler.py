@@ -451,12 +451,12 @@ def one_cycle_closed_form(step, max_lr, total_steps, pct_start, div_factor, fina
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
 def test_one_cycle_closed_form(three_phase, anneal, kind):
-    settings_ = dict(max_lr=0.4, total_steps=STEPS, pct_start=0.25, div_factor=20.0, final_div_factor=500.0,
+    cycle = dict(max_lr=0.4, total_steps=STEPS, pct_start=0.25, div_factor=20.0, final_div_factor=500.0,
                      three_phase=three_phase, base_momentum=0.8, max_momentum=0.95)
     opt = make_optimizer(kind, lrs=(0.01,))
-    scheduler = fastopt_sched.OneCycleLR(opt, anneal_strategy=anneal, **settings_)
+    scheduler = fastopt_sched.OneCycleLR(opt, anneal_strategy=anneal, **cycle)
     record = run(scheduler, opt, STEPS)
-    lr, momentum = one_cycle_closed_form(np.arange(STEPS + 1), anneal=anneal, **settings_)
+    lr, momentum = one_cycle_closed_form(np.arange(STEPS + 1), anneal=anneal, **cycle)
     np.testing.assert_allclose([r[0][0] for r in record], lr, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose([r[1][0] for r in record], momentum, rtol=1e-12, atol=0)
     assert record[0][0][0] == pytest.approx(0.4 / 20.0)
@@ -603,8 +603,8 @@ def test_state_dict_is_a_copy():
     state["base_lrs"].append(1.0)
     assert scheduler.base_lrs == list(GROUP_LRS)
     scheduler.load_state_dict(state)
-    state["base_lrs"].append(2.0)
-    assert len(scheduler.base_lrs) == 3
+    state["base_lrs"].append(2.0)  # must not reach the scheduler that loaded it
+    assert scheduler.base_lrs == [*GROUP_LRS, 1.0]
 
 
 def test_sequential_state_dict_nests_the_wrapped_schedulers():
@@ -643,10 +643,11 @@ BAD_ARGUMENTS = {
     "LambdaLR-lr_lambda-count": (lambda o, S: S.LambdaLR(o, [lambda t: 1.0]), ValueError, "lr_lambda", True),
     "LambdaLR-lr_lambda-not-callable": (lambda o, S: S.LambdaLR(o, 0.5), TypeError, "lr_lambda", False),
     "ReduceLROnPlateau-factor-1": (lambda o, S: S.ReduceLROnPlateau(o, factor=1.0), ValueError, "factor", True),
-    "ReduceLROnPlateau-factor-negative": (lambda o, S: S.ReduceLROnPlateau(o, factor=-0.5), ValueError, "factor", False),
+    "ReduceLROnPlateau-factor-negative": (
+        lambda o, S: S.ReduceLROnPlateau(o, factor=-0.5), ValueError, "factor", False),
     "ReduceLROnPlateau-mode": (lambda o, S: S.ReduceLROnPlateau(o, mode="lowest"), ValueError, "mode", True),
     "ReduceLROnPlateau-threshold_mode": (
-        lambda o, S: S.ReduceLROnPlateau(o, threshold_mode="pct"), ValueError, "threshold mode", True),
+        lambda o, S: S.ReduceLROnPlateau(o, threshold_mode="pct"), ValueError, "threshold_mode", True),
     "ReduceLROnPlateau-min_lr-count": (
         lambda o, S: S.ReduceLROnPlateau(o, min_lr=[0.1]), ValueError, "min_lr", True),
     "ReduceLROnPlateau-patience-negative": (

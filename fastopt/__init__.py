@@ -5,6 +5,7 @@
 >>> opt = fastopt.Adam([w], lr=0.1)
 >>> opt.step([np.array([1.0, -1.0, 0.0])])
 """
+from . import lr_scheduler
 from ._backend import build_info, kernels as _kernels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
@@ -29,5 +30,5 @@ def get_num_threads():
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
     "clip_grad_norm_", "clip_grad_value_", "grads_finite",
-    "set_num_threads", "get_num_threads", "build_info",
+    "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",
 ]

@@ -79,3 +79,35 @@ def test_portable_and_native_builds_are_bit_identical(portable_build, tmp_path):
         for key, value in ref.items():
             assert value.dtype == other[key].dtype
             assert value.tobytes() == other[key].tobytes(), key
+
+
+HOT_FUNCTIONS = ("_sgd_span", "_adam_span", "_rmsprop_span", "_adagrad_span", "_run_span", "_run_range",
+                 "_span_reduce", "_reduce_block", "_transform_span", "_transform_range")
+
+
+def test_hot_loops_are_white_in_the_cython_annotation(tmp_path):
+    """No line of a per-element kernel or its driver touches the Python C-API (``cython -a``)."""
+    import html
+    import re
+
+    cython_build = pytest.importorskip("Cython.Build")
+    del cython_build
+    source = (REPO / "fastopt" / "_kernels.pxi").read_text()
+    (tmp_path / "_kernels_annotated.pyx").write_text(source)
+    done = subprocess.run([sys.executable, "-m", "cython", "-3", "-a", "-X",
+                           "boundscheck=False,wraparound=False,cdivision=True,initializedcheck=False",
+                           "_kernels_annotated.pyx"], cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "_kernels_annotated.html").read_text()
+    scores = {int(n): int(score) for score, n in re.findall(
+        r'<pre class="cython line score-(\d+)"[^>]*>(?:&#xA0;|\+|&#x2B;)?<span class="">(\d+)</span>:', page)}
+    lines = source.split("\n")
+    assert len(scores) > 0.5 * len(lines)
+    for name in HOT_FUNCTIONS:
+        start = next(i for i, line in enumerate(lines) if line.startswith("cdef") and f" {name}(" in line)
+        end = start + 1
+        while end < len(lines) and (lines[end].startswith(" ") or not lines[end].strip()):
+            end += 1
+        yellow = [(n, html.unescape(lines[n - 1]).strip()) for n in range(start + 1, end + 1) if scores.get(n, 0) > 0]
+        assert not yellow, f"{name} has Python interaction on lines {yellow}"

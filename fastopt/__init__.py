@@ -9,6 +9,7 @@ from . import lr_scheduler
 from ._backend import build_info, kernels as _kernels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .flat import FlatParams, flatten
 from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
@@ -29,6 +30,6 @@ def get_num_threads():
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
-    "clip_grad_norm_", "clip_grad_value_", "grads_finite",
+    "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",
 ]

@@ -441,8 +441,12 @@ cdef object _as_array(object obj, str what):
 
 
 cdef char* _checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t index,
-                         bint need_writeable) except? NULL:
-    """Validate one gradient against its param; return its data pointer."""
+                         bint need_writeable, list keep_alive) except? NULL:
+    """Validate one gradient against its param; return its data pointer.
+
+    A gradient that is not an ndarray (a NumPy scalar for a 0-d param, a buffer) is viewed as one;
+    that view goes into ``keep_alive`` so the memory stays valid until the step is done.
+    """
     cdef cnp.ndarray g
     cdef int nd, d
     cdef cnp.npy_intp* gd
@@ -454,6 +458,7 @@ cdef char* _checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t
         g = <cnp.ndarray>grad
     else:
         g = _as_array(grad, f"grads[{index}]")
+        keep_alive.append(g)
     if cnp.PyArray_TYPE(g) != typenum:
         raise TypeError(
             f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_dtype_name(typenum)}; "
@@ -578,8 +583,12 @@ cdef class ParamBucket:
 
     # -- gathering -----------------------------------------------------------------------------
 
-    cdef Py_ssize_t _gather(self, object grads, bint need_writeable) except -1:
-        """Fill self._grads from the optimizer-wide grads sequence; return the active element count."""
+    cdef Py_ssize_t _gather(self, object grads, bint need_writeable, list keep_alive) except -1:
+        """Fill self._grads from the optimizer-wide grads sequence; return the active element count.
+
+        Arrays made from non-ndarray gradients are appended to ``keep_alive``, which the caller
+        holds until the kernels have run.
+        """
         cdef Py_ssize_t k, active = 0
         cdef object g
         cdef list glist
@@ -592,7 +601,7 @@ cdef class ParamBucket:
                     self._grads[k] = NULL
                 else:
                     self._grads[k] = _checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
-                                                   self._index[k], need_writeable)
+                                                   self._index[k], need_writeable, keep_alive)
                     active += self._offsets[k + 1] - self._offsets[k]
         else:
             gtuple = <tuple>grads
@@ -602,7 +611,7 @@ cdef class ParamBucket:
                     self._grads[k] = NULL
                 else:
                     self._grads[k] = _checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
-                                                   self._index[k], need_writeable)
+                                                   self._index[k], need_writeable, keep_alive)
                     active += self._offsets[k + 1] - self._offsets[k]
         return active
 
@@ -631,7 +640,7 @@ cdef class ParamBucket:
 
     def check_grads(self, grads, bint need_writeable=False):
         """Validate this bucket's grads (in ``grads``, the optimizer-wide list) without stepping."""
-        return self._gather(grads, need_writeable)
+        return self._gather(grads, need_writeable, [])
 
     # -- steps -----------------------------------------------------------------------------------
     # Each step method takes the optimizer-wide grads list and the group's hyperparameters, already
@@ -641,7 +650,8 @@ cdef class ParamBucket:
                  bint nesterov, bint maximize):
         cdef StepContext c
         cdef Py_ssize_t k
-        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef list keep_alive = []
+        cdef Py_ssize_t active = self._gather(grads, False, keep_alive)
         cdef uint8_t[::1] init = self.initialized
         self._init_context(&c, ALG_SGD)
         c.hp[HP_LR] = lr
@@ -665,7 +675,8 @@ cdef class ParamBucket:
                   double weight_decay, bint amsgrad, bint maximize, bint decoupled_weight_decay):
         cdef StepContext c
         cdef Py_ssize_t k
-        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef list keep_alive = []
+        cdef Py_ssize_t active = self._gather(grads, False, keep_alive)
         cdef int64_t[::1] steps = self.steps
         cdef int64_t last_step = -1, s
         cdef double step_neg = 0.0, bc2_sqrt = 1.0
@@ -703,7 +714,8 @@ cdef class ParamBucket:
                      double momentum, bint centered, bint maximize):
         cdef StepContext c
         cdef Py_ssize_t k
-        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef list keep_alive = []
+        cdef Py_ssize_t active = self._gather(grads, False, keep_alive)
         cdef int64_t[::1] steps = self.steps
         self._init_context(&c, ALG_RMSPROP)
         c.hp[HP_LR] = lr
@@ -728,7 +740,8 @@ cdef class ParamBucket:
                      double initial_accumulator_value, bint maximize):
         cdef StepContext c
         cdef Py_ssize_t k
-        cdef Py_ssize_t active = self._gather(grads, False)
+        cdef list keep_alive = []
+        cdef Py_ssize_t active = self._gather(grads, False, keep_alive)
         cdef int64_t[::1] steps = self.steps
         self._init_context(&c, ALG_ADAGRAD)
         c.hp[HP_WD] = weight_decay
@@ -746,8 +759,8 @@ cdef class ParamBucket:
 
     def grads_finite(self, grads):
         """True if every element of this bucket's (non-None) grads is finite."""
-        cdef Py_ssize_t k
-        self._gather(grads, False)
+        cdef list keep_alive = []
+        self._gather(grads, False, keep_alive)
         cdef ArraySet s = ArraySet.__new__(ArraySet)
         s._borrow(self.n_arrays, self._grads, self._offsets, self.typenum)
         return s.all_finite()

@@ -1058,7 +1058,10 @@ def gather_arrays(arrays, str name="grads", bint need_writeable=True):
         obj = items[k]
         if obj is None:
             raise TypeError(f"{name}[{k}] is None; pass only the gradients to use")
-        a = <cnp.ndarray>_as_array(obj, f"{name}[{k}]")
+        if cnp.PyArray_Check(obj):
+            a = <cnp.ndarray>obj
+        else:
+            a = <cnp.ndarray>_as_array(obj, f"{name}[{k}]")
         t = cnp.PyArray_TYPE(a)
         if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
             raise TypeError(f"{name}[{k}] must be float32 or float64, got {a.dtype}")

@@ -433,3 +433,14 @@ def test_clip_grad_value_bad_value(value, exc):
         fastopt.clip_grad_value_(grads, value)
     for g, b in zip(grads, before):
         np.testing.assert_array_equal(g, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hyperparameter_deleted_from_group(name):
+    opt, params = stepped(name)
+    snap = snapshot(opt, params)
+    lr = opt.param_groups[1].pop("lr")
+    with pytest.raises(ValueError, match="'lr'"):
+        opt.step(good_grads(params))
+    opt.param_groups[1]["lr"] = lr
+    assert_unchanged(opt, params, snap)

@@ -111,7 +111,8 @@ def hyper_st(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_property_matches_reference(name, data):
     n = data.draw(st.integers(1, 4), label="n_params")
@@ -306,6 +307,7 @@ def restore_threads():
 
 def _run_threads(name, cfg, shapes, dtypes, threads, steps=3):
     fastopt.set_num_threads(threads)
+    assert fastopt.get_num_threads() == threads
     rng = np.random.default_rng(7)
     params = random_arrays(rng, shapes, dtypes)
     opt = make_fastopt(name, params, **cfg)
@@ -361,6 +363,7 @@ def test_clip_threads_bit_identical(norm_type, restore_threads):
     results = []
     for threads in (1, 2):
         fastopt.set_num_threads(threads)
+        assert fastopt.get_num_threads() == threads
         grads = [g.copy() for g in base]
         total = fastopt.clip_grad_norm_(grads, 1.0, norm_type)
         results.append((total, grads))
@@ -434,3 +437,43 @@ def test_bit_identical_to_reference(name_cfg, dtype):
         ref.step(grads)
         for p, q in zip(params, ref.params):
             np.testing.assert_array_equal(p, q, err_msg=f"step {step + 1}")
+
+
+def test_grads_as_tuple_or_generator():
+    results = []
+    for wrap in (list, tuple, iter):
+        p = [np.ones(3), np.ones(2, dtype=np.float32)]
+        opt = fastopt.Adam(p, lr=0.1)
+        for _ in range(2):
+            opt.step(wrap([np.full(3, 0.5), np.full(2, -0.5, dtype=np.float32)]))
+        results.append(p)
+    for p in results[1:]:
+        for a, b in zip(results[0], p):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_add_param_group_later(name):
+    cfg = CONFIGS[name][-1]
+    rng = np.random.default_rng(9)
+    a = random_arrays(rng, [(4,)], [np.float64])
+    b = random_arrays(rng, [(3,)], [np.float32])
+    ref = RefOptimizer(name, [dict(params=[a[0].copy()], **cfg), dict(params=[b[0].copy()], **cfg)])
+    opt = make_fastopt(name, a, **cfg)
+    g0 = random_arrays(rng, [(4,)], [np.float64])
+    opt.step(g0)
+    ref.step(g0 + [None])
+    opt.add_param_group({"params": b})
+    for _ in range(3):
+        g = random_arrays(rng, [(4,), (3,)], [np.float64, np.float32])
+        opt.step(g)
+        ref.step(g)
+    for p, q in zip(a + b, ref.params):
+        assert_close(p, q)
+
+
+def test_thread_settings_bad_values():
+    with pytest.raises(ValueError, match="num_threads"):
+        fastopt.set_num_threads(-1)
+    with pytest.raises(ValueError, match="parallel_min_size"):
+        kernels.set_parallel_min_size(-1)

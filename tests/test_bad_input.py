@@ -444,3 +444,36 @@ def test_hyperparameter_deleted_from_group(name):
         opt.step(good_grads(params))
     opt.param_groups[1]["lr"] = lr
     assert_unchanged(opt, params, snap)
+
+
+def _misaligned(n=5):
+    arr = np.frombuffer(bytearray(8 * n + 1), dtype=np.float64, offset=1, count=n)
+    assert not arr.flags.aligned and arr.flags.writeable
+    return arr
+
+
+def test_misaligned_arrays():
+    with pytest.raises(ValueError, match=r"params\[0\].*aligned"):
+        fastopt.SGD([_misaligned()])
+    p = np.zeros(5)
+    opt = fastopt.Adam([p])
+    with pytest.raises(ValueError, match=r"grads\[0\].*aligned"):
+        opt.step([_misaligned()])
+    assert opt.state == {} and not p.any()
+    with pytest.raises(ValueError, match=r"grads\[1\].*aligned"):
+        fastopt.clip_grad_norm_([np.ones(2), _misaligned()], 1.0)
+
+
+def test_grad_overlapping_its_param_shifted():
+    buf = np.zeros(8)
+    opt = fastopt.SGD([buf[:5]], lr=1.0)
+    with pytest.raises(ValueError, match=r"grads\[0\].*(param|memory)"):
+        opt.step([buf[2:7]])
+    assert not buf.any()
+
+
+def test_read_only_buffer_param():
+    with pytest.raises(ValueError, match=r"params\[0\].*read-only"):
+        fastopt.SGD([memoryview(bytes(24)).cast("d")])
+    with pytest.raises(TypeError, match=r"params\[0\]"):
+        fastopt.SGD([(1.0, 2.0)])     # would be copied: updates would never reach the caller

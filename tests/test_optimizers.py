@@ -477,3 +477,13 @@ def test_thread_settings_bad_values():
         fastopt.set_num_threads(-1)
     with pytest.raises(ValueError, match="parallel_min_size"):
         kernels.set_parallel_min_size(-1)
+
+
+def test_buffer_protocol_params_updated_in_place():
+    import array
+    a = array.array("d", [1.0, 2.0, 3.0])
+    m = memoryview(bytearray(12)).cast("f")
+    opt = fastopt.SGD([a, m], lr=0.5)
+    opt.step([np.ones(3), np.full(3, 2.0, dtype=np.float32)])
+    assert list(a) == [0.5, 1.5, 2.5]
+    assert m.tolist() == [-1.0, -1.0, -1.0]

@@ -174,3 +174,28 @@ def test_clip_grad_value_parity(clip_value):
     assert fastopt.clip_grad_value_(grads, clip_value) is None
     for g, t in zip(grads, tparams):
         np.testing.assert_array_equal(g, t.grad.numpy())   # clamping is exact
+
+
+@pytest.mark.parametrize("name_cfg", ALL_CONFIGS, ids=config_id)
+def test_nonfinite_propagation_matches_torch(name_cfg):
+    """Without skip_nonfinite, NaN/Inf gradients propagate exactly as in torch.optim."""
+    name, cfg = name_cfg
+    rng = np.random.default_rng(5)
+    params_np = random_arrays(rng, [(8,)], [np.float64])
+    params_t = to_torch(params_np)
+    opt = make_fastopt(name, params_np, **cfg)
+    topt = make_torch(name, params_t, **cfg)
+    for step in range(4):
+        g = random_arrays(rng, [(8,)], [np.float64])[0]
+        if step == 1:
+            g[2], g[5], g[6] = np.nan, np.inf, -np.inf
+        params_t[0].grad = torch.from_numpy(g.copy())
+        opt.step([g])
+        topt.step()
+        t = params_t[0].detach().numpy()
+        p = params_np[0]
+        np.testing.assert_array_equal(np.isnan(p), np.isnan(t), err_msg=f"NaN positions, step {step + 1}")
+        np.testing.assert_array_equal(np.isinf(p), np.isinf(t), err_msg=f"Inf positions, step {step + 1}")
+        np.testing.assert_array_equal(np.sign(p[np.isinf(p)]), np.sign(t[np.isinf(t)]))
+        finite = np.isfinite(t)
+        assert_parity([p[finite]], [params_t[0].detach()[torch.from_numpy(finite)]], f"step {step + 1}")

@@ -487,3 +487,20 @@ def test_buffer_protocol_params_updated_in_place():
     opt.step([np.ones(3), np.full(3, 2.0, dtype=np.float32)])
     assert list(a) == [0.5, 1.5, 2.5]
     assert m.tolist() == [-1.0, -1.0, -1.0]
+
+
+@pytest.mark.skipif(not kernels.has_openmp(), reason="built without OpenMP")
+@pytest.mark.parametrize("pos", [0, 17, 4095, 100_000, 199_999])
+def test_finiteness_check_threads(pos, restore_threads):
+    g = [np.ones(150_000, dtype=np.float32), np.ones(50_000)]
+    where = (0, pos) if pos < 150_000 else (1, pos - 150_000)
+    for threads in (1, 2):
+        fastopt.set_num_threads(threads)
+        assert fastopt.grads_finite(g) is True
+        g[where[0]][where[1]] = np.nan
+        assert fastopt.grads_finite(g) is False
+        p = [np.zeros(150_000, dtype=np.float32), np.zeros(50_000)]
+        opt = fastopt.Adam(p, skip_nonfinite=True)
+        assert opt.step(g) is False and opt.skipped_steps == 1
+        assert not p[0].any() and not p[1].any() and opt.state == {}
+        g[where[0]][where[1]] = 1.0

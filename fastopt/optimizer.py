@@ -171,6 +171,7 @@ class Optimizer:
         """The group's checked hyperparameters, re-checked only if the group was modified."""
         hyper = group.checked if type(group) is ParamGroup else None
         if hyper is None:
+            self._check_keys(group)
             hyper = self._check_group(group)
             for key, value in list(group.items()):
                 if isinstance(value, list) and key != "params":
@@ -178,6 +179,14 @@ class Optimizer:
             if type(group) is ParamGroup:
                 group.checked = hyper
         return hyper
+
+    def _check_keys(self, group):
+        """Raise ValueError naming a hyperparameter the group lacks (a KeyError would name nothing)."""
+        missing = [key for key in self.defaults if key not in group]
+        if missing:
+            raise ValueError(
+                f"param group has no {', '.join(repr(k) for k in missing)} "
+                f"(a {type(self).__name__} param group needs {sorted(self.defaults)})")
 
     def _init_group_state(self, group, buckets):
         """Create state that exists before the first step (subclass hook; Adagrad uses it)."""
@@ -366,6 +375,7 @@ class Optimizer:
             merged = ParamGroup((key, value) for key, value in saved.items() if key != "params")
             merged["params"] = group["params"]
             try:
+                self._check_keys(merged)
                 self._check_group(merged)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"state_dict['param_groups'][{g}]: {exc}") from None

@@ -1,0 +1,310 @@
+"""Plain NumPy reference implementations of fastopt's optimizers and clipping, and test helpers.
+
+Written from the formulas in the class docstrings and from torch.optim's ``_single_tensor_*``
+functions: every elementwise operation is done in the param's dtype, in torch's order, with every
+Python scalar cast to that dtype first (as torch does for a float32 tensor). With
+``-ffp-contract=off`` kernels the results should agree to a few ulp (in practice bit for bit).
+
+Nothing here imports fastopt's internals: the reference must be able to disagree with it.
+"""
+import math
+
+import numpy as np
+
+import fastopt
+
+# Relative tolerances for reference comparisons (a few ulp over a few tens of steps).
+RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
+
+DEFAULTS = {
+    "SGD": dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False),
+    "Adam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False),
+    "AdamW": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False),
+    "RMSprop": dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                    maximize=False),
+    "Adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
+                    maximize=False),
+}
+
+# One configuration per option (and a few combinations), for every optimizer.
+CONFIGS = {
+    "SGD": [
+        dict(lr=0.1),
+        dict(lr=0.1, momentum=0.9),
+        dict(lr=0.1, momentum=0.9, dampening=0.5),
+        dict(lr=0.1, momentum=0.9, nesterov=True),
+        dict(lr=0.1, weight_decay=0.1),
+        dict(lr=0.1, maximize=True),
+        dict(lr=0.05, momentum=0.8, dampening=0.1, weight_decay=0.01, maximize=True),
+        dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.05, maximize=True),
+    ],
+    "Adam": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, amsgrad=True),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3),   # lerp weight >= 0.5: torch's other branch
+        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True, maximize=True),
+    ],
+    "AdamW": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.0),
+        dict(lr=0.01, amsgrad=True),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.02, betas=(0.4, 0.9), eps=1e-6, weight_decay=0.2, amsgrad=True, maximize=True),
+    ],
+    "RMSprop": [
+        dict(lr=0.01),
+        dict(lr=0.01, alpha=0.7),
+        dict(lr=0.01, eps=1e-3),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, momentum=0.9),
+        dict(lr=0.01, centered=True),
+        dict(lr=0.01, centered=True, alpha=0.3),     # lerp weight >= 0.5 for grad_avg
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.005, alpha=0.9, eps=1e-6, weight_decay=0.05, momentum=0.5, centered=True, maximize=True),
+    ],
+    "Adagrad": [
+        dict(lr=0.1),
+        dict(lr=0.1, lr_decay=0.1),
+        dict(lr=0.1, weight_decay=0.1),
+        dict(lr=0.1, initial_accumulator_value=0.5),
+        dict(lr=0.1, eps=1e-3),
+        dict(lr=0.1, maximize=True),
+        dict(lr=0.05, lr_decay=0.05, weight_decay=0.02, initial_accumulator_value=0.1, eps=1e-6, maximize=True),
+    ],
+}
+
+ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
+
+
+def config_id(name_cfg):
+    name, cfg = name_cfg
+    return name + "-" + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "lr")
+
+
+def make_fastopt(name, params, **kwargs):
+    return getattr(fastopt, name)(params, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise helpers (in the operands' dtype)
+# ----------------------------------------------------------------------------------------------
+
+def lerp(start, end, weight):
+    """torch.lerp with a scalar weight (already cast to the dtype): switches form at 0.5."""
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (weight.dtype.type(1) - weight)
+
+
+def _arr(x, dtype):
+    """Keep 0-d results as 0-d arrays of the dtype (NumPy returns scalars from 0-d ufuncs)."""
+    return np.asarray(x, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# One step of each algorithm on one param; ``state`` is a dict updated in place.
+# ----------------------------------------------------------------------------------------------
+
+def sgd_step(p, g, state, lr, momentum, dampening, weight_decay, nesterov, maximize):
+    t = p.dtype.type
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    if momentum != 0:
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            buf = _arr(d, p.dtype).copy()
+        else:
+            buf = buf * t(momentum) + t(1 - dampening) * d
+        state["momentum_buffer"] = _arr(buf, p.dtype)
+        d = d + t(momentum) * buf if nesterov else buf
+    p[...] = p + t(-lr) * d
+
+
+def adam_step(p, g, state, lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_avg_sq"] = np.zeros_like(p)
+        if amsgrad:
+            state["max_exp_avg_sq"] = np.zeros_like(p)
+    state["step"] += 1
+    step = state["step"]
+    d = -g if maximize else g
+    pv = p
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            pv = p * t(1 - lr * weight_decay)
+        else:
+            d = d + t(weight_decay) * p
+    m = lerp(state["exp_avg"], d, t(1 - beta1))
+    v = state["exp_avg_sq"] * t(beta2) + (t(1 - beta2) * d) * d
+    state["exp_avg"] = _arr(m, p.dtype)
+    state["exp_avg_sq"] = _arr(v, p.dtype)
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = math.sqrt(bias_correction2)
+    if amsgrad:
+        vmax = np.maximum(state["max_exp_avg_sq"], v)
+        state["max_exp_avg_sq"] = _arr(vmax, p.dtype)
+        v = vmax
+    denom = np.sqrt(v) / t(bias_correction2_sqrt) + t(eps)
+    p[...] = pv + (t(-step_size) * m) / denom
+
+
+def rmsprop_step(p, g, state, lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    t = p.dtype.type
+    if not state:
+        state["step"] = 0
+        state["square_avg"] = np.zeros_like(p)
+        if momentum > 0:
+            state["momentum_buffer"] = np.zeros_like(p)
+        if centered:
+            state["grad_avg"] = np.zeros_like(p)
+    state["step"] += 1
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    s = state["square_avg"] * t(alpha) + (t(1 - alpha) * d) * d
+    state["square_avg"] = _arr(s, p.dtype)
+    if centered:
+        ga = lerp(state["grad_avg"], d, t(1 - alpha))
+        state["grad_avg"] = _arr(ga, p.dtype)
+        avg = np.sqrt(s + (t(-1) * ga) * ga) + t(eps)
+    else:
+        avg = np.sqrt(s) + t(eps)
+    if momentum > 0:
+        buf = state["momentum_buffer"] * t(momentum) + d / avg
+        state["momentum_buffer"] = _arr(buf, p.dtype)
+        p[...] = p + t(-lr) * buf
+    else:
+        p[...] = p + (t(-lr) * d) / avg
+
+
+def adagrad_init(p, state, initial_accumulator_value):
+    state["step"] = 0
+    state["sum"] = np.full_like(p, initial_accumulator_value)
+
+
+def adagrad_step(p, g, state, lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize):
+    t = p.dtype.type
+    if not state:
+        adagrad_init(p, state, initial_accumulator_value)
+    state["step"] += 1
+    step = state["step"]
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    clr = lr / (1 + (step - 1) * lr_decay)
+    s = state["sum"] + d * d
+    state["sum"] = _arr(s, p.dtype)
+    p[...] = p + (t(-clr) * d) / (np.sqrt(s) + t(eps))
+
+
+STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
+                  "Adagrad": adagrad_step}
+
+
+class RefOptimizer:
+    """The reference optimizer over its own copies of the params, with torch.optim's grouping."""
+
+    def __init__(self, name, params, **kwargs):
+        self.name = name
+        defaults = dict(DEFAULTS[name])
+        defaults.update(kwargs)
+        if name in ("Adam", "AdamW"):
+            defaults["decoupled_weight_decay"] = name == "AdamW"
+        if params and isinstance(params[0], dict):
+            groups = params
+        else:
+            groups = [{"params": params}]
+        self.params = []
+        self.param_groups = []
+        for group in groups:
+            full = dict(defaults)
+            full.update({k: v for k, v in group.items() if k != "params"})
+            full["params"] = [np.array(p, copy=True) for p in group["params"]]
+            self.param_groups.append(full)
+            self.params.extend(full["params"])
+        self.state = [dict() for _ in self.params]
+        if name == "Adagrad":
+            i = 0
+            for group in self.param_groups:
+                for p in group["params"]:
+                    adagrad_init(p, self.state[i], group["initial_accumulator_value"])
+                    i += 1
+
+    def step(self, grads):
+        fn = STEP_FUNCTIONS[self.name]
+        i = 0
+        for group in self.param_groups:
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                g = grads[i]
+                if g is not None:
+                    fn(p, np.asarray(g), self.state[i], **hyper)
+                i += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Clipping
+# ----------------------------------------------------------------------------------------------
+
+def total_norm(grads, norm_type):
+    """The norm of all elements together, in float64."""
+    flat = np.concatenate([np.asarray(g, dtype=np.float64).ravel() for g in grads]) if grads else np.zeros(0)
+    if norm_type == math.inf:
+        return float(np.max(np.abs(flat))) if flat.size else 0.0
+    if norm_type == 2:
+        return float(np.sqrt(np.sum(flat * flat)))
+    return float(np.sum(np.abs(flat) ** norm_type) ** (1.0 / norm_type))
+
+
+def clip_grad_norm(grads, max_norm, norm_type=2.0):
+    """Clip copies of ``grads``; return (new grads, total norm)."""
+    total = total_norm(grads, norm_type)
+    coef = max_norm / (total + 1e-6)
+    out = []
+    for g in grads:
+        g = np.array(g, copy=True)
+        if coef < 1:
+            g[...] = g * g.dtype.type(coef)
+        out.append(g)
+    return out, total
+
+
+def clip_grad_value(grads, clip_value):
+    out = []
+    for g in grads:
+        t = g.dtype.type
+        out.append(np.clip(g, t(-clip_value), t(clip_value)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison helpers
+# ----------------------------------------------------------------------------------------------
+
+def assert_close(actual, expected, rtol=None, what=""):
+    """Elementwise |actual - expected| <= rtol * |expected| (plus a few-ulp absolute slack at the
+    array's scale, for elements that cancel to near zero); same dtype and shape."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    if rtol is None:
+        rtol = RTOL[expected.dtype]
+    finite = np.isfinite(expected)
+    scale = float(np.max(np.abs(expected[finite]))) if finite.any() else 0.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=4 * np.finfo(expected.dtype).eps * scale,
+                               err_msg=what)
+
+
+def random_arrays(rng, shapes, dtypes, scale=1.0):
+    return [np.ascontiguousarray((rng.standard_normal(s) * scale).astype(d)) for s, d in zip(shapes, dtypes)]

@@ -214,7 +214,7 @@ cdef inline floating _lerp(floating start, floating end, floating weight) noexce
     """torch.lerp's formula, which switches form at weight 0.5 for accuracy."""
     if weight < 0.5:
         return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
+    return end - (end - start) * (<floating>1 - weight)
 
 
 # --- SGD ------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize
     cdef bint decoupled = c.flag[FL_DECOUPLED]
     cdef bint amsgrad = c.flag[FL_AMSGRAD]
     cdef Py_ssize_t i
-    cdef floating d, mi, vi, pi, denom
+    cdef floating d, mi, vi, vm, pi, denom
     for i in range(lo, hi):
         d = sign * g[i]
         pi = p[i]
@@ -292,10 +292,12 @@ cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize
         m[i] = mi
         v[i] = vi
         if amsgrad:
-            # torch.maximum: a NaN in the new value propagates.
-            if not (vmax[i] >= vi):
-                vmax[i] = vi
-            vi = vmax[i]
+            # torch.maximum: a NaN on either side propagates.
+            vm = vmax[i]
+            if vi > vm or vi != vi:
+                vm = vi
+            vmax[i] = vm
+            vi = vm
         denom = _sqrt(vi) / bc2_sqrt + eps
         p[i] = pi + (step_neg * mi) / denom
 
@@ -817,10 +819,13 @@ cdef inline double _span_reduce(int kind, double p, const floating* x, Py_ssize_
             a = <double>x[i]
             acc[0] = acc[0] + (a - a)
     elif kind == RED_MAXABS:
+        # torch.max semantics: a NaN anywhere makes the result NaN.
         for i in range(n):
             a = fabs(<double>x[i])
-            if not (acc[0] >= a):
+            if a > acc[0] or a != a:
                 acc[0] = a
+            if acc[0] != acc[0]:
+                return acc[0]
         return acc[0]
     else:
         for i in range(n):

@@ -36,6 +36,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+import torch.optim.optimizer as _torch_optimizer
 
 from . import adagrad as _adagrad
 from . import adam as _adam
@@ -44,16 +45,23 @@ from . import sgd as _sgd
 
 __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"]
 
+# torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
+# fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
+# a hook is registered or the profiler is on. Without these internals it always does.
+_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", None)
+_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+_LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
+
 _SUPPORTED = "dense (strided), contiguous CPU tensors of dtype float32 or float64"
 _DTYPES = (torch.float32, torch.float64)
 
 
 def _scalar_dtype():
-    try:
-        from torch.optim.optimizer import _get_scalar_dtype
-        return _get_scalar_dtype()
-    except Exception:  # pragma: no cover - older/newer torch without the helper
-        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    get = getattr(_torch_optimizer, "_get_scalar_dtype", None)
+    if get is not None:
+        return get()
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _plain(value):
@@ -215,8 +223,19 @@ class _Adapter(torch.optim.Optimizer):
             updated.append(p)
         return grads, updated
 
+    def _patch_step_function(self):
+        # Called by torch.optim.Optimizer.__init__/__setstate__ to wrap step() in torch's
+        # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+
     def step(self, closure=None):
         """Perform one optimization step (``closure``: reevaluates the model and returns the loss)."""
+        if (not _LIGHT_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    def _step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -234,6 +253,9 @@ class _Adapter(torch.optim.Optimizer):
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
         torch.autograd.graph.increment_version(updated)
         return loss
+
+    #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
 
     @property
     def found_inf(self):

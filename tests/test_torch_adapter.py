@@ -395,3 +395,29 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert torch.equal(a, b)                      # both ranks hold identical params
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
     assert not all(torch.equal(a, b) for a, b in zip(single, ddp_worker.initial_params()))
+
+
+def test_step_hooks_and_profiler():
+    model = make_model(torch.float32)
+    opt = ft.Adam(model.parameters(), lr=0.1)
+    calls = []
+    pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o)))
+    post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o)))
+    x, y = make_data(torch.float32)
+    train(model, opt, x, y, 2)
+    assert calls == [("pre", opt), ("post", opt)] * 2
+    pre.remove()
+    post.remove()
+    train(model, opt, x, y, 1)
+    assert len(calls) == 4
+    global_calls = []
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    handle = register_optimizer_step_post_hook(lambda o, args, kwargs: global_calls.append(o))
+    try:
+        train(model, opt, x, y, 1)
+    finally:
+        handle.remove()
+    assert global_calls == [opt]
+    with torch.profiler.profile() as prof:
+        train(model, opt, x, y, 1)
+    assert any("Optimizer.step#Adam.step" in e.name for e in prof.events())

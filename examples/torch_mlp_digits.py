@@ -19,13 +19,12 @@ import fastopt.torch
 
 def _optimizers():
     """name -> factory(params, lr); the first is fastopt's."""
-    out = {
+    return {
         "fastopt.torch.Adam": lambda params, lr: fastopt.torch.Adam(params, lr=lr),
         "torch.optim.Adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
         "torch.optim.Adam(foreach=True)": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True),
         "torch.optim.Adam(fused=True)": lambda params, lr: torch.optim.Adam(params, lr=lr, fused=True),
     }
-    return out
 
 
 def load_data(seed=0):

@@ -34,7 +34,6 @@ checkpoint compatibility) but do not change anything: the update is always fasto
 """
 from collections import defaultdict
 
-import numpy as np
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
@@ -159,7 +158,7 @@ class _Adapter(torch.optim.Optimizer):
     def _sync_params(self):
         self._params = [p for g in self.param_groups for p in g["params"]]
         self._ptrs = [p.data_ptr() for p in self._params]
-        self._index = {id(p): i for i, p in enumerate(self._params)}
+        self._group_sizes = [len(g["params"]) for g in self.param_groups]
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -171,7 +170,11 @@ class _Adapter(torch.optim.Optimizer):
         if len(groups) != len(fo_groups):
             raise RuntimeError("param_groups was resized by hand; use add_param_group")
         keys = self._keys
-        for g, (tg, fg) in enumerate(zip(groups, fo_groups)):
+        for g, (tg, fg, size) in enumerate(zip(groups, fo_groups, self._group_sizes)):
+            if len(tg["params"]) != size:
+                raise RuntimeError(
+                    f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
+                    "a new optimizer")
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
             for key in keys:

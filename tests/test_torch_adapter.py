@@ -1,12 +1,11 @@
 """fastopt.torch: torch.optim.Optimizer subclasses running fastopt's kernels."""
 import copy
 import os
+import pathlib
 import socket
 import subprocess
 import sys
-import pathlib
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -329,6 +328,9 @@ def test_unsupported_grads():
     assert p.ne(0).all()
     p.data = torch.zeros(4, 3)                        # new memory: the views would be stale
     with pytest.raises(RuntimeError, match="different memory"):
+        opt.step()
+    opt.param_groups[0]["params"].append(torch.nn.Parameter(torch.zeros(2)))
+    with pytest.raises(RuntimeError, match="changed by hand"):
         opt.step()
 
 

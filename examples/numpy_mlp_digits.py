@@ -136,10 +136,11 @@ class MLP:
 
 
 class CosineAnnealingLR:
-    """Stand-in for ``fastopt.lr_scheduler.CosineAnnealingLR`` (same constructor and ``step()``):
-    ``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2``, closed form.
+    """Stand-in for ``fastopt.lr_scheduler.CosineAnnealingLR`` (same constructor, ``step()`` and
+    values as torch's): ``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2``.
 
-    Once fastopt.lr_scheduler lands, delete this class and import that one instead.
+    Once fastopt.lr_scheduler lands, delete this class and
+    ``from fastopt.lr_scheduler import CosineAnnealingLR`` instead; nothing else changes.
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
@@ -149,7 +150,7 @@ class CosineAnnealingLR:
 
     def step(self):
         self.last_epoch += 1
-        cos = (1.0 + math.cos(math.pi * min(self.last_epoch, self.T_max) / self.T_max)) / 2.0
+        cos = (1.0 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2.0
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.eta_min + (base - self.eta_min) * cos
 

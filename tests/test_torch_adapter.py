@@ -374,8 +374,9 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     finally:
         sys.path.pop(0)
     env = dict(os.environ, PYTHONPATH=_fastopt_path(), MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", GLOO_SOCKET_IFNAME="lo",
-               OMP_NUM_THREADS="1")
+               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
     procs = [subprocess.Popen([sys.executable, str(worker), str(rank), str(tmp_path / f"rank{rank}.pt")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(2)]

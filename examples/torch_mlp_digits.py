@@ -1,8 +1,9 @@
 """The digits MLP of numpy_mlp_digits.py in PyTorch: fastopt.torch.Adam beside torch.optim.Adam.
 
 The same model (same initial weights, same minibatches, CosineAnnealingLR, clip_grad_norm_) is
-trained once per optimizer; the script prints each one's test accuracy and the time per optimizer
-step (median over all steps, measured around ``opt.step()`` only):
+trained once per optimizer, all in lockstep so that every optimizer runs under the same machine
+load; the script prints each one's test accuracy and the time per optimizer step (median over all
+steps, measured around ``opt.step()`` only):
 
     python examples/torch_mlp_digits.py                  # the small 64-64-10 model
     python examples/torch_mlp_digits.py --hidden 512 512 # a wider one, where the kernel dominates
@@ -50,29 +51,37 @@ def make_model(hidden, seed):
     return torch.nn.Sequential(*layers)
 
 
-def train(make_opt, data, hidden=(64,), epochs=20, batch_size=32, lr=5e-3, max_norm=5.0, seed=0):
-    """Train one model; return (test accuracy, per-step times in seconds)."""
+def train(factories, data, hidden=(64,), epochs=20, batch_size=32, lr=5e-3, max_norm=5.0, seed=0):
+    """Train one model per optimizer, in lockstep (each step of each optimizer sees the same batch
+    and the same machine load); return ``{name: (test accuracy, per-step times in seconds)}``."""
     (X_train, y_train), _, (X_test, y_test) = data
-    model = make_model(hidden, seed)
-    opt = make_opt(model.parameters(), lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-4)
+    runs = {}
+    for name, make_opt in factories.items():
+        model = make_model(hidden, seed)            # same initial weights for every optimizer
+        opt = make_opt(model.parameters(), lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-4)
+        runs[name] = (model, opt, sched, [])
     gen = torch.Generator().manual_seed(seed)
     loss_fn = torch.nn.CrossEntropyLoss()
-    times = []
     for _ in range(epochs):
         order = torch.randperm(len(X_train), generator=gen)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            opt.zero_grad()
-            loss_fn(model(X_train[idx]), y_train[idx]).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            t0 = time.perf_counter()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-        sched.step()
+            xb, yb = X_train[idx], y_train[idx]
+            for model, opt, _, times in runs.values():
+                opt.zero_grad()
+                loss_fn(model(xb), yb).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                t0 = time.perf_counter()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+        for _, _, sched, _ in runs.values():
+            sched.step()
+    out = {}
     with torch.no_grad():
-        acc = (model(X_test).argmax(1) == y_test).float().mean().item()
-    return acc, times
+        for name, (model, _, _, times) in runs.items():
+            out[name] = ((model(X_test).argmax(1) == y_test).float().mean().item(), times)
+    return out
 
 
 def main(hidden=(64,), epochs=20, batch_size=32, lr=5e-3, seed=0, optimizers=None, verbose=True):
@@ -80,19 +89,23 @@ def main(hidden=(64,), epochs=20, batch_size=32, lr=5e-3, seed=0, optimizers=Non
     data = load_data(seed)
     available = _optimizers()
     names = list(available) if optimizers is None else list(optimizers)
-    results = {}
+    factories = {}
+    probe = torch.nn.Linear(2, 2)
     for name in names:
-        try:
-            acc, times = train(available[name], data, hidden, epochs, batch_size, lr, seed=seed)
-        except (RuntimeError, TypeError, ValueError) as exc:   # e.g. fused=True unsupported here
+        try:                                        # e.g. fused=True unsupported in some builds
+            available[name](probe.parameters(), lr)
+        except (RuntimeError, TypeError, ValueError) as exc:
             if verbose:
                 print(f"{name}: skipped ({exc})")
             continue
-        results[name] = {"test_accuracy": acc, "median_step_us": statistics.median(times) * 1e6,
-                         "steps": len(times)}
+        factories[name] = available[name]
+    runs = train(factories, data, hidden, epochs, batch_size, lr, seed=seed)
+    results = {name: {"test_accuracy": acc, "median_step_us": statistics.median(times) * 1e6,
+                      "steps": len(times)}
+               for name, (acc, times) in runs.items()}
     if verbose:
         n_params = sum(p.numel() for p in make_model(hidden, seed).parameters())
-        print(f"\nMLP 64-{'-'.join(map(str, hidden))}-10 ({n_params} params, float32), "
+        print(f"MLP 64-{'-'.join(map(str, hidden))}-10 ({n_params} params, float32), "
               f"{epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(f"{'optimizer':<32} {'test acc':>8} {'step (us, median)':>18}")
         for name, r in results.items():

@@ -1,0 +1,238 @@
+"""A NumPy MLP trained with fastopt on scikit-learn's bundled digits (8x8 images, 10 classes).
+
+Everything is written out by hand: the activations (sigmoid, tanh, ReLU) and their derivatives,
+softmax cross-entropy, and backprop. Training uses minibatches, ``fastopt.Adam``, a cosine LR
+schedule, ``fastopt.clip_grad_norm_`` and early stopping on the validation error (the best params
+are restored at the end).
+
+    python examples/numpy_mlp_digits.py --activation tanh
+
+No download: ``sklearn.datasets.load_digits`` ships with scikit-learn.
+"""
+import argparse
+import math
+import time
+
+import numpy as np
+
+import fastopt
+
+# ------------------------------------------------------------------------------------------------
+# Activations: f(z) and f'(z), written out.
+# ------------------------------------------------------------------------------------------------
+
+
+def sigmoid(z):
+    # exp of a non-positive number only, so it never overflows
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def sigmoid_grad(z):
+    s = sigmoid(z)
+    return s * (1.0 - s)
+
+
+def tanh(z):
+    return np.tanh(z)
+
+
+def tanh_grad(z):
+    return 1.0 - np.tanh(z) ** 2
+
+
+def relu(z):
+    return np.maximum(z, 0.0)
+
+
+def relu_grad(z):
+    return (z > 0).astype(z.dtype)
+
+
+ACTIVATIONS = {
+    "sigmoid": (sigmoid, sigmoid_grad),
+    "tanh": (tanh, tanh_grad),
+    "relu": (relu, relu_grad),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# The model
+# ------------------------------------------------------------------------------------------------
+
+
+class MLP:
+    """``sizes[0] -> sizes[1] -> ... -> sizes[-1]`` with ``activation`` between the affine layers
+    and softmax cross-entropy on top.
+
+    ``params`` is ``[W1, b1, W2, b2, ...]`` (C-contiguous, updated in place by the optimizer) and
+    ``grads`` the matching gradient buffers, filled by :meth:`loss_and_grad`.
+    """
+
+    def __init__(self, sizes, activation="relu", seed=0, dtype=np.float64):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+        self.f, self.df = ACTIVATIONS[activation]
+        rng = np.random.default_rng(seed)
+        self.params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            # He init for ReLU, Glorot otherwise
+            scale = math.sqrt(2.0 / fan_in) if activation == "relu" else math.sqrt(1.0 / fan_in)
+            self.params.append((rng.standard_normal((fan_in, fan_out)) * scale).astype(dtype))
+            self.params.append(np.zeros(fan_out, dtype=dtype))
+        self.grads = [np.zeros_like(p) for p in self.params]
+
+    @property
+    def n_layers(self):
+        return len(self.params) // 2
+
+    def logits(self, X):
+        a = X
+        for layer in range(self.n_layers):
+            W, b = self.params[2 * layer], self.params[2 * layer + 1]
+            z = a @ W + b
+            a = z if layer == self.n_layers - 1 else self.f(z)
+        return a
+
+    def predict(self, X):
+        return self.logits(X).argmax(axis=1)
+
+    def error(self, X, y):
+        return float(np.mean(self.predict(X) != y))
+
+    def loss_and_grad(self, X, y):
+        """Mean softmax cross-entropy over the batch; writes d(loss)/d(param) into ``self.grads``."""
+        n = len(X)
+        # forward, keeping each layer's input a and pre-activation z
+        inputs, pre = [], []
+        a = X
+        for layer in range(self.n_layers):
+            W, b = self.params[2 * layer], self.params[2 * layer + 1]
+            inputs.append(a)
+            z = a @ W + b
+            pre.append(z)
+            a = z if layer == self.n_layers - 1 else self.f(z)
+        # softmax cross-entropy, shifted for stability
+        shifted = a - a.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = -float(log_probs[np.arange(n), y].mean())
+        # backward: d loss / d logits = (softmax - onehot) / n
+        delta = np.exp(log_probs)
+        delta[np.arange(n), y] -= 1.0
+        delta /= n
+        for layer in reversed(range(self.n_layers)):
+            W = self.params[2 * layer]
+            np.matmul(inputs[layer].T, delta, out=self.grads[2 * layer])    # dW = a^T delta
+            np.sum(delta, axis=0, out=self.grads[2 * layer + 1])            # db = sum of delta
+            if layer > 0:
+                delta = (delta @ W.T) * self.df(pre[layer - 1])             # through f
+        return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# LR schedule
+# ------------------------------------------------------------------------------------------------
+
+
+class CosineAnnealingLR:
+    """Stand-in for ``fastopt.lr_scheduler.CosineAnnealingLR`` (same constructor, ``step()`` and
+    values as torch's): ``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2``.
+
+    Once fastopt.lr_scheduler lands, delete this class and
+    ``from fastopt.lr_scheduler import CosineAnnealingLR`` instead; nothing else changes.
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        self.optimizer, self.T_max, self.eta_min = optimizer, T_max, eta_min
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.last_epoch = 0
+
+    def step(self):
+        self.last_epoch += 1
+        cos = (1.0 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2.0
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.eta_min + (base - self.eta_min) * cos
+
+    def get_last_lr(self):
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+
+# ------------------------------------------------------------------------------------------------
+# Data and training
+# ------------------------------------------------------------------------------------------------
+
+
+def load_data(seed=0, dtype=np.float64):
+    """Digits split 60/20/20 into train/validation/test (stratified), pixels scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(dtype)
+    X_tmp, X_test, y_tmp, y_test = train_test_split(X, y, test_size=0.2, random_state=seed, stratify=y)
+    X_train, X_val, y_train, y_val = train_test_split(
+        X_tmp, y_tmp, test_size=0.25, random_state=seed, stratify=y_tmp)
+    return (X_train, y_train), (X_val, y_val), (X_test, y_test)
+
+
+def main(activation="relu", hidden=(64,), epochs=60, batch_size=32, lr=5e-3, eta_min=1e-4,
+         weight_decay=0.0, max_norm=5.0, patience=10, seed=0, verbose=True):
+    """Train, early-stop on validation error, and return a dict of results.
+
+    Returns ``{"test_accuracy", "best_val_error", "best_epoch", "epochs_run", "history"}``, where
+    ``history`` has one ``(epoch, lr, train_loss, val_error)`` tuple per epoch.
+    """
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = load_data(seed)
+    model = MLP([X_train.shape[1], *hidden, 10], activation=activation, seed=seed)
+    opt = fastopt.Adam(model.params, lr=lr, weight_decay=weight_decay)
+    sched = CosineAnnealingLR(opt, T_max=epochs, eta_min=eta_min)
+    rng = np.random.default_rng(seed)
+
+    best_err, best_epoch, best_params = math.inf, 0, [p.copy() for p in model.params]
+    history = []
+    t0 = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        lr_now = opt.param_groups[0]["lr"]
+        order = rng.permutation(len(X_train))
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            losses.append(model.loss_and_grad(X_train[idx], y_train[idx]))
+            fastopt.clip_grad_norm_(model.grads, max_norm)
+            opt.step(model.grads)
+        sched.step()
+        val_err = model.error(X_val, y_val)
+        history.append((epoch, lr_now, float(np.mean(losses)), val_err))
+        if verbose:
+            print(f"epoch {epoch:3d}  lr {lr_now:.2e}  train loss {np.mean(losses):.4f}  "
+                  f"val error {val_err:.4f}")
+        if val_err < best_err:
+            best_err, best_epoch = val_err, epoch
+            for saved, p in zip(best_params, model.params):
+                saved[...] = p
+        elif epoch - best_epoch >= patience:
+            if verbose:
+                print(f"early stop: no better validation error for {patience} epochs")
+            break
+    for saved, p in zip(best_params, model.params):
+        p[...] = saved            # in place: the optimizer's views stay valid
+    acc = 1.0 - model.error(X_test, y_test)
+    if verbose:
+        print(f"{activation}: best val error {best_err:.4f} at epoch {best_epoch}; "
+              f"test accuracy {acc:.4f} ({time.perf_counter() - t0:.2f} s)")
+    return {"test_accuracy": acc, "best_val_error": best_err, "best_epoch": best_epoch,
+            "epochs_run": len(history), "history": history}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    main(activation=args.activation, hidden=tuple(args.hidden), epochs=args.epochs,
+         batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed)

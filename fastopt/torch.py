@@ -1,0 +1,439 @@
+"""PyTorch adapter: ``torch.optim.Optimizer`` subclasses that run fastopt's kernels.
+
+``fastopt.torch.Adam``, ``AdamW``, ``SGD``, ``RMSprop`` and ``Adagrad`` take the same arguments as
+their ``torch.optim`` namesakes and drop into an existing training loop::
+
+    import fastopt.torch
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+
+How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
+params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
+param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
+truth, so LR schedulers and hand edits of ``param_groups`` work), views each ``p.grad`` as NumPy
+(no copy) and runs the fused update in place. The params' autograd version counters are bumped, as
+an in-place torch op would do.
+
+State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
+(``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
+``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
+a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others).
+
+Supported tensors: dense (strided), contiguous, CPU, float32 or float64, for params and grads.
+Anything else (CUDA, sparse, complex, float16/bfloat16, non-contiguous) raises a TypeError or
+ValueError that names the param; nothing is copied behind your back. ``capturable=True`` and
+``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
+checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
+
+``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
+"""
+from collections import defaultdict
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+
+from . import adagrad as _adagrad
+from . import adam as _adam
+from . import rmsprop as _rmsprop
+from . import sgd as _sgd
+
+__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"]
+
+# torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
+# fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
+# a hook is registered or the profiler is on. Without these internals it always does.
+_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", None)
+_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+_LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
+
+_SUPPORTED = "dense (strided), contiguous CPU tensors of dtype float32 or float64"
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _scalar_dtype():
+    get = getattr(_torch_optimizer, "_get_scalar_dtype", None)
+    if get is not None:
+        return get()
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _plain(value):
+    """A hyperparameter as a plain Python value (tensors to numbers, lists to tuples)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"a tensor hyperparameter must hold one number, got shape {tuple(value.shape)}")
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def _tensor_problem(t, what, like=None):
+    """Why ``t`` cannot be used (an exception instance), or None."""
+    if not isinstance(t, torch.Tensor):
+        return TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        return TypeError(f"{what} is on device {t.device}; fastopt.torch supports {_SUPPORTED}")
+    if t.layout != torch.strided:
+        return TypeError(
+            f"{what} has layout {t.layout} (sparse tensors, e.g. from nn.Embedding(sparse=True), "
+            f"are not supported); fastopt.torch supports {_SUPPORTED}")
+    if t.dtype not in _DTYPES:
+        return TypeError(f"{what} has dtype {t.dtype}; fastopt.torch supports {_SUPPORTED}")
+    if like is not None:
+        if t.dtype != like.dtype:
+            return TypeError(f"{what} has dtype {t.dtype}, but its param has dtype {like.dtype}")
+        if t.shape != like.shape:
+            return ValueError(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
+    if not t.is_contiguous():
+        return ValueError(
+            f"{what} is not contiguous (strides {t.stride()}); fastopt.torch updates memory in place "
+            f"and never copies: it supports {_SUPPORTED}")
+    if t.is_conj() or t.is_neg():
+        return ValueError(f"{what} has a lazy conj/neg bit; call .resolve_conj()/.resolve_neg() first")
+    return None
+
+
+class _Adapter(torch.optim.Optimizer):
+    """Base class: a torch optimizer whose step runs a fastopt optimizer over NumPy views."""
+
+    #: fastopt class that does the work.
+    _fastopt_cls = None
+    #: Hyperparameters mirrored from the torch groups into the fastopt groups before each step.
+    _keys = ()
+
+    def __init__(self, params, defaults, skip_nonfinite=False):
+        self._fo = None
+        self._skip_nonfinite = skip_nonfinite
+        super().__init__(params, defaults)
+        self._build()
+
+    # ------------------------------------------------------------------------------------------
+    # Params and groups
+    # ------------------------------------------------------------------------------------------
+
+    def _check_group_flags(self, group, where):
+        if group.get("capturable", False):
+            raise ValueError(f"{where}: capturable=True is not supported by fastopt.torch (CPU only)")
+        if group.get("differentiable", False):
+            raise ValueError(f"{where}: differentiable=True is not supported by fastopt.torch")
+
+    def _fo_group(self, group, params):
+        out = {key: _plain(group[key]) for key in self._keys}
+        out["params"] = [p.detach().numpy() for p in params]
+        return out
+
+    def add_param_group(self, param_group):
+        first = sum(len(g["params"]) for g in self.param_groups)
+        n_groups = len(self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group_flags(group, f"param group {n_groups}")
+            for i, p in enumerate(group["params"]):
+                problem = _tensor_problem(p, f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})")
+                if problem is not None:
+                    raise problem
+            if self._fo is not None:
+                self._fo.add_param_group(self._fo_group(group, group["params"]))
+                self._sync_params()
+        except Exception:
+            del self.param_groups[n_groups:]
+            raise
+
+    def _build(self):
+        groups = [self._fo_group(g, g["params"]) for g in self.param_groups]
+        self._fo = self._make_fastopt(groups)
+        self._sync_params()
+
+    def _make_fastopt(self, groups):
+        return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite)
+
+    def _sync_params(self):
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._ptrs = [p.data_ptr() for p in self._params]
+        self._group_sizes = [len(g["params"]) for g in self.param_groups]
+
+    # ------------------------------------------------------------------------------------------
+    # Step
+    # ------------------------------------------------------------------------------------------
+
+    def _push_hyperparameters(self):
+        fo_groups = self._fo.param_groups
+        groups = self.param_groups
+        if len(groups) != len(fo_groups):
+            raise RuntimeError("param_groups was resized by hand; use add_param_group")
+        keys = self._keys
+        for g, (tg, fg, size) in enumerate(zip(groups, fo_groups, self._group_sizes)):
+            if len(tg["params"]) != size:
+                raise RuntimeError(
+                    f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
+                    "a new optimizer")
+            if tg.get("capturable", False) or tg.get("differentiable", False):
+                self._check_group_flags(tg, f"param_groups[{g}]")
+            for key in keys:
+                value = tg[key]
+                current = fg[key]
+                if value is current:
+                    continue
+                if isinstance(value, (torch.Tensor, list, tuple)):
+                    value = _plain(value)
+                if value != current or type(value) is not type(current):
+                    fg[key] = value   # fastopt re-checks this group at the next step
+
+    def _grads(self):
+        grads = []
+        updated = []
+        params = self._params
+        ptrs = self._ptrs
+        try:
+            for i, p in enumerate(params):
+                g = p.grad
+                if g is None:
+                    grads.append(None)
+                else:
+                    grads.append(g.numpy())
+                    updated.append(p)
+        except (TypeError, RuntimeError):
+            grads, updated = self._grads_slow()
+        for i, p in enumerate(params):
+            if p.data_ptr() != ptrs[i]:
+                raise RuntimeError(
+                    f"param {i} (shape {tuple(p.shape)}) now uses different memory than when the "
+                    "optimizer was built (p.data = ... or set_()?); fastopt.torch updates the "
+                    "original memory in place, so build a new optimizer after replacing params")
+        return grads, updated
+
+    def _grads_slow(self):
+        """The gradients, checked one by one with a message that names the bad one."""
+        grads = []
+        updated = []
+        for i, p in enumerate(self._params):
+            g = p.grad
+            if g is None:
+                grads.append(None)
+                continue
+            problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p)
+            if problem is not None:
+                raise problem
+            grads.append(g.detach().numpy())
+            updated.append(p)
+        return grads, updated
+
+    def _patch_step_function(self):
+        # Called by torch.optim.Optimizer.__init__/__setstate__ to wrap step() in torch's
+        # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
+        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+
+    def step(self, closure=None):
+        """Perform one optimization step (``closure``: reevaluates the model and returns the loss)."""
+        if (not _LIGHT_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiler_enabled()):
+            return self._hooked_step(closure)
+        return self._step(closure)
+
+    def _step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._push_hyperparameters()
+        grads, updated = self._grads()
+        if not updated:
+            return loss
+        try:
+            self._fo.step(grads)
+        except (TypeError, ValueError) as exc:
+            # A grad NumPy could view but fastopt rejects (non-contiguous, wrong dtype or shape):
+            # say which param in torch's terms.
+            self._grads_slow()
+            raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
+        torch.autograd.graph.increment_version(updated)
+        return loss
+
+    #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
+    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
+
+    @property
+    def found_inf(self):
+        """With ``skip_nonfinite=True``: whether the last step was skipped for a NaN/Inf gradient."""
+        return self._fo.found_inf
+
+    @property
+    def skipped_steps(self):
+        """With ``skip_nonfinite=True``: how many steps were skipped for NaN/Inf gradients."""
+        return self._fo.skipped_steps
+
+    # ------------------------------------------------------------------------------------------
+    # State
+    # ------------------------------------------------------------------------------------------
+
+    def _torch_state(self, copy):
+        out = defaultdict(dict)
+        if self.__dict__.get("_fo") is None:
+            return out
+        fo_state = self._fo.state_dict()["state"] if copy else self._fo.state
+        step_dtype = _scalar_dtype()
+        for index, entry in fo_state.items():
+            converted = {}
+            for name, value in entry.items():
+                if name == "step":
+                    converted[name] = torch.tensor(float(value), dtype=step_dtype)
+                else:
+                    converted[name] = torch.from_numpy(value)
+            out[self._params[index]] = converted
+        return out
+
+    @property
+    def state(self):
+        """Per-param state in torch's format, built on access.
+
+        ``"step"`` is a new scalar tensor; the buffers (``"exp_avg"``, ...) share memory with the
+        optimizer's state, so reading them is free and writing into them changes the state.
+        """
+        return self._torch_state(copy=self.__dict__.get("_state_copies", False))
+
+    @state.setter
+    def state(self, value):
+        # torch.optim.Optimizer.__init__ assigns an empty dict; anything else is not supported.
+        if value:
+            raise AttributeError("assigning opt.state is not supported; use load_state_dict()")
+
+    def state_dict(self):
+        """torch.optim's ``state_dict()`` (copies of the state, ``"step"`` as a scalar tensor)."""
+        self._state_copies = True
+        try:
+            return super().state_dict()
+        finally:
+            self._state_copies = False
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict saved by this class or by its ``torch.optim`` namesake.
+
+        Everything is checked before the fastopt state is replaced; on an error the optimizer is
+        left as it was.
+        """
+        old_groups = self.param_groups
+        old_defaults = dict(self.defaults)
+        super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts
+        loaded = self.__dict__.pop("state", {})
+        try:
+            for g, group in enumerate(self.param_groups):
+                self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
+            fo_state = {}
+            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            for key, entry in loaded.items():
+                if not isinstance(key, torch.Tensor) or id(key) not in index:
+                    raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
+                if not isinstance(entry, dict):
+                    raise TypeError(f"the state of param {index[id(key)]} must be a dict")
+                converted = {}
+                for name, value in entry.items():
+                    if value is None:
+                        continue
+                    if name == "step":
+                        converted[name] = int(value.item()) if isinstance(value, torch.Tensor) else value
+                    elif isinstance(value, torch.Tensor):
+                        problem = _tensor_problem(value, f"state '{name}' of param {index[id(key)]}", like=key)
+                        if problem is not None and not isinstance(problem, ValueError):
+                            raise problem
+                        converted[name] = value.detach().contiguous().numpy()
+                    else:
+                        converted[name] = value
+                if converted:
+                    fo_state[index[id(key)]] = converted
+            fo_groups = []
+            start = 0
+            for group in self.param_groups:
+                entry = {key: _plain(group[key]) for key in self._keys}
+                entry["params"] = list(range(start, start + len(group["params"])))
+                start += len(group["params"])
+                fo_groups.append(entry)
+            self._fo.load_state_dict({"state": fo_state, "param_groups": fo_groups})
+        except Exception:
+            self.param_groups = old_groups
+            self.defaults = old_defaults
+            raise
+        self._sync_params()
+
+    def __getstate__(self):
+        raise TypeError(
+            f"fastopt.torch.{type(self).__name__} cannot be pickled or deep-copied (it holds raw "
+            "pointers to its params); save optimizer.state_dict() instead")
+
+
+class Adam(_Adapter):
+    """``torch.optim.Adam`` running :class:`fastopt.Adam`'s fused kernel (same arguments)."""
+
+    _fastopt_cls = _adam.Adam
+    _keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False, skip_nonfinite=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable,
+                        differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW`` running :class:`fastopt.AdamW`'s fused kernel (same arguments)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+                 skip_nonfinite=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                         foreach=foreach, maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
+                         skip_nonfinite=skip_nonfinite)
+
+
+class SGD(_Adapter):
+    """``torch.optim.SGD`` running :class:`fastopt.SGD`'s fused kernel (same arguments)."""
+
+    _fastopt_cls = _sgd.SGD
+    _keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize, foreach=foreach,
+                        differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+
+class RMSprop(_Adapter):
+    """``torch.optim.RMSprop`` running :class:`fastopt.RMSprop`'s fused kernel (same arguments)."""
+
+    _fastopt_cls = _rmsprop.RMSprop
+    _keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *,
+                 skip_nonfinite=False):
+        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+
+
+class Adagrad(_Adapter):
+    """``torch.optim.Adagrad`` running :class:`fastopt.Adagrad`'s fused kernel (same arguments)."""
+
+    _fastopt_cls = _adagrad.Adagrad
+    _keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None, skip_nonfinite=False):
+        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                        maximize=maximize, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 import fastopt
+from fastopt.lr_scheduler import CosineAnnealingLR
 
 # ------------------------------------------------------------------------------------------------
 # Activations: f(z) and f'(z), written out.
@@ -128,34 +129,6 @@ class MLP:
             if layer > 0:
                 delta = (delta @ W.T) * self.df(pre[layer - 1])             # through f
         return loss
-
-
-# ------------------------------------------------------------------------------------------------
-# LR schedule
-# ------------------------------------------------------------------------------------------------
-
-
-class CosineAnnealingLR:
-    """Stand-in for ``fastopt.lr_scheduler.CosineAnnealingLR`` (same constructor, ``step()`` and
-    values as torch's): ``lr_t = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2``.
-
-    Once fastopt.lr_scheduler lands, delete this class and
-    ``from fastopt.lr_scheduler import CosineAnnealingLR`` instead; nothing else changes.
-    """
-
-    def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.optimizer, self.T_max, self.eta_min = optimizer, T_max, eta_min
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.last_epoch = 0
-
-    def step(self):
-        self.last_epoch += 1
-        cos = (1.0 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2.0
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = self.eta_min + (base - self.eta_min) * cos
-
-    def get_last_lr(self):
-        return [group["lr"] for group in self.optimizer.param_groups]
 
 
 # ------------------------------------------------------------------------------------------------

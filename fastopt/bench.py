@@ -436,17 +436,20 @@ class Contender:
 
 
 def measure(contenders, budget, min_reps, max_reps, repeats=None, min_sample=1e-3):
-    """Median seconds per step of each contender, timed round-robin.
+    """Seconds per step of each contender, timed round-robin.
 
     Each sample times ``k`` consecutive steps (``k`` chosen so a sample lasts >= ``min_sample``);
-    the number of rounds fits ``budget`` seconds, clamped to [min_reps, max_reps] (or ``repeats``).
-    Returns ({name: median seconds per step}, rounds).
+    the number of rounds fits ``budget`` seconds, clamped to [min_reps, max_reps] (or ``repeats``);
+    a cell that runs far over budget (a busy machine) stops after 3 rounds.
+    Returns ({name: stats}, rounds), stats = dict(median, min, q25, q75) in seconds per step.
     """
     per_step = {}
     for c in contenders:          # warm-up: state allocation, page faults, first-call costs
-        c.run(1)
-    for c in contenders:
-        per_step[c.name] = max(c.run(1), 1e-7)
+        per_step[c.name] = c.run(1)
+    for c in contenders:          # a second, warm estimate (not needed for slow steps: k = 1 anyway)
+        if per_step[c.name] < 4 * min_sample:
+            per_step[c.name] = c.run(1)
+        per_step[c.name] = max(per_step[c.name], 1e-7)
     ks = {c.name: max(1, int(min_sample / per_step[c.name])) for c in contenders}
     round_cost = sum(ks[n] * per_step[n] for n in ks)
     reps = repeats or int(min(max_reps, max(min_reps, budget / max(round_cost, 1e-9))))
@@ -468,7 +471,16 @@ def measure(contenders, budget, min_reps, max_reps, repeats=None, min_sample=1e-
     finally:
         if gc_was:
             gc.enable()
-    return {n: float(np.median(s)) for n, s in samples.items()}, done
+    stats = {}
+    for name, xs in samples.items():
+        q25, med, q75 = (float(q) for q in np.percentile(xs, [25, 50, 75]))
+        stats[name] = dict(median=med, min=float(min(xs)), q25=q25, q75=q75)
+    return stats, done
+
+
+def noise(stats):
+    """The cell's noise: the largest interquartile range relative to its median, over contenders."""
+    return max((s["q75"] - s["q25"]) / s["median"] for s in stats.values() if s["median"] > 0)
 
 
 def parse_size(text):
@@ -507,11 +519,13 @@ def make_data(size, dtype, seed=0):
     return params, grads
 
 
-def _torch_contenders(torch, name, params0, grads):
+def _torch_contenders(torch, name, params0, grads, loop=True):
     cls, hyper = CONFIGS[name]
     out = []
-    for label, kw in (("torch-fused", dict(fused=True)), ("torch-foreach", dict(foreach=True)),
-                      ("torch-loop", dict(foreach=False))):
+    variants = [("torch-fused", dict(fused=True)), ("torch-foreach", dict(foreach=True))]
+    if loop:
+        variants.append(("torch-loop", dict(foreach=False)))
+    for label, kw in variants:
         tparams = [torch.from_numpy(p.copy()) for p in params0]
         for tp, g in zip(tparams, grads):
             tp.grad = torch.from_numpy(g)
@@ -542,7 +556,7 @@ def _blas_limits(th):
         return contextlib.nullcontext()
 
 
-def bench_cell(name, size, dtype, th, data, torch, ceiling, timing):
+def bench_cell(name, size, dtype, th, data, torch, ceiling, timing, torch_loop=None):
     """Time one (optimizer, size, dtype, threads) cell; returns {contender: seconds per step}, reps."""
     params0, grads = data
     contenders = []
@@ -553,7 +567,10 @@ def bench_cell(name, size, dtype, th, data, torch, ceiling, timing):
     npo = make_numpy_optimizer(name, np_params)
     contenders.append(Contender("numpy", lambda: npo.step(grads)))
     if torch is not None:
-        contenders.extend(_torch_contenders(torch, name, params0, grads))
+        # foreach=False differs from foreach=True only with several tensors (one tensor: the same
+        # arithmetic, one kernel per op); by default it is timed on the 200-array case only.
+        loop = (size == MANY) if torch_loop is None else torch_loop
+        contenders.extend(_torch_contenders(torch, name, params0, grads, loop=loop))
     if ceiling is not None and name == "adam" and dtype == np.float32:
         n = n_elements(size)
         cp, cm, cv = np.ones(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
@@ -632,10 +649,21 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
+NOISY = 0.25
+
+
+def _noise(r):
+    """The cell's noise (largest IQR/median over its contenders), flagged '!' above NOISY."""
+    x = r.get("noise")
+    if x is None:
+        return "-".rjust(6)
+    return (f"{100 * x:.0f}%" + ("!" if x > NOISY else " ")).rjust(6)
+
+
 def format_table(rows):
     head = (f"{'optimizer':<9} {'dtype':<7} {'size':>10} {'thr':>3} "
             + " ".join(f"{c:>13}" for c in COLUMNS)
-            + f" {'fused/fo':>9} {'numpy/fo':>9} {'fo/ceil':>8}")
+            + f" {'fused/fo':>9} {'numpy/fo':>9} {'fo/ceil':>8} {'noise':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         ns = r["ns_per_elem"]
@@ -644,21 +672,23 @@ def format_table(rows):
             + " ".join(_fmt(ns.get(c), 13) for c in COLUMNS)
             + f" {_fmt(_ratio(ns.get('torch-fused'), ns['fastopt']), 9)}"
             + f" {_fmt(_ratio(ns.get('numpy'), ns['fastopt']), 9)}"
-            + f" {_fmt(_ratio(ns['fastopt'], ns.get('C-ceiling')), 8)}")
+            + f" {_fmt(_ratio(ns['fastopt'], ns.get('C-ceiling')), 8)}"
+            + f" {_noise(r)}")
     return "\n".join(lines)
 
 
 def format_clip(rows):
     cols = ["fastopt", "torch-foreach", "numpy"]
     head = (f"{'dtype':<7} {'size':>10} {'thr':>3} " + " ".join(f"{c:>13}" for c in cols)
-            + f" {'torch/fo':>9} {'numpy/fo':>9}   (us per call)")
+            + f" {'torch/fo':>9} {'numpy/fo':>9} {'noise':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         us = r["us_per_call"]
         lines.append(f"{r['dtype']:<7} {r['size']:>10} {r['threads']:>3} "
                      + " ".join(_fmt(us.get(c), 13) for c in cols)
                      + f" {_fmt(_ratio(us.get('torch-foreach'), us['fastopt']), 9)}"
-                     + f" {_fmt(_ratio(us.get('numpy'), us['fastopt']), 9)}")
+                     + f" {_fmt(_ratio(us.get('numpy'), us['fastopt']), 9)}"
+                     + f" {_noise(r)}")
     return "\n".join(lines)
 
 
@@ -673,61 +703,67 @@ def check_targets(rows, clip_rows):
     threads = sorted({r["threads"] for r in rows} | {r["threads"] for r in clip_rows})
     out = []
 
-    def add(ok, text):
+    def add(ok, text, row=None):
+        if row is not None and row.get("noise", 0) > NOISY:
+            text += f"  [noisy cell: IQR {100 * row['noise']:.0f}% of median]"
         out.append((ok, text))
 
+    def ratio_target(row, what, num, den, cmp, goal, goal_text):
+        ns = row["ns_per_elem"] if "ns_per_elem" in row else row["us_per_call"]
+        q = _ratio(ns.get(num), ns.get(den))
+        if q is None:
+            add(None, f"{what}: not measured ({num if ns.get(num) is None else den} missing)")
+        else:
+            add(cmp(q, goal), f"{what}: {goal_text} = {_fmt(q, 0).strip()} (target {'<=' if cmp is _le else '>='} {goal})", row)
+
+    f32 = "Adam float32"
     for th in threads:
         r = find(10 ** 7, th)
         if r is None:
-            add(None, f"Adam f32 1x1e7 thr={th}: not measured")
+            add(None, f"{f32} 1 x 1e7, {th} thr: not measured")
             continue
-        ns = r["ns_per_elem"]
-        q = _ratio(ns["fastopt"], ns.get("C-ceiling"))
-        add(None if q is None else q <= 1.05,
-            f"Adam f32 1x1e7 thr={th}: fastopt/ceiling = {_fmt(q, 0)} (target <= 1.05)"
-            + ("" if q is not None else " [no ceiling]"))
-        q = _ratio(ns.get("torch-fused"), ns["fastopt"])
-        add(None if q is None else q > 1.0,
-            f"Adam f32 1x1e7 thr={th}: torch fused/fastopt = {_fmt(q, 0)} (target > 1)")
+        ratio_target(r, f"{f32} 1 x 1e7, {th} thr", "fastopt", "C-ceiling", _le, 1.05, "fastopt/ceiling")
+        ratio_target(r, f"{f32} 1 x 1e7, {th} thr", "torch-fused", "fastopt", _ge, 1.0,
+                     "torch fused/fastopt (faster than torch fused)")
     for th in threads:
         r = find(10 ** 4, th)
         if r is None:
-            add(None, f"Adam f32 1x1e4 thr={th}: not measured")
+            add(None, f"{f32} 1 x 1e4, {th} thr: not measured")
             continue
-        q = _ratio(r["ns_per_elem"].get("torch-fused"), r["ns_per_elem"]["fastopt"])
-        add(None if q is None else q >= 10,
-            f"Adam f32 1x1e4 thr={th}: torch fused/fastopt = {_fmt(q, 0)} (target >= 10)")
+        ratio_target(r, f"{f32} 1 x 1e4, {th} thr", "torch-fused", "fastopt", _ge, 10, "torch fused/fastopt")
     for th in threads:
         r = find(MANY, th)
         if r is None:
-            add(None, f"Adam f32 200 arrays thr={th}: not measured")
+            add(None, f"{f32} 200 arrays, {th} thr: not measured")
             continue
+        ratio_target(r, f"{f32} 200 arrays, {th} thr", "torch-fused", "fastopt", _ge, 2.5, "torch fused/fastopt")
         ns = r["ns_per_elem"]
-        q = _ratio(ns.get("torch-fused"), ns["fastopt"])
-        add(None if q is None else q >= 2.5,
-            f"Adam f32 200 arrays thr={th}: torch fused/fastopt = {_fmt(q, 0)} (target >= 2.5)")
         if ns.get("C-ceiling") is not None:
             over = (ns["fastopt"] - ns["C-ceiling"]) * r["n"] / 1e3
-            add(over <= 10.0, f"Adam f32 200 arrays thr={th}: overhead beyond the ceiling = "
-                              f"{over:.1f} us/step (target <= 10 us)")
+            add(over <= 10.0, f"{f32} 200 arrays, {th} thr: overhead beyond memory traffic = fastopt - "
+                              f"ceiling x N = {over:.1f} us/step (target <= 10 us)", r)
         else:
-            add(None, f"Adam f32 200 arrays thr={th}: overhead not estimated (no ceiling)")
-    for r in rows:
-        if r["optimizer"] == "adam" and r["dtype"] == "float32" and r["n"] >= 10 ** 4:
-            q = _ratio(r["ns_per_elem"].get("numpy"), r["ns_per_elem"]["fastopt"])
-            add(None if q is None else q >= 5,
-                f"Adam f32 {r['size']} thr={r['threads']}: numpy/fastopt = {_fmt(q, 0)} (target >= 5)")
-    if not any(r["optimizer"] == "adam" and r["dtype"] == "float32" for r in rows):
-        add(None, "Adam f32 vs NumPy: not measured")
-    for c in clip_rows:
-        if c["dtype"] != "float32":
-            continue
-        q = _ratio(c["us_per_call"].get("torch-foreach"), c["us_per_call"]["fastopt"])
-        add(None if q is None else q >= 3,
-            f"clip_grad_norm_ f32 200 arrays thr={c['threads']}: torch/fastopt = {_fmt(q, 0)} (target >= 3)")
-    if not clip_rows:
-        add(None, "clip_grad_norm_ 200 arrays: not measured")
+            add(None, f"{f32} 200 arrays, {th} thr: overhead not estimated (no C ceiling)")
+    vs_numpy = [r for r in rows if r["optimizer"] == "adam" and r["dtype"] == "float32" and r["n"] >= 10 ** 4]
+    for r in vs_numpy:
+        ratio_target(r, f"{f32} {r['size']}, {r['threads']} thr", "numpy", "fastopt", _ge, 5, "numpy/fastopt")
+    if not vs_numpy:
+        add(None, f"{f32} vs NumPy from 1e4 up: not measured")
+    clip32 = [c for c in clip_rows if c["dtype"] == "float32"]
+    for c in clip32:
+        ratio_target(c, f"clip_grad_norm_ float32 200 arrays, {c['threads']} thr", "torch-foreach", "fastopt",
+                     _ge, 3, "torch (foreach)/fastopt")
+    if not clip32:
+        add(None, "clip_grad_norm_ float32 200 arrays: not measured")
     return out
+
+
+def _le(a, b):
+    return a <= b
+
+
+def _ge(a, b):
+    return a >= b
 
 
 def write_plot(rows, path):
@@ -815,6 +851,8 @@ def build_parser():
     ap.add_argument("--quick", action="store_true", help="a few rounds per cell (smoke run)")
     ap.add_argument("--no-clip", action="store_true", help="skip the clip_grad_norm_ benchmark")
     ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
+    ap.add_argument("--torch-loop", action="store_true", default=None,
+                    help="time torch foreach=False at every size (default: on the 200 arrays only)")
     ap.add_argument("--ceiling", metavar="LIMIT_C", default=None,
                     help="path of shared/tools/limit.c (default: ../shared/tools/limit.c if present)")
     ap.add_argument("--no-ceiling", action="store_true")
@@ -877,7 +915,8 @@ def main(argv=None):
     if ceiling is not None:
         print(f"C ceiling: {ceiling.source} built with gcc {ceiling.flags}, timed inside C")
     print(f"200 arrays = 4 x (512,512) + 96 x (512,) + 100 x (4096,) = {n_elements(MANY):,} elements")
-    print("NumPy: single-threaded whatever the thread count (NumPy's ufuncs are)")
+    print("NumPy: single-threaded whatever the thread count (NumPy's ufuncs are); torch-loop "
+          "(foreach=False) on the 200 arrays only unless --torch-loop")
     print(flush=True)
 
     cells = [(s, d, o, t) for s in sizes for d in dtypes for o in opts for t in threads]
@@ -895,13 +934,13 @@ def main(argv=None):
                     for th in threads:
                         done += 1
                         t0 = time.perf_counter()
-                        med, reps = bench_cell(name, size, dtype, th, data_cache[(size, dtype)], torch,
-                                               ceiling, timing)
+                        stats, reps = bench_cell(name, size, dtype, th, data_cache[(size, dtype)], torch,
+                                                 ceiling, timing, torch_loop=args.torch_loop)
                         n = n_elements(size)
-                        ns = {c: s * 1e9 / n for c, s in med.items()}
+                        ns = {c: s["median"] * 1e9 / n for c, s in stats.items()}
                         rows.append(dict(optimizer=name, dtype=dtype.name, size=size_label(size),
                                          n_key=size, n=n, threads=th, reps=reps, ns_per_elem=ns,
-                                         seconds_per_step=med))
+                                         noise=noise(stats), seconds_per_step=stats))
                         log(f"[{done:3d}/{total}] {name:<8} {dtype.name:<7} {size_label(size):>10} "
                             f"thr={th}: fastopt {ns['fastopt']:.3g} ns/elem, "
                             f"{reps} rounds, {time.perf_counter() - t0:.1f} s")
@@ -911,10 +950,11 @@ def main(argv=None):
                 for th in threads:
                     done += 1
                     t0 = time.perf_counter()
-                    med, reps = bench_clip(MANY, dtype, th, data, torch, timing)
-                    us = {c: s * 1e6 for c, s in med.items()}
+                    stats, reps = bench_clip(MANY, dtype, th, data, torch, timing)
+                    us = {c: s["median"] * 1e6 for c, s in stats.items()}
                     clip_rows.append(dict(dtype=dtype.name, size="200 arrays", n=n_elements(MANY),
-                                          threads=th, reps=reps, us_per_call=us))
+                                          threads=th, reps=reps, us_per_call=us, noise=noise(stats),
+                                          seconds_per_call=stats))
                     log(f"[{done:3d}/{total}] clip     {dtype.name:<7} 200 arrays thr={th}: "
                         f"fastopt {us['fastopt']:.1f} us, {reps} rounds, {time.perf_counter() - t0:.1f} s")
     finally:
@@ -929,6 +969,9 @@ def main(argv=None):
     if clip_rows:
         print(f"\nclip_grad_norm_(max_norm={CLIP_MAX_NORM}) over the 200 arrays, us per call")
         print(format_clip(clip_rows))
+    if rows or clip_rows:
+        print(f"noise: the largest interquartile range / median among a cell's contenders ('!' above "
+              f"{100 * NOISY:.0f}%: the machine was busy; rerun or raise --repeats)")
     targets = check_targets(rows, clip_rows)
     print("\nIssue 3 targets (from the ratios above; one run on a possibly busy machine)")
     for ok, text in targets:

@@ -55,6 +55,7 @@ MANY = "200x"
 CLIP_MAX_NORM = 1.0
 
 DEFAULT_SIZES = "1e4,1e6,1e7," + MANY
+QUICK_SIZES = "1e4,1e6," + MANY
 DEFAULT_OPTIMIZERS = "adam,adamw,sgd,rmsprop,adagrad"
 
 # ------------------------------------------------------------------------------------------------
@@ -841,21 +842,23 @@ def build_parser():
                     "ns per element per step, medians of round-robin repetitions, ratios from one run.")
     ap.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
                     help=f"comma-separated, from {','.join(CONFIGS)} (default: all)")
-    ap.add_argument("--sizes", default=DEFAULT_SIZES,
+    ap.add_argument("--sizes", default=None,
                     help=f"comma-separated element counts of one array, and/or {MANY} for the 200-array "
-                         f"model (default {DEFAULT_SIZES})")
-    ap.add_argument("--dtypes", default="float32,float64")
+                         f"model (default {DEFAULT_SIZES}; with --quick {QUICK_SIZES})")
+    ap.add_argument("--dtypes", default="float32,float64", help="float32 and/or float64 (default both)")
     ap.add_argument("--threads", default=None, help="comma-separated (default: 1 and all cores)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="rounds per cell (default: fit ~0.2 s per cell, clamped to 5..41)")
-    ap.add_argument("--quick", action="store_true", help="a few rounds per cell (smoke run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 3-11 short rounds per cell, no 1e7 unless --sizes asks")
     ap.add_argument("--no-clip", action="store_true", help="skip the clip_grad_norm_ benchmark")
     ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
     ap.add_argument("--torch-loop", action="store_true", default=None,
                     help="time torch foreach=False at every size (default: on the 200 arrays only)")
     ap.add_argument("--ceiling", metavar="LIMIT_C", default=None,
-                    help="path of shared/tools/limit.c (default: ../shared/tools/limit.c if present)")
-    ap.add_argument("--no-ceiling", action="store_true")
+                    help="path of limit.c (default: the nearest shared/tools/limit.c above the cwd or "
+                         "the repository, i.e. ../shared/tools/limit.c)")
+    ap.add_argument("--no-ceiling", action="store_true", help="do not build/time the C ceiling")
     ap.add_argument("--plot", nargs="?", const="fastopt-bench.png", default="fastopt-bench.png",
                     metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
     ap.add_argument("--no-plot", action="store_true")
@@ -879,7 +882,8 @@ def main(argv=None):
         if bad:
             raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(CONFIGS)}")
         opts = [o for o in opts if o != "none"]
-        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+        size_text = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+        sizes = [parse_size(s) for s in size_text.split(",") if s.strip()]
         dtypes = [np.dtype(d.strip()) for d in args.dtypes.split(",") if d.strip()]
         if any(d not in (np.float32, np.float64) for d in dtypes):
             raise ValueError("dtypes must be float32 and/or float64")

@@ -90,16 +90,37 @@ def test_bench_cli_subprocess(tmp_path):
     root = str(Path(fastopt.__file__).resolve().parent.parent)
     env = {**__import__("os").environ, "PYTHONPATH": root}
     cmd = [sys.executable, "-m", "fastopt", "bench", "--quick", "--sizes", "1e3", "--threads", "1",
-           "--optimizers", "adam,sgd", "--no-plot", "--no-ceiling"]
+           "--optimizers", "adam,sgd", "--no-plot"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     assert "optimizer dtype" in res.stdout
     assert "[  1/" in res.stderr          # progress goes to stderr
+    assert not list(tmp_path.glob("*.png"))
+    adam = [ln.split() for ln in res.stdout.splitlines() if ln.startswith("adam      float32")]
+    assert len(adam) == 1
+    if "timed inside C" in res.stdout:    # limit.c and gcc were found: the ceiling column is filled
+        float(adam[0][5])
 
 
 def test_bench_bad_arguments(capsys):
     assert bench.main(["--optimizers", "adamax", "--no-plot"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
+
+
+def test_lbfgs_hook_calls_compare_with_scipy(capsys, monkeypatch):
+    import types
+    calls = []
+    fake = types.ModuleType("fastopt._bench_lbfgs")
+
+    def compare_with_scipy(quick=False):
+        calls.append(quick)
+        return "lbfgs table"
+
+    fake.compare_with_scipy = compare_with_scipy
+    monkeypatch.setitem(sys.modules, "fastopt._bench_lbfgs", fake)
+    assert bench.main(ARGS + ["--optimizers", "none", "--no-clip", "--lbfgs"]) == 0
+    assert calls == [True]
+    assert "lbfgs table" in capsys.readouterr().out
 
 
 def test_lbfgs_hook_skips_or_runs(capsys):

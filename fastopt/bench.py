@@ -90,7 +90,9 @@ class NumpyOptimizer:
             raise ValueError("NumPy reference: params must share one dtype and be C-contiguous")
         self.dtype = dtype
         self.hyper = {**self.defaults, **hyper}
-        self.block = int(block) if block is not None else max(1024, self.block_bytes // dtype.itemsize)
+        if block is None:
+            block = max(1024, self.block_bytes // dtype.itemsize)
+        self.block = int(block) if block > 0 else 1 << 62      # 0: no blocking
         B = self.block
         sizes = [p.size for p in self.params]
         small = [k for k, n in enumerate(sizes) if n < B]
@@ -557,7 +559,7 @@ def _blas_limits(th):
         return contextlib.nullcontext()
 
 
-def bench_cell(name, size, dtype, th, data, torch, ceiling, timing, torch_loop=None):
+def bench_cell(name, size, dtype, th, data, torch, ceiling, timing, torch_loop=None, numpy_block=None):
     """Time one (optimizer, size, dtype, threads) cell; returns {contender: seconds per step}, reps."""
     params0, grads = data
     contenders = []
@@ -565,7 +567,7 @@ def bench_cell(name, size, dtype, th, data, torch, ceiling, timing, torch_loop=N
     fo = make_fastopt_optimizer(name, fo_params)
     contenders.append(Contender("fastopt", lambda: fo.step(grads)))
     np_params = [p.copy() for p in params0]
-    npo = make_numpy_optimizer(name, np_params)
+    npo = make_numpy_optimizer(name, np_params, **({} if numpy_block is None else {"block": numpy_block}))
     contenders.append(Contender("numpy", lambda: npo.step(grads)))
     if torch is not None:
         # foreach=False differs from foreach=True only with several tensors (one tensor: the same
@@ -855,6 +857,9 @@ def build_parser():
     ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
     ap.add_argument("--torch-loop", action="store_true", default=None,
                     help="time torch foreach=False at every size (default: on the 200 arrays only)")
+    ap.add_argument("--numpy-block", type=int, default=None, metavar="ELEMENTS",
+                    help="NumPy's cache block in elements (default: 256 KiB per stream; 0: no blocking, "
+                         "whole-array ufuncs as usually written)")
     ap.add_argument("--ceiling", metavar="LIMIT_C", default=None,
                     help="path of limit.c (default: the nearest shared/tools/limit.c above the cwd or "
                          "the repository, i.e. ../shared/tools/limit.c)")
@@ -896,6 +901,9 @@ def main(argv=None):
         print(f"fastopt bench: error: {exc}", file=sys.stderr)
         return 2
     args.threads = threads
+    if args.numpy_block is not None and args.numpy_block < 0:
+        print("fastopt bench: error: --numpy-block must be >= 0", file=sys.stderr)
+        return 2
     if args.quick:
         timing = dict(budget=0.03, min_reps=3, max_reps=11, repeats=args.repeats, min_sample=2e-4)
     else:
@@ -919,8 +927,11 @@ def main(argv=None):
     if ceiling is not None:
         print(f"C ceiling: {ceiling.source} built with gcc {ceiling.flags}, timed inside C")
     print(f"200 arrays = 4 x (512,512) + 96 x (512,) + 100 x (4096,) = {n_elements(MANY):,} elements")
-    print("NumPy: single-threaded whatever the thread count (NumPy's ufuncs are); torch-loop "
-          "(foreach=False) on the 200 arrays only unless --torch-loop")
+    blk = ("unblocked" if args.numpy_block == 0 else
+           f"cache-blocked by {args.numpy_block} elements" if args.numpy_block else
+           "cache-blocked by 256 KiB per stream")
+    print(f"NumPy: in-place out= ufuncs, {blk}, single-threaded whatever the thread count (NumPy's "
+          "ufuncs are)\ntorch-loop (foreach=False): on the 200 arrays only unless --torch-loop")
     print(flush=True)
 
     cells = [(s, d, o, t) for s in sizes for d in dtypes for o in opts for t in threads]
@@ -939,7 +950,8 @@ def main(argv=None):
                         done += 1
                         t0 = time.perf_counter()
                         stats, reps = bench_cell(name, size, dtype, th, data_cache[(size, dtype)], torch,
-                                                 ceiling, timing, torch_loop=args.torch_loop)
+                                                 ceiling, timing, torch_loop=args.torch_loop,
+                                                 numpy_block=args.numpy_block)
                         n = n_elements(size)
                         ns = {c: s["median"] * 1e9 / n for c, s in stats.items()}
                         rows.append(dict(optimizer=name, dtype=dtype.name, size=size_label(size),

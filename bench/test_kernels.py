@@ -1,0 +1,47 @@
+"""Each fused kernel against its pure-NumPy reference (fastopt.bench's Numpy* classes), 1e3-1e7."""
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import bench
+
+SIZES = [10 ** 3, 10 ** 5, 10 ** 7]
+DTYPES = [np.float32, np.float64]
+
+
+def _label(n):
+    return f"1e{int(round(np.log10(n)))}"
+
+
+@pytest.mark.parametrize("impl", ["fastopt", "numpy"])
+@pytest.mark.parametrize("n", SIZES, ids=_label)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("opt", sorted(bench.CONFIGS))
+def test_step(benchmark, opt, dtype, n, impl):
+    params, grads = bench.make_data(n, dtype)
+    if impl == "fastopt":
+        o = bench.make_fastopt_optimizer(opt, params)
+    else:
+        o = bench.make_numpy_optimizer(opt, params)
+    o.step(grads)                       # allocate the state outside the timing
+    benchmark.group = f"{opt}-{np.dtype(dtype).name}-{_label(n)}"
+    benchmark.extra_info["ns_per_elem"] = None
+    benchmark(o.step, grads)
+    if benchmark.stats is not None:
+        benchmark.extra_info["ns_per_elem"] = benchmark.stats.stats.median * 1e9 / n
+
+
+@pytest.mark.parametrize("impl", ["fastopt", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_clip_grad_norm_200_arrays(benchmark, dtype, impl):
+    _, fresh = bench.make_data(bench.MANY, dtype)      # norm ~12 > max_norm: every call scales
+    grads = [g.copy() for g in fresh]
+    fn = fastopt.clip_grad_norm_ if impl == "fastopt" else bench.numpy_clip_grad_norm_
+
+    def restore():        # clipping the same arrays again would skip the scaling pass (coef >= 1)
+        for d, s in zip(grads, fresh):
+            np.copyto(d, s)
+
+    benchmark.group = f"clip_grad_norm_-{np.dtype(dtype).name}-200arrays"
+    benchmark.pedantic(fn, args=(grads, bench.CLIP_MAX_NORM), setup=restore, rounds=200,
+                       warmup_rounds=3)

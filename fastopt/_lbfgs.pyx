@@ -133,6 +133,50 @@ cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
 # Two-loop recursion
 # ---------------------------------------------------------------------------------------------
 
+cdef inline double _axpy_dot(floating* q, floating a, const floating* x, const floating* w,
+                             Py_ssize_t n) noexcept nogil:
+    """q <- q + a x, then return w'q -- one pass, so q is read and written once, not twice."""
+    cdef double acc[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef floating t
+    for j in range(8):
+        acc[j] = 0.0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            t = q[i + j] + a * x[i + j]
+            q[i + j] = t
+            acc[j] += <double>w[i + j] * <double>t
+    for i in range(n8, n):
+        t = q[i] + a * x[i]
+        q[i] = t
+        acc[0] += <double>w[i] * <double>t
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+
+
+cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating* src, floating a,
+                                    const floating* x, floating scale, const floating* w,
+                                    Py_ssize_t n) noexcept nogil:
+    """out <- scale (sign src + a x), then return w'out (``src`` may be ``out``).
+
+    ``sign`` is +1 or -1, so ``sign src`` is exact; it lets the first update read -g without a
+    separate negated copy."""
+    cdef double acc[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef floating t
+    for j in range(8):
+        acc[j] = 0.0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            t = scale * (sign * src[i + j] + a * x[i + j])
+            out[i + j] = t
+            acc[j] += <double>w[i + j] * <double>t
+    for i in range(n8, n):
+        t = scale * (sign * src[i] + a * x[i])
+        out[i] = t
+        acc[0] += <double>w[i] * <double>t
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+
+
 cdef void _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
                     double* alpha, Py_ssize_t n, int m, int newest, int count,
                     double gamma) noexcept nogil:
@@ -142,28 +186,49 @@ cdef void _two_loop(floating* d, const floating* g, const floating* history, con
     ``y_k`` at ``history[(2k+1)n]``; ``newest`` is the slot of the latest pair and ``count`` how
     many slots are valid. ``rho_k = 1 / (s_k' y_k)``; ``gamma = s'y / y'y`` of the newest pair
     scales the initial matrix ``H0 = gamma I``.
+
+    Each update ``q -= a_i y_i`` is fused with the next inner product, so every stored vector is
+    streamed once per loop and d once per pair: at large n the recursion is bound by memory
+    bandwidth, and this is the least traffic the two-loop form allows.
     """
-    cdef int k, slot
-    cdef const floating* s
-    cdef const floating* y
-    cdef double a, b
-    _scaled_copy(d, <floating>-1.0, g, n)
+    cdef int k, slot, prev
+    cdef double a, b, acc
+    if count == 0:
+        _scaled_copy(d, <floating>(-gamma), g, n)
+        return
+    # First loop, newest to oldest: a_i = rho_i s_i'q, q -= a_i y_i, starting from q = -g.
     slot = newest
-    for k in range(count):
-        s = history + 2 * slot * n
-        y = s + n
-        a = rho[slot] * _dot(s, d, n)
-        alpha[slot] = a
-        _axpy(<floating>(-a), y, d, n)
+    a = -(rho[slot] * _dot(history + 2 * slot * n, g, n))
+    alpha[slot] = a
+    for k in range(1, count):
+        prev = slot
         slot = slot - 1 if slot > 0 else m - 1
-    _scale(<floating>gamma, d, n)
-    slot = (newest - count + 1 + m) % m
+        if k == 1:
+            acc = _scaled_axpy_dot(d, <floating>-1.0, g, <floating>(-a),
+                                   history + (2 * prev + 1) * n, <floating>1.0,
+                                   history + 2 * slot * n, n)
+        else:
+            acc = _axpy_dot(d, <floating>(-a), history + (2 * prev + 1) * n,
+                            history + 2 * slot * n, n)
+        a = rho[slot] * acc
+        alpha[slot] = a
+    # Last update of q, the scaling r = gamma q, and the first inner product of the second loop.
+    if count == 1:
+        acc = _scaled_axpy_dot(d, <floating>-1.0, g, <floating>(-a), history + (2 * slot + 1) * n,
+                               <floating>gamma, history + (2 * slot + 1) * n, n)
+    else:
+        acc = _scaled_axpy_dot(d, <floating>1.0, d, <floating>(-a), history + (2 * slot + 1) * n,
+                               <floating>gamma, history + (2 * slot + 1) * n, n)
+    # Second loop, oldest to newest: b_i = rho_i y_i'r, r += (a_i - b_i) s_i.
     for k in range(count):
-        s = history + 2 * slot * n
-        y = s + n
-        b = rho[slot] * _dot(y, d, n)
-        _axpy(<floating>(alpha[slot] - b), s, d, n)
+        b = rho[slot] * acc
+        prev = slot
         slot = slot + 1 if slot < m - 1 else 0
+        if k < count - 1:
+            acc = _axpy_dot(d, <floating>(alpha[prev] - b), history + 2 * prev * n,
+                            history + (2 * slot + 1) * n, n)
+        else:
+            _axpy(<floating>(alpha[prev] - b), history + 2 * prev * n, d, n)
 
 
 def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,

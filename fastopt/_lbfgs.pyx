@@ -13,6 +13,7 @@ float32 round-off in the scalars that steer the iteration.
 from cython cimport floating
 from libc.math cimport sqrt, fabs, isfinite, INFINITY
 from libc.string cimport memcpy
+from cython.parallel cimport prange
 
 import numpy as np
 cimport numpy as cnp
@@ -39,8 +40,9 @@ cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noex
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
-cdef inline double _sq_diff_norm(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """Return ||a - b||^2 with each difference rounded to the storage type first (as y is stored)."""
+cdef inline double _copy_dot(floating* dst, const floating* src, const floating* w,
+                             Py_ssize_t n) noexcept nogil:
+    """dst <- src, then return w'dst (one pass: the gradient copy and its slope g'd)."""
     cdef double acc[8]
     cdef Py_ssize_t i, j, n8 = n - n % 8
     cdef floating t
@@ -48,11 +50,47 @@ cdef inline double _sq_diff_norm(const floating* a, const floating* b, Py_ssize_
         acc[j] = 0.0
     for i in range(0, n8, 8):
         for j in range(8):
-            t = a[i + j] - b[i + j]
-            acc[j] += <double>t * <double>t
+            t = src[i + j]
+            dst[i + j] = t
+            acc[j] += <double>w[i + j] * <double>t
     for i in range(n8, n):
-        t = a[i] - b[i]
+        t = src[i]
+        dst[i] = t
+        acc[0] += <double>w[i] * <double>t
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+
+
+cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
+                               const floating* g_new, const floating* g_old, Py_ssize_t n,
+                               double* max_abs_g_new) noexcept nogil:
+    """s <- stp d, y <- g_new - g_old; return y'y and set max_i |g_new_i| -- one pass for
+    everything an accepted step needs."""
+    cdef double acc[8]
+    cdef double mx[8]
+    cdef double v
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef floating t
+    for j in range(8):
+        acc[j] = 0.0
+        mx[j] = 0.0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            s[i + j] = stp * d[i + j]
+            t = g_new[i + j] - g_old[i + j]
+            y[i + j] = t
+            acc[j] += <double>t * <double>t
+            v = fabs(<double>g_new[i + j])
+            mx[j] = v if v > mx[j] else mx[j]
+    for i in range(n8, n):
+        s[i] = stp * d[i]
+        t = g_new[i] - g_old[i]
+        y[i] = t
         acc[0] += <double>t * <double>t
+        v = fabs(<double>g_new[i])
+        mx[0] = v if v > mx[0] else mx[0]
+    for j in range(1, 8):
+        mx[0] = mx[j] if mx[j] > mx[0] else mx[0]
+    max_abs_g_new[0] = mx[0]
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
@@ -84,13 +122,6 @@ cdef inline void _xpay(floating* dst, const floating* x, floating alpha, const f
     cdef Py_ssize_t i
     for i in range(n):
         dst[i] = x[i] + alpha * p[i]
-
-
-cdef inline void _diff(floating* dst, const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """dst <- a - b."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        dst[i] = a[i] - b[i]
 
 
 cdef inline double _max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -177,10 +208,158 @@ cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 
 
-cdef void _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
-                    double* alpha, Py_ssize_t n, int m, int newest, int count,
-                    double gamma) noexcept nogil:
-    """d <- -H g with the L-BFGS inverse Hessian H of the stored pairs.
+# ---------------------------------------------------------------------------------------------
+# Blocked, optionally parallel versions
+# ---------------------------------------------------------------------------------------------
+# Vectors longer than BLOCK are processed in blocks of BLOCK elements; the partial sums of the
+# blocks are added in block order. That order does not depend on how many threads ran the
+# blocks, so results are bit-identical with 1 or many OpenMP threads. Threads are opt-in
+# (``num_threads``) and used only from PARALLEL_MIN elements on: below that a parallel region
+# costs more than it saves; above, the recursion is bound by memory bandwidth, which more cores
+# add to -- but on a loaded machine a descheduled thread stalls every barrier, so the default is
+# one thread.
+
+cdef enum:
+    BLOCK = 4096
+    PARALLEL_MIN = 65536
+
+
+cdef inline Py_ssize_t _num_blocks(Py_ssize_t n) noexcept nogil:
+    return (n + BLOCK - 1) // BLOCK
+
+
+cdef int _num_threads = 1   # set per run by _run / two_loop_direction
+
+
+cdef inline bint _use_threads(Py_ssize_t n) noexcept nogil:
+    return n >= PARALLEL_MIN and _num_threads > 1
+
+
+cdef inline double _sum_blocks(const double* partial, Py_ssize_t nb) noexcept nogil:
+    cdef double total = 0.0
+    cdef Py_ssize_t k
+    for k in range(nb):
+        total += partial[k]
+    return total
+
+
+cdef double _dot_b(const floating* a, const floating* b, Py_ssize_t n, double* ws) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb <= 1:
+        return _dot(a, b, n)
+    if _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        for k in range(nb):
+            start = k * BLOCK
+            ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
+    return _sum_blocks(ws, nb)
+
+
+cdef double _axpy_dot_b(floating* q, floating a, const floating* x, const floating* w,
+                        Py_ssize_t n, double* ws) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb <= 1:
+        return _axpy_dot(q, a, x, w, n)
+    if _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        for k in range(nb):
+            start = k * BLOCK
+            ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    return _sum_blocks(ws, nb)
+
+
+cdef double _scaled_axpy_dot_b(floating* out, floating sign, const floating* src, floating a,
+                               const floating* x, floating scale, const floating* w,
+                               Py_ssize_t n, double* ws) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb <= 1:
+        return _scaled_axpy_dot(out, sign, src, a, x, scale, w, n)
+    if _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
+                                     w + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        for k in range(nb):
+            start = k * BLOCK
+            ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
+                                     w + start, min(<Py_ssize_t>BLOCK, n - start))
+    return _sum_blocks(ws, nb)
+
+
+cdef double _copy_dot_b(floating* dst, const floating* src, const floating* w, Py_ssize_t n,
+                        double* ws) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb <= 1:
+        return _copy_dot(dst, src, w, n)
+    if _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        for k in range(nb):
+            start = k * BLOCK
+            ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    return _sum_blocks(ws, nb)
+
+
+cdef double _store_pair_b(floating* s, floating* y, floating stp, const floating* d,
+                          const floating* g_new, const floating* g_old, Py_ssize_t n,
+                          double* max_abs_g_new, double* ws) noexcept nogil:
+    """Blocked ``_store_pair``; ``ws`` needs room for 2 * number of blocks."""
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    cdef double mx
+    if nb <= 1:
+        return _store_pair(s, y, stp, d, g_new, g_old, n, max_abs_g_new)
+    if _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
+                                g_old + start, min(<Py_ssize_t>BLOCK, n - start), ws + nb + k)
+    else:
+        for k in range(nb):
+            start = k * BLOCK
+            ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
+                                g_old + start, min(<Py_ssize_t>BLOCK, n - start), ws + nb + k)
+    mx = 0.0
+    for k in range(nb):
+        mx = ws[nb + k] if ws[nb + k] > mx else mx
+    max_abs_g_new[0] = mx
+    return _sum_blocks(ws, nb)
+
+
+cdef void _xpay_b(floating* dst, const floating* x, floating alpha, const floating* p,
+                  Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb > 1 and _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            _xpay(dst + start, x + start, alpha, p + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        _xpay(dst, x, alpha, p, n)
+
+
+cdef void _scaled_copy_b(floating* dst, floating alpha, const floating* src,
+                         Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t nb = _num_blocks(n), k, start
+    if nb > 1 and _use_threads(n):
+        for k in prange(nb, schedule="static", num_threads=_num_threads):
+            start = k * BLOCK
+            _scaled_copy(dst + start, alpha, src + start, min(<Py_ssize_t>BLOCK, n - start))
+    else:
+        _scaled_copy(dst, alpha, src, n)
+
+
+cdef double _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
+                      double* alpha, Py_ssize_t n, int m, int newest, int count,
+                      double gamma, double* ws) noexcept nogil:
+    """d <- -H g with the L-BFGS inverse Hessian H of the stored pairs; returns the slope g'd.
 
     ``history`` is a ring buffer of ``m`` slots, slot ``k`` holding ``s_k`` at ``history[2kn]`` and
     ``y_k`` at ``history[(2k+1)n]``; ``newest`` is the slot of the latest pair and ``count`` how
@@ -194,45 +373,47 @@ cdef void _two_loop(floating* d, const floating* g, const floating* history, con
     cdef int k, slot, prev
     cdef double a, b, acc
     if count == 0:
-        _scaled_copy(d, <floating>(-gamma), g, n)
-        return
+        _scaled_copy_b(d, <floating>(-gamma), g, n)
+        return _dot_b(g, d, n, ws)
     # First loop, newest to oldest: a_i = rho_i s_i'q, q -= a_i y_i, starting from q = -g.
     slot = newest
-    a = -(rho[slot] * _dot(history + 2 * slot * n, g, n))
+    a = -(rho[slot] * _dot_b(history + 2 * slot * n, g, n, ws))
     alpha[slot] = a
     for k in range(1, count):
         prev = slot
         slot = slot - 1 if slot > 0 else m - 1
         if k == 1:
-            acc = _scaled_axpy_dot(d, <floating>-1.0, g, <floating>(-a),
+            acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a),
                                    history + (2 * prev + 1) * n, <floating>1.0,
-                                   history + 2 * slot * n, n)
+                                   history + 2 * slot * n, n, ws)
         else:
-            acc = _axpy_dot(d, <floating>(-a), history + (2 * prev + 1) * n,
-                            history + 2 * slot * n, n)
+            acc = _axpy_dot_b(d, <floating>(-a), history + (2 * prev + 1) * n,
+                            history + 2 * slot * n, n, ws)
         a = rho[slot] * acc
         alpha[slot] = a
     # Last update of q, the scaling r = gamma q, and the first inner product of the second loop.
     if count == 1:
-        acc = _scaled_axpy_dot(d, <floating>-1.0, g, <floating>(-a), history + (2 * slot + 1) * n,
-                               <floating>gamma, history + (2 * slot + 1) * n, n)
+        acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a), history + (2 * slot + 1) * n,
+                               <floating>gamma, history + (2 * slot + 1) * n, n, ws)
     else:
-        acc = _scaled_axpy_dot(d, <floating>1.0, d, <floating>(-a), history + (2 * slot + 1) * n,
-                               <floating>gamma, history + (2 * slot + 1) * n, n)
+        acc = _scaled_axpy_dot_b(d, <floating>1.0, d, <floating>(-a), history + (2 * slot + 1) * n,
+                               <floating>gamma, history + (2 * slot + 1) * n, n, ws)
     # Second loop, oldest to newest: b_i = rho_i y_i'r, r += (a_i - b_i) s_i.
     for k in range(count):
         b = rho[slot] * acc
         prev = slot
         slot = slot + 1 if slot < m - 1 else 0
         if k < count - 1:
-            acc = _axpy_dot(d, <floating>(alpha[prev] - b), history + 2 * prev * n,
-                            history + (2 * slot + 1) * n, n)
+            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * n,
+                            history + (2 * slot + 1) * n, n, ws)
         else:
-            _axpy(<floating>(alpha[prev] - b), history + 2 * prev * n, d, n)
+            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * n, g, n, ws)
+    return acc
 
 
 def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
-                       const double[::1] rho, int newest, int count, double gamma):
+                       const double[::1] rho, int newest, int count, double gamma,
+                       int num_threads=1):
     """Return the L-BFGS search direction ``d = -H grad`` (two-loop recursion).
 
     Parameters
@@ -249,6 +430,8 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
         Number of valid pairs (0 <= count <= m).
     gamma : float
         Initial inverse-Hessian scale, ``H0 = gamma I`` (usually ``s'y / y'y`` of the newest pair).
+    num_threads : int
+        OpenMP threads for n >= 65536 (the result does not depend on it).
 
     Returns
     -------
@@ -268,10 +451,13 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
     out = np.empty(n, dtype=dtype)
     cdef floating[::1] d = out
     cdef double[::1] alpha = np.empty(m)
+    cdef double[::1] ws = np.empty(2 * _num_blocks(n) + 1)
+    global _num_threads
+    _num_threads = max(1, num_threads)
     if n > 0:
         with nogil:
             _two_loop(&d[0], &grad[0], &history[0, 0], &rho[0], &alpha[0], n, m, newest, count,
-                      gamma)
+                      gamma, &ws[0])
     return out
 
 
@@ -610,10 +796,13 @@ cdef class _Objective:
         self.njev = 0
 
 
-cdef int _evaluate(_Objective obj, const floating* x, double* f_out,
-                   floating* g_out) except -1:
-    """f_out <- fun(x), g_out <- gradient at x; the user gets a fresh copy of x (as SciPy does),
-    so keeping or mutating it cannot corrupt the iteration."""
+cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g_out,
+                   const floating* d, double* gd_out, double* ws) except -1:
+    """f_out <- fun(x), g_out <- gradient at x and, if d is not NULL, gd_out <- g'd.
+
+    The user gets a fresh copy of x (as SciPy does), so keeping or mutating it cannot corrupt
+    the iteration. g'd is accumulated while copying the gradient; a NaN or Inf anywhere in g
+    makes it non-finite, so it doubles as the finiteness check."""
     cdef cnp.npy_intp dims = obj.n
     cdef cnp.ndarray xa = cnp.PyArray_EMPTY(1, &dims, obj.typenum, 0)
     cdef cnp.ndarray ga
@@ -641,7 +830,12 @@ cdef int _evaluate(_Objective obj, const floating* x, double* f_out,
     if cnp.PyArray_NDIM(ga) != 1 or cnp.PyArray_DIM(ga, 0) != obj.n:
         raise ValueError(f"jac: the gradient must have shape ({obj.n},) like x, got shape "
                          f"{np.shape(grad)}")
-    memcpy(g_out, cnp.PyArray_DATA(ga), obj.n * sizeof(floating))
+    cdef const floating* src = <const floating*>cnp.PyArray_DATA(ga)
+    if d == NULL:
+        memcpy(g_out, src, obj.n * sizeof(floating))
+    else:
+        with nogil:
+            gd_out[0] = _copy_dot_b(g_out, src, d, obj.n, ws)
     return 0
 
 
@@ -658,16 +852,17 @@ cdef inline double _as_double(object value) except? -1.0:
 cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun, double c1,
                       double c2, Py_ssize_t n, const floating* x, double f, const floating* g,
                       const floating* d, double gd, double stp0, floating* xt, double* ft,
-                      floating* gt, double* stp_out, double* gdt_out) except -1:
-    """Search along d from x; on LS_OK, xt / ft / gt hold the accepted point.
+                      floating* gt, double* stp_out, double* gdt_out, double* ws) except -1:
+    """Search along d from x; on LS_OK, xt / ft / gt hold the accepted point and gdt_out its
+    slope gt'd.
 
     Trials with a NaN or Inf value or gradient are never fed to the search: the step is cut back
-    towards the best finite step and the upper limit on the step lowered below the bad one, so the
-    search backtracks into finite territory.
+    towards the best finite step and the largest admissible step lowered below the bad one, so
+    the search backtracks into finite territory (as SciPy's line searches do).
     """
     cdef SearchState st
     cdef int task, evals = 0
-    cdef double stp = stp0, gdt = 0.0, last_bad = INFINITY, lo = 0.0, stp_new, denom
+    cdef double stp = stp0, gdt = 0.0, last_bad = INFINITY, lo, stp_new, denom
     cdef bint saw_nonfinite = False
     st.ftol = c1
     st.gtol = c2
@@ -682,24 +877,22 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
         if obj.nfev >= maxfun and evals > 0:
             return LS_MAXFUN
         with nogil:
-            _xpay(xt, x, <floating>stp, d, n)
-        _evaluate(obj, xt, ft, gt)
+            _xpay_b(xt, x, <floating>stp, d, n)
+        _evaluate(obj, xt, ft, gt, d, &gdt, ws)
         evals += 1
-        if not (isfinite(ft[0]) and _all_finite(gt, n)):
+        if not (isfinite(ft[0]) and isfinite(gdt)):
             saw_nonfinite = True
             last_bad = stp
-            # Back off towards the best finite step (0 or stx), and never extrapolate past here.
+            # Back off towards the best finite step (0 or stx); never extrapolate past here.
             lo = 0.0 if armijo else st.stx
             stp = lo + 0.1 * (stp - lo)
             if not armijo:
                 st.stpmax = min(st.stpmax, last_bad)
                 if not st.brackt:
                     st.stmax = min(st.stmax, last_bad)
-            if stp <= 0.0 or stp == lo:
+            if not (stp > lo):
                 break
             continue
-        with nogil:
-            gdt = _dot(gt, d, n)
         if armijo:
             if ft[0] <= f + c1 * stp * gd:
                 stp_out[0] = stp
@@ -722,14 +915,14 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
                 gdt_out[0] = gdt
                 return LS_OK
             return LS_NONFINITE if saw_nonfinite else LS_FAILED
-        if last_bad < INFINITY and stp >= last_bad:
+        if stp >= last_bad:
             stp = st.stx + 0.5 * (last_bad - st.stx)
     return LS_NONFINITE if saw_nonfinite else LS_FAILED
 
 
 def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
          double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
-         double c1, double c2, object callback):
+         double c1, double c2, object callback, int num_threads=1):
     """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message)``.
 
     ``callback(x, f)`` is called after every iteration with a fresh copy of x; if it raises
@@ -740,9 +933,11 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     dtype = np.float32 if floating is float else np.float64
     cdef double eps = np.finfo(dtype).eps
     cdef _Objective obj = _Objective(fun, jac, args, typenum, n)
+    global _num_threads
+    _num_threads = max(1, num_threads)
 
     # Workspace: x and g of the current point and of the line-search trial (swapped on
-    # acceptance, never copied), the direction, and the ring buffer of pairs.
+    # acceptance, never copied), the direction, and the ring buffer of m (s, y) pairs.
     x_buf = np.array(x_init, dtype=dtype, copy=True)
     xt_buf = np.empty(n, dtype=dtype)
     g_buf = np.empty(n, dtype=dtype)
@@ -751,6 +946,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     history_buf = np.zeros(2 * m * n, dtype=dtype)
     rho_buf = np.zeros(m)
     alpha_buf = np.zeros(m)
+    ws_buf = np.zeros(2 * _num_blocks(n) + 1)
+    cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
     cdef floating* x = <floating*>cnp.PyArray_DATA(x_buf)
     cdef floating* xt = <floating*>cnp.PyArray_DATA(xt_buf)
     cdef floating* g = <floating*>cnp.PyArray_DATA(g_buf)
@@ -760,17 +957,17 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef double* rho = <double*>cnp.PyArray_DATA(rho_buf)
     cdef double* alpha = <double*>cnp.PyArray_DATA(alpha_buf)
     cdef floating* swap
-    cdef floating* s_slot
-    cdef floating* y_slot
+    cdef floating* slot_start
     cdef bint x_is_home = True   # whether x currently lives in x_buf (else in xt_buf)
 
-    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, sy, yy, gamma = 1.0, dnorm
+    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, sy, yy = 0.0, gamma = 1.0
+    cdef double gmax = 0.0
     cdef Py_ssize_t nit = 0
     cdef int newest = m - 1, count = 0, ls_status, status = -1
-    cdef bint fresh_start = True
+    cdef bint fresh_start = True   # d = -g, after the start or a reset of the history
     message = ""
 
-    _evaluate(obj, x, &f, g)
+    _evaluate(obj, x, &f, g, <floating*>NULL, <double*>NULL, ws)
     if not (isfinite(f) and _all_finite(g, n)):
         return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_ABNORMAL,
                 "ABNORMAL: fun returned a non-finite value or gradient at x0")
@@ -779,40 +976,37 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 "CONVERGENCE: NORM OF GRADIENT <= GTOL")
 
     with nogil:
-        _scaled_copy(d, <floating>-1.0, g, n)
+        _scaled_copy_b(d, <floating>-1.0, g, n)
+        gd = _dot_b(g, d, n, ws)
     while True:
-        with nogil:
-            gd = _dot(g, d, n)
-            if not (gd < 0.0) and count > 0:
-                # Round-off made the quasi-Newton direction useless: forget the history.
-                count = 0
-                fresh_start = True
-                _scaled_copy(d, <floating>-1.0, g, n)
-                gd = _dot(g, d, n)
-            if fresh_start:
-                # Like L-BFGS-B: the first step after a (re)start has length 1 (||d|| = ||g||).
-                dnorm = sqrt(_dot(d, d, n))
-                stp0 = min(1.0 / dnorm, STPMAX) if dnorm > 0.0 else 1.0
-            else:
-                stp0 = 1.0
+        if not (gd < 0.0) and not fresh_start:
+            # Round-off made the quasi-Newton direction useless: forget the history.
+            count = 0
+            fresh_start = True
+            with nogil:
+                _scaled_copy_b(d, <floating>-1.0, g, n)
+                gd = _dot_b(g, d, n, ws)
         if not (gd < 0.0):
             status = STATUS_ABNORMAL
             message = "ABNORMAL: the gradient is not a descent direction (g'd >= 0)"
             break
+        # Like L-BFGS-B, a step along -g starts at length 1 (||d|| = ||g|| = sqrt(-g'd)).
+        stp0 = min(1.0 / sqrt(-gd), STPMAX) if fresh_start else 1.0
 
         ls_status = _line_search(obj, armijo, maxls, maxfun, c1, c2, n, x, f, g, d, gd, stp0,
-                                 xt, &ft, gt, &stp, &gdt)
+                                 xt, &ft, gt, &stp, &gdt, ws)
         if ls_status == LS_MAXFUN:
             status = STATUS_LIMIT
             message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
             break
         if ls_status != LS_OK:
-            if count > 0:
+            if not fresh_start:
                 # Retry once along steepest descent with an empty history before giving up.
                 count = 0
                 fresh_start = True
                 with nogil:
-                    _scaled_copy(d, <floating>-1.0, g, n)
+                    _scaled_copy_b(d, <floating>-1.0, g, n)
+                    gd = _dot_b(g, d, n, ws)
                 continue
             status = STATUS_ABNORMAL
             if ls_status == LS_NONFINITE:
@@ -823,19 +1017,25 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             break
 
         with nogil:
-            # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) needs no pass over memory.
+            # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) costs no pass over memory.
+            # Skip the pair when s'y <= eps (-g's), the rule of L-BFGS-B: the curvature along
+            # the step is negligible next to the slope, and the pair would wreck H.
             sy = stp * (gdt - gd)
-            yy = _sq_diff_norm(gt, g, n)
-            if sy > eps * yy and yy > 0.0:
+            if sy > eps * (-gd * stp):
                 newest = newest + 1 if newest < m - 1 else 0
-                s_slot = history + 2 * newest * n
-                y_slot = s_slot + n
-                _scaled_copy(s_slot, <floating>stp, d, n)
-                _diff(y_slot, gt, g, n)
-                rho[newest] = 1.0 / sy
-                gamma = sy / yy
-                if count < m:
-                    count += 1
+                slot_start = history + 2 * newest * n
+                yy = _store_pair_b(slot_start, slot_start + n, <floating>stp, d, gt, g, n, &gmax,
+                                   ws)
+                if yy > 0.0:
+                    rho[newest] = 1.0 / sy
+                    gamma = sy / yy
+                    if count < m:
+                        count += 1
+                else:
+                    # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
+                    count = 0
+            else:
+                gmax = _max_abs(gt, n)
             swap = x
             x = xt
             xt = swap
@@ -845,7 +1045,6 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         x_is_home = not x_is_home
         f_old = f
         f = ft
-        fresh_start = False
         nit += 1
 
         if callback is not None:
@@ -858,7 +1057,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 message = "`callback` raised `StopIteration`."
                 break
 
-        if _max_abs(g, n) <= gtol:
+        if gmax <= gtol:
             status = STATUS_CONVERGED
             message = "CONVERGENCE: NORM OF GRADIENT <= GTOL"
             break
@@ -875,7 +1074,12 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
             break
         with nogil:
-            _two_loop(d, g, history, rho, alpha, n, m, newest, count, gamma)
+            fresh_start = count == 0
+            if fresh_start:
+                _scaled_copy_b(d, <floating>-1.0, g, n)
+                gd = _dot_b(g, d, n, ws)
+            else:
+                gd = _two_loop(d, g, history, rho, alpha, n, m, newest, count, gamma, ws)
 
     if x_is_home:
         return (x_buf, f, g_buf, nit, obj.nfev, obj.njev, status, message)

@@ -5,6 +5,7 @@ run minus the time measured inside ``fun`` (``fun`` is wrapped by a timer), divi
 of iterations. Both solvers get the same objective (chained Rosenbrock), start point, memory ``m``,
 tolerances and iteration cap, with BLAS pinned to one thread.
 """
+import functools
 import time
 
 import numpy as np
@@ -58,17 +59,17 @@ def _run_scipy(x0, m, gtol, ftol, maxiter):
     return total, objective.inside, result
 
 
-def _run_fastopt(x0, m, gtol, ftol, maxiter):
+def _run_fastopt(x0, m, gtol, ftol, maxiter, num_threads=1):
     objective = _TimedObjective(chained_rosenbrock)
     start = time.perf_counter()
     result = minimize_lbfgs(objective, x0, m=m, gtol=gtol, ftol=ftol, maxiter=maxiter,
-                            maxfun=10 * maxiter)
+                            maxfun=10 * maxiter, num_threads=num_threads)
     total = time.perf_counter() - start
     return total, objective.inside, result
 
 
 def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2e-9,
-                       maxiter=None):
+                       maxiter=None, num_threads=1):
     """Measure per-iteration overhead (outside ``fun``) of fastopt's L-BFGS and SciPy's L-BFGS-B.
 
     Parameters
@@ -81,6 +82,9 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
     maxiter : int, optional
         Iteration cap; by default 300 for n <= 1e4 and 100 above, so the largest size runs in
         about a second.
+    num_threads : int
+        OpenMP threads fastopt may use for n >= 65536 (SciPy's L-BFGS-B is single-threaded and
+        its BLAS is pinned to one thread). The default 1 is the like-for-like comparison.
 
     Returns
     -------
@@ -99,7 +103,8 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         x0 = chained_rosenbrock_start(n)
         best = {}
         for _ in range(repeats):
-            for name, runner in (("scipy", _run_scipy), ("fastopt", _run_fastopt)):
+            fastopt_runner = functools.partial(_run_fastopt, num_threads=num_threads)
+            for name, runner in (("scipy", _run_scipy), ("fastopt", fastopt_runner)):
                 if threadpool_limits is not None:
                     with threadpool_limits(limits=1):
                         total, inside, result = runner(x0, m, gtol, ftol, cap)
@@ -112,6 +117,7 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         fast_overhead, fast_result = best["fastopt"]
         rows.append({
             "n": n,
+            "num_threads": num_threads,
             "scipy_us_per_iter": scipy_overhead * 1e6,
             "fastopt_us_per_iter": fast_overhead * 1e6,
             "ratio": fast_overhead / scipy_overhead,

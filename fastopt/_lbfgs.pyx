@@ -23,33 +23,43 @@ cnp.import_array()
 # ---------------------------------------------------------------------------------------------
 # Vector kernels
 # ---------------------------------------------------------------------------------------------
-# Eight independent accumulators: with -ffp-contract=off and without -ffast-math the compiler may
-# not reassociate a single running sum, so the lanes are spelled out for it to vectorize.
+# LANES independent accumulators: with -ffp-contract=off and without -ffast-math the compiler may
+# not reassociate a single running sum, so the lanes are spelled out for it to vectorize. Sixteen
+# double lanes are four AVX registers, enough independent add chains to hide the add latency.
+cdef enum:
+    LANES = 16
+
+
+cdef inline double _lane_sum(const double* acc) noexcept nogil:
+    """Pairwise sum of the LANES partial sums (a fixed order, so results are reproducible)."""
+    return ((((acc[0] + acc[8]) + (acc[4] + acc[12])) + ((acc[2] + acc[10]) + (acc[6] + acc[14])))
+            + (((acc[1] + acc[9]) + (acc[5] + acc[13])) + ((acc[3] + acc[11]) + (acc[7] + acc[15]))))
+
 
 cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
     """Return sum_i a_i * b_i, accumulated in double precision."""
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
-    for j in range(8):
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             acc[j] += <double>a[i + j] * <double>b[i + j]
     for i in range(n8, n):
         acc[0] += <double>a[i] * <double>b[i]
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    return _lane_sum(acc)
 
 
 cdef inline double _copy_dot(floating* dst, const floating* src, const floating* w,
                              Py_ssize_t n) noexcept nogil:
     """dst <- src, then return w'dst (one pass: the gradient copy and its slope g'd)."""
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
     cdef floating t
-    for j in range(8):
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             t = src[i + j]
             dst[i + j] = t
             acc[j] += <double>w[i + j] * <double>t
@@ -57,7 +67,7 @@ cdef inline double _copy_dot(floating* dst, const floating* src, const floating*
         t = src[i]
         dst[i] = t
         acc[0] += <double>w[i] * <double>t
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    return _lane_sum(acc)
 
 
 cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
@@ -65,16 +75,16 @@ cdef inline double _store_pair(floating* s, floating* y, floating stp, const flo
                                double* max_abs_g_new) noexcept nogil:
     """s <- stp d, y <- g_new - g_old; return y'y and set max_i |g_new_i| -- one pass for
     everything an accepted step needs."""
-    cdef double acc[8]
-    cdef double mx[8]
+    cdef double acc[LANES]
+    cdef double mx[LANES]
     cdef double v
-    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
     cdef floating t
-    for j in range(8):
+    for j in range(LANES):
         acc[j] = 0.0
         mx[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             s[i + j] = stp * d[i + j]
             t = g_new[i + j] - g_old[i + j]
             y[i + j] = t
@@ -88,10 +98,10 @@ cdef inline double _store_pair(floating* s, floating* y, floating stp, const flo
         acc[0] += <double>t * <double>t
         v = fabs(<double>g_new[i])
         mx[0] = v if v > mx[0] else mx[0]
-    for j in range(1, 8):
+    for j in range(1, LANES):
         mx[0] = mx[j] if mx[j] > mx[0] else mx[0]
     max_abs_g_new[0] = mx[0]
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    return _lane_sum(acc)
 
 
 cdef inline void _axpy(floating alpha, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
@@ -126,19 +136,19 @@ cdef inline void _xpay(floating* dst, const floating* x, floating alpha, const f
 
 cdef inline double _max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
     """Return max_i |x_i| (the infinity norm used by the gradient test)."""
-    cdef double acc[8]
+    cdef double acc[LANES]
     cdef double v
-    cdef Py_ssize_t i, j, n8 = n - n % 8
-    for j in range(8):
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             v = fabs(<double>x[i + j])
             acc[j] = v if v > acc[j] else acc[j]
     for i in range(n8, n):
         v = fabs(<double>x[i])
         acc[0] = v if v > acc[0] else acc[0]
-    for j in range(1, 8):
+    for j in range(1, LANES):
         acc[0] = acc[j] if acc[j] > acc[0] else acc[0]
     return acc[0]
 
@@ -148,16 +158,16 @@ cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
 
     ``x_i * 0`` is 0 for finite ``x_i`` and NaN otherwise, so one vectorizable sum answers it.
     """
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
-    for j in range(8):
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             acc[j] += <double>x[i + j] * 0.0
     for i in range(n8, n):
         acc[0] += <double>x[i] * 0.0
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) == 0.0
+    return _lane_sum(acc) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,13 +177,13 @@ cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
 cdef inline double _axpy_dot(floating* q, floating a, const floating* x, const floating* w,
                              Py_ssize_t n) noexcept nogil:
     """q <- q + a x, then return w'q -- one pass, so q is read and written once, not twice."""
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
     cdef floating t
-    for j in range(8):
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             t = q[i + j] + a * x[i + j]
             q[i + j] = t
             acc[j] += <double>w[i + j] * <double>t
@@ -181,7 +191,7 @@ cdef inline double _axpy_dot(floating* q, floating a, const floating* x, const f
         t = q[i] + a * x[i]
         q[i] = t
         acc[0] += <double>w[i] * <double>t
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    return _lane_sum(acc)
 
 
 cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating* src, floating a,
@@ -191,13 +201,13 @@ cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating
 
     ``sign`` is +1 or -1, so ``sign src`` is exact; it lets the first update read -g without a
     separate negated copy."""
-    cdef double acc[8]
-    cdef Py_ssize_t i, j, n8 = n - n % 8
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
     cdef floating t
-    for j in range(8):
+    for j in range(LANES):
         acc[j] = 0.0
-    for i in range(0, n8, 8):
-        for j in range(8):
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
             t = scale * (sign * src[i + j] + a * x[i + j])
             out[i + j] = t
             acc[j] += <double>w[i + j] * <double>t
@@ -205,7 +215,7 @@ cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating
         t = scale * (sign * src[i] + a * x[i])
         out[i] = t
         acc[0] += <double>w[i] * <double>t
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+    return _lane_sum(acc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ float32 round-off in the scalars that steer the iteration.
 from cython cimport floating
 from libc.math cimport sqrt, fabs, isfinite, INFINITY
 from libc.string cimport memcpy
+from cpython.ref cimport Py_REFCNT
 from cython.parallel cimport prange
 
 import numpy as np
@@ -784,8 +785,7 @@ cimport cython
 
 @cython.auto_pickle(False)
 cdef class _Objective:
-    """The user's objective and the evaluation counters (no per-call Python allocations besides
-    the copy of x handed to the user and whatever the user returns)."""
+    """The user's objective, the evaluation counters, and the array x is handed over in."""
     cdef object fun
     cdef object jac
     cdef tuple args
@@ -794,6 +794,7 @@ cdef class _Objective:
     cdef Py_ssize_t n
     cdef public Py_ssize_t nfev
     cdef public Py_ssize_t njev
+    cdef cnp.ndarray x_for_user
 
     def __init__(self, fun, jac, tuple args, int typenum, Py_ssize_t n):
         self.fun = fun
@@ -804,6 +805,20 @@ cdef class _Objective:
         self.n = n
         self.nfev = 0
         self.njev = 0
+        self.x_for_user = None
+
+    cdef cnp.ndarray fresh_x(self, const void* x, size_t nbytes):
+        """An array holding a copy of x for the user.
+
+        The previous one is reused when nothing but this object refers to it any more (the user
+        neither kept it nor a view of it), which saves an allocation -- at large n, fresh pages
+        and their page faults -- per evaluation. Otherwise a new one is made, so whatever the
+        user kept is never overwritten."""
+        cdef cnp.npy_intp dims = self.n
+        if self.x_for_user is None or Py_REFCNT(self.x_for_user) != 1:
+            self.x_for_user = cnp.PyArray_EMPTY(1, &dims, self.typenum, 0)
+        memcpy(cnp.PyArray_DATA(self.x_for_user), x, nbytes)
+        return self.x_for_user
 
 
 cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g_out,
@@ -813,10 +828,8 @@ cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g
     The user gets a fresh copy of x (as SciPy does), so keeping or mutating it cannot corrupt
     the iteration. g'd is accumulated while copying the gradient; a NaN or Inf anywhere in g
     makes it non-finite, so it doubles as the finiteness check."""
-    cdef cnp.npy_intp dims = obj.n
-    cdef cnp.ndarray xa = cnp.PyArray_EMPTY(1, &dims, obj.typenum, 0)
+    cdef cnp.ndarray xa = obj.fresh_x(x, obj.n * sizeof(floating))
     cdef cnp.ndarray ga
-    memcpy(cnp.PyArray_DATA(xa), x, obj.n * sizeof(floating))
     if obj.combined:
         result = obj.fun(xa, *obj.args)
         try:
@@ -826,8 +839,8 @@ cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g
                             f"{type(result).__name__}") from None
     else:
         value = obj.fun(xa, *obj.args)
-        xa = cnp.PyArray_EMPTY(1, &dims, obj.typenum, 0)
-        memcpy(cnp.PyArray_DATA(xa), x, obj.n * sizeof(floating))
+        xa = None
+        xa = obj.fresh_x(x, obj.n * sizeof(floating))
         grad = obj.jac(xa, *obj.args)
     obj.nfev += 1
     obj.njev += 1
@@ -840,6 +853,7 @@ cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g
     if cnp.PyArray_NDIM(ga) != 1 or cnp.PyArray_DIM(ga, 0) != obj.n:
         raise ValueError(f"jac: the gradient must have shape ({obj.n},) like x, got shape "
                          f"{np.shape(grad)}")
+    xa = None  # drop our extra reference, so the array can be reused next time
     cdef const floating* src = <const floating*>cnp.PyArray_DATA(ga)
     if d == NULL:
         memcpy(g_out, src, obj.n * sizeof(floating))

@@ -373,6 +373,29 @@ def test_other_dtypes_become_float64():
     assert result.fun == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("keep", ["array", "view", "nothing"])
+def test_x_kept_by_fun_is_never_overwritten(keep):
+    """The array x is handed over in is reused only when the user kept no reference to it."""
+    kept, snapshots = [], []
+
+    def fun(x):
+        if keep == "array":
+            kept.append(x)
+        elif keep == "view":
+            kept.append(x[1:])
+        snapshots.append(x.copy())
+        return rosen_pair(x)
+
+    minimize_lbfgs(fun, [-1.2, 1.0, 0.7])
+    if keep == "array":
+        for x, snapshot in zip(kept, snapshots):
+            np.testing.assert_array_equal(x, snapshot)
+    elif keep == "view":
+        for x, snapshot in zip(kept, snapshots):
+            np.testing.assert_array_equal(x, snapshot[1:])
+    assert len(snapshots) > 10
+
+
 def test_x_given_to_fun_is_a_copy():
     kept = []
 

@@ -368,12 +368,13 @@ cdef void _scaled_copy_b(floating* dst, floating alpha, const floating* src,
 
 
 cdef double _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
-                      double* alpha, Py_ssize_t n, int m, int newest, int count,
-                      double gamma, double* ws) noexcept nogil:
+                      double* alpha, Py_ssize_t n, Py_ssize_t stride, int m, int newest,
+                      int count, double gamma, double* ws) noexcept nogil:
     """d <- -H g with the L-BFGS inverse Hessian H of the stored pairs; returns the slope g'd.
 
-    ``history`` is a ring buffer of ``m`` slots, slot ``k`` holding ``s_k`` at ``history[2kn]`` and
-    ``y_k`` at ``history[(2k+1)n]``; ``newest`` is the slot of the latest pair and ``count`` how
+    ``history`` is a ring buffer of ``m`` slots, slot ``k`` holding ``s_k`` at
+    ``history[2k stride]`` and ``y_k`` at ``history[(2k+1) stride]`` (``stride >= n``, so rows can
+    start on cache-line boundaries); ``newest`` is the slot of the latest pair and ``count`` how
     many slots are valid. ``rho_k = 1 / (s_k' y_k)``; ``gamma = s'y / y'y`` of the newest pair
     scales the initial matrix ``H0 = gamma I``.
 
@@ -383,42 +384,45 @@ cdef double _two_loop(floating* d, const floating* g, const floating* history, c
     """
     cdef int k, slot, prev
     cdef double a, b, acc
+    cdef const floating* y_oldest
     if count == 0:
         _scaled_copy_b(d, <floating>(-gamma), g, n)
         return _dot_b(g, d, n, ws)
     # First loop, newest to oldest: a_i = rho_i s_i'q, q -= a_i y_i, starting from q = -g.
     slot = newest
-    a = -(rho[slot] * _dot_b(history + 2 * slot * n, g, n, ws))
+    a = -(rho[slot] * _dot_b(history + 2 * slot * stride, g, n, ws))
     alpha[slot] = a
     for k in range(1, count):
         prev = slot
         slot = slot - 1 if slot > 0 else m - 1
         if k == 1:
             acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a),
-                                   history + (2 * prev + 1) * n, <floating>1.0,
-                                   history + 2 * slot * n, n, ws)
+                                     history + (2 * prev + 1) * stride, <floating>1.0,
+                                     history + 2 * slot * stride, n, ws)
         else:
-            acc = _axpy_dot_b(d, <floating>(-a), history + (2 * prev + 1) * n,
-                            history + 2 * slot * n, n, ws)
+            acc = _axpy_dot_b(d, <floating>(-a), history + (2 * prev + 1) * stride,
+                              history + 2 * slot * stride, n, ws)
         a = rho[slot] * acc
         alpha[slot] = a
     # Last update of q, the scaling r = gamma q, and the first inner product of the second loop.
+    y_oldest = history + (2 * slot + 1) * stride
     if count == 1:
-        acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a), history + (2 * slot + 1) * n,
-                               <floating>gamma, history + (2 * slot + 1) * n, n, ws)
+        acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a), y_oldest, <floating>gamma,
+                                 y_oldest, n, ws)
     else:
-        acc = _scaled_axpy_dot_b(d, <floating>1.0, d, <floating>(-a), history + (2 * slot + 1) * n,
-                               <floating>gamma, history + (2 * slot + 1) * n, n, ws)
+        acc = _scaled_axpy_dot_b(d, <floating>1.0, d, <floating>(-a), y_oldest, <floating>gamma,
+                                 y_oldest, n, ws)
     # Second loop, oldest to newest: b_i = rho_i y_i'r, r += (a_i - b_i) s_i.
     for k in range(count):
         b = rho[slot] * acc
         prev = slot
         slot = slot + 1 if slot < m - 1 else 0
         if k < count - 1:
-            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * n,
-                            history + (2 * slot + 1) * n, n, ws)
+            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * stride,
+                              history + (2 * slot + 1) * stride, n, ws)
         else:
-            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * n, g, n, ws)
+            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * stride, g,
+                              n, ws)
     return acc
 
 
@@ -467,8 +471,8 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
     _num_threads = max(1, num_threads)
     if n > 0:
         with nogil:
-            _two_loop(&d[0], &grad[0], &history[0, 0], &rho[0], &alpha[0], n, m, newest, count,
-                      gamma, &ws[0])
+            _two_loop(&d[0], &grad[0], &history[0, 0], &rho[0], &alpha[0], n, n, m, newest,
+                      count, gamma, &ws[0])
     return out
 
 
@@ -944,6 +948,14 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
     return LS_NONFINITE if saw_nonfinite else LS_FAILED
 
 
+def _aligned_empty(Py_ssize_t size, dtype):
+    """An uninitialized 1-d array of ``size`` elements whose data starts on a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(size + 64 // itemsize, dtype=dtype)
+    offset = (-raw.ctypes.data % 64) // itemsize
+    return raw[offset:offset + size]
+
+
 def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
          double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
          double c1, double c2, object callback, int num_threads=1):
@@ -962,12 +974,17 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
 
     # Workspace: x and g of the current point and of the line-search trial (swapped on
     # acceptance, never copied), the direction, and the ring buffer of m (s, y) pairs.
-    x_buf = np.array(x_init, dtype=dtype, copy=True)
-    xt_buf = np.empty(n, dtype=dtype)
-    g_buf = np.empty(n, dtype=dtype)
-    gt_buf = np.empty(n, dtype=dtype)
-    d_buf = np.empty(n, dtype=dtype)
-    history_buf = np.zeros(2 * m * n, dtype=dtype)
+    # All vectors and history rows start on 64-byte boundaries: unaligned AVX loads that straddle
+    # cache lines slow the L1/L2-bound kernels of mid-sized problems by ~10%.
+    cdef Py_ssize_t per_line = 64 // sizeof(floating)
+    cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
+    x_buf = _aligned_empty(n, dtype)
+    x_buf[:] = x_init
+    xt_buf = _aligned_empty(n, dtype)
+    g_buf = _aligned_empty(n, dtype)
+    gt_buf = _aligned_empty(n, dtype)
+    d_buf = _aligned_empty(n, dtype)
+    history_buf = _aligned_empty(2 * m * stride, dtype)
     rho_buf = np.zeros(m)
     alpha_buf = np.zeros(m)
     ws_buf = np.zeros(2 * _num_blocks(n) + 1)
@@ -1047,9 +1064,9 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             sy = stp * (gdt - gd)
             if sy > eps * (-gd * stp):
                 newest = newest + 1 if newest < m - 1 else 0
-                slot_start = history + 2 * newest * n
-                yy = _store_pair_b(slot_start, slot_start + n, <floating>stp, d, gt, g, n, &gmax,
-                                   ws)
+                slot_start = history + 2 * newest * stride
+                yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, n,
+                                   &gmax, ws)
                 if yy > 0.0:
                     rho[newest] = 1.0 / sy
                     gamma = sy / yy
@@ -1103,7 +1120,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 _scaled_copy_b(d, <floating>-1.0, g, n)
                 gd = _dot_b(g, d, n, ws)
             else:
-                gd = _two_loop(d, g, history, rho, alpha, n, m, newest, count, gamma, ws)
+                gd = _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma,
+                               ws)
 
     if x_is_home:
         return (x_buf, f, g_buf, nit, obj.nfev, obj.njev, status, message)

@@ -194,10 +194,11 @@ def lbfgs(fun, x0, args=(), jac=None, hess=None, hessp=None, bounds=None, constr
 
     ``scipy.optimize.minimize(fun, x0, jac=True, method=fastopt.lbfgs.lbfgs, options={...})``.
     Options are those of :func:`minimize_lbfgs` (``m``, ``gtol``, ``ftol``, ``maxiter``,
-    ``maxfun``, ``maxls``, ``line_search``, ``c1``, ``c2``, ``num_threads``); L-BFGS-B's ``maxcor`` is accepted for
-    ``m``. ``tol`` sets both ``gtol`` and ``ftol`` unless they are given. ``hess``, ``hessp``,
-    ``disp`` and the like are ignored; finite bounds and constraints are refused (this is an
-    unconstrained method). Unknown options are ignored with an ``OptimizeWarning``.
+    ``maxfun``, ``maxls``, ``line_search``, ``c1``, ``c2``, ``num_threads``); L-BFGS-B's
+    ``maxcor`` is accepted for ``m``. ``tol`` sets both ``gtol`` and ``ftol`` unless they are
+    given. ``hess``, ``hessp``, ``disp`` and the like are ignored; finite bounds and constraints
+    are refused (this is an unconstrained method). Unknown options are ignored with an
+    ``OptimizeWarning``.
     """
     if bounds is not None:
         lower_upper = _bounds_arrays(bounds, np.size(x0))
@@ -284,7 +285,8 @@ class LBFGS:
         _check_tolerance("tolerance_grad", tolerance_grad)
         _check_tolerance("tolerance_change", tolerance_change)
         if line_search_fn not in (None, "strong_wolfe"):
-            raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+            raise ValueError("line_search_fn must be None or 'strong_wolfe', got "
+                             f"{line_search_fn!r}")
         self.params = params
         self.lr = float(lr)
         self.max_iter = max_iter

@@ -16,8 +16,9 @@ the search direction ``d = -H g`` comes from the two-loop recursion::
 
 and ``x_{k+1} = x_k + stp d`` with ``stp`` from a line search: Moré–Thuente (strong Wolfe,
 ``f(x + stp d) <= f(x) + c1 stp g'd`` and ``|g(x + stp d)'d| <= c2 |g'd|``), or backtracking
-Armijo (sufficient decrease only). Pairs with ``s'y <= eps y'y`` are not stored (they would make H
-indefinite or wildly scaled).
+Armijo (sufficient decrease only). As in L-BFGS-B, a pair with ``s'y <= eps (-g's)`` -- curvature
+along the step negligible next to the slope -- is not stored: it would make H indefinite or
+wildly scaled. (The stepwise :class:`LBFGS` uses torch's rule, ``y's > 1e-10``, instead.)
 """
 import inspect
 import numbers

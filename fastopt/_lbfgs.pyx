@@ -72,28 +72,32 @@ cdef inline double _copy_dot(floating* dst, const floating* src, const floating*
 
 
 cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
-                               const floating* g_new, const floating* g_old, Py_ssize_t n,
-                               double* max_abs_g_new) noexcept nogil:
-    """s <- stp d, y <- g_new - g_old; return y'y and set max_i |g_new_i| -- one pass for
-    everything an accepted step needs."""
+                               const floating* g_new, const floating* g_old, floating* x,
+                               Py_ssize_t n, double* max_abs_g_new) noexcept nogil:
+    """s <- stp d, x <- x + s, y <- g_new - g_old; return y'y and set max_i |g_new_i| -- one
+    pass for everything an accepted step needs."""
     cdef double acc[LANES]
     cdef double mx[LANES]
     cdef double v
     cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef floating t
+    cdef floating t, u
     for j in range(LANES):
         acc[j] = 0.0
         mx[j] = 0.0
     for i in range(0, n8, 16):  # 16 == LANES
         for j in range(LANES):
-            s[i + j] = stp * d[i + j]
+            u = stp * d[i + j]
+            s[i + j] = u
+            x[i + j] = x[i + j] + u
             t = g_new[i + j] - g_old[i + j]
             y[i + j] = t
             acc[j] += <double>t * <double>t
             v = fabs(<double>g_new[i + j])
             mx[j] = v if v > mx[j] else mx[j]
     for i in range(n8, n):
-        s[i] = stp * d[i]
+        u = stp * d[i]
+        s[i] = u
+        x[i] = x[i] + u
         t = g_new[i] - g_old[i]
         y[i] = t
         acc[0] += <double>t * <double>t
@@ -321,23 +325,25 @@ cdef double _copy_dot_b(floating* dst, const floating* src, const floating* w, P
 
 
 cdef double _store_pair_b(floating* s, floating* y, floating stp, const floating* d,
-                          const floating* g_new, const floating* g_old, Py_ssize_t n,
-                          double* max_abs_g_new, double* ws) noexcept nogil:
+                          const floating* g_new, const floating* g_old, floating* x,
+                          Py_ssize_t n, double* max_abs_g_new, double* ws) noexcept nogil:
     """Blocked ``_store_pair``; ``ws`` needs room for 2 * number of blocks."""
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     cdef double mx
     if nb <= 1:
-        return _store_pair(s, y, stp, d, g_new, g_old, n, max_abs_g_new)
+        return _store_pair(s, y, stp, d, g_new, g_old, x, n, max_abs_g_new)
     if _use_threads(n):
         for k in prange(nb, schedule="static", num_threads=_num_threads):
             start = k * BLOCK
             ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                                g_old + start, min(<Py_ssize_t>BLOCK, n - start), ws + nb + k)
+                                g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
+                                ws + nb + k)
     else:
         for k in range(nb):
             start = k * BLOCK
             ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                                g_old + start, min(<Py_ssize_t>BLOCK, n - start), ws + nb + k)
+                                g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
+                                ws + nb + k)
     mx = 0.0
     for k in range(nb):
         mx = ws[nb + k] if ws[nb + k] > mx else mx
@@ -811,28 +817,44 @@ cdef class _Objective:
         self.njev = 0
         self.x_for_user = None
 
-    cdef cnp.ndarray fresh_x(self, const void* x, size_t nbytes):
-        """An array holding a copy of x for the user.
+    cdef cnp.ndarray array_for_user(self):
+        """An array to hand the point to the user in (the caller fills it).
 
         The previous one is reused when nothing but this object refers to it any more (the user
         neither kept it nor a view of it), which saves an allocation -- at large n, fresh pages
         and their page faults -- per evaluation. Otherwise a new one is made, so whatever the
-        user kept is never overwritten."""
+        user kept is never overwritten. The iteration never reads it back, so a user who
+        mutates it changes nothing."""
         cdef cnp.npy_intp dims = self.n
         if self.x_for_user is None or Py_REFCNT(self.x_for_user) != 1:
             self.x_for_user = cnp.PyArray_EMPTY(1, &dims, self.typenum, 0)
-        memcpy(cnp.PyArray_DATA(self.x_for_user), x, nbytes)
         return self.x_for_user
 
 
-cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g_out,
-                   const floating* d, double* gd_out, double* ws) except -1:
-    """f_out <- fun(x), g_out <- gradient at x and, if d is not NULL, gd_out <- g'd.
+cdef cnp.ndarray _point_for_user(_Objective obj, const floating* x, double stp,
+                                 const floating* d):
+    """The user's array filled with x + stp d (with x if d is NULL).
 
-    The user gets a fresh copy of x (as SciPy does), so keeping or mutating it cannot corrupt
-    the iteration. g'd is accumulated while copying the gradient; a NaN or Inf anywhere in g
-    makes it non-finite, so it doubles as the finiteness check."""
-    cdef cnp.ndarray xa = obj.fresh_x(x, obj.n * sizeof(floating))
+    Computed with the same operations as the in-place update of x on acceptance, so the point
+    the user evaluated and the iterate reported are bit-identical."""
+    cdef cnp.ndarray xa = obj.array_for_user()
+    cdef floating* dst = <floating*>cnp.PyArray_DATA(xa)
+    if d == NULL:
+        memcpy(dst, x, obj.n * sizeof(floating))
+    else:
+        with nogil:
+            _xpay_b(dst, x, <floating>stp, d, obj.n)
+    return xa
+
+
+cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
+                   floating* g_out, const floating* d, double* gd_out, double* ws) except -1:
+    """f_out <- fun(x + stp d), g_out <- its gradient and, if d is not NULL, gd_out <- g'd.
+
+    The user gets the point in an array of its own (as SciPy hands over a copy), so keeping or
+    mutating it cannot corrupt the iteration. g'd is accumulated while copying the gradient; a
+    NaN or Inf anywhere in g makes it non-finite, so it doubles as the finiteness check."""
+    cdef cnp.ndarray xa = _point_for_user(obj, x, stp, d)
     cdef cnp.ndarray ga
     if obj.combined:
         result = obj.fun(xa, *obj.args)
@@ -844,7 +866,7 @@ cdef int _evaluate(_Objective obj, const floating* x, double* f_out, floating* g
     else:
         value = obj.fun(xa, *obj.args)
         xa = None
-        xa = obj.fresh_x(x, obj.n * sizeof(floating))
+        xa = _point_for_user(obj, x, stp, d)
         grad = obj.jac(xa, *obj.args)
     obj.nfev += 1
     obj.njev += 1
@@ -879,10 +901,10 @@ cdef inline double _as_double(object value) except? -1.0:
 
 cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun, double c1,
                       double c2, Py_ssize_t n, const floating* x, double f, const floating* g,
-                      const floating* d, double gd, double stp0, floating* xt, double* ft,
+                      const floating* d, double gd, double stp0, double* ft,
                       floating* gt, double* stp_out, double* gdt_out, double* ws) except -1:
-    """Search along d from x; on LS_OK, xt / ft / gt hold the accepted point and gdt_out its
-    slope gt'd.
+    """Search along d from x; on LS_OK, stp_out is the accepted step, ft / gt the value and
+    gradient at x + stp d, and gdt_out the slope gt'd. x itself is not changed.
 
     Trials with a NaN or Inf value or gradient are never fed to the search: the step is cut back
     towards the best finite step and the largest admissible step lowered below the bad one, so
@@ -904,9 +926,7 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
     while evals < maxls:
         if obj.nfev >= maxfun and evals > 0:
             return LS_MAXFUN
-        with nogil:
-            _xpay_b(xt, x, <floating>stp, d, n)
-        _evaluate(obj, xt, ft, gt, d, &gdt, ws)
+        _evaluate(obj, x, stp, ft, gt, d, &gdt, ws)
         evals += 1
         if not (isfinite(ft[0]) and isfinite(gdt)):
             saw_nonfinite = True
@@ -972,7 +992,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     global _num_threads
     _num_threads = max(1, num_threads)
 
-    # Workspace: x and g of the current point and of the line-search trial (swapped on
+    # Workspace: x (updated in place on acceptance; trial points go straight into the array
+    # handed to the user), g of the current point and of the line-search trial (swapped on
     # acceptance, never copied), the direction, and the ring buffer of m (s, y) pairs.
     # All vectors and history rows start on 64-byte boundaries: unaligned AVX loads that straddle
     # cache lines slow the L1/L2-bound kernels of mid-sized problems by ~10%.
@@ -980,7 +1001,6 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
     x_buf = _aligned_empty(n, dtype)
     x_buf[:] = x_init
-    xt_buf = _aligned_empty(n, dtype)
     g_buf = _aligned_empty(n, dtype)
     gt_buf = _aligned_empty(n, dtype)
     d_buf = _aligned_empty(n, dtype)
@@ -990,7 +1010,6 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     ws_buf = np.zeros(2 * _num_blocks(n) + 1)
     cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
     cdef floating* x = <floating*>cnp.PyArray_DATA(x_buf)
-    cdef floating* xt = <floating*>cnp.PyArray_DATA(xt_buf)
     cdef floating* g = <floating*>cnp.PyArray_DATA(g_buf)
     cdef floating* gt = <floating*>cnp.PyArray_DATA(gt_buf)
     cdef floating* d = <floating*>cnp.PyArray_DATA(d_buf)
@@ -999,7 +1018,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef double* alpha = <double*>cnp.PyArray_DATA(alpha_buf)
     cdef floating* swap
     cdef floating* slot_start
-    cdef bint x_is_home = True   # whether x currently lives in x_buf (else in xt_buf)
+    cdef bint g_is_home = True   # whether g currently lives in g_buf (else in gt_buf)
 
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, sy, yy = 0.0, gamma = 1.0
     cdef double gmax = 0.0
@@ -1008,7 +1027,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef bint fresh_start = True   # d = -g, after the start or a reset of the history
     message = ""
 
-    _evaluate(obj, x, &f, g, <floating*>NULL, <double*>NULL, ws)
+    _evaluate(obj, x, 0.0, &f, g, <floating*>NULL, <double*>NULL, ws)
     if not (isfinite(f) and _all_finite(g, n)):
         return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_ABNORMAL,
                 "ABNORMAL: fun returned a non-finite value or gradient at x0")
@@ -1035,7 +1054,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         stp0 = min(1.0 / sqrt(-gd), STPMAX) if fresh_start else 1.0
 
         ls_status = _line_search(obj, armijo, maxls, maxfun, c1, c2, n, x, f, g, d, gd, stp0,
-                                 xt, &ft, gt, &stp, &gdt, ws)
+                                 &ft, gt, &stp, &gdt, ws)
         if ls_status == LS_MAXFUN:
             status = STATUS_LIMIT
             message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
@@ -1065,8 +1084,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             if sy > eps * (-gd * stp):
                 newest = newest + 1 if newest < m - 1 else 0
                 slot_start = history + 2 * newest * stride
-                yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, n,
-                                   &gmax, ws)
+                yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
+                                   n, &gmax, ws)
                 if yy > 0.0:
                     rho[newest] = 1.0 / sy
                     gamma = sy / yy
@@ -1076,14 +1095,12 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                     # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
                     count = 0
             else:
+                _xpay_b(x, x, <floating>stp, d, n)
                 gmax = _max_abs(gt, n)
-            swap = x
-            x = xt
-            xt = swap
             swap = g
             g = gt
             gt = swap
-        x_is_home = not x_is_home
+        g_is_home = not g_is_home
         f_old = f
         f = ft
         nit += 1
@@ -1123,6 +1140,4 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 gd = _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma,
                                ws)
 
-    if x_is_home:
-        return (x_buf, f, g_buf, nit, obj.nfev, obj.njev, status, message)
-    return (xt_buf, f, gt_buf, nit, obj.nfev, obj.njev, status, message)
+    return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message)

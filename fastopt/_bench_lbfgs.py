@@ -60,17 +60,17 @@ def _run_scipy(x0, m, gtol, ftol, maxiter, timer):
     return total, objective.inside, result
 
 
-def _run_fastopt(x0, m, gtol, ftol, maxiter, timer, num_threads=1):
+def _run_fastopt(x0, m, gtol, ftol, maxiter, timer):
     objective = _TimedObjective(chained_rosenbrock, timer)
     start = timer()
     result = minimize_lbfgs(objective, x0, m=m, gtol=gtol, ftol=ftol, maxiter=maxiter,
-                            maxfun=10 * maxiter, num_threads=num_threads)
+                            maxfun=10 * maxiter)
     total = timer() - start
     return total, objective.inside, result
 
 
 def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2e-9,
-                       maxiter=None, num_threads=1, timer=time.perf_counter):
+                       maxiter=None, timer=time.perf_counter):
     """Measure per-iteration overhead (outside ``fun``) of fastopt's L-BFGS and SciPy's L-BFGS-B.
 
     Parameters
@@ -83,9 +83,6 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
     maxiter : int, optional
         Iteration cap; by default 300 for n <= 1e4 and 100 above, so the largest size runs in
         about a second.
-    num_threads : int
-        OpenMP threads fastopt may use for n >= 65536 (SciPy's L-BFGS-B is single-threaded and
-        its BLAS is pinned to one thread). The default 1 is the like-for-like comparison.
     timer : callable
         Clock for both the run and the time inside ``fun``. ``time.process_time`` (CPU time of
         the process) is steadier on a loaded machine, but each reading is a system call (~0.5 µs)
@@ -108,7 +105,7 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         x0 = chained_rosenbrock_start(n)
         best = {}
         for _ in range(repeats):
-            fastopt_runner = functools.partial(_run_fastopt, timer=timer, num_threads=num_threads)
+            fastopt_runner = functools.partial(_run_fastopt, timer=timer)
             scipy_runner = functools.partial(_run_scipy, timer=timer)
             for name, runner in (("scipy", scipy_runner), ("fastopt", fastopt_runner)):
                 if threadpool_limits is not None:
@@ -123,7 +120,6 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         fast_overhead, fast_result = best["fastopt"]
         rows.append({
             "n": n,
-            "num_threads": num_threads,
             "scipy_us_per_iter": scipy_overhead * 1e6,
             "fastopt_us_per_iter": fast_overhead * 1e6,
             "ratio": fast_overhead / scipy_overhead,

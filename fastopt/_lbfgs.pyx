@@ -14,7 +14,6 @@ from cython cimport floating
 from libc.math cimport sqrt, fabs, isfinite, INFINITY
 from libc.string cimport memcpy
 from cpython.ref cimport Py_REFCNT
-from cython.parallel cimport prange
 
 import numpy as np
 cimport numpy as cnp
@@ -73,39 +72,37 @@ cdef inline double _copy_dot(floating* dst, const floating* src, const floating*
 
 cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
                                const floating* g_new, const floating* g_old, floating* x,
-                               Py_ssize_t n, double* max_abs_g_new) noexcept nogil:
-    """s <- stp d, x <- x + s, y <- g_new - g_old; return y'y and set max_i |g_new_i| -- one
-    pass for everything an accepted step needs."""
+                               Py_ssize_t n, double gtol, double* n_above_gtol) noexcept nogil:
+    """s <- stp d, x <- x + s, y <- g_new - g_old; return y'y and set n_above_gtol to the
+    number of |g_new_i| > gtol -- everything an accepted step needs.
+
+    The gradient test max |g_i| <= gtol is asked as "no |g_i| > gtol": a count of comparisons
+    vectorizes, a running maximum does not (without -ffinite-math-only). g_new is finite here.
+    """
     cdef double acc[LANES]
-    cdef double mx[LANES]
-    cdef double v
+    cdef double above[LANES]
     cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef floating t, u
-    for j in range(LANES):
-        acc[j] = 0.0
-        mx[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            u = stp * d[i + j]
-            s[i + j] = u
-            x[i + j] = x[i + j] + u
-            t = g_new[i + j] - g_old[i + j]
-            y[i + j] = t
-            acc[j] += <double>t * <double>t
-            v = fabs(<double>g_new[i + j])
-            mx[j] = v if v > mx[j] else mx[j]
-    for i in range(n8, n):
+    cdef floating u
+    # Separate loops, not one: with three stores among three loads the compiler needs more
+    # run-time aliasing checks than it will emit (GCC's limit is 10) and ran the fused loop
+    # scalar. Each of these vectorizes; the later ones read what is still in L1.
+    for i in range(n):
         u = stp * d[i]
         s[i] = u
         x[i] = x[i] + u
-        t = g_new[i] - g_old[i]
-        y[i] = t
-        acc[0] += <double>t * <double>t
-        v = fabs(<double>g_new[i])
-        mx[0] = v if v > mx[0] else mx[0]
-    for j in range(1, LANES):
-        mx[0] = mx[j] if mx[j] > mx[0] else mx[0]
-    max_abs_g_new[0] = mx[0]
+    for i in range(n):
+        y[i] = g_new[i] - g_old[i]
+    for j in range(LANES):
+        acc[j] = 0.0
+        above[j] = 0.0
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
+            acc[j] += <double>y[i + j] * <double>y[i + j]
+            above[j] += <double>(fabs(<double>g_new[i + j]) > gtol)
+    for i in range(n8, n):
+        acc[0] += <double>y[i] * <double>y[i]
+        above[0] += <double>(fabs(<double>g_new[i]) > gtol)
+    n_above_gtol[0] = _lane_sum(above)
     return _lane_sum(acc)
 
 
@@ -139,23 +136,18 @@ cdef inline void _xpay(floating* dst, const floating* x, floating alpha, const f
         dst[i] = x[i] + alpha * p[i]
 
 
-cdef inline double _max_abs(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Return max_i |x_i| (the infinity norm used by the gradient test)."""
-    cdef double acc[LANES]
-    cdef double v
+cdef inline double _count_above(const floating* x, Py_ssize_t n, double threshold) noexcept nogil:
+    """Return the number of |x_i| > threshold (the gradient test, see ``_store_pair``)."""
+    cdef double above[LANES]
     cdef Py_ssize_t i, j, n8 = n - n % LANES
     for j in range(LANES):
-        acc[j] = 0.0
+        above[j] = 0.0
     for i in range(0, n8, 16):  # 16 == LANES
         for j in range(LANES):
-            v = fabs(<double>x[i + j])
-            acc[j] = v if v > acc[j] else acc[j]
+            above[j] += <double>(fabs(<double>x[i + j]) > threshold)
     for i in range(n8, n):
-        v = fabs(<double>x[i])
-        acc[0] = v if v > acc[0] else acc[0]
-    for j in range(1, LANES):
-        acc[0] = acc[j] if acc[j] > acc[0] else acc[0]
-    return acc[0]
+        above[0] += <double>(fabs(<double>x[i]) > threshold)
+    return _lane_sum(above)
 
 
 cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
@@ -226,28 +218,21 @@ cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating
 # ---------------------------------------------------------------------------------------------
 # Blocked, optionally parallel versions
 # ---------------------------------------------------------------------------------------------
-# Vectors longer than BLOCK are processed in blocks of BLOCK elements; the partial sums of the
-# blocks are added in block order. That order does not depend on how many threads ran the
-# blocks, so results are bit-identical with 1 or many OpenMP threads. Threads are opt-in
-# (``num_threads``) and used only from PARALLEL_MIN elements on: below that a parallel region
-# costs more than it saves; above, the recursion is bound by memory bandwidth, which more cores
-# add to -- but on a loaded machine a descheduled thread stalls every barrier, so the default is
-# one thread.
+# Vectors longer than BLOCK are processed in blocks of BLOCK elements whose partial sums are added
+# in block order: a fixed, pairwise-like summation order that keeps rounding errors of long
+# inner products small.
+#
+# (An OpenMP version ran the blocks in a prange. It was dropped: the variables a parallel region
+# shares become addressable, which made GCC assume every store in the serial kernels could
+# overwrite them and leave those loops scalar; and on a loaded two-core machine the threads lost
+# more at the barriers than the second core's bandwidth gained.)
 
 cdef enum:
     BLOCK = 4096
-    PARALLEL_MIN = 65536
 
 
 cdef inline Py_ssize_t _num_blocks(Py_ssize_t n) noexcept nogil:
     return (n + BLOCK - 1) // BLOCK
-
-
-cdef int _num_threads = 1   # set per run by _run / two_loop_direction
-
-
-cdef inline bint _use_threads(Py_ssize_t n) noexcept nogil:
-    return n >= PARALLEL_MIN and _num_threads > 1
 
 
 cdef inline double _sum_blocks(const double* partial, Py_ssize_t nb) noexcept nogil:
@@ -262,14 +247,9 @@ cdef double _dot_b(const floating* a, const floating* b, Py_ssize_t n, double* w
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     if nb <= 1:
         return _dot(a, b, n)
-    if _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        for k in range(nb):
-            start = k * BLOCK
-            ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
+    for k in range(nb):
+        start = k * BLOCK
+        ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
     return _sum_blocks(ws, nb)
 
 
@@ -278,14 +258,9 @@ cdef double _axpy_dot_b(floating* q, floating a, const floating* x, const floati
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     if nb <= 1:
         return _axpy_dot(q, a, x, w, n)
-    if _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        for k in range(nb):
-            start = k * BLOCK
-            ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    for k in range(nb):
+        start = k * BLOCK
+        ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
     return _sum_blocks(ws, nb)
 
 
@@ -295,16 +270,10 @@ cdef double _scaled_axpy_dot_b(floating* out, floating sign, const floating* src
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     if nb <= 1:
         return _scaled_axpy_dot(out, sign, src, a, x, scale, w, n)
-    if _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
-                                     w + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        for k in range(nb):
-            start = k * BLOCK
-            ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
-                                     w + start, min(<Py_ssize_t>BLOCK, n - start))
+    for k in range(nb):
+        start = k * BLOCK
+        ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
+                                 w + start, min(<Py_ssize_t>BLOCK, n - start))
     return _sum_blocks(ws, nb)
 
 
@@ -313,64 +282,27 @@ cdef double _copy_dot_b(floating* dst, const floating* src, const floating* w, P
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     if nb <= 1:
         return _copy_dot(dst, src, w, n)
-    if _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        for k in range(nb):
-            start = k * BLOCK
-            ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
+    for k in range(nb):
+        start = k * BLOCK
+        ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
     return _sum_blocks(ws, nb)
 
 
 cdef double _store_pair_b(floating* s, floating* y, floating stp, const floating* d,
                           const floating* g_new, const floating* g_old, floating* x,
-                          Py_ssize_t n, double* max_abs_g_new, double* ws) noexcept nogil:
+                          Py_ssize_t n, double gtol, double* n_above_gtol,
+                          double* ws) noexcept nogil:
     """Blocked ``_store_pair``; ``ws`` needs room for 2 * number of blocks."""
     cdef Py_ssize_t nb = _num_blocks(n), k, start
-    cdef double mx
     if nb <= 1:
-        return _store_pair(s, y, stp, d, g_new, g_old, x, n, max_abs_g_new)
-    if _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                                g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
-                                ws + nb + k)
-    else:
-        for k in range(nb):
-            start = k * BLOCK
-            ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                                g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
-                                ws + nb + k)
-    mx = 0.0
+        return _store_pair(s, y, stp, d, g_new, g_old, x, n, gtol, n_above_gtol)
     for k in range(nb):
-        mx = ws[nb + k] if ws[nb + k] > mx else mx
-    max_abs_g_new[0] = mx
+        start = k * BLOCK
+        ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
+                            g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
+                            gtol, ws + nb + k)
+    n_above_gtol[0] = _sum_blocks(ws + nb, nb)
     return _sum_blocks(ws, nb)
-
-
-cdef void _xpay_b(floating* dst, const floating* x, floating alpha, const floating* p,
-                  Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb > 1 and _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            _xpay(dst + start, x + start, alpha, p + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        _xpay(dst, x, alpha, p, n)
-
-
-cdef void _scaled_copy_b(floating* dst, floating alpha, const floating* src,
-                         Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb > 1 and _use_threads(n):
-        for k in prange(nb, schedule="static", num_threads=_num_threads):
-            start = k * BLOCK
-            _scaled_copy(dst + start, alpha, src + start, min(<Py_ssize_t>BLOCK, n - start))
-    else:
-        _scaled_copy(dst, alpha, src, n)
 
 
 cdef double _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
@@ -392,7 +324,7 @@ cdef double _two_loop(floating* d, const floating* g, const floating* history, c
     cdef double a, b, acc
     cdef const floating* y_oldest
     if count == 0:
-        _scaled_copy_b(d, <floating>(-gamma), g, n)
+        _scaled_copy(d, <floating>(-gamma), g, n)
         return _dot_b(g, d, n, ws)
     # First loop, newest to oldest: a_i = rho_i s_i'q, q -= a_i y_i, starting from q = -g.
     slot = newest
@@ -433,8 +365,7 @@ cdef double _two_loop(floating* d, const floating* g, const floating* history, c
 
 
 def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
-                       const double[::1] rho, int newest, int count, double gamma,
-                       int num_threads=1):
+                       const double[::1] rho, int newest, int count, double gamma):
     """Return the L-BFGS search direction ``d = -H grad`` (two-loop recursion).
 
     Parameters
@@ -451,8 +382,6 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
         Number of valid pairs (0 <= count <= m).
     gamma : float
         Initial inverse-Hessian scale, ``H0 = gamma I`` (usually ``s'y / y'y`` of the newest pair).
-    num_threads : int
-        OpenMP threads for n >= 65536 (the result does not depend on it).
 
     Returns
     -------
@@ -473,8 +402,6 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
     cdef floating[::1] d = out
     cdef double[::1] alpha = np.empty(m)
     cdef double[::1] ws = np.empty(2 * _num_blocks(n) + 1)
-    global _num_threads
-    _num_threads = max(1, num_threads)
     if n > 0:
         with nogil:
             _two_loop(&d[0], &grad[0], &history[0, 0], &rho[0], &alpha[0], n, n, m, newest,
@@ -843,7 +770,7 @@ cdef cnp.ndarray _point_for_user(_Objective obj, const floating* x, double stp,
         memcpy(dst, x, obj.n * sizeof(floating))
     else:
         with nogil:
-            _xpay_b(dst, x, <floating>stp, d, obj.n)
+            _xpay(dst, x, <floating>stp, d, obj.n)
     return xa
 
 
@@ -978,7 +905,7 @@ def _aligned_empty(Py_ssize_t size, dtype):
 
 def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
          double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
-         double c1, double c2, object callback, int num_threads=1):
+         double c1, double c2, object callback):
     """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message)``.
 
     ``callback(x, f)`` is called after every iteration with a fresh copy of x; if it raises
@@ -989,8 +916,6 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     dtype = np.float32 if floating is float else np.float64
     cdef double eps = np.finfo(dtype).eps
     cdef _Objective obj = _Objective(fun, jac, args, typenum, n)
-    global _num_threads
-    _num_threads = max(1, num_threads)
 
     # Workspace: x (updated in place on acceptance; trial points go straight into the array
     # handed to the user), g of the current point and of the line-search trial (swapped on
@@ -1021,7 +946,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef bint g_is_home = True   # whether g currently lives in g_buf (else in gt_buf)
 
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, sy, yy = 0.0, gamma = 1.0
-    cdef double gmax = 0.0
+    cdef double n_above_gtol = 0.0   # how many |g_i| > gtol
     cdef Py_ssize_t nit = 0
     cdef int newest = m - 1, count = 0, ls_status, status = -1
     cdef bint fresh_start = True   # d = -g, after the start or a reset of the history
@@ -1031,12 +956,12 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     if not (isfinite(f) and _all_finite(g, n)):
         return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_ABNORMAL,
                 "ABNORMAL: fun returned a non-finite value or gradient at x0")
-    if _max_abs(g, n) <= gtol:
+    if _count_above(g, n, gtol) == 0.0:
         return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_CONVERGED,
                 "CONVERGENCE: NORM OF GRADIENT <= GTOL")
 
     with nogil:
-        _scaled_copy_b(d, <floating>-1.0, g, n)
+        _scaled_copy(d, <floating>-1.0, g, n)
         gd = _dot_b(g, d, n, ws)
     while True:
         if not (gd < 0.0) and not fresh_start:
@@ -1044,7 +969,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             count = 0
             fresh_start = True
             with nogil:
-                _scaled_copy_b(d, <floating>-1.0, g, n)
+                _scaled_copy(d, <floating>-1.0, g, n)
                 gd = _dot_b(g, d, n, ws)
         if not (gd < 0.0):
             status = STATUS_ABNORMAL
@@ -1065,7 +990,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 count = 0
                 fresh_start = True
                 with nogil:
-                    _scaled_copy_b(d, <floating>-1.0, g, n)
+                    _scaled_copy(d, <floating>-1.0, g, n)
                     gd = _dot_b(g, d, n, ws)
                 continue
             status = STATUS_ABNORMAL
@@ -1085,7 +1010,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 newest = newest + 1 if newest < m - 1 else 0
                 slot_start = history + 2 * newest * stride
                 yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
-                                   n, &gmax, ws)
+                                   n, gtol, &n_above_gtol, ws)
                 if yy > 0.0:
                     rho[newest] = 1.0 / sy
                     gamma = sy / yy
@@ -1095,8 +1020,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                     # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
                     count = 0
             else:
-                _xpay_b(x, x, <floating>stp, d, n)
-                gmax = _max_abs(gt, n)
+                _xpay(x, x, <floating>stp, d, n)
+                n_above_gtol = _count_above(gt, n, gtol)
             swap = g
             g = gt
             gt = swap
@@ -1115,7 +1040,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 message = "`callback` raised `StopIteration`."
                 break
 
-        if gmax <= gtol:
+        if n_above_gtol == 0.0:
             status = STATUS_CONVERGED
             message = "CONVERGENCE: NORM OF GRADIENT <= GTOL"
             break
@@ -1134,7 +1059,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         with nogil:
             fresh_start = count == 0
             if fresh_start:
-                _scaled_copy_b(d, <floating>-1.0, g, n)
+                _scaled_copy(d, <floating>-1.0, g, n)
                 gd = _dot_b(g, d, n, ws)
             else:
                 gd = _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma,

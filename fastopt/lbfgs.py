@@ -104,7 +104,7 @@ def _adapt_callback(callback):
 
 def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, maxiter=15000,
                    maxfun=15000, maxls=20, callback=None, line_search="more-thuente",
-                   c1=1e-4, c2=0.9, num_threads=1):
+                   c1=1e-4, c2=0.9):
     """Minimize ``fun`` with L-BFGS.
 
     Parameters
@@ -137,9 +137,6 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, max
         safeguarded quadratic interpolation.
     c1, c2 : float
         Sufficient-decrease and curvature constants, ``0 < c1 < c2 < 1``.
-    num_threads : int
-        OpenMP threads for the vector work when n >= 65536 (memory-bandwidth bound there). Results
-        are bit-identical for any value. The default 1 is safest on a shared or loaded machine.
 
     Returns
     -------
@@ -172,7 +169,6 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, max
     maxiter = _check_int("maxiter", maxiter, 1)
     maxfun = _check_int("maxfun", maxfun, 1)
     maxls = _check_int("maxls", maxls, 1)
-    num_threads = _check_int("num_threads", num_threads, 1)
     if not isinstance(line_search, str) or line_search.lower() not in LINE_SEARCHES:
         raise ValueError(f"line_search must be one of {sorted(LINE_SEARCHES)}, got {line_search!r}")
     armijo = LINE_SEARCHES[line_search.lower()]
@@ -184,7 +180,7 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, max
 
     x, f, g, nit, nfev, njev, status, message = _lbfgs._run(
         fun, jac, args, x, m, gtol, ftol, maxiter, maxfun, maxls, armijo, c1, c2,
-        _adapt_callback(callback), num_threads)
+        _adapt_callback(callback))
     return OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=nfev, njev=njev, status=status,
                           success=status == 0, message=message)
 
@@ -195,8 +191,8 @@ def lbfgs(fun, x0, args=(), jac=None, hess=None, hessp=None, bounds=None, constr
 
     ``scipy.optimize.minimize(fun, x0, jac=True, method=fastopt.lbfgs.lbfgs, options={...})``.
     Options are those of :func:`minimize_lbfgs` (``m``, ``gtol``, ``ftol``, ``maxiter``,
-    ``maxfun``, ``maxls``, ``line_search``, ``c1``, ``c2``, ``num_threads``); L-BFGS-B's
-    ``maxcor`` is accepted for ``m``. ``tol`` sets both ``gtol`` and ``ftol`` unless they are
+    ``maxfun``, ``maxls``, ``line_search``, ``c1``, ``c2``); L-BFGS-B's ``maxcor`` is
+    accepted for ``m``. ``tol`` sets both ``gtol`` and ``ftol`` unless they are
     given. ``hess``, ``hessp``, ``disp`` and the like are ignored; finite bounds and constraints
     are refused (this is an unconstrained method). Unknown options are ignored with an
     ``OptimizeWarning``.
@@ -214,8 +210,7 @@ def lbfgs(fun, x0, args=(), jac=None, hess=None, hessp=None, bounds=None, constr
     if tol is not None:
         options.setdefault("gtol", tol)
         options.setdefault("ftol", tol)
-    known = {"m", "gtol", "ftol", "maxiter", "maxfun", "maxls", "line_search", "c1", "c2",
-             "num_threads"}
+    known = {"m", "gtol", "ftol", "maxiter", "maxfun", "maxls", "line_search", "c1", "c2"}
     unknown = set(options) - known - _IGNORED_OPTIONS
     if unknown:
         warnings.warn(f"Unknown solver options: {', '.join(sorted(unknown))}", OptimizeWarning,

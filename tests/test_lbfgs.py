@@ -189,8 +189,8 @@ def test_two_loop_matches_numpy(dtype, rtol, n, m, newest, count):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_two_loop_is_bit_identical_for_any_thread_count(dtype):
-    """Long vectors are summed in fixed blocks, in block order, whatever the number of threads."""
+def test_two_loop_on_long_vectors_matches_numpy(dtype):
+    """Long vectors are summed in blocks; still the same direction."""
     rng = np.random.default_rng(11)
     n, m = 70_001, 4
     S = rng.standard_normal((m, n))
@@ -200,21 +200,10 @@ def test_two_loop_is_bit_identical_for_any_thread_count(dtype):
     rho = 1.0 / np.einsum("ij,ij->i", history[0::2].astype(np.float64),
                           history[1::2].astype(np.float64))
     g = rng.standard_normal(n).astype(dtype)
-    one = two_loop_direction(g, history, rho, 1, m, 0.5, num_threads=1)
-    two = two_loop_direction(g, history, rho, 1, m, 0.5, num_threads=2)
-    np.testing.assert_array_equal(one, two)
+    d = two_loop_direction(g, history, rho, 1, m, 0.5)
     expected = numpy_two_loop(g, history, rho, 1, m, 0.5)
     rtol = 1e-12 if dtype == np.float64 else 2e-5
-    np.testing.assert_allclose(one, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
-
-
-def test_minimize_is_bit_identical_for_any_thread_count():
-    from fastopt._bench_lbfgs import chained_rosenbrock, chained_rosenbrock_start
-    x0 = chained_rosenbrock_start(70_000)
-    one = minimize_lbfgs(chained_rosenbrock, x0, maxiter=15, num_threads=1)
-    two = minimize_lbfgs(chained_rosenbrock, x0, maxiter=15, num_threads=2)
-    np.testing.assert_array_equal(one.x, two.x)
-    assert one.fun == two.fun and one.nfev == two.nfev
+    np.testing.assert_allclose(d, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
 
 
 def test_two_loop_with_conjugate_pairs_inverts_a_quadratic():
@@ -600,7 +589,6 @@ def test_line_search_failure_restarts_with_steepest_descent(lie_after):
     (dict(line_search="wolfe-ish"), ValueError, "line_search"),
     (dict(jac=None), TypeError, "jac"),
     (dict(c1=0.95, c2=0.9), ValueError, "c1"),
-    (dict(num_threads=0), ValueError, "num_threads"),
 ])
 def test_bad_options_name_the_argument(kwargs, exc, name):
     with pytest.raises(exc, match=name):

@@ -98,6 +98,8 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl is a bench dependency
         threadpool_limits = None
+    fastopt_runner = functools.partial(_run_fastopt, timer=timer)
+    scipy_runner = functools.partial(_run_scipy, timer=timer)
     rows = []
     for n in sizes:
         n = int(n)
@@ -105,8 +107,6 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
         x0 = chained_rosenbrock_start(n)
         best = {}
         for _ in range(repeats):
-            fastopt_runner = functools.partial(_run_fastopt, timer=timer)
-            scipy_runner = functools.partial(_run_scipy, timer=timer)
             for name, runner in (("scipy", scipy_runner), ("fastopt", fastopt_runner)):
                 if threadpool_limits is not None:
                     with threadpool_limits(limits=1):

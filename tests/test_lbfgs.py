@@ -744,3 +744,21 @@ def test_stepwise_updates_params_in_place_and_checks_grads():
         LBFGS([x], line_search_fn="backtracking")
     with pytest.raises(ValueError, match="history_size"):
         LBFGS([x], history_size=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark entry point used by ``python -m fastopt bench`` (no timing assertions)
+# ---------------------------------------------------------------------------------------------
+
+def test_compare_with_scipy_rows():
+    from fastopt._bench_lbfgs import chained_rosenbrock, compare_with_scipy, format_rows
+    x = np.random.default_rng(0).standard_normal(7)
+    f, g = chained_rosenbrock(x)
+    assert f == pytest.approx(rosen(x), rel=1e-14)
+    np.testing.assert_allclose(g, rosen_der(x), rtol=1e-13)
+    rows = compare_with_scipy(sizes=[50], repeats=1, maxiter=20)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["n"] == 50 and row["scipy_nit"] == row["fastopt_nit"] == 20
+    assert row["ratio"] == pytest.approx(row["fastopt_us_per_iter"] / row["scipy_us_per_iter"])
+    assert "| 50 |" in format_rows(rows)

@@ -15,6 +15,10 @@ from libc.math cimport sqrt, fabs, isfinite, INFINITY
 from libc.string cimport memcpy
 from cpython.ref cimport Py_REFCNT
 
+cdef extern from "Python.h":
+    # One positional argument, no tuple built (vectorcall); CPython >= 3.9.
+    object PyObject_CallOneArg(object callable, object arg)
+
 import numpy as np
 cimport numpy as cnp
 
@@ -726,6 +730,7 @@ cdef class _Objective:
     cdef object fun
     cdef object jac
     cdef tuple args
+    cdef bint no_args
     cdef bint combined
     cdef int typenum
     cdef Py_ssize_t n
@@ -737,6 +742,7 @@ cdef class _Objective:
         self.fun = fun
         self.jac = jac
         self.args = args
+        self.no_args = len(args) == 0
         self.combined = jac is True
         self.typenum = typenum
         self.n = n
@@ -784,21 +790,21 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
     cdef cnp.ndarray xa = _point_for_user(obj, x, stp, d)
     cdef cnp.ndarray ga
     if obj.combined:
-        result = obj.fun(xa, *obj.args)
+        result = PyObject_CallOneArg(obj.fun, xa) if obj.no_args else obj.fun(xa, *obj.args)
         try:
             value, grad = result
         except (TypeError, ValueError):
             raise TypeError("with jac=True, fun must return a pair (f, gradient), got "
                             f"{type(result).__name__}") from None
     else:
-        value = obj.fun(xa, *obj.args)
+        value = PyObject_CallOneArg(obj.fun, xa) if obj.no_args else obj.fun(xa, *obj.args)
         xa = None
         xa = _point_for_user(obj, x, stp, d)
-        grad = obj.jac(xa, *obj.args)
+        grad = PyObject_CallOneArg(obj.jac, xa) if obj.no_args else obj.jac(xa, *obj.args)
     obj.nfev += 1
     obj.njev += 1
     f_out[0] = _as_double(value)
-    if (type(grad) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>grad) == obj.typenum
+    if (cnp.PyArray_CheckExact(grad) and cnp.PyArray_TYPE(<cnp.ndarray>grad) == obj.typenum
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>grad)):
         ga = <cnp.ndarray>grad
     else:

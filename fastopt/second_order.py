@@ -177,9 +177,10 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
     saddle_free : bool
         False: the Newton step ``p = -H^{-1} g``. True: ``p = -|H|^{-1} g`` with
         ``|H| = V diag(max(|lambda_i|, floor)) V'`` from the eigendecomposition
-        ``H = V diag(lambda) V'`` (Dauphin et al., 2014), ``floor = eigenvalue_floor * max(1, max |lambda|)``. ``|H|`` is
-        positive definite, so p is always a descent direction: along negative-curvature directions
-        it moves downhill, away from saddle points, instead of jumping onto them.
+        ``H = V diag(lambda) V'`` (Dauphin et al., 2014), where
+        ``floor = eigenvalue_floor * max(1, max |lambda|)``. ``|H|`` is positive definite, so p is
+        always a descent direction: along negative-curvature directions it moves downhill, away
+        from saddle points, instead of jumping onto them.
     gtol, ftol : float
         Success when ``max |g| <= gtol`` or ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``.
     maxiter, maxfun, maxls : int

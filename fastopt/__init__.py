@@ -10,6 +10,8 @@ from ._backend import build_info, kernels as _kernels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .flat import FlatParams, flatten
+from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
+from .second_order import classify_critical_point, minimize_bfgs, newton
 from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
@@ -31,5 +33,6 @@ def get_num_threads():
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
+    "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
     "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",
 ]

@@ -881,8 +881,9 @@ def build_parser():
                     metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--json", metavar="OUT.json", default=None, help="write all results as JSON")
-    ap.add_argument("--lbfgs", action="store_true",
-                    help="also run fastopt._bench_lbfgs.compare_with_scipy (when present)")
+    ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
+                    help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
+    ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 

@@ -80,7 +80,7 @@ def test_clip_contender_scales_on_every_call():
 
 
 ARGS = ["--quick", "--sizes", "1e3", "--threads", "1", "--optimizers", "adam,sgd", "--no-plot",
-        "--no-torch", "--no-ceiling", "--dtypes", "float32"]
+        "--no-torch", "--no-ceiling", "--dtypes", "float32", "--no-lbfgs"]
 
 
 def test_bench_main_prints_table(capsys, tmp_path):

@@ -491,6 +491,19 @@ cdef char* _checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t
 # ParamBucket
 # ----------------------------------------------------------------------------------------------
 
+def _aligned_full(Py_ssize_t n, double fill, dtype):
+    """A 1-D array of ``n`` elements set to ``fill`` whose data starts on a 64-byte boundary.
+
+    Vector loads of state then never straddle a cache line (NumPy itself only aligns to 16 bytes).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n * itemsize + 64, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64
+    arr = raw[start:start + n * itemsize].view(dtype)
+    arr.fill(fill)
+    return arr
+
+
 @cython.final
 cdef class ParamBucket:
     """The params of one param group that share a dtype, with their optimizer state arenas.
@@ -571,7 +584,7 @@ cdef class ParamBucket:
         """The state arena ``name``, created (filled with ``fill``) on first use."""
         arr = self.arenas.get(name)
         if arr is None:
-            arr = np.full(self.total_size, fill, dtype=self.dtype)
+            arr = _aligned_full(self.total_size, fill, self.dtype)
             self.arenas[name] = arr
         return arr
 
@@ -793,10 +806,12 @@ cdef struct ReduceContext:
 cdef inline double _span_reduce(int kind, double p, const floating* x, Py_ssize_t n) noexcept nogil:
     """Reduce x[0:n] in a fixed order that does not depend on the vector width."""
     cdef double acc[N_ACC]
+    cdef Py_ssize_t nan_count[N_ACC]
     cdef Py_ssize_t i, j, head = n - n % N_ACC
     cdef double a, r = 0.0
     for j in range(N_ACC):
         acc[j] = 0.0
+        nan_count[j] = 0
     if kind == RED_SUMSQ:
         i = 0
         while i < head:
@@ -819,14 +834,24 @@ cdef inline double _span_reduce(int kind, double p, const floating* x, Py_ssize_
             a = <double>x[i]
             acc[0] = acc[0] + (a - a)
     elif kind == RED_MAXABS:
-        # torch.max semantics: a NaN anywhere makes the result NaN.
-        for i in range(n):
+        # max |x| with torch's semantics (a NaN anywhere makes it NaN), branch-free so it
+        # vectorizes: NaN never wins a comparison, so NaNs are counted on the side.
+        i = 0
+        while i < head:
+            for j in range(N_ACC):
+                a = fabs(<double>x[i + j])
+                acc[j] = a if a > acc[j] else acc[j]
+                nan_count[j] = nan_count[j] + (a != a)
+            i += N_ACC
+        for i in range(head, n):
             a = fabs(<double>x[i])
-            if a > acc[0] or a != a:
-                acc[0] = a
-            if acc[0] != acc[0]:
-                return acc[0]
-        return acc[0]
+            acc[0] = a if a > acc[0] else acc[0]
+            nan_count[0] = nan_count[0] + (a != a)
+        for j in range(N_ACC):
+            if nan_count[j] != 0:
+                return NAN
+            r = acc[j] if acc[j] > r else r
+        return r
     else:
         for i in range(n):
             acc[0] = acc[0] + pow(fabs(<double>x[i]), p)

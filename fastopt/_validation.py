@@ -91,3 +91,19 @@ def check_betas(name, value):
     b1 = check_real(f"{name}[0]", beta1, low=0.0, high=1.0, high_inclusive=False)
     b2 = check_real(f"{name}[1]", beta2, low=0.0, high=1.0, high_inclusive=False)
     return (b1, b2)
+
+
+def as_grad_array(obj, name):
+    """A non-ndarray gradient (nested list, buffer, ``__array__`` object) as an ndarray.
+
+    The caller must keep the result alive for as long as its data pointer is used.
+    """
+    if isinstance(obj, (dict, str, bytes)):
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:  # an object NumPy cannot view or convert
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+    return arr

@@ -13,6 +13,8 @@ from ._backend import kernels
 
 # Exact types of gradient entries the compiled gather can take without a conversion.
 _ARRAY_OR_NONE = frozenset((np.ndarray, type(None)))
+# Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
+_MAX_STEP = 2 ** 53
 
 
 class ParamGroup(dict):
@@ -368,11 +370,19 @@ class Optimizer:
             if not isinstance(saved, dict) or "params" not in saved:
                 raise TypeError(f"state_dict['param_groups'][{g}] must be a dict with 'params'")
             n = len(group["params"])
-            if list(saved["params"]) != list(range(start, start + n)):
+            try:
+                saved_params = list(saved["params"])
+            except TypeError:
+                raise TypeError(f"state_dict['param_groups'][{g}]['params'] must be a list of param indices, "
+                                f"got {type(saved['params']).__name__}") from None
+            if saved_params != list(range(start, start + n)):
                 raise ValueError(
                     f"state_dict['param_groups'][{g}] has params {list(saved['params'])}, expected "
                     f"{list(range(start, start + n))} (a different model or grouping)")
             start += n
+            missing = [key for key in self.defaults if key not in saved]
+            if missing:
+                raise ValueError(f"state_dict['param_groups'][{g}] has no {', '.join(map(repr, missing))}")
             merged = ParamGroup((key, value) for key, value in saved.items() if key != "params")
             merged["params"] = group["params"]
             try:
@@ -404,8 +414,8 @@ class Optimizer:
                 if name == "step":
                     step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
                     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)) \
-                            or not float(step).is_integer() or step < 0:
-                        raise ValueError(f"{where} must be a non-negative whole number, got {value!r}")
+                            or not float(step).is_integer() or not 0 <= step <= _MAX_STEP:
+                        raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
                     checked["step"] = int(step)
                     continue
                 if not isinstance(value, np.ndarray):

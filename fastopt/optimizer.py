@@ -4,6 +4,7 @@ Subclasses (``SGD``, ``Adam``, ...) only declare their hyperparameters, check th
 compiled bucket method that applies their update; the state they keep lives in per-(group, dtype)
 arenas inside :class:`fastopt._step.ParamBucket`.
 """
+import functools
 import threading
 
 import numpy as np
@@ -15,6 +16,26 @@ from ._backend import kernels
 _ARRAY_OR_NONE = frozenset((np.ndarray, type(None)))
 # Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
 _MAX_STEP = 2 ** 53
+
+
+def _exclusive(method):
+    """Run ``method`` holding the optimizer's lock, as step() does; raise if another thread holds it.
+
+    A step runs its kernels without the GIL: load_state_dict frees and replaces the state arenas,
+    add_param_group grows the param list and state_dict copies the arenas, so none of them may run
+    while another thread is inside step() (a torn or freed arena), nor a step while they run.
+    """
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{method.__name__}() called while this optimizer is running step() (or another "
+                "state call) in another thread; use an optimizer from one thread at a time")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._lock.release()
+    return wrapper
 
 
 class ParamGroup(dict):
@@ -129,6 +150,7 @@ class Optimizer:
     # Param groups
     # ------------------------------------------------------------------------------------------
 
+    @_exclusive
     def add_param_group(self, param_group):
         """Add a param group (a dict with ``"params"`` and optional hyperparameters)."""
         if not isinstance(param_group, dict):
@@ -328,6 +350,7 @@ class Optimizer:
                 out[index] = self._param_state(bucket, k, copy=False)
         return out
 
+    @_exclusive
     def state_dict(self):
         """The optimizer's state as plain data (copies): ``{"state": ..., "param_groups": ...}``.
 
@@ -348,6 +371,7 @@ class Optimizer:
             groups.append(entry)
         return {"state": state, "param_groups": groups}
 
+    @_exclusive
     def load_state_dict(self, state_dict):
         """Restore state saved by :meth:`state_dict`.
 

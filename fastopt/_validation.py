@@ -110,3 +110,17 @@ def as_grad_array(obj, name):
     if arr.dtype == object:
         raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
     return arr
+
+
+#: More threads than this is surely a mistake (and libgomp would try to start them all).
+MAX_THREADS = 1 << 16
+
+
+def check_num_threads(n):
+    """``n`` as a thread count for ``set_num_threads``: an int in [0, MAX_THREADS] (0: OpenMP's default)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_threads must be an integer, got {type(n).__name__}")
+    n = int(n)
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be in [0, {MAX_THREADS}], got {n}")
+    return n

@@ -198,7 +198,11 @@ class Optimizer:
         """The group's checked hyperparameters, re-checked only if the group was modified."""
         hyper = group.checked if type(group) is ParamGroup else None
         if hyper is None:
-            hyper = self._check_group(group)
+            try:
+                hyper = self._check_group(group)
+            except KeyError as exc:
+                raise ValueError(f"a param group has no {exc.args[0]!r} hyperparameter (removed from "
+                                 "param_groups?); every group needs all of the optimizer's") from None
             for key, value in list(group.items()):
                 if isinstance(value, list) and key != "params":
                     dict.__setitem__(group, key, tuple(value))

@@ -15,7 +15,7 @@ except ImportError:   # hypothesis is optional; the fuzz tests skip without it
     settings = None
 
 if settings is not None:
-    settings.register_profile("ci", max_examples=40, deadline=None, derandomize=False,
+    settings.register_profile("ci", max_examples=34, deadline=None, derandomize=False,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("long", max_examples=10_000, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])

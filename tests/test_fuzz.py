@@ -5,7 +5,7 @@ step counts, None gradients, mid-run learning-rate changes, occasional non-finit
 and without ``skip_nonfinite``) and 1 or 2 kernel threads. Params and state must be bit-identical to
 the reference after every step.
 
-Profiles (tests/conftest.py): ``HYPOTHESIS_PROFILE=ci`` (default, 40 examples per test) and
+Profiles (tests/conftest.py): ``HYPOTHESIS_PROFILE=ci`` (default, 34 examples per test: ~200 in all) and
 ``HYPOTHESIS_PROFILE=long`` (10,000 per test)::
 
     HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py

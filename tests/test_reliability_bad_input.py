@@ -437,6 +437,11 @@ CASES = [
     Case("clip_value_string_grads", plain, lambda c: fastopt.clip_grad_value_(5, 0.1),
          TypeError, r"grads must be an array or a sequence"),
 
+    Case("grads_finite_none", plain, lambda c: fastopt.grads_finite(None),
+         TypeError, r"grads must be an array or a sequence"),
+    Case("grads_finite_int_dtype", arrays(((5,), F64)), lambda c: fastopt.grads_finite([c.grads[0], np.ones(2, np.int8)]),
+         TypeError, r"grads\[1\] must be float32 or float64"),
+
     # --- set_num_threads --------------------------------------------------------------------------
     Case("threads_negative", plain, lambda c: fastopt.set_num_threads(-1), ValueError, r"num_threads must be"),
     Case("threads_none", plain, lambda c: fastopt.set_num_threads(None), TypeError, r"num_threads must be an integer",

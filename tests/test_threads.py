@@ -143,15 +143,21 @@ def test_two_threads_overlap(record_property):
             hashlib.sha256(blob).digest()
 
     fastopt.set_num_threads(1)
+    ratios, controls = [], []
     try:
-        ratio = _pair_ratio(adam_work_fn(0), adam_work_fn(1))
-        control = _pair_ratio(control_work, control_work)
+        first, second = adam_work_fn(0), adam_work_fn(1)
+        for _ in range(4):              # other processes may hold a core for a while: retry
+            ratios.append(_pair_ratio(first, second))
+            controls.append(_pair_ratio(control_work, control_work))
+            if ratios[-1] < 1.9:
+                break
     finally:
         fastopt.set_num_threads(0)
+    ratio, control = min(ratios), min(controls)
     print(f"two-thread wall time / one-thread: fastopt {ratio:.2f}, hashlib control {control:.2f} (serial = 2.0)")
     record_property("overlap_ratio", round(ratio, 3))
     record_property("overlap_ratio_control", round(control, 3))
-    if control >= 1.6:
+    if ratio >= 1.9 and control >= 1.6:
         pytest.skip(f"the machine is busy: even hashlib only reaches {control:.2f}x; fastopt {ratio:.2f}x")
     assert ratio < 1.9
 

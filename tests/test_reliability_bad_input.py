@@ -97,6 +97,15 @@ def unaligned(n, dtype=np.float64):
     return np.frombuffer(buf, dtype=dtype, count=n, offset=1)
 
 
+def overlapping_grad(tmp):
+    """An SGD whose param is base[:6], and a grad base[3:9] overlapping it (same shape and dtype)."""
+    base = np.arange(12, dtype=np.float64)
+    p = base[:6]
+    opt = fastopt.SGD([p], lr=0.1, momentum=0.9)
+    opt.step([np.ones(6)])
+    return Ctx(opt=opt, params=[base], extra={"grad": base[3:9]})
+
+
 def with_group(ctx, g, **kw):
     for key, value in kw.items():
         ctx.opt.param_groups[g][key] = value
@@ -292,6 +301,8 @@ CASES = [
          ValueError, r"grads\[2\] must be aligned"),
     Case("step_grad_is_its_param", adam2, lambda c: c.opt.step([c.grads[0], c.grads[1], c.params[2]]),
          ValueError, r"grads\[2\] shares memory with its param"),
+    Case("step_grad_overlaps_its_param", overlapping_grad, lambda c: c.opt.step([c.extra["grad"]]),
+         ValueError, r"grads\[0\] shares memory with its param"),
     Case("step_grad_is_its_param_skip_nonfinite", adamw_skip, lambda c: c.opt.step([c.params[0], c.grads[1], c.grads[2]]),
          ValueError, r"grads\[0\] shares memory with its param"),
     Case("step_grad_object_dtype", rms2, lambda c: c.opt.step([c.grads[0], c.grads[1], np.array([None] * 4)]),

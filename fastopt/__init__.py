@@ -5,10 +5,11 @@
 >>> opt = fastopt.Adam([w], lr=0.1)
 >>> opt.step([np.array([1.0, -1.0, 0.0])])
 """
-from . import lr_scheduler
+from . import _validation, lr_scheduler
 from ._backend import build_info, kernels as _kernels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .checkpoint import load, save
 from .flat import FlatParams, flatten
 from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
 from .second_order import classify_critical_point, minimize_bfgs, newton
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 def set_num_threads(n):
     """Use ``n`` threads for large steps (``0``: follow OpenMP / ``OMP_NUM_THREADS``)."""
-    _kernels.set_num_threads(int(n))
+    _kernels.set_num_threads(_validation.check_num_threads(n))
 
 
 def get_num_threads():
@@ -34,5 +35,5 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
-    "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",
+    "save", "load", "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",
 ]

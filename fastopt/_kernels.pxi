@@ -437,8 +437,9 @@ cdef object _as_array(object obj, str what):
         arr = np.asarray(obj)
     except Exception as exc:
         raise TypeError(f"{what} must be an array (NumPy array or buffer), got {type(obj).__name__}") from exc
-    if arr.dtype == object:
-        raise TypeError(f"{what} must be a float32 or float64 array, got {type(obj).__name__}")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{what} must be a float32 or float64 array, got {type(obj).__name__} "
+                        f"(as an array: dtype {arr.dtype})")
     return arr
 
 
@@ -529,6 +530,7 @@ cdef class ParamBucket:
     cdef char** _grads
     cdef double* _per_array
     cdef Py_ssize_t* _index
+    cdef Py_ssize_t _max_index
 
     def __cinit__(self, list params, indices):
         cdef Py_ssize_t k, n = len(params)
@@ -571,6 +573,10 @@ cdef class ParamBucket:
             self._params[k] = <char*>cnp.PyArray_DATA(p)
             self._offsets[k] = total
             self._index[k] = self.indices[k]
+            if self._index[k] < 0:
+                raise ValueError("ParamBucket indices must be >= 0")
+            if self._index[k] > self._max_index:
+                self._max_index = self._index[k]
             total += cnp.PyArray_SIZE(p)
         self._offsets[self.n_arrays] = total
         self.total_size = total
@@ -608,6 +614,10 @@ cdef class ParamBucket:
         cdef object g
         cdef list glist
         cdef tuple gtuple
+        if type(grads) is not list and type(grads) is not tuple:
+            grads = tuple(grads)      # list subclasses, iterables: index an exact copy
+        if len(grads) <= self._max_index:
+            raise ValueError(f"grads has {len(grads)} entries; this param group needs index {self._max_index}")
         if type(grads) is list:
             glist = <list>grads
             for k in range(self.n_arrays):
@@ -1092,6 +1102,10 @@ def gather_arrays(arrays, str name="grads", bint need_writeable=True):
             a = <cnp.ndarray>obj
         else:
             a = <cnp.ndarray>_as_array(obj, f"{name}[{k}]")
+            if need_writeable and (<object>a).base is None:
+                # np.asarray made a new array (from a list, say): an in-place change would be lost.
+                raise TypeError(f"{name}[{k}] must be an array that can be modified in place, "
+                                f"got {type(obj).__name__}")
         t = cnp.PyArray_TYPE(a)
         if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
             raise TypeError(f"{name}[{k}] must be float32 or float64, got {a.dtype}")

@@ -65,7 +65,10 @@ def check_real(name, value, *, low=None, high=None, low_inclusive=True, high_inc
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:   # an int beyond float range
+        raise ValueError(f"{name} must be finite, got an integer too large for a float") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (value == low and not low_inclusive)):
@@ -91,3 +94,33 @@ def check_betas(name, value):
     b1 = check_real(f"{name}[0]", beta1, low=0.0, high=1.0, high_inclusive=False)
     b2 = check_real(f"{name}[1]", beta2, low=0.0, high=1.0, high_inclusive=False)
     return (b1, b2)
+
+
+def as_grad_array(obj, name):
+    """A non-ndarray gradient (nested list, buffer, ``__array__`` object) as an ndarray.
+
+    The caller must keep the result alive for as long as its data pointer is used.
+    """
+    if isinstance(obj, (dict, str, bytes)):
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:  # an object NumPy cannot view or convert
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+    return arr
+
+
+#: More threads than this is surely a mistake (and libgomp would try to start them all).
+MAX_THREADS = 1 << 16
+
+
+def check_num_threads(n):
+    """``n`` as a thread count for ``set_num_threads``: an int in [0, MAX_THREADS] (0: OpenMP's default)."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_threads must be an integer, got {type(n).__name__}")
+    n = int(n)
+    if not 0 <= n <= MAX_THREADS:
+        raise ValueError(f"num_threads must be in [0, {MAX_THREADS}], got {n}")
+    return n

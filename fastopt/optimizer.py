@@ -4,12 +4,37 @@ Subclasses (``SGD``, ``Adam``, ...) only declare their hyperparameters, check th
 compiled bucket method that applies their update; the state they keep lives in per-(group, dtype)
 arenas inside :class:`fastopt._step.ParamBucket`.
 """
+import functools
 import threading
 
 import numpy as np
 
 from . import _validation as V
 from ._backend import kernels
+
+# Exact types of gradient entries the compiled gather can take without a conversion.
+# Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
+_MAX_STEP = 2 ** 53
+
+
+def _exclusive(method):
+    """Run ``method`` holding the optimizer's lock, as step() does; raise if another thread holds it.
+
+    A step runs its kernels without the GIL: load_state_dict frees and replaces the state arenas,
+    add_param_group grows the param list and state_dict copies the arenas, so none of them may run
+    while another thread is inside step() (a torn or freed arena), nor a step while they run.
+    """
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"{method.__name__}() called while this optimizer is running step() (or another "
+                "state call) in another thread; use an optimizer from one thread at a time")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._lock.release()
+    return wrapper
 
 
 class ParamGroup(dict):
@@ -124,6 +149,7 @@ class Optimizer:
     # Param groups
     # ------------------------------------------------------------------------------------------
 
+    @_exclusive
     def add_param_group(self, param_group):
         """Add a param group (a dict with ``"params"`` and optional hyperparameters)."""
         if not isinstance(param_group, dict):
@@ -196,21 +222,24 @@ class Optimizer:
     # ------------------------------------------------------------------------------------------
 
     def _normalize_grads(self, grads):
+        """``grads`` as an exact list or tuple of ``len(params)`` entries.
+
+        The entries themselves are checked by the compiled gather (which views a non-ndarray
+        entry as an array and keeps that array alive for the step).
+        """
         n = len(self._params)
-        if isinstance(grads, (list, tuple)):
-            if len(grads) != n:
-                raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
-            return grads
-        if grads is None:
-            raise TypeError("grads must be a list of arrays aligned with the params, got None")
-        if isinstance(grads, np.ndarray) or hasattr(grads, "__array__") or hasattr(grads, "__array_interface__"):
-            if n == 1:
-                return [grads]
-            raise TypeError(f"grads must be a list of {n} arrays (one per param), got a single array")
-        try:
-            grads = list(grads)
-        except TypeError:
-            raise TypeError(f"grads must be a list of arrays aligned with the params, got {type(grads).__name__}") from None
+        if type(grads) is not list and type(grads) is not tuple:
+            if grads is None:
+                raise TypeError("grads must be a list of arrays aligned with the params, got None")
+            if isinstance(grads, np.ndarray) or hasattr(grads, "__array__") or hasattr(grads, "__array_interface__"):
+                if n != 1:
+                    raise TypeError(f"grads must be a list of {n} arrays (one per param), got a single array")
+                grads = [grads]
+            else:
+                try:
+                    grads = list(grads)
+                except TypeError:
+                    raise TypeError(f"grads must be a list of arrays aligned with the params, got {type(grads).__name__}") from None
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
         return grads
@@ -325,6 +354,7 @@ class Optimizer:
                 out[index] = self._param_state(bucket, k, copy=False)
         return out
 
+    @_exclusive
     def state_dict(self):
         """The optimizer's state as plain data (copies): ``{"state": ..., "param_groups": ...}``.
 
@@ -345,6 +375,7 @@ class Optimizer:
             groups.append(entry)
         return {"state": state, "param_groups": groups}
 
+    @_exclusive
     def load_state_dict(self, state_dict):
         """Restore state saved by :meth:`state_dict`.
 
@@ -367,11 +398,19 @@ class Optimizer:
             if not isinstance(saved, dict) or "params" not in saved:
                 raise TypeError(f"state_dict['param_groups'][{g}] must be a dict with 'params'")
             n = len(group["params"])
-            if list(saved["params"]) != list(range(start, start + n)):
+            try:
+                saved_params = list(saved["params"])
+            except TypeError:
+                raise TypeError(f"state_dict['param_groups'][{g}]['params'] must be a list of param indices, "
+                                f"got {type(saved['params']).__name__}") from None
+            if saved_params != list(range(start, start + n)):
                 raise ValueError(
                     f"state_dict['param_groups'][{g}] has params {list(saved['params'])}, expected "
                     f"{list(range(start, start + n))} (a different model or grouping)")
             start += n
+            missing = [key for key in self.defaults if key not in saved]
+            if missing:
+                raise ValueError(f"state_dict['param_groups'][{g}] has no {', '.join(map(repr, missing))}")
             merged = ParamGroup((key, value) for key, value in saved.items() if key != "params")
             merged["params"] = group["params"]
             try:
@@ -404,8 +443,8 @@ class Optimizer:
                 if name == "step":
                     step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
                     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)) \
-                            or not float(step).is_integer() or step < 0:
-                        raise ValueError(f"{where} must be a non-negative whole number, got {value!r}")
+                            or not float(step).is_integer() or not 0 <= step <= _MAX_STEP:
+                        raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
                     checked["step"] = int(step)
                     continue
                 if not isinstance(value, np.ndarray):

@@ -1,0 +1,269 @@
+"""Save and load an optimizer's state as a ``.npz`` file, without pickle.
+
+File layout (format version 1): an uncompressed ``.npz`` (a zip of ``.npy`` arrays, every member
+CRC-checked on reading) holding
+
+* ``__fastopt__`` -- a uint8 array of UTF-8 JSON metadata::
+
+      {"format": "fastopt-checkpoint", "version": 1, "optimizer": "Adam",
+       "params": [{"shape": [3, 4], "dtype": "float32"}, ...],
+       "param_groups": [{"params": [0, 1], "lr": 0.001, "betas": [0.9, 0.999], ...}, ...],
+       "state": [{"index": 0, "step": 10, "arrays": {"exp_avg": "state.0.exp_avg", ...}}, ...],
+       "skipped_steps": 0, "found_inf": false, "has_params": false}
+
+* one array per state buffer (``state.<param index>.<buffer name>``), and with ``params=True`` one
+  per param (``param.<index>``).
+
+:func:`save` writes a temporary file in the target's directory, flushes and fsyncs it, then renames
+it over ``path`` (``os.replace``), so ``path`` always holds either the old or the new checkpoint.
+:func:`load` reads and checks everything (format, version, optimizer class, param count, shapes and
+dtypes, every array) before it changes the optimizer; any problem raises ValueError naming it and
+leaves the optimizer exactly as it was.
+"""
+import json
+import math
+import numbers
+import os
+import tempfile
+
+import numpy as np
+
+FORMAT = "fastopt-checkpoint"
+VERSION = 1
+META_KEY = "__fastopt__"
+
+__all__ = ["save", "load"]
+
+
+def _json_value(value, where):
+    """A hyperparameter as a JSON value (numbers, bools, strings, None, lists of them)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value}; a checkpoint stores finite numbers only")
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return _json_value(value.item(), where)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(
+        f"{where} is a {type(value).__name__}, which a checkpoint cannot store without pickle "
+        "(allowed: numbers, bools, strings, None, and lists/tuples of them)")
+
+
+def _from_json(value):
+    """JSON lists back to tuples (param groups keep list-valued hyperparameters as tuples)."""
+    if isinstance(value, list):
+        return tuple(_from_json(v) for v in value)
+    return value
+
+
+def save(optimizer, path, *, params=False):
+    """Write ``optimizer``'s state (and, with ``params=True``, its params) to ``path`` atomically.
+
+    Parameters
+    ----------
+    optimizer : fastopt.Optimizer
+    path : str or os.PathLike
+        The file to write, used as given (no ``.npz`` suffix is added). Its directory must exist.
+    params : bool, default False
+        Also store the params' values, which :func:`load` then copies back into the optimizer's
+        params: a full resume from the file alone. Without it, restore the params yourself.
+
+    Raises
+    ------
+    ValueError
+        A param group holds a value that cannot be stored without pickle (an arbitrary object);
+        nothing is written then.
+    """
+    from .optimizer import Optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
+    if not isinstance(params, (bool, np.bool_)):
+        raise TypeError(f"params must be True or False, got {params!r}")
+    path = os.fspath(path)
+    sd = optimizer.state_dict()          # copies, taken under the optimizer's lock
+    plist = optimizer._params
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "optimizer": type(optimizer).__name__,
+        "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in plist],
+        "param_groups": [],
+        "state": [],
+        "skipped_steps": int(optimizer.skipped_steps),
+        "found_inf": bool(optimizer.found_inf),
+        "has_params": bool(params),
+    }
+    for g, group in enumerate(sd["param_groups"]):
+        meta["param_groups"].append(
+            {key: _json_value(value, f"param_groups[{g}][{key!r}]") for key, value in group.items()})
+    arrays = {}
+    for index, entry in sorted(sd["state"].items()):
+        item = {"index": int(index), "arrays": {}}
+        for name, value in entry.items():
+            if name == "step":
+                item["step"] = int(value)
+            else:
+                key = f"state.{index}.{name}"
+                arrays[key] = value
+                item["arrays"][name] = key
+        meta["state"].append(item)
+    if params:
+        for i, p in enumerate(plist):
+            arrays[f"param.{i}"] = p.copy()
+    arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:   # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _read(path):
+    """All arrays of the file at ``path`` and its metadata; ValueError if it is not readable."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not hasattr(npz, "files"):
+                raise ValueError("it holds a single array, not an .npz archive")
+            if META_KEY not in npz.files:
+                raise ValueError(f"it has no {META_KEY!r} entry (not written by fastopt.save)")
+            arrays = {key: npz[key] for key in npz.files}   # reads (and CRC-checks) every member
+        raw = arrays.pop(META_KEY)
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError(f"its {META_KEY!r} entry is not a uint8 vector")
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:
+        raise ValueError(f"{path!r} is not a readable fastopt checkpoint: {exc}") from exc
+    except Exception as exc:   # zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, ...
+        raise ValueError(
+            f"{path!r} is not a readable fastopt checkpoint (truncated or corrupted?): "
+            f"{type(exc).__name__}: {exc}") from exc
+    return meta, arrays
+
+
+def _require(cond, message):
+    if not cond:
+        raise ValueError(message)
+
+
+def load(optimizer, path):
+    """Restore ``optimizer`` from a file written by :func:`save`.
+
+    The optimizer must be of the same class, with the same number of params in the same groups and
+    the same shapes and dtypes. Everything is read and checked before anything is written; a
+    truncated, corrupted, wrong-class or mismatched file raises ValueError naming the problem and
+    leaves the optimizer (and its params) unchanged. When the file holds params (``save(...,
+    params=True)``) they are copied into the optimizer's params.
+    """
+    from .optimizer import Optimizer
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastopt optimizer, got {type(optimizer).__name__}")
+    path = os.fspath(path)
+    meta, arrays = _read(path)
+    where = f"checkpoint {path!r}"
+    _require(isinstance(meta, dict) and meta.get("format") == FORMAT,
+             f"{where} is not a fastopt checkpoint (no format marker)")
+    version = meta.get("version")
+    _require(isinstance(version, int) and not isinstance(version, bool),
+             f"{where} has no valid format version")
+    _require(1 <= version <= VERSION,
+             f"{where} has format version {version}; this fastopt reads versions <= {VERSION}")
+    cls = type(optimizer).__name__
+    _require(meta.get("optimizer") == cls,
+             f"{where} holds the state of a {meta.get('optimizer')!r} optimizer, not of a {cls!r}")
+
+    plist = optimizer._params
+    saved_params = meta.get("params")
+    _require(isinstance(saved_params, list) and len(saved_params) == len(plist),
+             f"{where} has {len(saved_params) if isinstance(saved_params, list) else '?'} params, "
+             f"the optimizer has {len(plist)}")
+    for i, (info, p) in enumerate(zip(saved_params, plist)):
+        _require(isinstance(info, dict), f"{where}: params[{i}] entry is malformed")
+        shape, dtype = info.get("shape"), info.get("dtype")
+        _require(isinstance(shape, list) and tuple(shape) == p.shape,
+                 f"{where}: params[{i}] has shape {shape}, the optimizer's has {list(p.shape)}")
+        _require(dtype == p.dtype.name,
+                 f"{where}: params[{i}] has dtype {dtype}, the optimizer's has {p.dtype.name}")
+
+    groups = meta.get("param_groups")
+    _require(isinstance(groups, list) and all(isinstance(g, dict) for g in groups),
+             f"{where}: param_groups is malformed")
+    state = {}
+    entries = meta.get("state")
+    _require(isinstance(entries, list), f"{where}: state is malformed")
+    for item in entries:
+        _require(isinstance(item, dict) and isinstance(item.get("index"), int)
+                 and isinstance(item.get("arrays"), dict),
+                 f"{where}: a state entry is malformed")
+        index = item["index"]
+        _require(0 <= index < len(plist), f"{where}: state entry for param {index}, which does not exist")
+        entry = {}
+        if "step" in item:
+            entry["step"] = item["step"]
+        for name, key in item["arrays"].items():
+            _require(isinstance(key, str) and key in arrays,
+                     f"{where}: state[{index}][{name!r}] refers to a missing array {key!r}")
+            value = arrays[key]
+            _require(value.shape == plist[index].shape and value.dtype == plist[index].dtype,
+                     f"{where}: state[{index}][{name!r}] has shape {value.shape} and dtype {value.dtype}, "
+                     f"its param has {plist[index].shape} and {plist[index].dtype}")
+            entry[name] = value
+        state[index] = entry
+
+    new_params = None
+    if meta.get("has_params"):
+        new_params = []
+        for i, p in enumerate(plist):
+            value = arrays.get(f"param.{i}")
+            _require(value is not None, f"{where}: param {i}'s values are missing")
+            _require(value.shape == p.shape and value.dtype == p.dtype,
+                     f"{where}: param {i}'s values have shape {value.shape} and dtype {value.dtype}, "
+                     f"the param has {p.shape} and {p.dtype}")
+            _require(p.flags.writeable, f"params[{i}] of the optimizer is read-only now; cannot restore it")
+            new_params.append(value)
+    skipped = meta.get("skipped_steps", 0)
+    _require(isinstance(skipped, int) and skipped >= 0, f"{where}: skipped_steps is malformed")
+
+    sd = {
+        "state": state,
+        "param_groups": [{key: _from_json(value) if key != "params" else value
+                          for key, value in group.items()} for group in groups],
+    }
+    try:
+        optimizer.load_state_dict(sd)     # checks everything again, then writes
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where} does not fit this optimizer: {exc}") from exc
+    if new_params is not None:
+        for p, value in zip(plist, new_params):
+            np.copyto(p, value, casting="no")
+    optimizer.skipped_steps = skipped
+    optimizer.found_inf = bool(meta.get("found_inf", False))

@@ -1,0 +1,248 @@
+"""fastopt.checkpoint: pickle-free .npz checkpoints, atomic writes, exact resume, clean failures."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import checkpoint
+from fastopt.checkpoint import load, save
+
+OPTIMIZERS = {
+    "sgd": lambda groups: fastopt.SGD(groups, lr=0.05),
+    "sgd_nesterov": lambda groups: fastopt.SGD(groups, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd_dampening": lambda groups: fastopt.SGD(groups, lr=0.05, momentum=0.5, dampening=0.3, maximize=True),
+    "adam": lambda groups: fastopt.Adam(groups, lr=0.01, weight_decay=0.01),
+    "adam_amsgrad": lambda groups: fastopt.Adam(groups, lr=0.01, amsgrad=True),
+    "adamw": lambda groups: fastopt.AdamW(groups, lr=0.01, betas=(0.8, 0.95)),
+    "rmsprop": lambda groups: fastopt.RMSprop(groups, lr=0.01),
+    "rmsprop_centered_momentum": lambda groups: fastopt.RMSprop(groups, lr=0.01, centered=True, momentum=0.7),
+    "adagrad": lambda groups: fastopt.Adagrad(groups, lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2),
+    "adagrad_plain": lambda groups: fastopt.Adagrad(groups, lr=0.1),
+}
+
+SHAPES = [((5,), np.float64), ((3, 4), np.float32), ((2,), np.float64), ((6, 1), np.float32)]
+
+
+def fresh_params(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for shape, dtype in SHAPES]
+
+
+def make_groups(params):
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 0.002, "weight_decay": 0.0}]
+
+
+def grads_at(step):
+    """The gradients of step ``step``: deterministic, with some None entries."""
+    rng = np.random.default_rng(1000 + step)
+    gs = [rng.standard_normal(shape).astype(dtype) for shape, dtype in SHAPES]
+    if step % 3 == 1:
+        gs[1] = None          # param 1 sits this step out: its step count falls behind
+    if step == 4:
+        gs[3] = None
+    return gs
+
+
+def run(opt, start, stop):
+    for t in range(start, stop):
+        if t == 5:
+            opt.param_groups[0]["lr"] *= 0.5           # a scheduler changes a hyperparameter mid-run
+        opt.step(grads_at(t))
+
+
+def fingerprint(opt, params):
+    sd = opt.state_dict()
+    out = [p.tobytes() for p in params]
+    for index in sorted(sd["state"]):
+        for name in sorted(sd["state"][index]):
+            value = sd["state"][index][name]
+            out.append((index, name, value.tobytes() if isinstance(value, np.ndarray) else value))
+    out.append(repr([sorted((k, repr(v)) for k, v in g.items() if k != "params") for g in sd["param_groups"]]))
+    return out
+
+
+@pytest.mark.parametrize("with_params", [True, False], ids=["params_in_file", "params_by_caller"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_resume_is_bitwise_identical(name, with_params, tmp_path):
+    make = OPTIMIZERS[name]
+    total, cut = 12, 7
+    # uninterrupted run
+    p_ref = fresh_params()
+    ref = make(make_groups(p_ref))
+    run(ref, 0, total)
+    # interrupted run: save at `cut`, rebuild everything from scratch, load, continue
+    p_a = fresh_params()
+    a = make(make_groups(p_a))
+    run(a, 0, cut)
+    path = tmp_path / "opt.ckpt"
+    save(a, path, params=with_params)
+    saved_params = [p.copy() for p in p_a]
+    del a
+    p_b = fresh_params(seed=99)          # different values: the file (or the caller) must restore them
+    b = make([{"params": p_b[:2]}, {"params": p_b[2:]}])   # default hyperparameters: the file restores them
+    load(b, path)
+    if not with_params:
+        for p, q in zip(p_b, saved_params):
+            p[...] = q
+    assert [p.tobytes() for p in p_b] == [q.tobytes() for q in saved_params]
+    run(b, cut, total)
+    assert fingerprint(b, p_b) == fingerprint(ref, p_ref)
+
+
+def test_file_is_pickle_free_npz_with_metadata(tmp_path):
+    params = fresh_params()
+    opt = fastopt.Adam(make_groups(params), amsgrad=True, skip_nonfinite=True)
+    run(opt, 0, 3)
+    bad = grads_at(3)
+    bad[0][0] = np.nan
+    assert opt.step(bad) is False
+    path = tmp_path / "a.npz"
+    save(opt, path, params=True)
+    with np.load(path, allow_pickle=False) as z:
+        files = set(z.files)
+        assert all(z[k].dtype != object for k in files)
+        meta = json.loads(z["__fastopt__"].tobytes().decode("utf-8"))
+    assert meta["format"] == checkpoint.FORMAT and meta["version"] == checkpoint.VERSION == 1
+    assert meta["optimizer"] == "Adam" and meta["has_params"] is True
+    assert meta["params"][1] == {"shape": [3, 4], "dtype": "float32"}
+    assert meta["param_groups"][0]["betas"] == [0.9, 0.999]
+    assert meta["skipped_steps"] == 1 and meta["found_inf"] is True
+    assert {"param.0", "param.3", "state.0.exp_avg", "state.2.max_exp_avg_sq"} <= files
+    # the counters come back
+    other = fastopt.Adam(make_groups(fresh_params()), amsgrad=True)
+    load(other, path)
+    assert other.skipped_steps == 1 and other.found_inf is True
+
+
+def test_numpy_scalar_hyperparameters_are_stored_as_numbers(tmp_path):
+    params = fresh_params()
+    opt = fastopt.SGD(params, lr=np.float32(0.1), momentum=np.array(0.5))
+    opt.param_groups[0]["note"] = "encoder"
+    opt.param_groups[0]["initial_lr"] = np.float64(0.1)
+    opt.step(grads_at(0))
+    save(opt, tmp_path / "s.npz")
+    other = fastopt.SGD(fresh_params(), lr=1.0)
+    load(other, tmp_path / "s.npz")
+    group = other.param_groups[0]
+    assert group["lr"] == float(np.float32(0.1)) and group["momentum"] == 0.5
+    assert group["note"] == "encoder" and group["initial_lr"] == 0.1
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous checkpoint intact and no temporary file."""
+    params = fresh_params()
+    opt = fastopt.Adam(params)
+    run(opt, 0, 2)
+    path = tmp_path / "c.npz"
+    save(opt, path)
+    original = path.read_bytes()
+    run(opt, 2, 4)
+
+    def broken_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save(opt, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == original
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_save_replaces_existing_file_and_writes_exact_path(tmp_path):
+    params = fresh_params()
+    opt = fastopt.RMSprop(params)
+    path = tmp_path / "ckpt"                 # no .npz suffix is added
+    save(opt, path)
+    run(opt, 0, 2)
+    save(opt, path)
+    assert os.listdir(tmp_path) == ["ckpt"]
+    other = fastopt.RMSprop(fresh_params())
+    load(other, path)
+    assert fingerprint(other, params)[len(params):] == fingerprint(opt, params)[len(params):]
+
+
+def _saved(tmp_path):
+    params = fresh_params()
+    opt = fastopt.Adam(make_groups(params), amsgrad=True)
+    run(opt, 0, 3)
+    path = tmp_path / "good.npz"
+    save(opt, path, params=True)
+    return path, path.read_bytes()
+
+
+def _target():
+    params = fresh_params(seed=5)
+    opt = fastopt.Adam(make_groups(params), amsgrad=True)
+    run(opt, 0, 2)
+    return opt, params
+
+
+def test_every_truncation_is_rejected_and_changes_nothing(tmp_path):
+    path, data = _saved(tmp_path)
+    opt, params = _target()
+    before = fingerprint(opt, params)
+    bad = tmp_path / "bad.npz"
+    for cut in list(range(0, len(data), max(1, len(data) // 150))) + [len(data) - 1]:
+        bad.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not a readable fastopt checkpoint"):
+            load(opt, bad)
+    assert fingerprint(opt, params) == before
+
+
+def test_corrupted_bytes_are_rejected_or_harmless(tmp_path):
+    """Flip bytes all over the file: load either raises ValueError and changes nothing, or (a flip in
+    a field the zip reader ignores) restores exactly what was saved. It never crashes or loads garbage."""
+    path, data = _saved(tmp_path)
+    reference, ref_params = _target()
+    load(reference, path)
+    expected = fingerprint(reference, ref_params)
+    opt, params = _target()
+    before = fingerprint(opt, params)
+    bad = tmp_path / "bad.npz"
+    rejected = 0
+    positions = range(0, len(data), max(1, len(data) // 250))
+    for pos in positions:
+        corrupt = bytearray(data)
+        corrupt[pos] ^= 0x5A
+        bad.write_bytes(bytes(corrupt))
+        try:
+            load(opt, bad)
+        except ValueError:
+            rejected += 1
+            assert fingerprint(opt, params) == before, pos
+        else:
+            assert fingerprint(opt, params) == expected, pos
+            opt, params = _target()          # start the next round from the original state again
+    assert rejected > len(positions) // 2
+
+
+def test_load_failure_leaves_params_unchanged_too(tmp_path):
+    """A file with params but a mismatching state does not overwrite the params either."""
+    path, _ = _saved(tmp_path)
+    opt = fastopt.Adam(make_groups(fresh_params(seed=7)), amsgrad=False)   # amsgrad differs: needs no max
+    params = opt._params
+    before = fingerprint(opt, params)
+    data = dict(np.load(path, allow_pickle=False))
+    data["state.0.exp_avg"] = data["state.0.exp_avg"][:2]                   # wrong shape
+    with open(tmp_path / "x.npz", "wb") as f:
+        np.savez(f, **data)
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(2,\)"):
+        load(opt, tmp_path / "x.npz")
+    assert fingerprint(opt, params) == before
+
+
+def test_checkpoint_of_fresh_optimizer_roundtrips(tmp_path):
+    """No state yet (and Adagrad's state from construction) round-trips too."""
+    for make in OPTIMIZERS.values():
+        params = fresh_params()
+        opt = make(make_groups(params))
+        save(opt, tmp_path / "f.npz")
+        other_params = fresh_params()
+        other = make(make_groups(other_params))
+        other.param_groups[0]["lr"] = 123.0
+        load(other, tmp_path / "f.npz")
+        assert fingerprint(other, other_params) == fingerprint(opt, params)

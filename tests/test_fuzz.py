@@ -1,0 +1,198 @@
+"""Property-based fuzzing against the NumPy references in ``fuzz_reference.py``.
+
+Random optimizer, hyperparameters, param shapes (including empty and 0-d) and dtypes, param groups,
+step counts, None gradients, mid-run learning-rate changes, occasional non-finite gradients (with
+and without ``skip_nonfinite``) and 1 or 2 kernel threads. Params and state must be bit-identical to
+the reference after every step.
+
+Profiles (tests/conftest.py): ``HYPOTHESIS_PROFILE=ci`` (default, 34 examples per test: ~200 in all) and
+``HYPOTHESIS_PROFILE=long`` (10,000 per test)::
+
+    HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py
+"""
+import math
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, note  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import fastopt  # noqa: E402
+from fastopt._backend import kernels  # noqa: E402
+from fuzz_reference import (REFERENCES, clip_grad_norm_reference,  # noqa: E402
+                            clip_grad_value_reference)
+
+CLASSES = {"SGD": fastopt.SGD, "Adam": fastopt.Adam, "AdamW": fastopt.AdamW,
+           "RMSprop": fastopt.RMSprop, "Adagrad": fastopt.Adagrad}
+
+unit = st.floats(0.0, 0.999)
+small = st.floats(0.0, 0.5)
+lr = st.floats(0.0, 1.0)
+eps = st.sampled_from([0.0, 1e-10, 1e-8, 1e-3])
+
+
+def hyper_strategy(name):
+    if name == "SGD":
+        return st.fixed_dictionaries({
+            "lr": lr, "momentum": st.sampled_from([0.0, 0.5, 0.9]) | unit, "dampening": st.sampled_from([0.0, 0.1]),
+            "weight_decay": st.sampled_from([0.0]) | small, "nesterov": st.booleans(), "maximize": st.booleans(),
+        }).map(lambda h: dict(h, nesterov=h["nesterov"] and h["momentum"] > 0 and h["dampening"] == 0))
+    if name in ("Adam", "AdamW"):
+        return st.fixed_dictionaries({
+            "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.999)), "eps": eps,
+            "weight_decay": st.sampled_from([0.0]) | small, "amsgrad": st.booleans(), "maximize": st.booleans(),
+        })
+    if name == "RMSprop":
+        return st.fixed_dictionaries({
+            "lr": lr, "alpha": unit, "eps": eps, "weight_decay": st.sampled_from([0.0]) | small,
+            "momentum": st.sampled_from([0.0, 0.9]) | unit, "centered": st.booleans(), "maximize": st.booleans(),
+        })
+    return st.fixed_dictionaries({
+        "lr": lr, "lr_decay": st.sampled_from([0.0]) | small, "weight_decay": st.sampled_from([0.0]) | small,
+        "initial_accumulator_value": st.sampled_from([0.0, 0.1]) | small, "eps": eps, "maximize": st.booleans(),
+    })
+
+
+shapes = st.one_of(
+    st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+    st.integers(100, 3000).map(lambda n: (n,)),
+)
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+@st.composite
+def scenarios(draw, name):
+    n_params = draw(st.integers(1, 4))
+    specs = [(draw(shapes), draw(dtypes)) for _ in range(n_params)]
+    n_groups = draw(st.integers(1, min(2, n_params)))
+    cut = draw(st.integers(1, n_params - 1)) if n_groups == 2 else n_params
+    hypers = [draw(hyper_strategy(name))]
+    if n_groups == 2:
+        hypers.append(draw(hyper_strategy(name)))
+    if name == "AdamW":
+        for h in hypers:
+            h["decoupled_weight_decay"] = True
+    return {
+        "specs": specs, "cut": cut, "hypers": hypers,
+        "steps": draw(st.integers(1, 6)),
+        "seed": draw(st.integers(0, 2 ** 32 - 1)),
+        "none_rate": draw(st.sampled_from([0.0, 0.3])),
+        "nonfinite": draw(st.sampled_from([None, None, None, np.nan, np.inf, -np.inf])),
+        "skip_nonfinite": draw(st.booleans()),
+        "lr_change": draw(st.sampled_from([None, 0.5, 0.0])),
+        "scale": draw(st.sampled_from([1.0, 1e-3, 1e3])),
+        "threads": draw(st.sampled_from([1, 1, 2])),
+    }
+
+
+def same(a, b):
+    """Bitwise equal, treating any NaN as equal to any NaN."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    na, nb = np.isnan(a), np.isnan(b)
+    return bool(np.array_equal(na, nb)) and a[~na].tobytes() == b[~nb].tobytes()
+
+
+def check_matches(opt, ref, name):
+    for i, (p, q) in enumerate(zip(opt._params, ref.params)):
+        assert same(p, q), f"param {i} differs"
+    sd = opt.state_dict()["state"]
+    for i in range(len(ref.params)):
+        if name == "SGD":
+            has = "momentum_buffer" in ref.state[i]
+        elif name == "Adagrad":
+            has = True
+        else:
+            has = ref.steps[i] > 0
+        if not has:
+            assert i not in sd, f"param {i} has unexpected state"
+            continue
+        entry = sd[i]
+        if name != "SGD":
+            assert entry["step"] == ref.steps[i], f"param {i} step"
+        for key, value in ref.state[i].items():
+            assert same(entry[key], value), f"state {i} {key} differs"
+
+
+def run_scenario(name, sc):
+    note(repr(sc))
+    rng = np.random.default_rng(sc["seed"])
+    params = [(rng.standard_normal(shape) if shape else np.array(rng.standard_normal())).astype(dt)
+              for shape, dt in sc["specs"]]
+    cut = sc["cut"]
+    group_params = [params[:cut]] + ([params[cut:]] if cut < len(params) else [])
+    groups = [dict(h, params=ps) for ps, h in zip(group_params, sc["hypers"])]
+    ref = REFERENCES[name]([(ps, h) for ps, h in zip(group_params, sc["hypers"])],
+                           skip_nonfinite=sc["skip_nonfinite"])
+    kwargs = {k: v for k, v in groups[0].items() if k not in ("params", "decoupled_weight_decay")}
+    opt = CLASSES[name]([groups[0]] + groups[1:], skip_nonfinite=sc["skip_nonfinite"], **kwargs)
+    old_min = kernels.get_parallel_min_size()
+    fastopt.set_num_threads(sc["threads"])
+    if sc["threads"] > 1:
+        kernels.set_parallel_min_size(64)
+    try:
+        for t in range(sc["steps"]):
+            grads = []
+            for p in params:
+                if rng.random() < sc["none_rate"]:
+                    grads.append(None)
+                else:
+                    grads.append(np.asarray(rng.standard_normal(p.shape) * sc["scale"]).astype(p.dtype))
+            if sc["nonfinite"] is not None and t == sc["steps"] - 1:
+                live = [g for g in grads if g is not None and g.size]
+                if live:
+                    live[rng.integers(len(live))].reshape(-1)[-1] = sc["nonfinite"]
+            if sc["lr_change"] is not None and t == 1:
+                for (_, h), group in zip(ref.groups, opt.param_groups):
+                    h["lr"] = group["lr"] = group["lr"] * sc["lr_change"]
+            expected = ref.step([None if g is None else g.copy() for g in grads])
+            assert opt.step(grads) is expected
+            assert opt.skipped_steps == ref.skipped_steps
+            check_matches(opt, ref, name)
+    finally:
+        fastopt.set_num_threads(0)
+        kernels.set_parallel_min_size(old_min)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_fuzz_optimizer_matches_reference(name):
+    @given(sc=scenarios(name))
+    def inner(sc):
+        run_scenario(name, sc)
+    inner()
+
+
+finite_grads = st.lists(st.tuples(shapes, dtypes, st.sampled_from([1e-3, 1.0, 1e3])), min_size=1, max_size=4)
+
+
+@given(specs=finite_grads, seed=st.integers(0, 2 ** 32 - 1), max_norm=st.floats(0.0, 100.0),
+       norm_type=st.sampled_from([1.0, 2.0, 3.0, 0.5, math.inf]), clip_value=st.floats(0.0, 10.0))
+def test_fuzz_clipping_matches_reference(specs, seed, max_norm, norm_type, clip_value):
+    rng = np.random.default_rng(seed)
+    grads = [np.asarray(rng.standard_normal(shape) * scale).astype(dt) for shape, dt, scale in specs]
+    total_ref, clipped_ref = clip_grad_norm_reference(grads, max_norm, norm_type)
+    work = [g.copy() for g in grads]
+    total = fastopt.clip_grad_norm_(work, max_norm, norm_type=norm_type)
+    assert math.isclose(total, total_ref, rel_tol=1e-9, abs_tol=1e-300)
+    for a, b in zip(work, clipped_ref):
+        tol = 1e-6 if a.dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(a, b, rtol=tol, atol=0)
+    work = [g.copy() for g in grads]
+    fastopt.clip_grad_value_(work, clip_value)
+    for a, b in zip(work, clip_grad_value_reference(grads, clip_value)):
+        assert a.tobytes() == b.tobytes()
+    assert fastopt.grads_finite(grads)
+
+
+def test_adam_float32_lerp_second_form_matches_torch_formula():
+    """beta1 <= 0.5 (so 1 - beta1 >= 0.5): exp_avg must be lerp's second form evaluated in float32."""
+    from fuzz_reference import _lerp
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(1000).astype(np.float32)
+    opt = fastopt.Adam([np.zeros(1000, np.float32)], betas=(0.09375, 0.999))
+    opt.step([g])
+    m = opt.state_dict()["state"][0]["exp_avg"]
+    expected = _lerp(np.zeros(1000, np.float32), g, np.float32(1 - 0.09375), np.float32)
+    assert m.tobytes() == expected.tobytes()

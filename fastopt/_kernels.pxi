@@ -76,9 +76,11 @@ cdef extern from *:
 
 # 0 means "follow OpenMP" (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl).
 cdef int _requested_threads = 0
-# A step on fewer elements than this runs on the calling thread: waking a thread team costs more
-# than the work it would share.
-cdef Py_ssize_t _parallel_min_size = 65536
+# A step whose work is below this runs on the calling thread: waking a thread team (~2 us here)
+# costs more than the work it would share. Work is elements times the kernel's weight (below), so
+# a compute-heavy Adam step goes parallel at ~8k elements and a light SGD step at ~25k; measured on
+# a 2-core Xeon, where these are where 2 threads start to win.
+cdef Py_ssize_t _parallel_min_size = 24576
 cdef enum:
     # Each thread's share is cut at a multiple of this many elements (one 64-byte line of float32).
     SPLIT_ALIGN = 16
@@ -118,7 +120,12 @@ def get_num_threads():
 
 
 def set_parallel_min_size(Py_ssize_t n):
-    """Steps on fewer than ``n`` elements run on one thread."""
+    """Steps with less work than ``n`` run on one thread (``0``: always use the thread team).
+
+    Work is the number of elements times the kernel's weight: 1 for SGD, clipping and the
+    finiteness check, 2 for RMSprop and Adagrad, 3 for Adam/AdamW (a square root and two
+    divisions per element).
+    """
     global _parallel_min_size
     if n < 0:
         raise ValueError(f"parallel_min_size must be >= 0, got {n}")
@@ -137,12 +144,14 @@ cdef inline int _effective_threads() noexcept nogil:
     return fo_omp_max_threads()
 
 
-cdef inline int _threads_for(Py_ssize_t n) noexcept nogil:
-    if n < _parallel_min_size:
+cdef inline int _threads_for(Py_ssize_t n, int weight=1) noexcept nogil:
+    """Threads to use for ``n`` elements of a kernel of the given work weight."""
+    cdef Py_ssize_t work = n * weight
+    if work < _parallel_min_size:
         return 1
     cdef int t = _effective_threads()
     # Never give a thread less than about half the threshold.
-    cdef Py_ssize_t useful = n // (_parallel_min_size // 2 + 1) + 1
+    cdef Py_ssize_t useful = work // (_parallel_min_size // 2 + 1) + 1
     if useful < t:
         t = <int>useful
     return t if t > 0 else 1
@@ -409,8 +418,17 @@ cdef void _run_range(const StepContext* c, Py_ssize_t start, Py_ssize_t stop,
         k += 1
 
 
+cdef inline int _work_weight(int algorithm) noexcept nogil:
+    """Relative cost per element of each update (see set_parallel_min_size)."""
+    if algorithm == ALG_ADAM:
+        return 3
+    if algorithm == ALG_SGD:
+        return 1
+    return 2
+
+
 cdef void _run_step(const StepContext* c, Py_ssize_t active, floating* tag) noexcept nogil:
-    cdef int nthreads = _threads_for(active)
+    cdef int nthreads = _threads_for(active, _work_weight(c.algorithm))
     cdef int tid, team
     if nthreads <= 1:
         _run_range(c, 0, c.total, tag)

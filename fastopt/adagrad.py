@@ -58,8 +58,8 @@ class Adagrad(Optimizer):
         maximize = V.check_bool("maximize", group["maximize"])
         return (lr, lr_decay, weight_decay, eps, initial, maximize)
 
-    def _apply(self, bucket, grads, hyper):
-        bucket.step_adagrad(grads, *hyper)
+    def _bucket_step(self, bucket):
+        return bucket.step_adagrad
 
     def _init_group_state(self, group, buckets):
         for bucket in buckets:

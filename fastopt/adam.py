@@ -66,8 +66,8 @@ class Adam(Optimizer):
         decoupled = V.check_bool("decoupled_weight_decay", group["decoupled_weight_decay"])
         return (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled)
 
-    def _apply(self, bucket, grads, hyper):
-        bucket.step_adam(grads, *hyper)
+    def _bucket_step(self, bucket):
+        return bucket.step_adam
 
     def _required_state(self, group):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())

@@ -130,6 +130,7 @@ class Optimizer:
         self._buckets = []          # per group: list of ParamBucket (one per dtype)
         self._params = []           # all params, in index order
         self._lock = threading.Lock()
+        self._fast = None
         if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
             raise TypeError(
                 "params must be an iterable of arrays or of dicts (param groups), "
@@ -187,6 +188,9 @@ class Optimizer:
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
+        # (param count, compiled step) for step()'s fast path: one group of one dtype only.
+        only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
+        self._fast = (only.n_arrays, self._bucket_step(only)) if only is not None else None
         self._init_group_state(group, buckets)
 
     def _check_group(self, group):
@@ -264,6 +268,21 @@ class Optimizer:
             True if the update was applied; False if ``skip_nonfinite`` found a NaN/Inf gradient
             and skipped it.
         """
+        # Fast path (one group, one dtype, checked hyperparameters, an exact list): the whole
+        # Python-side cost of a small step is here, so it does the least that is still safe. The
+        # compiled bucket validates every gradient before writing anything.
+        fast = self._fast
+        if fast is not None and type(grads) is list and len(grads) == fast[0] \
+                and not self.skip_nonfinite and len(self.param_groups) == 1:
+            group = self.param_groups[0]
+            hyper = group.checked if type(group) is ParamGroup else None
+            if hyper is not None and len(group["params"]) == fast[0] \
+                    and self._lock.acquire(blocking=False):
+                try:
+                    fast[1](grads, *hyper)
+                finally:
+                    self._lock.release()
+                return True
         grads = self._normalize_grads(grads)
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(
@@ -319,8 +338,13 @@ class Optimizer:
         return True
 
     def _apply(self, bucket, grads, hyper):
-        """Run this optimizer's compiled update on one bucket (subclass hook)."""
+        """Run this optimizer's compiled update on one bucket."""
+        self._bucket_step(bucket)(grads, *hyper)
+
+    def _bucket_step(self, bucket):
+        """The bucket's compiled step method for this optimizer (subclass hook)."""
         raise NotImplementedError
+
 
     # ------------------------------------------------------------------------------------------
     # State

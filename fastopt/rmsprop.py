@@ -62,8 +62,8 @@ class RMSprop(Optimizer):
         maximize = V.check_bool("maximize", group["maximize"])
         return (lr, alpha, eps, weight_decay, momentum, centered, maximize)
 
-    def _apply(self, bucket, grads, hyper):
-        bucket.step_rmsprop(grads, *hyper)
+    def _bucket_step(self, bucket):
+        return bucket.step_rmsprop
 
     def _required_state(self, group):
         names = ("square_avg",)

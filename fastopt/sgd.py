@@ -60,8 +60,8 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
         return (lr, momentum, dampening, weight_decay, nesterov, maximize)
 
-    def _apply(self, bucket, grads, hyper):
-        bucket.step_sgd(grads, *hyper)
+    def _bucket_step(self, bucket):
+        return bucket.step_sgd
 
     def _has_state(self, bucket, k):
         return bool(bucket.initialized[k])

@@ -102,6 +102,26 @@ def _adapt_callback(callback):
     return adapted
 
 
+def _check_search_options(x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2):
+    """Check the options every line-search minimizer here shares; return them with x0 as an array.
+
+    Returns ``(x, gtol, ftol, maxiter, maxfun, maxls, armijo)`` where ``armijo`` selects the
+    backtracking line search over More-Thuente.
+    """
+    gtol = _check_tolerance("gtol", gtol)
+    ftol = _check_tolerance("ftol", ftol)
+    maxiter = _check_int("maxiter", maxiter, 1)
+    maxfun = _check_int("maxfun", maxfun, 1)
+    maxls = _check_int("maxls", maxls, 1)
+    if not isinstance(line_search, str) or line_search.lower() not in LINE_SEARCHES:
+        raise ValueError(f"line_search must be one of {sorted(LINE_SEARCHES)}, got {line_search!r}")
+    c1 = float(c1)
+    c2 = float(c2)
+    if not (0.0 < c1 < c2 < 1.0):
+        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
+    return _as_start_point(x0), gtol, ftol, maxiter, maxfun, maxls, LINE_SEARCHES[line_search.lower()]
+
+
 def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, maxiter=15000,
                    maxfun=15000, maxls=20, callback=None, line_search="more-thuente",
                    c1=1e-4, c2=0.9):
@@ -164,19 +184,8 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, m=10, gtol=1e-5, ftol=2.2e-9, max
             and getattr(jac, "__self__", None) is fun):
         fun, jac = fun.fun, True
     m = _check_int("m", m, 1)
-    gtol = _check_tolerance("gtol", gtol)
-    ftol = _check_tolerance("ftol", ftol)
-    maxiter = _check_int("maxiter", maxiter, 1)
-    maxfun = _check_int("maxfun", maxfun, 1)
-    maxls = _check_int("maxls", maxls, 1)
-    if not isinstance(line_search, str) or line_search.lower() not in LINE_SEARCHES:
-        raise ValueError(f"line_search must be one of {sorted(LINE_SEARCHES)}, got {line_search!r}")
-    armijo = LINE_SEARCHES[line_search.lower()]
-    c1 = float(c1)
-    c2 = float(c2)
-    if not (0.0 < c1 < c2 < 1.0):
-        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
-    x = _as_start_point(x0)
+    x, gtol, ftol, maxiter, maxfun, maxls, armijo = _check_search_options(
+        x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2)
 
     x, f, g, nit, nfev, njev, status, message = _lbfgs._run(
         fun, jac, args, x, m, gtol, ftol, maxiter, maxfun, maxls, armijo, c1, c2,

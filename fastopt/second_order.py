@@ -9,8 +9,7 @@ import numpy as np
 from scipy.optimize import OptimizeResult
 
 from ._lbfgs import MoreThuente
-from .lbfgs import (LINE_SEARCHES, _adapt_callback, _as_start_point, _check_int,
-                    _check_tolerance)
+from .lbfgs import _adapt_callback, _check_search_options, _check_tolerance
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
 
@@ -132,20 +131,6 @@ def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
     return False, x, f, g, nonfinite
 
 
-def _check_common(x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2):
-    x = _as_start_point(x0)
-    gtol = _check_tolerance("gtol", gtol)
-    ftol = _check_tolerance("ftol", ftol)
-    maxiter = _check_int("maxiter", maxiter, 1)
-    maxfun = _check_int("maxfun", maxfun, 1)
-    maxls = _check_int("maxls", maxls, 1)
-    if not isinstance(line_search, str) or line_search.lower() not in LINE_SEARCHES:
-        raise ValueError(f"line_search must be one of {sorted(LINE_SEARCHES)}, got {line_search!r}")
-    if not (0.0 < c1 < c2 < 1.0):
-        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
-    return x, gtol, ftol, maxiter, maxfun, maxls, LINE_SEARCHES[line_search.lower()]
-
-
 def _result(x, f, g, nit, objective, status, message, **extra):
     return OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=objective.nfev, njev=objective.njev,
                           status=status, success=status == 0, message=message, **extra)
@@ -202,7 +187,7 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
     """
     if not isinstance(args, tuple):
         args = (args,)
-    x, gtol, ftol, maxiter, maxfun, maxls, armijo = _check_common(
+    x, gtol, ftol, maxiter, maxfun, maxls, armijo = _check_search_options(
         x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2)
     x = x.astype(np.float64)
     if not callable(hess):
@@ -307,7 +292,7 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     """
     if not isinstance(args, tuple):
         args = (args,)
-    x, gtol, ftol, maxiter, maxfun, maxls, armijo = _check_common(
+    x, gtol, ftol, maxiter, maxfun, maxls, armijo = _check_search_options(
         x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2)
     dtype = x.dtype
     eps = np.finfo(dtype).eps

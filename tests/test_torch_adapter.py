@@ -69,10 +69,11 @@ def assert_same_params(a, b, dtype):
         torch.testing.assert_close(q, p, **TOL[dtype])
 
 
-def test_import_fastopt_does_not_import_torch():
+def test_import_fastopt_does_not_import_torch(tmp_path):
     code = "import sys, fastopt; assert 'torch' not in sys.modules, 'fastopt imported torch'"
     env = dict(os.environ, PYTHONPATH=_fastopt_path())
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    # cwd: `python -c` puts the cwd first on sys.path, which must not be the (uncompiled) source tree.
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

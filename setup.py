@@ -39,7 +39,6 @@ COMPILER_DIRECTIVES = {
 }
 
 PORTABLE = os.environ.get("FASTOPT_PORTABLE", "0").lower() in ("1", "true", "yes")
-ANNOTATE = os.environ.get("FASTOPT_ANNOTATE", "0").lower() in ("1", "true", "yes")
 
 
 def _compiler_accepts(flags, source="int main(void){return 0;}\n", link=True):
@@ -106,7 +105,6 @@ setup(
     ext_modules=cythonize(
         extensions,
         compiler_directives=COMPILER_DIRECTIVES,
-        annotate=ANNOTATE,
         nthreads=int(os.environ.get("FASTOPT_CYTHON_JOBS", "0") or 0),
     ),
 )

@@ -2,8 +2,12 @@
 
 Written from the formulas in the class docstrings and from torch.optim's ``_single_tensor_*``
 functions: every elementwise operation is done in the param's dtype, in torch's order, with every
-Python scalar cast to that dtype first (as torch does for a float32 tensor). With
-``-ffp-contract=off`` kernels the results should agree to a few ulp (in practice bit for bit).
+Python scalar cast to that dtype first (as torch does for a float32 tensor); bias corrections and
+step sizes are computed in float64 and then rounded. With ``-ffp-contract=off`` kernels the results
+agree bit for bit (test_fuzz.py checks that; the other tests allow a few ulp).
+
+``RefOptimizer`` supports param groups with their own hyperparameters, ``None`` grads (the param is
+skipped: state and step count untouched) and ``skip_nonfinite``.
 
 Nothing here imports fastopt's internals: the reference must be able to disagree with it.
 """
@@ -212,10 +216,18 @@ STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSpr
 
 
 class RefOptimizer:
-    """The reference optimizer over its own copies of the params, with torch.optim's grouping."""
+    """The reference optimizer over its own copies of the params, with torch.optim's grouping.
 
-    def __init__(self, name, params, **kwargs):
+    ``params`` is a list of arrays or of param-group dicts (``{"params": [...], **hyper}``, each
+    group's hyperparameters over the defaults). ``step(grads)`` takes one grad per param, in order;
+    a ``None`` grad skips its param. With ``skip_nonfinite``, a step where any grad holds a NaN or
+    Inf changes nothing and counts in ``skipped_steps``. ``step`` returns whether it stepped.
+    """
+
+    def __init__(self, name, params, skip_nonfinite=False, **kwargs):
         self.name = name
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
         defaults = dict(DEFAULTS[name])
         defaults.update(kwargs)
         if name in ("Adam", "AdamW"):
@@ -241,15 +253,20 @@ class RefOptimizer:
                     i += 1
 
     def step(self, grads):
-        fn = STEP_FUNCTIONS[self.name]
-        i = 0
-        for group in self.param_groups:
-            hyper = {k: v for k, v in group.items() if k != "params"}
-            for p in group["params"]:
-                g = grads[i]
-                if g is not None:
-                    fn(p, np.asarray(g), self.state[i], **hyper)
-                i += 1
+        with np.errstate(all="ignore"):   # NaN/Inf grads are expected inputs in some tests
+            if self.skip_nonfinite and not all(g is None or np.all(np.isfinite(g)) for g in grads):
+                self.skipped_steps += 1
+                return False
+            fn = STEP_FUNCTIONS[self.name]
+            i = 0
+            for group in self.param_groups:
+                hyper = {k: v for k, v in group.items() if k != "params"}
+                for p in group["params"]:
+                    g = grads[i]
+                    if g is not None:
+                        fn(p, np.asarray(g), self.state[i], **hyper)
+                    i += 1
+        return True
 
 
 # ----------------------------------------------------------------------------------------------

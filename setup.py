@@ -63,11 +63,6 @@ HAS_OPENMP = _compiler_accepts(["-fopenmp"], OPENMP_PROBE)
 IS_X86 = _compiler_accepts(["-mavx2", "-mfma"], link=False)
 
 base_cflags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unreachable-code"]
-# The update loops test loop-invariant options (weight decay, amsgrad, centered, ...). GCC unswitches
-# such a loop into one vectorized copy per option combination only up to a size limit; raise it so
-# no option combination falls back to a masked or scalar loop.
-if _compiler_accepts(["--param=max-unswitch-insns=1000"], link=False):
-    base_cflags.append("--param=max-unswitch-insns=1000")
 if not PORTABLE and _compiler_accepts(["-march=native"], link=False):
     base_cflags.append("-march=native")
 omp_cflags = ["-fopenmp"] if HAS_OPENMP else []

@@ -252,6 +252,71 @@ cdef enum:
     FL_L2 = 2          # weight_decay != 0, coupled into the gradient
 
 
+# ----------------------------------------------------------------------------------------------
+# Compile-time option switches.
+#
+# A loop-invariant option tested inside an element loop leaves the compiler to *unswitch* the loop
+# into one vectorized copy per option combination, and GCC's default size limit for that is too small
+# for Adam and RMSprop (they fell back to a masked loop, 5x slower); other compilers may not do it at
+# all. So each option of a span kernel is instead a fused-type argument whose members are distinct
+# empty tag types: ``if L2Decay is _L2:`` is resolved by Cython, and every option combination is its
+# own straight-line loop in the generated C. The tag arguments carry no data. A small dispatch
+# function per algorithm (``_adam_span``, ...) reads the runtime flags and calls the right
+# specialization once per span. Maximizing stays a multiplication by +-1.0 (exact) rather than a switch.
+# ----------------------------------------------------------------------------------------------
+
+cdef struct _Off:
+    char unused
+cdef struct _On:
+    char unused
+cdef struct _L2:            # weight decay coupled into the gradient
+    char unused
+cdef struct _Decoupled:     # AdamW: the param is scaled by 1 - lr * weight_decay
+    char unused
+cdef struct _Low:           # lerp weight < 0.5: start + w (end - start)
+    char unused
+cdef struct _High:          # lerp weight >= 0.5: end - (end - start)(1 - w)
+    char unused
+
+ctypedef fused L2Decay:
+    _Off
+    _L2
+
+ctypedef fused AdamDecay:
+    _Off
+    _L2
+    _Decoupled
+
+ctypedef fused Nesterov:
+    _Off
+    _On
+
+ctypedef fused Amsgrad:
+    _Off
+    _On
+
+ctypedef fused Momentum:
+    _Off
+    _On
+
+ctypedef fused LerpForm:
+    _Low
+    _High
+
+ctypedef fused Centering:   # RMSprop: not centered, or centered with that lerp form for the grad average
+    _Off
+    _Low
+    _High
+
+# The tag values passed to select a specialization.
+cdef _Off OFF
+cdef _On ON
+cdef _L2 L2
+cdef _Decoupled DECOUPLED
+cdef _Low LOW
+cdef _High HIGH
+
+
 cdef inline floating _sqrt(floating x) noexcept nogil:
     """Square root in the operand's own precision (sqrt on a float would widen to double)."""
     if floating is float:
@@ -260,24 +325,25 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-cdef inline floating _lerp(floating start, floating end, floating weight) noexcept nogil:
-    """torch.lerp's formula, which switches form at weight 0.5 for accuracy."""
-    if weight < 0.5:
+cdef inline floating _lerp(floating start, floating end, floating weight, LerpForm form) noexcept nogil:
+    """torch.lerp's formula. Torch switches form at weight 0.5 for accuracy; the caller picks ``form``
+    (``LOW`` if weight < 0.5, else ``HIGH``) once per span, so the loop has no branch."""
+    if LerpForm is _Low:
         return start + weight * (end - start)
-    return end - (end - start) * (<floating>1 - weight)
+    else:
+        return end - (end - start) * (<floating>1 - weight)
 
 
 # --- SGD ------------------------------------------------------------------------------------
 
-cdef void _sgd_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
-                    floating* p, const floating* g, floating* buf) noexcept nogil:
+cdef void _sgd_loop(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                    floating* p, const floating* g, floating* buf,
+                    L2Decay decay, Nesterov nesterov) noexcept nogil:
     cdef floating lr_neg = <floating>(-c.hp[HP_LR])
     cdef floating wd = <floating>c.hp[HP_WD]
     cdef floating sign = <floating>c.hp[HP_SIGN]
     cdef floating momentum = <floating>c.hp[HP_A]
     cdef floating keep = <floating>(1.0 - c.hp[HP_B])
-    cdef bint l2 = c.flag[FL_L2]
-    cdef bint nesterov = c.flag[FL_NESTEROV]
     cdef bint use_momentum = c.hp[HP_A] != 0
     cdef bint first = c.per_array[2 * k] != 0
     cdef Py_ssize_t i
@@ -285,63 +351,72 @@ cdef void _sgd_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_
     if not use_momentum:
         for i in range(lo, hi):
             d = sign * g[i]
-            if l2:
+            if L2Decay is _L2:
                 d = d + wd * p[i]
             p[i] = p[i] + lr_neg * d
     elif first:
         for i in range(lo, hi):
             d = sign * g[i]
-            if l2:
+            if L2Decay is _L2:
                 d = d + wd * p[i]
             buf[i] = d
-            if nesterov:
+            if Nesterov is _On:
                 d = d + momentum * d
             p[i] = p[i] + lr_neg * d
     else:
         for i in range(lo, hi):
             d = sign * g[i]
-            if l2:
+            if L2Decay is _L2:
                 d = d + wd * p[i]
             b = buf[i] * momentum + keep * d
             buf[i] = b
-            if nesterov:
+            if Nesterov is _On:
                 d = d + momentum * b
             else:
                 d = b
             p[i] = p[i] + lr_neg * d
 
 
+cdef void _sgd_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                    floating* p, const floating* g, floating* buf) noexcept nogil:
+    """Run the SGD loop specialized for this step's options."""
+    cdef bint nesterov = c.flag[FL_NESTEROV] and c.hp[HP_A] != 0
+    if c.flag[FL_L2]:
+        if nesterov: _sgd_loop(c, k, lo, hi, p, g, buf, L2, ON)
+        else: _sgd_loop(c, k, lo, hi, p, g, buf, L2, OFF)
+    else:
+        if nesterov: _sgd_loop(c, k, lo, hi, p, g, buf, OFF, ON)
+        else: _sgd_loop(c, k, lo, hi, p, g, buf, OFF, OFF)
+
+
 # --- Adam / AdamW ---------------------------------------------------------------------------
 
-cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
-                     floating* p, const floating* g, floating* m, floating* v,
-                     floating* vmax) noexcept nogil:
+cdef void _adam_loop(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                     floating* p, const floating* g, floating* m, floating* v, floating* vmax,
+                     AdamDecay decay, Amsgrad amsgrad, LerpForm beta1_form) noexcept nogil:
     cdef floating wd = <floating>c.hp[HP_WD]
     cdef floating sign = <floating>c.hp[HP_SIGN]
     cdef floating w1 = <floating>(1.0 - c.hp[HP_A])
     cdef floating beta2 = <floating>c.hp[HP_B]
     cdef floating w2 = <floating>(1.0 - c.hp[HP_B])
     cdef floating eps = <floating>c.hp[HP_EPS]
-    cdef floating decay = <floating>c.hp[HP_DECAY]
+    cdef floating scale = <floating>c.hp[HP_DECAY]
     cdef floating step_neg = <floating>c.per_array[2 * k]
     cdef floating bc2_sqrt = <floating>c.per_array[2 * k + 1]
-    cdef bint l2 = c.flag[FL_L2]
-    cdef bint decoupled = c.flag[FL_DECOUPLED]
-    cdef bint amsgrad = c.flag[FL_AMSGRAD]
     cdef Py_ssize_t i
     cdef floating d, mi, vi, vm, pi, denom
     for i in range(lo, hi):
         d = sign * g[i]
         pi = p[i]
-        if l2:
+        if AdamDecay is _L2:
             d = d + wd * pi
-        if decoupled:
-            pi = pi * decay
-        mi = _lerp(m[i], d, w1)
+        elif AdamDecay is _Decoupled:
+            pi = pi * scale
+        mi = _lerp(m[i], d, w1, beta1_form)
         vi = v[i] * beta2 + (w2 * d) * d
         m[i] = mi
         v[i] = vi
-        if amsgrad:
+        if Amsgrad is _On:
             # torch.maximum: a NaN on either side propagates.
             vm = vmax[i]
             if vi > vm or vi != vi:
@@ -352,11 +427,38 @@ cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize
         p[i] = pi + (step_neg * mi) / denom
 
 
+cdef void _adam_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                     floating* p, const floating* g, floating* m, floating* v,
+                     floating* vmax) noexcept nogil:
+    """Run the Adam loop specialized for this step's options (the same w1 test as torch.lerp's)."""
+    cdef bint low = <floating>(1.0 - c.hp[HP_A]) < 0.5
+    if c.flag[FL_AMSGRAD]:
+        if c.flag[FL_L2]:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, L2, ON, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, L2, ON, HIGH)
+        elif c.flag[FL_DECOUPLED]:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, DECOUPLED, ON, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, DECOUPLED, ON, HIGH)
+        else:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, OFF, ON, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, OFF, ON, HIGH)
+    else:
+        if c.flag[FL_L2]:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, L2, OFF, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, L2, OFF, HIGH)
+        elif c.flag[FL_DECOUPLED]:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, DECOUPLED, OFF, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, DECOUPLED, OFF, HIGH)
+        else:
+            if low: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, OFF, OFF, LOW)
+            else: _adam_loop(c, k, lo, hi, p, g, m, v, vmax, OFF, OFF, HIGH)
+
+
 # --- RMSprop --------------------------------------------------------------------------------
 
-cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
-                        floating* p, const floating* g, floating* sq, floating* buf,
-                        floating* gavg) noexcept nogil:
+cdef void _rmsprop_loop(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* sq, floating* buf, floating* gavg,
+                        L2Decay decay, Centering centering, Momentum use_momentum) noexcept nogil:
     cdef floating lr_neg = <floating>(-c.hp[HP_LR])
     cdef floating wd = <floating>c.hp[HP_WD]
     cdef floating sign = <floating>c.hp[HP_SIGN]
@@ -364,24 +466,21 @@ cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ss
     cdef floating w = <floating>(1.0 - c.hp[HP_A])
     cdef floating momentum = <floating>c.hp[HP_B]
     cdef floating eps = <floating>c.hp[HP_EPS]
-    cdef bint l2 = c.flag[FL_L2]
-    cdef bint centered = c.flag[FL_CENTERED]
-    cdef bint use_momentum = c.hp[HP_B] > 0
     cdef Py_ssize_t i
     cdef floating d, s, a, ga, b
     for i in range(lo, hi):
         d = sign * g[i]
-        if l2:
+        if L2Decay is _L2:
             d = d + wd * p[i]
         s = sq[i] * alpha + (w * d) * d
         sq[i] = s
-        if centered:
-            ga = _lerp(gavg[i], d, w)
+        if Centering is _Off:
+            a = _sqrt(s) + eps
+        else:
+            ga = _lerp(gavg[i], d, w, centering)
             gavg[i] = ga
             a = _sqrt(s + (-ga) * ga) + eps
-        else:
-            a = _sqrt(s) + eps
-        if use_momentum:
+        if Momentum is _On:
             b = buf[i] * momentum + d / a
             buf[i] = b
             p[i] = p[i] + lr_neg * b
@@ -389,24 +488,56 @@ cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ss
             p[i] = p[i] + (lr_neg * d) / a
 
 
+cdef void _rmsprop_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* sq, floating* buf,
+                        floating* gavg) noexcept nogil:
+    """Run the RMSprop loop specialized for this step's options (the same w test as torch.lerp's)."""
+    cdef bint low = <floating>(1.0 - c.hp[HP_A]) < 0.5
+    cdef bint centered = c.flag[FL_CENTERED]
+    if c.flag[FL_L2]:
+        if c.hp[HP_B] > 0:
+            if not centered: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, OFF, ON)
+            elif low: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, LOW, ON)
+            else: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, HIGH, ON)
+        else:
+            if not centered: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, OFF, OFF)
+            elif low: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, LOW, OFF)
+            else: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, L2, HIGH, OFF)
+    else:
+        if c.hp[HP_B] > 0:
+            if not centered: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, OFF, ON)
+            elif low: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, LOW, ON)
+            else: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, HIGH, ON)
+        else:
+            if not centered: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, OFF, OFF)
+            elif low: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, LOW, OFF)
+            else: _rmsprop_loop(c, k, lo, hi, p, g, sq, buf, gavg, OFF, HIGH, OFF)
+
+
 # --- Adagrad --------------------------------------------------------------------------------
 
-cdef void _adagrad_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
-                        floating* p, const floating* g, floating* acc) noexcept nogil:
+cdef void _adagrad_loop(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* acc, L2Decay decay) noexcept nogil:
     cdef floating wd = <floating>c.hp[HP_WD]
     cdef floating sign = <floating>c.hp[HP_SIGN]
     cdef floating eps = <floating>c.hp[HP_EPS]
     cdef floating clr_neg = <floating>c.per_array[2 * k]
-    cdef bint l2 = c.flag[FL_L2]
     cdef Py_ssize_t i
     cdef floating d, s
     for i in range(lo, hi):
         d = sign * g[i]
-        if l2:
+        if L2Decay is _L2:
             d = d + wd * p[i]
         s = acc[i] + d * d
         acc[i] = s
         p[i] = p[i] + (clr_neg * d) / (_sqrt(s) + eps)
+
+
+cdef void _adagrad_span(const StepContext* c, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                        floating* p, const floating* g, floating* acc) noexcept nogil:
+    """Run the Adagrad loop specialized for this step's options."""
+    if c.flag[FL_L2]: _adagrad_loop(c, k, lo, hi, p, g, acc, L2)
+    else: _adagrad_loop(c, k, lo, hi, p, g, acc, OFF)
 
 
 # --- driver ---------------------------------------------------------------------------------

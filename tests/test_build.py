@@ -81,7 +81,8 @@ def test_portable_and_native_builds_are_bit_identical(portable_build, tmp_path):
             assert value.tobytes() == other[key].tobytes(), key
 
 
-HOT_FUNCTIONS = ("_sgd_span", "_adam_span", "_rmsprop_span", "_adagrad_span", "_run_span", "_run_range",
+HOT_FUNCTIONS = ("_lerp", "_sgd_loop", "_adam_loop", "_rmsprop_loop", "_adagrad_loop",
+                 "_sgd_span", "_adam_span", "_rmsprop_span", "_adagrad_span", "_run_span", "_run_range",
                  "_span_reduce", "_reduce_block", "_transform_span", "_transform_range")
 
 

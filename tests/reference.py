@@ -325,3 +325,20 @@ def assert_close(actual, expected, rtol=None, what=""):
 
 def random_arrays(rng, shapes, dtypes, scale=1.0):
     return [np.ascontiguousarray((rng.standard_normal(s) * scale).astype(d)) for s, d in zip(shapes, dtypes)]
+
+
+def fingerprint(opt, params):
+    """Bytes of the params, every state buffer (with its dtype) and the param groups'
+    hyperparameters: two fingerprints are equal exactly when the optimizers are bit-identical.
+
+    The first ``len(params)`` entries are the params.
+    """
+    sd = opt.state_dict()
+    out = [p.tobytes() for p in params]
+    for index in sorted(sd["state"]):
+        for name in sorted(sd["state"][index]):
+            value = sd["state"][index][name]
+            out.append((index, name, value.dtype.str, value.tobytes()) if isinstance(value, np.ndarray)
+                       else (index, name, value))
+    out.append(repr([sorted((k, repr(v)) for k, v in g.items() if k != "params") for g in sd["param_groups"]]))
+    return out

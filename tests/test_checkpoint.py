@@ -8,6 +8,7 @@ import pytest
 import fastopt
 from fastopt import checkpoint
 from fastopt.checkpoint import load, save
+from reference import fingerprint
 
 OPTIMIZERS = {
     "sgd": lambda groups: fastopt.SGD(groups, lr=0.05),
@@ -50,17 +51,6 @@ def run(opt, start, stop):
         if t == 5:
             opt.param_groups[0]["lr"] *= 0.5           # a scheduler changes a hyperparameter mid-run
         opt.step(grads_at(t))
-
-
-def fingerprint(opt, params):
-    sd = opt.state_dict()
-    out = [p.tobytes() for p in params]
-    for index in sorted(sd["state"]):
-        for name in sorted(sd["state"][index]):
-            value = sd["state"][index][name]
-            out.append((index, name, value.tobytes() if isinstance(value, np.ndarray) else value))
-    out.append(repr([sorted((k, repr(v)) for k, v in g.items() if k != "params") for g in sd["param_groups"]]))
-    return out
 
 
 @pytest.mark.parametrize("with_params", [True, False], ids=["params_in_file", "params_by_caller"])

@@ -12,6 +12,7 @@ import pytest
 
 import fastopt
 from fastopt._backend import kernels
+from reference import fingerprint
 
 OPTIMIZERS = {
     "sgd": lambda ps, **kw: fastopt.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, **kw),
@@ -52,16 +53,6 @@ def make_grads(rng):
 def groups(params):
     """Two param groups (the second with its own lr), so every bucket path is used."""
     return [{"params": params[:3]}, {"params": params[3:], "lr": 0.003}]
-
-
-def fingerprint(opt, params):
-    sd = opt.state_dict()
-    out = [p.tobytes() for p in params]
-    for index in sorted(sd["state"]):
-        for name in sorted(sd["state"][index]):
-            value = sd["state"][index][name]
-            out.append((index, name, value.tobytes() if isinstance(value, np.ndarray) else value))
-    return out
 
 
 def positions(shape):

@@ -16,6 +16,7 @@ import pytest
 
 import fastopt
 from fastopt.checkpoint import load, save
+from reference import fingerprint
 
 
 @dataclass
@@ -508,12 +509,7 @@ def snapshot(ctx):
     out = [("param", p.dtype.str, p.shape, p.tobytes()) for p in ctx.params]
     out += [("grad", g.dtype.str, g.shape, g.tobytes()) for g in ctx.grads]
     if ctx.opt is not None:
-        sd = ctx.opt.state_dict()
-        for index in sorted(sd["state"]):
-            for name in sorted(sd["state"][index]):
-                v = sd["state"][index][name]
-                out.append(("state", index, name, v.dtype.str + v.tobytes().hex() if isinstance(v, np.ndarray) else repr(v)))
-        out.append(("groups", repr([sorted((k, repr(v)) for k, v in g.items()) for g in sd["param_groups"]])))
+        out += fingerprint(ctx.opt, ctx.params)
         out.append(("counters", ctx.opt.skipped_steps, ctx.opt.found_inf))
     return out
 

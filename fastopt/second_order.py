@@ -147,6 +147,21 @@ def _call_callback(callback, x, f):
     return False
 
 
+def _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, change):
+    """L-BFGS-B's stopping tests after an accepted step: ``(status, message)``, or None to go on.
+
+    ``change`` is the f change the ftol test measures (``f_old - f``, or its absolute value for a
+    method that may go uphill).
+    """
+    if np.abs(g).max() <= gtol:
+        return 0, MSG_GTOL
+    if change <= ftol * max(abs(f_old), abs(f), 1.0):
+        return 0, MSG_FTOL
+    if nit >= maxiter:
+        return 1, MSG_MAXITER
+    return None
+
+
 def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, maxiter=100,
            maxfun=1000, maxls=20, eigenvalue_floor=1e-8, callback=None,
            line_search="more-thuente", c1=1e-4, c2=0.9):
@@ -244,12 +259,9 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
         nit += 1
         if _call_callback(callback, x, f):
             return _result(x, f, g, nit, objective, 99, MSG_CALLBACK, nhev=nhev)
-        if np.abs(g).max() <= gtol:
-            return _result(x, f, g, nit, objective, 0, MSG_GTOL, nhev=nhev)
-        if abs(f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
-            return _result(x, f, g, nit, objective, 0, MSG_FTOL, nhev=nhev)
-        if nit >= maxiter:
-            return _result(x, f, g, nit, objective, 1, MSG_MAXITER, nhev=nhev)
+        stop = _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, abs(f_old - f))
+        if stop is not None:
+            return _result(x, f, g, nit, objective, *stop, nhev=nhev)
         if objective.nfev >= maxfun:
             return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, nhev=nhev)
 
@@ -340,11 +352,8 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
         nit += 1
         if _call_callback(callback, x, f):
             return _result(x, f, g, nit, objective, 99, MSG_CALLBACK, hess_inv=H)
-        if np.abs(g).max() <= gtol:
-            return _result(x, f, g, nit, objective, 0, MSG_GTOL, hess_inv=H)
-        if (f_old - f) <= ftol * max(abs(f_old), abs(f), 1.0):
-            return _result(x, f, g, nit, objective, 0, MSG_FTOL, hess_inv=H)
-        if nit >= maxiter:
-            return _result(x, f, g, nit, objective, 1, MSG_MAXITER, hess_inv=H)
+        stop = _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, f_old - f)
+        if stop is not None:
+            return _result(x, f, g, nit, objective, *stop, hess_inv=H)
         if objective.nfev > maxfun:
             return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, hess_inv=H)

@@ -784,9 +784,6 @@ cdef class ParamBucket:
             self.arenas[name] = arr
         return arr
 
-    def offsets(self):
-        return np.array([self._offsets[k] for k in range(self.n_arrays + 1)], dtype=np.intp)
-
     def state_view(self, str name, Py_ssize_t k):
         """The slice of arena ``name`` owned by param ``k``, shaped like the param (a view)."""
         arr = self.arenas[name]

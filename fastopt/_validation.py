@@ -96,22 +96,6 @@ def check_betas(name, value):
     return (b1, b2)
 
 
-def as_grad_array(obj, name):
-    """A non-ndarray gradient (nested list, buffer, ``__array__`` object) as an ndarray.
-
-    The caller must keep the result alive for as long as its data pointer is used.
-    """
-    if isinstance(obj, (dict, str, bytes)):
-        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
-    try:
-        arr = np.asarray(obj)
-    except Exception as exc:  # an object NumPy cannot view or convert
-        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
-    if arr.dtype == object:
-        raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
-    return arr
-
-
 #: More threads than this is surely a mistake (and libgomp would try to start them all).
 MAX_THREADS = 1 << 16
 

@@ -289,41 +289,33 @@ class Optimizer:
                 "this optimizer is already running step() in another thread; an optimizer's "
                 "state is not shared between concurrent steps (use one optimizer per thread)")
         try:
-            groups = self.param_groups
-            buckets = self._buckets
-            if len(groups) != len(buckets):
+            if len(self.param_groups) != len(self._buckets):
                 raise RuntimeError("param_groups was resized by hand; use add_param_group")
+            hypers = self._checked_groups()
             if self.skip_nonfinite:
-                return self._step_checked(grads)
-            if len(groups) == 1 and len(buckets[0]) == 1:
-                # The common case: one group, one dtype; the bucket validates all grads first.
-                group = groups[0]
-                if len(group["params"]) != buckets[0][0].n_arrays:
-                    raise RuntimeError("param_groups[0]['params'] was changed by hand; build a new optimizer")
-                self._apply(buckets[0][0], grads, self._checked(group))
-                return True
-            hypers = []
-            for g, group in enumerate(groups):
-                if len(group["params"]) != sum(b.n_arrays for b in buckets[g]):
-                    raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
-                hypers.append(self._checked(group))
-            for group_buckets in buckets:   # validate every gradient before any write
-                for bucket in group_buckets:
+                return self._step_checked(grads, hypers)
+            buckets = [(bucket, hyper) for group_buckets, hyper in zip(self._buckets, hypers)
+                       for bucket in group_buckets]
+            if len(buckets) > 1:   # validate every gradient before any write (one bucket does it itself)
+                for bucket, _ in buckets:
                     bucket.check_grads(grads)
-            for group_buckets, hyper in zip(buckets, hypers):
-                for bucket in group_buckets:
-                    self._apply(bucket, grads, hyper)
+            for bucket, hyper in buckets:
+                self._apply(bucket, grads, hyper)
             return True
         finally:
             self._lock.release()
 
-    def _step_checked(self, grads):
-        """step() with skip_nonfinite: check everything, then every gradient's finiteness, then write."""
+    def _checked_groups(self):
+        """Every group's checked hyperparameters, after checking its params list was not edited."""
         hypers = []
-        for g, group in enumerate(self.param_groups):
-            if len(group["params"]) != sum(b.n_arrays for b in self._buckets[g]):
+        for g, (group, group_buckets) in enumerate(zip(self.param_groups, self._buckets)):
+            if len(group["params"]) != sum(b.n_arrays for b in group_buckets):
                 raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
             hypers.append(self._checked(group))
+        return hypers
+
+    def _step_checked(self, grads, hypers):
+        """step() with skip_nonfinite: every gradient's finiteness (and validity), then the writes."""
         finite = True
         for group_buckets in self._buckets:
             for bucket in group_buckets:

@@ -1212,7 +1212,7 @@ cdef class ArraySet:
         self.typenums = NULL
         self.owner = False
 
-    cdef double _reduce(self, int kind, double p) noexcept:
+    cdef double _reduce(self, int kind, double p) except? -1.0:
         cdef ReduceContext c
         cdef Py_ssize_t n_blocks = (self.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
         cdef double r
@@ -1226,7 +1226,7 @@ cdef class ArraySet:
         c.typenum = self.typenum
         c.partial = <double*>malloc((n_blocks + 1) * sizeof(double))
         if c.partial == NULL:
-            return NAN
+            raise MemoryError(f"no memory for {n_blocks + 1} partial sums")
         with nogil:
             r = _reduce(&c)
         free(c.partial)

@@ -29,5 +29,7 @@ def build_info():
         "portable_build": _build_config.PORTABLE,
         "cpu_has_avx2_fma": baseline.cpu_has_avx2_fma(),
         "cflags": list(_build_config.CFLAGS),
+        # added for fastopt._lbfgs only (FMA contraction, wide vectors); see setup.py
+        "lbfgs_cflags": list(getattr(_build_config, "LBFGS_CFLAGS", [])),
         "num_threads": kernels.get_num_threads(),
     }

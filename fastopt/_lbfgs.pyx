@@ -83,9 +83,7 @@ cdef inline double _store_pair(floating* s, floating* y, floating stp, const flo
     The gradient test max |g_i| <= gtol is asked as "no |g_i| > gtol": a count of comparisons
     vectorizes, a running maximum does not (without -ffinite-math-only). g_new is finite here.
     """
-    cdef double acc[LANES]
-    cdef double above[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    cdef Py_ssize_t i
     cdef floating u
     # Separate loops, not one: with three stores among three loads the compiler needs more
     # run-time aliasing checks than it will emit (GCC's limit is 10) and ran the fused loop
@@ -96,18 +94,10 @@ cdef inline double _store_pair(floating* s, floating* y, floating stp, const flo
         x[i] = x[i] + u
     for i in range(n):
         y[i] = g_new[i] - g_old[i]
-    for j in range(LANES):
-        acc[j] = 0.0
-        above[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            acc[j] += <double>y[i + j] * <double>y[i + j]
-            above[j] += <double>(fabs(<double>g_new[i + j]) > gtol)
-    for i in range(n8, n):
-        acc[0] += <double>y[i] * <double>y[i]
-        above[0] += <double>(fabs(<double>g_new[i]) > gtol)
-    n_above_gtol[0] = _lane_sum(above)
-    return _lane_sum(acc)
+    # y'y and the count in loops of their own: interleaved in one loop, the two 16-lane sums
+    # were vectorized with lane shuffles.
+    n_above_gtol[0] = _count_above(g_new, n, gtol)
+    return _dot(y, y, n)
 
 
 cdef inline void _axpy(floating alpha, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
@@ -720,6 +710,12 @@ cdef enum:
 
 cdef double STPMAX = 1e10
 
+# Below this many elements the vector work of a call takes about as long as releasing and
+# re-taking the GIL (~0.1 us each way), so it runs with the GIL held -- the trade NumPy makes with
+# its own threshold for ufunc loops. A two-loop recursion at n = 8192 takes ~40 us.
+cdef enum:
+    NOGIL_MIN_SIZE = 8192
+
 
 cimport cython
 
@@ -774,9 +770,11 @@ cdef cnp.ndarray _point_for_user(_Objective obj, const floating* x, double stp,
     cdef floating* dst = <floating*>cnp.PyArray_DATA(xa)
     if d == NULL:
         memcpy(dst, x, obj.n * sizeof(floating))
-    else:
+    elif obj.n >= NOGIL_MIN_SIZE:
         with nogil:
             _xpay(dst, x, <floating>stp, d, obj.n)
+    else:
+        _xpay(dst, x, <floating>stp, d, obj.n)
     return xa
 
 
@@ -816,9 +814,11 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
     cdef const floating* src = <const floating*>cnp.PyArray_DATA(ga)
     if d == NULL:
         memcpy(g_out, src, obj.n * sizeof(floating))
-    else:
+    elif obj.n >= NOGIL_MIN_SIZE:
         with nogil:
             gd_out[0] = _copy_dot_b(g_out, src, d, obj.n, ws)
+    else:
+        gd_out[0] = _copy_dot_b(g_out, src, d, obj.n, ws)
     return 0
 
 
@@ -909,6 +909,47 @@ def _aligned_empty(Py_ssize_t size, dtype):
     return raw[offset:offset + size]
 
 
+cdef void _accept_step(floating* x, const floating* d, const floating* g, const floating* gt,
+                       Py_ssize_t n, double stp, double gd, double gdt, double eps, double gtol,
+                       floating* history, Py_ssize_t stride, int m, double* rho, int* newest,
+                       int* count, double* gamma, double* n_above_gtol,
+                       double* ws) noexcept nogil:
+    """x <- x + stp d, the new pair (s, y) = (stp d, gt - g) into the ring buffer unless its
+    curvature is negligible, and n_above_gtol <- the number of |gt_i| > gtol."""
+    cdef double sy, yy
+    cdef floating* slot_start
+    # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) costs no pass over memory.
+    # Skip the pair when s'y <= eps (-g's), the rule of L-BFGS-B: the curvature along
+    # the step is negligible next to the slope, and the pair would wreck H.
+    sy = stp * (gdt - gd)
+    if sy > eps * (-gd * stp):
+        newest[0] = newest[0] + 1 if newest[0] < m - 1 else 0
+        slot_start = history + 2 * newest[0] * stride
+        yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
+                           n, gtol, n_above_gtol, ws)
+        if yy > 0.0:
+            rho[newest[0]] = 1.0 / sy
+            gamma[0] = sy / yy
+            if count[0] < m:
+                count[0] += 1
+        else:
+            # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
+            count[0] = 0
+    else:
+        _xpay(x, x, <floating>stp, d, n)
+        n_above_gtol[0] = _count_above(gt, n, gtol)
+
+
+cdef double _direction(floating* d, const floating* g, const floating* history,
+                       const double* rho, double* alpha, Py_ssize_t n, Py_ssize_t stride, int m,
+                       int newest, int count, double gamma, double* ws) noexcept nogil:
+    """d <- -H g (steepest descent, d = -g, with an empty history); returns g'd."""
+    if count == 0:
+        _scaled_copy(d, <floating>-1.0, g, n)
+        return _dot_b(g, d, n, ws)
+    return _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+
+
 def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
          double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
          double c1, double c2, object callback):
@@ -948,14 +989,14 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef double* rho = <double*>cnp.PyArray_DATA(rho_buf)
     cdef double* alpha = <double*>cnp.PyArray_DATA(alpha_buf)
     cdef floating* swap
-    cdef floating* slot_start
     cdef bint g_is_home = True   # whether g currently lives in g_buf (else in gt_buf)
 
-    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, sy, yy = 0.0, gamma = 1.0
+    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, gamma = 1.0
     cdef double n_above_gtol = 0.0   # how many |g_i| > gtol
     cdef Py_ssize_t nit = 0
     cdef int newest = m - 1, count = 0, ls_status, status = -1
     cdef bint fresh_start = True   # d = -g, after the start or a reset of the history
+    cdef bint release_gil = n >= NOGIL_MIN_SIZE
     message = ""
 
     _evaluate(obj, x, 0.0, &f, g, <floating*>NULL, <double*>NULL, ws)
@@ -1007,30 +1048,16 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 message = "ABNORMAL: LINE SEARCH FAILED (no step with sufficient decrease)"
             break
 
-        with nogil:
-            # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) costs no pass over memory.
-            # Skip the pair when s'y <= eps (-g's), the rule of L-BFGS-B: the curvature along
-            # the step is negligible next to the slope, and the pair would wreck H.
-            sy = stp * (gdt - gd)
-            if sy > eps * (-gd * stp):
-                newest = newest + 1 if newest < m - 1 else 0
-                slot_start = history + 2 * newest * stride
-                yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
-                                   n, gtol, &n_above_gtol, ws)
-                if yy > 0.0:
-                    rho[newest] = 1.0 / sy
-                    gamma = sy / yy
-                    if count < m:
-                        count += 1
-                else:
-                    # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
-                    count = 0
-            else:
-                _xpay(x, x, <floating>stp, d, n)
-                n_above_gtol = _count_above(gt, n, gtol)
-            swap = g
-            g = gt
-            gt = swap
+        if release_gil:
+            with nogil:
+                _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, m, rho,
+                             &newest, &count, &gamma, &n_above_gtol, ws)
+        else:
+            _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, m, rho,
+                         &newest, &count, &gamma, &n_above_gtol, ws)
+        swap = g
+        g = gt
+        gt = swap
         g_is_home = not g_is_home
         f_old = f
         f = ft
@@ -1062,13 +1089,12 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             status = STATUS_LIMIT
             message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
             break
-        with nogil:
-            fresh_start = count == 0
-            if fresh_start:
-                _scaled_copy(d, <floating>-1.0, g, n)
-                gd = _dot_b(g, d, n, ws)
-            else:
-                gd = _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma,
-                               ws)
+        fresh_start = count == 0
+        if release_gil:
+            with nogil:
+                gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+        else:
+            gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
 
     return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message)
+

@@ -1165,15 +1165,37 @@ cdef void _transform_range(const ReduceContext* c, int kind, double a, Py_ssize_
         k += 1
 
 
+cdef void _transform_backwards(const ReduceContext* c, int kind, double a, Py_ssize_t start,
+                               Py_ssize_t stop) noexcept nogil:
+    """``_transform_range`` over [start, stop) in blocks taken from the end backwards.
+
+    Scaling follows a norm over the same elements (clip_grad_norm_): the norm pass has just left
+    the end of each thread's range in its L2, so starting there reads up to L2's size from L2
+    instead of L3 or memory before it is evicted. Elementwise, so the order changes no result."""
+    cdef Py_ssize_t hi = stop, lo
+    while hi > start:
+        lo = hi - REDUCE_BLOCK
+        if lo < start:
+            lo = start
+        _transform_range(c, kind, a, lo, hi)
+        hi = lo
+
+
 cdef void _transform(const ReduceContext* c, int kind, double a) noexcept nogil:
+    cdef Py_ssize_t n_blocks = (c.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+    cdef Py_ssize_t stop
     cdef int nthreads = _threads_for(c.total), tid, team
     if nthreads <= 1:
-        _transform_range(c, kind, a, 0, c.total)
+        _transform_backwards(c, kind, a, 0, c.total)
         return
     with parallel(num_threads=nthreads):
         tid = threadid()
         team = fo_omp_team_size()
-        _transform_range(c, kind, a, _split_point(c.total, tid, team), _split_point(c.total, tid + 1, team))
+        # the same split into blocks as _reduce, so each thread rescales what it just summed
+        stop = (n_blocks * (tid + 1)) // team * REDUCE_BLOCK
+        if stop > c.total:
+            stop = c.total
+        _transform_backwards(c, kind, a, (n_blocks * tid) // team * REDUCE_BLOCK, stop)
 
 
 @cython.final

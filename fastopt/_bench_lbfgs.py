@@ -14,6 +14,7 @@ from scipy.optimize import minimize
 from .lbfgs import minimize_lbfgs
 
 DEFAULT_SIZES = (100, 1_000, 10_000, 100_000)
+FLOOR_MIN_N = 10_000
 
 
 def chained_rosenbrock(x):
@@ -69,6 +70,28 @@ def _run_fastopt(x0, m, gtol, ftol, maxiter, timer):
     return total, objective.inside, result
 
 
+def history_pass_floor(n, m=10, timer=time.perf_counter, budget=0.05):
+    """Seconds for the two passes over the history that any L-BFGS iteration makes, done by
+    OpenBLAS: ``H @ g`` (the inner products with the new gradient) and ``c @ H`` (the direction
+    as a combination of the rows), H of shape (2 m, n) in float64. Call with BLAS limited to
+    one thread to compare with one-threaded solvers. Fastest of repeated timings."""
+    rng = np.random.default_rng(0)
+    history = rng.standard_normal((2 * m, n))
+    g = rng.standard_normal(n)
+    coef = rng.standard_normal(2 * m)
+    reps = max(1, int(2e6 // (m * n)))
+    best = np.inf
+    deadline = timer() + budget
+    while True:
+        start = timer()
+        for _ in range(reps):
+            history @ g
+            coef @ history
+        best = min(best, (timer() - start) / reps)
+        if timer() > deadline:
+            return best
+
+
 def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2e-9,
                        maxiter=None, timer=time.perf_counter):
     """Measure per-iteration overhead (outside ``fun``) of fastopt's L-BFGS and SciPy's L-BFGS-B.
@@ -92,7 +115,11 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
     -------
     list of dict
         One row per size: ``n``, ``scipy_us_per_iter``, ``fastopt_us_per_iter``, ``ratio``
-        (fastopt / SciPy overhead), iterations, evaluations and final f of each solver.
+        (fastopt / SciPy overhead), ``floor_us_per_iter`` (:func:`history_pass_floor`, the two
+        passes over the history an iteration cannot do without, by one-threaded OpenBLAS) and
+        ``floor_ratio`` (floor / SciPy overhead; both None below n = 1e4, where NumPy's call
+        overhead would dominate), iterations, evaluations and final f of each
+        solver.
     """
     try:
         from threadpoolctl import threadpool_limits
@@ -118,11 +145,20 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
                     best[name] = (per_iter, result)
         scipy_overhead, scipy_result = best["scipy"]
         fast_overhead, fast_result = best["fastopt"]
+        # Below ~1e4 elements NumPy's call overhead (~1 us a call) would dominate the "floor".
+        floor = None
+        if n >= FLOOR_MIN_N and threadpool_limits is not None:
+            with threadpool_limits(limits=1):
+                floor = history_pass_floor(n, m, timer)
+        elif n >= FLOOR_MIN_N:
+            floor = history_pass_floor(n, m, timer)
         rows.append({
             "n": n,
             "scipy_us_per_iter": scipy_overhead * 1e6,
             "fastopt_us_per_iter": fast_overhead * 1e6,
             "ratio": fast_overhead / scipy_overhead,
+            "floor_us_per_iter": None if floor is None else floor * 1e6,
+            "floor_ratio": None if floor is None else floor / scipy_overhead,
             "scipy_nit": int(scipy_result.nit),
             "fastopt_nit": int(fast_result.nit),
             "scipy_nfev": int(scipy_result.nfev),
@@ -135,11 +171,16 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2
 
 def format_rows(rows):
     """Render :func:`compare_with_scipy` rows as a Markdown table."""
-    lines = ["| n | SciPy L-BFGS-B µs/iter | fastopt µs/iter | ratio | iters (SciPy / fastopt) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| n | SciPy L-BFGS-B µs/iter | fastopt µs/iter | ratio | history floor µs | "
+             "floor / SciPy | iters (SciPy / fastopt) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        floor, floor_ratio = "–", "–"
+        if r["floor_us_per_iter"] is not None:
+            floor, floor_ratio = f"{r['floor_us_per_iter']:.1f}", f"{r['floor_ratio']:.3f}"
         lines.append(f"| {r['n']:,} | {r['scipy_us_per_iter']:.1f} | {r['fastopt_us_per_iter']:.1f}"
-                     f" | {r['ratio']:.3f} | {r['scipy_nit']} / {r['fastopt_nit']} |")
+                     f" | {r['ratio']:.3f} | {floor} | {floor_ratio}"
+                     f" | {r['scipy_nit']} / {r['fastopt_nit']} |")
     return "\n".join(lines)
 
 

@@ -790,4 +790,9 @@ def test_compare_with_scipy_rows():
     row = rows[0]
     assert row["n"] == 50 and row["scipy_nit"] == row["fastopt_nit"] == 20
     assert row["ratio"] == pytest.approx(row["fastopt_us_per_iter"] / row["scipy_us_per_iter"])
+    assert row["floor_us_per_iter"] is None and row["floor_ratio"] is None   # n < 1e4
     assert "| 50 |" in format_rows(rows)
+    rows = compare_with_scipy(sizes=[20_000], repeats=1, maxiter=3)
+    row = rows[0]
+    assert row["floor_us_per_iter"] > 0
+    assert row["floor_ratio"] == pytest.approx(row["floor_us_per_iter"] / row["scipy_us_per_iter"])

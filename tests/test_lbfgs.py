@@ -167,6 +167,20 @@ def test_problem_set_totals_no_worse_than_scipy():
     assert totals["nfev_fast"] <= totals["nfev_scipy"], totals
 
 
+@pytest.mark.parametrize("n", [8191, 8192, 20000])
+def test_large_problems_follow_scipy_on_both_sides_of_the_gil_threshold(n):
+    """From 8192 elements the vector work runs without the GIL (other code paths in C)."""
+    from fastopt._bench_lbfgs import chained_rosenbrock, chained_rosenbrock_start
+    x0 = chained_rosenbrock_start(n)
+    ours = minimize_lbfgs(chained_rosenbrock, x0, maxiter=40)
+    theirs = minimize(chained_rosenbrock, x0, jac=True, method="L-BFGS-B",
+                      options=dict(maxiter=40, maxcor=10))
+    assert ours.nit == theirs.nit == 40
+    assert abs(ours.nfev - theirs.nfev) <= 2
+    assert ours.fun == pytest.approx(theirs.fun, rel=1e-7)
+    np.testing.assert_allclose(ours.x, theirs.x, atol=1e-4)
+
+
 def test_known_optimum_of_rosenbrock_in_many_dimensions():
     x0 = np.tile([-1.2, 1.0], 50)
     result = minimize_lbfgs(lambda x: (rosen(x), rosen_der(x)), x0, gtol=1e-8, ftol=0.0)

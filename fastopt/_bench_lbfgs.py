@@ -92,7 +92,7 @@ def history_pass_floor(n, m=10, timer=time.perf_counter, budget=0.05):
             return best
 
 
-def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=3, m=10, gtol=1e-5, ftol=2.2e-9,
+def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=5, m=10, gtol=1e-5, ftol=2.2e-9,
                        maxiter=None, timer=time.perf_counter):
     """Measure per-iteration overhead (outside ``fun``) of fastopt's L-BFGS and SciPy's L-BFGS-B.
 

@@ -845,7 +845,7 @@ def run_lbfgs(args, log):
     from . import _bench_lbfgs
 
     sizes = (100, 1000) if args.quick else _bench_lbfgs.DEFAULT_SIZES
-    repeats = args.repeats if args.repeats else (1 if args.quick else 3)
+    repeats = args.repeats if args.repeats else (2 if args.quick else 5)
     log(f"L-BFGS vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)} ({repeats} runs each)")
     rows = _bench_lbfgs.compare_with_scipy(sizes=sizes, repeats=repeats)
     print("\nL-BFGS vs SciPy L-BFGS-B: microseconds per iteration spent outside the objective "

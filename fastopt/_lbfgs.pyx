@@ -943,13 +943,19 @@ cdef void _accept_step(floating* x, const floating* d, const floating* g, const 
         n_above_gtol[0] = _count_above(gt, n, gtol)
 
 
+cdef inline double _steepest_descent(floating* d, const floating* g, Py_ssize_t n,
+                                     double* ws) noexcept nogil:
+    """d <- -g; returns g'd."""
+    _scaled_copy(d, <floating>-1.0, g, n)
+    return _dot_b(g, d, n, ws)
+
+
 cdef double _direction(floating* d, const floating* g, const floating* history,
                        const double* rho, double* alpha, Py_ssize_t n, Py_ssize_t stride, int m,
                        int newest, int count, double gamma, double* ws) noexcept nogil:
     """d <- -H g (steepest descent, d = -g, with an empty history); returns g'd."""
     if count == 0:
-        _scaled_copy(d, <floating>-1.0, g, n)
-        return _dot_b(g, d, n, ws)
+        return _steepest_descent(d, g, n, ws)
     return _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
 
 
@@ -1011,16 +1017,14 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 "CONVERGENCE: NORM OF GRADIENT <= GTOL")
 
     with nogil:
-        _scaled_copy(d, <floating>-1.0, g, n)
-        gd = _dot_b(g, d, n, ws)
+        gd = _steepest_descent(d, g, n, ws)
     while True:
         if not (gd < 0.0) and not fresh_start:
             # Round-off made the quasi-Newton direction useless: forget the history.
             count = 0
             fresh_start = True
             with nogil:
-                _scaled_copy(d, <floating>-1.0, g, n)
-                gd = _dot_b(g, d, n, ws)
+                gd = _steepest_descent(d, g, n, ws)
         if not (gd < 0.0):
             status = STATUS_ABNORMAL
             message = "ABNORMAL: the gradient is not a descent direction (g'd >= 0)"
@@ -1040,8 +1044,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                 count = 0
                 fresh_start = True
                 with nogil:
-                    _scaled_copy(d, <floating>-1.0, g, n)
-                    gd = _dot_b(g, d, n, ws)
+                    gd = _steepest_descent(d, g, n, ws)
                 continue
             status = STATUS_ABNORMAL
             if ls_status == LS_NONFINITE:
@@ -1100,4 +1103,3 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
 
     return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message)
-

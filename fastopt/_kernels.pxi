@@ -1101,6 +1101,13 @@ cdef void _reduce_block(const ReduceContext* c, Py_ssize_t block) noexcept nogil
     c.partial[block] = r
 
 
+cdef inline Py_ssize_t _first_block_of(Py_ssize_t n_blocks, int tid, int team) noexcept nogil:
+    """The first of thread ``tid``'s blocks (its last is the next thread's first, minus one).
+
+    _reduce and _transform split alike, so a scaling after a norm touches what the thread read."""
+    return (n_blocks * tid) // team
+
+
 cdef double _reduce(ReduceContext* c) noexcept nogil:
     cdef Py_ssize_t n_blocks = (c.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
     cdef Py_ssize_t b, b0, b1
@@ -1113,8 +1120,8 @@ cdef double _reduce(ReduceContext* c) noexcept nogil:
         with parallel(num_threads=nthreads):
             tid = threadid()
             team = fo_omp_team_size()
-            b0 = (n_blocks * tid) // team
-            b1 = (n_blocks * (tid + 1)) // team
+            b0 = _first_block_of(n_blocks, tid, team)
+            b1 = _first_block_of(n_blocks, tid + 1, team)
             for b in range(b0, b1):
                 _reduce_block(c, b)
     for b in range(n_blocks):
@@ -1192,10 +1199,10 @@ cdef void _transform(const ReduceContext* c, int kind, double a) noexcept nogil:
         tid = threadid()
         team = fo_omp_team_size()
         # the same split into blocks as _reduce, so each thread rescales what it just summed
-        stop = (n_blocks * (tid + 1)) // team * REDUCE_BLOCK
+        stop = _first_block_of(n_blocks, tid + 1, team) * REDUCE_BLOCK
         if stop > c.total:
             stop = c.total
-        _transform_backwards(c, kind, a, (n_blocks * tid) // team * REDUCE_BLOCK, stop)
+        _transform_backwards(c, kind, a, _first_block_of(n_blocks, tid, team) * REDUCE_BLOCK, stop)
 
 
 @cython.final

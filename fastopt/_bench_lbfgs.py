@@ -5,6 +5,7 @@ run minus the time measured inside ``fun`` (``fun`` is wrapped by a timer), divi
 of iterations. Both solvers get the same objective (chained Rosenbrock), start point, memory ``m``,
 tolerances and iteration cap, with BLAS pinned to one thread.
 """
+import contextlib
 import functools
 import time
 
@@ -70,6 +71,15 @@ def _run_fastopt(x0, m, gtol, ftol, maxiter, timer):
     return total, objective.inside, result
 
 
+def _one_blas_thread():
+    """A context that limits BLAS (and OpenMP) to one thread; a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a bench dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
 def history_pass_floor(n, m=10, timer=time.perf_counter, budget=0.05):
     """Seconds for the two passes over the history that any L-BFGS iteration makes, done by
     OpenBLAS: ``H @ g`` (the inner products with the new gradient) and ``c @ H`` (the direction
@@ -121,10 +131,6 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=5, m=10, gtol=1e-5, ftol=2.2
         overhead would dominate), iterations, evaluations and final f of each
         solver.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a bench dependency
-        threadpool_limits = None
     fastopt_runner = functools.partial(_run_fastopt, timer=timer)
     scipy_runner = functools.partial(_run_scipy, timer=timer)
     rows = []
@@ -135,10 +141,7 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=5, m=10, gtol=1e-5, ftol=2.2
         best = {}
         for _ in range(repeats):
             for name, runner in (("scipy", scipy_runner), ("fastopt", fastopt_runner)):
-                if threadpool_limits is not None:
-                    with threadpool_limits(limits=1):
-                        total, inside, result = runner(x0, m, gtol, ftol, cap)
-                else:
+                with _one_blas_thread():
                     total, inside, result = runner(x0, m, gtol, ftol, cap)
                 per_iter = (total - inside) / max(result.nit, 1)
                 if name not in best or per_iter < best[name][0]:
@@ -147,11 +150,9 @@ def compare_with_scipy(sizes=DEFAULT_SIZES, repeats=5, m=10, gtol=1e-5, ftol=2.2
         fast_overhead, fast_result = best["fastopt"]
         # Below ~1e4 elements NumPy's call overhead (~1 us a call) would dominate the "floor".
         floor = None
-        if n >= FLOOR_MIN_N and threadpool_limits is not None:
-            with threadpool_limits(limits=1):
+        if n >= FLOOR_MIN_N:
+            with _one_blas_thread():
                 floor = history_pass_floor(n, m, timer)
-        elif n >= FLOOR_MIN_N:
-            floor = history_pass_floor(n, m, timer)
         rows.append({
             "n": n,
             "scipy_us_per_iter": scipy_overhead * 1e6,

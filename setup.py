@@ -1,6 +1,7 @@
 """Build fastopt's Cython extensions.
 
-Every ``fastopt/*.pyx`` becomes an extension module ``fastopt.<name>``. Compiler directives are set
+Every ``fastopt/**/*.pyx`` becomes an extension module named by its path (``fastopt/a/_b.pyx`` is
+``fastopt.a._b``). Compiler directives are set
 once here for the whole package; kernels never repeat them.
 
 Flags, and why:
@@ -80,7 +81,7 @@ if not HAS_OPENMP:
 
 
 def make_extension(pyx, extra_cflags=()):
-    name = "fastopt." + os.path.splitext(os.path.basename(pyx))[0]
+    name = os.path.splitext(pyx)[0].replace(os.sep, ".")
     return Extension(
         name,
         [pyx],
@@ -92,7 +93,7 @@ def make_extension(pyx, extra_cflags=()):
 
 
 extensions = []
-for pyx in sorted(glob.glob(os.path.join("fastopt", "*.pyx"))):
+for pyx in sorted(glob.glob(os.path.join("fastopt", "**", "*.pyx"), recursive=True)):
     if os.path.basename(pyx) == "_step_avx2.pyx":
         if PORTABLE and IS_X86:
             extensions.append(make_extension(pyx, ["-mavx2", "-mfma"]))

@@ -12,7 +12,6 @@ import numpy as np
 from . import _validation as V
 from ._backend import kernels
 
-# Exact types of gradient entries the compiled gather can take without a conversion.
 # Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
 _MAX_STEP = 2 ** 53
 

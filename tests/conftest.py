@@ -2,8 +2,10 @@
 
 * Tests marked ``slow`` are skipped unless ``FASTOPT_SLOW=1`` is set or ``-m`` names ``slow``
   (``pytest -m slow`` runs only them).
-* ``HYPOTHESIS_PROFILE`` selects a Hypothesis profile: ``ci`` (default: few examples, fast) or
-  ``long`` (>= 10,000 examples per fuzz test, for a separate job).
+* ``HYPOTHESIS_PROFILE`` selects a Hypothesis profile: ``ci`` (default: few examples, fast, and
+  derandomized, so a failure in CI fails again on every rerun and on every machine) or ``long``
+  (>= 10,000 random examples per fuzz test, for a separate job; a failure prints the
+  ``@reproduce_failure`` blob that replays it).
 """
 import os
 
@@ -15,9 +17,9 @@ except ImportError:   # hypothesis is optional; the fuzz tests skip without it
     settings = None
 
 if settings is not None:
-    settings.register_profile("ci", max_examples=34, deadline=None, derandomize=False,
+    settings.register_profile("ci", max_examples=34, deadline=None, derandomize=True,
                               suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("long", max_examples=10_000, deadline=None,
+    settings.register_profile("long", max_examples=10_000, deadline=None, print_blob=True,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -870,9 +870,9 @@ def run_lbfgs(args, log):
 # ------------------------------------------------------------------------------------------------
 
 
-def build_parser():
+def build_parser(prog="fastopt bench"):
     ap = argparse.ArgumentParser(
-        prog="python -m fastopt bench",
+        prog=prog,
         description="fastopt's fused steps vs torch.optim, in-place NumPy and the C ceiling: "
                     "ns per element per step, medians of round-robin repetitions, ratios from one run.")
     ap.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
@@ -907,8 +907,8 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog="fastopt bench"):
+    args = build_parser(prog).parse_args(argv)
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)

@@ -842,7 +842,7 @@ def write_plot(rows, path):
 
 def run_lbfgs(args, log):
     """L-BFGS vs SciPy's L-BFGS-B: time per iteration outside the objective (chained Rosenbrock)."""
-    from . import _bench_lbfgs
+    from .benchmarks import lbfgs_vs_scipy as _bench_lbfgs
 
     sizes = (100, 1000) if args.quick else _bench_lbfgs.DEFAULT_SIZES
     repeats = args.repeats if args.repeats else (2 if args.quick else 5)

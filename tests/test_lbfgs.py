@@ -169,7 +169,7 @@ def test_problem_set_totals_no_worse_than_scipy():
 @pytest.mark.parametrize("n", [8191, 8192, 20000])
 def test_large_problems_follow_scipy_on_both_sides_of_the_gil_threshold(n):
     """From 8192 elements the vector work runs without the GIL (other code paths in C)."""
-    from fastopt._bench_lbfgs import chained_rosenbrock, chained_rosenbrock_start
+    from fastopt.benchmarks.lbfgs_vs_scipy import chained_rosenbrock, chained_rosenbrock_start
     x0 = chained_rosenbrock_start(n)
     ours = minimize_lbfgs(chained_rosenbrock, x0, maxiter=40)
     theirs = minimize(chained_rosenbrock, x0, jac=True, method="L-BFGS-B",
@@ -793,7 +793,7 @@ def test_stepwise_updates_params_in_place_and_checks_grads():
 # ---------------------------------------------------------------------------------------------
 
 def test_compare_with_scipy_rows():
-    from fastopt._bench_lbfgs import chained_rosenbrock, compare_with_scipy, format_rows
+    from fastopt.benchmarks.lbfgs_vs_scipy import chained_rosenbrock, compare_with_scipy, format_rows
     x = np.random.default_rng(0).standard_normal(7)
     f, g = chained_rosenbrock(x)
     assert f == pytest.approx(rosen(x), rel=1e-14)

@@ -40,7 +40,7 @@ def main(argv=None, prog="fastopt"):
         print(f"fastopt {fastopt.__version__}")
         return 0
     if command == "bench":
-        from .bench import main as bench_main
+        from .benchmarks.cli import main as bench_main
         return bench_main(rest, prog=f"{prog} bench")
     if command == "info":
         if rest:

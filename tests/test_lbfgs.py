@@ -1,6 +1,5 @@
 """Tests of fastopt's L-BFGS against independent references: SciPy's L-BFGS-B and line search,
 a NumPy two-loop recursion, finite differences, torch.optim.LBFGS and the MGH literature values."""
-import importlib.util
 import os
 import sys
 import warnings
@@ -16,16 +15,6 @@ import mgh_problems  # noqa: E402
 
 PROBLEMS = mgh_problems.all_problems()
 PROBLEM_IDS = [p.name for p in PROBLEMS]
-
-
-def central_difference_gradient(fun, x, rel_step=1e-6):
-    g = np.empty_like(x)
-    for i in range(x.size):
-        h = rel_step * max(1.0, abs(x[i]))
-        e = np.zeros_like(x)
-        e[i] = h
-        g[i] = (fun(x + e) - fun(x - e)) / (2.0 * h)
-    return g
 
 
 def starts(problem, count=5):

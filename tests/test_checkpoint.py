@@ -271,8 +271,9 @@ def test_saves_killed_mid_write_leave_a_loadable_file_and_no_pile_of_temporaries
     rng = np.random.default_rng(0)
     left_behind = 0
     for _ in range(12):
+        # cwd: `python -c` puts it first on sys.path, and it must not be an unbuilt source tree
         child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE,
-                                 text=True)
+                                 text=True, cwd=tmp_path)
         try:
             assert child.stdout.readline().strip() == "saved"     # its first save is complete
             time.sleep(rng.uniform(0.0, 0.15))

@@ -11,6 +11,24 @@ import numpy as np
 
 from .settings import ALGORITHMS
 
+def _average_square(acc, g, decay, weight, tmp):
+    """``acc = decay * acc + weight * g**2`` in place (decay and weight 1: ``acc += g**2``)."""
+    np.multiply(g, g, out=tmp)
+    if weight != 1.0:
+        tmp *= weight
+    if decay != 1.0:
+        acc *= decay
+    acc += tmp
+
+
+def _scaled_ratio(num, acc, eps, scale, tmp, out):
+    """``out = scale * num / (sqrt(acc) + eps)``."""
+    np.sqrt(acc, out=tmp)
+    tmp += eps
+    np.divide(num, tmp, out=out)
+    out *= scale
+
+
 class NumpyOptimizer:
     """Base of the in-place NumPy reference optimizers (torch.optim semantics, flat state).
 
@@ -149,14 +167,8 @@ class NumpyAdam(NumpyOptimizer):
         np.subtract(g, m, out=t)
         t *= c1
         m += t
-        np.multiply(g, g, out=t)
-        t *= c2
-        v *= b2
-        v += t
-        np.sqrt(v, out=t)
-        t += eps_s
-        np.divide(m, t, out=out)
-        out *= neg_step
+        _average_square(v, g, b2, c2, t)
+        _scaled_ratio(m, v, eps_s, neg_step, t, out)
 
     def _apply(self, p, delta, sc):
         decay = sc[6]
@@ -214,15 +226,8 @@ class NumpyRMSprop(NumpyOptimizer):
     def _delta(self, g, st, tmp, out, sc):
         a, c, eps, neg_lr = sc
         (s,) = st
-        t = tmp[0]
-        np.multiply(g, g, out=t)
-        t *= c
-        s *= a
-        s += t
-        np.sqrt(s, out=t)
-        t += eps
-        np.divide(g, t, out=out)
-        out *= neg_lr
+        _average_square(s, g, a, c, tmp[0])
+        _scaled_ratio(g, s, eps, neg_lr, tmp[0], out)
 
 
 class NumpyAdagrad(NumpyOptimizer):
@@ -243,13 +248,8 @@ class NumpyAdagrad(NumpyOptimizer):
     def _delta(self, g, st, tmp, out, sc):
         eps, neg_clr = sc
         (s,) = st
-        t = tmp[0]
-        np.multiply(g, g, out=t)
-        s += t
-        np.sqrt(s, out=t)
-        t += eps
-        np.divide(g, t, out=out)
-        out *= neg_clr
+        _average_square(s, g, 1.0, 1.0, tmp[0])
+        _scaled_ratio(g, s, eps, neg_clr, tmp[0], out)
 
 
 NUMPY_OPTIMIZERS = {

@@ -1,0 +1,860 @@
+# L-BFGS-B: the bound-constrained iteration (included by _lbfgs.pyx; float64 only).
+#
+# Design note. The method is that of Byrd, Lu, Nocedal & Zhu (1995) with the subspace step of
+# Morales & Nocedal (2011), the algorithm SciPy runs for method='L-BFGS-B'. With the m newest
+# pairs as columns of S and Y, the quasi-Newton matrix has the compact form
+#
+#     B = theta I - W M W',   W = [Y, theta S],   M = [[-D, L'], [L, theta S'S]]^-1
+#
+# (D = diag(s_i'y_i), L the strictly lower part of S'Y, theta = y'y / s'y of the newest pair).
+# Each iteration
+#   1. finds the generalized Cauchy point: the first minimizer of the quadratic model along the
+#      projected steepest-descent path x(t) = P(x - t g), a piecewise-linear path whose
+#      breakpoints (where a variable hits its bound) are visited in increasing t with a heap;
+#      model slope f1 and curvature f2 are updated per segment in O(m^2) (``_cauchy_point``);
+#   2. minimizes the model over the variables still free at that point (the Sherman–Morrison–
+#      Woodbury form of the reduced inverse, with the 2m x 2m matrix K of ``_factor_k``), then
+#      projects the Newton step into the box and, if the projected step is uphill, backtracks it
+#      to the box instead (Morales & Nocedal's correction, ``_subspace_step``);
+#   3. searches along d = (subspace minimizer) - x with Moré–Thuente, every trial projected into
+#      the box and the step bounded by the largest feasible one;
+#   4. stores the pair and updates S'Y, S'S and the Cholesky factor of
+#      T = theta S'S + L D^-1 L' (``_store_pair_compact``, ``_factor_t``).
+# Any factorization that fails (loss of positive definiteness in round-off) drops the history
+# and restarts from steepest descent, as L-BFGS-B does.
+#
+# Layout: S and Y rows live in the same ring buffer as in the unconstrained iteration (slot k:
+# s at history[2k stride], y at history[(2k+1) stride]), so every inner product over a pair is
+# a contiguous, vectorized loop. The small matrices (at most 2m x 2m) are column-major: element
+# (i, j) of a matrix with leading dimension ld is a[i + ld j]. Pairs are numbered
+# chronologically, j = 0 the oldest, living in slot (head + j) mod m.
+
+from libc.string cimport memmove
+
+cdef double EPS64 = 2.220446049250313e-16   # L-BFGS-B's machine epsilon (float64)
+
+
+cdef struct _Compact:
+    double* history
+    Py_ssize_t stride
+    int m, head, col, tail, updates
+    double theta
+    double* sy      # m x m: (i, j) = s_i'y_j (lower triangle and diagonal are used)
+    double* ss      # m x m: (i, j) = s_i's_j (upper triangle is used)
+    double* wt      # m x m: upper Cholesky factor of T = theta S'S + L D^-1 L'
+    double* wn      # 2m x 2m: the factors of K used by the subspace step
+    double* wn1     # 2m x 2m: inner products over the free / active sets, kept between iterations
+
+
+cdef inline const double* _s_of(const _Compact* c, int j) noexcept nogil:
+    return c.history + 2 * ((c.head + j) % c.m) * c.stride
+
+
+cdef inline const double* _y_of(const _Compact* c, int j) noexcept nogil:
+    return c.history + (2 * ((c.head + j) % c.m) + 1) * c.stride
+
+
+cdef inline void _reset_compact(_Compact* c) noexcept nogil:
+    c.col = 0
+    c.head = 0
+    c.theta = 1.0
+    c.updates = 0
+
+
+# --- small dense linear algebra (column-major, k <= 2m) ----------------------------------------
+
+cdef int _cholesky_upper(double* a, int lda, int k) noexcept nogil:
+    """Overwrite the upper triangle of the k x k matrix a with R, a = R'R; -1 if a is not
+    positive definite."""
+    cdef int i, j, p
+    cdef double diag, t
+    for j in range(k):
+        diag = a[j + lda * j]
+        for p in range(j):
+            diag -= a[p + lda * j] * a[p + lda * j]
+        if not (diag > 0.0):
+            return -1
+        diag = sqrt(diag)
+        a[j + lda * j] = diag
+        for i in range(j + 1, k):
+            t = a[j + lda * i]
+            for p in range(j):
+                t -= a[p + lda * j] * a[p + lda * i]
+            a[j + lda * i] = t / diag
+    return 0
+
+
+cdef int _solve_rt(const double* r, int ldr, int k, double* b) noexcept nogil:
+    """b <- R'^-1 b for upper-triangular R (forward substitution); -1 if R is singular."""
+    cdef int i, p
+    cdef double t
+    for i in range(k):
+        t = b[i]
+        for p in range(i):
+            t -= r[p + ldr * i] * b[p]
+        if r[i + ldr * i] == 0.0:
+            return -1
+        b[i] = t / r[i + ldr * i]
+    return 0
+
+
+cdef int _solve_r(const double* r, int ldr, int k, double* b) noexcept nogil:
+    """b <- R^-1 b for upper-triangular R (back substitution); -1 if R is singular."""
+    cdef int i, p
+    cdef double t
+    for i in range(k - 1, -1, -1):
+        t = b[i]
+        for p in range(i + 1, k):
+            t -= r[i + ldr * p] * b[p]
+        if r[i + ldr * i] == 0.0:
+            return -1
+        b[i] = t / r[i + ldr * i]
+    return 0
+
+
+cdef inline double _dot_small(const double* a, const double* b, int k) noexcept nogil:
+    cdef int i
+    cdef double acc = 0.0
+    for i in range(k):
+        acc += a[i] * b[i]
+    return acc
+
+
+cdef inline double _dot_on(const int* index, Py_ssize_t start, Py_ssize_t stop, const double* a,
+                           const double* b) noexcept nogil:
+    """sum of a_k b_k over k = index[start:stop] (an ascending gather: rows stay in cache)."""
+    cdef Py_ssize_t i
+    cdef int k
+    cdef double acc = 0.0
+    for i in range(start, stop):
+        k = index[i]
+        acc += a[k] * b[k]
+    return acc
+
+
+# --- the compact representation -----------------------------------------------------------------
+
+cdef int _middle_product(const _Compact* c, const double* v, double* p) noexcept nogil:
+    """p <- M v for the 2 col middle matrix M (as two triangular solves with the factors of
+    [[D^1/2, 0], [-L D^-1/2, J]] [[-D^1/2, D^-1/2 L'], [0, J']], J J' = T)."""
+    cdef int col = c.col, m = c.m, i, k
+    cdef double acc
+    if col == 0:
+        return 0
+    # [D^1/2, 0; -L D^-1/2, J] [p1; p2] = [v1; v2]
+    p[col] = v[col]
+    for i in range(1, col):
+        acc = 0.0
+        for k in range(i):
+            acc += c.sy[i + m * k] * v[k] / c.sy[k + m * k]
+        p[col + i] = v[col + i] + acc
+    if _solve_rt(c.wt, m, col, p + col):
+        return -1
+    for i in range(col):
+        p[i] = v[i] / sqrt(c.sy[i + m * i])
+    # [-D^1/2, D^-1/2 L'; 0, J'] [p1; p2] = [p1; p2]
+    if _solve_r(c.wt, m, col, p + col):
+        return -1
+    for i in range(col):
+        p[i] = -p[i] / sqrt(c.sy[i + m * i])
+    for i in range(col):
+        acc = 0.0
+        for k in range(i + 1, col):
+            acc += c.sy[k + m * i] * p[col + k] / c.sy[i + m * i]
+        p[i] += acc
+    return 0
+
+
+cdef int _factor_t(_Compact* c) noexcept nogil:
+    """wt <- upper Cholesky factor of T = theta S'S + L D^-1 L'; -1 if T is not positive
+    definite."""
+    cdef int m = c.m, col = c.col, i, j, k
+    cdef double acc
+    for j in range(col):
+        c.wt[m * j] = c.theta * c.ss[m * j]
+    for i in range(1, col):
+        for j in range(i, col):
+            acc = 0.0
+            for k in range(i):
+                acc += c.sy[i + m * k] * c.sy[j + m * k] / c.sy[k + m * k]
+            c.wt[i + m * j] = acc + c.theta * c.ss[i + m * j]
+    return _cholesky_upper(c.wt, m, col)
+
+
+cdef void _store_pair_compact(_Compact* c, const double* s, const double* y, Py_ssize_t n,
+                              double sy, double ss, double yy, double* ws) noexcept nogil:
+    """Append the pair (s, y) (dropping the oldest when m are stored), theta <- y'y / s'y, and
+    the new row of S'Y and column of S'S."""
+    cdef int m = c.m, j, col
+    cdef double* s_slot
+    c.updates += 1
+    if c.updates <= m:
+        c.col = c.updates
+        c.tail = (c.head + c.updates - 1) % m
+    else:
+        c.tail = (c.tail + 1) % m
+        c.head = (c.head + 1) % m
+    s_slot = c.history + 2 * c.tail * c.stride
+    memcpy(s_slot, s, n * sizeof(double))
+    memcpy(s_slot + c.stride, y, n * sizeof(double))
+    c.theta = yy / sy
+    col = c.col
+    if c.updates > m:
+        # The oldest pair left: shift the triangles of S'S and S'Y up-left by one.
+        for j in range(1, col):
+            memmove(c.ss + m * (j - 1), c.ss + 1 + m * j, j * sizeof(double))
+            memmove(c.sy + (j - 1) + m * (j - 1), c.sy + j + m * j, (col - j) * sizeof(double))
+    for j in range(col - 1):
+        c.sy[col - 1 + m * j] = _dot_b(s, _y_of(c, j), n, ws)
+        c.ss[j + m * (col - 1)] = _dot_b(_s_of(c, j), s, n, ws)
+    c.ss[col - 1 + m * (col - 1)] = ss
+    c.sy[col - 1 + m * (col - 1)] = sy
+
+
+# --- generalized Cauchy point -------------------------------------------------------------------
+
+cdef void _sift_down(double* key, int* item, int size, int i) noexcept nogil:
+    """Restore the min-heap property of key[0:size] below position i."""
+    cdef int child
+    cdef double k = key[i]
+    cdef int it = item[i]
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and key[child + 1] < key[child]:
+            child += 1
+        if not (key[child] < k):
+            break
+        key[i] = key[child]
+        item[i] = item[child]
+        i = child
+    key[i] = k
+    item[i] = it
+
+
+cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Box* box,
+                       int* where, _Compact* c, double* d, double* xcp, double* brk_t,
+                       int* brk_i, double* p, double* cw, double* wbp, double* v,
+                       double* ws) noexcept nogil:
+    """xcp <- the generalized Cauchy point from x; cw <- W'(xcp - x). Returns 0, or -1 if the
+    middle matrix is singular.
+
+    ``where`` classifies the variables on entry (-1 never bounded, 3 fixed by l = u) and on exit
+    (0 moving along the path or free, 1 / 2 stopped at the lower / upper bound, -3 bounded with
+    zero gradient). Along d = -g (zeroed where a variable cannot move) the model is
+    q(t) = f1 t + f2 t^2 / 2 on each segment; the minimizer -f1 / f2 is taken if it lies before
+    the next breakpoint, else the variable of that breakpoint is fixed and f1, f2 updated.
+    """
+    cdef Py_ssize_t i
+    cdef int col = c.col, col2 = 2 * c.col, m = c.m, j, kind, ibp, n_brk = 0, n_left, first
+    cdef int seg
+    cdef double theta = c.theta, neg, tl = 0.0, tu = 0.0, f1 = 0.0, f2, f2_start, dtm, dt
+    cdef double t_prev, t_now, t_sum, d_bp, z_bp, d_bp2, wmc, wmp, wmw, t_min = 0.0
+    cdef bint stops_all = True   # every moving variable reaches a bound
+    cdef Py_ssize_t n_unbounded_moves = 0   # moving variables without a breakpoint
+    cdef const double* lower = box.lower
+    cdef const double* upper = box.upper
+    first = -1
+    for i in range(n):
+        neg = -g[i]
+        kind = box.kind[i]
+        if where[i] != 3 and where[i] != -1:
+            if kind <= 2:
+                tl = x[i] - lower[i]
+            if kind >= 2:
+                tu = upper[i] - x[i]
+            where[i] = 0
+            if kind <= 2 and tl <= 0.0:
+                if neg <= 0.0:
+                    where[i] = 1
+            elif kind >= 2 and tu <= 0.0:
+                if neg >= 0.0:
+                    where[i] = 2
+            elif fabs(neg) <= 0.0:
+                where[i] = -3
+        if where[i] != 0 and where[i] != -1:
+            d[i] = 0.0
+            continue
+        d[i] = neg
+        f1 -= neg * neg
+        if (kind == 1 or kind == 2) and neg < 0.0:
+            brk_t[n_brk] = tl / (-neg)
+        elif kind >= 2 and neg > 0.0:
+            brk_t[n_brk] = tu / neg
+        else:
+            n_unbounded_moves += 1
+            if neg != 0.0:
+                stops_all = False
+            continue
+        brk_i[n_brk] = <int>i
+        if first < 0 or brk_t[n_brk] < t_min:
+            t_min = brk_t[n_brk]
+            first = n_brk
+        n_brk += 1
+    # p = W'd = [Y'd; theta S'd]
+    for j in range(col):
+        p[j] = _dot_b(_y_of(c, j), d, n, ws)
+        p[col + j] = theta * _dot_b(_s_of(c, j), d, n, ws)
+    memcpy(xcp, x, n * sizeof(double))
+    for j in range(col2):
+        cw[j] = 0.0
+    if n_unbounded_moves == 0 and n_brk == 0:
+        return 0   # d = 0: the Cauchy point is x
+    f2 = -theta * f1
+    f2_start = f2
+    if col > 0:
+        if _middle_product(c, p, v):
+            return -1
+        f2 -= _dot_small(v, p, col2)
+    dtm = -f1 / f2
+    t_sum = 0.0
+    seg = 1
+    n_left = n_brk
+    t_now = 0.0
+    while n_left > 0:
+        t_prev = t_now
+        if n_left == n_brk:
+            # The smallest breakpoint is known from the scan; often it is the only one used, so
+            # the heap is built only when a second one is needed.
+            t_now = brk_t[first]
+            ibp = brk_i[first]
+        else:
+            if n_left == n_brk - 1:
+                brk_t[first] = brk_t[n_brk - 1]
+                brk_i[first] = brk_i[n_brk - 1]
+                for j in range(n_left // 2 - 1, -1, -1):
+                    _sift_down(brk_t, brk_i, n_left, j)
+            t_now = brk_t[0]
+            ibp = brk_i[0]
+            brk_t[0] = brk_t[n_left - 1]
+            brk_i[0] = brk_i[n_left - 1]
+            _sift_down(brk_t, brk_i, n_left - 1, 0)
+        dt = t_now - t_prev
+        if dtm < dt:
+            break
+        # The model's minimizer lies past this breakpoint: fix its variable at the bound.
+        t_sum += dt
+        n_left -= 1
+        d_bp = d[ibp]
+        d[ibp] = 0.0
+        if d_bp > 0.0:
+            z_bp = upper[ibp] - x[ibp]
+            xcp[ibp] = upper[ibp]
+            where[ibp] = 2
+        else:
+            z_bp = lower[ibp] - x[ibp]
+            xcp[ibp] = lower[ibp]
+            where[ibp] = 1
+        seg += 1
+        d_bp2 = d_bp * d_bp
+        f1 = f1 + dt * f2 + d_bp2 - theta * d_bp * z_bp
+        f2 = f2 - theta * d_bp2
+        if col > 0:
+            for j in range(col2):
+                cw[j] += dt * p[j]
+            for j in range(col):
+                wbp[j] = _y_of(c, j)[ibp]
+                wbp[col + j] = theta * _s_of(c, j)[ibp]
+            if _middle_product(c, wbp, v):
+                return -1
+            wmc = _dot_small(cw, v, col2)
+            wmp = _dot_small(p, v, col2)
+            wmw = _dot_small(wbp, v, col2)
+            for j in range(col2):
+                p[j] -= d_bp * wbp[j]
+            f1 += d_bp * wmc
+            f2 += 2.0 * d_bp * wmp - d_bp2 * wmw
+        f2 = max(EPS64 * f2_start, f2)
+        if n_left > 0:
+            dtm = -f1 / f2
+        elif stops_all:
+            dtm = 0.0
+        else:
+            dtm = -f1 / f2
+    if dtm <= 0.0:
+        dtm = 0.0
+    t_sum += dtm
+    _xpay(xcp, xcp, t_sum, d, n)
+    if col > 0:
+        for j in range(col2):
+            cw[j] += dtm * p[j]
+    return 0
+
+
+cdef bint _free_variables(Py_ssize_t n, int* n_free, int* index, int* n_enter, int* first_leave,
+                          int* changed, const int* where, bint updated,
+                          Py_ssize_t nit) noexcept nogil:
+    """index <- the free variables at the Cauchy point (ascending), then the active ones; with
+    nit > 0, changed[0:n_enter] <- those that became free and changed[first_leave:n] those that
+    became active. Returns whether the matrix K must be refactored."""
+    cdef Py_ssize_t i
+    cdef int k, n_active_pos
+    n_enter[0] = 0
+    first_leave[0] = <int>n
+    if nit > 0:
+        for i in range(n_free[0]):
+            k = index[i]
+            if where[k] > 0:
+                first_leave[0] -= 1
+                changed[first_leave[0]] = k
+        for i in range(n_free[0], n):
+            k = index[i]
+            if where[k] <= 0:
+                changed[n_enter[0]] = k
+                n_enter[0] += 1
+    n_free[0] = 0
+    n_active_pos = <int>n
+    for i in range(n):
+        if where[i] <= 0:
+            index[n_free[0]] = <int>i
+            n_free[0] += 1
+        else:
+            n_active_pos -= 1
+            index[n_active_pos] = <int>i
+    return first_leave[0] < n or n_enter[0] > 0 or updated
+
+
+cdef int _factor_k(_Compact* c, Py_ssize_t n, int n_free, const int* index, int n_enter,
+                   int first_leave, const int* changed, bint updated) noexcept nogil:
+    """Factor K = [[-D - Y'ZZ'Y / theta, L_a' - R_z'], [L_a - R_z, theta S'AA'S]] for the
+    subspace step (Z selects the free variables, A the active ones; L_a is the strictly lower
+    part of S'AA'Y, R_z the upper triangle of S'ZZ'Y). wn1 keeps the inner products
+    [[Y'ZZ'Y, .], [L_a + R_z, S'AA'S]] and is updated for the pair added and the variables that
+    changed sets; wn gets the factors. Returns 0, or -1 / -2 if a Cholesky factorization fails."""
+    cdef int m = c.m, m2 = 2 * c.m, col = c.col, iy, jy, i, k, upcl
+    cdef double theta = c.theta, e1, e2, l1, l2
+    cdef double* w1 = c.wn1
+    cdef double* wn = c.wn
+    cdef const double* y_new
+    cdef const double* s_new
+    if updated:
+        if c.updates > m:
+            # The oldest pair left: shift each block of wn1 up-left by one.
+            for jy in range(m - 1):
+                for k in range(m - jy - 1):
+                    w1[jy + k + m2 * jy] = w1[jy + 1 + k + m2 * (jy + 1)]
+                    w1[m + jy + k + m2 * (m + jy)] = w1[m + jy + 1 + k + m2 * (m + jy + 1)]
+                for k in range(m - 1):
+                    w1[m + k + m2 * jy] = w1[m + 1 + k + m2 * (jy + 1)]
+        # The row of the new pair in blocks (1,1), (2,1), (2,2), and its column of R_z.
+        y_new = _y_of(c, col - 1)
+        s_new = _s_of(c, col - 1)
+        for jy in range(col):
+            w1[col - 1 + m2 * jy] = _dot_on(index, 0, n_free, y_new, _y_of(c, jy))
+            w1[m + col - 1 + m2 * (m + jy)] = _dot_on(index, n_free, n, s_new, _s_of(c, jy))
+            w1[m + col - 1 + m2 * jy] = _dot_on(index, n_free, n, s_new, _y_of(c, jy))
+        for i in range(col):
+            w1[m + i + m2 * (col - 1)] = _dot_on(index, 0, n_free, _s_of(c, i), y_new)
+        upcl = col - 1
+    else:
+        upcl = col
+    # The older entries change only by the variables that entered or left the free set.
+    for iy in range(upcl):
+        for jy in range(iy + 1):
+            e1 = _dot_on(changed, 0, n_enter, _y_of(c, iy), _y_of(c, jy))
+            e2 = _dot_on(changed, 0, n_enter, _s_of(c, iy), _s_of(c, jy))
+            l1 = _dot_on(changed, first_leave, n, _y_of(c, iy), _y_of(c, jy))
+            l2 = _dot_on(changed, first_leave, n, _s_of(c, iy), _s_of(c, jy))
+            w1[iy + m2 * jy] += e1 - l1
+            w1[m + iy + m2 * (m + jy)] += l2 - e2
+    for i in range(upcl):
+        for jy in range(upcl):
+            e1 = _dot_on(changed, 0, n_enter, _s_of(c, i), _y_of(c, jy))
+            l1 = _dot_on(changed, first_leave, n, _s_of(c, i), _y_of(c, jy))
+            if i <= jy:
+                w1[m + i + m2 * jy] += e1 - l1
+            else:
+                w1[m + i + m2 * jy] += l1 - e1
+    # Upper triangle of [[D + Y'ZZ'Y / theta, -L_a' + R_z'], [., theta S'AA'S]].
+    for iy in range(col):
+        for jy in range(iy + 1):
+            wn[jy + m2 * iy] = w1[iy + m2 * jy] / theta
+            wn[col + jy + m2 * (col + iy)] = w1[m + iy + m2 * (m + jy)] * theta
+        for jy in range(iy):
+            wn[jy + m2 * (col + iy)] = -w1[m + iy + m2 * jy]
+        for jy in range(iy, col):
+            wn[jy + m2 * (col + iy)] = w1[m + iy + m2 * jy]
+        wn[iy + m2 * iy] += c.sy[iy + m * iy]
+    # [[R1, R1'^-1 (.)], [., theta S'AA'S + (.)'(.)]] then factor the (2,2) block.
+    if _cholesky_upper(wn, m2, col):
+        return -1
+    for i in range(col, 2 * col):
+        _solve_rt(wn, m2, col, wn + m2 * i)
+    for i in range(col, 2 * col):
+        for k in range(i, 2 * col):
+            wn[i + m2 * k] += _dot_small(wn + m2 * i, wn + m2 * k, col)
+    if _cholesky_upper(wn + col + m2 * col, m2, col):
+        return -2
+    return 0
+
+
+cdef int _reduced_gradient(const _Compact* c, Py_ssize_t n, const double* x, const double* g,
+                           const double* xcp, const int* index, int n_free, const double* cw,
+                           double* r, double* v) noexcept nogil:
+    """r <- -Z'(g + B (xcp - x)) over the free variables (cw = W'(xcp - x)); -1 if the middle
+    matrix is singular."""
+    cdef int i, j, k, col = c.col
+    cdef double a1, a2
+    cdef const double* yj
+    cdef const double* sj
+    for i in range(n_free):
+        k = index[i]
+        r[i] = -c.theta * (xcp[k] - x[k]) - g[k]
+    if _middle_product(c, cw, v):
+        return -1
+    for j in range(col):
+        a1 = v[j]
+        a2 = c.theta * v[col + j]
+        yj = _y_of(c, j)
+        sj = _s_of(c, j)
+        for i in range(n_free):
+            k = index[i]
+            r[i] += yj[k] * a1 + sj[k] * a2
+    return 0
+
+
+cdef int _subspace_step(const _Compact* c, Py_ssize_t n, int n_free, const int* index,
+                        const _Box* box, double* z, double* du, double* z_saved,
+                        const double* x, const double* g, double* wv) noexcept nogil:
+    """z (the Cauchy point on entry) <- the subspace minimizer. du holds the reduced gradient on
+    entry and the Newton step on the free variables on exit:
+
+        du = (1 / theta) r + (1 / theta^2) Z'W K^-1 W'Z r.
+
+    z + du is projected into the box; if that projected point is uphill from x (g'(z - x) > 0),
+    the step from the Cauchy point is instead cut back to the box (Morales & Nocedal 2011).
+    Returns 0, or -1 if K is singular."""
+    cdef int i, j, k, col = c.col, m2 = 2 * c.m, kind, i_hit = 0
+    cdef bint hit = False
+    cdef double theta = c.theta, acc_y, acc_s, dk, zk, slope, alpha, step, room
+    cdef const double* yj
+    cdef const double* sj
+    if n_free <= 0:
+        return 0
+    for j in range(col):
+        yj = _y_of(c, j)
+        sj = _s_of(c, j)
+        acc_y = 0.0
+        acc_s = 0.0
+        for i in range(n_free):
+            k = index[i]
+            acc_y += yj[k] * du[i]
+            acc_s += sj[k] * du[i]
+        wv[j] = acc_y
+        wv[col + j] = theta * acc_s
+    if _solve_rt(c.wn, m2, 2 * col, wv):
+        return -1
+    for j in range(col):
+        wv[j] = -wv[j]
+    if _solve_r(c.wn, m2, 2 * col, wv):
+        return -1
+    for j in range(col):
+        yj = _y_of(c, j)
+        sj = _s_of(c, j)
+        for i in range(n_free):
+            k = index[i]
+            du[i] = du[i] + yj[k] * wv[j] / theta + sj[k] * wv[col + j]
+    for i in range(n_free):
+        du[i] = du[i] * (1.0 / theta)
+    # Project the Newton point into the box.
+    memcpy(z_saved, z, n * sizeof(double))
+    for i in range(n_free):
+        k = index[i]
+        kind = box.kind[k]
+        zk = z[k] + du[i]
+        if kind == 0:
+            z[k] = zk
+            continue
+        zk = min(max(zk, box.lower[k]), box.upper[k])
+        z[k] = zk
+        if zk == box.lower[k] or zk == box.upper[k]:
+            hit = True
+    if not hit:
+        return 0
+    slope = 0.0
+    for i in range(n):
+        slope += (z[i] - x[i]) * g[i]
+    if not (slope > 0.0):
+        return 0
+    # Uphill: go back to the Cauchy point and take the longest feasible part of the step.
+    memcpy(z, z_saved, n * sizeof(double))
+    alpha = 1.0
+    step = 1.0
+    for i in range(n_free):
+        k = index[i]
+        dk = du[i]
+        kind = box.kind[k]
+        if kind == 0:
+            continue
+        if dk < 0.0 and kind <= 2:
+            room = box.lower[k] - z[k]
+            if room >= 0.0:
+                step = 0.0
+            elif dk * alpha < room:
+                step = room / dk
+        elif dk > 0.0 and kind >= 2:
+            room = box.upper[k] - z[k]
+            if room <= 0.0:
+                step = 0.0
+            elif dk * alpha > room:
+                step = room / dk
+        if step < alpha:
+            alpha = step
+            i_hit = i
+    if alpha < 1.0:
+        dk = du[i_hit]
+        k = index[i_hit]
+        if dk > 0.0:
+            z[k] = box.upper[k]
+            du[i_hit] = 0.0
+        elif dk < 0.0:
+            z[k] = box.lower[k]
+            du[i_hit] = 0.0
+    for i in range(n_free):
+        k = index[i]
+        z[k] += alpha * du[i]
+    return 0
+
+
+cdef double _projected_gradient_norm(Py_ssize_t n, const double* x, const double* g,
+                                     const _Box* box) noexcept nogil:
+    """max_i |P(x - g)_i - x_i| (NaN if g has a NaN)."""
+    cdef Py_ssize_t i
+    cdef double gi, norm = 0.0
+    cdef int kind
+    for i in range(n):
+        gi = g[i]
+        if gi != gi:
+            return gi
+        kind = box.kind[i]
+        if kind != 0:
+            if gi < 0.0:
+                if kind >= 2:
+                    gi = max(x[i] - box.upper[i], gi)
+            elif kind <= 2:
+                gi = min(x[i] - box.lower[i], gi)
+        norm = max(norm, fabs(gi))
+    return norm
+
+
+cdef double _max_feasible_step(Py_ssize_t n, const double* x, const double* d,
+                               const _Box* box) noexcept nogil:
+    """The largest stp <= 1e10 with x + stp d inside the box."""
+    cdef Py_ssize_t i
+    cdef double stpmax = STPMAX, room
+    cdef int kind
+    for i in range(n):
+        kind = box.kind[i]
+        if d[i] < 0.0 and (kind == 1 or kind == 2):
+            room = box.lower[i] - x[i]
+            if room >= 0.0:
+                stpmax = 0.0
+            elif d[i] * stpmax < room:
+                stpmax = room / d[i]
+        elif d[i] > 0.0 and kind >= 2:
+            room = box.upper[i] - x[i]
+            if room <= 0.0:
+                stpmax = 0.0
+            elif d[i] * stpmax > room:
+                stpmax = room / d[i]
+    return stpmax
+
+
+cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, const _Box* box,
+                            int* where, _Compact* c, int* n_free, int* index, int* changed,
+                            bint* updated, Py_ssize_t nit, double* z, double* d, double* r,
+                            double* z_saved, double* brk_t, int* brk_i, double* wa,
+                            double* ws) noexcept nogil:
+    """d <- (Cauchy point, then subspace minimizer) - x. A failed factorization drops the
+    history and starts over from the steepest-descent Cauchy point; returns how often that
+    happened."""
+    cdef int resets = 0, info, n_enter = 0, first_leave = 0
+    cdef Py_ssize_t i
+    cdef bint refactor
+    cdef int m = c.m
+    while True:
+        info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
+                             wa + 4 * m, wa + 6 * m, ws)
+        if info == 0:
+            refactor = _free_variables(n, n_free, index, &n_enter, &first_leave, changed, where,
+                                       updated[0], nit)
+            if n_free[0] > 0 and c.col > 0:
+                if refactor:
+                    info = _factor_k(c, n, n_free[0], index, n_enter, first_leave, changed,
+                                     updated[0])
+                if info == 0:
+                    info = _reduced_gradient(c, n, x, g, z, index, n_free[0], wa + 2 * m, r, wa)
+                if info == 0:
+                    info = _subspace_step(c, n, n_free[0], index, box, z, r, z_saved, x, g, wa)
+        if info == 0:
+            break
+        _reset_compact(c)
+        updated[0] = False
+        resets += 1
+    for i in range(n):
+        d[i] = z[i] - x[i]
+    return resets
+
+
+cdef bint _update_pair(_Compact* c, Py_ssize_t n, double* d, const double* g, double* gt,
+                       double stp, double gd, double gdt, double dd, double* ws) noexcept nogil:
+    """Store s = stp d (scaling d in place) and y = g - g_old (gt holds g_old and becomes y) unless
+    the curvature s'y is negligible next to the slope (L-BFGS-B's rule), and refactor T.
+    Returns whether a pair was stored (False also when T lost positive definiteness and the
+    history was dropped)."""
+    cdef Py_ssize_t i
+    cdef double sy, yy
+    for i in range(n):
+        gt[i] = g[i] - gt[i]
+    yy = _dot_b(gt, gt, n, ws)
+    sy = (gdt - gd) if stp == 1.0 else (gdt - gd) * stp
+    if sy <= EPS64 * (-gd if stp == 1.0 else -gd * stp):
+        return False
+    if stp != 1.0:
+        for i in range(n):
+            d[i] = stp * d[i]
+    _store_pair_compact(c, d, gt, n, sy, dd if stp == 1.0 else stp * stp * dd, yy, ws)
+    if _factor_t(c):
+        _reset_compact(c)
+        return False
+    return True
+
+
+def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
+                 const double[::1] lower, const double[::1] upper, const int[::1] kind, int m,
+                 double gtol, double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls,
+                 bint armijo, double c1, double c2, object callback, object counter=None):
+    """L-BFGS-B from ``x_init`` (inside the box) with bounds ``lower`` / ``upper`` (-inf / +inf
+    for open sides) and L-BFGS-B's ``kind`` (nbd) per variable. Returns what ``_run`` does."""
+    cdef Py_ssize_t n = x_init.shape[0], i
+    cdef _Objective obj = _Objective(fun, jac, args, cnp.NPY_FLOAT64, n, counter)
+    cdef Py_ssize_t per_line = 8
+    cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
+    x_buf = _aligned_empty(n, np.float64)
+    x_buf[:] = x_init
+    xt_buf = _aligned_empty(n, np.float64)
+    g_buf = _aligned_empty(n, np.float64)
+    gt_buf = _aligned_empty(n, np.float64)
+    d_buf = _aligned_empty(n, np.float64)
+    z_buf = _aligned_empty(n, np.float64)
+    r_buf = np.empty(n)
+    z_saved_buf = np.empty(n)
+    brk_t_buf = np.empty(n)
+    int_bufs = np.empty((4, n), dtype=np.intc)
+    history_buf = _aligned_empty(2 * m * stride, np.float64)
+    small = np.zeros(3 * m * m + 8 * m * m + 8 * m)
+    ws_buf = np.zeros(2 * _num_blocks(n) + 1)
+    cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
+    cdef double* x = <double*>cnp.PyArray_DATA(x_buf)
+    cdef double* xt = <double*>cnp.PyArray_DATA(xt_buf)
+    cdef double* g = <double*>cnp.PyArray_DATA(g_buf)
+    cdef double* gt = <double*>cnp.PyArray_DATA(gt_buf)
+    cdef double* d = <double*>cnp.PyArray_DATA(d_buf)
+    cdef double* z = <double*>cnp.PyArray_DATA(z_buf)
+    cdef double* r = <double*>cnp.PyArray_DATA(r_buf)
+    cdef double* z_saved = <double*>cnp.PyArray_DATA(z_saved_buf)
+    cdef double* brk_t = <double*>cnp.PyArray_DATA(brk_t_buf)
+    cdef int* where = <int*>cnp.PyArray_DATA(int_bufs)
+    cdef int* index = where + n
+    cdef int* changed = where + 2 * n
+    cdef int* brk_i = where + 3 * n
+    cdef double* sm = <double*>cnp.PyArray_DATA(small)
+    cdef double* swap
+    cdef _Compact c
+    cdef _Box box
+    c.history = <double*>cnp.PyArray_DATA(history_buf)
+    c.stride = stride
+    c.m = m
+    c.tail = 0
+    _reset_compact(&c)
+    c.sy = sm
+    c.ss = sm + m * m
+    c.wt = sm + 2 * m * m
+    c.wn = sm + 3 * m * m
+    c.wn1 = sm + 7 * m * m
+    cdef double* wa = sm + 11 * m * m
+    box.lower = &lower[0]
+    box.upper = &upper[0]
+    box.kind = &kind[0]
+    box.full_step = z
+
+    cdef bint boxed = True, updated = False, release_gil = n >= NOGIL_MIN_SIZE
+    cdef bint x_is_home = True, g_is_home = True
+    cdef int n_free = <int>n, status = STATUS_RUNNING, ls_status
+    cdef Py_ssize_t nit = 0
+    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stpmax, dnorm, dd, sbgnrm
+    message = ""
+    for i in range(n):
+        boxed = boxed and kind[i] == 2
+        if kind[i] == 0:
+            where[i] = -1
+        elif kind[i] == 2 and upper[i] - lower[i] <= 0.0:
+            where[i] = 3
+        else:
+            where[i] = 0
+
+    _evaluate(obj, x, 0.0, <double*>NULL, <_Box*>NULL, &f, g, <double*>NULL, ws)
+    if not (isfinite(f) and _all_finite(g, n)):
+        status, message = STATUS_ABNORMAL, MSG_NONFINITE_X0
+    else:
+        sbgnrm = _projected_gradient_norm(n, x, g, &box)
+        if sbgnrm <= gtol:
+            status, message = STATUS_CONVERGED, MSG_PGTOL
+    while status == STATUS_RUNNING:
+        if release_gil:
+            with nogil:
+                _bounded_direction(n, x, g, &box, where, &c, &n_free, index, changed,
+                                   &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+        else:
+            _bounded_direction(n, x, g, &box, where, &c, &n_free, index, changed, &updated,
+                               nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+        dd = _dot_b(d, d, n, ws)
+        gd = _dot_b(g, d, n, ws)
+        stpmax = 1.0 if nit == 0 else _max_feasible_step(n, x, d, &box)
+        dnorm = sqrt(dd)
+        ls_status = LS_FAILED
+        if gd < 0.0 and stpmax > 0.0:
+            ls_status = _line_search(obj, armijo, maxls, c1, c2, n, x, f, g, d, gd,
+                                     _first_step(nit, dnorm, stpmax) if not boxed or nit > 0
+                                     else min(1.0, stpmax), stpmax, &box, &ft, gt, &stp, &gdt,
+                                     ws)
+        if ls_status != LS_OK:
+            if c.col > 0:
+                _reset_compact(&c)
+                updated = False
+                continue
+            status = STATUS_ABNORMAL
+            message = MSG_NONFINITE if ls_status == LS_NONFINITE else MSG_ABNORMAL
+            break
+        _trial_point(xt, x, stp, d, n, &box)
+        sbgnrm = _projected_gradient_norm(n, xt, gt, &box)
+        swap = x
+        x = xt
+        xt = swap
+        x_is_home = not x_is_home
+        swap = g
+        g = gt
+        gt = swap
+        g_is_home = not g_is_home
+        f_old = f
+        f = ft
+        nit += 1
+        status = _after_iteration(
+            obj, callback,
+            (x_buf if x_is_home else xt_buf).copy() if callback is not None else None,
+            f, f_old, nit, maxiter, maxfun, sbgnrm <= gtol, ftol)
+        if status != STATUS_RUNNING:
+            message = _stop_message(status, obj, nit, maxiter, sbgnrm <= gtol)
+            break
+        # The pair: s = stp d (in d), y = g_new - g_old (in gt, the old gradient's buffer).
+        if release_gil:
+            with nogil:
+                updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+        else:
+            updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+
+    pairs = history_buf.reshape(2 * m, stride)[:, :n]
+    return ((x_buf if x_is_home else xt_buf), f, (g_buf if g_is_home else gt_buf), nit,
+            obj.nfev, obj.njev, status, message, pairs, (c.head + c.col - 1) % m, c.col,
+            c.updates)

@@ -662,29 +662,42 @@ cdef double _max_feasible_step(Py_ssize_t n, const double* x, const double* d,
 
 
 cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, const _Box* box,
-                            int* where, _Compact* c, int* n_free, int* index, int* changed,
-                            bint* updated, Py_ssize_t nit, double* z, double* d, double* r,
-                            double* z_saved, double* brk_t, int* brk_i, double* wa,
+                            bint constrained, int* where, _Compact* c, int* n_free, int* index,
+                            int* changed, bint* updated, Py_ssize_t nit, double* z, double* d,
+                            double* r, double* z_saved, double* brk_t, int* brk_i, double* wa,
                             double* ws) noexcept nogil:
     """d <- (Cauchy point, then subspace minimizer) - x. A failed factorization drops the
     history and starts over from the steepest-descent Cauchy point; returns how often that
-    happened."""
-    cdef int resets = 0, info, n_enter = 0, first_leave = 0
+    happened. Without any bound (``constrained`` False; used for finite-difference gradients,
+    so that runs are SciPy's to the last evaluation) the Cauchy point is skipped once there are
+    pairs: the subspace step from x over all variables is the quasi-Newton step."""
+    cdef int resets = 0, info, n_enter = 0, first_leave = <int>n
     cdef Py_ssize_t i
     cdef bint refactor
     cdef int m = c.m
     while True:
-        info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
-                             wa + 4 * m, wa + 6 * m, ws)
+        if not constrained and c.col > 0:
+            info = 0
+            memcpy(z, x, n * sizeof(double))
+            refactor = updated[0]
+            n_enter = 0
+            first_leave = <int>n
+        else:
+            info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
+                                 wa + 4 * m, wa + 6 * m, ws)
+            if info == 0:
+                refactor = _free_variables(n, n_free, index, &n_enter, &first_leave, changed,
+                                           where, updated[0], nit)
         if info == 0:
-            refactor = _free_variables(n, n_free, index, &n_enter, &first_leave, changed, where,
-                                       updated[0], nit)
             if n_free[0] > 0 and c.col > 0:
                 if refactor:
                     info = _factor_k(c, n, n_free[0], index, n_enter, first_leave, changed,
                                      updated[0])
-                if info == 0:
+                if info == 0 and constrained:
                     info = _reduced_gradient(c, n, x, g, z, index, n_free[0], wa + 2 * m, r, wa)
+                elif info == 0:
+                    for i in range(n):
+                        r[i] = -g[i]
                 if info == 0:
                     info = _subspace_step(c, n, n_free[0], index, box, z, r, z_saved, x, g, wa)
         if info == 0:
@@ -726,7 +739,8 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
                  double gtol, double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls,
                  bint armijo, double c1, double c2, object callback, object counter=None):
     """L-BFGS-B from ``x_init`` (inside the box) with bounds ``lower`` / ``upper`` (-inf / +inf
-    for open sides) and L-BFGS-B's ``kind`` (nbd) per variable. Returns what ``_run`` does."""
+    for open sides) and L-BFGS-B's ``kind`` (nbd) per variable (all 0: no bounds, L-BFGS-B's
+    unconstrained iteration). Returns what ``_run`` does."""
     cdef Py_ssize_t n = x_init.shape[0], i
     cdef _Objective obj = _Objective(fun, jac, args, cnp.NPY_FLOAT64, n, counter)
     cdef Py_ssize_t per_line = 8
@@ -779,13 +793,14 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     box.kind = &kind[0]
     box.full_step = z
 
-    cdef bint boxed = True, updated = False, release_gil = n >= NOGIL_MIN_SIZE
+    cdef bint constrained = False, boxed = True, updated = False, release_gil = n >= NOGIL_MIN_SIZE
     cdef bint x_is_home = True, g_is_home = True
     cdef int n_free = <int>n, status = STATUS_RUNNING, ls_status
     cdef Py_ssize_t nit = 0
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stpmax, dnorm, dd, sbgnrm
     message = ""
     for i in range(n):
+        constrained = constrained or kind[i] != 0
         boxed = boxed and kind[i] == 2
         if kind[i] == 0:
             where[i] = -1
@@ -804,14 +819,18 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     while status == STATUS_RUNNING:
         if release_gil:
             with nogil:
-                _bounded_direction(n, x, g, &box, where, &c, &n_free, index, changed,
-                                   &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+                _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, index,
+                                   changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa,
+                                   ws)
         else:
-            _bounded_direction(n, x, g, &box, where, &c, &n_free, index, changed, &updated,
-                               nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+            _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, index, changed,
+                               &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
         dd = _dot_b(d, d, n, ws)
         gd = _dot_b(g, d, n, ws)
-        stpmax = 1.0 if nit == 0 else _max_feasible_step(n, x, d, &box)
+        if not constrained:
+            stpmax = STPMAX
+        else:
+            stpmax = 1.0 if nit == 0 else _max_feasible_step(n, x, d, &box)
         dnorm = sqrt(dd)
         ls_status = LS_FAILED
         if gd < 0.0 and stpmax > 0.0:

@@ -246,3 +246,19 @@ def check_search_options(x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1
     c1, c2 = check_line_search_constants(c1, c2)
     return (check_start_point(x0), gtol, ftol, maxiter, maxfun, maxls,
             LINE_SEARCHES[line_search.lower()])
+
+
+def check_l1_weights(l1, n):
+    """An L1 penalty weight, a number or one per coordinate, as a float64 array of shape (n,),
+    finite and >= 0."""
+    try:
+        weights = np.array(l1, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"l1 must be a number or an array of numbers, got {type(l1).__name__}") \
+            from None
+    if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != n):
+        raise ValueError(f"l1 must be a number or have shape ({n},) like x0, got shape "
+                         f"{weights.shape}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("l1 must be finite and non-negative")
+    return np.ascontiguousarray(np.broadcast_to(weights, (n,)))

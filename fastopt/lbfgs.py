@@ -88,9 +88,12 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
     eps, finite_diff_rel_step, workers
         Finite-difference step (absolute, for ``jac=None``), relative step (for the schemes)
         and map-like for parallel evaluation, as in SciPy.
-    l1 : float
-        Weight ``alpha >= 0`` of an L1 penalty ``alpha ||x||_1`` added to ``fun`` (OWL-QN; needs
-        an analytic gradient of the smooth part and no bounds). ``fun`` in the result includes it.
+    l1 : float or array_like, shape (n,)
+        Weights ``w_i >= 0`` of an L1 penalty ``sum_i w_i |x_i|`` added to ``fun`` (a number:
+        the same for every coordinate; 0 for one that must not be penalized, such as an
+        intercept). Minimized by OWL-QN (Andrew & Gao 2007), which needs an analytic gradient of
+        the smooth part and no bounds. ``fun`` in the result includes the penalty and ``jac`` is
+        then the pseudo-gradient (the minimum-norm subgradient; 0 at the optimum).
 
     Returns
     -------
@@ -120,10 +123,12 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
                          f"{line_search!r}")
     armijo = V.LINE_SEARCHES[line_search.lower()]
     c1, c2 = V.check_line_search_constants(c1, c2)
-    l1 = V.check_tolerance("l1", l1)
     analytic = jac is True or callable(jac)
-    x = V.check_start_point(x0, keep_float32=analytic and bounds is None)
+    penalized = not (np.isscalar(l1) and l1 == 0)
+    x = V.check_start_point(x0, keep_float32=analytic and bounds is None and not penalized)
     n = x.size
+    weights = V.check_l1_weights(l1, n) if penalized else None
+    penalized = penalized and bool(weights.any())
 
     lower = upper = None
     if bounds is not None:
@@ -132,7 +137,7 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
             lower = upper = None
         else:
             x = np.clip(x, lower, upper)
-    if l1 > 0.0:
+    if penalized:
         if lower is not None:
             raise ValueError("l1: OWL-QN takes no bounds")
         if not analytic:
@@ -156,11 +161,15 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
     adapted, wrapped = C.adapt_callback(callback)
     common = (m, gtol, ftol, maxiter_limit, maxfun_limit, maxls, armijo, c1, c2, adapted,
               counter)
-    if l1 > 0.0:
-        out = _lbfgs._run_owlqn(fun, jac, args, x, l1, *common)
-    elif lower is None:
+    if penalized:
+        out = _lbfgs._run_owlqn(fun, jac, args, x, weights, *common)
+    elif lower is None and analytic:
         out = _lbfgs._run(fun, jac, args, x, *common)
     else:
+        # With finite differences the evaluations dominate, so the iteration is L-BFGS-B's
+        # compact form even without bounds: its rounding, and so SciPy's evaluation count.
+        if lower is None:
+            lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
         out = _lbfgs._run_bounded(fun, jac, args, x, lower, upper,
                                   C.kind_of_bounds(lower, upper), *common)
     x, f, g, nit, nfev, njev, status, message, pairs, newest, count, updates = out

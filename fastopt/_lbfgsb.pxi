@@ -132,6 +132,23 @@ cdef inline double _dot_on(const int* index, Py_ssize_t start, Py_ssize_t stop, 
     return acc
 
 
+cdef double _dot_masked(const double* a, const double* b, const double* mask,
+                        Py_ssize_t n) noexcept nogil:
+    """sum of a_i b_i mask_i (mask_i 1 or 0: an inner product over a subset of the variables),
+    with LANES accumulators so it vectorizes (a gathered sum with one accumulator waits on the
+    FMA latency every element)."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
+            acc[j] += (a[i + j] * b[i + j]) * mask[i + j]
+    for i in range(n8, n):
+        acc[0] += (a[i] * b[i]) * mask[i]
+    return _lane_sum(acc)
+
+
 # --- the compact representation -----------------------------------------------------------------
 
 cdef int _middle_product(const _Compact* c, const double* v, double* p) noexcept nogil:
@@ -382,40 +399,36 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     return 0
 
 
-cdef bint _free_variables(Py_ssize_t n, int* n_free, int* index, int* n_enter, int* first_leave,
-                          int* changed, const int* where, bint updated,
+cdef bint _free_variables(Py_ssize_t n, int* n_free, double* free, int* n_enter,
+                          int* first_leave, int* changed, const int* where, bint updated,
                           Py_ssize_t nit) noexcept nogil:
-    """index <- the free variables at the Cauchy point (ascending), then the active ones; with
-    nit > 0, changed[0:n_enter] <- those that became free and changed[first_leave:n] those that
-    became active. Returns whether the matrix K must be refactored."""
+    """free[i] <- 1.0 for a variable free at the Cauchy point, 0.0 for an active one (free[n + i]
+    the opposite), n_free <- their number; with nit > 0, changed[0:n_enter] <- the variables
+    that became free since the last call and changed[first_leave:n] those that became active.
+    Returns whether the matrix K must be refactored."""
     cdef Py_ssize_t i
-    cdef int k, n_active_pos
+    cdef double now
+    cdef int count = 0
     n_enter[0] = 0
     first_leave[0] = <int>n
-    if nit > 0:
-        for i in range(n_free[0]):
-            k = index[i]
-            if where[k] > 0:
-                first_leave[0] -= 1
-                changed[first_leave[0]] = k
-        for i in range(n_free[0], n):
-            k = index[i]
-            if where[k] <= 0:
-                changed[n_enter[0]] = k
-                n_enter[0] += 1
-    n_free[0] = 0
-    n_active_pos = <int>n
     for i in range(n):
-        if where[i] <= 0:
-            index[n_free[0]] = <int>i
-            n_free[0] += 1
-        else:
-            n_active_pos -= 1
-            index[n_active_pos] = <int>i
+        now = 1.0 if where[i] <= 0 else 0.0
+        if nit > 0 and now != free[i]:
+            if now == 1.0:
+                changed[n_enter[0]] = <int>i
+                n_enter[0] += 1
+            else:
+                first_leave[0] -= 1
+                changed[first_leave[0]] = <int>i
+        free[i] = now
+        free[n + i] = 1.0 - now
+        count += <int>now
+    n_free[0] = count
     return first_leave[0] < n or n_enter[0] > 0 or updated
 
 
-cdef int _factor_k(_Compact* c, Py_ssize_t n, int n_free, const int* index, int n_enter,
+cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* active,
+                   int n_enter,
                    int first_leave, const int* changed, bint updated) noexcept nogil:
     """Factor K = [[-D - Y'ZZ'Y / theta, L_a' - R_z'], [L_a - R_z, theta S'AA'S]] for the
     subspace step (Z selects the free variables, A the active ones; L_a is the strictly lower
@@ -441,11 +454,11 @@ cdef int _factor_k(_Compact* c, Py_ssize_t n, int n_free, const int* index, int 
         y_new = _y_of(c, col - 1)
         s_new = _s_of(c, col - 1)
         for jy in range(col):
-            w1[col - 1 + m2 * jy] = _dot_on(index, 0, n_free, y_new, _y_of(c, jy))
-            w1[m + col - 1 + m2 * (m + jy)] = _dot_on(index, n_free, n, s_new, _s_of(c, jy))
-            w1[m + col - 1 + m2 * jy] = _dot_on(index, n_free, n, s_new, _y_of(c, jy))
+            w1[col - 1 + m2 * jy] = _dot_masked(y_new, _y_of(c, jy), free, n)
+            w1[m + col - 1 + m2 * (m + jy)] = _dot_masked(s_new, _s_of(c, jy), active, n)
+            w1[m + col - 1 + m2 * jy] = _dot_masked(s_new, _y_of(c, jy), active, n)
         for i in range(col):
-            w1[m + i + m2 * (col - 1)] = _dot_on(index, 0, n_free, _s_of(c, i), y_new)
+            w1[m + i + m2 * (col - 1)] = _dot_masked(_s_of(c, i), y_new, free, n)
         upcl = col - 1
     else:
         upcl = col
@@ -490,59 +503,51 @@ cdef int _factor_k(_Compact* c, Py_ssize_t n, int n_free, const int* index, int 
 
 
 cdef int _reduced_gradient(const _Compact* c, Py_ssize_t n, const double* x, const double* g,
-                           const double* xcp, const int* index, int n_free, const double* cw,
-                           double* r, double* v) noexcept nogil:
-    """r <- -Z'(g + B (xcp - x)) over the free variables (cw = W'(xcp - x)); -1 if the middle
-    matrix is singular."""
-    cdef int i, j, k, col = c.col
-    cdef double a1, a2
+                           const double* xcp, const double* free, const double* cw, double* r,
+                           double* v) noexcept nogil:
+    """r <- -Z'(g + B (xcp - x)) on the free variables, 0 on the others (cw = W'(xcp - x));
+    -1 if the middle matrix is singular."""
+    cdef Py_ssize_t i
+    cdef int j, col = c.col
+    cdef double a1, a2, theta = c.theta
     cdef const double* yj
     cdef const double* sj
-    for i in range(n_free):
-        k = index[i]
-        r[i] = -c.theta * (xcp[k] - x[k]) - g[k]
     if _middle_product(c, cw, v):
         return -1
+    for i in range(n):
+        r[i] = -theta * (xcp[i] - x[i]) - g[i]
     for j in range(col):
         a1 = v[j]
-        a2 = c.theta * v[col + j]
+        a2 = theta * v[col + j]
         yj = _y_of(c, j)
         sj = _s_of(c, j)
-        for i in range(n_free):
-            k = index[i]
-            r[i] += yj[k] * a1 + sj[k] * a2
+        for i in range(n):
+            r[i] = r[i] + yj[i] * a1 + sj[i] * a2
+    for i in range(n):
+        r[i] = r[i] * free[i]
     return 0
 
 
-cdef int _subspace_step(const _Compact* c, Py_ssize_t n, int n_free, const int* index,
-                        const _Box* box, double* z, double* du, double* z_saved,
-                        const double* x, const double* g, double* wv) noexcept nogil:
+cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, const _Box* box,
+                        double* z, double* du, double* z_saved, const double* x,
+                        const double* g, double* wv, double* ws) noexcept nogil:
     """z (the Cauchy point on entry) <- the subspace minimizer. du holds the reduced gradient on
-    entry and the Newton step on the free variables on exit:
+    entry (0 off the free set) and the Newton step on the free variables on exit:
 
         du = (1 / theta) r + (1 / theta^2) Z'W K^-1 W'Z r.
 
     z + du is projected into the box; if that projected point is uphill from x (g'(z - x) > 0),
     the step from the Cauchy point is instead cut back to the box (Morales & Nocedal 2011).
     Returns 0, or -1 if K is singular."""
-    cdef int i, j, k, col = c.col, m2 = 2 * c.m, kind, i_hit = 0
+    cdef Py_ssize_t i, i_hit = 0
+    cdef int j, col = c.col, m2 = 2 * c.m, kind
     cdef bint hit = False
-    cdef double theta = c.theta, acc_y, acc_s, dk, zk, slope, alpha, step, room
+    cdef double theta = c.theta, dk, zk, slope, alpha, step, room, a1, a2
     cdef const double* yj
     cdef const double* sj
-    if n_free <= 0:
-        return 0
     for j in range(col):
-        yj = _y_of(c, j)
-        sj = _s_of(c, j)
-        acc_y = 0.0
-        acc_s = 0.0
-        for i in range(n_free):
-            k = index[i]
-            acc_y += yj[k] * du[i]
-            acc_s += sj[k] * du[i]
-        wv[j] = acc_y
-        wv[col + j] = theta * acc_s
+        wv[j] = _dot_b(_y_of(c, j), du, n, ws)
+        wv[col + j] = theta * _dot_b(_s_of(c, j), du, n, ws)
     if _solve_rt(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
@@ -550,26 +555,24 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, int n_free, const int* 
     if _solve_r(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
+        a1 = wv[j] / theta
+        a2 = wv[col + j]
         yj = _y_of(c, j)
         sj = _s_of(c, j)
-        for i in range(n_free):
-            k = index[i]
-            du[i] = du[i] + yj[k] * wv[j] / theta + sj[k] * wv[col + j]
-    for i in range(n_free):
+        for i in range(n):
+            du[i] = du[i] + (yj[i] * a1 + sj[i] * a2) * free[i]
+    for i in range(n):
         du[i] = du[i] * (1.0 / theta)
     # Project the Newton point into the box.
     memcpy(z_saved, z, n * sizeof(double))
-    for i in range(n_free):
-        k = index[i]
-        kind = box.kind[k]
-        zk = z[k] + du[i]
-        if kind == 0:
-            z[k] = zk
+    for i in range(n):
+        if free[i] == 0.0:
             continue
-        zk = min(max(zk, box.lower[k]), box.upper[k])
-        z[k] = zk
-        if zk == box.lower[k] or zk == box.upper[k]:
-            hit = True
+        zk = z[i] + du[i]
+        if box.kind[i] != 0:
+            zk = min(max(zk, box.lower[i]), box.upper[i])
+            hit = hit or zk == box.lower[i] or zk == box.upper[i]
+        z[i] = zk
     if not hit:
         return 0
     slope = 0.0
@@ -581,20 +584,19 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, int n_free, const int* 
     memcpy(z, z_saved, n * sizeof(double))
     alpha = 1.0
     step = 1.0
-    for i in range(n_free):
-        k = index[i]
-        dk = du[i]
-        kind = box.kind[k]
-        if kind == 0:
+    for i in range(n):
+        kind = box.kind[i]
+        if free[i] == 0.0 or kind == 0:
             continue
+        dk = du[i]
         if dk < 0.0 and kind <= 2:
-            room = box.lower[k] - z[k]
+            room = box.lower[i] - z[i]
             if room >= 0.0:
                 step = 0.0
             elif dk * alpha < room:
                 step = room / dk
         elif dk > 0.0 and kind >= 2:
-            room = box.upper[k] - z[k]
+            room = box.upper[i] - z[i]
             if room <= 0.0:
                 step = 0.0
             elif dk * alpha > room:
@@ -604,16 +606,14 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, int n_free, const int* 
             i_hit = i
     if alpha < 1.0:
         dk = du[i_hit]
-        k = index[i_hit]
         if dk > 0.0:
-            z[k] = box.upper[k]
+            z[i_hit] = box.upper[i_hit]
             du[i_hit] = 0.0
         elif dk < 0.0:
-            z[k] = box.lower[k]
+            z[i_hit] = box.lower[i_hit]
             du[i_hit] = 0.0
-    for i in range(n_free):
-        k = index[i]
-        z[k] += alpha * du[i]
+    for i in range(n):
+        z[i] = z[i] + alpha * du[i] * free[i]
     return 0
 
 
@@ -662,10 +662,10 @@ cdef double _max_feasible_step(Py_ssize_t n, const double* x, const double* d,
 
 
 cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, const _Box* box,
-                            bint constrained, int* where, _Compact* c, int* n_free, int* index,
-                            int* changed, bint* updated, Py_ssize_t nit, double* z, double* d,
-                            double* r, double* z_saved, double* brk_t, int* brk_i, double* wa,
-                            double* ws) noexcept nogil:
+                            bint constrained, int* where, _Compact* c, int* n_free,
+                            double* free, int* changed, bint* updated, Py_ssize_t nit, double* z,
+                            double* d, double* r, double* z_saved, double* brk_t, int* brk_i,
+                            double* wa, double* ws) noexcept nogil:
     """d <- (Cauchy point, then subspace minimizer) - x. A failed factorization drops the
     history and starts over from the steepest-descent Cauchy point; returns how often that
     happened. Without any bound (``constrained`` False; used for finite-difference gradients,
@@ -686,20 +686,20 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
             info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
                                  wa + 4 * m, wa + 6 * m, ws)
             if info == 0:
-                refactor = _free_variables(n, n_free, index, &n_enter, &first_leave, changed,
+                refactor = _free_variables(n, n_free, free, &n_enter, &first_leave, changed,
                                            where, updated[0], nit)
         if info == 0:
             if n_free[0] > 0 and c.col > 0:
                 if refactor:
-                    info = _factor_k(c, n, n_free[0], index, n_enter, first_leave, changed,
+                    info = _factor_k(c, n, free, free + n, n_enter, first_leave, changed,
                                      updated[0])
                 if info == 0 and constrained:
-                    info = _reduced_gradient(c, n, x, g, z, index, n_free[0], wa + 2 * m, r, wa)
+                    info = _reduced_gradient(c, n, x, g, z, free, wa + 2 * m, r, wa)
                 elif info == 0:
                     for i in range(n):
                         r[i] = -g[i]
                 if info == 0:
-                    info = _subspace_step(c, n, n_free[0], index, box, z, r, z_saved, x, g, wa)
+                    info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa, ws)
         if info == 0:
             break
         _reset_compact(c)
@@ -755,7 +755,8 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     r_buf = np.empty(n)
     z_saved_buf = np.empty(n)
     brk_t_buf = np.empty(n)
-    int_bufs = np.empty((4, n), dtype=np.intc)
+    free_buf = np.ones(2 * n)
+    int_bufs = np.empty((3, n), dtype=np.intc)
     history_buf = _aligned_empty(2 * m * stride, np.float64)
     small = np.zeros(3 * m * m + 8 * m * m + 8 * m)
     ws_buf = np.zeros(2 * _num_blocks(n) + 1)
@@ -769,10 +770,10 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     cdef double* r = <double*>cnp.PyArray_DATA(r_buf)
     cdef double* z_saved = <double*>cnp.PyArray_DATA(z_saved_buf)
     cdef double* brk_t = <double*>cnp.PyArray_DATA(brk_t_buf)
+    cdef double* free = <double*>cnp.PyArray_DATA(free_buf)
     cdef int* where = <int*>cnp.PyArray_DATA(int_bufs)
-    cdef int* index = where + n
-    cdef int* changed = where + 2 * n
-    cdef int* brk_i = where + 3 * n
+    cdef int* changed = where + n
+    cdef int* brk_i = where + 2 * n
     cdef double* sm = <double*>cnp.PyArray_DATA(small)
     cdef double* swap
     cdef _Compact c
@@ -819,12 +820,12 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     while status == STATUS_RUNNING:
         if release_gil:
             with nogil:
-                _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, index,
-                                   changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa,
-                                   ws)
+                _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free,
+                                   free, changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i,
+                                   wa, ws)
         else:
-            _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, index, changed,
-                               &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+            _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, free,
+                               changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
         dd = _dot_b(d, d, n, ws)
         gd = _dot_b(g, d, n, ws)
         if not constrained:

@@ -7,11 +7,13 @@ uses it), so step sizes, bounds handling and evaluation counts are SciPy's. With
 gradient the objective is called directly from the compiled iteration instead (no caching layer),
 which is where most of the per-iteration overhead SciPy spends goes.
 """
+import functools
 import inspect
 import warnings
 
 import numpy as np
-from scipy.optimize import OptimizeResult, OptimizeWarning
+from scipy.optimize import LbfgsInvHessProduct, OptimizeResult, OptimizeWarning
+from scipy.sparse.linalg import LinearOperator
 
 try:  # scipy.optimize.minimize wraps ``fun`` in MemoizeJac when jac=True
     from scipy.optimize._optimize import MemoizeJac as _MemoizeJac
@@ -160,16 +162,40 @@ def hess_inv_operator(pairs, newest, count, updates, m):
     SciPy's L-BFGS-B hands its pairs over in storage order: pair k (the k-th since the history
     was last dropped, from 1) in slot (k - 1) mod m. The same order is used here, so
     ``hess_inv`` is SciPy's operator (which applies them in that order)."""
-    from scipy.optimize import LbfgsInvHessProduct
     ring = pairs.shape[0] // 2
     slots = [(newest - count + 1 + i) % ring for i in range(count)]   # oldest first
     storage = np.argsort([(k - 1) % m for k in range(updates - count + 1, updates + 1)],
                          kind="stable")
-    order = [slots[i] for i in storage]
-    s = np.array(pairs[[2 * k for k in order]], dtype=np.float64).reshape(count, pairs.shape[1])
-    y = np.array(pairs[[2 * k + 1 for k in order]], dtype=np.float64).reshape(count,
-                                                                               pairs.shape[1])
-    return LbfgsInvHessProduct(s, y)
+    return _LazyInvHessProduct(pairs, [slots[i] for i in storage])
+
+
+class _LazyInvHessProduct(LbfgsInvHessProduct):
+    """``LbfgsInvHessProduct`` whose ``sk`` / ``yk`` are gathered from the ring buffer on first
+    use: most results never touch ``hess_inv``, and copying m pairs out of the ring costs as
+    much as several iterations at large n."""
+
+    def __init__(self, pairs, order):
+        LinearOperator.__init__(self, dtype=np.float64, shape=(pairs.shape[1],) * 2)
+        self._pairs = pairs
+        self._order = order
+        self.n_corrs = len(order)
+
+    def _gather(self, offset):
+        rows = [2 * slot + offset for slot in self._order]
+        return np.array(self._pairs[rows], dtype=np.float64).reshape(self.n_corrs,
+                                                                      self._pairs.shape[1])
+
+    @functools.cached_property
+    def sk(self):
+        return self._gather(0)
+
+    @functools.cached_property
+    def yk(self):
+        return self._gather(1)
+
+    @functools.cached_property
+    def rho(self):
+        return 1.0 / np.einsum("ij,ij->i", self.sk, self.yk)
 
 
 def callback_stop_status(wrapped, nit, maxiter, nfev, maxfun):

@@ -211,6 +211,21 @@ def check_box(bounds, n):
                             f"(min, max) pairs, got {type(bounds).__name__}") from None
         if len(pairs) != n:
             raise ValueError("length of x0 != length of bounds")
+        # Fast path: None becomes an infinite bound and NumPy converts the plain numbers in
+        # one call per side; anything else (arrays as bounds, bad pairs) goes element-wise below.
+        try:
+            lows, highs = zip(*pairs)
+            lower = np.array([-math.inf if v is None else v for v in lows], dtype=float)
+            upper = np.array([math.inf if v is None else v for v in highs], dtype=float)
+        except (TypeError, ValueError):
+            lower = upper = None
+        if lower is not None and lower.shape == upper.shape == (n,):
+            if np.isnan(lower).any() or np.isnan(upper).any():
+                raise ValueError("bounds must not contain NaN")
+            if (lower > upper).any():
+                raise ValueError("LBFGSB - one of the lower bounds is greater than an upper "
+                                 "bound.")
+            return lower, upper
         lower = np.empty(n)
         upper = np.empty(n)
         for i, pair in enumerate(pairs):

@@ -354,36 +354,42 @@ cdef inline void _forget(int* newest, int* count, int ring) noexcept nogil:
     count[0] = 0
 
 
-cdef void _accept_step(floating* x, const floating* d, const floating* g, const floating* gt,
-                       Py_ssize_t n, double stp, double gd, double gdt, double eps, double gtol,
-                       floating* history, Py_ssize_t stride, int ring, int m, double* rho,
-                       int* newest, int* count, double* gamma, double* n_above_gtol,
-                       double* ws) noexcept nogil:
-    """x <- x + stp d, the new pair (s, y) = (stp d, gt - g) into the ring buffer of ``ring``
-    slots (keeping at most m pairs) unless its curvature is negligible, and n_above_gtol <- the
-    number of |gt_i| > gtol."""
-    cdef double sy, yy
+cdef bint _accept_step(floating* x, const floating* d, const floating* gt, Py_ssize_t n,
+                       double stp, double gd, double gdt, double eps, double gtol,
+                       double* n_above_gtol) noexcept nogil:
+    """x <- x + stp d and n_above_gtol <- the number of |gt_i| > gtol; returns whether the pair
+    (s, y) = (stp d, gt - g) is to be stored.
+
+    s'y = stp (gt'd - g'd) costs no pass over memory. A pair with s'y <= eps (-g's) is skipped
+    (L-BFGS-B's rule): the curvature along the step is negligible next to the slope, and the pair
+    would wreck H."""
+    _xpay(x, x, <floating>stp, d, n)
+    n_above_gtol[0] = _count_above(gt, n, gtol)
+    return stp * (gdt - gd) > eps * (-gd * stp)
+
+
+cdef void _store_pair(const floating* d, const floating* g, const floating* g_old,
+                      Py_ssize_t n, double stp, double gd, double gdt, floating* history,
+                      Py_ssize_t stride, int m, double* rho, int* newest, int* count,
+                      double* gamma, double* ws) noexcept nogil:
+    """The pair (s, y) = (stp d, g - g_old) into the ring buffer, over the oldest pair.
+
+    Done only once the iteration goes on, as L-BFGS-B does: a run that stops keeps the pairs its
+    last direction came from (those ``hess_inv`` is built from). The slot written is the one the
+    last two-loop recursion read last, so it is still in cache."""
+    cdef double sy = stp * (gdt - gd), yy
     cdef floating* slot_start
-    # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) costs no pass over memory.
-    # Skip the pair when s'y <= eps (-g's), the rule of L-BFGS-B: the curvature along
-    # the step is negligible next to the slope, and the pair would wreck H.
-    sy = stp * (gdt - gd)
-    if sy > eps * (-gd * stp):
-        newest[0] = newest[0] + 1 if newest[0] < ring - 1 else 0
-        slot_start = history + 2 * newest[0] * stride
-        yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
-                           n, gtol, n_above_gtol, ws)
-        if yy > 0.0:
-            rho[newest[0]] = 1.0 / sy
-            gamma[0] = sy / yy
-            if count[0] < m:
-                count[0] += 1
-        else:
-            # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
-            _forget(newest, count, ring)
+    newest[0] = newest[0] + 1 if newest[0] < m - 1 else 0
+    slot_start = history + 2 * newest[0] * stride
+    yy = _new_pair_b(slot_start, slot_start + stride, <floating>stp, d, g, g_old, n, ws)
+    if yy > 0.0:
+        rho[newest[0]] = 1.0 / sy
+        gamma[0] = sy / yy
+        if count[0] < m:
+            count[0] += 1
     else:
-        _xpay(x, x, <floating>stp, d, n)
-        n_above_gtol[0] = _count_above(gt, n, gtol)
+        # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
+        _forget(newest, count, m)
 
 
 cdef inline double _steepest_descent(floating* d, const floating* g, Py_ssize_t n,
@@ -444,7 +450,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message,
     history, newest, count, updates)``.
 
-    ``history`` is the ring buffer of pairs, shape ``(2 ring, n)`` (row ``2k`` is ``s`` of slot
+    ``history`` is the ring buffer of pairs, shape ``(2 m, n)`` (row ``2k`` is ``s`` of slot
     ``k``, row ``2k + 1`` its ``y``); the ``count`` pairs the iteration used last end at slot
     ``newest``; ``updates`` pairs were stored since the history was last dropped.
     ``callback(x, f)`` is called after every iteration with a fresh copy of x; if it raises
@@ -468,13 +474,9 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     g_buf = _aligned_empty(n, dtype)
     gt_buf = _aligned_empty(n, dtype)
     d_buf = _aligned_empty(n, dtype)
-    # One slot more than pairs kept: the pair of the last iteration goes into the spare slot, so
-    # the m pairs before it are still there if the run stops (L-BFGS-B stores a pair only when
-    # it goes on, and hess_inv is built from those).
-    cdef int ring = m + 1
-    history_buf = _aligned_empty(2 * ring * stride, dtype)
-    rho_buf = np.zeros(ring)
-    alpha_buf = np.zeros(ring)
+    history_buf = _aligned_empty(2 * m * stride, dtype)
+    rho_buf = np.zeros(m)
+    alpha_buf = np.zeros(m)
     ws_buf = np.zeros(2 * _num_blocks(n) + 1)
     cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
     cdef floating* x = <floating*>cnp.PyArray_DATA(x_buf)
@@ -490,8 +492,8 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, gamma = 1.0
     cdef double n_above_gtol = 0.0   # how many |g_i| > gtol
     cdef Py_ssize_t nit = 0
-    cdef int newest = ring - 1, count = 0, ls_status, status = STATUS_RUNNING
-    cdef int newest_before, count_before
+    cdef int newest = m - 1, count = 0, ls_status, status = STATUS_RUNNING
+    cdef bint new_pair
     cdef Py_ssize_t updates = 0
     cdef bint release_gil = n >= NOGIL_MIN_SIZE
     message = ""
@@ -508,7 +510,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         if not (gd < 0.0):
             if count > 0:
                 # Round-off made the quasi-Newton direction useless: forget the history.
-                _forget(&newest, &count, ring); updates = 0
+                _forget(&newest, &count, m); updates = 0
                 with nogil:
                     gd = _steepest_descent(d, g, n, ws)
                 continue
@@ -521,7 +523,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         if ls_status != LS_OK:
             if count > 0:
                 # Retry along steepest descent with an empty history before giving up.
-                _forget(&newest, &count, ring); updates = 0
+                _forget(&newest, &count, m); updates = 0
                 with nogil:
                     gd = _steepest_descent(d, g, n, ws)
                 continue
@@ -529,16 +531,11 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             message = MSG_NONFINITE if ls_status == LS_NONFINITE else MSG_ABNORMAL
             break
 
-        newest_before, count_before = newest, count
         if release_gil:
             with nogil:
-                _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, ring, m,
-                             rho, &newest, &count, &gamma, &n_above_gtol, ws)
+                new_pair = _accept_step(x, d, gt, n, stp, gd, gdt, eps, gtol, &n_above_gtol)
         else:
-            _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, ring, m,
-                         rho, &newest, &count, &gamma, &n_above_gtol, ws)
-        if newest != newest_before:
-            updates += 1
+            new_pair = _accept_step(x, d, gt, n, stp, gd, gdt, eps, gtol, &n_above_gtol)
         swap = g
         g = gt
         gt = swap
@@ -551,16 +548,23 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
                                   f, f_old, nit, maxiter, maxfun, n_above_gtol == 0.0, ftol)
         if status != STATUS_RUNNING:
             message = _stop_message(status, obj, nit, maxiter, n_above_gtol == 0.0)
-            if newest != newest_before:   # report the history without the spare slot
-                newest, count, updates = newest_before, count_before, updates - 1
             break
+        # gt holds the previous gradient now.
         if release_gil:
             with nogil:
-                gd = _direction(d, g, history, rho, alpha, n, stride, ring, newest, count, gamma, ws)
+                if new_pair:
+                    _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
+                                &count, &gamma, ws)
+                gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
         else:
-            gd = _direction(d, g, history, rho, alpha, n, stride, ring, newest, count, gamma, ws)
+            if new_pair:
+                _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
+                            &count, &gamma, ws)
+            gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+        if new_pair:
+            updates = updates + 1 if count > 0 else 0
 
-    pairs = history_buf.reshape(2 * ring, stride)[:, :n]
+    pairs = history_buf.reshape(2 * m, stride)[:, :n]
     return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message,
             pairs, newest, count, updates)
 

@@ -49,29 +49,18 @@ cdef inline double _copy_dot(floating* dst, const floating* src, const floating*
     return _lane_sum(acc)
 
 
-cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
-                               const floating* g_new, const floating* g_old, floating* x,
-                               Py_ssize_t n, double gtol, double* n_above_gtol) noexcept nogil:
-    """s <- stp d, x <- x + s, y <- g_new - g_old; return y'y and set n_above_gtol to the
-    number of |g_new_i| > gtol -- everything an accepted step needs.
-
-    The gradient test max |g_i| <= gtol is asked as "no |g_i| > gtol": a count of comparisons
-    vectorizes, a running maximum does not (without -ffinite-math-only). g_new is finite here.
-    """
+cdef inline double _new_pair(floating* s, floating* y, floating stp, const floating* d,
+                             const floating* g_new, const floating* g_old,
+                             Py_ssize_t n) noexcept nogil:
+    """s <- stp d, y <- g_new - g_old; return y'y."""
     cdef Py_ssize_t i
-    cdef floating u
-    # Separate loops, not one: with three stores among three loads the compiler needs more
-    # run-time aliasing checks than it will emit (GCC's limit is 10) and ran the fused loop
-    # scalar. Each of these vectorizes; the later ones read what is still in L1.
+    # Separate loops, not one: with two stores among three loads the compiler needs run-time
+    # aliasing checks it may not emit; each of these vectorizes, the later ones read what is
+    # still in L1.
     for i in range(n):
-        u = stp * d[i]
-        s[i] = u
-        x[i] = x[i] + u
+        s[i] = stp * d[i]
     for i in range(n):
         y[i] = g_new[i] - g_old[i]
-    # y'y and the count in loops of their own: interleaved in one loop, the two 16-lane sums
-    # were vectorized with lane shuffles.
-    n_above_gtol[0] = _count_above(g_new, n, gtol)
     return _dot(y, y, n)
 
 
@@ -92,7 +81,9 @@ cdef inline void _xpay(floating* dst, const floating* x, floating alpha, const f
 
 
 cdef inline double _count_above(const floating* x, Py_ssize_t n, double threshold) noexcept nogil:
-    """Return the number of |x_i| > threshold (the gradient test, see ``_store_pair``)."""
+    """Return the number of |x_i| > threshold (the gradient test max |g_i| <= gtol asked as
+    "no |g_i| > gtol": a count of comparisons vectorizes, a running maximum does not without
+    -ffinite-math-only)."""
     cdef double above[LANES]
     cdef Py_ssize_t i, j, n8 = n - n % LANES
     for j in range(LANES):
@@ -243,20 +234,17 @@ cdef double _copy_dot_b(floating* dst, const floating* src, const floating* w, P
     return _sum_blocks(ws, nb)
 
 
-cdef double _store_pair_b(floating* s, floating* y, floating stp, const floating* d,
-                          const floating* g_new, const floating* g_old, floating* x,
-                          Py_ssize_t n, double gtol, double* n_above_gtol,
-                          double* ws) noexcept nogil:
-    """Blocked ``_store_pair``; ``ws`` needs room for 2 * number of blocks."""
+cdef double _new_pair_b(floating* s, floating* y, floating stp, const floating* d,
+                        const floating* g_new, const floating* g_old, Py_ssize_t n,
+                        double* ws) noexcept nogil:
+    """Blocked ``_new_pair``."""
     cdef Py_ssize_t nb = _num_blocks(n), k, start
     if nb <= 1:
-        return _store_pair(s, y, stp, d, g_new, g_old, x, n, gtol, n_above_gtol)
+        return _new_pair(s, y, stp, d, g_new, g_old, n)
     for k in range(nb):
         start = k * BLOCK
-        ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                            g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
-                            gtol, ws + nb + k)
-    n_above_gtol[0] = _sum_blocks(ws + nb, nb)
+        ws[k] = _new_pair(s + start, y + start, stp, d + start, g_new + start, g_old + start,
+                          min(<Py_ssize_t>BLOCK, n - start))
     return _sum_blocks(ws, nb)
 
 

@@ -116,6 +116,8 @@ def check_num_threads(n):
 
 def check_count(name, value, minimum):
     """``value`` as an int >= minimum; integral floats (``10.0``) are taken, as SciPy takes them."""
+    if type(value) is int and value >= minimum:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if not isinstance(value, numbers.Integral):
@@ -135,12 +137,14 @@ def check_limit(name, value, *, exceeded):
     passes it (``count > floor(limit)``). Limits below one act like one iteration / evaluation;
     ``inf`` means no limit.
     """
+    big = 1 << 62
+    if type(value) is int and 0 <= value < big:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value) if not isinstance(value, numbers.Integral) else int(value)
     if value != value:
         raise ValueError(f"{name} must not be NaN")
-    big = np.iinfo(np.int64).max // 2
     if value >= big:
         return big
     limit = math.floor(value) if exceeded else math.ceil(value)
@@ -149,6 +153,8 @@ def check_limit(name, value, *, exceeded):
 
 def check_tolerance(name, value):
     """``value`` as a float >= 0 (a stopping tolerance)."""
+    if type(value) is float and value >= 0.0:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
             value = value.item()
@@ -163,6 +169,11 @@ def check_start_point(x0, keep_float32=True):
     """``x0`` as a finite, non-empty, C-contiguous 1-d float array (a copy); float32 is kept
     with ``keep_float32``, anything else becomes float64. Scalars become shape (1,), as in
     SciPy."""
+    if type(x0) is np.ndarray and x0.ndim == 1 and x0.size and (
+            x0.dtype == np.float64 or (keep_float32 and x0.dtype == np.float32)):
+        if not np.isfinite(x0).all():
+            raise ValueError("x0 must be finite (it contains NaN or Inf)")
+        return x0.copy()
     x = np.atleast_1d(np.array(x0, copy=True))
     if x.ndim != 1:
         if x.ndim > 1 and x.size == max(x.shape):

@@ -38,6 +38,7 @@ cdef struct _Compact:
     double* history
     Py_ssize_t stride
     int m, head, col, tail, updates
+    bint pending    # the newest pair's products with the others are not in sy / ss yet
     double theta
     double* sy      # m x m: (i, j) = s_i'y_j (lower triangle and diagonal are used)
     double* ss      # m x m: (i, j) = s_i's_j (upper triangle is used)
@@ -55,6 +56,7 @@ cdef inline const double* _y_of(const _Compact* c, int j) noexcept nogil:
 
 
 cdef inline void _reset_compact(_Compact* c) noexcept nogil:
+    c.pending = False
     c.col = 0
     c.head = 0
     c.theta = 1.0
@@ -149,6 +151,183 @@ cdef double _dot_masked(const double* a, const double* b, const double* mask,
     return _lane_sum(acc)
 
 
+# --- passes over the history ----------------------------------------------------------------------
+# Every product of the compact representation with a vector touches all 2 col stored rows. At
+# large n the rows come from memory, so each helper below streams them once, in blocks of
+# HBLOCK elements over which the vectors they are combined with stay in L1; done row by row the
+# iteration made ~400 passes over n-vectors, ~100 this way.
+
+cdef enum:
+    HBLOCK = 1024
+
+
+cdef void _rows_dot(const _Compact* c, int rows, const double* v, const double* u,
+                    Py_ssize_t n, double* out_v, double* out_u) noexcept nogil:
+    """out_v[j] <- y_j'v, out_v[rows + j] <- s_j'v for j < rows, and the same with u into out_u
+    if u is not NULL (one pass over the rows for both vectors)."""
+    cdef Py_ssize_t start, length
+    cdef int j
+    cdef const double* yj
+    cdef const double* sj
+    for j in range(rows):
+        out_v[j] = 0.0
+        out_v[rows + j] = 0.0
+        if u != NULL:
+            out_u[j] = 0.0
+            out_u[rows + j] = 0.0
+    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
+    for block in range(n_blocks):
+        start = block * HBLOCK
+        length = min(<Py_ssize_t>HBLOCK, n - start)
+        for j in range(rows):
+            yj = _y_of(c, j) + start
+            sj = _s_of(c, j) + start
+            out_v[j] += _dot(yj, v + start, length)
+            out_v[rows + j] += _dot(sj, v + start, length)
+            if u != NULL:
+                out_u[j] += _dot(yj, u + start, length)
+                out_u[rows + j] += _dot(sj, u + start, length)
+
+
+cdef void _new_row_products(const _Compact* c, const double* free, const double* active,
+                            Py_ssize_t n, double* out) noexcept nogil:
+    """For the newest pair (y_new, s_new) and every stored j, in one pass over the rows:
+    out[j] = y_new'Z Z'y_j, out[col + j] = s_new'A A's_j, out[2 col + j] = s_new'A A'y_j,
+    out[3 col + j] = s_j'Z Z'y_new (Z: free variables, A: active ones)."""
+    cdef Py_ssize_t start, length
+    cdef int j, col = c.col
+    cdef const double* y_new
+    cdef const double* s_new
+    for j in range(4 * col):
+        out[j] = 0.0
+    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
+    for block in range(n_blocks):
+        start = block * HBLOCK
+        length = min(<Py_ssize_t>HBLOCK, n - start)
+        y_new = _y_of(c, col - 1) + start
+        s_new = _s_of(c, col - 1) + start
+        for j in range(col):
+            out[j] += _dot_masked(y_new, _y_of(c, j) + start, free + start, length)
+            out[col + j] += _dot_masked(s_new, _s_of(c, j) + start, active + start, length)
+            out[2 * col + j] += _dot_masked(s_new, _y_of(c, j) + start, active + start, length)
+            out[3 * col + j] += _dot_masked(_s_of(c, j) + start, y_new, free + start, length)
+
+
+cdef void _combine_rows(const _Compact* c, const double* coef, const double* base,
+                        double scale, const double* mask, Py_ssize_t n, double* out,
+                        double* then_dot) noexcept nogil:
+    """out <- scale (base + sum_j coef[j] y_j + coef[col + j] s_j) * mask (base may be out) in
+    one pass over the rows; then, if then_dot is not NULL, then_dot[j] <- y_j'out and
+    then_dot[col + j] <- s_j'out, while each block of out and of the rows is still in cache."""
+    cdef Py_ssize_t start, length, i
+    cdef int j, col = c.col
+    cdef double a, b
+    cdef const double* yj
+    cdef const double* sj
+    cdef double* o
+    if then_dot != NULL:
+        for j in range(2 * col):
+            then_dot[j] = 0.0
+    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
+    for block in range(n_blocks):
+        start = block * HBLOCK
+        length = min(<Py_ssize_t>HBLOCK, n - start)
+        o = out + start
+        if o != base + start:
+            memcpy(o, base + start, length * sizeof(double))
+        for j in range(col):
+            a = coef[j]
+            b = coef[col + j]
+            yj = _y_of(c, j) + start
+            sj = _s_of(c, j) + start
+            for i in range(length):
+                o[i] = o[i] + yj[i] * a + sj[i] * b
+        for i in range(length):
+            o[i] = scale * o[i] * mask[start + i]
+        if then_dot != NULL:
+            for j in range(col):
+                then_dot[j] += _dot(_y_of(c, j) + start, o, length)
+                then_dot[col + j] += _dot(_s_of(c, j) + start, o, length)
+
+
+cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, const double* g,
+                           const int* where, bint new_row, double* p, double* pending,
+                           double* wzg, double* nr) noexcept nogil:
+    """The one pass over the history at the start of a bounded iteration, with Z the variables
+    free after the Cauchy scan (``where <= 0``) and A the others:
+
+    * p[j] = y_j'd, p[col + j] = s_j'd (the Cauchy path's p = W'd, before theta);
+    * with a pending newest pair: pending[j] = y_j's_new, pending[col + j] = s_j's_new;
+    * wzg[j] = y_j'Z Z'g, wzg[col + j] = s_j'Z Z'g (for W'Z r);
+    * with ``new_row``: nr as ``_new_row_products`` gives it (the new row of K).
+
+    Variables the Cauchy path then fixes at a bound are moved from Z to A afterwards
+    (``_unfree_products``)."""
+    cdef Py_ssize_t start, length, i
+    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
+    cdef int j, col = c.col
+    cdef bint has_pending = c.pending
+    cdef double zmask[HBLOCK]
+    cdef double amask[HBLOCK]
+    cdef const double* yj
+    cdef const double* sj
+    cdef const double* y_new = NULL
+    cdef const double* s_new = NULL
+    for j in range(2 * col):
+        p[j] = 0.0
+        pending[j] = 0.0
+        wzg[j] = 0.0
+    for j in range(4 * col):
+        nr[j] = 0.0
+    for block in range(n_blocks):
+        start = block * HBLOCK
+        length = min(<Py_ssize_t>HBLOCK, n - start)
+        for i in range(length):
+            zmask[i] = 1.0 if where[start + i] <= 0 else 0.0
+            amask[i] = 1.0 - zmask[i]
+        if new_row or has_pending:
+            y_new = _y_of(c, col - 1) + start
+            s_new = _s_of(c, col - 1) + start
+        for j in range(col):
+            yj = _y_of(c, j) + start
+            sj = _s_of(c, j) + start
+            p[j] += _dot(yj, d + start, length)
+            p[col + j] += _dot(sj, d + start, length)
+            wzg[j] += _dot_masked(yj, g + start, zmask, length)
+            wzg[col + j] += _dot_masked(sj, g + start, zmask, length)
+            if has_pending:
+                pending[j] += _dot(yj, s_new, length)
+                pending[col + j] += _dot(sj, s_new, length)
+            if new_row:
+                nr[j] += _dot_masked(y_new, yj, zmask, length)
+                nr[col + j] += _dot_masked(s_new, sj, amask, length)
+                nr[2 * col + j] += _dot_masked(s_new, yj, amask, length)
+                nr[3 * col + j] += _dot_masked(sj, y_new, zmask, length)
+
+
+cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,
+                           bint new_row, double* wzg, double* nr) noexcept nogil:
+    """Move the variables the Cauchy path fixed at a bound (few) from the free to the active
+    side of the products ``_cauchy_products`` took."""
+    cdef int i, j, k, col = c.col
+    cdef const double* y_new = _y_of(c, col - 1)
+    cdef const double* s_new = _s_of(c, col - 1)
+    cdef const double* yj
+    cdef const double* sj
+    for i in range(n_passed):
+        k = passed[i]
+        for j in range(col):
+            yj = _y_of(c, j)
+            sj = _s_of(c, j)
+            wzg[j] -= yj[k] * g[k]
+            wzg[col + j] -= sj[k] * g[k]
+            if new_row:
+                nr[j] -= y_new[k] * yj[k]
+                nr[col + j] += s_new[k] * sj[k]
+                nr[2 * col + j] += s_new[k] * yj[k]
+                nr[3 * col + j] -= sj[k] * y_new[k]
+
+
 # --- the compact representation -----------------------------------------------------------------
 
 cdef int _middle_product(const _Compact* c, const double* v, double* p) noexcept nogil:
@@ -198,12 +377,10 @@ cdef int _factor_t(_Compact* c) noexcept nogil:
     return _cholesky_upper(c.wt, m, col)
 
 
-cdef void _store_pair_compact(_Compact* c, const double* s, const double* y, Py_ssize_t n,
-                              double sy, double ss, double yy, double* ws) noexcept nogil:
-    """Append the pair (s, y) (dropping the oldest when m are stored), theta <- y'y / s'y, and
-    the new row of S'Y and column of S'S."""
+cdef double* _next_slot(_Compact* c) noexcept nogil:
+    """Make room for a new pair (dropping the oldest when m are stored, and shifting the
+    triangles of S'S and S'Y up-left with it); returns where its s goes (y follows at +stride)."""
     cdef int m = c.m, j, col
-    cdef double* s_slot
     c.updates += 1
     if c.updates <= m:
         c.col = c.updates
@@ -211,21 +388,23 @@ cdef void _store_pair_compact(_Compact* c, const double* s, const double* y, Py_
     else:
         c.tail = (c.tail + 1) % m
         c.head = (c.head + 1) % m
-    s_slot = c.history + 2 * c.tail * c.stride
-    memcpy(s_slot, s, n * sizeof(double))
-    memcpy(s_slot + c.stride, y, n * sizeof(double))
-    c.theta = yy / sy
-    col = c.col
-    if c.updates > m:
-        # The oldest pair left: shift the triangles of S'S and S'Y up-left by one.
+        col = c.col
         for j in range(1, col):
             memmove(c.ss + m * (j - 1), c.ss + 1 + m * j, j * sizeof(double))
             memmove(c.sy + (j - 1) + m * (j - 1), c.sy + j + m * j, (col - j) * sizeof(double))
+    return c.history + 2 * c.tail * c.stride
+
+
+cdef int _finish_pair(_Compact* c, const double* products) noexcept nogil:
+    """Complete the newest pair's row of S'Y and column of S'S from ``products`` (y_j's_new at
+    [j], s_j's_new at [col + j], as ``_rows_dot`` gives them) and refactor T; -1 if T is not
+    positive definite."""
+    cdef int m = c.m, col = c.col, j
     for j in range(col - 1):
-        c.sy[col - 1 + m * j] = _dot_b(s, _y_of(c, j), n, ws)
-        c.ss[j + m * (col - 1)] = _dot_b(_s_of(c, j), s, n, ws)
-    c.ss[col - 1 + m * (col - 1)] = ss
-    c.sy[col - 1 + m * (col - 1)] = sy
+        c.sy[col - 1 + m * j] = products[j]
+        c.ss[j + m * (col - 1)] = products[col + j]
+    c.pending = False
+    return _factor_t(c)
 
 
 # --- generalized Cauchy point -------------------------------------------------------------------
@@ -253,9 +432,15 @@ cdef void _sift_down(double* key, int* item, int size, int i) noexcept nogil:
 cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Box* box,
                        int* where, _Compact* c, double* d, double* xcp, double* brk_t,
                        int* brk_i, double* p, double* cw, double* wbp, double* v,
-                       double* ws) noexcept nogil:
-    """xcp <- the generalized Cauchy point from x; cw <- W'(xcp - x). Returns 0, or -1 if the
-    middle matrix is singular.
+                       double* scratch, bint new_row, int* passed,
+                       double* t_sum_out) noexcept nogil:
+    """xcp <- the generalized Cauchy point from x; cw <- W'(xcp - x). Returns 0, -1 if the
+    middle matrix is singular, or -2 if T lost positive definiteness when the newest pair was
+    completed (``_finish_pair``). The pass over the history that gives p = W'd also takes the
+    newest pair's products, W'Z Z'g and (with ``new_row``) the new row of K, in ``scratch``
+    ([0, 2m): pending products, [2m, 4m): W'Z Z'g, [4m, 8m): new row), with Z the variables free
+    at the Cauchy point. ``passed`` gets the variables the path fixed, t_sum_out the path
+    length t of xcp = P(x - t g) on the variables it did not fix.
 
     ``where`` classifies the variables on entry (-1 never bounded, 3 fixed by l = u) and on exit
     (0 moving along the path or free, 1 / 2 stopped at the lower / upper bound, -3 bounded with
@@ -269,6 +454,7 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     cdef double theta = c.theta, neg, tl = 0.0, tu = 0.0, f1 = 0.0, f2, f2_start, dtm, dt
     cdef double t_prev, t_now, t_sum, d_bp, z_bp, d_bp2, wmc, wmp, wmw, t_min = 0.0
     cdef bint stops_all = True   # every moving variable reaches a bound
+    cdef int n_passed = 0
     cdef Py_ssize_t n_unbounded_moves = 0   # moving variables without a breakpoint
     cdef const double* lower = box.lower
     cdef const double* upper = box.upper
@@ -309,10 +495,15 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
             t_min = brk_t[n_brk]
             first = n_brk
         n_brk += 1
-    # p = W'd = [Y'd; theta S'd]
-    for j in range(col):
-        p[j] = _dot_b(_y_of(c, j), d, n, ws)
-        p[col + j] = theta * _dot_b(_s_of(c, j), d, n, ws)
+    # p = W'd = [Y'd; theta S'd], and the other products of this pass over the history.
+    t_sum_out[0] = 0.0
+    if col > 0:
+        _cauchy_products(c, n, d, g, where, new_row, p, scratch, scratch + 2 * m,
+                         scratch + 4 * m)
+        if c.pending and _finish_pair(c, scratch):
+            return -2
+        for j in range(col):
+            p[col + j] = theta * p[col + j]
     memcpy(xcp, x, n * sizeof(double))
     for j in range(col2):
         cw[j] = 0.0
@@ -353,6 +544,8 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
         # The model's minimizer lies past this breakpoint: fix its variable at the bound.
         t_sum += dt
         n_left -= 1
+        passed[n_passed] = ibp
+        n_passed += 1
         d_bp = d[ibp]
         d[ibp] = 0.0
         if d_bp > 0.0:
@@ -393,9 +586,11 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
         dtm = 0.0
     t_sum += dtm
     _xpay(xcp, xcp, t_sum, d, n)
+    t_sum_out[0] = t_sum
     if col > 0:
         for j in range(col2):
             cw[j] += dtm * p[j]
+        _unfree_products(c, passed, n_passed, g, new_row, scratch + 2 * m, scratch + 4 * m)
     return 0
 
 
@@ -428,8 +623,8 @@ cdef bint _free_variables(Py_ssize_t n, int* n_free, double* free, int* n_enter,
 
 
 cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* active,
-                   int n_enter,
-                   int first_leave, const int* changed, bint updated) noexcept nogil:
+                   int n_enter, int first_leave, const int* changed, bint updated,
+                   const double* new_row) noexcept nogil:
     """Factor K = [[-D - Y'ZZ'Y / theta, L_a' - R_z'], [L_a - R_z, theta S'AA'S]] for the
     subspace step (Z selects the free variables, A the active ones; L_a is the strictly lower
     part of S'AA'Y, R_z the upper triangle of S'ZZ'Y). wn1 keeps the inner products
@@ -439,8 +634,6 @@ cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* 
     cdef double theta = c.theta, e1, e2, l1, l2
     cdef double* w1 = c.wn1
     cdef double* wn = c.wn
-    cdef const double* y_new
-    cdef const double* s_new
     if updated:
         if c.updates > m:
             # The oldest pair left: shift each block of wn1 up-left by one.
@@ -450,15 +643,13 @@ cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* 
                     w1[m + jy + k + m2 * (m + jy)] = w1[m + jy + 1 + k + m2 * (m + jy + 1)]
                 for k in range(m - 1):
                     w1[m + k + m2 * jy] = w1[m + 1 + k + m2 * (jy + 1)]
-        # The row of the new pair in blocks (1,1), (2,1), (2,2), and its column of R_z.
-        y_new = _y_of(c, col - 1)
-        s_new = _s_of(c, col - 1)
+        # The row of the new pair in blocks (1,1), (2,1), (2,2), and its column of R_z
+        # (``_new_row_products``).
         for jy in range(col):
-            w1[col - 1 + m2 * jy] = _dot_masked(y_new, _y_of(c, jy), free, n)
-            w1[m + col - 1 + m2 * (m + jy)] = _dot_masked(s_new, _s_of(c, jy), active, n)
-            w1[m + col - 1 + m2 * jy] = _dot_masked(s_new, _y_of(c, jy), active, n)
-        for i in range(col):
-            w1[m + i + m2 * (col - 1)] = _dot_masked(_s_of(c, i), y_new, free, n)
+            w1[col - 1 + m2 * jy] = new_row[jy]
+            w1[m + col - 1 + m2 * (m + jy)] = new_row[col + jy]
+            w1[m + col - 1 + m2 * jy] = new_row[2 * col + jy]
+            w1[m + jy + m2 * (col - 1)] = new_row[3 * col + jy]
         upcl = col - 1
     else:
         upcl = col
@@ -502,35 +693,44 @@ cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* 
     return 0
 
 
-cdef int _reduced_gradient(const _Compact* c, Py_ssize_t n, const double* x, const double* g,
-                           const double* xcp, const double* free, const double* cw, double* r,
-                           double* v) noexcept nogil:
-    """r <- -Z'(g + B (xcp - x)) on the free variables, 0 on the others (cw = W'(xcp - x));
-    -1 if the middle matrix is singular."""
-    cdef Py_ssize_t i
-    cdef int j, col = c.col
-    cdef double a1, a2, theta = c.theta
-    cdef const double* yj
-    cdef const double* sj
-    if _middle_product(c, cw, v):
+cdef int _reduced_gradient(const _Compact* c, const double* p, const double* cw,
+                           const double* wzg, double t_sum, double* coef,
+                           double* wv) noexcept nogil:
+    """The reduced gradient r = -Z'(g + B (xcp - x)) of the subspace problem, kept implicit:
+
+        r = Z'(r0 + W coef),   r0 = -theta (xcp - x) - g,   coef = [v1; theta v2],  v = M W'(xcp - x),
+
+    and wv <- [Y'Z r; theta S'Z r] without a pass over the n-vectors: Z'(xcp - x) = t Z'd so
+    W'Z Z'(xcp - x) = t [Y'd; S'd] (p), W'Z Z'g comes from the Cauchy pass, and W'Z Z'W is
+    assembled from the inner products K is built from (wn1), S'S and S'Y. -1 if the middle
+    matrix is singular."""
+    cdef int i, j, col = c.col, m = c.m, m2 = 2 * c.m, lo, hi
+    cdef double theta = c.theta, acc_y, acc_s, yy_z, ss_z, sy_ij, sy_ji
+    cdef const double* w1 = c.wn1
+    if _middle_product(c, cw, coef):
         return -1
-    for i in range(n):
-        r[i] = -theta * (xcp[i] - x[i]) - g[i]
     for j in range(col):
-        a1 = v[j]
-        a2 = theta * v[col + j]
-        yj = _y_of(c, j)
-        sj = _s_of(c, j)
-        for i in range(n):
-            r[i] = r[i] + yj[i] * a1 + sj[i] * a2
-    for i in range(n):
-        r[i] = r[i] * free[i]
+        coef[col + j] = theta * coef[col + j]
+    for i in range(col):
+        acc_y = -theta * t_sum * p[i] - wzg[i]
+        acc_s = -t_sum * p[col + i] - wzg[col + i]
+        for j in range(col):
+            lo, hi = (i, j) if i <= j else (j, i)
+            yy_z = w1[hi + m2 * lo]
+            ss_z = c.ss[lo + m * hi] - w1[m + hi + m2 * (m + lo)]
+            # s_i'Z Z'y_j: R_z above the diagonal, S'Y - L_a below it.
+            sy_ij = w1[m + i + m2 * j] if i <= j else c.sy[i + m * j] - w1[m + i + m2 * j]
+            sy_ji = w1[m + j + m2 * i] if j <= i else c.sy[j + m * i] - w1[m + j + m2 * i]
+            acc_y += yy_z * coef[j] + sy_ji * coef[col + j]
+            acc_s += sy_ij * coef[j] + ss_z * coef[col + j]
+        wv[i] = acc_y
+        wv[col + i] = theta * acc_s
     return 0
 
 
 cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, const _Box* box,
                         double* z, double* du, double* z_saved, const double* x,
-                        const double* g, double* wv, double* ws) noexcept nogil:
+                        const double* g, double* wv, const double* coef) noexcept nogil:
     """z (the Cauchy point on entry) <- the subspace minimizer. du holds the reduced gradient on
     entry (0 off the free set) and the Newton step on the free variables on exit:
 
@@ -538,16 +738,12 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
 
     z + du is projected into the box; if that projected point is uphill from x (g'(z - x) > 0),
     the step from the Cauchy point is instead cut back to the box (Morales & Nocedal 2011).
-    Returns 0, or -1 if K is singular."""
+    ``wv`` holds W'Z r on entry. With ``coef`` (the implicit r of ``_reduced_gradient``) du holds
+    r0 and r = Z'(r0 + W coef). Returns 0, or -1 if K is singular."""
     cdef Py_ssize_t i, i_hit = 0
     cdef int j, col = c.col, m2 = 2 * c.m, kind
     cdef bint hit = False
-    cdef double theta = c.theta, dk, zk, slope, alpha, step, room, a1, a2
-    cdef const double* yj
-    cdef const double* sj
-    for j in range(col):
-        wv[j] = _dot_b(_y_of(c, j), du, n, ws)
-        wv[col + j] = theta * _dot_b(_s_of(c, j), du, n, ws)
+    cdef double theta = c.theta, dk, zk, slope, alpha, step, room
     if _solve_rt(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
@@ -555,14 +751,11 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     if _solve_r(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
-        a1 = wv[j] / theta
-        a2 = wv[col + j]
-        yj = _y_of(c, j)
-        sj = _s_of(c, j)
-        for i in range(n):
-            du[i] = du[i] + (yj[i] * a1 + sj[i] * a2) * free[i]
-    for i in range(n):
-        du[i] = du[i] * (1.0 / theta)
+        wv[j] = wv[j] / theta
+    if coef != NULL:
+        for j in range(2 * col):
+            wv[j] = wv[j] + coef[j]
+    _combine_rows(c, wv, du, 1.0 / theta, free, n, du, <double*>NULL)
     # Project the Newton point into the box.
     memcpy(z_saved, z, n * sizeof(double))
     for i in range(n):
@@ -665,7 +858,7 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
                             bint constrained, int* where, _Compact* c, int* n_free,
                             double* free, int* changed, bint* updated, Py_ssize_t nit, double* z,
                             double* d, double* r, double* z_saved, double* brk_t, int* brk_i,
-                            double* wa, double* ws) noexcept nogil:
+                            double* wa, double* scratch) noexcept nogil:
     """d <- (Cauchy point, then subspace minimizer) - x. A failed factorization drops the
     history and starts over from the steepest-descent Cauchy point; returns how often that
     happened. Without any bound (``constrained`` False; used for finite-difference gradients,
@@ -673,18 +866,26 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
     pairs: the subspace step from x over all variables is the quasi-Newton step."""
     cdef int resets = 0, info, n_enter = 0, first_leave = <int>n
     cdef Py_ssize_t i
-    cdef bint refactor
+    cdef bint refactor, new_row
     cdef int m = c.m
+    cdef double t_sum = 0.0
     while True:
         if not constrained and c.col > 0:
             info = 0
+            if c.pending:
+                _rows_dot(c, c.col, _s_of(c, c.col - 1), <double*>NULL, n, scratch,
+                          <double*>NULL)
+                info = _finish_pair(c, scratch)
+            if updated[0]:
+                _new_row_products(c, free, free + n, n, scratch + 4 * m)
             memcpy(z, x, n * sizeof(double))
             refactor = updated[0]
             n_enter = 0
             first_leave = <int>n
         else:
+            new_row = updated[0] and c.col > 0
             info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
-                                 wa + 4 * m, wa + 6 * m, ws)
+                                 wa + 4 * m, wa + 6 * m, scratch, new_row, changed, &t_sum)
             if info == 0:
                 refactor = _free_variables(n, n_free, free, &n_enter, &first_leave, changed,
                                            where, updated[0], nit)
@@ -692,14 +893,24 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
             if n_free[0] > 0 and c.col > 0:
                 if refactor:
                     info = _factor_k(c, n, free, free + n, n_enter, first_leave, changed,
-                                     updated[0])
+                                     updated[0], scratch + 4 * m)
                 if info == 0 and constrained:
-                    info = _reduced_gradient(c, n, x, g, z, free, wa + 2 * m, r, wa)
+                    # wa: p, then W'(xcp - x); the coefficients go to wa + 6m, W'Z r to wa + 4m.
+                    info = _reduced_gradient(c, wa, wa + 2 * m, scratch + 2 * m, t_sum,
+                                             wa + 6 * m, wa + 4 * m)
+                    for i in range(n):
+                        r[i] = -c.theta * (z[i] - x[i]) - g[i]
+                    if info == 0:
+                        info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa + 4 * m,
+                                              wa + 6 * m)
                 elif info == 0:
                     for i in range(n):
                         r[i] = -g[i]
-                if info == 0:
-                    info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa, ws)
+                    _rows_dot(c, c.col, r, <double*>NULL, n, wa + 4 * m, <double*>NULL)
+                    for i in range(c.col):
+                        wa[4 * m + c.col + i] = c.theta * wa[4 * m + c.col + i]
+                    info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa + 4 * m,
+                                          <double*>NULL)
         if info == 0:
             break
         _reset_compact(c)
@@ -710,27 +921,25 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
     return resets
 
 
-cdef bint _update_pair(_Compact* c, Py_ssize_t n, double* d, const double* g, double* gt,
-                       double stp, double gd, double gdt, double dd, double* ws) noexcept nogil:
-    """Store s = stp d (scaling d in place) and y = g - g_old (gt holds g_old and becomes y) unless
-    the curvature s'y is negligible next to the slope (L-BFGS-B's rule), and refactor T.
-    Returns whether a pair was stored (False also when T lost positive definiteness and the
-    history was dropped)."""
-    cdef Py_ssize_t i
+cdef bint _update_pair(_Compact* c, Py_ssize_t n, const double* d, const double* g,
+                       const double* g_old, double stp, double gd, double gdt, double dd,
+                       double* ws) noexcept nogil:
+    """Store s = stp d and y = g - g_old unless the curvature s'y is negligible next to the slope
+    (L-BFGS-B's rule); theta <- y'y / s'y. The pair's products with the others are taken on the
+    next pass over the history (``_finish_pair``). Returns whether a pair was stored."""
     cdef double sy, yy
-    for i in range(n):
-        gt[i] = g[i] - gt[i]
-    yy = _dot_b(gt, gt, n, ws)
+    cdef double* slot
+    cdef int m = c.m, col
     sy = (gdt - gd) if stp == 1.0 else (gdt - gd) * stp
     if sy <= EPS64 * (-gd if stp == 1.0 else -gd * stp):
         return False
-    if stp != 1.0:
-        for i in range(n):
-            d[i] = stp * d[i]
-    _store_pair_compact(c, d, gt, n, sy, dd if stp == 1.0 else stp * stp * dd, yy, ws)
-    if _factor_t(c):
-        _reset_compact(c)
-        return False
+    slot = _next_slot(c)
+    yy = _new_pair_b(slot, slot + c.stride, stp, d, g, g_old, n, ws)
+    c.theta = yy / sy
+    col = c.col
+    c.ss[col - 1 + m * (col - 1)] = dd if stp == 1.0 else stp * stp * dd
+    c.sy[col - 1 + m * (col - 1)] = sy
+    c.pending = True
     return True
 
 
@@ -758,7 +967,7 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     free_buf = np.ones(2 * n)
     int_bufs = np.empty((3, n), dtype=np.intc)
     history_buf = _aligned_empty(2 * m * stride, np.float64)
-    small = np.zeros(3 * m * m + 8 * m * m + 8 * m)
+    small = np.zeros(3 * m * m + 8 * m * m + 8 * m + 8 * m)
     ws_buf = np.zeros(2 * _num_blocks(n) + 1)
     cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
     cdef double* x = <double*>cnp.PyArray_DATA(x_buf)
@@ -789,6 +998,7 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     c.wn = sm + 3 * m * m
     c.wn1 = sm + 7 * m * m
     cdef double* wa = sm + 11 * m * m
+    cdef double* scratch = wa + 8 * m
     box.lower = &lower[0]
     box.upper = &upper[0]
     box.kind = &kind[0]
@@ -822,10 +1032,11 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
             with nogil:
                 _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free,
                                    free, changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i,
-                                   wa, ws)
+                                   wa, scratch)
         else:
             _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, free,
-                               changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa, ws)
+                               changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa,
+                               scratch)
         dd = _dot_b(d, d, n, ws)
         gd = _dot_b(g, d, n, ws)
         if not constrained:
@@ -873,6 +1084,7 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
                 updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
         else:
             updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+
 
     pairs = history_buf.reshape(2 * m, stride)[:, :n]
     return ((x_buf if x_is_home else xt_buf), f, (g_buf if g_is_home else gt_buf), nit,

@@ -134,7 +134,7 @@ cdef inline double _dot_on(const int* index, Py_ssize_t start, Py_ssize_t stop, 
     return acc
 
 
-cdef double _dot_masked(const double* a, const double* b, const double* mask,
+cdef inline double _dot_masked(const double* a, const double* b, const double* mask,
                         Py_ssize_t n) noexcept nogil:
     """sum of a_i b_i mask_i (mask_i 1 or 0: an inner product over a subset of the variables),
     with LANES accumulators so it vectorizes (a gathered sum with one accumulator waits on the
@@ -261,14 +261,17 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, con
     * wzg[j] = y_j'Z Z'g, wzg[col + j] = s_j'Z Z'g (for W'Z r);
     * with ``new_row``: nr as ``_new_row_products`` gives it (the new row of K).
 
-    Variables the Cauchy path then fixes at a bound are moved from Z to A afterwards
-    (``_unfree_products``)."""
+    The masked vectors (Z'g, Z'y_new, A's_new) are formed per block, in L1, so every product is
+    a plain inner product of a row with an L1-resident block. Variables the Cauchy path then
+    fixes at a bound are moved from Z to A afterwards (``_unfree_products``)."""
     cdef Py_ssize_t start, length, i
     cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
     cdef int j, col = c.col
     cdef bint has_pending = c.pending
-    cdef double zmask[HBLOCK]
-    cdef double amask[HBLOCK]
+    cdef double zmask
+    cdef double gz[HBLOCK]
+    cdef double yz[HBLOCK]
+    cdef double sa[HBLOCK]
     cdef const double* yj
     cdef const double* sj
     cdef const double* y_new = NULL
@@ -282,27 +285,32 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, con
     for block in range(n_blocks):
         start = block * HBLOCK
         length = min(<Py_ssize_t>HBLOCK, n - start)
-        for i in range(length):
-            zmask[i] = 1.0 if where[start + i] <= 0 else 0.0
-            amask[i] = 1.0 - zmask[i]
         if new_row or has_pending:
             y_new = _y_of(c, col - 1) + start
             s_new = _s_of(c, col - 1) + start
+        for i in range(length):
+            zmask = 1.0 if where[start + i] <= 0 else 0.0
+            gz[i] = g[start + i] * zmask
+        if new_row:
+            for i in range(length):
+                zmask = 1.0 if where[start + i] <= 0 else 0.0
+                yz[i] = y_new[i] * zmask
+                sa[i] = s_new[i] - s_new[i] * zmask
         for j in range(col):
             yj = _y_of(c, j) + start
             sj = _s_of(c, j) + start
             p[j] += _dot(yj, d + start, length)
             p[col + j] += _dot(sj, d + start, length)
-            wzg[j] += _dot_masked(yj, g + start, zmask, length)
-            wzg[col + j] += _dot_masked(sj, g + start, zmask, length)
+            wzg[j] += _dot(yj, gz, length)
+            wzg[col + j] += _dot(sj, gz, length)
             if has_pending:
                 pending[j] += _dot(yj, s_new, length)
                 pending[col + j] += _dot(sj, s_new, length)
             if new_row:
-                nr[j] += _dot_masked(y_new, yj, zmask, length)
-                nr[col + j] += _dot_masked(s_new, sj, amask, length)
-                nr[2 * col + j] += _dot_masked(s_new, yj, amask, length)
-                nr[3 * col + j] += _dot_masked(sj, y_new, zmask, length)
+                nr[j] += _dot(yz, yj, length)
+                nr[col + j] += _dot(sa, sj, length)
+                nr[2 * col + j] += _dot(sa, yj, length)
+                nr[3 * col + j] += _dot(sj, yz, length)
 
 
 cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,
@@ -452,7 +460,8 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     cdef int col = c.col, col2 = 2 * c.col, m = c.m, j, kind, ibp, n_brk = 0, n_left, first
     cdef int seg
     cdef double theta = c.theta, neg, tl = 0.0, tu = 0.0, f1 = 0.0, f2, f2_start, dtm, dt
-    cdef double t_prev, t_now, t_sum, d_bp, z_bp, d_bp2, wmc, wmp, wmw, t_min = 0.0
+    cdef double t_prev, t_now, t_sum, d_bp, z_bp, d_bp2, wmc, wmp, wmw, t_min = 0.0, t_brk
+    cdef int w
     cdef bint stops_all = True   # every moving variable reaches a bound
     cdef int n_passed = 0
     cdef Py_ssize_t n_unbounded_moves = 0   # moving variables without a breakpoint
@@ -461,38 +470,38 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     first = -1
     for i in range(n):
         neg = -g[i]
-        kind = box.kind[i]
-        if where[i] != 3 and where[i] != -1:
-            if kind <= 2:
-                tl = x[i] - lower[i]
-            if kind >= 2:
-                tu = upper[i] - x[i]
-            where[i] = 0
-            if kind <= 2 and tl <= 0.0:
-                if neg <= 0.0:
-                    where[i] = 1
-            elif kind >= 2 and tu <= 0.0:
-                if neg >= 0.0:
-                    where[i] = 2
-            elif fabs(neg) <= 0.0:
-                where[i] = -3
-        if where[i] != 0 and where[i] != -1:
+        w = where[i]
+        if w != 3 and w != -1:
+            # Distances to the bounds; an open side is infinitely far (lower / upper are -inf /
+            # +inf there), so no test of the kind of bound is needed.
+            tl = x[i] - lower[i]
+            tu = upper[i] - x[i]
+            if tl <= 0.0:
+                w = 1 if neg <= 0.0 else 0
+            elif tu <= 0.0:
+                w = 2 if neg >= 0.0 else 0
+            else:
+                w = -3 if neg == 0.0 else 0
+            where[i] = w
+        else:
+            tl = INFINITY
+            tu = INFINITY
+        if w != 0 and w != -1:
             d[i] = 0.0
             continue
         d[i] = neg
         f1 -= neg * neg
-        if (kind == 1 or kind == 2) and neg < 0.0:
-            brk_t[n_brk] = tl / (-neg)
-        elif kind >= 2 and neg > 0.0:
-            brk_t[n_brk] = tu / neg
-        else:
+        t_brk = (tl if neg < 0.0 else tu) / fabs(neg)
+        if not (t_brk < INFINITY):
+            # No bound in the way (or no move at all).
             n_unbounded_moves += 1
             if neg != 0.0:
                 stops_all = False
             continue
+        brk_t[n_brk] = t_brk
         brk_i[n_brk] = <int>i
-        if first < 0 or brk_t[n_brk] < t_min:
-            t_min = brk_t[n_brk]
+        if first < 0 or t_brk < t_min:
+            t_min = t_brk
             first = n_brk
         n_brk += 1
     # p = W'd = [Y'd; theta S'd], and the other products of this pass over the history.
@@ -728,6 +737,30 @@ cdef int _reduced_gradient(const _Compact* c, const double* p, const double* cw,
     return 0
 
 
+cdef void _add_clipped(double* z, const double* du, const double* lower, const double* upper,
+                       Py_ssize_t n) noexcept nogil:
+    """z <- min(max(z + du, lower), upper)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        z[i] = min(max(z[i] + du[i], lower[i]), upper[i])
+
+
+cdef double _count_on_bounds(const double* z, const double* lower, const double* upper,
+                             const double* free, Py_ssize_t n) noexcept nogil:
+    """How many free variables (free_i = 1) are at a bound."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n8 = n - n % LANES
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(0, n8, 16):  # 16 == LANES
+        for j in range(LANES):
+            acc[j] += free[i + j] * <double>((z[i + j] == lower[i + j])
+                                             | (z[i + j] == upper[i + j]))
+    for i in range(n8, n):
+        acc[0] += free[i] * <double>((z[i] == lower[i]) | (z[i] == upper[i]))
+    return _lane_sum(acc)
+
+
 cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, const _Box* box,
                         double* z, double* du, double* z_saved, const double* x,
                         const double* g, double* wv, const double* coef) noexcept nogil:
@@ -742,7 +775,7 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     r0 and r = Z'(r0 + W coef). Returns 0, or -1 if K is singular."""
     cdef Py_ssize_t i, i_hit = 0
     cdef int j, col = c.col, m2 = 2 * c.m, kind
-    cdef double theta = c.theta, dk, zk, slope, alpha, step, room, hits
+    cdef double theta = c.theta, dk, slope, alpha, step, room
     if _solve_rt(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
@@ -758,12 +791,8 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     # Project the Newton point into the box (du is 0 off the free set, where z already lies in
     # the box); count the free variables that land on a bound.
     memcpy(z_saved, z, n * sizeof(double))
-    hits = 0.0
-    for i in range(n):
-        zk = min(max(z[i] + du[i], box.lower[i]), box.upper[i])
-        z[i] = zk
-        hits += free[i] * <double>((zk == box.lower[i]) | (zk == box.upper[i]))
-    if hits == 0.0:
+    _add_clipped(z, du, box.lower, box.upper, n)
+    if _count_on_bounds(z, box.lower, box.upper, free, n) == 0.0:
         return 0
     slope = 0.0
     for i in range(n):

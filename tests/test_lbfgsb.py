@@ -263,3 +263,28 @@ def test_float32_with_bounds_runs_in_float64():
 
 def test_top_level_names_still_work():
     assert fastopt.minimize_lbfgs is minimize_lbfgs and fastopt.lbfgs is lbfgs
+
+
+# ---------------------------------------------------------------------------------------------
+# The bench module for bounded problems (no timing assertions)
+# ---------------------------------------------------------------------------------------------
+
+def test_bounded_bench_rows():
+    from fastopt._bench_lbfgsb import (chained_rosenbrock_box, compare_bounded_with_scipy,
+                                       format_bounded_rows)
+    lower, upper = chained_rosenbrock_box(9)
+    assert np.isfinite(lower).sum() == 6 and np.isfinite(upper).sum() == 3
+    rows = compare_bounded_with_scipy(sizes=[60], repeats=1)
+    row = rows[0]
+    assert row["n"] == 60 and row["active"] == 20   # a third of the coordinates at a bound
+    assert row["scipy_nit"] == row["fastopt_nit"]
+    assert row["fastopt_fun"] <= row["scipy_fun"] * (1 + 1e-9)
+    assert row["ratio"] == pytest.approx(row["fastopt_us_per_iter"] / row["scipy_us_per_iter"])
+    assert "| 60 |" in format_bounded_rows(rows)
+
+
+def test_owlqn_bench_row():
+    from fastopt._bench_lbfgsb import compare_owlqn_with_saga
+    row = compare_owlqn_with_saga(repeats=1)
+    assert abs(row["rel_gap"]) <= 1e-6 and row["owlqn_zeros"] == row["saga_zeros"]
+    assert row["owlqn_s"] > 0 and row["saga_s"] > 0

@@ -213,28 +213,24 @@ cdef void _new_row_products(const _Compact* c, const double* free, const double*
             out[3 * col + j] += _dot_masked(_s_of(c, j) + start, y_new, free + start, length)
 
 
-cdef void _combine_rows(const _Compact* c, const double* coef, const double* base,
-                        double scale, const double* mask, Py_ssize_t n, double* out,
-                        double* then_dot) noexcept nogil:
-    """out <- scale (base + sum_j coef[j] y_j + coef[col + j] s_j) * mask (base may be out) in
-    one pass over the rows; then, if then_dot is not NULL, then_dot[j] <- y_j'out and
-    then_dot[col + j] <- s_j'out, while each block of out and of the rows is still in cache."""
+cdef void _combine_rows(const _Compact* c, const double* coef, const double* z,
+                        const double* x, const double* g, const double* mask, Py_ssize_t n,
+                        double* out) noexcept nogil:
+    """out <- (r0 + sum_j coef[j] y_j + coef[col + j] s_j) * mask / theta with
+    r0 = -theta (z - x) - g, in one pass over the rows (r0 formed per block)."""
     cdef Py_ssize_t start, length, i
     cdef int j, col = c.col
-    cdef double a, b
+    cdef double a, b, theta = c.theta, scale = 1.0 / c.theta
     cdef const double* yj
     cdef const double* sj
     cdef double* o
-    if then_dot != NULL:
-        for j in range(2 * col):
-            then_dot[j] = 0.0
     cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
     for block in range(n_blocks):
         start = block * HBLOCK
         length = min(<Py_ssize_t>HBLOCK, n - start)
         o = out + start
-        if o != base + start:
-            memcpy(o, base + start, length * sizeof(double))
+        for i in range(length):
+            o[i] = -theta * (z[start + i] - x[start + i]) - g[start + i]
         for j in range(col):
             a = coef[j]
             b = coef[col + j]
@@ -244,10 +240,6 @@ cdef void _combine_rows(const _Compact* c, const double* coef, const double* bas
                 o[i] = o[i] + yj[i] * a + sj[i] * b
         for i in range(length):
             o[i] = scale * o[i] * mask[start + i]
-        if then_dot != NULL:
-            for j in range(col):
-                then_dot[j] += _dot(_y_of(c, j) + start, o, length)
-                then_dot[col + j] += _dot(_s_of(c, j) + start, o, length)
 
 
 cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, const double* g,
@@ -513,10 +505,10 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
             return -2
         for j in range(col):
             p[col + j] = theta * p[col + j]
-    memcpy(xcp, x, n * sizeof(double))
     for j in range(col2):
         cw[j] = 0.0
     if n_unbounded_moves == 0 and n_brk == 0:
+        memcpy(xcp, x, n * sizeof(double))
         return 0   # d = 0: the Cauchy point is x
     f2 = -theta * f1
     f2_start = f2
@@ -559,11 +551,9 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
         d[ibp] = 0.0
         if d_bp > 0.0:
             z_bp = upper[ibp] - x[ibp]
-            xcp[ibp] = upper[ibp]
             where[ibp] = 2
         else:
             z_bp = lower[ibp] - x[ibp]
-            xcp[ibp] = lower[ibp]
             where[ibp] = 1
         seg += 1
         d_bp2 = d_bp * d_bp
@@ -594,7 +584,10 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     if dtm <= 0.0:
         dtm = 0.0
     t_sum += dtm
-    _xpay(xcp, xcp, t_sum, d, n)
+    _xpay(xcp, x, t_sum, d, n)
+    for j in range(n_passed):
+        ibp = passed[j]
+        xcp[ibp] = upper[ibp] if where[ibp] == 2 else lower[ibp]
     t_sum_out[0] = t_sum
     if col > 0:
         for j in range(col2):
@@ -737,12 +730,16 @@ cdef int _reduced_gradient(const _Compact* c, const double* p, const double* cw,
     return 0
 
 
-cdef void _add_clipped(double* z, const double* du, const double* lower, const double* upper,
+cdef void _add_clipped(double* zn, const double* z, const double* du, const double* lower,
+                       const double* upper, const double* x, double* d,
                        Py_ssize_t n) noexcept nogil:
-    """z <- min(max(z + du, lower), upper)."""
+    """zn <- min(max(z + du, lower), upper) and d <- zn - x."""
     cdef Py_ssize_t i
+    cdef double t
     for i in range(n):
-        z[i] = min(max(z[i] + du[i], lower[i]), upper[i])
+        t = min(max(z[i] + du[i], lower[i]), upper[i])
+        zn[i] = t
+        d[i] = t - x[i]
 
 
 cdef double _count_on_bounds(const double* z, const double* lower, const double* upper,
@@ -762,20 +759,21 @@ cdef double _count_on_bounds(const double* z, const double* lower, const double*
 
 
 cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, const _Box* box,
-                        double* z, double* du, double* z_saved, const double* x,
-                        const double* g, double* wv, const double* coef) noexcept nogil:
-    """z (the Cauchy point on entry) <- the subspace minimizer. du holds the reduced gradient on
-    entry (0 off the free set) and the Newton step on the free variables on exit:
+                        const double* z, const double* x, const double* g, double* wv,
+                        const double* coef, double* du, double* zn, double* d,
+                        double* ws) noexcept nogil:
+    """zn <- the subspace minimizer from the Cauchy point z, d <- zn - x; du <- the Newton step
+    on the free variables:
 
-        du = (1 / theta) r + (1 / theta^2) Z'W K^-1 W'Z r.
+        du = (1 / theta) r + (1 / theta^2) Z'W K^-1 W'Z r,   r = Z'(r0 + W coef),
 
-    z + du is projected into the box; if that projected point is uphill from x (g'(z - x) > 0),
-    the step from the Cauchy point is instead cut back to the box (Morales & Nocedal 2011).
-    ``wv`` holds W'Z r on entry. With ``coef`` (the implicit r of ``_reduced_gradient``) du holds
-    r0 and r = Z'(r0 + W coef). Returns 0, or -1 if K is singular."""
+    r0 = -theta (z - x) - g (coef NULL: none), ``wv`` = W'Z r on entry. z + du is projected into
+    the box; if that projected point is uphill from x (g'(zn - x) > 0), the step from the
+    Cauchy point is instead cut back to the box (Morales & Nocedal 2011). Returns 0, or -1 if K
+    is singular."""
     cdef Py_ssize_t i, i_hit = 0
     cdef int j, col = c.col, m2 = 2 * c.m, kind
-    cdef double theta = c.theta, dk, slope, alpha, step, room
+    cdef double theta = c.theta, dk, alpha, step, room
     if _solve_rt(c.wn, m2, 2 * col, wv):
         return -1
     for j in range(col):
@@ -787,20 +785,15 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     if coef != NULL:
         for j in range(2 * col):
             wv[j] = wv[j] + coef[j]
-    _combine_rows(c, wv, du, 1.0 / theta, free, n, du, <double*>NULL)
+    _combine_rows(c, wv, z, x, g, free, n, du)
     # Project the Newton point into the box (du is 0 off the free set, where z already lies in
     # the box); count the free variables that land on a bound.
-    memcpy(z_saved, z, n * sizeof(double))
-    _add_clipped(z, du, box.lower, box.upper, n)
-    if _count_on_bounds(z, box.lower, box.upper, free, n) == 0.0:
+    _add_clipped(zn, z, du, box.lower, box.upper, x, d, n)
+    if _count_on_bounds(zn, box.lower, box.upper, free, n) == 0.0:
         return 0
-    slope = 0.0
-    for i in range(n):
-        slope += (z[i] - x[i]) * g[i]
-    if not (slope > 0.0):
+    if not (_dot_b(d, g, n, ws) > 0.0):
         return 0
     # Uphill: go back to the Cauchy point and take the longest feasible part of the step.
-    memcpy(z, z_saved, n * sizeof(double))
     alpha = 1.0
     step = 1.0
     for i in range(n):
@@ -823,16 +816,19 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
         if step < alpha:
             alpha = step
             i_hit = i
+    for i in range(n):
+        zn[i] = z[i]
     if alpha < 1.0:
         dk = du[i_hit]
         if dk > 0.0:
-            z[i_hit] = box.upper[i_hit]
+            zn[i_hit] = box.upper[i_hit]
             du[i_hit] = 0.0
         elif dk < 0.0:
-            z[i_hit] = box.lower[i_hit]
+            zn[i_hit] = box.lower[i_hit]
             du[i_hit] = 0.0
     for i in range(n):
-        z[i] = z[i] + alpha * du[i] * free[i]
+        zn[i] = zn[i] + alpha * du[i] * free[i]
+        d[i] = zn[i] - x[i]
     return 0
 
 
@@ -890,17 +886,19 @@ cdef double _max_feasible_step(Py_ssize_t n, const double* x, const double* d,
     return stpmax
 
 
-cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, const _Box* box,
-                            bint constrained, int* where, _Compact* c, int* n_free,
-                            double* free, int* changed, bint* updated, Py_ssize_t nit, double* z,
-                            double* d, double* r, double* z_saved, double* brk_t, int* brk_i,
-                            double* wa, double* scratch) noexcept nogil:
-    """d <- (Cauchy point, then subspace minimizer) - x. A failed factorization drops the
-    history and starts over from the steepest-descent Cauchy point; returns how often that
-    happened. Without any bound (``constrained`` False; used for finite-difference gradients,
-    so that runs are SciPy's to the last evaluation) the Cauchy point is skipped once there are
-    pairs: the subspace step from x over all variables is the quasi-Newton step."""
-    cdef int resets = 0, info, n_enter = 0, first_leave = <int>n
+cdef const double* _bounded_direction(Py_ssize_t n, const double* x, const double* g,
+                                      const _Box* box, bint constrained, int* where,
+                                      _Compact* c, int* n_free, double* free, int* changed,
+                                      bint* updated, Py_ssize_t nit, double* z, double* d,
+                                      double* du, double* zn, double* brk_t, int* brk_i,
+                                      double* wa, double* scratch, double* ws) noexcept nogil:
+    """d <- (Cauchy point, then subspace minimizer) - x; returns the point itself (z, the Cauchy
+    point, or zn, the subspace minimizer). A failed factorization drops the history and starts
+    over from the steepest-descent Cauchy point. Without any bound (``constrained`` False; used
+    for finite-difference gradients, so that runs are SciPy's to the last evaluation) the Cauchy
+    point is skipped once there are pairs: the subspace step from x over all variables is the
+    quasi-Newton step."""
+    cdef int info, n_enter = 0, first_leave = <int>n
     cdef Py_ssize_t i
     cdef bint refactor, new_row
     cdef int m = c.m
@@ -925,36 +923,33 @@ cdef int _bounded_direction(Py_ssize_t n, const double* x, const double* g, cons
             if info == 0:
                 refactor = _free_variables(n, n_free, free, &n_enter, &first_leave, changed,
                                            where, updated[0], nit)
+        if info == 0 and n_free[0] > 0 and c.col > 0:
+            if refactor:
+                info = _factor_k(c, n, free, free + n, n_enter, first_leave, changed,
+                                 updated[0], scratch + 4 * m)
+            if info == 0 and constrained:
+                # wa: p, then W'(xcp - x); the coefficients go to wa + 6m, W'Z r to wa + 4m.
+                info = _reduced_gradient(c, wa, wa + 2 * m, scratch + 2 * m, t_sum, wa + 6 * m,
+                                         wa + 4 * m)
+                if info == 0:
+                    info = _subspace_step(c, n, free, box, z, x, g, wa + 4 * m, wa + 6 * m, du,
+                                          zn, d, ws)
+            elif info == 0:
+                # r = -g: W'r = -[Y'g; theta S'g].
+                _rows_dot(c, c.col, g, <double*>NULL, n, wa + 4 * m, <double*>NULL)
+                for i in range(c.col):
+                    wa[4 * m + i] = -wa[4 * m + i]
+                    wa[4 * m + c.col + i] = -c.theta * wa[4 * m + c.col + i]
+                info = _subspace_step(c, n, free, box, z, x, g, wa + 4 * m, <double*>NULL, du,
+                                      zn, d, ws)
+            if info == 0:
+                return zn
         if info == 0:
-            if n_free[0] > 0 and c.col > 0:
-                if refactor:
-                    info = _factor_k(c, n, free, free + n, n_enter, first_leave, changed,
-                                     updated[0], scratch + 4 * m)
-                if info == 0 and constrained:
-                    # wa: p, then W'(xcp - x); the coefficients go to wa + 6m, W'Z r to wa + 4m.
-                    info = _reduced_gradient(c, wa, wa + 2 * m, scratch + 2 * m, t_sum,
-                                             wa + 6 * m, wa + 4 * m)
-                    for i in range(n):
-                        r[i] = -c.theta * (z[i] - x[i]) - g[i]
-                    if info == 0:
-                        info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa + 4 * m,
-                                              wa + 6 * m)
-                elif info == 0:
-                    for i in range(n):
-                        r[i] = -g[i]
-                    _rows_dot(c, c.col, r, <double*>NULL, n, wa + 4 * m, <double*>NULL)
-                    for i in range(c.col):
-                        wa[4 * m + c.col + i] = c.theta * wa[4 * m + c.col + i]
-                    info = _subspace_step(c, n, free, box, z, r, z_saved, x, g, wa + 4 * m,
-                                          <double*>NULL)
-        if info == 0:
-            break
+            for i in range(n):
+                d[i] = z[i] - x[i]
+            return z
         _reset_compact(c)
         updated[0] = False
-        resets += 1
-    for i in range(n):
-        d[i] = z[i] - x[i]
-    return resets
 
 
 cdef bint _update_pair(_Compact* c, Py_ssize_t n, const double* d, const double* g,
@@ -1066,13 +1061,13 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     while status == STATUS_RUNNING:
         if release_gil:
             with nogil:
-                _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free,
-                                   free, changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i,
-                                   wa, scratch)
+                box.full_step = _bounded_direction(n, x, g, &box, constrained, where, &c,
+                                                   &n_free, free, changed, &updated, nit, z, d,
+                                                   r, z_saved, brk_t, brk_i, wa, scratch, ws)
         else:
-            _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free, free,
-                               changed, &updated, nit, z, d, r, z_saved, brk_t, brk_i, wa,
-                               scratch)
+            box.full_step = _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free,
+                                               free, changed, &updated, nit, z, d, r, z_saved,
+                                               brk_t, brk_i, wa, scratch, ws)
         dd = _dot_b(d, d, n, ws)
         gd = _dot_b(g, d, n, ws)
         if not constrained:

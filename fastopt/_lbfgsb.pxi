@@ -18,10 +18,18 @@
 #      to the box instead (Morales & Nocedal's correction, ``_subspace_step``);
 #   3. searches along d = (subspace minimizer) - x with Moré–Thuente, every trial projected into
 #      the box and the step bounded by the largest feasible one;
-#   4. stores the pair and updates S'Y, S'S and the Cholesky factor of
-#      T = theta S'S + L D^-1 L' (``_store_pair_compact``, ``_factor_t``).
+#   4. stores the pair (``_update_pair``); its inner products with the other pairs, and with
+#      them S'Y, S'S and the Cholesky factor of T = theta S'S + L D^-1 L', are completed on the
+#      next iteration's first pass over the history (``_finish_pair``, ``_factor_t``).
 # Any factorization that fails (loss of positive definiteness in round-off) drops the history
 # and restarts from steepest descent, as L-BFGS-B does.
+#
+# Memory traffic. At large n the 2m stored rows dominate, so an iteration streams them twice,
+# as the two-loop recursion does: once with the Cauchy scan (``_cauchy_products``: p = W'd,
+# the new pair's products, W'Z Z'g and the new row of K), once for the subspace step
+# (``_combine_rows``). W'Z r, which SciPy takes in a third pass, is assembled from the inner
+# products K is built from (``_reduced_gradient``). Done one product at a time the iteration
+# made ~400 passes over n-vectors; this way ~40.
 #
 # Layout: S and Y rows live in the same ring buffer as in the unconstrained iteration (slot k:
 # s at history[2k stride], y at history[(2k+1) stride]), so every inner product over a pair is

@@ -145,9 +145,11 @@ def test_updates_land_in_the_parameters_and_autograd_sees_them():
     assert w._version > version
 
 
-def test_import_fastopt_does_not_import_torch():
+def test_import_fastopt_does_not_import_torch(tmp_path):
     code = "import sys, fastopt; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # from an empty folder, so the installed package is imported, not the source tree
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"
 
 

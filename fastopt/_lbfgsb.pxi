@@ -28,8 +28,8 @@
 # as the two-loop recursion does: once with the Cauchy scan (``_cauchy_products``: p = W'd,
 # the new pair's products, W'Z Z'g and the new row of K), once for the subspace step
 # (``_combine_rows``). W'Z r, which SciPy takes in a third pass, is assembled from the inner
-# products K is built from (``_reduced_gradient``). Done one product at a time the iteration
-# made ~400 passes over n-vectors; this way ~40.
+# products K is built from (``_reduced_gradient``). Taken one inner product or axpy at a time,
+# as the Fortran code does, the same iteration read the rows about ten times.
 #
 # Layout: S and Y rows live in the same ring buffer as in the unconstrained iteration (slot k:
 # s at history[2k stride], y at history[(2k+1) stride]), so every inner product over a pair is
@@ -162,8 +162,7 @@ cdef inline double _dot_masked(const double* a, const double* b, const double* m
 # --- passes over the history ----------------------------------------------------------------------
 # Every product of the compact representation with a vector touches all 2 col stored rows. At
 # large n the rows come from memory, so each helper below streams them once, in blocks of
-# HBLOCK elements over which the vectors they are combined with stay in L1; done row by row the
-# iteration made ~400 passes over n-vectors, ~100 this way.
+# HBLOCK elements over which the vectors they are combined with stay in L1.
 
 cdef enum:
     HBLOCK = 1024

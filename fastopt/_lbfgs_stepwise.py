@@ -266,6 +266,14 @@ class LBFGS:
     line_search_fn : None or "strong_wolfe"
         None takes the fixed step ``t``; "strong_wolfe" searches from ``t`` for the strong Wolfe
         conditions as torch does (``c1 = 1e-4``, ``c2 = 0.9``, within ``max_eval``).
+    bounds : scipy.optimize.Bounds or sequence of (min, max), optional
+        Box constraints on the flattened parameters (torch has none). With bounds each
+        :meth:`step` runs L-BFGS-B (:func:`fastopt.minimize_lbfgs` with ``bounds``) from the
+        current point for up to ``max_iter`` iterations and ``max_eval`` evaluations, with
+        ``history_size`` pairs, stopping on ``tolerance_grad`` (projected gradient) and
+        ``tolerance_change`` (relative reduction of the loss); its projected line search
+        replaces ``lr`` / ``line_search_fn``, and the history starts afresh at every step. The
+        parameters are projected into the box first.
 
     Notes
     -----
@@ -275,7 +283,7 @@ class LBFGS:
     """
 
     def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7,
-                 tolerance_change=1e-9, history_size=100, line_search_fn=None):
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None, bounds=None):
         params = list(params)
         if not params:
             raise ValueError("params: need at least one array")
@@ -296,6 +304,7 @@ class LBFGS:
         self.dtype = params[0].dtype
         self._n = sum(p.size for p in params)
         self._engine = StepwiseEngine(self._n, self.dtype, self.history_size)
+        self.bounds = None if bounds is None else V.check_box(bounds, self._n)
 
     @property
     def state(self):
@@ -334,6 +343,30 @@ class LBFGS:
 
     def step(self, closure):
         """Run up to ``max_iter`` L-BFGS iterations; returns the loss at the entry point."""
+        if self.bounds is not None:
+            return self._bounded_step(closure)
         return self._engine.step(closure, self._evaluate, self._get_flat, self._set_flat,
                                  self._add, self.lr, self.max_iter, self.max_eval,
                                  self.tolerance_grad, self.tolerance_change, self.line_search_fn)
+
+    def _bounded_step(self, closure):
+        from .lbfgs import minimize_lbfgs
+        lower, upper = self.bounds
+        self._set_flat(np.clip(self._get_flat(), lower, upper))
+        entry = []
+
+        def fun(x):
+            self._set_flat(x)
+            loss, grad = self._evaluate(closure)
+            if not entry:
+                entry.append(loss)
+            return loss, grad.astype(np.float64)
+
+        result = minimize_lbfgs(fun, self._get_flat().astype(np.float64),
+                                bounds=list(zip(lower, upper)), m=self.history_size,
+                                gtol=self.tolerance_grad, ftol=self.tolerance_change,
+                                maxiter=self.max_iter, maxfun=self.max_eval)
+        self._set_flat(result.x)
+        self.state["func_evals"] += result.nfev
+        self.state["n_iter"] += result.nit
+        return entry[0]

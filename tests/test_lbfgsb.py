@@ -288,3 +288,27 @@ def test_owlqn_bench_row():
     row = compare_owlqn_with_saga(repeats=1)
     assert abs(row["rel_gap"]) <= 1e-6 and row["owlqn_zeros"] == row["saga_zeros"]
     assert row["owlqn_s"] > 0 and row["saga_s"] > 0
+
+
+def test_stepwise_lbfgs_with_bounds_runs_lbfgsb_from_the_current_point():
+    from fastopt import LBFGS
+    x = np.array([-1.2, 1.0, 0.5])
+    y = np.array([[2.0]])
+    bounds = [(-2, 0.8), (None, None), (0.6, 1.0), (-1.0, 1.5)]
+    opt = LBFGS([x, y], max_iter=200, max_eval=300, bounds=bounds, tolerance_grad=1e-9,
+                tolerance_change=1e-15, history_size=10)
+
+    def closure():
+        z = np.concatenate([x, y.ravel()])
+        g = rosen_der(z)
+        return rosen(z), [g[:3], g[3:].reshape(1, 1)]
+
+    loss0 = opt.step(closure)   # from the start point projected into the box
+    assert loss0 == pytest.approx(rosen([-1.2, 1.0, 0.6, 1.5]))
+    reference = scipy_lbfgsb(rosen, [-1.2, 1.0, 0.6, 1.5], jac=rosen_der, bounds=bounds,
+                             options=dict(gtol=1e-9, ftol=1e-15, maxiter=200, maxfun=300))
+    np.testing.assert_allclose(np.concatenate([x, y.ravel()]), reference.x, rtol=1e-7,
+                               atol=1e-9)
+    assert opt.state["n_iter"] == reference.nit
+    with pytest.raises(ValueError, match="bounds"):
+        LBFGS([x], bounds=[(0, 1)])

@@ -168,6 +168,28 @@ cdef enum:
     HBLOCK = 1024
 
 
+cdef enum:
+    WIDE = 32
+
+
+cdef inline double _dot_wide(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
+    """sum_i a_i b_i with WIDE independent accumulators. The history passes take many short
+    inner products of L1-resident blocks, bound by the FMA latency: 16 lanes are two 512-bit
+    chains, 32 are four (eight 256-bit ones on AVX2), twice the throughput there."""
+    cdef double acc[WIDE]
+    cdef Py_ssize_t i, j, n32 = n - n % WIDE
+    for j in range(WIDE):
+        acc[j] = 0.0
+    for i in range(0, n32, 32):  # 32 == WIDE
+        for j in range(WIDE):
+            acc[j] += a[i + j] * b[i + j]
+    for i in range(n32, n):
+        acc[0] += a[i] * b[i]
+    for j in range(16):
+        acc[j] += acc[j + 16]
+    return _lane_sum(acc)
+
+
 cdef void _rows_dot(const _Compact* c, int rows, const double* v, const double* u,
                     Py_ssize_t n, double* out_v, double* out_u) noexcept nogil:
     """out_v[j] <- y_j'v, out_v[rows + j] <- s_j'v for j < rows, and the same with u into out_u
@@ -189,11 +211,11 @@ cdef void _rows_dot(const _Compact* c, int rows, const double* v, const double* 
         for j in range(rows):
             yj = _y_of(c, j) + start
             sj = _s_of(c, j) + start
-            out_v[j] += _dot(yj, v + start, length)
-            out_v[rows + j] += _dot(sj, v + start, length)
+            out_v[j] += _dot_wide(yj, v + start, length)
+            out_v[rows + j] += _dot_wide(sj, v + start, length)
             if u != NULL:
-                out_u[j] += _dot(yj, u + start, length)
-                out_u[rows + j] += _dot(sj, u + start, length)
+                out_u[j] += _dot_wide(yj, u + start, length)
+                out_u[rows + j] += _dot_wide(sj, u + start, length)
 
 
 cdef void _new_row_products(const _Compact* c, const double* free, const double* active,
@@ -298,18 +320,18 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, con
         for j in range(col):
             yj = _y_of(c, j) + start
             sj = _s_of(c, j) + start
-            p[j] += _dot(yj, d + start, length)
-            p[col + j] += _dot(sj, d + start, length)
-            wzg[j] += _dot(yj, gz, length)
-            wzg[col + j] += _dot(sj, gz, length)
+            p[j] += _dot_wide(yj, d + start, length)
+            p[col + j] += _dot_wide(sj, d + start, length)
+            wzg[j] += _dot_wide(yj, gz, length)
+            wzg[col + j] += _dot_wide(sj, gz, length)
             if has_pending:
-                pending[j] += _dot(yj, s_new, length)
-                pending[col + j] += _dot(sj, s_new, length)
+                pending[j] += _dot_wide(yj, s_new, length)
+                pending[col + j] += _dot_wide(sj, s_new, length)
             if new_row:
-                nr[j] += _dot(yz, yj, length)
-                nr[col + j] += _dot(sa, sj, length)
-                nr[2 * col + j] += _dot(sa, yj, length)
-                nr[3 * col + j] += _dot(sj, yz, length)
+                nr[j] += _dot_wide(yz, yj, length)
+                nr[col + j] += _dot_wide(sa, sj, length)
+                nr[2 * col + j] += _dot_wide(sa, yj, length)
+                nr[3 * col + j] += _dot_wide(sj, yz, length)
 
 
 cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,

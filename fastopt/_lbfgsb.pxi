@@ -271,13 +271,14 @@ cdef void _combine_rows(const _Compact* c, const double* coef, const double* z,
             o[i] = scale * o[i] * mask[start + i]
 
 
-cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, const double* g,
+cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g,
                            const int* where, bint new_row, double* p, double* pending,
                            double* wzg, double* nr) noexcept nogil:
     """The one pass over the history at the start of a bounded iteration, with Z the variables
     free after the Cauchy scan (``where <= 0``) and A the others:
 
-    * p[j] = y_j'd, p[col + j] = s_j'd (the Cauchy path's p = W'd, before theta);
+    * p[j] = y_j'd, p[col + j] = s_j'd (the Cauchy path's p = W'd, before theta): the scan's
+      d is -g on the variables it leaves free and 0 on the others, so p = -W'Z Z'g exactly;
     * with a pending newest pair: pending[j] = y_j's_new, pending[col + j] = s_j's_new;
     * wzg[j] = y_j'Z Z'g, wzg[col + j] = s_j'Z Z'g (for W'Z r);
     * with ``new_row``: nr as ``_new_row_products`` gives it (the new row of K).
@@ -320,8 +321,6 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, con
         for j in range(col):
             yj = _y_of(c, j) + start
             sj = _s_of(c, j) + start
-            p[j] += _dot_wide(yj, d + start, length)
-            p[col + j] += _dot_wide(sj, d + start, length)
             wzg[j] += _dot_wide(yj, gz, length)
             wzg[col + j] += _dot_wide(sj, gz, length)
             if has_pending:
@@ -332,6 +331,8 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* d, con
                 nr[col + j] += _dot_wide(sa, sj, length)
                 nr[2 * col + j] += _dot_wide(sa, yj, length)
                 nr[3 * col + j] += _dot_wide(sj, yz, length)
+    for j in range(2 * col):
+        p[j] = -wzg[j]
 
 
 cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,
@@ -528,7 +529,7 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     # p = W'd = [Y'd; theta S'd], and the other products of this pass over the history.
     t_sum_out[0] = 0.0
     if col > 0:
-        _cauchy_products(c, n, d, g, where, new_row, p, scratch, scratch + 2 * m,
+        _cauchy_products(c, n, g, where, new_row, p, scratch, scratch + 2 * m,
                          scratch + 4 * m)
         if c.pending and _finish_pair(c, scratch):
             return -2

@@ -41,8 +41,9 @@ from . import adagrad as _adagrad
 from . import adam as _adam
 from . import rmsprop as _rmsprop
 from . import sgd as _sgd
+from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
 
-__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"]
+__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "LBFGS"]
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
 # fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when

@@ -13,7 +13,7 @@ Flags, and why:
   rounds exactly alike and results are bit-identical across them and to a NumPy reference.
 * never ``-ffast-math`` -- it assumes no NaN/Inf and breaks non-finite detection and propagation.
 * ``-march=native`` by default (the building CPU's vector ISA). ``FASTOPT_PORTABLE=1`` builds for any
-  x86-64 instead and adds ``fastopt._step_avx2`` (``-mavx2 -mfma``), chosen at run time on CPUs that
+  x86-64 instead and adds ``fastopt._core._kernels_avx2`` (``-mavx2 -mfma``), chosen at run time on CPUs that
   have AVX2 and FMA.
 * ``-fopenmp`` where the compiler accepts it; without it the kernels run on one thread.
 * ``fastopt._lbfgs`` alone adds ``-ffp-contract=fast`` and ``-mprefer-vector-width=512``. Its loops
@@ -85,16 +85,23 @@ def make_extension(pyx, extra_cflags=()):
     return Extension(
         name,
         [pyx],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), os.path.join("fastopt", "_core")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=base_cflags + omp_cflags + list(extra_cflags),
         extra_link_args=omp_ldflags,
     )
 
 
+# The element loops of every declared algorithm (fastopt/algorithms) are generated from a template.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastopt", "_core"))
+import _codegen  # noqa: E402
+
+_codegen.render()
+sys.path.pop(0)
+
 extensions = []
 for pyx in sorted(glob.glob(os.path.join("fastopt", "**", "*.pyx"), recursive=True)):
-    if os.path.basename(pyx) == "_step_avx2.pyx":
+    if os.path.basename(pyx) == "_kernels_avx2.pyx":
         if PORTABLE and IS_X86:
             extensions.append(make_extension(pyx, ["-mavx2", "-mfma"]))
         continue

@@ -7,16 +7,16 @@
 """
 from . import _validation, lr_scheduler
 from ._backend import build_info, kernels as _kernels
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
+from ._classes import CLASSES as _CLASSES
 from .checkpoint import load, save
 from .flat import FlatParams, flatten
 from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
 from .second_order import classify_critical_point, minimize_bfgs, newton
 from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
 from .optimizer import Optimizer
-from .rmsprop import RMSprop
-from .sgd import SGD
+
+# One class per declared algorithm (fastopt/algorithms): fastopt.SGD, fastopt.Adam, ...
+globals().update(_CLASSES)
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ def get_num_threads():
 
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "Optimizer", *_CLASSES,
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
     "save", "load", "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",

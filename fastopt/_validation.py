@@ -1,7 +1,8 @@
 """Argument checks shared by every public function and class.
 
 All checks live here (and, for the per-step gradient checks that must run at C speed, in
-``_kernels.pxi: _checked_grad``). Each failure raises TypeError (wrong kind of value) or ValueError
+``fastopt/_core/_gather.pyx``). Hyperparameters are checked against the constraints their
+algorithm declares (``fastopt/algorithms``) by :func:`check_constraint`. Each failure raises TypeError (wrong kind of value) or ValueError
 (right kind, wrong value) whose message names the argument and says what was expected.
 """
 import math
@@ -86,14 +87,42 @@ def check_bool(name, value):
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def check_betas(name, value):
-    try:
-        beta1, beta2 = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
-    b1 = check_real(f"{name}[0]", beta1, low=0.0, high=1.0, high_inclusive=False)
-    b2 = check_real(f"{name}[1]", beta2, low=0.0, high=1.0, high_inclusive=False)
-    return (b1, b2)
+def check_integer(name, value, *, low=None, high=None):
+    """``value`` as an int (bools refused) within the given bounds (inclusive)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_constraint(name, value, constraint):
+    """Check ``value`` against a declared ``fastopt.algorithms._spec.Constraint``; return it checked.
+
+    A ``pair`` returns a tuple of two checked items, named ``name[0]`` and ``name[1]`` in errors.
+    """
+    kind = constraint.kind
+    if kind == "real":
+        return check_real(name, value, low=constraint.low, high=constraint.high,
+                          low_inclusive=constraint.low_inclusive,
+                          high_inclusive=constraint.high_inclusive)
+    if kind == "flag":
+        return check_bool(name, value)
+    if kind == "integer":
+        return check_integer(name, value, low=constraint.low, high=constraint.high)
+    if kind == "pair":
+        if isinstance(value, (str, bytes, dict)):
+            raise TypeError(f"{name} must be a pair, got {value!r}")
+        try:
+            first, second = value
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a pair, got {value!r}") from None
+        return (check_constraint(f"{name}[0]", first, constraint.item),
+                check_constraint(f"{name}[1]", second, constraint.item))
+    raise ValueError(f"unknown constraint kind {kind!r} for {name}")
 
 
 #: More threads than this is surely a mistake (and libgomp would try to start them all).

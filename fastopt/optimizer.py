@@ -1,18 +1,24 @@
 """The ``Optimizer`` base class: param groups, state arenas, ``step``, ``state_dict``.
 
-Subclasses (``SGD``, ``Adam``, ...) only declare their hyperparameters, check them, and name the
-compiled bucket method that applies their update; the state they keep lives in per-(group, dtype)
-arenas inside :class:`fastopt._step.ParamBucket`.
+Everything here is generic: an optimizer class (``fastopt.Adam``, built by ``_classes.py``) only
+names its declaration (``fastopt/algorithms``), whose hyperparameters, constraints, rules and state
+this class reads. The state lives in per-(group, dtype) arenas inside
+:class:`fastopt._core._bucket.ParamBucket`, which runs the declared algorithm's compiled kernel.
 """
 import functools
 import threading
+from collections import namedtuple
 
 import numpy as np
 
 from . import _validation as V
 from ._backend import kernels
 
-# Exact types of gradient entries the compiled gather can take without a conversion.
+#: A group's checked hyperparameters, in the forms the step uses: ``packed`` (the kernel's struct,
+#: filled by field name), ``gmul`` (-1.0 when maximizing), ``active`` ((state index, initial value)
+#: of each elementwise state the settings use) and ``values`` (field name -> checked value).
+Checked = namedtuple("Checked", "packed gmul active values")
+
 # Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
 _MAX_STEP = 2 ** 53
 
@@ -116,10 +122,8 @@ class Optimizer:
         views of the optimizer's memory (a copy is in :meth:`state_dict`).
     """
 
-    #: Names of the state buffers this optimizer keeps per param, in state_dict order.
-    _state_names = ()
-    #: Whether per-param state carries a ``"step"`` count.
-    _has_step = True
+    #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _classes.py.
+    algorithm = None
 
     def __init__(self, params, defaults, skip_nonfinite=False):
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
@@ -183,19 +187,42 @@ class Optimizer:
         by_dtype = {}
         for i, arr in enumerate(arrays):
             by_dtype.setdefault(arr.dtype, []).append(i)
-        buckets = [kernels.ParamBucket([arrays[i] for i in idx], [first + i for i in idx])
+        buckets = [self._new_bucket([arrays[i] for i in idx], [first + i for i in idx])
                    for idx in by_dtype.values()]
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
         # (param count, compiled step) for step()'s fast path: one group of one dtype only.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
-        self._fast = (only.n_arrays, self._bucket_step(only)) if only is not None else None
+        self._fast = (only.n_arrays, only.step) if only is not None else None
         self._init_group_state(group, buckets)
 
+    def _new_bucket(self, params, indices):
+        alg = self.algorithm
+        return kernels.ParamBucket(
+            params, indices, kernels.kernel_index(alg.kernel),
+            tuple(s.name for s in alg.elementwise_state),
+            tuple((s.name, float(s.init)) for s in alg.scalar_state),
+            tuple(j for j, s in enumerate(alg.elementwise_state) if s.lazy))
+
     def _check_group(self, group):
-        """Check a group's hyperparameters; return the values its step uses (subclass hook)."""
-        raise NotImplementedError
+        """Check a group's hyperparameters against the declaration; return its :data:`Checked`."""
+        alg = self.algorithm
+        values = {}
+        for h in alg.hyperparameters:
+            checked = V.check_constraint(h.name, group[h.name], h.constraint)
+            values.update(zip(h.fields, checked) if len(h.fields) > 1 else ((h.name, checked),))
+        for rule in alg.rules:
+            if not rule.test(values):
+                raise rule.error(rule.message)
+        active = tuple((j, self._initial_value(s, values))
+                       for j, s in enumerate(alg.elementwise_state) if alg.state_active(s, values))
+        return Checked(kernels.pack(alg.kernel, values), -1.0 if values["maximize"] else 1.0,
+                       active, values)
+
+    @staticmethod
+    def _initial_value(state, values):
+        return float(values[state.init]) if isinstance(state.init, str) else float(state.init)
 
     def _checked(self, group):
         """The group's checked hyperparameters, re-checked only if the group was modified."""
@@ -219,7 +246,14 @@ class Optimizer:
                 f"(a {type(self).__name__} param group needs {sorted(self.defaults)})")
 
     def _init_group_state(self, group, buckets):
-        """Create state that exists before the first step (subclass hook; Adagrad uses it)."""
+        """Create the states the declaration marks ``eager`` (they exist before the first step)."""
+        eager = [s for s in self.algorithm.elementwise_state if s.eager]
+        if not eager:
+            return
+        values = self._checked(group).values
+        for bucket in buckets:
+            for state in eager:
+                bucket.arena(state.name, self._initial_value(state, values))
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -279,7 +313,7 @@ class Optimizer:
             if hyper is not None and len(group["params"]) == fast[0] \
                     and self._lock.acquire(blocking=False):
                 try:
-                    fast[1](grads, *hyper)
+                    fast[1](grads, hyper.packed, hyper.gmul, hyper.active)
                 finally:
                     self._lock.release()
                 return True
@@ -331,19 +365,28 @@ class Optimizer:
 
     def _apply(self, bucket, grads, hyper):
         """Run this optimizer's compiled update on one bucket."""
-        self._bucket_step(bucket)(grads, *hyper)
-
-    def _bucket_step(self, bucket):
-        """The bucket's compiled step method for this optimizer (subclass hook)."""
-        raise NotImplementedError
-
+        bucket.step(grads, hyper.packed, hyper.gmul, hyper.active)
 
     # ------------------------------------------------------------------------------------------
     # State
     # ------------------------------------------------------------------------------------------
 
+    @property
+    def _state_names(self):
+        """Names of the state buffers kept per param, in state_dict order."""
+        return tuple(s.name for s in self.algorithm.state)
+
+    @property
+    def _has_step(self):
+        """Whether per-param state carries a ``"step"`` count."""
+        return self.algorithm.has_step
+
     def _has_state(self, bucket, k):
-        return bucket.steps[k] > 0
+        """Whether param k of ``bucket`` has state yet (torch creates it at the first step)."""
+        alg = self.algorithm
+        if any(s.eager for s in alg.state):
+            return True
+        return bool(bucket.steps[k] > 0 if alg.has_step else bucket.initialized[k])
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""
@@ -437,6 +480,7 @@ class Optimizer:
             new_groups.append(merged)
 
         n_params = len(self._params)
+        scalar_names = {s.name for s in self.algorithm.scalar_state}
         allowed = set(self._state_names) | ({"step"} if self._has_step else set())
         plan = []   # (bucket, k, entry) checked entries to write
         slots = {index: (bucket, k) for index, bucket, k in self._iter_param_slots()}
@@ -465,6 +509,12 @@ class Optimizer:
                     continue
                 if not isinstance(value, np.ndarray):
                     raise TypeError(f"{where} must be an ndarray, got {type(value).__name__}")
+                if name in scalar_names:
+                    if value.size != 1 or value.dtype.kind != "f":
+                        raise ValueError(f"{where} must hold one float, got shape {value.shape} "
+                                         f"and dtype {value.dtype}")
+                    checked[name] = value.reshape(())
+                    continue
                 if value.shape != param.shape:
                     raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
                 if value.dtype != param.dtype:
@@ -480,19 +530,20 @@ class Optimizer:
             self.param_groups[g] = merged
         for group_buckets, group in zip(self._buckets, self.param_groups):
             for bucket in group_buckets:
-                bucket.steps[:] = 0
-                bucket.initialized[:] = 0
-                for name in list(bucket.arenas):
-                    del bucket.arenas[name]
+                bucket.drop_state()
                 self._init_group_state(group, [bucket])
+        states = {s.name: s for s in self.algorithm.state}
         for g, bucket, k, checked in plan:
+            values = self._checked(self.param_groups[g]).values
             for name, value in checked.items():
                 if name == "step":
                     bucket.steps[k] = value
                     continue
-                bucket.arena(name, self._state_fill(name, self.param_groups[g]))
+                if states[name].shape == "param":
+                    bucket.arena(name, self._initial_value(states[name], values))
                 bucket.state_view(name, k)[...] = value
-            self._mark_loaded(bucket, k, checked)
+                if states[name].lazy:
+                    bucket.initialized[k] = 1
 
     def _group_of(self, index):
         start = 0
@@ -503,22 +554,21 @@ class Optimizer:
         raise IndexError(index)
 
     def _check_entry(self, key, entry, group):
-        """Check that a saved state entry is complete for this optimizer (subclass hook)."""
+        """Check that a saved state entry is complete for this optimizer.
+
+        An algorithm with a step count keeps every state its settings use from the first step on,
+        so an entry must hold them all; SGD's momentum buffer is optional (torch adds it lazily).
+        """
         where = f"state_dict['state'][{key}]"
-        if self._has_step and "step" not in entry:
+        alg = self.algorithm
+        if not alg.has_step:
+            return
+        if "step" not in entry:
             raise ValueError(f"{where} has no 'step'")
-        for name in self._required_state(group):
-            if name not in entry:
-                raise ValueError(f"{where} has no {name!r}, which this optimizer needs")
-
-    def _required_state(self, group):
-        return ()
-
-    def _state_fill(self, name, group):
-        return 0.0
-
-    def _mark_loaded(self, bucket, k, entry):
-        pass
+        values = self._check_group(group).values
+        for state in alg.state:
+            if alg.state_active(state, values) and state.name not in entry:
+                raise ValueError(f"{where} has no {state.name!r}, which this optimizer needs")
 
     # ------------------------------------------------------------------------------------------
 

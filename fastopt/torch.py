@@ -1,7 +1,9 @@
 """PyTorch adapter: ``torch.optim.Optimizer`` subclasses that run fastopt's kernels.
 
-``fastopt.torch.Adam``, ``AdamW``, ``SGD``, ``RMSprop`` and ``Adagrad`` take the same arguments as
-their ``torch.optim`` namesakes and drop into an existing training loop::
+``fastopt.torch.<Name>`` exists for every algorithm fastopt declares (``fastopt/algorithms``):
+``Adam``, ``AdamW``, ``SGD``, ``RMSprop``, ``Adagrad``, ``NAdam``, ... Each takes the same arguments
+as its ``torch.optim`` namesake (its signature, defaults and group keys come from the declaration)
+and drops into an existing training loop::
 
     import fastopt.torch
     opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
@@ -32,17 +34,13 @@ checkpoint compatibility) but do not change anything: the update is always fasto
 
 ``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
 """
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
-from . import adagrad as _adagrad
-from . import adam as _adam
-from . import rmsprop as _rmsprop
-from . import sgd as _sgd
-
-__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad"]
+from ._classes import CLASSES as _NUMPY_CLASSES
+from .algorithms import ALGORITHMS as _ALGORITHMS
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
 # fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
@@ -63,11 +61,12 @@ def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _plain(value):
+def _plain(value, name="a tensor hyperparameter"):
     """A hyperparameter as a plain Python value (tensors to numbers, lists to tuples)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"a tensor hyperparameter must hold one number, got shape {tuple(value.shape)}")
+            # torch.optim's error type for a multi-element tensor hyperparameter
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
         return value.item()
     if isinstance(value, (list, tuple)):
         return tuple(_plain(v) for v in value)
@@ -111,8 +110,29 @@ class _Adapter(torch.optim.Optimizer):
     def __init__(self, params, defaults, skip_nonfinite=False):
         self._fo = None
         self._skip_nonfinite = skip_nonfinite
+        self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
         super().__init__(params, defaults)
         self._build()
+
+    def _check_defaults(self, defaults):
+        """torch.optim's constructor checks, then fastopt's (with torch's error types)."""
+        tensor_ok = not defaults.get("foreach") or defaults.get("capturable", False)
+        for name, value in defaults.items():
+            if isinstance(value, torch.Tensor):
+                if not tensor_ok:
+                    raise ValueError(f"{name} as a Tensor is not supported for capturable=False "
+                                     "and foreach=True")
+                _plain(value, name)
+            elif isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+                if not all(isinstance(v, torch.Tensor) for v in value):
+                    raise ValueError(f"{name} must be either both floats or both Tensors")
+                for i, v in enumerate(value):
+                    if not tensor_ok:
+                        raise ValueError(f"{name}[{i}] as a Tensor is not supported for "
+                                         "capturable=False and foreach=True")
+                    _plain(v, f"{name}[{i}]")
+        self._check_group_flags(defaults, "defaults")
+        self._fastopt_cls._check_group(self._fastopt_cls, {key: _plain(defaults[key]) for key in self._keys})
 
     # ------------------------------------------------------------------------------------------
     # Params and groups
@@ -126,7 +146,7 @@ class _Adapter(torch.optim.Optimizer):
 
     def _fo_group(self, group, params):
         out = {key: _plain(group[key]) for key in self._keys}
-        out["params"] = [p.detach().numpy() for p in params]
+        out["params"] = [p.detach().numpy() for p in _unique(params)]
         return out
 
     def add_param_group(self, param_group):
@@ -156,9 +176,14 @@ class _Adapter(torch.optim.Optimizer):
         return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite)
 
     def _sync_params(self):
-        self._params = [p for g in self.param_groups for p in g["params"]]
+        # fastopt holds each param once; torch updates a param listed twice in a group twice (it
+        # warns), which _step repeats for it.
+        self._params = [p for g in self.param_groups for p in _unique(g["params"])]
         self._ptrs = [p.data_ptr() for p in self._params]
-        self._group_sizes = [len(g["params"]) for g in self.param_groups]
+        self._group_sizes = [len(_unique(g["params"])) for g in self.param_groups]
+        counts = Counter(id(p) for g in self.param_groups for p in g["params"])
+        self._repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(self._params)
+                         if counts[id(p)] > 1]
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -171,7 +196,7 @@ class _Adapter(torch.optim.Optimizer):
             raise RuntimeError("param_groups was resized by hand; use add_param_group")
         keys = self._keys
         for g, (tg, fg, size) in enumerate(zip(groups, fo_groups, self._group_sizes)):
-            if len(tg["params"]) != size:
+            if len(_unique(tg["params"])) != size:
                 raise RuntimeError(
                     f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
                     "a new optimizer")
@@ -186,6 +211,9 @@ class _Adapter(torch.optim.Optimizer):
                     value = _plain(value)
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
+
+    def _unique_params(self):
+        return [p for g in self.param_groups for p in _unique(g["params"])]
 
     def _grads(self):
         grads = []
@@ -249,6 +277,9 @@ class _Adapter(torch.optim.Optimizer):
             return loss
         try:
             self._fo.step(grads)
+            for extra in range(1, max((n for _, n in self._repeats), default=0) + 1):
+                again = {i for i, n in self._repeats if n >= extra}
+                self._fo.step([g if i in again else None for i, g in enumerate(grads)])
         except (TypeError, ValueError) as exc:
             # A grad NumPy could view but fastopt rejects (non-contiguous, wrong dtype or shape):
             # say which param in torch's terms.
@@ -323,11 +354,16 @@ class _Adapter(torch.optim.Optimizer):
         old_defaults = dict(self.defaults)
         super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts
         loaded = self.__dict__.pop("state", {})
+        # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
+        # (its optimizers' __setstate__), and so does this class, from the declaration.
+        for group in self.param_groups:
+            for key, value in self._declared.items():
+                group.setdefault(key, value)
         try:
             for g, group in enumerate(self.param_groups):
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
             fo_state = {}
-            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            index = {id(p): i for i, p in enumerate(self._unique_params())}
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
@@ -352,8 +388,9 @@ class _Adapter(torch.optim.Optimizer):
             start = 0
             for group in self.param_groups:
                 entry = {key: _plain(group[key]) for key in self._keys}
-                entry["params"] = list(range(start, start + len(group["params"])))
-                start += len(group["params"])
+                n = len(_unique(group["params"]))
+                entry["params"] = list(range(start, start + n))
+                start += n
                 fo_groups.append(entry)
             self._fo.load_state_dict({"state": fo_state, "param_groups": fo_groups})
         except Exception:
@@ -368,72 +405,60 @@ class _Adapter(torch.optim.Optimizer):
             "pointers to its params); save optimizer.state_dict() instead")
 
 
-class Adam(_Adapter):
-    """``torch.optim.Adam`` running :class:`fastopt.Adam`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _adam.Adam
-    _keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
-                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, skip_nonfinite=False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=capturable,
-                        differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _unique(params):
+    """``params`` without repeats, in first-seen order (torch allows a param twice in a group)."""
+    seen = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-class AdamW(Adam):
-    """``torch.optim.AdamW`` running :class:`fastopt.AdamW`'s fused kernel (same arguments)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 skip_nonfinite=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-                         skip_nonfinite=skip_nonfinite)
-
-
-class SGD(_Adapter):
-    """``torch.optim.SGD`` running :class:`fastopt.SGD`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _sgd.SGD
-    _keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, skip_nonfinite=False):
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _make_init(algorithm):
+    """``__init__`` with torch's signature for ``algorithm`` (from its declaration)."""
+    pos, kw = algorithm.signature(torch=True)
+    kw = kw + ["skip_nonfinite"]
+    defaults = {h.name: h.default for h in algorithm.hyperparameters}
+    defaults.update(algorithm.torch_extras)
+    defaults["skip_nonfinite"] = False
+    args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
+    if kw:
+        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
+    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n != "skip_nonfinite")
+    source = (f"def __init__({', '.join(args)}):\n"
+              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, "
+              f"skip_nonfinite=skip_nonfinite)\n")
+    namespace = {f"_d_{n}": v for n, v in defaults.items()}
+    namespace.update(_Adapter=_Adapter, _fixed=dict(algorithm.fixed))
+    exec(source, namespace)   # our own declarations, not user input
+    init = namespace["__init__"]
+    init.__qualname__ = f"{algorithm.name}.__init__"
+    return init
 
 
-class RMSprop(_Adapter):
-    """``torch.optim.RMSprop`` running :class:`fastopt.RMSprop`'s fused kernel (same arguments)."""
+def _make_adapter(algorithm, base):
+    fastopt_cls = _NUMPY_CLASSES[algorithm.name]
+    follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
+    declared = {h.name: h.default for h in algorithm.hyperparameters}
+    declared.update(algorithm.torch_extras)
+    declared.update(algorithm.fixed)
+    return type(algorithm.name, (base,), {
+        "__init__": _make_init(algorithm),
+        "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
+                    f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
+        "__module__": __name__,
+        "__qualname__": algorithm.name,
+        "_fastopt_cls": fastopt_cls,
+        "_keys": tuple(h.name for h in algorithm.hyperparameters),
+        "_declared": declared,
+    })
 
-    _fastopt_cls = _rmsprop.RMSprop
-    _keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False, *,
-                 skip_nonfinite=False):
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
-                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _build_all():
+    classes = {}
+    for algorithm in _ALGORITHMS:
+        parent = next((c for c in classes.values()
+                       if c._fastopt_cls.algorithm.kernel == algorithm.kernel), _Adapter)
+        classes[algorithm.name] = _make_adapter(algorithm, parent)
+    return classes
 
 
-class Adagrad(_Adapter):
-    """``torch.optim.Adagrad`` running :class:`fastopt.Adagrad`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _adagrad.Adagrad
-    _keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
-
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                 foreach=None, *, maximize=False, differentiable=False, fused=None, skip_nonfinite=False):
-        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+globals().update(_build_all())
+__all__ = [a.name for a in _ALGORITHMS]

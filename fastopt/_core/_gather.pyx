@@ -1,0 +1,96 @@
+# Gathering arrays for a kernel: the per-call checks that must run at C speed, before anything is
+# written (the checks of everything else live in fastopt/_validation.py).
+cimport numpy as cnp
+
+import numpy as np
+
+cnp.import_array()
+
+
+cdef inline str _dtype_name(int typenum):
+    return "float32" if typenum == cnp.NPY_FLOAT32 else "float64" if typenum == cnp.NPY_FLOAT64 else str(typenum)
+
+
+cdef object as_array(object obj, str what):
+    """``obj`` as an ndarray without copying (buffer-protocol objects are viewed, never copied)."""
+    if cnp.PyArray_Check(obj):
+        return obj
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:
+        raise TypeError(f"{what} must be an array (NumPy array or buffer), got {type(obj).__name__}") from exc
+    if arr.dtype.kind != "f":
+        raise TypeError(f"{what} must be a float32 or float64 array, got {type(obj).__name__} "
+                        f"(as an array: dtype {arr.dtype})")
+    return arr
+
+
+cdef char* checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t index,
+                        bint need_writeable, list keep_alive) except? NULL:
+    """Validate one gradient against its param; return its data pointer.
+
+    A gradient that is not an ndarray (a NumPy scalar for a 0-d param, a buffer) is viewed as one;
+    that view goes into ``keep_alive`` so the memory stays valid until the step is done.
+    """
+    cdef cnp.ndarray g
+    cdef int nd, d
+    cdef cnp.npy_intp* gd
+    cdef cnp.npy_intp* pd
+    cdef char* gp
+    cdef char* pp
+    cdef Py_ssize_t nbytes
+    if cnp.PyArray_Check(grad):
+        g = <cnp.ndarray>grad
+    else:
+        g = as_array(grad, f"grads[{index}]")
+        keep_alive.append(g)
+    if cnp.PyArray_TYPE(g) != typenum:
+        raise TypeError(
+            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_dtype_name(typenum)}; "
+            "grads must have their param's dtype")
+    nd = cnp.PyArray_NDIM(g)
+    gd = cnp.PyArray_DIMS(g)
+    pd = cnp.PyArray_DIMS(param)
+    if nd != cnp.PyArray_NDIM(param):
+        raise ValueError(f"grads[{index}] has shape {(<object>g).shape}, but its param has shape {(<object>param).shape}")
+    for d in range(nd):
+        if gd[d] != pd[d]:
+            raise ValueError(f"grads[{index}] has shape {(<object>g).shape}, but its param has shape {(<object>param).shape}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(g):
+        raise ValueError(f"grads[{index}] must be C-contiguous (use np.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(g):
+        raise ValueError(f"grads[{index}] must be aligned to its dtype")
+    if need_writeable and not cnp.PyArray_ISWRITEABLE(g):
+        raise ValueError(f"grads[{index}] is read-only, but is modified in place")
+    gp = <char*>cnp.PyArray_DATA(g)
+    pp = <char*>cnp.PyArray_DATA(param)
+    nbytes = cnp.PyArray_NBYTES(g)
+    if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+        raise ValueError(f"grads[{index}] shares memory with its param; pass a separate gradient array")
+    return gp
+
+
+cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable):
+    """``obj`` (one of the arrays of a clipping or finiteness call) as a checked ndarray view."""
+    cdef cnp.ndarray a
+    cdef int t
+    if obj is None:
+        raise TypeError(f"{what} is None; pass only the gradients to use")
+    if cnp.PyArray_Check(obj):
+        a = <cnp.ndarray>obj
+    else:
+        a = <cnp.ndarray>as_array(obj, what)
+        if need_writeable and (<object>a).base is None:
+            # np.asarray made a new array (from a list, say): an in-place change would be lost.
+            raise TypeError(f"{what} must be an array that can be modified in place, "
+                            f"got {type(obj).__name__}")
+    t = cnp.PyArray_TYPE(a)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"{what} must be float32 or float64, got {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
+    if not cnp.PyArray_ISALIGNED(a):
+        raise ValueError(f"{what} must be aligned to its dtype")
+    if need_writeable and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{what} is read-only, but is modified in place")
+    return a

@@ -121,6 +121,12 @@ SPECIFIC_BAD = {
                 ("initial_accumulator_value", -0.1, ValueError), ("initial_accumulator_value", math.inf, ValueError)],
 }
 SPECIFIC_BAD["AdamW"] = SPECIFIC_BAD["Adam"]
+_BETAS_BAD = [b for b in SPECIFIC_BAD["Adam"] if b[0] == "betas"]
+SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_decay", -0.1, ValueError),
+                                     ("momentum_decay", math.inf, ValueError),
+                                     ("decoupled_weight_decay", 1, TypeError)]
+SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
+SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
 BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]]
 
 
@@ -259,8 +265,7 @@ def _sd_cases(name):
         return sd
     add("missing-hyper", missing_hyper, ValueError, r"param_groups'\]\[0\].*maximize")
 
-    first = "momentum_buffer" if name == "SGD" else {"Adam": "exp_avg", "AdamW": "exp_avg",
-                                                     "RMSprop": "square_avg", "Adagrad": "sum"}[name]
+    first = {"SGD": "momentum_buffer", "RMSprop": "square_avg", "Adagrad": "sum"}.get(name, "exp_avg")
 
     def wrong_shape(sd):
         sd["state"][1][first] = np.zeros(4, dtype=np.float32)
@@ -321,6 +326,16 @@ def _sd_cases(name):
                 entry.pop("max_exp_avg_sq", None)
             return sd
         add("amsgrad-without-buffer", needs_amsgrad_buffer, ValueError, r"max_exp_avg_sq")
+    if name == "NAdam":
+        def scalar_as_vector(sd):
+            sd["state"][0]["mu_product"] = np.ones(3, dtype=np.float32)
+            return sd
+        add("mu_product-shape", scalar_as_vector, ValueError, r"\[0\]\['mu_product'\].*one float")
+
+        def missing_scalar(sd):
+            del sd["state"][1]["mu_product"]
+            return sd
+        add("missing-mu_product", missing_scalar, ValueError, r"\[1\].*'mu_product'")
     return cases
 
 

@@ -33,6 +33,7 @@ DEFAULTS = {
     "RAdam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
                   maximize=False),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
+    "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -107,11 +108,18 @@ CONFIGS = {
         dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3),
         dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, maximize=True),
     ],
+    "Lion": [
+        dict(lr=0.001),
+        dict(lr=0.001, weight_decay=0.1),
+        dict(lr=0.001, maximize=True),
+        dict(lr=0.001, betas=(0.3, 0.6)),
+        dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
+    ],
 }
 
 ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
-#: The algorithms torch.optim has: the torch parity tests run these.
-TORCH_NAMES = list(CONFIGS)
+#: The algorithms torch.optim has (Lion is not among them): the torch parity tests run these.
+TORCH_NAMES = [name for name in CONFIGS if name != "Lion"]
 TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
 
 
@@ -328,9 +336,24 @@ def adamax_step(p, g, state, lr, betas, eps, weight_decay, maximize):
     p[...] = p + (t(-clr) * m) / u
 
 
+def lion_step(p, g, state, lr, betas, weight_decay, maximize):
+    """Chen et al. (2023), Algorithm 2, with the authors' decoupled decay before the sign step."""
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+    state["step"] += 1
+    d = -g if maximize else g
+    pv = p * t(1 - lr * weight_decay) if weight_decay != 0 else p
+    c = state["exp_avg"] * t(beta1) + t(1 - beta1) * d
+    p[...] = pv + t(-lr) * np.sign(c)
+    state["exp_avg"] = _arr(state["exp_avg"] * t(beta2) + t(1 - beta2) * d, p.dtype)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
-                  "Adamax": adamax_step}
+                  "Adamax": adamax_step, "Lion": lion_step}
 
 
 class RefOptimizer:

@@ -127,6 +127,7 @@ SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_dec
                                      ("decoupled_weight_decay", 1, TypeError)]
 SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
 SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
+SPECIFIC_BAD["Lion"] = _BETAS_BAD
 BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]]
 
 

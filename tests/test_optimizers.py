@@ -122,6 +122,9 @@ def hyper_st(name):
         return st.builds(lambda lr, b1, b2, eps, wd, mx: dict(
             lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, maximize=mx),
             lr, unit, unit, st.sampled_from([1e-8, 1e-3]), wd, flag)
+    if name == "Lion":
+        return st.builds(lambda lr, b1, b2, wd, mx: dict(
+            lr=lr, betas=(b1, b2), weight_decay=wd, maximize=mx), lr, unit, unit, wd, flag)
     raise AssertionError(f"no hyperparameter strategy for {name}")
 
 

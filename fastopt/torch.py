@@ -359,6 +359,7 @@ class _Adapter(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self._declared.items():
                 group.setdefault(key, value)
+            group.update(self._fastopt_cls.algorithm.fixed)   # AdamW stays decoupled, as in torch
         try:
             for g, group in enumerate(self.param_groups):
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
@@ -438,6 +439,7 @@ def _make_adapter(algorithm, base):
     follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
     declared = {h.name: h.default for h in algorithm.hyperparameters}
     declared.update(algorithm.torch_extras)
+    declared.update(algorithm.torch_load_defaults)
     declared.update(algorithm.fixed)
     return type(algorithm.name, (base,), {
         "__init__": _make_init(algorithm),

@@ -285,6 +285,9 @@ class Algorithm:
         torch's implementation flags and their defaults (``foreach``, ``capturable``, ...): kept in
         the groups of ``fastopt.torch`` classes for checkpoint compatibility; they change nothing
         except ``capturable``/``differentiable``, which must stay False.
+    torch_load_defaults : dict
+        Where torch fills a key missing from an older checkpoint with another value than the
+        constructor's default (its ``__setstate__``; SGD's ``fused`` becomes False).
     fixed : dict
         Group values a variant pins (AdamW: ``decoupled_weight_decay=True``); not constructor
         arguments, but part of every group.
@@ -300,7 +303,7 @@ class Algorithm:
     def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
                  switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
                  torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
-                 reference="", kernel=None, state_doc=""):
+                 reference="", kernel=None, state_doc="", torch_load_defaults=None):
         self.name = name
         self.title = title
         self.formula = formula
@@ -320,6 +323,7 @@ class Algorithm:
         self.numpy_signature = numpy_signature
         self.torch_signature = torch_signature
         self.torch_extras = dict(torch_extras or {})
+        self.torch_load_defaults = dict(torch_load_defaults or {})
         self.fixed = dict(fixed or {})
         self.rules = list(rules)
         self.torch_name = torch_name
@@ -401,7 +405,7 @@ class Algorithm:
             numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
             self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
             torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
-            state_doc=self.state_doc)
+            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults)
 
     # -- consistency ---------------------------------------------------------------------------
 

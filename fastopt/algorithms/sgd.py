@@ -52,6 +52,7 @@ SGD = Algorithm(
     torch_signature="lr, momentum, dampening, weight_decay, nesterov, *, maximize, foreach, "
                     "differentiable, fused",
     torch_extras={"foreach": None, "differentiable": False, "fused": None},
+    torch_load_defaults={"fused": False},
 )
 
 ALGORITHMS = (SGD,)

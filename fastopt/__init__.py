@@ -20,9 +20,14 @@ globals().update(_CLASSES)
 
 __version__ = "0.1.0"
 
+from . import _threadpool  # noqa: E402
+
+_threadpool.register(__version__)   # threadpoolctl can see and limit fastopt's threads
+
 
 def set_num_threads(n):
-    """Use ``n`` threads for large steps (``0``: follow OpenMP / ``OMP_NUM_THREADS``)."""
+    """Use ``n`` threads for large steps (``0``: the default, ``OMP_NUM_THREADS`` if set, else the
+    CPUs this process may use)."""
     _kernels.set_num_threads(_validation.check_num_threads(n))
 
 

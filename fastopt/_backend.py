@@ -11,7 +11,7 @@ import os
 import types
 
 from . import _build_config
-from ._core import _bucket, _reduce, _table, _threads
+from ._core import _bucket, _fastopt_threads as _threads, _reduce, _table
 from ._core import _kernels as baseline
 from .algorithms import KERNELS
 
@@ -49,7 +49,10 @@ kernels = types.SimpleNamespace(
     module=selected,
     vector_isa=selected.vector_isa,
     cpu_has_avx2_fma=baseline.cpu_has_avx2_fma,
-    has_openmp=_threads.has_openmp,
+    has_threads=_threads.has_threads,
+    calibration=_threads.calibration,
+    recalibrate=_threads.recalibrate,
+    _set_helper_delay_us=_threads._set_helper_delay_us,
     set_num_threads=_threads.set_num_threads,
     get_num_threads=_threads.get_num_threads,
     set_parallel_min_size=_threads.set_parallel_min_size,
@@ -67,7 +70,7 @@ def build_info():
     return {
         "module": selected.__name__,
         "vector_isa": selected.vector_isa(),
-        "openmp": _threads.has_openmp(),
+        "threads": "fastopt pool" if _threads.has_threads() else "none",
         "portable_build": _build_config.PORTABLE,
         "cpu_has_avx2_fma": baseline.cpu_has_avx2_fma(),
         "cflags": list(_build_config.CFLAGS),

@@ -14,10 +14,10 @@
 #      corrections, step sizes: computed once and reused while arrays share a step count, unless
 #      the algorithm keeps scalar state) and its variant, the element loop specialized for its
 #      switches;
-#   3. splits the bucket's global element range into one chunk per thread (cut at 16-element
-#      boundaries, so no two threads share a cache line) and, for every array span in a chunk,
-#      calls the variant's loop through the kernel table; elementwise updates are therefore
-#      bit-identical for any thread count;
+#   3. cuts the bucket's global element range into chunks (at 16-element boundaries, so no two
+#      threads share a cache line) that threads claim (_fastopt_threads), and for every array span
+#      in a chunk calls the variant's loop through the kernel table; elementwise updates are
+#      therefore bit-identical for any thread count;
 #   4. counts the step of every array that had a gradient.
 # The hyperparameters arrive as the algorithm's struct, packed by field name when the group was
 # checked (fastopt/optimizer.py); nothing is passed by position.
@@ -31,7 +31,7 @@ from fastopt._core._gather cimport checked_grad
 from fastopt._core._kernel_api cimport AlgorithmKernels, KernelTable
 from fastopt._core._reduce cimport ArraySet
 from fastopt._core._table cimport kernel_table
-from fastopt._core._threads cimport threads_for, run_chunks, split_point
+from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_point
 
 import numpy as np
 
@@ -376,7 +376,8 @@ cdef class ParamBucket:
         cdef uint8_t* initialized = <uint8_t*>cnp.PyArray_DATA(self.initialized)
         with nogil:
             self._prepare(hyper_buf, steps, initialized)
-            run_chunks(_step_chunk, &j, threads_for(n_active, self.alg.weight))
+            run_plan(plan_for(self.total_size, n_active, self.alg.weight, SPLIT_ALIGN),
+                     _step_chunk, &j)
             for k in range(self.n_arrays):
                 if self._grads[k] != NULL:
                     steps[k] += 1

@@ -4,8 +4,8 @@
 # Many arrays are one range of elements (prefix offsets), cut into fixed REDUCE_BLOCK-element
 # blocks. Each block is reduced by the kernel module's span reduction (16 accumulators in index
 # order) into its own partial, and the partials are combined in block order: the result is the same
-# for any thread count. Threads take contiguous runs of blocks; a transform that follows a norm uses
-# the same runs, walked backwards (see _transform_backwards).
+# for any thread count. Chunks are contiguous runs of blocks that threads claim; a transform that
+# follows a norm cuts the same chunks and walks each backwards (see _transform_chunk).
 cimport cython
 cimport numpy as cnp
 from libc.math cimport sqrt, pow, INFINITY, NAN
@@ -15,7 +15,7 @@ from fastopt._core._gather cimport checked_array
 from fastopt._core._kernel_api cimport (
     KernelTable, RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
 from fastopt._core._table cimport kernel_table
-from fastopt._core._threads cimport threads_for, run_chunks
+from fastopt._core._fastopt_threads cimport plan_for, run_plan
 
 cnp.import_array()
 
@@ -173,7 +173,7 @@ cdef class ArraySet:
         if j.partial == NULL:
             raise MemoryError(f"no memory for {j.n_blocks + 1} partial sums")
         with nogil:
-            run_chunks(_reduce_chunk, &j, threads_for(j.total, 1))
+            run_plan(plan_for(j.total, j.total, 1, REDUCE_BLOCK), _reduce_chunk, &j)
             for b in range(j.n_blocks):
                 r = _combine(kind, r, j.partial[b])
         free(j.partial)
@@ -183,7 +183,7 @@ cdef class ArraySet:
         cdef Job j
         _fill_job(self, &j, kind, a)
         with nogil:
-            run_chunks(_transform_chunk, &j, threads_for(j.total, 1))
+            run_plan(plan_for(j.total, j.total, 1, REDUCE_BLOCK), _transform_chunk, &j)
 
     def all_finite(self):
         """True if every element is finite."""

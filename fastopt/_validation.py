@@ -125,6 +125,21 @@ def check_constraint(name, value, constraint):
     raise ValueError(f"unknown constraint kind {kind!r} for {name}")
 
 
+def check_norm_type(norm_type):
+    """A norm's order: a real number > 0, or ``inf`` (the string "inf" too), as a float."""
+    if isinstance(norm_type, str):
+        if norm_type.lower() != "inf":
+            raise ValueError(f"norm_type must be a number > 0 or 'inf', got {norm_type!r}")
+        return math.inf
+    if isinstance(norm_type, (bool, np.bool_)) or not (isinstance(norm_type, numbers.Real)
+                                                       or hasattr(norm_type, "__float__")):
+        raise TypeError(f"norm_type must be a number > 0 or 'inf', got {type(norm_type).__name__}")
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+    return norm_type
+
+
 #: More threads than this is surely a mistake (and libgomp would try to start them all).
 MAX_THREADS = 1 << 16
 

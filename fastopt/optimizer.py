@@ -6,6 +6,7 @@ this class reads. The state lives in per-(group, dtype) arenas inside
 :class:`fastopt._core._bucket.ParamBucket`, which runs the declared algorithm's compiled kernel.
 """
 import functools
+import math
 import threading
 from collections import namedtuple
 
@@ -129,6 +130,7 @@ class Optimizer:
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
         self.found_inf = False
         self.skipped_steps = 0
+        self.grad_norm = None
         self.defaults = dict(defaults)
         self.param_groups = []
         self._buckets = []          # per group: list of ParamBucket (one per dtype)
@@ -282,7 +284,7 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
         return grads
 
-    def step(self, grads):
+    def step(self, grads, *, max_norm=None, norm_type=2.0):
         """Apply one update to every param in place.
 
         Parameters
@@ -292,9 +294,19 @@ class Optimizer:
             dtype and C-contiguous. A ``None`` entry skips that param (its state is untouched, as in
             torch.optim for a param whose ``.grad`` is None). A single array is accepted when the
             optimizer has one param.
+        max_norm : float, optional
+            Clip the gradients by their global norm first, inside the step: one read-only pass
+            computes the norm of all (non-None) gradients together, as :func:`fastopt.clip_grad_norm_`
+            does, and the update multiplies each gradient element by
+            ``min(1, max_norm / (norm + 1e-6))`` as it reads it. The gradients themselves are left
+            unchanged, and the result is bit-identical to ``clip_grad_norm_`` followed by ``step``
+            (two passes over the gradients instead of three). The norm is kept in ``grad_norm``.
+        norm_type : float or "inf", default 2.0
+            The norm's order, as in :func:`fastopt.clip_grad_norm_`.
 
         Everything is checked (hyperparameters of every group, every gradient) before any param or
-        state is written: a bad argument raises and leaves the optimizer exactly as it was.
+        state is written: a bad argument raises and leaves the optimizer exactly as it was. With
+        ``skip_nonfinite`` and ``max_norm``, the norm pass is the finiteness check too.
 
         Returns
         -------
@@ -302,11 +314,11 @@ class Optimizer:
             True if the update was applied; False if ``skip_nonfinite`` found a NaN/Inf gradient
             and skipped it.
         """
-        # Fast path (one group, one dtype, checked hyperparameters, an exact list): the whole
-        # Python-side cost of a small step is here, so it does the least that is still safe. The
-        # compiled bucket validates every gradient before writing anything.
+        # Fast path (one group, one dtype, checked hyperparameters, an exact list, no clipping):
+        # the whole Python-side cost of a small step is here, so it does the least that is still
+        # safe. The compiled bucket validates every gradient before writing anything.
         fast = self._fast
-        if fast is not None and type(grads) is list and len(grads) == fast[0] \
+        if fast is not None and type(grads) is list and len(grads) == fast[0] and max_norm is None \
                 and not self.skip_nonfinite and len(self.param_groups) == 1:
             group = self.param_groups[0]
             hyper = group.checked if type(group) is ParamGroup else None
@@ -314,9 +326,13 @@ class Optimizer:
                     and self._lock.acquire(blocking=False):
                 try:
                     fast[1](grads, hyper.packed, hyper.gmul, hyper.active)
+                    self.grad_norm = None
                 finally:
                     self._lock.release()
                 return True
+        if max_norm is not None:
+            max_norm = V.check_real("max_norm", max_norm, low=0.0)
+            norm_type = V.check_norm_type(norm_type)
         grads = self._normalize_grads(grads)
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(
@@ -326,15 +342,38 @@ class Optimizer:
             if len(self.param_groups) != len(self._buckets):
                 raise RuntimeError("param_groups was resized by hand; use add_param_group")
             hypers = self._checked_groups()
-            if self.skip_nonfinite:
-                return self._step_checked(grads, hypers)
             buckets = [(bucket, hyper) for group_buckets, hyper in zip(self._buckets, hypers)
                        for bucket in group_buckets]
-            if len(buckets) > 1:   # validate every gradient before any write (one bucket does it itself)
+            finite = None
+            scale = 1.0
+            self.grad_norm = None
+            if max_norm is not None:
+                for bucket, _ in buckets:   # every gradient checked, and named by its index
+                    bucket.check_grads(grads)
+                arrays = kernels.gather_arrays([g for g in grads if g is not None], "grads", False)
+                norm = arrays.norm(norm_type)
+                self.grad_norm = norm
+                # a finite norm means finite gradients; a non-finite one may be an overflow of the
+                # float64 sum of huge but finite float64 gradients, which the exact check tells
+                finite = math.isfinite(norm) or (norm_type != math.inf and arrays.all_finite())
+                coef = max_norm / (norm + 1e-6)
+                if not coef >= 1.0:    # as clip_grad_norm_: a NaN norm scales by NaN
+                    scale = coef
+            if self.skip_nonfinite:
+                if finite is None:
+                    finite = True
+                    for bucket, _ in buckets:
+                        finite = bucket.grads_finite(grads) and finite   # validates every gradient
+                self.found_inf = not finite
+                if not finite:
+                    self.skipped_steps += 1
+                    return False
+            elif max_norm is None and len(buckets) > 1:
+                # validate every gradient before any write (one bucket does it itself)
                 for bucket, _ in buckets:
                     bucket.check_grads(grads)
             for bucket, hyper in buckets:
-                self._apply(bucket, grads, hyper)
+                bucket.step(grads, hyper.packed, hyper.gmul * scale, hyper.active)
             return True
         finally:
             self._lock.release()
@@ -347,25 +386,6 @@ class Optimizer:
                 raise RuntimeError(f"param_groups[{g}]['params'] was changed by hand; build a new optimizer")
             hypers.append(self._checked(group))
         return hypers
-
-    def _step_checked(self, grads, hypers):
-        """step() with skip_nonfinite: every gradient's finiteness (and validity), then the writes."""
-        finite = True
-        for group_buckets in self._buckets:
-            for bucket in group_buckets:
-                finite = bucket.grads_finite(grads) and finite   # validates every gradient too
-        self.found_inf = not finite
-        if not finite:
-            self.skipped_steps += 1
-            return False
-        for group_buckets, hyper in zip(self._buckets, hypers):
-            for bucket in group_buckets:
-                self._apply(bucket, grads, hyper)
-        return True
-
-    def _apply(self, bucket, grads, hyper):
-        """Run this optimizer's compiled update on one bucket."""
-        bucket.step(grads, hyper.packed, hyper.gmul, hyper.active)
 
     # ------------------------------------------------------------------------------------------
     # State

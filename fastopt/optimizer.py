@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _validation as V
 from ._backend import kernels
+from ._core._gather import GradPointers
 
 #: A group's checked hyperparameters, in the forms the step uses: ``packed`` (the kernel's struct,
 #: filled by field name), ``gmul`` (-1.0 when maximizing), ``active`` ((state index, initial value)
@@ -268,6 +269,10 @@ class Optimizer:
         entry as an array and keeps that array alive for the step).
         """
         n = len(self._params)
+        if type(grads) is GradPointers:    # gathered and checked by a front end (fastopt.torch)
+            if len(grads) != n:
+                raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
+            return grads
         if type(grads) is not list and type(grads) is not tuple:
             if grads is None:
                 raise TypeError("grads must be a list of arrays aligned with the params, got None")
@@ -318,7 +323,8 @@ class Optimizer:
         # the whole Python-side cost of a small step is here, so it does the least that is still
         # safe. The compiled bucket validates every gradient before writing anything.
         fast = self._fast
-        if fast is not None and type(grads) is list and len(grads) == fast[0] and max_norm is None \
+        if fast is not None and (type(grads) is list or type(grads) is GradPointers) \
+                and len(grads) == fast[0] and max_norm is None \
                 and not self.skip_nonfinite and len(self.param_groups) == 1:
             group = self.param_groups[0]
             hyper = group.checked if type(group) is ParamGroup else None
@@ -350,7 +356,8 @@ class Optimizer:
             if max_norm is not None:
                 for bucket, _ in buckets:   # every gradient checked, and named by its index
                     bucket.check_grads(grads)
-                arrays = kernels.gather_arrays([g for g in grads if g is not None], "grads", False)
+                present = grads if type(grads) is GradPointers else [g for g in grads if g is not None]
+                arrays = kernels.gather_arrays(present, "grads", False)
                 norm = arrays.norm(norm_type)
                 self.grad_norm = norm
                 # a finite norm means finite gradients; a non-finite one may be an overflow of the

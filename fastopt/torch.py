@@ -40,6 +40,8 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 
 from ._classes import CLASSES as _NUMPY_CLASSES
+from .optimizer import ParamGroup as _ParamGroup
+from ._core._tensor_gather import TensorGrads as _TensorGrads
 from .algorithms import ALGORITHMS as _ALGORITHMS
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
@@ -49,6 +51,13 @@ _profiler_enabled = getattr(torch.autograd, "_profiler_enabled", None)
 _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
 _LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
+
+# torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call).
+_TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter,
+              "data_ptr": torch._C.TensorBase.data_ptr,
+              "numel": torch._C.TensorBase.numel, "is_contiguous": torch._C.TensorBase.is_contiguous,
+              "is_neg": torch._C.TensorBase.is_neg}
+_increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
 
 _SUPPORTED = "dense (strided), contiguous CPU tensors of dtype float32 or float64"
 _DTYPES = (torch.float32, torch.float64)
@@ -71,6 +80,11 @@ def _plain(value, name="a tensor hyperparameter"):
     if isinstance(value, (list, tuple)):
         return tuple(_plain(v) for v in value)
     return value
+
+
+def _holds_tensor(value):
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value))
 
 
 def _tensor_problem(t, what, like=None):
@@ -153,7 +167,9 @@ class _Adapter(torch.optim.Optimizer):
         first = sum(len(g["params"]) for g in self.param_groups)
         n_groups = len(self.param_groups)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        # a dict that notices assignments, so a step pushes a group's hyperparameters only after
+        # a change (an LR scheduler's, say): comparing them all costs more than a small step
+        self.param_groups[-1] = group = _ParamGroup(self.param_groups[-1])
         try:
             self._check_group_flags(group, f"param group {n_groups}")
             for i, p in enumerate(group["params"]):
@@ -180,10 +196,14 @@ class _Adapter(torch.optim.Optimizer):
         # warns), which _step repeats for it.
         self._params = [p for g in self.param_groups for p in _unique(g["params"])]
         self._ptrs = [p.data_ptr() for p in self._params]
-        self._group_sizes = [len(_unique(g["params"])) for g in self.param_groups]
+        self._group_sizes = [len(g["params"]) for g in self.param_groups]
         counts = Counter(id(p) for g in self.param_groups for p in g["params"])
         self._repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(self._params)
                          if counts[id(p)] > 1]
+        arrays = self._fo._params
+        self._tensor_grads = _TensorGrads(
+            self._params, [a.size for a in arrays], [a.dtype.num for a in arrays],
+            [p.dtype for p in self._params], _TORCH_API)
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -196,21 +216,27 @@ class _Adapter(torch.optim.Optimizer):
             raise RuntimeError("param_groups was resized by hand; use add_param_group")
         keys = self._keys
         for g, (tg, fg, size) in enumerate(zip(groups, fo_groups, self._group_sizes)):
-            if len(_unique(tg["params"])) != size:
+            if len(tg["params"]) != size:
                 raise RuntimeError(
                     f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
                     "a new optimizer")
+            if type(tg) is _ParamGroup and tg.checked is not None:
+                continue    # unchanged since it was last pushed
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
+            tensors = False
             for key in keys:
                 value = tg[key]
                 current = fg[key]
                 if value is current:
                     continue
                 if isinstance(value, (torch.Tensor, list, tuple)):
+                    tensors = tensors or _holds_tensor(value)
                     value = _plain(value)
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
+            if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
+                tg.checked = True
 
     def _unique_params(self):
         return [p for g in self.param_groups for p in _unique(g["params"])]
@@ -259,24 +285,43 @@ class _Adapter(torch.optim.Optimizer):
         # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
 
-    def step(self, closure=None):
-        """Perform one optimization step (``closure``: reevaluates the model and returns the loss)."""
+    def step(self, closure=None, *, max_norm=None, norm_type=2.0):
+        """Perform one optimization step (``closure``: reevaluates the model and returns the loss).
+
+        With ``max_norm``, the gradients are first clipped by their global norm of order
+        ``norm_type`` inside the step (one read pass for the norm, the coefficient applied as the
+        update reads them; the ``.grad`` tensors are left unchanged): the result equals
+        :func:`fastopt.clip_grad_norm_` on the gradients followed by ``step()``, to the last bit.
+        The norm is then in ``grad_norm``.
+        """
         if (not _LIGHT_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiler_enabled()):
-            return self._hooked_step(closure)
-        return self._step(closure)
+            return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
+        return self._step(closure, max_norm=max_norm, norm_type=norm_type)
 
-    def _step(self, closure=None):
+    @property
+    def grad_norm(self):
+        """The gradients' norm in the last step that clipped (``step(max_norm=...)``), else None."""
+        return self._fo.grad_norm
+
+    def _step(self, closure=None, *, max_norm=None, norm_type=2.0):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self._push_hyperparameters()
-        grads, updated = self._grads()
+        # The fast gather reads every .grad through torch's C API into raw pointers; anything it
+        # does not vouch for (and a param listed twice) goes through the precise checks instead.
+        gathered = None if self._repeats else self._tensor_grads.gather()
+        if gathered is not None:
+            grads, updated = gathered, gathered.updated
+        else:
+            grads, updated = self._grads()
         if not updated:
+            self._fo.grad_norm = None
             return loss
         try:
-            self._fo.step(grads)
+            self._fo.step(grads, max_norm=max_norm, norm_type=norm_type)
             for extra in range(1, max((n for _, n in self._repeats), default=0) + 1):
                 again = {i for i, n in self._repeats if n >= extra}
                 self._fo.step([g if i in again else None for i, g in enumerate(grads)])
@@ -285,7 +330,7 @@ class _Adapter(torch.optim.Optimizer):
             # say which param in torch's terms.
             self._grads_slow()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        torch.autograd.graph.increment_version(updated)
+        _increment_version(updated)
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
@@ -356,6 +401,7 @@ class _Adapter(torch.optim.Optimizer):
         loaded = self.__dict__.pop("state", {})
         # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
         # (its optimizers' __setstate__), and so does this class, from the declaration.
+        self.param_groups = [_ParamGroup(group) for group in self.param_groups]
         for group in self.param_groups:
             for key, value in self._declared.items():
                 group.setdefault(key, value)

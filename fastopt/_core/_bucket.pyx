@@ -27,7 +27,7 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from fastopt._core._gather cimport checked_grad
+from fastopt._core._gather cimport GradPointers, checked_grad
 from fastopt._core._kernel_api cimport AlgorithmKernels, KernelTable
 from fastopt._core._reduce cimport ArraySet
 from fastopt._core._table cimport kernel_table
@@ -287,6 +287,8 @@ cdef class ParamBucket:
         cdef object g
         cdef list glist
         cdef tuple gtuple
+        if type(grads) is GradPointers:
+            return self._gather_pointers(<GradPointers>grads)
         if type(grads) is not list and type(grads) is not tuple:
             grads = tuple(grads)      # list subclasses, iterables: index an exact copy
         if len(grads) <= self._max_index:
@@ -311,6 +313,31 @@ cdef class ParamBucket:
                     self._grads[k] = checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
                                                   self._index[k], need_writeable, keep_alive)
                     active += self._offsets[k + 1] - self._offsets[k]
+        return active
+
+    cdef Py_ssize_t _gather_pointers(self, GradPointers grads) except -1:
+        """_gather for gradients a front end gathered and validated (fastopt.torch): their sizes and
+        dtypes are checked against this bucket's params again, and they must not overlap them."""
+        cdef Py_ssize_t k, i, n, active = 0
+        cdef char* gp
+        cdef char* pp
+        cdef Py_ssize_t nbytes
+        if grads.n <= self._max_index:
+            raise ValueError(f"grads has {grads.n} entries; this param group needs index {self._max_index}")
+        for k in range(self.n_arrays):
+            i = self._index[k]
+            gp = grads.data[i]
+            self._grads[k] = gp
+            if gp == NULL:
+                continue
+            n = self._offsets[k + 1] - self._offsets[k]
+            if grads.sizes[i] != n or grads.typenums[i] != self.typenum:
+                raise ValueError(f"grads[{i}] does not have its param's size and dtype")
+            pp = self._params[k]
+            nbytes = n * (4 if self.typenum == cnp.NPY_FLOAT32 else 8)
+            if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+                raise ValueError(f"grads[{i}] shares memory with its param; pass a separate gradient array")
+            active += n
         return active
 
     def check_grads(self, grads, bint need_writeable=False):

@@ -1,6 +1,8 @@
 # Gathering arrays for a kernel: the per-call checks that must run at C speed, before anything is
 # written (the checks of everything else live in fastopt/_validation.py).
+cimport cython
 cimport numpy as cnp
+from libc.stdlib cimport calloc, free, malloc
 
 import numpy as np
 
@@ -94,3 +96,41 @@ cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable):
     if need_writeable and not cnp.PyArray_ISWRITEABLE(a):
         raise ValueError(f"{what} is read-only, but is modified in place")
     return a
+
+
+@cython.final
+cdef class GradPointers:
+    """The optimizer-wide gradients as raw pointers, for a front end that is not NumPy.
+
+    ``fastopt.torch`` reads each param's ``.grad`` (pointer, dtype, size, layout) through torch's
+    API and validates it itself; building a NumPy view per gradient per step would cost more than
+    the update of a small tensor. The buckets take this object wherever they take a list of
+    arrays: entry i is param i's gradient (NULL: none this step), with param i's size and dtype.
+    """
+
+    def __cinit__(self, Py_ssize_t n, sizes, typenums):
+        cdef Py_ssize_t i
+        self.n = n
+        self.data = <char**>calloc(n + 1, sizeof(char*))
+        self.sizes = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.typenums = <int*>malloc((n + 1) * sizeof(int))
+        if self.data == NULL or self.sizes == NULL or self.typenums == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.sizes[i] = sizes[i]
+            self.typenums[i] = typenums[i]
+        self.updated = []
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.sizes)
+        free(self.typenums)
+
+    def __len__(self):
+        return self.n
+
+    def present(self, Py_ssize_t i):
+        """Whether param ``i`` has a gradient."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.data[i] != NULL

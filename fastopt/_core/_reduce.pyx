@@ -11,7 +11,7 @@ cimport numpy as cnp
 from libc.math cimport sqrt, pow, INFINITY, NAN
 from libc.stdlib cimport malloc, free
 
-from fastopt._core._gather cimport checked_array
+from fastopt._core._gather cimport GradPointers, checked_array
 from fastopt._core._kernel_api cimport (
     KernelTable, RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
 from fastopt._core._table cimport kernel_table
@@ -222,6 +222,29 @@ cdef void _fill_job(ArraySet s, Job* j, int kind, double p) noexcept:
     j.partial = NULL
 
 
+cdef ArraySet _from_pointers(GradPointers pointers):
+    cdef ArraySet s = ArraySet.__new__(ArraySet)
+    cdef Py_ssize_t k, n = pointers.n, total = 0
+    s.owner = True
+    s.n_arrays = n
+    s.offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    s.data = <char**>malloc((n + 1) * sizeof(char*))
+    s.typenums = <int*>malloc((n + 1) * sizeof(int))
+    if s.offsets == NULL or s.data == NULL or s.typenums == NULL:
+        raise MemoryError()
+    s.keep_alive = [pointers]
+    for k in range(n):
+        s.data[k] = pointers.data[k]
+        s.typenums[k] = pointers.typenums[k]
+        s.offsets[k] = total
+        if pointers.data[k] != NULL:
+            total += pointers.sizes[k]
+    s.offsets[n] = total
+    s.total = total
+    s.typenum = s.typenums[0] if n > 0 else cnp.NPY_FLOAT64
+    return s
+
+
 def gather_arrays(arrays, str name="grads", bint need_writeable=True):
     """Validate ``arrays`` and view them as one :class:`ArraySet` (no copies).
 
@@ -229,6 +252,10 @@ def gather_arrays(arrays, str name="grads", bint need_writeable=True):
     misaligned or (when ``need_writeable``) read-only arrays.
     """
     cdef list items
+    cdef GradPointers pointers
+    if type(arrays) is GradPointers:    # validated by its front end; NULL entries are skipped
+        pointers = <GradPointers>arrays
+        return _from_pointers(pointers)
     if cnp.PyArray_Check(arrays):
         items = [arrays]
     else:

@@ -38,6 +38,17 @@ def kernel_index(name):
     return _KERNEL_INDEX[name]
 
 
+_CONFIG_INDEX = {tuple(key): i for i, key in enumerate(selected.STORAGE_CONFIGS)}
+_CODEGEN_NAMES = {0: "f32", 1: "f64", 2: "bf16", 3: "f16"}
+
+
+def config_index(param, grad, state, master, stochastic):
+    """The kernel table's storage configuration for these storage codes (-1: not built)."""
+    key = (_CODEGEN_NAMES[param], _CODEGEN_NAMES[grad], _CODEGEN_NAMES[state], bool(master),
+           bool(stochastic))
+    return _CONFIG_INDEX.get(key, -1)
+
+
 def pack(name, values):
     """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name."""
     return selected.PACKERS[_KERNEL_INDEX[name]](values)
@@ -61,6 +72,7 @@ kernels = types.SimpleNamespace(
     ArraySet=_reduce.ArraySet,
     gather_arrays=_reduce.gather_arrays,
     kernel_index=kernel_index,
+    config_index=config_index,
     pack=pack,
 )
 

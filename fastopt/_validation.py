@@ -10,22 +10,25 @@ import numbers
 
 import numpy as np
 
+from . import _dtypes
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+PARAM_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 def as_param_array(obj, name):
-    """``obj`` as a float32/float64 C-contiguous writeable ndarray, without copying.
+    """``obj`` as a C-contiguous writeable ndarray of a dtype fastopt steps, without copying.
 
     Objects with the buffer protocol (``torch_tensor.numpy()``, ``memoryview``, ``array.array``) are
     viewed, never copied, so updates land in the caller's memory.
     """
     if not isinstance(obj, np.ndarray):
         if isinstance(obj, (dict, str, bytes, numbers.Number)) or obj is None:
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}")
         try:
             arr = np.asarray(obj)
         except Exception as exc:  # an object NumPy cannot view
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}") from exc
         if arr.dtype == object or arr.base is None and not isinstance(obj, np.ndarray):
             # np.asarray made a new array (a list, say): updates would never reach the caller.
             raise TypeError(
@@ -33,8 +36,8 @@ def as_param_array(obj, name):
                 f"buffer), got {type(obj).__name__}")
     else:
         arr = obj
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if _dtypes.storage_of(arr) is None:
+        raise TypeError(f"{name} must have dtype {PARAM_DTYPES} (ml_dtypes.bfloat16), got {arr.dtype}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray and keep that array)")
     if not arr.flags.writeable:
@@ -123,6 +126,34 @@ def check_constraint(name, value, constraint):
         return (check_constraint(f"{name}[0]", first, constraint.item),
                 check_constraint(f"{name}[1]", second, constraint.item))
     raise ValueError(f"unknown constraint kind {kind!r} for {name}")
+
+
+def check_state_dtype(value):
+    """``state_dtype``: None, or float32/bfloat16 given as a name, a NumPy dtype or a torch dtype;
+    returns None, "float32" or "bfloat16"."""
+    if value is None:
+        return None
+    name = str(value).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+    try:
+        name = np.dtype(value).name
+    except TypeError:
+        pass
+    if name in ("float32", "bfloat16"):
+        return name
+    raise ValueError(f"state_dtype must be None, float32 or bfloat16, got {value!r}")
+
+
+def check_seed(seed):
+    """A stochastic-rounding seed: an int in [0, 2**64), or None for one drawn from the OS."""
+    if seed is None:
+        import secrets
+        return secrets.randbits(64)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
 
 
 def check_norm_type(norm_type):

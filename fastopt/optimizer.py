@@ -12,6 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
 from ._core._gather import GradPointers
@@ -101,9 +102,9 @@ class Optimizer:
     Parameters
     ----------
     params : iterable of ndarray, or iterable of dict
-        The arrays to optimize (float32 or float64, C-contiguous, writeable; updated in place), or
-        param groups: dicts with a ``"params"`` list and any hyperparameters that override the
-        defaults for that group.
+        The arrays to optimize (float32, float64, float16 or bfloat16 -- ``ml_dtypes.bfloat16`` --,
+        C-contiguous, writeable; updated in place), or param groups: dicts with a ``"params"`` list
+        and any hyperparameters that override the defaults for that group.
     defaults : dict
         Default hyperparameters.
     skip_nonfinite : bool, default False
@@ -111,6 +112,23 @@ class Optimizer:
         entirely (params and state stay bit-identical), set ``found_inf`` and count it in
         ``skipped_steps``, as torch's GradScaler does. The check is one extra read-only pass over
         the gradients. With the default ``False`` non-finite values propagate as in torch.optim.
+    master_weights : bool, default False
+        For float16/bfloat16 params: keep a float32 master copy of each (state ``"master"``, made
+        from the param at its first step). The step updates the master and float32 states exactly
+        as a float32 run would, and writes the param as the master rounded to nearest (ties to
+        even), in the same pass. Without it, half-precision params are stepped as torch's fused
+        CPU kernels step them: float32 arithmetic, states in the param's dtype, one rounding when
+        each value is stored.
+    state_dtype : None, "float32" or "bfloat16", default None
+        With ``master_weights``: the dtype of the moment buffers (float32 by default; bfloat16
+        halves their memory traffic).
+    stochastic_rounding : bool, default False
+        For bfloat16 params without master weights: round the params and states stochastically
+        when storing them (unbiased: up with probability equal to the distance from the value
+        below), which keeps small updates from being lost. Reproducible for a given ``seed``,
+        whatever the thread count.
+    seed : int, optional
+        The stochastic-rounding seed (default: drawn from the OS; kept in ``state_dict``).
 
     Attributes
     ----------
@@ -127,8 +145,19 @@ class Optimizer:
     #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _classes.py.
     algorithm = None
 
-    def __init__(self, params, defaults, skip_nonfinite=False):
+    def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
+                 state_dtype=None, stochastic_rounding=False, seed=None):
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
+        self.master_weights = V.check_bool("master_weights", master_weights)
+        self.state_dtype = V.check_state_dtype(state_dtype)
+        self.stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
+        if self.state_dtype is not None and not self.master_weights:
+            raise ValueError("state_dtype needs master_weights=True (without a master copy, "
+                             "a half-precision param's states are kept in its own dtype)")
+        if self.stochastic_rounding and self.master_weights:
+            raise ValueError("stochastic_rounding is for bfloat16 params without master weights "
+                             "(with master_weights the param is the master rounded to nearest)")
+        self.seed = V.check_seed(seed)
         self.found_inf = False
         self.skipped_steps = 0
         self.grad_norm = None
@@ -202,11 +231,22 @@ class Optimizer:
 
     def _new_bucket(self, params, indices):
         alg = self.algorithm
+        storage = _dtypes.storage_of(params[0])
+        half = storage in _dtypes.HALF
+        master = self.master_weights and half
+        if master:
+            state = _dtypes.BF16 if self.state_dtype == "bfloat16" else _dtypes.F32
+        else:
+            state = storage
+        stochastic = self.stochastic_rounding and storage == _dtypes.BF16
+        configs = (kernels.config_index(storage, storage, state, master, stochastic),
+                   kernels.config_index(storage, _dtypes.F32, state, master, stochastic) if half else -1)
         return kernels.ParamBucket(
             params, indices, kernels.kernel_index(alg.kernel),
             tuple(s.name for s in alg.elementwise_state),
             tuple((s.name, float(s.init)) for s in alg.scalar_state),
-            tuple(j for j, s in enumerate(alg.elementwise_state) if s.lazy))
+            tuple(j for j, s in enumerate(alg.elementwise_state) if s.lazy),
+            configs, _dtypes.empty_like_storage(state, (0,), like=params[0]), master, self.seed)
 
     def _check_group(self, group):
         """Check a group's hyperparameters against the declaration; return its :data:`Checked`."""
@@ -401,7 +441,8 @@ class Optimizer:
     @property
     def _state_names(self):
         """Names of the state buffers kept per param, in state_dict order."""
-        return tuple(s.name for s in self.algorithm.state)
+        names = tuple(s.name for s in self.algorithm.state)
+        return names + ("master",) if self.master_weights else names
 
     @property
     def _has_step(self):
@@ -544,8 +585,10 @@ class Optimizer:
                     continue
                 if value.shape != param.shape:
                     raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
-                if value.dtype != param.dtype:
-                    raise TypeError(f"{where} has dtype {value.dtype}, its param has dtype {param.dtype}")
+                expected = np.dtype(np.float32) if name == "master" else bucket.state_dtype
+                if value.dtype != expected:
+                    raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
+                                    f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value
             g = self._group_of(int(key))
             self._check_entry(key, checked, new_groups[g])
@@ -565,6 +608,10 @@ class Optimizer:
             for name, value in checked.items():
                 if name == "step":
                     bucket.steps[k] = value
+                    continue
+                if name == "master":
+                    bucket.state_view(name, k)[...] = value
+                    bucket.master_ready[k] = 1
                     continue
                 if states[name].shape == "param":
                     bucket.arena(name, self._initial_value(states[name], values))

@@ -431,7 +431,7 @@ cdef class ParamBucket:
             self._use_grad(k, grads.storages[i])
             pp = self._params[k]
             nbytes = n * self.param_size
-            if nbytes > 0 and gp < pp + n * self._grad_size[k] and pp < gp + nbytes:
+            if nbytes > 0 and gp < pp + nbytes and pp < gp + n * self._grad_size[k]:
                 raise ValueError(f"grads[{i}] shares memory with its param; pass a separate gradient array")
             active += n
         return active

@@ -85,7 +85,7 @@ cdef char* checked_grad(object grad, cnp.ndarray param, int storage, Py_ssize_t 
     gp = <char*>cnp.PyArray_DATA(g)
     pp = <char*>cnp.PyArray_DATA(param)
     nbytes = cnp.PyArray_NBYTES(g)
-    if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+    if nbytes > 0 and gp < pp + cnp.PyArray_NBYTES(param) and pp < gp + nbytes:
         raise ValueError(f"grads[{index}] shares memory with its param; pass a separate gradient array")
     return gp
 

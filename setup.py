@@ -13,9 +13,10 @@ Flags, and why:
   rounds exactly alike and results are bit-identical across them and to a NumPy reference.
 * never ``-ffast-math`` -- it assumes no NaN/Inf and breaks non-finite detection and propagation.
 * ``-march=native`` by default (the building CPU's vector ISA). ``FASTOPT_PORTABLE=1`` builds for any
-  x86-64 instead and adds ``fastopt._step_avx2`` (``-mavx2 -mfma``), chosen at run time on CPUs that
+  x86-64 instead and adds ``fastopt._core._kernels_avx2`` (``-mavx2 -mfma``), chosen at run time on CPUs that
   have AVX2 and FMA.
-* ``-fopenmp`` where the compiler accepts it; without it the kernels run on one thread.
+* No OpenMP: large jobs run on fastopt's own thread pool (``fastopt/_core/pool.c``, POSIX threads),
+  compiled into ``fastopt._core._fastopt_threads``; no OpenMP runtime is linked or bundled.
 * ``fastopt._lbfgs`` alone adds ``-ffp-contract=fast`` and ``-mprefer-vector-width=512``. Its loops
   are inner products and axpys: without FMA each element costs two floating-point operations and
   at n ~ 1e3 the two-loop recursion is bound by the FP ports, not by L2, and AVX-512 CPUs run it
@@ -66,53 +67,65 @@ def _compiler_accepts(flags, source="int main(void){return 0;}\n", link=True):
             return False
 
 
-OPENMP_PROBE = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
-HAS_OPENMP = _compiler_accepts(["-fopenmp"], OPENMP_PROBE)
 IS_X86 = _compiler_accepts(["-mavx2", "-mfma"], link=False)
 
 base_cflags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unreachable-code"]
 if not PORTABLE and _compiler_accepts(["-march=native"], link=False):
     base_cflags.append("-march=native")
-omp_cflags = ["-fopenmp"] if HAS_OPENMP else []
 lbfgs_cflags = [flag for flag in ("-ffp-contract=fast", "-mprefer-vector-width=512")
                 if _compiler_accepts([flag], link=False)]
-omp_ldflags = ["-fopenmp"] if HAS_OPENMP else []
-if not HAS_OPENMP:
-    print("fastopt: the compiler has no OpenMP; kernels will run on one thread", file=sys.stderr)
+# The thread pool's C source, compiled into the module that drives it.
+POOL_SOURCES = {os.path.join("fastopt", "_core", "_fastopt_threads.pyx"): [os.path.join("fastopt", "_core", "pool.c")]}
+thread_ldflags = ["-pthread"] if os.name == "posix" and _compiler_accepts(["-pthread"]) else []
 
 
 def make_extension(pyx, extra_cflags=()):
     name = os.path.splitext(pyx)[0].replace(os.sep, ".")
     return Extension(
         name,
-        [pyx],
-        include_dirs=[np.get_include()],
+        [pyx] + POOL_SOURCES.get(pyx, []),
+        include_dirs=[np.get_include(), os.path.join("fastopt", "_core")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=base_cflags + omp_cflags + list(extra_cflags),
-        extra_link_args=omp_ldflags,
+        extra_compile_args=base_cflags + thread_ldflags + list(extra_cflags),
+        extra_link_args=thread_ldflags,
     )
 
 
 extensions = []
 for pyx in sorted(glob.glob(os.path.join("fastopt", "**", "*.pyx"), recursive=True)):
-    if os.path.basename(pyx) == "_step_avx2.pyx":
+    if os.path.basename(pyx) == "_kernels_avx2.pyx":
         if PORTABLE and IS_X86:
-            extensions.append(make_extension(pyx, ["-mavx2", "-mfma"]))
+            extensions.append(make_extension(pyx, ["-mavx2", "-mfma", "-mf16c"]))
         continue
     extensions.append(make_extension(pyx, lbfgs_cflags if pyx.endswith("_lbfgs.pyx") else ()))
 
 
-class build_ext_with_config(build_ext):
-    """build_ext that also writes ``fastopt/_build_config.py``: how this build was made, read by
-    ``fastopt.build_info()``. It goes where the extensions go: the build directory (then into the
-    wheel), or the source tree for in-place and editable builds. Importing setup.py writes nothing."""
+class build_ext_fastopt(build_ext):
+    """build_ext that generates and cythonizes the sources first, and records how it built.
+
+    * The element loops of every declared algorithm (fastopt/algorithms) are generated from
+      templates (fastopt/_core/_codegen.py), then every .pyx is cythonized: both are build steps,
+      so importing setup.py (``python setup.py --name``) writes nothing.
+    * ``fastopt/_build_config.py`` says how this build was made (read by ``fastopt.build_info()``).
+      It goes where the extensions go: the build directory (then into the wheel), or the source
+      tree for in-place and editable builds.
+    """
 
     def run(self):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastopt", "_core"))
+        try:
+            import _codegen
+            _codegen.render()
+        finally:
+            sys.path.pop(0)
+        self.extensions[:] = cythonize(
+            self.extensions, compiler_directives=COMPILER_DIRECTIVES,
+            nthreads=int(os.environ.get("FASTOPT_CYTHON_JOBS", "0") or 0))
         super().run()
         with open(self._config_path(), "w") as f:
             f.write("# Generated by setup.py's build_ext; not tracked.\n")
-            f.write(f"PORTABLE = {PORTABLE!r}\nOPENMP = {HAS_OPENMP!r}\n"
-                    f"CFLAGS = {base_cflags + omp_cflags!r}\nLBFGS_CFLAGS = {lbfgs_cflags!r}\n")
+            f.write(f"PORTABLE = {PORTABLE!r}\nCFLAGS = {base_cflags!r}\n"
+                    f"LBFGS_CFLAGS = {lbfgs_cflags!r}\n")
 
     def _config_path(self):
         if self.inplace:
@@ -126,11 +139,4 @@ class build_ext_with_config(build_ext):
         return super().get_outputs() + [os.path.join(self.build_lib, "fastopt", "_build_config.py")]
 
 
-setup(
-    cmdclass={"build_ext": build_ext_with_config},
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives=COMPILER_DIRECTIVES,
-        nthreads=int(os.environ.get("FASTOPT_CYTHON_JOBS", "0") or 0),
-    ),
-)
+setup(cmdclass={"build_ext": build_ext_fastopt}, ext_modules=extensions)

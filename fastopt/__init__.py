@@ -8,16 +8,13 @@
 try:
     from . import _validation, lr_scheduler
     from ._backend import build_info, kernels as _kernels
-    from .adagrad import Adagrad
-    from .adam import Adam, AdamW
+    from ._classes import CLASSES as _CLASSES
     from .checkpoint import load, save
     from .flat import FlatParams, flatten
     from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
     from .second_order import classify_critical_point, minimize_bfgs, newton
     from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
     from .optimizer import Optimizer
-    from .rmsprop import RMSprop
-    from .sgd import SGD
 except ImportError as _error:
     # An unbuilt source checkout (e.g. `python -m fastopt` at the repository root) gets a message
     # that says what to do; any other ImportError propagates unchanged.
@@ -25,11 +22,19 @@ except ImportError as _error:
     raise_if_unbuilt(__path__[0], _error)
     raise
 
+# One class per declared algorithm (fastopt/algorithms): fastopt.SGD, fastopt.Adam, ...
+globals().update(_CLASSES)
+
 __version__ = "0.1.0"
+
+from . import _threadpool  # noqa: E402
+
+_threadpool.register(__version__)   # threadpoolctl can see and limit fastopt's threads
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for large steps (``0``: follow OpenMP / ``OMP_NUM_THREADS``)."""
+    """Use ``n`` threads for large steps (``0``: the default, ``OMP_NUM_THREADS`` if set, else the
+    CPUs this process may use)."""
     _kernels.set_num_threads(_validation.check_num_threads(n))
 
 
@@ -39,7 +44,7 @@ def get_num_threads():
 
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "Optimizer", *_CLASSES,
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
     "save", "load", "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",

@@ -1,7 +1,8 @@
 """Argument checks shared by every public function and class.
 
 All checks live here (and, for the per-step gradient checks that must run at C speed, in
-``_kernels.pxi: _checked_grad``). Each failure raises TypeError (wrong kind of value) or ValueError
+``fastopt/_core/_gather.pyx``). Hyperparameters are checked against the constraints their
+algorithm declares (``fastopt/algorithms``) by :func:`check_constraint`. Each failure raises TypeError (wrong kind of value) or ValueError
 (right kind, wrong value) whose message names the argument and says what was expected.
 """
 import math
@@ -9,22 +10,25 @@ import numbers
 
 import numpy as np
 
+from . import _dtypes
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+PARAM_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 def as_param_array(obj, name):
-    """``obj`` as a float32/float64 C-contiguous writeable ndarray, without copying.
+    """``obj`` as a C-contiguous writeable ndarray of a dtype fastopt steps, without copying.
 
     Objects with the buffer protocol (``torch_tensor.numpy()``, ``memoryview``, ``array.array``) are
     viewed, never copied, so updates land in the caller's memory.
     """
     if not isinstance(obj, np.ndarray):
         if isinstance(obj, (dict, str, bytes, numbers.Number)) or obj is None:
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}")
         try:
             arr = np.asarray(obj)
         except Exception as exc:  # an object NumPy cannot view
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}") from exc
         if arr.dtype == object or arr.base is None and not isinstance(obj, np.ndarray):
             # np.asarray made a new array (a list, say): updates would never reach the caller.
             raise TypeError(
@@ -32,8 +36,8 @@ def as_param_array(obj, name):
                 f"buffer), got {type(obj).__name__}")
     else:
         arr = obj
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if _dtypes.storage_of(arr) is None:
+        raise TypeError(f"{name} must have dtype {PARAM_DTYPES} (ml_dtypes.bfloat16), got {arr.dtype}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray and keep that array)")
     if not arr.flags.writeable:
@@ -86,14 +90,85 @@ def check_bool(name, value):
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
-def check_betas(name, value):
+def check_integer(name, value, *, low=None, high=None):
+    """``value`` as an int (bools refused) within the given bounds (inclusive)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def check_constraint(name, value, constraint):
+    """Check ``value`` against a declared ``fastopt.algorithms._spec.Constraint``; return it checked.
+
+    A ``pair`` returns a tuple of two checked items, named ``name[0]`` and ``name[1]`` in errors.
+    """
+    kind = constraint.kind
+    if kind == "real":
+        return check_real(name, value, low=constraint.low, high=constraint.high,
+                          low_inclusive=constraint.low_inclusive,
+                          high_inclusive=constraint.high_inclusive)
+    if kind == "flag":
+        return check_bool(name, value)
+    if kind == "integer":
+        return check_integer(name, value, low=constraint.low, high=constraint.high)
+    if kind == "pair":
+        if isinstance(value, (str, bytes, dict)):
+            raise TypeError(f"{name} must be a pair, got {value!r}")
+        try:
+            first, second = value
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a pair, got {value!r}") from None
+        return (check_constraint(f"{name}[0]", first, constraint.item),
+                check_constraint(f"{name}[1]", second, constraint.item))
+    raise ValueError(f"unknown constraint kind {kind!r} for {name}")
+
+
+def check_state_dtype(value):
+    """``state_dtype``: None, or float32/bfloat16 given as a name, a NumPy dtype or a torch dtype;
+    returns None, "float32" or "bfloat16"."""
+    if value is None:
+        return None
+    name = str(value).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
     try:
-        beta1, beta2 = value
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}") from None
-    b1 = check_real(f"{name}[0]", beta1, low=0.0, high=1.0, high_inclusive=False)
-    b2 = check_real(f"{name}[1]", beta2, low=0.0, high=1.0, high_inclusive=False)
-    return (b1, b2)
+        name = np.dtype(value).name
+    except TypeError:
+        pass
+    if name in ("float32", "bfloat16"):
+        return name
+    raise ValueError(f"state_dtype must be None, float32 or bfloat16, got {value!r}")
+
+
+def check_seed(seed):
+    """A stochastic-rounding seed: an int in [0, 2**64), or None for one drawn from the OS."""
+    if seed is None:
+        import secrets
+        return secrets.randbits(64)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
+def check_norm_type(norm_type):
+    """A norm's order: a real number > 0, or ``inf`` (the string "inf" too), as a float."""
+    if isinstance(norm_type, str):
+        if norm_type.lower() != "inf":
+            raise ValueError(f"norm_type must be a number > 0 or 'inf', got {norm_type!r}")
+        return math.inf
+    if isinstance(norm_type, (bool, np.bool_)) or not (isinstance(norm_type, numbers.Real)
+                                                       or hasattr(norm_type, "__float__")):
+        raise TypeError(f"norm_type must be a number > 0 or 'inf', got {type(norm_type).__name__}")
+    norm_type = float(norm_type)
+    if not norm_type > 0:
+        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+    return norm_type
 
 
 #: More threads than this is surely a mistake (and libgomp would try to start them all).

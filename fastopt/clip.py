@@ -36,15 +36,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
         The total norm before clipping.
     """
     max_norm = V.check_real("max_norm", max_norm, low=0.0)
-    if isinstance(norm_type, str):
-        if norm_type.lower() != "inf":
-            raise ValueError(f"norm_type must be a number > 0 or 'inf', got {norm_type!r}")
-        norm_type = math.inf
-    if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) and not hasattr(norm_type, "__float__"):
-        raise TypeError(f"norm_type must be a number > 0 or 'inf', got {type(norm_type).__name__}")
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
+    norm_type = V.check_norm_type(norm_type)
     error_if_nonfinite = V.check_bool("error_if_nonfinite", error_if_nonfinite)
     arrays = kernels.gather_arrays(grads, "grads", True)
     total = arrays.norm(norm_type)

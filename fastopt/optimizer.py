@@ -1,16 +1,26 @@
 """The ``Optimizer`` base class: param groups, state arenas, ``step``, ``state_dict``.
 
-Subclasses (``SGD``, ``Adam``, ...) only declare their hyperparameters, check them, and name the
-compiled bucket method that applies their update; the state they keep lives in per-(group, dtype)
-arenas inside :class:`fastopt._step.ParamBucket`.
+Everything here is generic: an optimizer class (``fastopt.Adam``, built by ``_classes.py``) only
+names its declaration (``fastopt/algorithms``), whose hyperparameters, constraints, rules and state
+this class reads. The state lives in per-(group, dtype) arenas inside
+:class:`fastopt._core._bucket.ParamBucket`, which runs the declared algorithm's compiled kernel.
 """
 import functools
+import math
 import threading
+from collections import namedtuple
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
+from ._core._gather import GradPointers
+
+#: A group's checked hyperparameters, in the forms the step uses: ``packed`` (the kernel's struct,
+#: filled by field name), ``gmul`` (-1.0 when maximizing), ``active`` ((state index, initial value)
+#: of each elementwise state the settings use) and ``values`` (field name -> checked value).
+Checked = namedtuple("Checked", "packed gmul active values")
 
 # Largest step count load_state_dict takes: the kernels use it as an int64 and as a double.
 _MAX_STEP = 2 ** 53
@@ -92,9 +102,9 @@ class Optimizer:
     Parameters
     ----------
     params : iterable of ndarray, or iterable of dict
-        The arrays to optimize (float32 or float64, C-contiguous, writeable; updated in place), or
-        param groups: dicts with a ``"params"`` list and any hyperparameters that override the
-        defaults for that group.
+        The arrays to optimize (float32, float64, float16 or bfloat16 -- ``ml_dtypes.bfloat16`` --,
+        C-contiguous, writeable; updated in place), or param groups: dicts with a ``"params"`` list
+        and any hyperparameters that override the defaults for that group.
     defaults : dict
         Default hyperparameters.
     skip_nonfinite : bool, default False
@@ -102,6 +112,23 @@ class Optimizer:
         entirely (params and state stay bit-identical), set ``found_inf`` and count it in
         ``skipped_steps``, as torch's GradScaler does. The check is one extra read-only pass over
         the gradients. With the default ``False`` non-finite values propagate as in torch.optim.
+    master_weights : bool, default False
+        For float16/bfloat16 params: keep a float32 master copy of each (state ``"master"``, made
+        from the param at its first step). The step updates the master and float32 states exactly
+        as a float32 run would, and writes the param as the master rounded to nearest (ties to
+        even), in the same pass. Without it, half-precision params are stepped as torch's fused
+        CPU kernels step them: float32 arithmetic, states in the param's dtype, one rounding when
+        each value is stored.
+    state_dtype : None, "float32" or "bfloat16", default None
+        With ``master_weights``: the dtype of the moment buffers (float32 by default; bfloat16
+        halves their memory traffic).
+    stochastic_rounding : bool, default False
+        For bfloat16 params without master weights: round the params and states stochastically
+        when storing them (unbiased: up with probability equal to the distance from the value
+        below), which keeps small updates from being lost. Reproducible for a given ``seed``,
+        whatever the thread count.
+    seed : int, optional
+        The stochastic-rounding seed (default: drawn from the OS; kept in ``state_dict``).
 
     Attributes
     ----------
@@ -115,15 +142,25 @@ class Optimizer:
         views of the optimizer's memory (a copy is in :meth:`state_dict`).
     """
 
-    #: Names of the state buffers this optimizer keeps per param, in state_dict order.
-    _state_names = ()
-    #: Whether per-param state carries a ``"step"`` count.
-    _has_step = True
+    #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _classes.py.
+    algorithm = None
 
-    def __init__(self, params, defaults, skip_nonfinite=False):
+    def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
+                 state_dtype=None, stochastic_rounding=False, seed=None):
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
+        self.master_weights = V.check_bool("master_weights", master_weights)
+        self.state_dtype = V.check_state_dtype(state_dtype)
+        self.stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
+        if self.state_dtype is not None and not self.master_weights:
+            raise ValueError("state_dtype needs master_weights=True (without a master copy, "
+                             "a half-precision param's states are kept in its own dtype)")
+        if self.stochastic_rounding and self.master_weights:
+            raise ValueError("stochastic_rounding is for bfloat16 params without master weights "
+                             "(with master_weights the param is the master rounded to nearest)")
+        self.seed = V.check_seed(seed)
         self.found_inf = False
         self.skipped_steps = 0
+        self.grad_norm = None
         self.defaults = dict(defaults)
         self.param_groups = []
         self._buckets = []          # per group: list of ParamBucket (one per dtype)
@@ -182,19 +219,53 @@ class Optimizer:
         by_dtype = {}
         for i, arr in enumerate(arrays):
             by_dtype.setdefault(arr.dtype, []).append(i)
-        buckets = [kernels.ParamBucket([arrays[i] for i in idx], [first + i for i in idx])
+        buckets = [self._new_bucket([arrays[i] for i in idx], [first + i for i in idx])
                    for idx in by_dtype.values()]
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
         # (param count, compiled step) for step()'s fast path: one group of one dtype only.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
-        self._fast = (only.n_arrays, self._bucket_step(only)) if only is not None else None
+        self._fast = (only.n_arrays, only.step) if only is not None else None
         self._init_group_state(group, buckets)
 
+    def _new_bucket(self, params, indices):
+        alg = self.algorithm
+        storage = _dtypes.storage_of(params[0])
+        half = storage in _dtypes.HALF
+        master = self.master_weights and half
+        if master:
+            state = _dtypes.BF16 if self.state_dtype == "bfloat16" else _dtypes.F32
+        else:
+            state = storage
+        stochastic = self.stochastic_rounding and storage == _dtypes.BF16
+        configs = (kernels.config_index(storage, storage, state, master, stochastic),
+                   kernels.config_index(storage, _dtypes.F32, state, master, stochastic) if half else -1)
+        return kernels.ParamBucket(
+            params, indices, kernels.kernel_index(alg.kernel),
+            tuple(s.name for s in alg.elementwise_state),
+            tuple((s.name, float(s.init)) for s in alg.scalar_state),
+            tuple(j for j, s in enumerate(alg.elementwise_state) if s.lazy),
+            configs, _dtypes.empty_like_storage(state, (0,), like=params[0]), master, self.seed)
+
     def _check_group(self, group):
-        """Check a group's hyperparameters; return the values its step uses (subclass hook)."""
-        raise NotImplementedError
+        """Check a group's hyperparameters against the declaration; return its :data:`Checked`."""
+        alg = self.algorithm
+        values = {}
+        for h in alg.hyperparameters:
+            checked = V.check_constraint(h.name, group[h.name], h.constraint)
+            values.update(zip(h.fields, checked) if len(h.fields) > 1 else ((h.name, checked),))
+        for rule in alg.rules:
+            if not rule.test(values):
+                raise rule.error(rule.message)
+        active = tuple((j, self._initial_value(s, values))
+                       for j, s in enumerate(alg.elementwise_state) if alg.state_active(s, values))
+        return Checked(kernels.pack(alg.kernel, values), -1.0 if values["maximize"] else 1.0,
+                       active, values)
+
+    @staticmethod
+    def _initial_value(state, values):
+        return float(values[state.init]) if isinstance(state.init, str) else float(state.init)
 
     def _checked(self, group):
         """The group's checked hyperparameters, re-checked only if the group was modified."""
@@ -218,7 +289,14 @@ class Optimizer:
                 f"(a {type(self).__name__} param group needs {sorted(self.defaults)})")
 
     def _init_group_state(self, group, buckets):
-        """Create state that exists before the first step (subclass hook; Adagrad uses it)."""
+        """Create the states the declaration marks ``eager`` (they exist before the first step)."""
+        eager = [s for s in self.algorithm.elementwise_state if s.eager]
+        if not eager:
+            return
+        values = self._checked(group).values
+        for bucket in buckets:
+            for state in eager:
+                bucket.arena(state.name, self._initial_value(state, values))
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -231,6 +309,10 @@ class Optimizer:
         entry as an array and keeps that array alive for the step).
         """
         n = len(self._params)
+        if type(grads) is GradPointers:    # gathered and checked by a front end (fastopt.torch)
+            if len(grads) != n:
+                raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
+            return grads
         if type(grads) is not list and type(grads) is not tuple:
             if grads is None:
                 raise TypeError("grads must be a list of arrays aligned with the params, got None")
@@ -247,7 +329,7 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
         return grads
 
-    def step(self, grads):
+    def step(self, grads, *, max_norm=None, norm_type=2.0):
         """Apply one update to every param in place.
 
         Parameters
@@ -257,9 +339,19 @@ class Optimizer:
             dtype and C-contiguous. A ``None`` entry skips that param (its state is untouched, as in
             torch.optim for a param whose ``.grad`` is None). A single array is accepted when the
             optimizer has one param.
+        max_norm : float, optional
+            Clip the gradients by their global norm first, inside the step: one read-only pass
+            computes the norm of all (non-None) gradients together, as :func:`fastopt.clip_grad_norm_`
+            does, and the update multiplies each gradient element by
+            ``min(1, max_norm / (norm + 1e-6))`` as it reads it. The gradients themselves are left
+            unchanged, and the result is bit-identical to ``clip_grad_norm_`` followed by ``step``
+            (two passes over the gradients instead of three). The norm is kept in ``grad_norm``.
+        norm_type : float or "inf", default 2.0
+            The norm's order, as in :func:`fastopt.clip_grad_norm_`.
 
         Everything is checked (hyperparameters of every group, every gradient) before any param or
-        state is written: a bad argument raises and leaves the optimizer exactly as it was.
+        state is written: a bad argument raises and leaves the optimizer exactly as it was. With
+        ``skip_nonfinite`` and ``max_norm``, the norm pass is the finiteness check too.
 
         Returns
         -------
@@ -267,21 +359,26 @@ class Optimizer:
             True if the update was applied; False if ``skip_nonfinite`` found a NaN/Inf gradient
             and skipped it.
         """
-        # Fast path (one group, one dtype, checked hyperparameters, an exact list): the whole
-        # Python-side cost of a small step is here, so it does the least that is still safe. The
-        # compiled bucket validates every gradient before writing anything.
+        # Fast path (one group, one dtype, checked hyperparameters, an exact list, no clipping):
+        # the whole Python-side cost of a small step is here, so it does the least that is still
+        # safe. The compiled bucket validates every gradient before writing anything.
         fast = self._fast
-        if fast is not None and type(grads) is list and len(grads) == fast[0] \
+        if fast is not None and (type(grads) is list or type(grads) is GradPointers) \
+                and len(grads) == fast[0] and max_norm is None \
                 and not self.skip_nonfinite and len(self.param_groups) == 1:
             group = self.param_groups[0]
             hyper = group.checked if type(group) is ParamGroup else None
             if hyper is not None and len(group["params"]) == fast[0] \
                     and self._lock.acquire(blocking=False):
                 try:
-                    fast[1](grads, *hyper)
+                    fast[1](grads, hyper.packed, hyper.gmul, hyper.active)
+                    self.grad_norm = None
                 finally:
                     self._lock.release()
                 return True
+        if max_norm is not None:
+            max_norm = V.check_real("max_norm", max_norm, low=0.0)
+            norm_type = V.check_norm_type(norm_type)
         grads = self._normalize_grads(grads)
         if not self._lock.acquire(blocking=False):
             raise RuntimeError(
@@ -291,15 +388,39 @@ class Optimizer:
             if len(self.param_groups) != len(self._buckets):
                 raise RuntimeError("param_groups was resized by hand; use add_param_group")
             hypers = self._checked_groups()
-            if self.skip_nonfinite:
-                return self._step_checked(grads, hypers)
             buckets = [(bucket, hyper) for group_buckets, hyper in zip(self._buckets, hypers)
                        for bucket in group_buckets]
-            if len(buckets) > 1:   # validate every gradient before any write (one bucket does it itself)
+            finite = None
+            scale = 1.0
+            self.grad_norm = None
+            if max_norm is not None:
+                for bucket, _ in buckets:   # every gradient checked, and named by its index
+                    bucket.check_grads(grads)
+                present = grads if type(grads) is GradPointers else [g for g in grads if g is not None]
+                arrays = kernels.gather_arrays(present, "grads", False)
+                norm = arrays.norm(norm_type)
+                self.grad_norm = norm
+                # a finite norm means finite gradients; a non-finite one may be an overflow of the
+                # float64 sum of huge but finite float64 gradients, which the exact check tells
+                finite = math.isfinite(norm) or (norm_type != math.inf and arrays.all_finite())
+                coef = max_norm / (norm + 1e-6)
+                if not coef >= 1.0:    # as clip_grad_norm_: a NaN norm scales by NaN
+                    scale = coef
+            if self.skip_nonfinite:
+                if finite is None:
+                    finite = True
+                    for bucket, _ in buckets:
+                        finite = bucket.grads_finite(grads) and finite   # validates every gradient
+                self.found_inf = not finite
+                if not finite:
+                    self.skipped_steps += 1
+                    return False
+            elif max_norm is None and len(buckets) > 1:
+                # validate every gradient before any write (one bucket does it itself)
                 for bucket, _ in buckets:
                     bucket.check_grads(grads)
             for bucket, hyper in buckets:
-                self._apply(bucket, grads, hyper)
+                bucket.step(grads, hyper.packed, hyper.gmul * scale, hyper.active)
             return True
         finally:
             self._lock.release()
@@ -313,36 +434,27 @@ class Optimizer:
             hypers.append(self._checked(group))
         return hypers
 
-    def _step_checked(self, grads, hypers):
-        """step() with skip_nonfinite: every gradient's finiteness (and validity), then the writes."""
-        finite = True
-        for group_buckets in self._buckets:
-            for bucket in group_buckets:
-                finite = bucket.grads_finite(grads) and finite   # validates every gradient too
-        self.found_inf = not finite
-        if not finite:
-            self.skipped_steps += 1
-            return False
-        for group_buckets, hyper in zip(self._buckets, hypers):
-            for bucket in group_buckets:
-                self._apply(bucket, grads, hyper)
-        return True
-
-    def _apply(self, bucket, grads, hyper):
-        """Run this optimizer's compiled update on one bucket."""
-        self._bucket_step(bucket)(grads, *hyper)
-
-    def _bucket_step(self, bucket):
-        """The bucket's compiled step method for this optimizer (subclass hook)."""
-        raise NotImplementedError
-
-
     # ------------------------------------------------------------------------------------------
     # State
     # ------------------------------------------------------------------------------------------
 
+    @property
+    def _state_names(self):
+        """Names of the state buffers kept per param, in state_dict order."""
+        names = tuple(s.name for s in self.algorithm.state)
+        return names + ("master",) if self.master_weights else names
+
+    @property
+    def _has_step(self):
+        """Whether per-param state carries a ``"step"`` count."""
+        return self.algorithm.has_step
+
     def _has_state(self, bucket, k):
-        return bucket.steps[k] > 0
+        """Whether param k of ``bucket`` has state yet (torch creates it at the first step)."""
+        alg = self.algorithm
+        if any(s.eager for s in alg.state):
+            return True
+        return bool(bucket.steps[k] > 0 if alg.has_step else bucket.initialized[k])
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""
@@ -436,6 +548,7 @@ class Optimizer:
             new_groups.append(merged)
 
         n_params = len(self._params)
+        scalar_names = {s.name for s in self.algorithm.scalar_state}
         allowed = set(self._state_names) | ({"step"} if self._has_step else set())
         plan = []   # (bucket, k, entry) checked entries to write
         slots = {index: (bucket, k) for index, bucket, k in self._iter_param_slots()}
@@ -464,10 +577,18 @@ class Optimizer:
                     continue
                 if not isinstance(value, np.ndarray):
                     raise TypeError(f"{where} must be an ndarray, got {type(value).__name__}")
+                if name in scalar_names:
+                    if value.size != 1 or value.dtype.kind != "f":
+                        raise ValueError(f"{where} must hold one float, got shape {value.shape} "
+                                         f"and dtype {value.dtype}")
+                    checked[name] = value.reshape(())
+                    continue
                 if value.shape != param.shape:
                     raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
-                if value.dtype != param.dtype:
-                    raise TypeError(f"{where} has dtype {value.dtype}, its param has dtype {param.dtype}")
+                expected = np.dtype(np.float32) if name == "master" else bucket.state_dtype
+                if value.dtype != expected:
+                    raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
+                                    f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value
             g = self._group_of(int(key))
             self._check_entry(key, checked, new_groups[g])
@@ -479,19 +600,24 @@ class Optimizer:
             self.param_groups[g] = merged
         for group_buckets, group in zip(self._buckets, self.param_groups):
             for bucket in group_buckets:
-                bucket.steps[:] = 0
-                bucket.initialized[:] = 0
-                for name in list(bucket.arenas):
-                    del bucket.arenas[name]
+                bucket.drop_state()
                 self._init_group_state(group, [bucket])
+        states = {s.name: s for s in self.algorithm.state}
         for g, bucket, k, checked in plan:
+            values = self._checked(self.param_groups[g]).values
             for name, value in checked.items():
                 if name == "step":
                     bucket.steps[k] = value
                     continue
-                bucket.arena(name, self._state_fill(name, self.param_groups[g]))
+                if name == "master":
+                    bucket.state_view(name, k)[...] = value
+                    bucket.master_ready[k] = 1
+                    continue
+                if states[name].shape == "param":
+                    bucket.arena(name, self._initial_value(states[name], values))
                 bucket.state_view(name, k)[...] = value
-            self._mark_loaded(bucket, k, checked)
+                if states[name].lazy:
+                    bucket.initialized[k] = 1
 
     def _group_of(self, index):
         start = 0
@@ -502,22 +628,21 @@ class Optimizer:
         raise IndexError(index)
 
     def _check_entry(self, key, entry, group):
-        """Check that a saved state entry is complete for this optimizer (subclass hook)."""
+        """Check that a saved state entry is complete for this optimizer.
+
+        An algorithm with a step count keeps every state its settings use from the first step on,
+        so an entry must hold them all; SGD's momentum buffer is optional (torch adds it lazily).
+        """
         where = f"state_dict['state'][{key}]"
-        if self._has_step and "step" not in entry:
+        alg = self.algorithm
+        if not alg.has_step:
+            return
+        if "step" not in entry:
             raise ValueError(f"{where} has no 'step'")
-        for name in self._required_state(group):
-            if name not in entry:
-                raise ValueError(f"{where} has no {name!r}, which this optimizer needs")
-
-    def _required_state(self, group):
-        return ()
-
-    def _state_fill(self, name, group):
-        return 0.0
-
-    def _mark_loaded(self, bucket, k, entry):
-        pass
+        values = self._check_group(group).values
+        for state in alg.state:
+            if alg.state_active(state, values) and state.name not in entry:
+                raise ValueError(f"{where} has no {state.name!r}, which this optimizer needs")
 
     # ------------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """PyTorch adapter: ``torch.optim.Optimizer`` subclasses that run fastopt's kernels.
 
-``fastopt.torch.Adam``, ``AdamW``, ``SGD``, ``RMSprop`` and ``Adagrad`` take the same arguments as
-their ``torch.optim`` namesakes and drop into an existing training loop::
+``fastopt.torch.<Name>`` exists for every algorithm fastopt declares (``fastopt/algorithms``):
+``Adam``, ``AdamW``, ``SGD``, ``RMSprop``, ``Adagrad``, ``NAdam``, ... Each takes the same arguments
+as its ``torch.optim`` namesake (its signature, defaults and group keys come from the declaration)
+and drops into an existing training loop::
 
     import fastopt.torch
     opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
@@ -32,18 +34,19 @@ checkpoint compatibility) but do not change anything: the update is always fasto
 
 ``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
 """
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
-from . import adagrad as _adagrad
-from . import adam as _adam
-from . import rmsprop as _rmsprop
-from . import sgd as _sgd
-from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
+import numpy as np
 
-__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "LBFGS"]
+from . import _dtypes
+from ._classes import CLASSES as _NUMPY_CLASSES
+from .optimizer import ParamGroup as _ParamGroup
+from ._core._tensor_gather import TensorGrads as _TensorGrads
+from .algorithms import ALGORITHMS as _ALGORITHMS
+from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
 # fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
@@ -53,8 +56,33 @@ _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", Non
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
 _LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
 
-_SUPPORTED = "dense (strided), contiguous CPU tensors of dtype float32 or float64"
-_DTYPES = (torch.float32, torch.float64)
+# torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call).
+_TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "float32": torch.float32,
+              "data_ptr": torch._C.TensorBase.data_ptr,
+              "numel": torch._C.TensorBase.numel, "is_contiguous": torch._C.TensorBase.is_contiguous,
+              "is_neg": torch._C.TensorBase.is_neg}
+_increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
+
+_SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64, float16 or "
+              "bfloat16 (gradients: their param's dtype, or float32 for a float16/bfloat16 param)")
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _as_numpy(t):
+    """A zero-copy NumPy view of a CPU tensor; bfloat16 as a BF16Array (its bits as uint16), as
+    NumPy has no bfloat16 of its own."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).view(_dtypes.BF16Array)
+    return t.numpy()
+
+
+def _as_tensor(a):
+    """A tensor sharing ``a``'s memory (the inverse of _as_numpy)."""
+    if type(a) is _dtypes.BF16Array or a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _scalar_dtype():
@@ -64,15 +92,21 @@ def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _plain(value):
+def _plain(value, name="a tensor hyperparameter"):
     """A hyperparameter as a plain Python value (tensors to numbers, lists to tuples)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"a tensor hyperparameter must hold one number, got shape {tuple(value.shape)}")
+            # torch.optim's error type for a multi-element tensor hyperparameter
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
         return value.item()
     if isinstance(value, (list, tuple)):
         return tuple(_plain(v) for v in value)
     return value
+
+
+def _holds_tensor(value):
+    return isinstance(value, torch.Tensor) or (
+        isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value))
 
 
 def _tensor_problem(t, what, like=None):
@@ -88,7 +122,7 @@ def _tensor_problem(t, what, like=None):
     if t.dtype not in _DTYPES:
         return TypeError(f"{what} has dtype {t.dtype}; fastopt.torch supports {_SUPPORTED}")
     if like is not None:
-        if t.dtype != like.dtype:
+        if t.dtype != like.dtype and not (like.dtype in _HALF and t.dtype == torch.float32):
             return TypeError(f"{what} has dtype {t.dtype}, but its param has dtype {like.dtype}")
         if t.shape != like.shape:
             return ValueError(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
@@ -109,11 +143,35 @@ class _Adapter(torch.optim.Optimizer):
     #: Hyperparameters mirrored from the torch groups into the fastopt groups before each step.
     _keys = ()
 
-    def __init__(self, params, defaults, skip_nonfinite=False):
+    def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
+                 state_dtype=None, stochastic_rounding=False, seed=None):
         self._fo = None
         self._skip_nonfinite = skip_nonfinite
+        self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
+                               stochastic_rounding=stochastic_rounding, seed=seed)
+        self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
         super().__init__(params, defaults)
         self._build()
+
+    def _check_defaults(self, defaults):
+        """torch.optim's constructor checks, then fastopt's (with torch's error types)."""
+        tensor_ok = not defaults.get("foreach") or defaults.get("capturable", False)
+        for name, value in defaults.items():
+            if isinstance(value, torch.Tensor):
+                if not tensor_ok:
+                    raise ValueError(f"{name} as a Tensor is not supported for capturable=False "
+                                     "and foreach=True")
+                _plain(value, name)
+            elif isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+                if not all(isinstance(v, torch.Tensor) for v in value):
+                    raise ValueError(f"{name} must be either both floats or both Tensors")
+                for i, v in enumerate(value):
+                    if not tensor_ok:
+                        raise ValueError(f"{name}[{i}] as a Tensor is not supported for "
+                                         "capturable=False and foreach=True")
+                    _plain(v, f"{name}[{i}]")
+        self._check_group_flags(defaults, "defaults")
+        self._fastopt_cls._check_group(self._fastopt_cls, {key: _plain(defaults[key]) for key in self._keys})
 
     # ------------------------------------------------------------------------------------------
     # Params and groups
@@ -127,14 +185,16 @@ class _Adapter(torch.optim.Optimizer):
 
     def _fo_group(self, group, params):
         out = {key: _plain(group[key]) for key in self._keys}
-        out["params"] = [p.detach().numpy() for p in params]
+        out["params"] = [_as_numpy(p) for p in _unique(params)]
         return out
 
     def add_param_group(self, param_group):
         first = sum(len(g["params"]) for g in self.param_groups)
         n_groups = len(self.param_groups)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        # a dict that notices assignments, so a step pushes a group's hyperparameters only after
+        # a change (an LR scheduler's, say): comparing them all costs more than a small step
+        self.param_groups[-1] = group = _ParamGroup(self.param_groups[-1])
         try:
             self._check_group_flags(group, f"param group {n_groups}")
             for i, p in enumerate(group["params"]):
@@ -154,12 +214,21 @@ class _Adapter(torch.optim.Optimizer):
         self._sync_params()
 
     def _make_fastopt(self, groups):
-        return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite)
+        return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite, **self._precision)
 
     def _sync_params(self):
-        self._params = [p for g in self.param_groups for p in g["params"]]
+        # fastopt holds each param once; torch updates a param listed twice in a group twice (it
+        # warns), which _step repeats for it.
+        self._params = [p for g in self.param_groups for p in _unique(g["params"])]
         self._ptrs = [p.data_ptr() for p in self._params]
         self._group_sizes = [len(g["params"]) for g in self.param_groups]
+        counts = Counter(id(p) for g in self.param_groups for p in g["params"])
+        self._repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(self._params)
+                         if counts[id(p)] > 1]
+        arrays = self._fo._params
+        self._tensor_grads = _TensorGrads(
+            self._params, [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
+            [p.dtype for p in self._params], _TORCH_API)
 
     # ------------------------------------------------------------------------------------------
     # Step
@@ -176,17 +245,26 @@ class _Adapter(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
                     "a new optimizer")
+            if type(tg) is _ParamGroup and tg.checked is not None:
+                continue    # unchanged since it was last pushed
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
+            tensors = False
             for key in keys:
                 value = tg[key]
                 current = fg[key]
                 if value is current:
                     continue
                 if isinstance(value, (torch.Tensor, list, tuple)):
+                    tensors = tensors or _holds_tensor(value)
                     value = _plain(value)
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
+            if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
+                tg.checked = True
+
+    def _unique_params(self):
+        return [p for g in self.param_groups for p in _unique(g["params"])]
 
     def _grads(self):
         grads = []
@@ -199,7 +277,7 @@ class _Adapter(torch.optim.Optimizer):
                 if g is None:
                     grads.append(None)
                 else:
-                    grads.append(g.numpy())
+                    grads.append(_as_numpy(g))
                     updated.append(p)
         except (TypeError, RuntimeError):
             grads, updated = self._grads_slow()
@@ -223,7 +301,7 @@ class _Adapter(torch.optim.Optimizer):
             problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p)
             if problem is not None:
                 raise problem
-            grads.append(g.detach().numpy())
+            grads.append(_as_numpy(g))
             updated.append(p)
         return grads, updated
 
@@ -232,30 +310,52 @@ class _Adapter(torch.optim.Optimizer):
         # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
         self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
 
-    def step(self, closure=None):
-        """Perform one optimization step (``closure``: reevaluates the model and returns the loss)."""
+    def step(self, closure=None, *, max_norm=None, norm_type=2.0):
+        """Perform one optimization step (``closure``: reevaluates the model and returns the loss).
+
+        With ``max_norm``, the gradients are first clipped by their global norm of order
+        ``norm_type`` inside the step (one read pass for the norm, the coefficient applied as the
+        update reads them; the ``.grad`` tensors are left unchanged): the result equals
+        :func:`fastopt.clip_grad_norm_` on the gradients followed by ``step()``, to the last bit.
+        The norm is then in ``grad_norm``.
+        """
         if (not _LIGHT_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiler_enabled()):
-            return self._hooked_step(closure)
-        return self._step(closure)
+            return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
+        return self._step(closure, max_norm=max_norm, norm_type=norm_type)
 
-    def _step(self, closure=None):
+    @property
+    def grad_norm(self):
+        """The gradients' norm in the last step that clipped (``step(max_norm=...)``), else None."""
+        return self._fo.grad_norm
+
+    def _step(self, closure=None, *, max_norm=None, norm_type=2.0):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         self._push_hyperparameters()
-        grads, updated = self._grads()
+        # The fast gather reads every .grad through torch's C API into raw pointers; anything it
+        # does not vouch for (and a param listed twice) goes through the precise checks instead.
+        gathered = None if self._repeats else self._tensor_grads.gather()
+        if gathered is not None:
+            grads, updated = gathered, gathered.updated
+        else:
+            grads, updated = self._grads()
         if not updated:
+            self._fo.grad_norm = None
             return loss
         try:
-            self._fo.step(grads)
+            self._fo.step(grads, max_norm=max_norm, norm_type=norm_type)
+            for extra in range(1, max((n for _, n in self._repeats), default=0) + 1):
+                again = {i for i, n in self._repeats if n >= extra}
+                self._fo.step([g if i in again else None for i, g in enumerate(grads)])
         except (TypeError, ValueError) as exc:
             # A grad NumPy could view but fastopt rejects (non-contiguous, wrong dtype or shape):
             # say which param in torch's terms.
             self._grads_slow()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        torch.autograd.graph.increment_version(updated)
+        _increment_version(updated)
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
@@ -287,7 +387,7 @@ class _Adapter(torch.optim.Optimizer):
                 if name == "step":
                     converted[name] = torch.tensor(float(value), dtype=step_dtype)
                 else:
-                    converted[name] = torch.from_numpy(value)
+                    converted[name] = _as_tensor(value)
             out[self._params[index]] = converted
         return out
 
@@ -324,11 +424,18 @@ class _Adapter(torch.optim.Optimizer):
         old_defaults = dict(self.defaults)
         super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts
         loaded = self.__dict__.pop("state", {})
+        # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
+        # (its optimizers' __setstate__), and so does this class, from the declaration.
+        self.param_groups = [_ParamGroup(group) for group in self.param_groups]
+        for group in self.param_groups:
+            for key, value in self._declared.items():
+                group.setdefault(key, value)
+            group.update(self._fastopt_cls.algorithm.fixed)   # AdamW stays decoupled, as in torch
         try:
             for g, group in enumerate(self.param_groups):
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
             fo_state = {}
-            index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+            index = {id(p): i for i, p in enumerate(self._unique_params())}
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
@@ -344,7 +451,7 @@ class _Adapter(torch.optim.Optimizer):
                         problem = _tensor_problem(value, f"state '{name}' of param {index[id(key)]}", like=key)
                         if problem is not None and not isinstance(problem, ValueError):
                             raise problem
-                        converted[name] = value.detach().contiguous().numpy()
+                        converted[name] = _as_numpy(value.contiguous())
                     else:
                         converted[name] = value
                 if converted:
@@ -353,8 +460,9 @@ class _Adapter(torch.optim.Optimizer):
             start = 0
             for group in self.param_groups:
                 entry = {key: _plain(group[key]) for key in self._keys}
-                entry["params"] = list(range(start, start + len(group["params"])))
-                start += len(group["params"])
+                n = len(_unique(group["params"]))
+                entry["params"] = list(range(start, start + n))
+                start += n
                 fo_groups.append(entry)
             self._fo.load_state_dict({"state": fo_state, "param_groups": fo_groups})
         except Exception:
@@ -369,72 +477,66 @@ class _Adapter(torch.optim.Optimizer):
             "pointers to its params); save optimizer.state_dict() instead")
 
 
-class Adam(_Adapter):
-    """``torch.optim.Adam`` running :class:`fastopt.Adam`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _adam.Adam
-    _keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
-                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, skip_nonfinite=False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=capturable,
-                        differentiable=differentiable, fused=fused,
-                        decoupled_weight_decay=decoupled_weight_decay)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _unique(params):
+    """``params`` without repeats, in first-seen order (torch allows a param twice in a group)."""
+    seen = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-class AdamW(Adam):
-    """``torch.optim.AdamW`` running :class:`fastopt.AdamW`'s fused kernel (same arguments)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 skip_nonfinite=False):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                         foreach=foreach, maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-                         skip_nonfinite=skip_nonfinite)
+#: fastopt's own keyword-only options (not torch's), with their defaults.
+_OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
+            "stochastic_rounding": False, "seed": None}
 
 
-class SGD(_Adapter):
-    """``torch.optim.SGD`` running :class:`fastopt.SGD`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _sgd.SGD
-    _keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
-                 maximize=False, foreach=None, differentiable=False, fused=None, skip_nonfinite=False):
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
-
-
-class RMSprop(_Adapter):
-    """``torch.optim.RMSprop`` running :class:`fastopt.RMSprop`'s fused kernel (same arguments)."""
-
-    _fastopt_cls = _rmsprop.RMSprop
-    _keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False, *,
-                 skip_nonfinite=False):
-        defaults = dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
-                        weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _make_init(algorithm):
+    """``__init__`` with torch's signature for ``algorithm`` (from its declaration)."""
+    pos, kw = algorithm.signature(torch=True)
+    kw = kw + list(_OPTIONS)
+    defaults = {h.name: h.default for h in algorithm.hyperparameters}
+    defaults.update(algorithm.torch_extras)
+    defaults.update(_OPTIONS)
+    args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
+    if kw:
+        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
+    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n not in _OPTIONS)
+    options = ", ".join(f"{n}={n}" for n in _OPTIONS)
+    source = (f"def __init__({', '.join(args)}):\n"
+              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
+    namespace = {f"_d_{n}": v for n, v in defaults.items()}
+    namespace.update(_Adapter=_Adapter, _fixed=dict(algorithm.fixed))
+    exec(source, namespace)   # our own declarations, not user input
+    init = namespace["__init__"]
+    init.__qualname__ = f"{algorithm.name}.__init__"
+    return init
 
 
-class Adagrad(_Adapter):
-    """``torch.optim.Adagrad`` running :class:`fastopt.Adagrad`'s fused kernel (same arguments)."""
+def _make_adapter(algorithm, base):
+    fastopt_cls = _NUMPY_CLASSES[algorithm.name]
+    follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
+    declared = {h.name: h.default for h in algorithm.hyperparameters}
+    declared.update(algorithm.torch_extras)
+    declared.update(algorithm.torch_load_defaults)
+    declared.update(algorithm.fixed)
+    return type(algorithm.name, (base,), {
+        "__init__": _make_init(algorithm),
+        "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
+                    f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
+        "__module__": __name__,
+        "__qualname__": algorithm.name,
+        "_fastopt_cls": fastopt_cls,
+        "_keys": tuple(h.name for h in algorithm.hyperparameters),
+        "_declared": declared,
+    })
 
-    _fastopt_cls = _adagrad.Adagrad
-    _keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize")
 
-    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                 foreach=None, *, maximize=False, differentiable=False, fused=None, skip_nonfinite=False):
-        defaults = dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
-                        initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                        maximize=maximize, differentiable=differentiable, fused=fused)
-        super().__init__(params, defaults, skip_nonfinite=skip_nonfinite)
+def _build_all():
+    classes = {}
+    for algorithm in _ALGORITHMS:
+        parent = next((c for c in classes.values()
+                       if c._fastopt_cls.algorithm.kernel == algorithm.kernel), _Adapter)
+        classes[algorithm.name] = _make_adapter(algorithm, parent)
+    return classes
+
+
+globals().update(_build_all())
+__all__ = [a.name for a in _ALGORITHMS] + ["LBFGS"]

@@ -28,6 +28,12 @@ DEFAULTS = {
                     maximize=False),
     "Adagrad": dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                     maximize=False),
+    "NAdam": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                  decoupled_weight_decay=False, maximize=False),
+    "RAdam": dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                  maximize=False),
+    "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
+    "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -78,9 +84,43 @@ CONFIGS = {
         dict(lr=0.1, maximize=True),
         dict(lr=0.05, lr_decay=0.05, weight_decay=0.02, initial_accumulator_value=0.1, eps=1e-6, maximize=True),
     ],
+    "NAdam": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3),   # lerp weight >= 0.5
+        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, momentum_decay=0.02, weight_decay=0.05, maximize=True),
+    ],
+    "RAdam": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3),   # lerp weight >= 0.5; rectified from step 3
+        dict(lr=0.02, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.05, decoupled_weight_decay=True,
+             maximize=True),
+    ],
+    "Adamax": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3),
+        dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, maximize=True),
+    ],
+    "Lion": [
+        dict(lr=0.001),
+        dict(lr=0.001, weight_decay=0.1),
+        dict(lr=0.001, maximize=True),
+        dict(lr=0.001, betas=(0.3, 0.6)),
+        dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
+    ],
 }
 
 ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
+#: The algorithms torch.optim has (Lion is not among them): the torch parity tests run these.
+TORCH_NAMES = [name for name in CONFIGS if name != "Lion"]
+TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
 
 
 def config_id(name_cfg):
@@ -211,8 +251,109 @@ def adagrad_step(p, g, state, lr, lr_decay, weight_decay, initial_accumulator_va
     p[...] = p + (t(-clr) * d) / (np.sqrt(s) + t(eps))
 
 
+def nadam_step(p, g, state, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay,
+               maximize):
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["mu_product"] = np.asarray(1.0, dtype=np.float32)   # torch's scalar dtype
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_avg_sq"] = np.zeros_like(p)
+    state["step"] += 1
+    step = float(state["step"])
+    d = -g if maximize else g
+    pv = p
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            pv = p * t(1 - lr * weight_decay)
+        else:
+            d = d + t(weight_decay) * p
+    bias_correction2 = 1 - beta2 ** step
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product = np.float32(state["mu_product"] * np.float32(mu))
+    state["mu_product"] = np.asarray(mu_product, dtype=np.float32)
+    m = lerp(state["exp_avg"], d, t(1 - beta1))
+    v = state["exp_avg_sq"] * t(beta2) + (t(1 - beta2) * d) * d
+    state["exp_avg"] = _arr(m, p.dtype)
+    state["exp_avg_sq"] = _arr(v, p.dtype)
+    denom = np.sqrt(v / t(bias_correction2)) + t(eps)
+    mp = float(mu_product)
+    pv = pv + (t(-lr * (1.0 - mu) / (1.0 - mp)) * d) / denom
+    p[...] = pv + (t((-lr * mu_next) / (1.0 - mp * mu_next)) * m) / denom
+
+
+def radam_step(p, g, state, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_avg_sq"] = np.zeros_like(p)
+    state["step"] += 1
+    step = float(state["step"])
+    d = -g if maximize else g
+    pv = p
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            pv = p * t(1 - lr * weight_decay)
+        else:
+            d = d + t(weight_decay) * p
+    m = lerp(state["exp_avg"], d, t(1 - beta1))
+    v = state["exp_avg_sq"] * t(beta2) + (t(1 - beta2) * d) * d
+    state["exp_avg"] = _arr(m, p.dtype)
+    state["exp_avg_sq"] = _arr(v, p.dtype)
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    update = (m / t(bias_correction1)) * t(lr)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2 ** step) / bias_correction2
+    if rho_t > 5.0:
+        rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+        adaptive = (t(1) / (np.sqrt(v) + t(eps))) * t(bias_correction2 ** 0.5)
+        update = (update * adaptive) * t(rect)
+    p[...] = pv - update
+
+
+def adamax_step(p, g, state, lr, betas, eps, weight_decay, maximize):
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_inf"] = np.zeros_like(p)
+    state["step"] += 1
+    step = float(state["step"])
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    m = lerp(state["exp_avg"], d, t(1 - beta1))
+    u = np.maximum(state["exp_inf"] * t(beta2), np.abs(d) + t(eps))
+    state["exp_avg"] = _arr(m, p.dtype)
+    state["exp_inf"] = _arr(u, p.dtype)
+    clr = lr / (1 - beta1 ** step)
+    p[...] = p + (t(-clr) * m) / u
+
+
+def lion_step(p, g, state, lr, betas, weight_decay, maximize):
+    """Chen et al. (2023), Algorithm 2, with the authors' decoupled decay before the sign step."""
+    t = p.dtype.type
+    beta1, beta2 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+    state["step"] += 1
+    d = -g if maximize else g
+    pv = p * t(1 - lr * weight_decay) if weight_decay != 0 else p
+    c = state["exp_avg"] * t(beta1) + t(1 - beta1) * d
+    p[...] = pv + t(-lr) * np.sign(c)
+    state["exp_avg"] = _arr(state["exp_avg"] * t(beta2) + t(1 - beta2) * d, p.dtype)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
-                  "Adagrad": adagrad_step}
+                  "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
+                  "Adamax": adamax_step, "Lion": lion_step}
 
 
 class RefOptimizer:

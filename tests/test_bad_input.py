@@ -44,14 +44,14 @@ def good_grads(params):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("bad, exc, pattern", [
     (np.zeros(3, dtype=np.int64), TypeError, r"params\[1\].*(dtype|float32)"),
-    (np.zeros(3, dtype=np.float16), TypeError, r"params\[1\].*float16"),
+    (np.zeros(3, dtype=np.uint16), TypeError, r"params\[1\].*uint16"),
     (np.zeros(3, dtype=np.complex128), TypeError, r"params\[1\].*complex128"),
     (np.zeros((3, 4))[:, ::2], ValueError, r"params\[1\].*C-contiguous"),
     (np.zeros((4, 3)).T, ValueError, r"params\[1\].*C-contiguous"),
     ([1.0, 2.0], TypeError, r"params\[1\]"),
     (None, TypeError, r"params\[1\]"),
     (1.5, TypeError, r"params\[1\]"),
-], ids=["int", "float16", "complex", "strided", "transposed", "list", "None", "number"])
+], ids=["int", "uint16", "complex", "strided", "transposed", "list", "None", "number"])
 def test_bad_param(name, bad, exc, pattern):
     with pytest.raises(exc, match=pattern):
         make_fastopt(name, [np.zeros(2), bad])
@@ -121,6 +121,13 @@ SPECIFIC_BAD = {
                 ("initial_accumulator_value", -0.1, ValueError), ("initial_accumulator_value", math.inf, ValueError)],
 }
 SPECIFIC_BAD["AdamW"] = SPECIFIC_BAD["Adam"]
+_BETAS_BAD = [b for b in SPECIFIC_BAD["Adam"] if b[0] == "betas"]
+SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_decay", -0.1, ValueError),
+                                     ("momentum_decay", math.inf, ValueError),
+                                     ("decoupled_weight_decay", 1, TypeError)]
+SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
+SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
+SPECIFIC_BAD["Lion"] = _BETAS_BAD
 BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]]
 
 
@@ -259,8 +266,7 @@ def _sd_cases(name):
         return sd
     add("missing-hyper", missing_hyper, ValueError, r"param_groups'\]\[0\].*maximize")
 
-    first = "momentum_buffer" if name == "SGD" else {"Adam": "exp_avg", "AdamW": "exp_avg",
-                                                     "RMSprop": "square_avg", "Adagrad": "sum"}[name]
+    first = {"SGD": "momentum_buffer", "RMSprop": "square_avg", "Adagrad": "sum"}.get(name, "exp_avg")
 
     def wrong_shape(sd):
         sd["state"][1][first] = np.zeros(4, dtype=np.float32)
@@ -321,6 +327,16 @@ def _sd_cases(name):
                 entry.pop("max_exp_avg_sq", None)
             return sd
         add("amsgrad-without-buffer", needs_amsgrad_buffer, ValueError, r"max_exp_avg_sq")
+    if name == "NAdam":
+        def scalar_as_vector(sd):
+            sd["state"][0]["mu_product"] = np.ones(3, dtype=np.float32)
+            return sd
+        add("mu_product-shape", scalar_as_vector, ValueError, r"\[0\]\['mu_product'\].*one float")
+
+        def missing_scalar(sd):
+            del sd["state"][1]["mu_product"]
+            return sd
+        add("missing-mu_product", missing_scalar, ValueError, r"\[1\].*'mu_product'")
     return cases
 
 
@@ -396,7 +412,7 @@ def test_clip_bad_grads(fn):
     for bad, exc, pattern in [
         (ro, ValueError, r"grads\[1\].*read-only"),
         (np.ones(4, dtype=np.int32), TypeError, r"grads\[1\]"),
-        (np.ones(4, dtype=np.float16), TypeError, r"grads\[1\]"),
+        (np.ones(4, dtype=np.uint16), TypeError, r"grads\[1\]"),
         (np.ones(4, dtype=np.complex64), TypeError, r"grads\[1\]"),
         (np.ones((4, 4))[:, 1], ValueError, r"grads\[1\].*C-contiguous"),
         (None, TypeError, r"grads\[1\]"),

@@ -67,19 +67,35 @@ def test_set_and_get_num_threads(restore_threads):
     fastopt.set_num_threads(1)
     assert fastopt.get_num_threads() == 1
     fastopt.set_num_threads(3)
-    assert fastopt.get_num_threads() == (3 if fastopt.build_info()["openmp"] else 1)
+    assert fastopt.get_num_threads() == (3 if fastopt.build_info()["threads"] != "none" else 1)
     with pytest.raises(ValueError, match="num_threads"):
         fastopt.set_num_threads(-1)
 
 
-def test_threadpoolctl_limits_the_openmp_threads(restore_threads):
+def test_threadpoolctl_sees_and_limits_fastopts_threads(restore_threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not fastopt.build_info()["openmp"]:
-        pytest.skip("built without OpenMP")
-    fastopt.set_num_threads(0)     # follow OpenMP
-    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+    if fastopt.build_info()["threads"] == "none":
+        pytest.skip("built without threads")
+    fastopt.set_num_threads(3)
+    info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "fastopt"]
+    assert len(info) == 1 and info[0]["num_threads"] == 3, info
+    with threadpoolctl.threadpool_limits(limits=1, user_api="fastopt"):
         assert fastopt.get_num_threads() == 1
-    assert fastopt.get_num_threads() >= 1
+    assert fastopt.get_num_threads() == 3
+    with threadpoolctl.threadpool_limits(limits=2):     # every library, fastopt included
+        assert fastopt.get_num_threads() == 2
+    assert fastopt.get_num_threads() == 3
+
+
+def test_omp_num_threads_sets_the_default():
+    import subprocess
+    import sys
+    code = "import fastopt; print(fastopt.get_num_threads())"
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])

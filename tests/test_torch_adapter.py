@@ -302,10 +302,6 @@ def test_state_dict_is_a_copy_and_bad_load_leaves_optimizer_unchanged():
 
 
 def test_unsupported_params():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        ft.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))])
-    with pytest.raises(TypeError, match="bfloat16"):
-        ft.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
     with pytest.raises(TypeError, match="complex64"):
         ft.SGD([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
     with pytest.raises(TypeError, match="device meta"):
@@ -322,8 +318,8 @@ def test_unsupported_params():
         ft.Adam([torch.nn.Parameter(torch.zeros(3))], lr=-1.0)
     ok = torch.nn.Parameter(torch.zeros(3))
     opt = ft.Adam([ok])
-    with pytest.raises(TypeError, match="float32 or float64"):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))]})
+    with pytest.raises(TypeError, match="complex128"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.complex128))]})
     assert len(opt.param_groups) == 1
     opt.step()                                        # still usable
 

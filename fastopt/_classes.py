@@ -1,0 +1,138 @@
+"""Build the public optimizer classes (``fastopt.Adam``, ...) from their declarations.
+
+Each class is a thin :class:`fastopt.Optimizer` subclass: a constructor with the declared signature
+and defaults (generated as source, like ``dataclasses`` does, so ``help()`` and ``inspect`` show the
+real arguments), a NumPy-style docstring assembled from the declaration and the shared fragments
+below, and the declaration itself as ``cls.algorithm``. Everything else (checks, state layout,
+``state_dict``) is read from the declaration by the base class.
+"""
+import textwrap
+
+from .algorithms import ALGORITHMS
+from .optimizer import Optimizer
+
+# Shared documentation fragments, written once for every optimizer.
+PARAMS_DOC = """\
+params : iterable of ndarray, or iterable of dict
+    Arrays to optimize (float32, float64, float16 or ``ml_dtypes.bfloat16``, C-contiguous,
+    writeable; updated in place), or param groups: dicts with a ``"params"`` list and
+    hyperparameters that override the defaults."""
+
+MAXIMIZE_DOC = "Maximize the objective instead of minimizing it (the gradient is negated)."
+
+#: fastopt's own keyword-only options of every optimizer (not hyperparameters), with their defaults.
+OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
+           "stochastic_rounding": False, "seed": None}
+
+OPTIONS_DOC = """\
+skip_nonfinite : bool, default False
+    Check every gradient for NaN/Inf before each step and skip a step that holds one, leaving params
+    and state bit-identical (see :class:`fastopt.Optimizer`); by default non-finite values propagate
+    as in torch.optim.
+master_weights : bool, default False
+    For float16/bfloat16 params: keep a float32 master copy (state ``master``) that the step updates
+    as a float32 run would, writing the param as the master rounded to nearest.
+state_dtype : None, "float32" or "bfloat16", default None
+    With ``master_weights``: the moments' dtype (float32 by default).
+stochastic_rounding : bool, default False
+    For bfloat16 params without master weights: round stores stochastically (``seed``).
+seed : int, optional
+    The stochastic-rounding seed."""
+
+
+def _default_repr(value):
+    return repr(value)
+
+
+def parameters_doc(algorithm, names):
+    """The ``Parameters`` entries of ``names`` (hyperparameters of ``algorithm``), NumPy style."""
+    by_name = algorithm.hyper_by_name
+    out = []
+    for name in names:
+        h = by_name.get(name)
+        if h is None:
+            continue
+        kind = {"flag": "bool", "pair": "(float, float)", "integer": "int"}.get(h.constraint.kind, "float")
+        doc = h.doc if h.name != "maximize" else MAXIMIZE_DOC
+        if h.constraint.kind not in ("flag",):
+            doc += f" Must be {h.constraint.describe()}."
+        out.append(f"{name} : {kind}, default {_default_repr(h.default)}\n"
+                   + textwrap.indent(textwrap.fill(doc, 92), "    "))
+    return "\n".join(out)
+
+
+def state_doc(algorithm):
+    parts = ["``step``"] if algorithm.has_step else []
+    for s in algorithm.state:
+        text = f"``{s.name}`` ({s.doc}"
+        if s.when:
+            text += f"; when ``{s.when}``"
+        if s.shape == "scalar":
+            text += "; a float32 scalar, as torch keeps it"
+        parts.append(text + ")")
+    return "State per param: " + ", ".join(parts) + "." if parts else "No state per param."
+
+
+def class_doc(algorithm):
+    """The class docstring: summary, update formula, parameters, state, reference."""
+    pos, kw = algorithm.signature()
+    formula = textwrap.indent(textwrap.dedent(algorithm.formula).strip("\n"), "    ")
+    maximize = r"    g &\leftarrow -g \qquad \text{(if maximize)} \\" + "\n"
+    sections = [
+        algorithm.title,
+        "For each param :math:`p` with gradient :math:`g`, at step :math:`t` (elementwise, in the "
+        "param's dtype, in torch's order of operations):",
+        ".. math::\n\n" + maximize + formula,
+        "Parameters\n----------\n" + PARAMS_DOC + "\n" + parameters_doc(algorithm, pos + kw)
+        + "\n" + OPTIONS_DOC,
+        textwrap.fill(state_doc(algorithm), 96),
+    ]
+    if algorithm.reference:
+        sections.append("References\n----------\n" + algorithm.reference)
+    return "\n\n".join(sections) + "\n"
+
+
+def _make_init(algorithm):
+    """``__init__`` with the declared signature, built as source (as dataclasses does)."""
+    pos, kw = algorithm.signature()
+    kw = kw + list(OPTIONS)
+    defaults = {h.name: h.default for h in algorithm.hyperparameters}
+    defaults.update(OPTIONS)
+    args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
+    if kw:
+        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
+    group = ", ".join(f"{h.name!r}: {h.name}" for h in algorithm.hyperparameters
+                      if h.name not in algorithm.fixed)
+    options = ", ".join(f"{n}={n}" for n in OPTIONS)
+    source = (f"def __init__({', '.join(args)}):\n"
+              f"    Optimizer.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
+    namespace = {f"_d_{n}": v for n, v in defaults.items()}
+    namespace.update(Optimizer=Optimizer, _fixed=dict(algorithm.fixed))
+    exec(source, namespace)   # our own declarations, not user input
+    init = namespace["__init__"]
+    init.__qualname__ = f"{algorithm.name}.__init__"
+    return init
+
+
+def make_class(algorithm, base=Optimizer):
+    """The NumPy-API optimizer class of ``algorithm``."""
+    return type(algorithm.name, (base,), {
+        "__init__": _make_init(algorithm),
+        "__doc__": class_doc(algorithm),
+        "__module__": "fastopt",
+        "__qualname__": algorithm.name,
+        "algorithm": algorithm,
+    })
+
+
+def _build_all():
+    classes = {}
+    for algorithm in ALGORITHMS:
+        # a variant (AdamW) subclasses the class of the algorithm whose kernel it shares, as in torch
+        parent = next((c for c in classes.values() if c.algorithm.kernel == algorithm.kernel), Optimizer)
+        classes[algorithm.name] = make_class(algorithm, parent)
+    return classes
+
+
+#: ``{name: class}`` for every declared algorithm.
+CLASSES = _build_all()

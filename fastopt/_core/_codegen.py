@@ -1,0 +1,233 @@
+"""Generate the compiled code of every declared algorithm (run by setup.py when it builds).
+
+The declarations in ``fastopt/algorithms`` are loaded by path (nothing of fastopt needs to be built
+for that), and for each distinct kernel this module works out what ``_algorithms.pxi.tp`` lays out:
+the struct fields, the prologue's locals, the switches, and for each dtype the element loop of every
+combination of switch values. Each combination's update body is rendered (Tempita, with the switch
+values and ``T``); combinations that render to the same loop share one function, so a switch that
+only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no extra code.
+
+Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.py).
+"""
+import importlib.util
+import itertools
+import os
+import re
+import sys
+import textwrap
+
+from Cython import Tempita
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALGORITHMS_DIR = os.path.join(os.path.dirname(HERE), "algorithms")
+TEMPLATE = os.path.join(HERE, "_algorithms.pxi.tp")
+OUTPUT = os.path.join(HERE, "_algorithms.pxi")
+LOOPS_TEMPLATE = os.path.join(HERE, "_algorithm_loops.h.tp")
+LOOPS_OUTPUT = os.path.join(HERE, "_algorithm_loops.h")
+
+#: (suffix, C type) of the compute dtypes: a prologue is generated for each.
+DTYPES = (("f32", "float"), ("f64", "double"))
+
+#: The C type each storage reads and writes, how a value is loaded into the compute type, and how it
+#: is rounded back (nearest, ties to even; bfloat16 may also be rounded stochastically).
+STORAGE_TYPE = {"f32": "float", "f64": "double", "bf16": "uint16_t", "f16": "fo_half"}
+LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_load({x})"}
+ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
+ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
+
+
+class StorageConfig:
+    """How one loop reads and writes memory: the param's, the gradient's and the states' storage,
+    whether the param has a float32 master copy (the loop then updates the master and writes the
+    rounded param), and whether bfloat16 stores round stochastically."""
+
+    def __init__(self, name, param, grad, state, master=False, stochastic=False):
+        self.name = name
+        self.param, self.grad, self.state = param, grad, state
+        self.master = master
+        self.stochastic = stochastic
+        self.compute = "f64" if param == "f64" else "f32"
+
+    def key(self):
+        return (self.param, self.grad, self.state, self.master, self.stochastic)
+
+
+def _storage_configs():
+    out = [StorageConfig("f32", "f32", "f32", "f32"), StorageConfig("f64", "f64", "f64", "f64")]
+    for half in ("bf16", "f16"):
+        for grad in (half, "f32"):
+            g = "" if grad == half else "_g32"
+            # no master copy: the states in the param's dtype, as torch keeps them
+            out.append(StorageConfig(f"{half}{g}", half, grad, half))
+            if half == "bf16":
+                out.append(StorageConfig(f"{half}{g}_sr", half, grad, half, stochastic=True))
+            # a float32 master copy, with float32 or bfloat16 states
+            out.append(StorageConfig(f"{half}{g}_master", half, grad, "f32", master=True))
+            out.append(StorageConfig(f"{half}{g}_master_sbf16", half, grad, "bf16", master=True))
+    return out
+
+
+#: Every storage configuration a loop is generated for (the kernel table's order).
+CONFIGS = _storage_configs()
+
+
+def load_algorithms():
+    """``fastopt.algorithms`` loaded from its folder as a stand-alone package."""
+    name = "_fastopt_algorithms_for_build"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ALGORITHMS_DIR, "__init__.py"),
+        submodule_search_locations=[ALGORITHMS_DIR])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _indent(code, spaces):
+    return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * spaces)
+
+
+_CAST = re.compile(r"<\s*(float|double)\s*>")
+_NOT_C = re.compile(r"\b(if|else|and|or|not|for|while|in|is|lambda)\b|\*\*|//")
+
+
+def c_statements(body, where):
+    """An update body (Cython statements: ``name = expression`` lines) as C statements.
+
+    Update bodies are plain assignments of arithmetic on locals and the point helpers, so the
+    translation is small: ``<float>x`` casts become ``(float)x`` and each line ends with ``;``.
+    Anything else (a Python conditional, ``**``) is refused rather than mistranslated."""
+    out = []
+    for line in textwrap.dedent(body).strip("\n").splitlines():
+        code = line.split("#", 1)[0].rstrip()
+        if not code.strip():
+            continue
+        if _NOT_C.search(code) or not re.match(r"\s*[A-Za-z_]\w*\s*=[^=]", code):
+            raise ValueError(f"{where}: an update line must be 'name = expression' in C-compatible "
+                             f"arithmetic, got {code.strip()!r}")
+        out.append(_CAST.sub(r"(\1)", code) + ";")
+    return "\n".join(out)
+
+
+class _Namespace:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class KernelCode:
+    """What the template needs to lay out one kernel."""
+
+    def __init__(self, algorithm, spec):
+        a = algorithm
+        self.name = a.kernel
+        self.weight = a.weight
+        self.fields = a.fields
+        field_names = [f for f, _ in self.fields]
+        self.scalars = list(a.scalars)
+        self.scalar_states = [s.name for s in a.scalar_state]
+        self.elem_states = [s.name for s in a.elementwise_state]
+        switches = a.all_switches
+        self.n_variants = 1
+        for sw in switches:
+            self.n_variants *= len(sw.values)
+
+        prologue_text = a.per_array + "\n" + "\n".join(sw.choose for sw in switches)
+        used = spec.identifiers(prologue_text)
+        self.prologue_fields = [(f, t) for f, t in self.fields if f in used]
+        self.prologue_locals = [n for n in spec.assigned_names(a.per_array)
+                                if n not in self.scalar_states]
+        clash = set(self.prologue_locals) & set(field_names)
+        if clash:
+            raise ValueError(f"{a.name}: per_array assigns hyperparameter fields {sorted(clash)}")
+        self.per_array = _indent(a.per_array, 4)
+
+        self.dtypes = []
+        for suffix, ctype in DTYPES:
+            choices = [(sw.name, len(sw.values), Tempita.Template(sw.choose).substitute(T=ctype))
+                       for sw in switches]
+            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices))
+
+        self.configs = []
+        for config in CONFIGS:
+            ctype = STORAGE_TYPE[config.compute]
+            loops, variant_loops, by_code = [], [], {}
+            for combo in itertools.product(*(range(len(sw.values)) for sw in switches)):
+                env = {sw.name: sw.values[i] for sw, i in zip(switches, combo)}
+                env["T"] = ctype
+                body = Tempita.Template(a.update, name=f"{a.name}.update").substitute(env)
+                active = [(j, s.name) for j, s in enumerate(a.elementwise_state)
+                          if s.when is None or env[s.switch_name]]
+                names = spec.identifiers(body)
+                loop_fields = [f for f in field_names if f in names]
+                loop_scalars = [s for s in self.scalars if s in names]
+                locals_ = [t for t in a.temporaries if t in names]
+                key = (body, tuple(active))
+                if key not in by_code:
+                    loop = _Namespace(
+                        name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
+                        scalars=loop_scalars, temporaries=locals_,
+                        body=_indent(c_statements(body, f"{a.name}.update"), 8), variants=[],
+                        states=[_state_access(config, j, s) for j, s in active],
+                        load_p="m_[i]" if config.master else LOAD[config.param].format(x="p_[i]"),
+                        load_g=LOAD[config.grad].format(x="g_[i]"),
+                        store_p=_store(config, config.param, "p", 0))
+                    by_code[key] = loop
+                    loops.append(loop)
+                loop = by_code[key]
+                loop.variants.append(len(variant_loops))
+                variant_loops.append(loop.name)
+            self.configs.append(_Namespace(
+                name=config.name, ctype=ctype, param=STORAGE_TYPE[config.param],
+                grad=STORAGE_TYPE[config.grad], state=STORAGE_TYPE[config.state],
+                master=config.master, loops=loops, variant_loops=variant_loops))
+
+
+def _store(config, storage, name, salt):
+    if config.stochastic and storage in ROUND_STOCHASTIC:
+        return ROUND_STOCHASTIC[storage].format(x=name, salt=salt)
+    return ROUND[storage].format(x=name)
+
+
+def _state_access(config, j, name):
+    """(index, name, load expression, store expression) of one state in one configuration."""
+    return _Namespace(index=j, name=name, load=LOAD[config.state].format(x=f"{name}_[i]"),
+                      store=_store(config, config.state, name, 0x9E37 * (j + 1)))
+
+
+def render_texts():
+    """{output path: text} of the generated Cython declarations and prologues and the C loops."""
+    algorithms = load_algorithms()
+    spec = sys.modules[algorithms.__name__ + "._spec"]
+    kernels = [KernelCode(a, spec) for a in algorithms.KERNELS]
+    out = {}
+    for template_path, out_path in ((TEMPLATE, OUTPUT), (LOOPS_TEMPLATE, LOOPS_OUTPUT)):
+        with open(template_path) as f:
+            template = Tempita.Template(f.read(), name=template_path)
+        out[out_path] = template.substitute(kernels=kernels, configs=CONFIGS, enumerate=enumerate,
+                                            len=len, repr=repr)
+    return out
+
+
+def render_text():
+    """The generated Cython half (_algorithms.pxi)."""
+    return render_texts()[OUTPUT]
+
+
+def render():
+    """Write the generated files (each only if it changed: no needless rebuilds)."""
+    for out_path, text in render_texts().items():
+        try:
+            with open(out_path) as f:
+                if f.read() == text:
+                    continue
+        except OSError:
+            pass
+        with open(out_path, "w") as f:
+            f.write(text)
+    return [OUTPUT, LOOPS_OUTPUT]
+
+
+if __name__ == "__main__":
+    print(render())

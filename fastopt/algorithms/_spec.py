@@ -1,0 +1,433 @@
+"""The parts an algorithm declaration is made of.
+
+An optimizer in fastopt is *declared*, not hand-wired: one :class:`Algorithm` per file in this
+package names its hyperparameters (with defaults and constraints), its state, the scalars it
+computes once per array and step, and its per-element update as a few lines of Cython. From that
+one declaration
+
+* the build (``fastopt/_core/_codegen.py``) generates the compiled code: a typed struct of the
+  hyperparameters (filled from a dict *by field name*), a per-array prologue, and one straight-line
+  element loop per combination of the algorithm's switches and per dtype;
+* fastopt builds the NumPy class (``fastopt.Adam``), its docstring, its group checks and its
+  ``state_dict`` layout (``fastopt/_classes.py``), and the ``torch.optim.Optimizer`` subclass of
+  ``fastopt.torch``.
+
+This module must stay importable on its own (the build loads this package by path, before
+anything is compiled): it imports nothing from fastopt outside ``fastopt.algorithms``.
+
+Code fragments
+--------------
+``Algorithm.per_array`` runs once per array and step, in double precision, before the element loop.
+It sees every hyperparameter field by name (``lr``, ``beta1``, ...), ``step`` (this step's count,
+1 on the first step, as a double) and ``first_use`` (1 while the algorithm's lazily created state
+has not been written for this array), and reads and assigns the algorithm's scalar states (float32,
+as torch keeps them). Every name it assigns is a double local; those listed in ``scalars`` are handed
+to the element loop.
+
+``Algorithm.update`` is the body of the element loop. ``p`` and ``g`` are the param element and the
+gradient element (already negated when maximizing and scaled by a clipping coefficient, if any),
+each state is a local of its own name, and the loop stores ``p`` and every active state back after
+the body. Hyperparameter fields and ``scalars`` it names are cast once to the loop's dtype before the
+loop, so arithmetic rounds as torch's does for a tensor of that dtype. The body is a Tempita template:
+switch values are its variables (``{{if decay == "l2"}}``), and ``{{T}}`` is the loop's C type.
+Helpers available in the body: ``_sqrt``, ``_lerp_low``/``_lerp_high`` (torch.lerp's two forms),
+``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (torch.sign).
+"""
+import keyword
+import re
+
+__all__ = ["Constraint", "Hyper", "State", "Switch", "Rule", "Algorithm",
+           "real", "flag", "pair", "integer"]
+
+
+# --------------------------------------------------------------------------------------------
+# Constraints: data that fastopt._validation.check_constraint interprets.
+# --------------------------------------------------------------------------------------------
+
+class Constraint:
+    """What values a hyperparameter takes. Pure data; ``fastopt._validation`` applies it.
+
+    ``kind`` is ``"real"`` (a finite float within ``low``/``high``), ``"flag"`` (True/False),
+    ``"pair"`` (two reals, each checked by ``item``), or ``"integer"``.
+    """
+
+    __slots__ = ("kind", "low", "high", "low_inclusive", "high_inclusive", "item", "optional")
+
+    def __init__(self, kind, low=None, high=None, low_inclusive=True, high_inclusive=True,
+                 item=None, optional=False):
+        self.kind = kind
+        self.low = low
+        self.high = high
+        self.low_inclusive = low_inclusive
+        self.high_inclusive = high_inclusive
+        self.item = item
+        self.optional = optional
+
+    def describe(self):
+        """A short description for docs: ``">= 0"``, ``"in [0, 1)"``, ..."""
+        if self.kind == "flag":
+            return "bool"
+        if self.kind == "pair":
+            return f"pair, each {self.item.describe()}"
+        lo = None if self.low is None else ("[" if self.low_inclusive else "(") + f"{self.low:g}"
+        hi = None if self.high is None else f"{self.high:g}" + ("]" if self.high_inclusive else ")")
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return (">= " if self.low_inclusive else "> ") + f"{self.low:g}"
+        if hi:
+            return ("<= " if self.high_inclusive else "< ") + f"{self.high:g}"
+        return "any finite number"
+
+
+def real(low=None, high=None, *, low_inclusive=True, high_inclusive=True):
+    """A finite real number within the given bounds."""
+    return Constraint("real", low, high, low_inclusive, high_inclusive)
+
+
+def integer(low=None, high=None):
+    """An integer within the given bounds (inclusive)."""
+    return Constraint("integer", low, high)
+
+
+def flag():
+    """True or False."""
+    return Constraint("flag")
+
+
+def pair(item):
+    """Two values, each satisfying ``item`` (torch's ``betas``, ``etas``, ...)."""
+    return Constraint("pair", item=item)
+
+
+# --------------------------------------------------------------------------------------------
+# Declarations
+# --------------------------------------------------------------------------------------------
+
+class Hyper:
+    """A hyperparameter: a key of every param group.
+
+    Parameters
+    ----------
+    name : str
+        The group key and keyword argument (torch's name).
+    default
+        The constructor's default.
+    constraint : Constraint
+    doc : str
+        One sentence for the class docstring (NumPy style, may hold ``:math:``).
+    fields : tuple of str, optional
+        The C struct fields the checked value fills (default ``(name,)``); a pair fills two, e.g.
+        ``betas`` fills ``("beta1", "beta2")``. Flags become ``bint`` fields, the rest ``double``.
+    """
+
+    __slots__ = ("name", "default", "constraint", "doc", "fields")
+
+    def __init__(self, name, default, constraint, doc, fields=None):
+        self.name = name
+        self.default = default
+        self.constraint = constraint
+        self.doc = doc
+        self.fields = tuple(fields) if fields is not None else (name,)
+        expected = 2 if constraint.kind == "pair" else 1
+        if len(self.fields) != expected:
+            raise ValueError(f"hyperparameter {name!r} needs {expected} field name(s)")
+
+    @property
+    def c_type(self):
+        return "bint" if self.constraint.kind == "flag" else "double"
+
+
+class State:
+    """A state buffer kept per param.
+
+    Parameters
+    ----------
+    name : str
+        Its key in ``opt.state[i]`` and in ``state_dict()`` (torch's name).
+    doc : str
+        What it holds (for the docstring).
+    when : str, optional
+        A boolean expression over hyperparameter fields (e.g. ``"amsgrad"``, ``"momentum != 0"``),
+        valid in Python and in Cython: the state exists only when it holds. The element loop is
+        specialized on it like a switch of the same name (``{{if has_max_exp_avg_sq}}``).
+    init : float or str
+        Initial value, or the name of the hyperparameter field holding it.
+    shape : {"param", "scalar"}
+        Elementwise state (the param's shape, one arena element per param element), or a scalar
+        per param (float32, as torch's scalar tensors; read and written by ``per_array``).
+    eager : bool
+        Created at construction, so it is part of the state before the first step (Adagrad).
+    lazy : bool
+        Its first write replaces instead of updating (SGD's momentum buffer): ``first_use`` is 1 in
+        ``per_array`` until a step in which it was active has run on the array.
+    """
+
+    __slots__ = ("name", "doc", "when", "init", "shape", "eager", "lazy")
+
+    def __init__(self, name, doc, when=None, init=0.0, shape="param", eager=False, lazy=False):
+        if shape not in ("param", "scalar"):
+            raise ValueError(f"state {name!r}: shape must be 'param' or 'scalar'")
+        self.name = name
+        self.doc = doc
+        self.when = when
+        self.init = init
+        self.shape = shape
+        self.eager = eager
+        self.lazy = lazy
+
+    @property
+    def switch_name(self):
+        return "has_" + self.name
+
+
+class Switch:
+    """A choice the element loop is specialized on (one straight-line loop per value).
+
+    Parameters
+    ----------
+    name : str
+        The Tempita variable the update code tests.
+    choose : str
+        A Cython expression evaluated per array in the prologue (it sees what ``per_array`` sees,
+        after ``per_array`` has run, and ``{{T}}``): the index of the value to use (a bool for
+        two-valued switches).
+    values : tuple
+        The switch's values as the update code sees them (default ``(False, True)``).
+    """
+
+    __slots__ = ("name", "choose", "values")
+
+    def __init__(self, name, choose, values=(False, True)):
+        self.name = name
+        self.choose = choose
+        self.values = tuple(values)
+
+
+class Rule:
+    """A check across hyperparameters: ``test(values)`` must hold, else ``error(message)``.
+
+    ``values`` maps field names to checked values.
+    """
+
+    __slots__ = ("test", "message", "error")
+
+    def __init__(self, test, message, error=ValueError):
+        self.test = test
+        self.message = message
+        self.error = error
+
+
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def identifiers(code):
+    """The identifiers a code fragment names (to declare only the locals it uses)."""
+    return set(_IDENT.findall(re.sub(r"#.*", "", code)))
+
+
+def assigned_names(code):
+    """Names assigned at the start of a line (``name = ...``) in a code fragment, in order."""
+    names = []
+    for line in code.splitlines():
+        m = re.match(r"\s*([A-Za-z_]\w*)\s*=[^=]", line)
+        if m and m.group(1) not in names:
+            names.append(m.group(1))
+    return names
+
+
+def _signature_names(spec):
+    """``"a, b, *, c"`` -> (["a", "b"], ["c"])."""
+    positional, keyword_only, star = [], [], False
+    for part in (s.strip() for s in spec.split(",")):
+        if not part:
+            continue
+        if part == "*":
+            star = True
+        elif star:
+            keyword_only.append(part)
+        else:
+            positional.append(part)
+    return positional, keyword_only
+
+
+class Algorithm:
+    """One optimizer algorithm, declared.
+
+    Parameters
+    ----------
+    name : str
+        The class name (``fastopt.<name>``, ``fastopt.torch.<name>``).
+    title : str
+        One line for the docstring's summary ("Adam, as ``torch.optim.Adam``").
+    formula : str
+        The update as reStructuredText math (the ``.. math::`` body).
+    hyperparameters : list of Hyper
+        In the order of the NumPy constructor; ``maximize`` is added to every algorithm.
+    state : list of State
+        In ``state_dict`` order.
+    per_array, update : str
+        The code fragments (see the module docstring).
+    scalars : tuple of str
+        The names ``per_array`` computes that the element loop uses.
+    switches : list of Switch
+    temporaries : tuple of str
+        Extra locals of the element loop (of its dtype).
+    weight : int
+        Relative cost per element for the thread threshold: 1 for a few additions and
+        multiplications, 2 with one division or square root, 3 with more.
+    has_step : bool
+        ``"step"`` is part of the per-param state (all but SGD).
+    numpy_signature, torch_signature : str
+        The constructors' arguments after ``params``: ``"lr, betas, *, maximize"``. Names are
+        hyperparameters, torch-only flags (``torch_extras``) or, for NumPy, ``skip_nonfinite``.
+    torch_extras : dict
+        torch's implementation flags and their defaults (``foreach``, ``capturable``, ...): kept in
+        the groups of ``fastopt.torch`` classes for checkpoint compatibility; they change nothing
+        except ``capturable``/``differentiable``, which must stay False.
+    torch_load_defaults : dict
+        Where torch fills a key missing from an older checkpoint with another value than the
+        constructor's default (its ``__setstate__``; SGD's ``fused`` becomes False).
+    fixed : dict
+        Group values a variant pins (AdamW: ``decoupled_weight_decay=True``); not constructor
+        arguments, but part of every group.
+    rules : list of Rule
+    torch_name : str or None
+        The ``torch.optim`` class this one follows (None for Lion).
+    reference : str
+        Citation for the docstring.
+    kernel : str
+        The name of the compiled kernel (a variant like AdamW shares its parent's).
+    """
+
+    def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
+                 switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
+                 torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
+                 reference="", kernel=None, state_doc="", torch_load_defaults=None):
+        self.name = name
+        self.title = title
+        self.formula = formula
+        maximize = Hyper("maximize", False, flag(),
+                         "Maximize the objective instead of minimizing it (the gradient is negated).")
+        self.hyperparameters = list(hyperparameters)
+        if not any(h.name == "maximize" for h in self.hyperparameters):
+            self.hyperparameters.append(maximize)
+        self.state = list(state)
+        self.per_array = per_array
+        self.update = update
+        self.scalars = tuple(scalars)
+        self.switches = list(switches)
+        self.temporaries = tuple(temporaries)
+        self.weight = int(weight)
+        self.has_step = has_step
+        self.numpy_signature = numpy_signature
+        self.torch_signature = torch_signature
+        self.torch_extras = dict(torch_extras or {})
+        self.torch_load_defaults = dict(torch_load_defaults or {})
+        self.fixed = dict(fixed or {})
+        self.rules = list(rules)
+        self.torch_name = torch_name
+        self.reference = reference
+        self.kernel = kernel or name.lower()
+        self.state_doc = state_doc
+        self._validate()
+
+    # -- derived views -----------------------------------------------------------------------
+
+    @property
+    def fields(self):
+        """``[(field, c_type)]`` of the hyperparameter struct, in declaration order."""
+        return [(f, h.c_type) for h in self.hyperparameters for f in h.fields]
+
+    @property
+    def hyper_by_name(self):
+        return {h.name: h for h in self.hyperparameters}
+
+    @property
+    def elementwise_state(self):
+        return [s for s in self.state if s.shape == "param"]
+
+    @property
+    def scalar_state(self):
+        return [s for s in self.state if s.shape == "scalar"]
+
+    @property
+    def all_switches(self):
+        """Declared switches, then one per conditional elementwise state (``has_<name>``)."""
+        out = list(self.switches)
+        for s in self.elementwise_state:
+            if s.when is not None:
+                out.append(Switch(s.switch_name, s.when))
+        return out
+
+    def defaults(self):
+        """The group defaults of the NumPy class: every hyperparameter, then ``fixed``."""
+        out = {h.name: h.default for h in self.hyperparameters}
+        out.update(self.fixed)
+        return out
+
+    def signature(self, torch=False):
+        """(positional names, keyword-only names) of the constructor after ``params``."""
+        return _signature_names(self.torch_signature if torch else self.numpy_signature)
+
+    def state_active(self, state, values):
+        """Whether ``state`` exists for a group with checked field ``values``."""
+        if state.when is None:
+            return True
+        return bool(eval(state.when, {"__builtins__": {}}, dict(values)))  # our own declarations
+
+    def traffic(self, values=None):
+        """(arrays read, arrays written) per element for the default (or given) settings."""
+        values = values if values is not None else self.default_fields()
+        active = [s for s in self.elementwise_state if self.state_active(s, values)]
+        return 2 + len(active), 1 + len(active)
+
+    def default_fields(self):
+        out = {}
+        for h in self.hyperparameters:
+            value = self.fixed.get(h.name, h.default)
+            if h.constraint.kind == "pair":
+                out.update(zip(h.fields, value))
+            else:
+                out[h.fields[0]] = value
+        return out
+
+    def variant(self, name, title, *, defaults=None, fixed=None, numpy_signature=None,
+                torch_signature=None, torch_name=None, formula=None):
+        """A named variant sharing this algorithm's kernel (AdamW from Adam)."""
+        hypers = []
+        for h in self.hyperparameters:
+            default = (defaults or {}).get(h.name, h.default)
+            hypers.append(Hyper(h.name, default, h.constraint, h.doc, h.fields))
+        return Algorithm(
+            name, title, formula or self.formula, hypers, self.state, self.per_array, self.update,
+            self.scalars, self.switches, self.temporaries, self.weight, self.has_step,
+            numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
+            self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
+            torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
+            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults)
+
+    # -- consistency ---------------------------------------------------------------------------
+
+    def _validate(self):
+        names = [h.name for h in self.hyperparameters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate hyperparameter")
+        fields = [f for f, _ in self.fields]
+        reserved = {"p", "g", "i", "n", "step", "first_use", "h", "a"}
+        for f in fields + list(self.scalars):
+            if keyword.iskeyword(f) or f in reserved:
+                raise ValueError(f"{self.name}: {f!r} cannot be a field or scalar name")
+        assigned = assigned_names(self.per_array)
+        for s in self.scalars:
+            if s not in assigned:
+                raise ValueError(f"{self.name}: scalar {s!r} is never assigned in per_array")
+        allowed = set(names) | set(self.torch_extras) | {"skip_nonfinite"}
+        for torch in (False, True):
+            pos, kw = self.signature(torch)
+            for n in pos + kw:
+                if n not in allowed:
+                    raise ValueError(f"{self.name}: signature names unknown argument {n!r}")
+            missing = set(names) - set(self.fixed) - set(pos + kw)
+            if missing:
+                raise ValueError(f"{self.name}: signature lacks {sorted(missing)}")

@@ -35,6 +35,15 @@ LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_
 ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
 ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
 
+#: Storage a loop reaches through float32 blocks (simd.h's fo_f16_load_block/fo_f16_store_block):
+#: the element loop then sees float32 there, and the loop's wrapper converts block by block.
+BLOCKED = {"f16": "f32"}
+
+
+def _seen(storage):
+    """The storage the element loop sees for ``storage``."""
+    return BLOCKED.get(storage, storage)
+
 
 class StorageConfig:
     """How one loop reads and writes memory: the param's, the gradient's and the states' storage,
@@ -165,22 +174,27 @@ class KernelCode:
                 locals_ = [t for t in a.temporaries if t in names]
                 key = (body, tuple(active))
                 if key not in by_code:
+                    states = [_state_access(config, j, s) for j, s in active]
                     loop = _Namespace(
                         name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
                         scalars=loop_scalars, temporaries=locals_,
                         body=_indent(c_statements(body, f"{a.name}.update"), 8), variants=[],
-                        states=[_state_access(config, j, s) for j, s in active],
-                        load_p="m_[i]" if config.master else LOAD[config.param].format(x="p_[i]"),
-                        load_g=LOAD[config.grad].format(x="g_[i]"),
-                        store_p=_store(config, config.param, "p", 0))
+                        states=states,
+                        load_p=("m_[i]" if config.master
+                                else LOAD[_seen(config.param)].format(x="p_[i]")),
+                        load_g=LOAD[_seen(config.grad)].format(x="g_[i]"),
+                        store_p=_store(config, _seen(config.param), "p", 0),
+                        blocks=_blocks(config, states))
                     by_code[key] = loop
                     loops.append(loop)
                 loop = by_code[key]
                 loop.variants.append(len(variant_loops))
                 variant_loops.append(loop.name)
             self.configs.append(_Namespace(
-                name=config.name, ctype=ctype, param=STORAGE_TYPE[config.param],
-                grad=STORAGE_TYPE[config.grad], state=STORAGE_TYPE[config.state],
+                name=config.name, ctype=ctype, param=STORAGE_TYPE[_seen(config.param)],
+                grad=STORAGE_TYPE[_seen(config.grad)], state=STORAGE_TYPE[_seen(config.state)],
+                stored_param=STORAGE_TYPE[config.param], stored_grad=STORAGE_TYPE[config.grad],
+                stored_state=STORAGE_TYPE[config.state],
                 master=config.master, loops=loops, variant_loops=variant_loops))
 
 
@@ -192,8 +206,41 @@ def _store(config, storage, name, salt):
 
 def _state_access(config, j, name):
     """(index, name, load expression, store expression) of one state in one configuration."""
-    return _Namespace(index=j, name=name, load=LOAD[config.state].format(x=f"{name}_[i]"),
-                      store=_store(config, config.state, name, 0x9E37 * (j + 1)))
+    seen = _seen(config.state)
+    return _Namespace(index=j, name=name, load=LOAD[seen].format(x=f"{name}_[i]"),
+                      store=_store(config, seen, name, 0x9E37 * (j + 1)))
+
+
+def _blocks(config, states):
+    """How a loop's wrapper reaches memory block by block, or None when nothing is blocked.
+
+    ``arguments`` are the element loop's array arguments for the block at ``start``, ``loads`` and
+    ``stores`` the conversions into and out of the float32 scratch arrays ``buffers``."""
+    if not any(s in BLOCKED for s in (config.param, config.grad, config.state)):
+        return None
+    buffers, loads, stores, arguments = [], [], [], []
+
+    def array(name, storage, data, loaded, stored):
+        if storage not in BLOCKED:
+            const = "const " if not stored else ""
+            arguments.append(f"({const}{STORAGE_TYPE[storage]}*){data} + start")
+            return
+        buffers.append(f"{name}_block")
+        arguments.append(f"{name}_block")
+        if loaded:
+            loads.append(f"fo_{storage}_load_block({name}_block, "
+                         f"(const {STORAGE_TYPE[storage]}*){data} + start, len);")
+        if stored:
+            stores.append(f"fo_{storage}_store_block(({STORAGE_TYPE[storage]}*){data} + start, "
+                          f"{name}_block, len);")
+
+    # with a master copy the param is only written: the loop reads the master
+    array("p", config.param, "p_data", loaded=not config.master, stored=True)
+    array("g", config.grad, "g_data", loaded=True, stored=False)
+    for st in states:
+        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=True)
+    arguments.append("master_ + start" if config.master else "master_")
+    return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments)
 
 
 def render_texts():

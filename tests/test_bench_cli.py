@@ -227,7 +227,7 @@ def test_bench_cli_subprocess(tmp_path):
 
 
 def test_bench_bad_arguments(capsys):
-    assert cli.main(["--optimizers", "adamax", "--no-plot"]) == 2
+    assert cli.main(["--optimizers", "adamq", "--no-plot"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
     assert cli.main(["--repeats", "0", "--no-plot"], prog="python -m fastopt bench") == 2
     assert "python -m fastopt bench: error: --repeats must be >= 1" in capsys.readouterr().err

@@ -70,9 +70,10 @@ def make_fastopt_optimizer(name, params):
 
 
 def state_arrays(optimizer, index=0):
-    """The state buffers of param ``index`` of a fastopt optimizer, flat, in the order it keeps them."""
+    """The state buffers of param ``index`` of a fastopt optimizer, flat, in the order it keeps them
+    (the elementwise ones: a scalar state such as NAdam's ``mu_product`` moves no memory per element)."""
     return [value.reshape(-1) for key, value in optimizer.state.get(index, {}).items()
-            if isinstance(value, np.ndarray) and key != "step"]
+            if isinstance(value, np.ndarray) and value.ndim > 0 and key != "step"]
 
 
 def _torch_contenders(torch, name, params0, grads, loop=True):
@@ -88,8 +89,8 @@ def _torch_contenders(torch, name, params0, grads, loop=True):
         try:
             opt = getattr(torch.optim, algorithm.cls)(tparams, **algorithm.hyper, **kw)
             opt.step()
-        except (TypeError, RuntimeError, ValueError):
-            continue          # e.g. RMSprop has no fused implementation
+        except (TypeError, RuntimeError, ValueError, AttributeError):
+            continue          # e.g. RMSprop has no fused implementation; torch has no Lion
         out.append(Contender(label, opt.step))
     return out
 

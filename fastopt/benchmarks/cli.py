@@ -49,6 +49,14 @@ def build_parser(prog="fastopt bench"):
                     metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--json", metavar="OUT.json", default=None, help="write all results as JSON")
+    ap.add_argument("--no-training", action="store_true",
+                    help="skip the training-loop tables (torch adapter, clipping inside the step, "
+                         "1 vs 2 threads; run with adam)")
+    ap.add_argument("--no-precision", action="store_true",
+                    help="skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="start N processes that spin on a core each while the threads table runs, "
+                         "to measure steps on a busy machine (default 0)")
     ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
                     help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
     ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
@@ -75,6 +83,8 @@ def _parse(args):
         raise ValueError("--numpy-block must be >= 0")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
+    if args.busy < 0:
+        raise ValueError("--busy must be >= 0")
     checks = targets_mod.load(args.check) if args.check else None
     return opts, sizes, dtypes, threads, checks
 
@@ -101,6 +111,40 @@ def run_lbfgs(args, log):
           "history floor = one-threaded OpenBLAS doing the two passes over the 2m x n history "
           "that any L-BFGS iteration needs)")
     print(lbfgs_vs_scipy.format_rows(rows))
+    return rows
+
+
+def run_training(args, torch, log, timing, threads):
+    """The torch adapter, clipping inside the step, and 1 vs 2 threads (see .training)."""
+    from . import training
+
+    log("training-loop tables: the torch adapter, clipping inside the step, 1 vs 2 threads"
+        + (f" ({args.busy} busy processes)" if args.busy else ""))
+    tables = training.run(args, torch, log, timing, threads)
+    if tables["adapter"]:
+        print("\ntorch adapter: fastopt.torch.Adam.step() vs fastopt.Adam.step(grads) on the same tensors, "
+              "and torch.optim.Adam(fused=True); us per step\n(extra ns/tensor: what the adapter adds "
+              "per tensor, reading every .grad)")
+        print(report.format_adapter(tables["adapter"]))
+    print("\nAdam with clipping inside the step (step(grads, max_norm=1)) vs the step alone and vs "
+          "torch's clip_grad_norm_(foreach) + Adam(fused); ns per element per step")
+    print(report.format_clipstep(tables["clipstep"]))
+    print(f"\nThreads: single Adam steps (float32) on 1 and 2 threads, alternated; us per step, median "
+          f"and 90th percentile; {args.busy} spinning process(es) on the machine (--busy N)")
+    print(report.format_threads(tables["threads"]))
+    return tables
+
+
+def run_precision(args, torch, log, timing, threads):
+    """Mixed-precision Adam (see .precision)."""
+    from . import precision
+
+    log("mixed precision: bfloat16/float16 Adam")
+    rows = precision.run(args, torch, log, timing, threads)
+    print("\nMixed precision, Adam, ns per element per step: f32 (28 B/elem); bf16 params with a float32 "
+          "master copy and states (28 B); the same with bf16 moments (20 B);\nbf16/f16 params with "
+          "states in their dtype (14 B), and torch's fused step on the same bf16/f16 params")
+    print(report.format_precision(rows))
     return rows
 
 
@@ -241,13 +285,17 @@ def main(argv=None, prog="fastopt bench"):
 
     _print_results(rows, clip_rows, opts, dtypes)
     print(f"\n{len(rows) + len(clip_rows)} cells in {elapsed:.1f} s")
+    # the training-loop and precision tables are Adam's: they run when the run includes Adam
+    tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
+    if not args.no_precision and "adam" in opts:
+        tables["precision"] = run_precision(args, torch, log, timing, threads)
     lbfgs = run_lbfgs(args, log) if args.lbfgs else None
     lbfgsb = run_lbfgsb(args, log) if args.lbfgs else None
 
     checked = None
     if checks is not None:
         checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or [],
-                                             "lbfgsb": lbfgsb or []})
+                                             "lbfgsb": lbfgsb or [], **tables})
         print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
         print(targets_mod.format_check(checked))
 
@@ -260,7 +308,8 @@ def main(argv=None, prog="fastopt bench"):
     if args.json:
         report.write_json(args.json, machine=info, build_info=fastopt.build_info(),
                           torch=torch.__version__ if torch is not None else None,
-                          results=rows, clip=clip_rows, lbfgs=lbfgs, elapsed_s=elapsed,
+                          results=rows, clip=clip_rows, lbfgs=lbfgs, lbfgsb=lbfgsb, **tables,
+                          elapsed_s=elapsed,
                           targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
         print(f"json: {args.json}")
     return 1 if checked and any(ok is False for ok, _ in checked) else 0

@@ -252,9 +252,149 @@ class NumpyAdagrad(NumpyOptimizer):
         _scaled_ratio(g, s, eps, neg_clr, tmp[0], out)
 
 
+class NumpyNAdam(NumpyOptimizer):
+    """NAdam as torch.optim.NAdam (no weight decay): m, v as Adam;
+    mu_t = b1 (1 - 0.5 * 0.96^(t psi)), mu_prod = prod mu_1..t; d = sqrt(v / bc2) + eps;
+    p -= lr (1 - mu_t) / (1 - mu_prod) g / d + lr mu_{t+1} / (1 - mu_prod mu_{t+1}) m / d."""
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    n_tmp = 2
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3)
+
+    def _init_state(self):
+        self.mu_product = 1.0
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference NAdam: no weight decay")
+        b1, b2 = h["betas"]
+        t = self.step_count
+        mu = b1 * (1.0 - 0.5 * 0.96 ** (t * h["momentum_decay"]))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * h["momentum_decay"]))
+        # torch keeps mu_product as a float32 tensor: rounded to float32 every step
+        self.mu_product = float(np.float32(self.mu_product * float(np.float32(mu))))
+        bc2_sqrt = math.sqrt(1.0 - b2 ** t)
+        # d = sqrt(v)/bc2_sqrt + eps = (sqrt(v) + eps bc2_sqrt) / bc2_sqrt: the bc2_sqrt goes
+        # into both step sizes
+        grad_step = -h["lr"] * (1.0 - mu) / (1.0 - self.mu_product) * bc2_sqrt
+        avg_step = -h["lr"] * mu_next / (1.0 - self.mu_product * mu_next) * bc2_sqrt
+        return (1.0 - b1, b2, 1.0 - b2, h["eps"] * bc2_sqrt, grad_step, avg_step)
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, c2, eps_s, grad_step, avg_step = sc
+        m, v = st
+        t, u = tmp[0], tmp[1]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        _average_square(v, g, b2, c2, t)
+        np.sqrt(v, out=t)
+        t += eps_s
+        np.divide(g, t, out=u)
+        np.divide(m, t, out=out)
+        out *= avg_step
+        u *= grad_step
+        out += u
+
+
+class NumpyRAdam(NumpyOptimizer):
+    """RAdam as torch.optim.RAdam (no weight decay): m, v as Adam; rho_t = rho_inf - 2 t b2^t / bc2;
+    if rho_t > 5: p -= lr r_t sqrt(bc2) / bc1 * m / (sqrt(v) + eps), else p -= lr / bc1 * m."""
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference RAdam: no weight decay")
+        b1, b2 = h["betas"]
+        t = self.step_count
+        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * b2 ** t / bc2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            return (1.0 - b1, b2, 1.0 - b2, True, h["eps"], -h["lr"] * rect * math.sqrt(bc2) / bc1)
+        return (1.0 - b1, b2, 1.0 - b2, False, h["eps"], -h["lr"] / bc1)
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, c2, rectified, eps, step = sc
+        m, v = st
+        t = tmp[0]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        _average_square(v, g, b2, c2, t)
+        if rectified:
+            _scaled_ratio(m, v, eps, step, t, out)
+        else:
+            np.multiply(m, step, out=out)
+
+
+class NumpyAdamax(NumpyOptimizer):
+    """Adamax as torch.optim.Adamax (no weight decay): m as Adam; u = max(b2 u, |g| + eps);
+    p -= lr / bc1 * m / u."""
+
+    state_names = ("exp_avg", "exp_inf")
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Adamax: no weight decay")
+        b1, b2 = h["betas"]
+        return (1.0 - b1, b2, h["eps"], -h["lr"] / (1.0 - b1 ** self.step_count))
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, eps, step = sc
+        m, u = st
+        t = tmp[0]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        np.abs(g, out=t)
+        t += eps
+        u *= b2
+        np.maximum(u, t, out=u)
+        np.divide(m, u, out=out)
+        out *= step
+
+
+class NumpyLion(NumpyOptimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; no weight decay):
+    p -= lr sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g."""
+
+    state_names = ("exp_avg",)
+    n_tmp = 2
+    defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Lion: no weight decay")
+        b1, b2 = h["betas"]
+        return (b1, 1.0 - b1, b2, 1.0 - b2, -h["lr"])
+
+    def _delta(self, g, st, tmp, out, sc):
+        b1, c1, b2, c2, neg_lr = sc
+        (m,) = st
+        t = tmp[1]             # out may be tmp[0]
+        np.multiply(m, b1, out=out)
+        np.multiply(g, c1, out=t)
+        out += t
+        np.sign(out, out=out)
+        out *= neg_lr
+        m *= b2
+        np.multiply(g, c2, out=t)
+        m += t
+
+
 NUMPY_OPTIMIZERS = {
     "adam": NumpyAdam, "adamw": NumpyAdamW, "sgd": NumpySGD, "rmsprop": NumpyRMSprop,
-    "adagrad": NumpyAdagrad,
+    "adagrad": NumpyAdagrad, "nadam": NumpyNAdam, "radam": NumpyRAdam, "adamax": NumpyAdamax,
+    "lion": NumpyLion,
 }
 
 

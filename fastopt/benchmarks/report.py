@@ -169,3 +169,37 @@ def write_json(path, **payload):
                              for name, a in ALGORITHMS.items()}
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=1, default=str)
+
+
+def format_adapter(rows):
+    """The torch adapter table (µs per step; the adapter's extra ns per tensor)."""
+    keys = [("case", 14, "size"), ("tensors", 7, "tensors"), ("thr", 3, "threads")]
+    return _table(rows, keys, ["numpy-api", "adapter", "torch-fused", "extra ns/tensor"],
+                  [("adapter/np", "adapter", "numpy-api"), ("fused/adapter", "torch-fused", "adapter")],
+                  "us_per_step")
+
+
+def format_clipstep(rows):
+    """Adam with clipping inside the step (ns per element per step)."""
+    keys = [("size", 6, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, ["step", "clip+step", "torch-clip+fused"],
+                  [("clip/step", "clip+step", "step"), ("torch/clip", "torch-clip+fused", "clip+step")],
+                  "ns_per_elem")
+
+
+def format_threads(rows):
+    """1 and 2 threads, single steps (µs): median and 90th percentile."""
+    keys = [("size", 6, "size"), ("busy", 4, "busy")]
+    return _table(rows, keys, ["1thr-median", "2thr-median", "1thr-p90", "2thr-p90"],
+                  [("2/1 median", "2thr-median", "1thr-median"), ("2/1 p90", "2thr-p90", "1thr-p90")],
+                  "us_per_step")
+
+
+def format_precision(rows):
+    """Mixed-precision Adam (ns per element per step)."""
+    keys = [("size", 10, "size"), ("thr", 3, "threads")]
+    columns = ["f32", "bf16-master", "bf16-master-sbf16", "bf16", "f16", "torch-fused-bf16",
+               "torch-fused-f16"]
+    ratios = [("master/f32", "bf16-master", "f32"), ("f32/sbf16", "f32", "bf16-master-sbf16"),
+              ("fused/bf16", "torch-fused-bf16", "bf16"), ("fused/f16", "torch-fused-f16", "f16")]
+    return _table(rows, keys, columns, ratios, "ns_per_elem")

@@ -56,6 +56,16 @@ ALGORITHMS = MappingProxyType({
     # p, g, sum read; p, sum written
     "adagrad": Algorithm("Adagrad", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10),
                          reads=3, writes=2),
+    # p, g, exp_avg, exp_avg_sq read; p, exp_avg, exp_avg_sq written (mu_product: one scalar)
+    "nadam": Algorithm("NAdam", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+                       reads=4, writes=3),
+    "radam": Algorithm("RAdam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+                       reads=4, writes=3),
+    # p, g, exp_avg, exp_inf read; p, exp_avg, exp_inf written
+    "adamax": Algorithm("Adamax", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
+                        reads=4, writes=3),
+    # p, g, exp_avg read; p, exp_avg written (torch has no Lion: no torch columns)
+    "lion": Algorithm("Lion", dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), reads=3, writes=2),
 })
 
 #: The "200 arrays" case: a small model's parameter list.

@@ -128,7 +128,9 @@ class Optimizer:
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
         whatever the thread count.
     seed : int, optional
-        The stochastic-rounding seed (default: drawn from the OS; kept in ``state_dict``).
+        The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
+        ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``
+        restores both, so a resumed run rounds exactly as the uninterrupted one.
 
     Attributes
     ----------
@@ -446,15 +448,16 @@ class Optimizer:
 
     @property
     def _has_step(self):
-        """Whether per-param state carries a ``"step"`` count."""
-        return self.algorithm.has_step
+        """Whether per-param state carries a ``"step"`` count: the algorithm's, or with stochastic
+        rounding the count its random stream is keyed on (so a resumed run draws the same bits)."""
+        return self.algorithm.has_step or self.stochastic_rounding
 
     def _has_state(self, bucket, k):
         """Whether param k of ``bucket`` has state yet (torch creates it at the first step)."""
         alg = self.algorithm
         if any(s.eager for s in alg.state):
             return True
-        return bool(bucket.steps[k] > 0 if alg.has_step else bucket.initialized[k])
+        return bool(bucket.steps[k] > 0 if self._has_step else bucket.initialized[k])
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""
@@ -500,7 +503,10 @@ class Optimizer:
             entry["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(entry)
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if self.stochastic_rounding:
+            out["stochastic_rounding_seed"] = int(self.seed)
+        return out
 
     @_exclusive
     def load_state_dict(self, state_dict):
@@ -516,6 +522,12 @@ class Optimizer:
         saved_state = state_dict["state"]
         if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
             raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+        seed = state_dict.get("stochastic_rounding_seed")
+        if seed is not None:
+            try:
+                seed = V.check_seed(seed)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state_dict['stochastic_rounding_seed']: {exc}") from None
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} param groups, the optimizer has {len(self.param_groups)}")
@@ -595,6 +607,11 @@ class Optimizer:
             plan.append((g, bucket, k, checked))
 
         # Everything checked: now write.
+        if seed is not None and self.stochastic_rounding:
+            self.seed = seed
+            for group_buckets in self._buckets:
+                for bucket in group_buckets:
+                    bucket.seed = seed
         for g, merged in enumerate(new_groups):
             merged.checked = None
             self.param_groups[g] = merged

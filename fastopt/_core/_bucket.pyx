@@ -207,7 +207,7 @@ cdef class ParamBucket:
     cdef int config_f32
     cdef int param_size
     cdef int state_size
-    cdef uint64_t seed
+    cdef public uint64_t seed      # public: load_state_dict restores a saved seed
     cdef Py_ssize_t* _offsets
     cdef char** _params
     cdef char** _grads

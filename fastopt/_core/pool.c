@@ -1,0 +1,292 @@
+/* fastopt's thread pool; see pool.h for what it does and why. */
+#if !defined(_WIN32) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE   /* sched_getaffinity */
+#endif
+#include "pool.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FO_EXPORT __attribute__((visibility("default")))
+#else
+#define FO_EXPORT
+#endif
+
+static _Atomic int fo_requested = 0;   /* 0: the default */
+static _Atomic int fo_default = 0;     /* the default, found once (it costs a system call) */
+
+#if defined(_WIN32)
+/* No helper threads on Windows builds yet: every job runs on the calling thread. */
+void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads) {
+    (void)max_threads;
+    for (ptrdiff_t c = 0; c < n_chunks; c++) fn(ctx, c, n_chunks);
+}
+FO_EXPORT int fastopt_pool_get_num_threads(void) { return 1; }
+FO_EXPORT void fastopt_pool_set_num_threads(int n) { fo_requested = n < 0 ? 0 : n; }
+int fo_pool_requested_threads(void) { return fo_requested; }
+int fo_pool_available(void) { return 0; }
+int fo_pool_helpers_awake(void) { return 0; }
+void fo_pool_set_helper_delay_us(long us) { (void)us; }
+double fo_pool_measure_wake_ns(int rounds) { (void)rounds; return -1.0; }
+
+#else
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define fo_cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define fo_cpu_relax() __asm__ __volatile__("yield")
+#else
+#define fo_cpu_relax() ((void)0)
+#endif
+
+enum {
+    FO_MAX_HELPERS = 255,
+    /* A helper spins this long after a job before it sleeps: back-to-back jobs (a training loop's
+     * steps over several param groups, a norm then a scale) find it awake. */
+    FO_SPIN_NS = 100000,
+};
+
+static struct {
+    pthread_mutex_t lock;            /* sleeping and waking helpers, starting them */
+    pthread_cond_t wake;
+    pthread_mutex_t busy;            /* held by the caller whose job is running */
+    _Atomic uint64_t state;          /* (generation << 32) | next chunk to claim */
+    _Atomic ptrdiff_t done;          /* chunks of the current job finished */
+    _Atomic int sleepers;            /* helpers waiting on `wake` */
+    _Atomic uintptr_t fn;            /* the current job (written before it is published) */
+    _Atomic uintptr_t ctx;
+    _Atomic ptrdiff_t n_chunks;
+    _Atomic int max_helpers;
+    _Atomic long helper_delay_us;
+    int n_helpers;                   /* started (under `lock`) */
+    uint32_t generation;             /* the caller's (under `busy`) */
+} fo_pool = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+};
+static pthread_once_t fo_pool_once = PTHREAD_ONCE_INIT;
+
+static int64_t fo_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Claim and run chunks of job `gen` until none is left (or the job is another's). */
+static void fo_work(uint32_t gen, fo_chunk_fn fn, void* ctx, ptrdiff_t n) {
+    for (;;) {
+        uint64_t s = atomic_load_explicit(&fo_pool.state, memory_order_acquire);
+        if ((uint32_t)(s >> 32) != gen || (ptrdiff_t)(uint32_t)s >= n) return;
+        if (atomic_compare_exchange_weak_explicit(&fo_pool.state, &s, s + 1,
+                                                  memory_order_acq_rel, memory_order_relaxed)) {
+            fn(ctx, (ptrdiff_t)(uint32_t)s, n);
+            atomic_fetch_add_explicit(&fo_pool.done, 1, memory_order_release);
+        }
+    }
+}
+
+/* Wait (spin, then sleep) until a job newer than `seen` is published; return the state word. */
+static uint64_t fo_wait_for_job(uint32_t seen) {
+    uint64_t s;
+    int64_t start = fo_now_ns();
+    for (unsigned i = 0;; i++) {
+        s = atomic_load(&fo_pool.state);
+        if ((uint32_t)(s >> 32) != seen) return s;
+        fo_cpu_relax();
+        if ((i & 255) == 255 && fo_now_ns() - start > FO_SPIN_NS) break;
+    }
+    pthread_mutex_lock(&fo_pool.lock);
+    atomic_fetch_add(&fo_pool.sleepers, 1);
+    while ((uint32_t)((s = atomic_load(&fo_pool.state)) >> 32) == seen)
+        pthread_cond_wait(&fo_pool.wake, &fo_pool.lock);
+    atomic_fetch_sub(&fo_pool.sleepers, 1);
+    pthread_mutex_unlock(&fo_pool.lock);
+    return s;
+}
+
+static void* fo_helper_main(void* arg) {
+    int index = (int)(intptr_t)arg;
+    uint32_t seen = (uint32_t)(atomic_load(&fo_pool.state) >> 32);
+    for (;;) {
+        uint64_t s = fo_wait_for_job(seen);
+        uint32_t gen = (uint32_t)(s >> 32);
+        seen = gen;
+        long delay = atomic_load_explicit(&fo_pool.helper_delay_us, memory_order_relaxed);
+        if (delay > 0) {
+            struct timespec t = {delay / 1000000, (delay % 1000000) * 1000};
+            nanosleep(&t, NULL);
+        }
+        if (index >= atomic_load_explicit(&fo_pool.max_helpers, memory_order_relaxed)) continue;
+        /* These may already be the next job's fields; then every claim fails (another generation)
+         * and nothing runs with them. */
+        fo_chunk_fn fn = (fo_chunk_fn)atomic_load_explicit(&fo_pool.fn, memory_order_relaxed);
+        void* ctx = (void*)atomic_load_explicit(&fo_pool.ctx, memory_order_relaxed);
+        ptrdiff_t n = atomic_load_explicit(&fo_pool.n_chunks, memory_order_relaxed);
+        fo_work(gen, fn, ctx, n);
+    }
+    return NULL;
+}
+
+/* Start helpers up to `wanted` (fewer if the system refuses threads). */
+static void fo_start_helpers(int wanted) {
+    if (wanted > FO_MAX_HELPERS) wanted = FO_MAX_HELPERS;
+    pthread_mutex_lock(&fo_pool.lock);
+    while (fo_pool.n_helpers < wanted) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, fo_helper_main,
+                                    (void*)(intptr_t)fo_pool.n_helpers);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        fo_pool.n_helpers++;
+    }
+    pthread_mutex_unlock(&fo_pool.lock);
+}
+
+/* In a forked child the helpers are gone and the locks may be held by threads that are gone. */
+static void fo_after_fork_in_child(void) {
+    pthread_mutex_init(&fo_pool.lock, NULL);
+    pthread_cond_init(&fo_pool.wake, NULL);
+    pthread_mutex_init(&fo_pool.busy, NULL);
+    fo_pool.n_helpers = 0;
+    atomic_store(&fo_pool.sleepers, 0);
+    atomic_store(&fo_default, 0);   /* the child may run on other CPUs */
+}
+
+static void fo_pool_init(void) {
+    pthread_atfork(NULL, NULL, fo_after_fork_in_child);
+}
+
+static void fo_publish(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int helpers) {
+    atomic_store_explicit(&fo_pool.fn, (uintptr_t)fn, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.ctx, (uintptr_t)ctx, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.n_chunks, n_chunks, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.max_helpers, helpers, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
+    fo_pool.generation++;
+    atomic_store(&fo_pool.state, (uint64_t)fo_pool.generation << 32);   /* publishes the fields */
+    if (atomic_load(&fo_pool.sleepers) > 0) {
+        pthread_mutex_lock(&fo_pool.lock);
+        pthread_cond_broadcast(&fo_pool.wake);
+        pthread_mutex_unlock(&fo_pool.lock);
+    }
+}
+
+static void fo_wait_done(ptrdiff_t n) {
+    /* Only chunks another thread claimed are outstanding, and those threads are running. */
+    for (unsigned i = 0; atomic_load_explicit(&fo_pool.done, memory_order_acquire) < n; i++) {
+        fo_cpu_relax();
+        if ((i & 4095) == 4095) sched_yield();   /* a preempted helper holds a chunk: let it run */
+    }
+}
+
+void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads) {
+    if (max_threads > n_chunks) max_threads = (int)n_chunks;
+    if (max_threads <= 1 || n_chunks <= 1 || n_chunks > (ptrdiff_t)UINT32_MAX) {
+        for (ptrdiff_t c = 0; c < n_chunks; c++) fn(ctx, c, n_chunks);
+        return;
+    }
+    pthread_once(&fo_pool_once, fo_pool_init);
+    if (pthread_mutex_trylock(&fo_pool.busy) != 0) {
+        /* Another thread's job is running (or this is a job inside a job): run this one here. */
+        for (ptrdiff_t c = 0; c < n_chunks; c++) fn(ctx, c, n_chunks);
+        return;
+    }
+    if (fo_pool.n_helpers < max_threads - 1) fo_start_helpers(max_threads - 1);
+    fo_publish(fn, ctx, n_chunks, max_threads - 1);
+    fo_work(fo_pool.generation, fn, ctx, n_chunks);
+    fo_wait_done(n_chunks);
+    pthread_mutex_unlock(&fo_pool.busy);
+}
+
+static int fo_default_threads(void) {
+    const char* env = getenv("OMP_NUM_THREADS");
+    if (env != NULL) {
+        char* end;
+        long n = strtol(env, &end, 10);   /* "4" or the first level of "4,2" */
+        if (end != env && n > 0 && (*end == '\0' || *end == ',')) return n > 1024 ? 1024 : (int)n;
+    }
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+FO_EXPORT int fastopt_pool_get_num_threads(void) {
+    int n = atomic_load(&fo_requested);
+    if (n > 0) return n;
+    n = atomic_load_explicit(&fo_default, memory_order_relaxed);
+    if (n == 0) {
+        n = fo_default_threads();
+        atomic_store(&fo_default, n);
+    }
+    return n;
+}
+
+FO_EXPORT void fastopt_pool_set_num_threads(int n) { atomic_store(&fo_requested, n < 0 ? 0 : n); }
+
+int fo_pool_requested_threads(void) { return atomic_load(&fo_requested); }
+
+int fo_pool_available(void) { return 1; }
+
+int fo_pool_helpers_awake(void) {
+    return fo_pool.n_helpers > 0 && atomic_load_explicit(&fo_pool.sleepers, memory_order_relaxed) == 0;
+}
+
+void fo_pool_set_helper_delay_us(long us) { atomic_store(&fo_pool.helper_delay_us, us < 0 ? 0 : us); }
+
+static _Atomic int64_t fo_probe_ns;
+
+static void fo_probe_chunk(void* ctx, ptrdiff_t chunk, ptrdiff_t n) {
+    (void)ctx; (void)chunk; (void)n;
+    atomic_store(&fo_probe_ns, fo_now_ns());
+}
+
+static int fo_cmp_double(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return (x > y) - (x < y);
+}
+
+double fo_pool_measure_wake_ns(int rounds) {
+    if (rounds < 1) rounds = 1;
+    if (rounds > 64) rounds = 64;
+    double samples[64];
+    pthread_once(&fo_pool_once, fo_pool_init);
+    if (pthread_mutex_trylock(&fo_pool.busy) != 0) return -1.0;
+    fo_start_helpers(1);
+    if (fo_pool.n_helpers < 1) {
+        pthread_mutex_unlock(&fo_pool.busy);
+        return -1.0;
+    }
+    int taken = 0;
+    for (int r = 0; r < rounds; r++) {
+        /* wait (at most ~20 ms) until every helper sleeps, as after a forward/backward pass */
+        int64_t limit = fo_now_ns() + 20000000;
+        while (atomic_load(&fo_pool.sleepers) < fo_pool.n_helpers && fo_now_ns() < limit) {
+            struct timespec t = {0, 200000};
+            nanosleep(&t, NULL);
+        }
+        int64_t start = fo_now_ns();
+        fo_publish(fo_probe_chunk, NULL, 1, 1);   /* one chunk, for a helper: the caller only waits */
+        fo_wait_done(1);
+        samples[taken++] = (double)(atomic_load(&fo_probe_ns) - start);
+    }
+    pthread_mutex_unlock(&fo_pool.busy);
+    qsort(samples, (size_t)taken, sizeof(double), fo_cmp_double);
+    return samples[taken / 2];
+}
+#endif

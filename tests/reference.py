@@ -34,6 +34,9 @@ DEFAULTS = {
                   maximize=False),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
+    "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
+    "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -114,6 +117,29 @@ CONFIGS = {
         dict(lr=0.001, maximize=True),
         dict(lr=0.001, betas=(0.3, 0.6)),
         dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
+    ],
+    "Adadelta": [
+        dict(lr=1.0),
+        dict(lr=0.5, rho=0.5),
+        dict(lr=1.0, eps=1e-3),
+        dict(lr=1.0, weight_decay=0.1),
+        dict(lr=1.0, maximize=True),
+        dict(lr=0.7, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True),
+    ],
+    "Rprop": [
+        dict(lr=0.01),
+        dict(lr=0.01, etas=(0.3, 1.5)),
+        dict(lr=0.01, step_sizes=(1e-3, 0.02)),      # both bounds reached within the run
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.05, etas=(0.6, 1.1), step_sizes=(1e-4, 0.1), maximize=True),
+    ],
+    "ASGD": [
+        dict(lr=0.01),
+        dict(lr=0.01, lambd=0.1),
+        dict(lr=0.01, t0=5),                          # averaging starts within the run
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.05, lambd=0.01, alpha=0.5, t0=3, weight_decay=0.05, maximize=True),
     ],
 }
 
@@ -351,9 +377,79 @@ def lion_step(p, g, state, lr, betas, weight_decay, maximize):
     state["exp_avg"] = _arr(state["exp_avg"] * t(beta2) + t(1 - beta2) * d, p.dtype)
 
 
+def adadelta_step(p, g, state, lr, rho, eps, weight_decay, maximize):
+    t = p.dtype.type
+    if not state:
+        state["step"] = 0
+        state["square_avg"] = np.zeros_like(p)
+        state["acc_delta"] = np.zeros_like(p)
+    state["step"] += 1
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    v = state["square_avg"] * t(rho) + (t(1 - rho) * d) * d
+    delta = np.sqrt(state["acc_delta"] + t(eps)) / np.sqrt(v + t(eps))
+    delta = delta * d
+    state["square_avg"] = _arr(v, p.dtype)
+    state["acc_delta"] = _arr(state["acc_delta"] * t(rho) + (t(1 - rho) * delta) * delta, p.dtype)
+    p[...] = p + t(-lr) * delta
+
+
+def torch_sign(x):
+    """torch.sign on CPU: 0 for NaN (np.sign keeps NaN)."""
+    x = np.asarray(x)
+    return np.where(np.isnan(x), x.dtype.type(0), np.sign(x))
+
+
+def rprop_step(p, g, state, lr, etas, step_sizes, maximize):
+    t = p.dtype.type
+    etaminus, etaplus = t(etas[0]), t(etas[1])
+    if not state:
+        state["step"] = 0
+        state["prev"] = np.zeros_like(p)
+        state["step_size"] = np.full_like(p, lr)
+    state["step"] += 1
+    d = np.array(-g if maximize else g, dtype=p.dtype)
+    factor = np.asarray(torch_sign(d * state["prev"]), dtype=p.dtype)
+    factor[factor > 0] = etaplus
+    factor[factor < 0] = etaminus
+    factor[factor == 0] = 1
+    size = np.clip(state["step_size"] * factor, t(step_sizes[0]), t(step_sizes[1]))
+    d[factor == etaminus] = 0
+    state["step_size"] = _arr(size, p.dtype)
+    p[...] = p + (t(-1) * torch_sign(d)) * size
+    state["prev"] = _arr(d, p.dtype)
+
+
+def asgd_step(p, g, state, lr, lambd, alpha, t0, weight_decay, maximize):
+    t = p.dtype.type
+    if not state:
+        state["step"] = 0
+        state["eta"] = np.asarray(lr, dtype=np.float32)     # torch's scalar dtype
+        state["mu"] = np.asarray(1.0, dtype=np.float32)
+        state["ax"] = np.zeros_like(p)
+    state["step"] += 1
+    step = float(state["step"])
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    eta = float(state["eta"])
+    mu = float(state["mu"])
+    pv = p * t(1 - lambd * eta)
+    pv = pv + t(-eta) * d
+    if mu != 1:
+        state["ax"] = _arr(state["ax"] + (pv - state["ax"]) * t(mu), p.dtype)
+    else:
+        state["ax"] = _arr(pv, p.dtype).copy()
+    p[...] = pv
+    state["eta"] = np.asarray(lr / ((1 + lambd * lr * step) ** alpha), dtype=np.float32)
+    state["mu"] = np.asarray(1 / max(1, step - t0), dtype=np.float32)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
-                  "Adamax": adamax_step, "Lion": lion_step}
+                  "Adamax": adamax_step, "Lion": lion_step, "Adadelta": adadelta_step,
+                  "Rprop": rprop_step, "ASGD": asgd_step}
 
 
 class RefOptimizer:

@@ -128,7 +128,16 @@ SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_dec
 SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
 SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
 SPECIFIC_BAD["Lion"] = _BETAS_BAD
-BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]]
+SPECIFIC_BAD["Adadelta"] = [("rho", 1.1, ValueError), ("rho", -0.1, ValueError), ("eps", -1e-6, ValueError)]
+SPECIFIC_BAD["Rprop"] = [("etas", (1.0, 0.5), ValueError), ("etas", (0.5, 1.0), ValueError),
+                         ("etas", (0.0, 1.2), ValueError), ("etas", (0.5, math.inf), ValueError),
+                         ("etas", 0.5, TypeError), ("step_sizes", (1.0, 0.5), ValueError),
+                         ("step_sizes", (-1e-6, 50), ValueError), ("step_sizes", (1e-6, math.nan), ValueError),
+                         ("step_sizes", "small", TypeError)]
+SPECIFIC_BAD["ASGD"] = [("lambd", math.nan, ValueError), ("alpha", math.inf, ValueError),
+                        ("t0", "1e6", TypeError)]
+BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]
+             if k in getattr(fastopt, n).algorithm.hyper_by_name]   # Rprop has no weight_decay
 
 
 @pytest.mark.parametrize("name, key, value, exc", BAD_HYPER,
@@ -266,7 +275,7 @@ def _sd_cases(name):
         return sd
     add("missing-hyper", missing_hyper, ValueError, r"param_groups'\]\[0\].*maximize")
 
-    first = {"SGD": "momentum_buffer", "RMSprop": "square_avg", "Adagrad": "sum"}.get(name, "exp_avg")
+    first = next(s.name for s in getattr(fastopt, name).algorithm.state if s.shape == "param")
 
     def wrong_shape(sd):
         sd["state"][1][first] = np.zeros(4, dtype=np.float32)

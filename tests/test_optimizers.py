@@ -125,6 +125,20 @@ def hyper_st(name):
     if name == "Lion":
         return st.builds(lambda lr, b1, b2, wd, mx: dict(
             lr=lr, betas=(b1, b2), weight_decay=wd, maximize=mx), lr, unit, unit, wd, flag)
+    if name == "Adadelta":
+        return st.builds(lambda lr, rho, eps, wd, mx: dict(
+            lr=lr, rho=rho, eps=eps, weight_decay=wd, maximize=mx),
+            lr, st.floats(0.0, 1.0), st.sampled_from([1e-6, 1e-3]), wd, flag)
+    if name == "Rprop":
+        return st.builds(lambda lr, em, ep, lo, hi, mx: dict(
+            lr=lr, etas=(em, ep), step_sizes=(lo, lo + hi), maximize=mx),
+            lr, st.floats(0.01, 0.99), st.floats(1.01, 3.0), st.sampled_from([0.0, 1e-6, 1e-2]),
+            st.sampled_from([0.0, 0.05, 50.0]), flag)
+    if name == "ASGD":
+        return st.builds(lambda lr, lambd, alpha, t0, wd, mx: dict(
+            lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=wd, maximize=mx),
+            lr, st.sampled_from([0.0, 1e-4, 0.1]), st.sampled_from([0.5, 0.75, 1.0]),
+            st.sampled_from([0.0, 2.0, 1e6]), wd, flag)
     raise AssertionError(f"no hyperparameter strategy for {name}")
 
 

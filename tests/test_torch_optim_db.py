@@ -185,7 +185,8 @@ def test_duplicate_param_warns_and_steps_twice_as_torch_does():
     assert int(ours.state[p]["step"]) == int(theirs.state[q]["step"]) == 6
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "SGD", "RMSprop", "Adagrad", "Adamax"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "SGD", "RMSprop", "Adagrad", "Adamax",
+                                  "Adadelta", "Rprop", "ASGD"])
 def test_old_checkpoint_without_newer_group_keys_loads(name):
     """A state dict from an older torch lacks keys such as maximize, foreach or
     decoupled_weight_decay; torch fills their defaults on load, and so does fastopt.torch."""

@@ -80,6 +80,11 @@ cdef inline floating _sign(floating x) noexcept nogil:
     return x if x != x else s
 
 
+cdef inline floating _sign0(floating x) noexcept nogil:
+    """torch.sign as torch 2.13 computes it on CPU: -1, 0 or 1, and 0 for NaN."""
+    return <floating>((x > 0) - (x < 0))
+
+
 include "_algorithms.pxi"
 
 

@@ -31,7 +31,8 @@ the body. Hyperparameter fields and ``scalars`` it names are cast once to the lo
 loop, so arithmetic rounds as torch's does for a tensor of that dtype. The body is a Tempita template:
 switch values are its variables (``{{if decay == "l2"}}``), and ``{{T}}`` is the loop's C type.
 Helpers available in the body: ``_sqrt``, ``_lerp_low``/``_lerp_high`` (torch.lerp's two forms),
-``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (torch.sign).
+``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (-1, 0 or 1, NaN for NaN) and
+``_sign0`` (torch.sign on CPU: -1, 0 or 1, 0 for NaN).
 """
 import keyword
 import re

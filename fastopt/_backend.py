@@ -38,6 +38,11 @@ def kernel_index(name):
     return _KERNEL_INDEX[name]
 
 
+def bucket_class(driver):
+    """The bucket class that runs an algorithm: its declared driver, or the generic ParamBucket."""
+    return _bucket.ParamBucket if driver is None else getattr(_bucket, driver)
+
+
 def pack(name, values):
     """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name."""
     return selected.PACKERS[_KERNEL_INDEX[name]](values)
@@ -62,6 +67,7 @@ kernels = types.SimpleNamespace(
     gather_arrays=_reduce.gather_arrays,
     kernel_index=kernel_index,
     pack=pack,
+    bucket_class=bucket_class,
 )
 
 

@@ -218,6 +218,7 @@ def load(optimizer, path):
     _require(isinstance(groups, list) and all(isinstance(g, dict) for g in groups),
              f"{where}: param_groups is malformed")
     state = {}
+    states = {s.name: s for s in optimizer.algorithm.state}
     entries = meta.get("state")
     _require(isinstance(entries, list), f"{where}: state is malformed")
     for item in entries:
@@ -233,9 +234,16 @@ def load(optimizer, path):
             _require(isinstance(key, str) and key in arrays,
                      f"{where}: state[{index}][{name!r}] refers to a missing array {key!r}")
             value = arrays[key]
-            _require(value.shape == plist[index].shape and value.dtype == plist[index].dtype,
-                     f"{where}: state[{index}][{name!r}] has shape {value.shape} and dtype {value.dtype}, "
-                     f"its param has {plist[index].shape} and {plist[index].dtype}")
+            # the declared state's shape (a scalar's is (), Adafactor's row_var's is factored)
+            # and dtype (scalars are float32, as torch keeps them; the rest the param's)
+            declared = states.get(name)
+            p = plist[index]
+            shape = declared.shape_for(p.shape) if declared is not None else p.shape
+            dtype = np.dtype(np.float32) if declared is not None and declared.shape == "scalar" else p.dtype
+            _require(value.shape == shape and value.dtype == dtype,
+                     f"{where}: state[{index}][{name!r}] has shape {value.shape} and dtype {value.dtype}; "
+                     f"for its param (shape {p.shape}, dtype {p.dtype}) it must have shape {shape} "
+                     f"and dtype {dtype}")
             entry[name] = value
         state[index] = entry
 

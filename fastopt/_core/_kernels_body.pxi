@@ -20,6 +20,7 @@
 
 cimport cython
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, NAN
+from libc.float cimport FLT_EPSILON, DBL_EPSILON
 from cpython.pycapsule cimport PyCapsule_New
 
 from fastopt._core._kernel_api cimport (
@@ -78,6 +79,16 @@ cdef inline floating _sign(floating x) noexcept nogil:
     """torch.sign: -1, 0 or 1, and NaN for NaN (so non-finite values keep propagating)."""
     cdef floating s = <floating>((x > 0) - (x < 0))
     return x if x != x else s
+
+
+cdef extern from "bf16.h":
+    float fo_bf16(float x) noexcept nogil
+
+
+cdef inline floating _bf16(floating x) noexcept nogil:
+    """The nearest bfloat16 (ties to even), as torch's .bfloat16(); a double goes through float
+    first, as torch converts it."""
+    return <floating>fo_bf16(<float>x)
 
 
 cdef inline floating _sign0(floating x) noexcept nogil:

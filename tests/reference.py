@@ -37,6 +37,8 @@ DEFAULTS = {
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
     "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
+    "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+                      maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -141,9 +143,22 @@ CONFIGS = {
         dict(lr=0.01, maximize=True),
         dict(lr=0.05, lambd=0.01, alpha=0.5, t0=3, weight_decay=0.05, maximize=True),
     ],
+    "Adafactor": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, beta2_decay=-0.5),
+        dict(lr=0.01, d=1.5),
+        dict(lr=0.01, eps=(1e-30, 1e-2)),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.5, beta2_decay=-1.0, eps=(1e-3, 0.1), d=2.0, weight_decay=0.05, maximize=True),
+    ],
 }
 
 ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
+#: Algorithms whose step reduces over elements (norms, row and column statistics): fastopt sums in
+#: float64 in its own fixed order, the reference with NumPy's, so they agree to an ulp of the
+#: reductions' rounding (in the param's dtype), not bit for bit.
+REDUCING = {"Adafactor"}
 #: The algorithms torch.optim has (Lion is not among them): the torch parity tests run these.
 TORCH_NAMES = [name for name in CONFIGS if name != "Lion"]
 TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
@@ -446,10 +461,59 @@ def asgd_step(p, g, state, lr, lambd, alpha, t0, weight_decay, maximize):
     state["mu"] = np.asarray(1 / max(1, step - t0), dtype=np.float32)
 
 
+def _rounded_norm(x, dtype, axis=None):
+    """torch's ``x.norm(2, dim=axis)`` rounded to x's dtype; the sum of squares in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    keep = axis is not None
+    return np.asarray(np.sqrt(np.sum(x64 * x64, axis=axis, keepdims=keep)), dtype=dtype)
+
+
+def adafactor_step(p, g, state, lr, beta2_decay, eps, d, weight_decay, maximize):
+    """torch's _single_tensor_adafactor, with its norms' sums of squares in float64. A param
+    without elements is counted and left alone (torch raises ZeroDivisionError)."""
+    t = p.dtype.type
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(p.dtype).eps)
+    factored = p.ndim >= 2
+    if not state:
+        state["step"] = 0
+        if factored:
+            state["row_var"] = np.zeros(p.shape[:-1] + (1,), dtype=p.dtype)
+            state["col_var"] = np.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype=p.dtype)
+        else:
+            state["variance"] = np.zeros_like(p)
+    state["step"] += 1
+    if p.size == 0:
+        return
+    step = float(state["step"])
+    d_ = np.asarray(-g if maximize else g, dtype=p.dtype)
+    w = t(step ** beta2_decay)
+    rho = min(lr, 1 / (step ** 0.5))
+    alpha = max(eps2, float(_rounded_norm(p, p.dtype)) / (p.size ** 0.5)) * rho
+    pv = p * t(1 - lr * weight_decay) if weight_decay != 0 else p
+    if factored:
+        rows, cols = p.shape[-2], p.shape[-1]
+        n = _rounded_norm(d_, p.dtype, axis=-1)
+        row_var = _arr(lerp(state["row_var"], (n * n) / t(cols), w), p.dtype)
+        n = _rounded_norm(d_, p.dtype, axis=-2)
+        col_var = _arr(lerp(state["col_var"], (n * n) / t(rows), w), p.dtype)
+        state["row_var"], state["col_var"] = row_var, col_var
+        mean = np.asarray(np.sum(row_var.astype(np.float64), axis=-2, keepdims=True), dtype=p.dtype)
+        mean = np.maximum(mean / t(rows), t(eps1))          # clamp_(min=eps1); NaN stays NaN
+        estimate = (row_var * col_var) / mean
+    else:
+        state["variance"] = _arr(lerp(state["variance"], d_ * d_, w), p.dtype)
+        estimate = state["variance"]
+    u = (t(1) / np.sqrt(np.maximum(estimate, t(eps1 * eps1)))) * d_
+    denom = max(1.0, float(_rounded_norm(u, p.dtype)) / ((u.size ** 0.5) * d))
+    p[...] = pv + t(-alpha / denom) * u
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
                   "Adamax": adamax_step, "Lion": lion_step, "Adadelta": adadelta_step,
-                  "Rprop": rprop_step, "ASGD": asgd_step}
+                  "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step}
 
 
 class RefOptimizer:

@@ -84,7 +84,9 @@ def run_parity(name, np_groups, torch_groups, params_np, params_t, steps, rng, n
 def test_parity_100_steps(name_cfg, dtype):
     name, cfg = name_cfg
     rng = np.random.default_rng(0)
-    shapes = [(16, 8), (33,), (), (0,)]
+    shapes = [(16, 8), (33,), ()]
+    if name != "Adafactor":   # torch's Adafactor divides by a param's size: ZeroDivisionError if empty
+        shapes.append((0,))
     params_np = random_arrays(rng, shapes, [dtype] * len(shapes))
     params_t = to_torch(params_np)
     run_parity(name, [dict(params=params_np, **cfg)], [dict(params=params_t, **cfg)], params_np, params_t,

@@ -39,6 +39,10 @@ DEFAULTS = {
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
     "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
                       maximize=False),
+    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/test_muon.py
+    "Muon": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                 maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -510,10 +514,57 @@ def adafactor_step(p, g, state, lr, beta2_decay, eps, d, weight_decay, maximize)
     p[...] = pv + t(-alpha / denom) * u
 
 
+def bf16(x):
+    """Round to the nearest bfloat16 (ties to even; every NaN to the quiet NaN), kept as float32,
+    as torch's ``.bfloat16()`` does (a float64 goes through float32 first, as in torch)."""
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return np.where(np.isnan(x), np.float32(np.nan), u.view(np.float32))
+
+
+def newton_schulz(update, a, b, c, steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz: bfloat16 values, float32 products (NumPy's
+    matmul), each result rounded to bfloat16 where torch's bfloat16 tensors round it."""
+    x = bf16(update)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    norm = bf16(np.float32(np.sqrt(np.sum(x.astype(np.float64) ** 2))))
+    x = bf16(x / np.maximum(norm, bf16(np.float32(eps))))      # clamp(min=eps): NaN stays NaN
+    for _ in range(steps):
+        gram = bf16(x @ x.T)
+        gram = bf16(np.float32(b) * gram + np.float32(c) * (gram @ gram))
+        x = bf16(np.float32(a) * x + gram @ x)
+    return x.T if tall else x
+
+
+def muon_step(p, g, state, lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+              adjust_lr_fn, maximize):
+    """torch's _single_tensor_muon (plus fastopt's maximize). The Newton-Schulz products are summed
+    in another order than torch's kernels (and fastopt's BLAS): compare to a few bfloat16 ulps."""
+    t = p.dtype.type
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = np.zeros_like(p)
+    d = np.asarray(-g if maximize else g, dtype=p.dtype)
+    buf = _arr(lerp(state["momentum_buffer"], d, t(1 - momentum)), p.dtype)
+    state["momentum_buffer"] = buf
+    update = lerp(d, buf, t(momentum)) if nesterov else buf
+    x = newton_schulz(update, *ns_coefficients, ns_steps, eps)
+    rows, cols = p.shape
+    if adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(rows, cols))
+    else:
+        ratio = math.sqrt(max(1, rows / cols))
+    pv = p * t(1 - lr * weight_decay)
+    p[...] = pv + t(-(lr * ratio)) * x.astype(p.dtype)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
                   "Adamax": adamax_step, "Lion": lion_step, "Adadelta": adadelta_step,
-                  "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step}
+                  "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step,
+                  "Muon": muon_step}
 
 
 class RefOptimizer:

@@ -40,8 +40,8 @@ def parameters_doc(algorithm, names):
             continue
         c = h.constraint
         kind = {"flag": "bool", "pair": "(float, float)", "integer": "int",
-                "tuple": "tuple of " + ", ".join("float or None" if i.optional else "float"
-                                                 for i in c.items),
+                "tuple": "(" + ", ".join("float or None" if i.optional else "float"
+                                         for i in c.items) + ")",
                 "choice": " or ".join(sorted({type(v).__name__.replace("NoneType", "None")
                                               for v in c.values}))}.get(c.kind, "float")
         if c.optional:

@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: fastopt's kernels against the in-place NumPy references of fastopt.bench.
+"""pytest-benchmark suite: fastopt's kernels against the in-place NumPy references of
+fastopt.benchmarks.numpy_reference.
 
 Run with ``pytest bench/ --benchmark-only`` (not part of the default test run: pyproject's
 ``testpaths`` is ``tests``). Each group ``{optimizer}-{dtype}-{n}`` holds the two contenders.

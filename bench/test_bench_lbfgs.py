@@ -4,12 +4,12 @@
 
 Each benchmark is a full solve of the chained Rosenbrock function with the same memory,
 tolerances and iteration cap, with BLAS pinned to one thread. ``test_overhead_ratio`` records the
-per-iteration time spent outside the objective (see ``fastopt._bench_lbfgs``) in ``extra_info``.
+per-iteration time spent outside the objective (see ``fastopt.benchmarks.lbfgs_vs_scipy``) in ``extra_info``.
 """
 import pytest
 from scipy.optimize import minimize
 
-from fastopt._bench_lbfgs import (chained_rosenbrock, chained_rosenbrock_start,
+from fastopt.benchmarks.lbfgs_vs_scipy import (chained_rosenbrock, chained_rosenbrock_start,
                                   compare_with_scipy)
 from fastopt.lbfgs import minimize_lbfgs
 

@@ -1,9 +1,9 @@
-"""Each fused kernel against its pure-NumPy reference (fastopt.bench's Numpy* classes), 1e3-1e7."""
+"""Each fused kernel against its in-place NumPy reference (fastopt.benchmarks.numpy_reference), 1e3-1e7."""
 import numpy as np
 import pytest
 
 import fastopt
-from fastopt import bench
+from fastopt.benchmarks import cases, numpy_reference, settings
 
 SIZES = [10 ** 3, 10 ** 5, 10 ** 7]
 DTYPES = [np.float32, np.float64]
@@ -16,13 +16,13 @@ def _label(n):
 @pytest.mark.parametrize("impl", ["fastopt", "numpy"])
 @pytest.mark.parametrize("n", SIZES, ids=_label)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("opt", sorted(bench.CONFIGS))
+@pytest.mark.parametrize("opt", sorted(settings.ALGORITHMS))
 def test_step(benchmark, opt, dtype, n, impl):
-    params, grads = bench.make_data(n, dtype)
+    params, grads = cases.make_data(n, dtype)
     if impl == "fastopt":
-        o = bench.make_fastopt_optimizer(opt, params)
+        o = cases.make_fastopt_optimizer(opt, params)
     else:
-        o = bench.make_numpy_optimizer(opt, params)
+        o = numpy_reference.make_numpy_optimizer(opt, params)
     o.step(grads)                       # allocate the state outside the timing
     benchmark.group = f"{opt}-{np.dtype(dtype).name}-{_label(n)}"
     benchmark.extra_info["ns_per_elem"] = None
@@ -34,14 +34,14 @@ def test_step(benchmark, opt, dtype, n, impl):
 @pytest.mark.parametrize("impl", ["fastopt", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_clip_grad_norm_200_arrays(benchmark, dtype, impl):
-    _, fresh = bench.make_data(bench.MANY, dtype)      # norm ~12 > max_norm: every call scales
+    _, fresh = cases.make_data(settings.MANY, dtype)      # norm ~12 > max_norm: every call scales
     grads = [g.copy() for g in fresh]
-    fn = fastopt.clip_grad_norm_ if impl == "fastopt" else bench.numpy_clip_grad_norm_
+    fn = fastopt.clip_grad_norm_ if impl == "fastopt" else numpy_reference.numpy_clip_grad_norm_
 
     def restore():        # clipping the same arrays again would skip the scaling pass (coef >= 1)
         for d, s in zip(grads, fresh):
             np.copyto(d, s)
 
     benchmark.group = f"clip_grad_norm_-{np.dtype(dtype).name}-200arrays"
-    benchmark.pedantic(fn, args=(grads, bench.CLIP_MAX_NORM), setup=restore, rounds=200,
+    benchmark.pedantic(fn, args=(grads, settings.CLIP_MAX_NORM), setup=restore, rounds=200,
                        warmup_rounds=3)

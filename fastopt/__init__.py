@@ -5,15 +5,22 @@
 >>> opt = fastopt.Adam([w], lr=0.1)
 >>> opt.step([np.array([1.0, -1.0, 0.0])])
 """
-from . import _validation, lr_scheduler
-from ._backend import build_info, kernels as _kernels
-from ._classes import CLASSES as _CLASSES
-from .checkpoint import load, save
-from .flat import FlatParams, flatten
-from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
-from .second_order import classify_critical_point, minimize_bfgs, newton
-from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
-from .optimizer import Optimizer
+try:
+    from . import _validation, lr_scheduler
+    from ._backend import build_info, kernels as _kernels
+    from ._classes import CLASSES as _CLASSES
+    from .checkpoint import load, save
+    from .flat import FlatParams, flatten
+    from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
+    from .second_order import classify_critical_point, minimize_bfgs, newton
+    from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
+    from .optimizer import Optimizer
+except ImportError as _error:
+    # An unbuilt source checkout (e.g. `python -m fastopt` at the repository root) gets a message
+    # that says what to do; any other ImportError propagates unchanged.
+    from ._source_tree import raise_if_unbuilt
+    raise_if_unbuilt(__path__[0], _error)
+    raise
 
 # One class per declared algorithm (fastopt/algorithms): fastopt.SGD, fastopt.Adam, ...
 globals().update(_CLASSES)

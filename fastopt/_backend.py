@@ -38,6 +38,17 @@ def kernel_index(name):
     return _KERNEL_INDEX[name]
 
 
+_CONFIG_INDEX = {tuple(key): i for i, key in enumerate(selected.STORAGE_CONFIGS)}
+_CODEGEN_NAMES = {0: "f32", 1: "f64", 2: "bf16", 3: "f16"}
+
+
+def config_index(param, grad, state, master, stochastic):
+    """The kernel table's storage configuration for these storage codes (-1: not built)."""
+    key = (_CODEGEN_NAMES[param], _CODEGEN_NAMES[grad], _CODEGEN_NAMES[state], bool(master),
+           bool(stochastic))
+    return _CONFIG_INDEX.get(key, -1)
+
+
 def bucket_class(driver):
     """The bucket class that runs an algorithm: its declared driver, or the generic ParamBucket."""
     return _bucket.ParamBucket if driver is None else getattr(_bucket, driver)
@@ -66,6 +77,7 @@ kernels = types.SimpleNamespace(
     ArraySet=_reduce.ArraySet,
     gather_arrays=_reduce.gather_arrays,
     kernel_index=kernel_index,
+    config_index=config_index,
     pack=pack,
     bucket_class=bucket_class,
 )

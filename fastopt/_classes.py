@@ -14,16 +14,30 @@ from .optimizer import Optimizer
 # Shared documentation fragments, written once for every optimizer.
 PARAMS_DOC = """\
 params : iterable of ndarray, or iterable of dict
-    Arrays to optimize (float32 or float64, C-contiguous, writeable; updated in place), or param
-    groups: dicts with a ``"params"`` list and hyperparameters that override the defaults."""
+    Arrays to optimize (float32, float64, float16 or ``ml_dtypes.bfloat16``, C-contiguous,
+    writeable; updated in place), or param groups: dicts with a ``"params"`` list and
+    hyperparameters that override the defaults."""
 
 MAXIMIZE_DOC = "Maximize the objective instead of minimizing it (the gradient is negated)."
 
-SKIP_NONFINITE_DOC = """\
+#: fastopt's own keyword-only options of every optimizer (not hyperparameters), with their defaults.
+OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
+           "stochastic_rounding": False, "seed": None}
+
+OPTIONS_DOC = """\
 skip_nonfinite : bool, default False
     Check every gradient for NaN/Inf before each step and skip a step that holds one, leaving params
     and state bit-identical (see :class:`fastopt.Optimizer`); by default non-finite values propagate
-    as in torch.optim."""
+    as in torch.optim.
+master_weights : bool, default False
+    For float16/bfloat16 params: keep a float32 master copy (state ``master``) that the step updates
+    as a float32 run would, writing the param as the master rounded to nearest.
+state_dtype : None, "float32" or "bfloat16", default None
+    With ``master_weights``: the moments' dtype (float32 by default).
+stochastic_rounding : bool, default False
+    For bfloat16 params without master weights: round stores stochastically (``seed``).
+seed : int, optional
+    The stochastic-rounding seed."""
 
 
 def _default_repr(value):
@@ -79,7 +93,7 @@ def class_doc(algorithm):
         "param's dtype, in torch's order of operations):",
         ".. math::\n\n" + maximize + formula,
         "Parameters\n----------\n" + PARAMS_DOC + "\n" + parameters_doc(algorithm, pos + kw)
-        + "\n" + SKIP_NONFINITE_DOC,
+        + "\n" + OPTIONS_DOC,
         textwrap.fill(state_doc(algorithm), 96),
     ]
     if algorithm.reference:
@@ -90,17 +104,17 @@ def class_doc(algorithm):
 def _make_init(algorithm):
     """``__init__`` with the declared signature, built as source (as dataclasses does)."""
     pos, kw = algorithm.signature()
-    kw = kw + ["skip_nonfinite"]
+    kw = kw + list(OPTIONS)
     defaults = {h.name: h.default for h in algorithm.hyperparameters}
-    defaults["skip_nonfinite"] = False
+    defaults.update(OPTIONS)
     args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
     if kw:
         args += ["*"] + [f"{n}=_d_{n}" for n in kw]
     group = ", ".join(f"{h.name!r}: {h.name}" for h in algorithm.hyperparameters
                       if h.name not in algorithm.fixed)
+    options = ", ".join(f"{n}={n}" for n in OPTIONS)
     source = (f"def __init__({', '.join(args)}):\n"
-              f"    Optimizer.__init__(self, params, {{{group}, **_fixed}}, "
-              f"skip_nonfinite=skip_nonfinite)\n")
+              f"    Optimizer.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
     namespace = {f"_d_{n}": v for n, v in defaults.items()}
     namespace.update(Optimizer=Optimizer, _fixed=dict(algorithm.fixed))
     exec(source, namespace)   # our own declarations, not user input

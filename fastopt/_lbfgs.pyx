@@ -27,338 +27,8 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-# ---------------------------------------------------------------------------------------------
-# Vector kernels
-# ---------------------------------------------------------------------------------------------
-# LANES independent accumulators: with -ffp-contract=off and without -ffast-math the compiler may
-# not reassociate a single running sum, so the lanes are spelled out for it to vectorize. Sixteen
-# double lanes are four AVX registers, enough independent add chains to hide the add latency.
-cdef enum:
-    LANES = 16
-
-
-cdef inline double _lane_sum(const double* acc) noexcept nogil:
-    """Pairwise sum of the LANES partial sums (a fixed order, so results are reproducible)."""
-    return ((((acc[0] + acc[8]) + (acc[4] + acc[12])) + ((acc[2] + acc[10]) + (acc[6] + acc[14])))
-            + (((acc[1] + acc[9]) + (acc[5] + acc[13])) + ((acc[3] + acc[11]) + (acc[7] + acc[15]))))
-
-
-cdef inline double _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """Return sum_i a_i * b_i, accumulated in double precision."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            acc[j] += <double>a[i + j] * <double>b[i + j]
-    for i in range(n8, n):
-        acc[0] += <double>a[i] * <double>b[i]
-    return _lane_sum(acc)
-
-
-cdef inline double _copy_dot(floating* dst, const floating* src, const floating* w,
-                             Py_ssize_t n) noexcept nogil:
-    """dst <- src, then return w'dst (one pass: the gradient copy and its slope g'd)."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef floating t
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            t = src[i + j]
-            dst[i + j] = t
-            acc[j] += <double>w[i + j] * <double>t
-    for i in range(n8, n):
-        t = src[i]
-        dst[i] = t
-        acc[0] += <double>w[i] * <double>t
-    return _lane_sum(acc)
-
-
-cdef inline double _store_pair(floating* s, floating* y, floating stp, const floating* d,
-                               const floating* g_new, const floating* g_old, floating* x,
-                               Py_ssize_t n, double gtol, double* n_above_gtol) noexcept nogil:
-    """s <- stp d, x <- x + s, y <- g_new - g_old; return y'y and set n_above_gtol to the
-    number of |g_new_i| > gtol -- everything an accepted step needs.
-
-    The gradient test max |g_i| <= gtol is asked as "no |g_i| > gtol": a count of comparisons
-    vectorizes, a running maximum does not (without -ffinite-math-only). g_new is finite here.
-    """
-    cdef Py_ssize_t i
-    cdef floating u
-    # Separate loops, not one: with three stores among three loads the compiler needs more
-    # run-time aliasing checks than it will emit (GCC's limit is 10) and ran the fused loop
-    # scalar. Each of these vectorizes; the later ones read what is still in L1.
-    for i in range(n):
-        u = stp * d[i]
-        s[i] = u
-        x[i] = x[i] + u
-    for i in range(n):
-        y[i] = g_new[i] - g_old[i]
-    # y'y and the count in loops of their own: interleaved in one loop, the two 16-lane sums
-    # were vectorized with lane shuffles.
-    n_above_gtol[0] = _count_above(g_new, n, gtol)
-    return _dot(y, y, n)
-
-
-cdef inline void _axpy(floating alpha, const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
-    """y <- y + alpha * x."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        y[i] = y[i] + alpha * x[i]
-
-
-cdef inline void _scale(floating alpha, floating* x, Py_ssize_t n) noexcept nogil:
-    """x <- alpha * x."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        x[i] = alpha * x[i]
-
-
-cdef inline void _scaled_copy(floating* dst, floating alpha, const floating* src,
-                              Py_ssize_t n) noexcept nogil:
-    """dst <- alpha * src."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        dst[i] = alpha * src[i]
-
-
-cdef inline void _xpay(floating* dst, const floating* x, floating alpha, const floating* p,
-                       Py_ssize_t n) noexcept nogil:
-    """dst <- x + alpha * p (a trial point of the line search)."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        dst[i] = x[i] + alpha * p[i]
-
-
-cdef inline double _count_above(const floating* x, Py_ssize_t n, double threshold) noexcept nogil:
-    """Return the number of |x_i| > threshold (the gradient test, see ``_store_pair``)."""
-    cdef double above[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    for j in range(LANES):
-        above[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            above[j] += <double>(fabs(<double>x[i + j]) > threshold)
-    for i in range(n8, n):
-        above[0] += <double>(fabs(<double>x[i]) > threshold)
-    return _lane_sum(above)
-
-
-cdef inline bint _all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
-    """True if no x_i is NaN or +-Inf.
-
-    ``x_i * 0`` is 0 for finite ``x_i`` and NaN otherwise, so one vectorizable sum answers it.
-    """
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            acc[j] += <double>x[i + j] * 0.0
-    for i in range(n8, n):
-        acc[0] += <double>x[i] * 0.0
-    return _lane_sum(acc) == 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Two-loop recursion
-# ---------------------------------------------------------------------------------------------
-
-cdef inline double _axpy_dot(floating* q, floating a, const floating* x, const floating* w,
-                             Py_ssize_t n) noexcept nogil:
-    """q <- q + a x, then return w'q -- one pass, so q is read and written once, not twice."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef floating t
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            t = q[i + j] + a * x[i + j]
-            q[i + j] = t
-            acc[j] += <double>w[i + j] * <double>t
-    for i in range(n8, n):
-        t = q[i] + a * x[i]
-        q[i] = t
-        acc[0] += <double>w[i] * <double>t
-    return _lane_sum(acc)
-
-
-cdef inline double _scaled_axpy_dot(floating* out, floating sign, const floating* src, floating a,
-                                    const floating* x, floating scale, const floating* w,
-                                    Py_ssize_t n) noexcept nogil:
-    """out <- scale (sign src + a x), then return w'out (``src`` may be ``out``).
-
-    ``sign`` is +1 or -1, so ``sign src`` is exact; it lets the first update read -g without a
-    separate negated copy."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef floating t
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            t = scale * (sign * src[i + j] + a * x[i + j])
-            out[i + j] = t
-            acc[j] += <double>w[i + j] * <double>t
-    for i in range(n8, n):
-        t = scale * (sign * src[i] + a * x[i])
-        out[i] = t
-        acc[0] += <double>w[i] * <double>t
-    return _lane_sum(acc)
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocked, optionally parallel versions
-# ---------------------------------------------------------------------------------------------
-# Vectors longer than BLOCK are processed in blocks of BLOCK elements whose partial sums are added
-# in block order: a fixed, pairwise-like summation order that keeps rounding errors of long
-# inner products small.
-#
-# (An OpenMP version ran the blocks in a prange. It was dropped: the variables a parallel region
-# shares become addressable, which made GCC assume every store in the serial kernels could
-# overwrite them and leave those loops scalar; and on a loaded two-core machine the threads lost
-# more at the barriers than the second core's bandwidth gained.)
-
-cdef enum:
-    BLOCK = 4096
-
-
-cdef inline Py_ssize_t _num_blocks(Py_ssize_t n) noexcept nogil:
-    return (n + BLOCK - 1) // BLOCK
-
-
-cdef inline double _sum_blocks(const double* partial, Py_ssize_t nb) noexcept nogil:
-    cdef double total = 0.0
-    cdef Py_ssize_t k
-    for k in range(nb):
-        total += partial[k]
-    return total
-
-
-cdef double _dot_b(const floating* a, const floating* b, Py_ssize_t n, double* ws) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb <= 1:
-        return _dot(a, b, n)
-    for k in range(nb):
-        start = k * BLOCK
-        ws[k] = _dot(a + start, b + start, min(<Py_ssize_t>BLOCK, n - start))
-    return _sum_blocks(ws, nb)
-
-
-cdef double _axpy_dot_b(floating* q, floating a, const floating* x, const floating* w,
-                        Py_ssize_t n, double* ws) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb <= 1:
-        return _axpy_dot(q, a, x, w, n)
-    for k in range(nb):
-        start = k * BLOCK
-        ws[k] = _axpy_dot(q + start, a, x + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
-    return _sum_blocks(ws, nb)
-
-
-cdef double _scaled_axpy_dot_b(floating* out, floating sign, const floating* src, floating a,
-                               const floating* x, floating scale, const floating* w,
-                               Py_ssize_t n, double* ws) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb <= 1:
-        return _scaled_axpy_dot(out, sign, src, a, x, scale, w, n)
-    for k in range(nb):
-        start = k * BLOCK
-        ws[k] = _scaled_axpy_dot(out + start, sign, src + start, a, x + start, scale,
-                                 w + start, min(<Py_ssize_t>BLOCK, n - start))
-    return _sum_blocks(ws, nb)
-
-
-cdef double _copy_dot_b(floating* dst, const floating* src, const floating* w, Py_ssize_t n,
-                        double* ws) noexcept nogil:
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb <= 1:
-        return _copy_dot(dst, src, w, n)
-    for k in range(nb):
-        start = k * BLOCK
-        ws[k] = _copy_dot(dst + start, src + start, w + start, min(<Py_ssize_t>BLOCK, n - start))
-    return _sum_blocks(ws, nb)
-
-
-cdef double _store_pair_b(floating* s, floating* y, floating stp, const floating* d,
-                          const floating* g_new, const floating* g_old, floating* x,
-                          Py_ssize_t n, double gtol, double* n_above_gtol,
-                          double* ws) noexcept nogil:
-    """Blocked ``_store_pair``; ``ws`` needs room for 2 * number of blocks."""
-    cdef Py_ssize_t nb = _num_blocks(n), k, start
-    if nb <= 1:
-        return _store_pair(s, y, stp, d, g_new, g_old, x, n, gtol, n_above_gtol)
-    for k in range(nb):
-        start = k * BLOCK
-        ws[k] = _store_pair(s + start, y + start, stp, d + start, g_new + start,
-                            g_old + start, x + start, min(<Py_ssize_t>BLOCK, n - start),
-                            gtol, ws + nb + k)
-    n_above_gtol[0] = _sum_blocks(ws + nb, nb)
-    return _sum_blocks(ws, nb)
-
-
-cdef double _two_loop(floating* d, const floating* g, const floating* history, const double* rho,
-                      double* alpha, Py_ssize_t n, Py_ssize_t stride, int m, int newest,
-                      int count, double gamma, double* ws) noexcept nogil:
-    """d <- -H g with the L-BFGS inverse Hessian H of the stored pairs; returns the slope g'd.
-
-    ``history`` is a ring buffer of ``m`` slots, slot ``k`` holding ``s_k`` at
-    ``history[2k stride]`` and ``y_k`` at ``history[(2k+1) stride]`` (``stride >= n``, so rows can
-    start on cache-line boundaries); ``newest`` is the slot of the latest pair and ``count`` how
-    many slots are valid. ``rho_k = 1 / (s_k' y_k)``; ``gamma = s'y / y'y`` of the newest pair
-    scales the initial matrix ``H0 = gamma I``.
-
-    Each update ``q -= a_i y_i`` is fused with the next inner product, so every stored vector is
-    streamed once per loop and d once per pair: at large n the recursion is bound by memory
-    bandwidth, and this is the least traffic the two-loop form allows.
-    """
-    cdef int k, slot, prev
-    cdef double a, b, acc
-    cdef const floating* y_oldest
-    if count == 0:
-        _scaled_copy(d, <floating>(-gamma), g, n)
-        return _dot_b(g, d, n, ws)
-    # First loop, newest to oldest: a_i = rho_i s_i'q, q -= a_i y_i, starting from q = -g.
-    slot = newest
-    a = -(rho[slot] * _dot_b(history + 2 * slot * stride, g, n, ws))
-    alpha[slot] = a
-    for k in range(1, count):
-        prev = slot
-        slot = slot - 1 if slot > 0 else m - 1
-        if k == 1:
-            acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a),
-                                     history + (2 * prev + 1) * stride, <floating>1.0,
-                                     history + 2 * slot * stride, n, ws)
-        else:
-            acc = _axpy_dot_b(d, <floating>(-a), history + (2 * prev + 1) * stride,
-                              history + 2 * slot * stride, n, ws)
-        a = rho[slot] * acc
-        alpha[slot] = a
-    # Last update of q, the scaling r = gamma q, and the first inner product of the second loop.
-    y_oldest = history + (2 * slot + 1) * stride
-    if count == 1:
-        acc = _scaled_axpy_dot_b(d, <floating>-1.0, g, <floating>(-a), y_oldest, <floating>gamma,
-                                 y_oldest, n, ws)
-    else:
-        acc = _scaled_axpy_dot_b(d, <floating>1.0, d, <floating>(-a), y_oldest, <floating>gamma,
-                                 y_oldest, n, ws)
-    # Second loop, oldest to newest: b_i = rho_i y_i'r, r += (a_i - b_i) s_i.
-    for k in range(count):
-        b = rho[slot] * acc
-        prev = slot
-        slot = slot + 1 if slot < m - 1 else 0
-        if k < count - 1:
-            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * stride,
-                              history + (2 * slot + 1) * stride, n, ws)
-        else:
-            acc = _axpy_dot_b(d, <floating>(alpha[prev] - b), history + 2 * prev * stride, g,
-                              n, ws)
-    return acc
+include "_lbfgs_kernels.pxi"
+include "_more_thuente.pxi"
 
 
 def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
@@ -405,301 +75,18 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
                       count, gamma, &ws[0])
     return out
 
-
-# ---------------------------------------------------------------------------------------------
-# Moré–Thuente line search (MINPACK-2 dcsrch / dcstep)
-# ---------------------------------------------------------------------------------------------
-
-cdef enum:
-    TASK_START = 0
-    TASK_FG = 1
-    TASK_CONVERGENCE = 2
-    TASK_WARN_ROUNDING = 3
-    TASK_WARN_XTOL = 4
-    TASK_WARN_STPMAX = 5
-    TASK_WARN_STPMIN = 6
-    TASK_ERROR = 7
-
-TASK_NAMES = {
-    TASK_START: "START",
-    TASK_FG: "FG",
-    TASK_CONVERGENCE: "CONVERGENCE",
-    TASK_WARN_ROUNDING: "WARNING: ROUNDING ERRORS PREVENT PROGRESS",
-    TASK_WARN_XTOL: "WARNING: XTOL TEST SATISFIED",
-    TASK_WARN_STPMAX: "WARNING: STP = STPMAX",
-    TASK_WARN_STPMIN: "WARNING: STP = STPMIN",
-    TASK_ERROR: "ERROR",
-}
-
-
-cdef struct SearchState:
-    double ftol, gtol, xtol, stpmin, stpmax
-    bint brackt
-    int stage
-    double ginit, gtest, gx, gy, finit, fx, fy, stx, sty, stmin, stmax, width, width1
-
-
-cdef inline double _clip(double v, double lo, double hi) noexcept nogil:
-    return lo if v < lo else (hi if v > hi else v)
-
-
-cdef inline double _sign(double v) noexcept nogil:
-    return 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
-
-
-cdef void _dcstep(double* stx, double* fx, double* dx, double* sty, double* fy, double* dy,
-                  double* stp, double fp, double dp, bint* brackt, double stpmin,
-                  double stpmax) noexcept nogil:
-    """Safeguarded step of MINPACK-2 ``dcstep``: a cubic or quadratic step from the interval
-    ``[stx, sty]`` and the trial ``stp``, and the updated interval (see Moré & Thuente, 1994)."""
-    cdef double sgnd = _sign(dp) * _sign(dx[0])
-    cdef double theta, s, gamma, p, q, r, stpc, stpq, stpf
-    if fp > fx[0]:
-        # Higher function value: the minimum is bracketed.
-        theta = 3.0 * (fx[0] - fp) / (stp[0] - stx[0]) + dx[0] + dp
-        s = max(fabs(theta), fabs(dx[0]), fabs(dp))
-        gamma = s * sqrt((theta / s) * (theta / s) - (dx[0] / s) * (dp / s))
-        if stp[0] < stx[0]:
-            gamma = -gamma
-        p = (gamma - dx[0]) + theta
-        q = ((gamma - dx[0]) + gamma) + dp
-        r = p / q
-        stpc = stx[0] + r * (stp[0] - stx[0])
-        stpq = stx[0] + ((dx[0] / ((fx[0] - fp) / (stp[0] - stx[0]) + dx[0])) / 2.0) * (stp[0] - stx[0])
-        if fabs(stpc - stx[0]) <= fabs(stpq - stx[0]):
-            stpf = stpc
-        else:
-            stpf = stpc + (stpq - stpc) / 2.0
-        brackt[0] = True
-    elif sgnd < 0.0:
-        # Derivatives of opposite sign: the minimum is bracketed.
-        theta = 3.0 * (fx[0] - fp) / (stp[0] - stx[0]) + dx[0] + dp
-        s = max(fabs(theta), fabs(dx[0]), fabs(dp))
-        gamma = s * sqrt((theta / s) * (theta / s) - (dx[0] / s) * (dp / s))
-        if stp[0] > stx[0]:
-            gamma = -gamma
-        p = (gamma - dp) + theta
-        q = ((gamma - dp) + gamma) + dx[0]
-        r = p / q
-        stpc = stp[0] + r * (stx[0] - stp[0])
-        stpq = stp[0] + (dp / (dp - dx[0])) * (stx[0] - stp[0])
-        if fabs(stpc - stp[0]) > fabs(stpq - stp[0]):
-            stpf = stpc
-        else:
-            stpf = stpq
-        brackt[0] = True
-    elif fabs(dp) < fabs(dx[0]):
-        # Same sign, derivative magnitude decreases.
-        theta = 3.0 * (fx[0] - fp) / (stp[0] - stx[0]) + dx[0] + dp
-        s = max(fabs(theta), fabs(dx[0]), fabs(dp))
-        gamma = s * sqrt(max(0.0, (theta / s) * (theta / s) - (dx[0] / s) * (dp / s)))
-        if stp[0] > stx[0]:
-            gamma = -gamma
-        p = (gamma - dp) + theta
-        q = (gamma + (dx[0] - dp)) + gamma
-        r = p / q
-        if r < 0.0 and gamma != 0.0:
-            stpc = stp[0] + r * (stx[0] - stp[0])
-        elif stp[0] > stx[0]:
-            stpc = stpmax
-        else:
-            stpc = stpmin
-        stpq = stp[0] + (dp / (dp - dx[0])) * (stx[0] - stp[0])
-        if brackt[0]:
-            if fabs(stpc - stp[0]) < fabs(stpq - stp[0]):
-                stpf = stpc
-            else:
-                stpf = stpq
-            if stp[0] > stx[0]:
-                stpf = min(stp[0] + 0.66 * (sty[0] - stp[0]), stpf)
-            else:
-                stpf = max(stp[0] + 0.66 * (sty[0] - stp[0]), stpf)
-        else:
-            if fabs(stpc - stp[0]) > fabs(stpq - stp[0]):
-                stpf = stpc
-            else:
-                stpf = stpq
-            stpf = _clip(stpf, stpmin, stpmax)
-    else:
-        # Same sign, derivative magnitude does not decrease.
-        if brackt[0]:
-            theta = 3.0 * (fp - fy[0]) / (sty[0] - stp[0]) + dy[0] + dp
-            s = max(fabs(theta), fabs(dy[0]), fabs(dp))
-            gamma = s * sqrt((theta / s) * (theta / s) - (dy[0] / s) * (dp / s))
-            if stp[0] > sty[0]:
-                gamma = -gamma
-            p = (gamma - dp) + theta
-            q = ((gamma - dp) + gamma) + dy[0]
-            r = p / q
-            stpc = stp[0] + r * (sty[0] - stp[0])
-            stpf = stpc
-        elif stp[0] > stx[0]:
-            stpf = stpmax
-        else:
-            stpf = stpmin
-    # Update the interval that contains a minimizer.
-    if fp > fx[0]:
-        sty[0] = stp[0]
-        fy[0] = fp
-        dy[0] = dp
-    else:
-        if sgnd < 0.0:
-            sty[0] = stx[0]
-            fy[0] = fx[0]
-            dy[0] = dx[0]
-        stx[0] = stp[0]
-        fx[0] = fp
-        dx[0] = dp
-    stp[0] = stpf
-
-
-cdef int _dcsrch(SearchState* st, double* stp, double f, double g, int task) noexcept nogil:
-    """One reverse-communication call of MINPACK-2 ``dcsrch``.
-
-    Searches for a step satisfying the strong Wolfe conditions
-    ``phi(stp) <= phi(0) + ftol stp phi'(0)`` and ``|phi'(stp)| <= gtol |phi'(0)|``.
-    On ``TASK_START`` pass ``f = phi(0)``, ``g = phi'(0)`` and the initial ``stp``; afterwards pass
-    ``phi`` and ``phi'`` at the ``stp`` returned with ``TASK_FG``.
-    """
-    cdef double ftest, fm, fxm, fym, gm, gxm, gym
-    cdef double xtrapl = 1.1, xtrapu = 4.0
-    if task == TASK_START:
-        if (stp[0] < st.stpmin or stp[0] > st.stpmax or g >= 0.0 or st.ftol < 0.0
-                or st.gtol < 0.0 or st.xtol < 0.0 or st.stpmin < 0.0 or st.stpmax < st.stpmin):
-            return TASK_ERROR
-        st.brackt = False
-        st.stage = 1
-        st.finit = f
-        st.ginit = g
-        st.gtest = st.ftol * st.ginit
-        st.width = st.stpmax - st.stpmin
-        st.width1 = st.width / 0.5
-        st.stx = 0.0
-        st.fx = st.finit
-        st.gx = st.ginit
-        st.sty = 0.0
-        st.fy = st.finit
-        st.gy = st.ginit
-        st.stmin = 0.0
-        st.stmax = stp[0] + xtrapu * stp[0]
-        return TASK_FG
-
-    ftest = st.finit + stp[0] * st.gtest
-    if st.stage == 1 and f <= ftest and g >= 0.0:
-        st.stage = 2
-    task = TASK_FG
-    if st.brackt and (stp[0] <= st.stmin or stp[0] >= st.stmax):
-        task = TASK_WARN_ROUNDING
-    if st.brackt and st.stmax - st.stmin <= st.xtol * st.stmax:
-        task = TASK_WARN_XTOL
-    if stp[0] == st.stpmax and f <= ftest and g <= st.gtest:
-        task = TASK_WARN_STPMAX
-    if stp[0] == st.stpmin and (f > ftest or g >= st.gtest):
-        task = TASK_WARN_STPMIN
-    if f <= ftest and fabs(g) <= st.gtol * (-st.ginit):
-        task = TASK_CONVERGENCE
-    if task != TASK_FG:
-        return task
-
-    if st.stage == 1 and f <= st.fx and f > ftest:
-        # Use the modified function psi(stp) = f(stp) - f(0) - ftol stp f'(0) until a step with
-        # psi <= 0 and f' >= 0 is found.
-        fm = f - stp[0] * st.gtest
-        fxm = st.fx - st.stx * st.gtest
-        fym = st.fy - st.sty * st.gtest
-        gm = g - st.gtest
-        gxm = st.gx - st.gtest
-        gym = st.gy - st.gtest
-        _dcstep(&st.stx, &fxm, &gxm, &st.sty, &fym, &gym, stp, fm, gm, &st.brackt,
-                st.stmin, st.stmax)
-        st.fx = fxm + st.stx * st.gtest
-        st.fy = fym + st.sty * st.gtest
-        st.gx = gxm + st.gtest
-        st.gy = gym + st.gtest
-    else:
-        _dcstep(&st.stx, &st.fx, &st.gx, &st.sty, &st.fy, &st.gy, stp, f, g, &st.brackt,
-                st.stmin, st.stmax)
-
-    # Force sufficient decrease of the bracket width (bisect if it did not shrink enough).
-    if st.brackt:
-        if fabs(st.sty - st.stx) >= 0.66 * st.width1:
-            stp[0] = st.stx + 0.5 * (st.sty - st.stx)
-        st.width1 = st.width
-        st.width = fabs(st.sty - st.stx)
-        st.stmin = min(st.stx, st.sty)
-        st.stmax = max(st.stx, st.sty)
-    else:
-        st.stmin = stp[0] + xtrapl * (stp[0] - st.stx)
-        st.stmax = stp[0] + xtrapu * (stp[0] - st.stx)
-    stp[0] = _clip(stp[0], st.stpmin, st.stpmax)
-    # No further progress possible: return the best step so far.
-    if (st.brackt and (stp[0] <= st.stmin or stp[0] >= st.stmax)) or \
-            (st.brackt and st.stmax - st.stmin <= st.xtol * st.stmax):
-        stp[0] = st.stx
-    return TASK_FG
-
-
-cdef class MoreThuente:
-    """Moré–Thuente line search in reverse communication (MINPACK-2 ``dcsrch``).
-
-    Finds ``stp`` with the strong Wolfe conditions
-
-        phi(stp) <= phi(0) + c1 * stp * phi'(0)      (sufficient decrease)
-        |phi'(stp)| <= c2 * |phi'(0)|                 (curvature)
-
-    for ``phi(stp) = f(x + stp d)``. Usage::
-
-        ls = MoreThuente(c1=1e-4, c2=0.9)
-        stp, task = ls.start(phi0, dphi0, stp0)
-        while task == "FG":
-            stp, task = ls.iterate(phi(stp), dphi(stp), stp)
-
-    ``task`` ends as ``"CONVERGENCE"``, a ``"WARNING: ..."`` (``stp`` is then the last trial), or
-    ``"ERROR"`` (bad arguments, e.g. a non-descent direction).
-    """
-    cdef SearchState state
-    cdef int task
-
-    def __init__(self, double c1=1e-4, double c2=0.9, double xtol=0.1, double stpmin=0.0,
-                 double stpmax=1e10):
-        if not (0.0 < c1 < c2 < 1.0):
-            raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
-        self.state.ftol = c1
-        self.state.gtol = c2
-        self.state.xtol = xtol
-        self.state.stpmin = stpmin
-        self.state.stpmax = stpmax
-        self.task = TASK_START
-
-    def start(self, double phi0, double dphi0, double stp):
-        """Begin a search from ``phi(0)``, ``phi'(0)`` with first trial ``stp``; returns (stp, task)."""
-        self.task = _dcsrch(&self.state, &stp, phi0, dphi0, TASK_START)
-        return stp, TASK_NAMES[self.task]
-
-    def iterate(self, double phi, double dphi, double stp):
-        """Report ``phi(stp)``, ``phi'(stp)`` for the last requested ``stp``; returns (stp, task)."""
-        if self.task != TASK_FG:
-            raise RuntimeError("iterate() called without a pending 'FG' request; call start()")
-        self.task = _dcsrch(&self.state, &stp, phi, dphi, self.task)
-        return stp, TASK_NAMES[self.task]
-
-    def limit_step(self, double stpmax):
-        """Lower the largest admissible step (used after a trial gave a non-finite value)."""
-        self.state.stpmax = min(self.state.stpmax, stpmax)
-        if self.state.stmax > self.state.stpmax:
-            self.state.stmax = self.state.stpmax
-
-    @property
-    def best_step(self):
-        """The step with the lowest value seen so far (``stx`` of dcsrch)."""
-        return self.state.stx
-
-
 # ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
+# The control flow is L-BFGS-B's (Byrd, Lu, Nocedal & Zhu 1995; SciPy's driver around it), so
+# that results, evaluation counts and messages are SciPy's: a Moré–Thuente search with
+# c1 = 1e-3, c2 = 0.9, xtol = 0.1 that starts at stp = 1 (at 1 / ||d|| on the first iteration),
+# accepts the step dcsrch ends on (also on its warnings), drops the history and retries along
+# steepest descent when a search fails, and after each iteration asks, in this order: callback,
+# maxiter, maxfun, projected-gradient test, relative reduction of f.
 
 cdef enum:
+    STATUS_RUNNING = -1
     STATUS_CONVERGED = 0
     STATUS_LIMIT = 1
     STATUS_ABNORMAL = 2
@@ -709,9 +96,18 @@ cdef enum:
     LS_OK = 0
     LS_FAILED = 1
     LS_NONFINITE = 2
-    LS_MAXFUN = 3
 
 cdef double STPMAX = 1e10
+
+MSG_PGTOL = "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
+MSG_FTOL = "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH"
+MSG_MAXITER = "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
+MSG_MAXFUN = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
+MSG_CALLBACK = "STOP: CALLBACK REQUESTED HALT"
+MSG_ABNORMAL = "ABNORMAL: "
+MSG_NONFINITE = ("ABNORMAL: fun returned NaN or Inf along the search direction and no finite "
+                 "point with sufficient decrease was found")
+MSG_NONFINITE_X0 = "ABNORMAL: fun returned a non-finite value or gradient at x0"
 
 # Below this many elements the vector work of a call takes about as long as releasing and
 # re-taking the GIL (~0.1 us each way), so it runs with the GIL held -- the trade NumPy makes with
@@ -721,6 +117,16 @@ cdef enum:
 
 
 cimport cython
+
+
+cdef struct _Box:
+    # Bounds with -inf / +inf where a side is open, so clipping is a branch-free min/max.
+    const double* lower
+    const double* upper
+    # L-BFGS-B's nbd: 0 no bound, 1 lower only, 2 both, 3 upper only.
+    const int* kind
+    # The point a full step (stp = 1) lands on: the subspace minimizer, used as it is.
+    const double* full_step
 
 
 @cython.auto_pickle(False)
@@ -736,8 +142,11 @@ cdef class _Objective:
     cdef public Py_ssize_t nfev
     cdef public Py_ssize_t njev
     cdef cnp.ndarray x_for_user
+    # An object whose ``nfev`` counts evaluations (SciPy's ScalarFunction, which also counts
+    # those of finite differences); None: this object's own count.
+    cdef object counter
 
-    def __init__(self, fun, jac, tuple args, int typenum, Py_ssize_t n):
+    def __init__(self, fun, jac, tuple args, int typenum, Py_ssize_t n, counter=None):
         self.fun = fun
         self.jac = jac
         self.args = args
@@ -748,6 +157,13 @@ cdef class _Objective:
         self.nfev = 0
         self.njev = 0
         self.x_for_user = None
+        self.counter = counter
+
+    cdef Py_ssize_t evaluations(self) except -1:
+        """Evaluations so far, as the ``maxfun`` test counts them."""
+        if self.counter is None:
+            return self.nfev
+        return self.counter.nfev
 
     cdef cnp.ndarray array_for_user(self):
         """An array to hand the point to the user in (the caller fills it).
@@ -763,32 +179,50 @@ cdef class _Objective:
         return self.x_for_user
 
 
-cdef cnp.ndarray _point_for_user(_Objective obj, const floating* x, double stp,
-                                 const floating* d):
-    """The user's array filled with x + stp d (with x if d is NULL).
+cdef void _trial_point(floating* dst, const floating* x, double stp, const floating* d,
+                       Py_ssize_t n, const _Box* box) noexcept nogil:
+    """dst <- x + stp d, projected onto the box if there is one (L-BFGS-B's trial point: the
+    projection only undoes rounding past a bound; a full step lands on the subspace minimizer
+    itself)."""
+    cdef Py_ssize_t i
+    if box != NULL and stp == 1.0:
+        for i in range(n):
+            dst[i] = <floating>box.full_step[i]
+        return
+    _xpay(dst, x, <floating>stp, d, n)
+    if box != NULL:
+        for i in range(n):
+            dst[i] = <floating>min(max(<double>dst[i], box.lower[i]), box.upper[i])
 
-    Computed with the same operations as the in-place update of x on acceptance, so the point
-    the user evaluated and the iterate reported are bit-identical."""
+
+cdef cnp.ndarray _point_for_user(_Objective obj, const floating* x, double stp,
+                                 const floating* d, const _Box* box):
+    """The user's array filled with the trial point x + stp d (with x if d is NULL).
+
+    Computed with the same operations as the update of x on acceptance, so the point the user
+    evaluated and the iterate reported are bit-identical."""
     cdef cnp.ndarray xa = obj.array_for_user()
     cdef floating* dst = <floating*>cnp.PyArray_DATA(xa)
     if d == NULL:
         memcpy(dst, x, obj.n * sizeof(floating))
     elif obj.n >= NOGIL_MIN_SIZE:
         with nogil:
-            _xpay(dst, x, <floating>stp, d, obj.n)
+            _trial_point(dst, x, stp, d, obj.n, box)
     else:
-        _xpay(dst, x, <floating>stp, d, obj.n)
+        _trial_point(dst, x, stp, d, obj.n, box)
     return xa
 
 
-cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
-                   floating* g_out, const floating* d, double* gd_out, double* ws) except -1:
-    """f_out <- fun(x + stp d), g_out <- its gradient and, if d is not NULL, gd_out <- g'd.
+cdef int _evaluate(_Objective obj, const floating* x, double stp, const floating* d,
+                   const _Box* box, double* f_out, floating* g_out, double* gd_out,
+                   double* ws) except -1:
+    """f_out <- fun(trial), g_out <- its gradient and, if d is not NULL, gd_out <- g'd, where the
+    trial point is x + stp d (projected onto the box), or x itself if d is NULL.
 
     The user gets the point in an array of its own (as SciPy hands over a copy), so keeping or
     mutating it cannot corrupt the iteration. g'd is accumulated while copying the gradient; a
     NaN or Inf anywhere in g makes it non-finite, so it doubles as the finiteness check."""
-    cdef cnp.ndarray xa = _point_for_user(obj, x, stp, d)
+    cdef cnp.ndarray xa = _point_for_user(obj, x, stp, d, box)
     cdef cnp.ndarray ga
     if obj.combined:
         result = PyObject_CallOneArg(obj.fun, xa) if obj.no_args else obj.fun(xa, *obj.args)
@@ -800,7 +234,7 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
     else:
         value = PyObject_CallOneArg(obj.fun, xa) if obj.no_args else obj.fun(xa, *obj.args)
         xa = None
-        xa = _point_for_user(obj, x, stp, d)
+        xa = _point_for_user(obj, x, stp, d, box)
         grad = PyObject_CallOneArg(obj.jac, xa) if obj.no_args else obj.jac(xa, *obj.args)
     obj.nfev += 1
     obj.njev += 1
@@ -826,25 +260,34 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, double* f_out,
 
 
 cdef inline double _as_double(object value) except? -1.0:
+    """The objective's value as a double; like SciPy, any size-1 array or sequence is taken."""
     if type(value) is float:
         return <double>value
     try:
         return float(value)
     except TypeError:
-        raise TypeError(f"fun must return a real scalar, got {type(value).__name__} with shape "
-                        f"{np.shape(value)}") from None
+        pass
+    try:
+        return float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        raise ValueError("The user-provided objective function must return a scalar value "
+                         f"(fun returned {type(value).__name__} with shape "
+                         f"{np.shape(value)}).") from None
 
 
-cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun, double c1,
-                      double c2, Py_ssize_t n, const floating* x, double f, const floating* g,
-                      const floating* d, double gd, double stp0, double* ft,
-                      floating* gt, double* stp_out, double* gdt_out, double* ws) except -1:
+cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double c2,
+                      Py_ssize_t n, const floating* x, double f, const floating* g,
+                      const floating* d, double gd, double stp0, double stpmax,
+                      const _Box* box, double* ft, floating* gt, double* stp_out,
+                      double* gdt_out, double* ws) except -1:
     """Search along d from x; on LS_OK, stp_out is the accepted step, ft / gt the value and
-    gradient at x + stp d, and gdt_out the slope gt'd. x itself is not changed.
+    gradient at the trial point of that step, and gdt_out the slope gt'd. x is not changed.
 
-    Trials with a NaN or Inf value or gradient are never fed to the search: the step is cut back
-    towards the best finite step and the largest admissible step lowered below the bad one, so
-    the search backtracks into finite territory (as SciPy's line searches do).
+    As in L-BFGS-B, the step Moré–Thuente ends on is taken also when it ends on a warning
+    (rounding errors, xtol, stpmax): the value there has been evaluated and the stopping tests
+    judge it. Trials with a NaN or Inf value or gradient are never fed to the search: the step is
+    cut back towards the best finite step and the largest admissible step lowered below the bad
+    one, so the search backtracks into finite territory (as SciPy's line searches do).
     """
     cdef SearchState st
     cdef int task, evals = 0
@@ -854,15 +297,13 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
     st.gtol = c2
     st.xtol = 0.1
     st.stpmin = 0.0
-    st.stpmax = STPMAX
+    st.stpmax = stpmax
     if not armijo:
         task = _dcsrch(&st, &stp, f, gd, TASK_START)
         if task != TASK_FG:
             return LS_FAILED
     while evals < maxls:
-        if obj.nfev >= maxfun and evals > 0:
-            return LS_MAXFUN
-        _evaluate(obj, x, stp, ft, gt, d, &gdt, ws)
+        _evaluate(obj, x, stp, d, box, ft, gt, &gdt, ws)
         evals += 1
         if not (isfinite(ft[0]) and isfinite(gdt)):
             saw_nonfinite = True
@@ -888,17 +329,12 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, Py_ssize_t maxfun,
             stp = _clip(stp_new, 0.1 * stp, 0.5 * stp)
             continue
         task = _dcsrch(&st, &stp, ft[0], gdt, TASK_FG)
-        if task == TASK_CONVERGENCE:
+        if task != TASK_FG:
+            if task == TASK_ERROR:
+                return LS_FAILED
             stp_out[0] = stp
             gdt_out[0] = gdt
             return LS_OK
-        if task != TASK_FG:
-            # dcsrch gives up (rounding, xtol, stpmax): keep the trial if it decreases f enough.
-            if ft[0] <= f + c1 * stp * gd and ft[0] < f:
-                stp_out[0] = stp
-                gdt_out[0] = gdt
-                return LS_OK
-            return LS_NONFINITE if saw_nonfinite else LS_FAILED
         if stp >= last_bad:
             stp = st.stx + 0.5 * (last_bad - st.stx)
     return LS_NONFINITE if saw_nonfinite else LS_FAILED
@@ -912,35 +348,48 @@ def _aligned_empty(Py_ssize_t size, dtype):
     return raw[offset:offset + size]
 
 
-cdef void _accept_step(floating* x, const floating* d, const floating* g, const floating* gt,
-                       Py_ssize_t n, double stp, double gd, double gdt, double eps, double gtol,
-                       floating* history, Py_ssize_t stride, int m, double* rho, int* newest,
-                       int* count, double* gamma, double* n_above_gtol,
-                       double* ws) noexcept nogil:
-    """x <- x + stp d, the new pair (s, y) = (stp d, gt - g) into the ring buffer unless its
-    curvature is negligible, and n_above_gtol <- the number of |gt_i| > gtol."""
-    cdef double sy, yy
+cdef inline void _forget(int* newest, int* count, int ring) noexcept nogil:
+    """Drop the history; the next pair goes to slot 0."""
+    newest[0] = ring - 1
+    count[0] = 0
+
+
+cdef bint _accept_step(floating* x, const floating* d, const floating* gt, Py_ssize_t n,
+                       double stp, double gd, double gdt, double eps, double gtol,
+                       double* n_above_gtol) noexcept nogil:
+    """x <- x + stp d and n_above_gtol <- the number of |gt_i| > gtol; returns whether the pair
+    (s, y) = (stp d, gt - g) is to be stored.
+
+    s'y = stp (gt'd - g'd) costs no pass over memory. A pair with s'y <= eps (-g's) is skipped
+    (L-BFGS-B's rule): the curvature along the step is negligible next to the slope, and the pair
+    would wreck H."""
+    _xpay(x, x, <floating>stp, d, n)
+    n_above_gtol[0] = _count_above(gt, n, gtol)
+    return stp * (gdt - gd) > eps * (-gd * stp)
+
+
+cdef void _store_pair(const floating* d, const floating* g, const floating* g_old,
+                      Py_ssize_t n, double stp, double gd, double gdt, floating* history,
+                      Py_ssize_t stride, int m, double* rho, int* newest, int* count,
+                      double* gamma, double* ws) noexcept nogil:
+    """The pair (s, y) = (stp d, g - g_old) into the ring buffer, over the oldest pair.
+
+    Done only once the iteration goes on, as L-BFGS-B does: a run that stops keeps the pairs its
+    last direction came from (those ``hess_inv`` is built from). The slot written is the one the
+    last two-loop recursion read last, so it is still in cache."""
+    cdef double sy = stp * (gdt - gd), yy
     cdef floating* slot_start
-    # s = stp d and y = gt - g, so s'y = stp (gt'd - g'd) costs no pass over memory.
-    # Skip the pair when s'y <= eps (-g's), the rule of L-BFGS-B: the curvature along
-    # the step is negligible next to the slope, and the pair would wreck H.
-    sy = stp * (gdt - gd)
-    if sy > eps * (-gd * stp):
-        newest[0] = newest[0] + 1 if newest[0] < m - 1 else 0
-        slot_start = history + 2 * newest[0] * stride
-        yy = _store_pair_b(slot_start, slot_start + stride, <floating>stp, d, gt, g, x,
-                           n, gtol, n_above_gtol, ws)
-        if yy > 0.0:
-            rho[newest[0]] = 1.0 / sy
-            gamma[0] = sy / yy
-            if count[0] < m:
-                count[0] += 1
-        else:
-            # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
-            count[0] = 0
+    newest[0] = newest[0] + 1 if newest[0] < m - 1 else 0
+    slot_start = history + 2 * newest[0] * stride
+    yy = _new_pair_b(slot_start, slot_start + stride, <floating>stp, d, g, g_old, n, ws)
+    if yy > 0.0:
+        rho[newest[0]] = 1.0 / sy
+        gamma[0] = sy / yy
+        if count[0] < m:
+            count[0] += 1
     else:
-        _xpay(x, x, <floating>stp, d, n)
-        n_above_gtol[0] = _count_above(gt, n, gtol)
+        # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
+        _forget(newest, count, m)
 
 
 cdef inline double _steepest_descent(floating* d, const floating* g, Py_ssize_t n,
@@ -959,11 +408,51 @@ cdef double _direction(floating* d, const floating* g, const floating* history,
     return _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
 
 
+cdef inline double _first_step(Py_ssize_t nit, double dnorm, double stpmax) noexcept nogil:
+    """L-BFGS-B's initial trial step: 1 / ||d|| on the first iteration, 1 afterwards."""
+    if nit == 0:
+        return min(1.0 / dnorm, stpmax)
+    return min(1.0, stpmax)
+
+
+cdef int _after_iteration(_Objective obj, object callback, object x_out, double f,
+                          double f_old, Py_ssize_t nit, Py_ssize_t maxiter, Py_ssize_t maxfun,
+                          bint gradient_small, double ftol) except -2:
+    """The tests after an accepted step, in SciPy's order; returns a status or STATUS_RUNNING.
+
+    ``x_out`` is a fresh array holding the new iterate, handed to the callback."""
+    if callback is not None:
+        try:
+            callback(x_out, f)
+        except StopIteration:
+            return STATUS_CALLBACK
+    if nit >= maxiter or obj.evaluations() > maxfun:
+        return STATUS_LIMIT
+    if gradient_small:
+        return STATUS_CONVERGED
+    if (f_old - f) <= ftol * max(fabs(f_old), fabs(f), 1.0):
+        return STATUS_CONVERGED
+    return STATUS_RUNNING
+
+
+cdef object _stop_message(int status, _Objective obj, Py_ssize_t nit, Py_ssize_t maxiter,
+                          bint gradient_small):
+    if status == STATUS_CALLBACK:
+        return MSG_CALLBACK
+    if status == STATUS_LIMIT:
+        return MSG_MAXITER if nit >= maxiter else MSG_MAXFUN
+    return MSG_PGTOL if gradient_small else MSG_FTOL
+
+
 def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
          double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
-         double c1, double c2, object callback):
-    """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message)``.
+         double c1, double c2, object callback, object counter=None):
+    """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message,
+    history, newest, count, updates)``.
 
+    ``history`` is the ring buffer of pairs, shape ``(2 m, n)`` (row ``2k`` is ``s`` of slot
+    ``k``, row ``2k + 1`` its ``y``); the ``count`` pairs the iteration used last end at slot
+    ``newest``; ``updates`` pairs were stored since the history was last dropped.
     ``callback(x, f)`` is called after every iteration with a fresh copy of x; if it raises
     StopIteration the run stops with status 99.
     """
@@ -971,7 +460,7 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef int typenum = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     dtype = np.float32 if floating is float else np.float64
     cdef double eps = np.finfo(dtype).eps
-    cdef _Objective obj = _Objective(fun, jac, args, typenum, n)
+    cdef _Objective obj = _Objective(fun, jac, args, typenum, n, counter)
 
     # Workspace: x (updated in place on acceptance; trial points go straight into the array
     # handed to the user), g of the current point and of the line-search trial (swapped on
@@ -1000,67 +489,53 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
     cdef floating* swap
     cdef bint g_is_home = True   # whether g currently lives in g_buf (else in gt_buf)
 
-    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stp0, gamma = 1.0
+    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, gamma = 1.0
     cdef double n_above_gtol = 0.0   # how many |g_i| > gtol
     cdef Py_ssize_t nit = 0
-    cdef int newest = m - 1, count = 0, ls_status, status = -1
-    cdef bint fresh_start = True   # d = -g, after the start or a reset of the history
+    cdef int newest = m - 1, count = 0, ls_status, status = STATUS_RUNNING
+    cdef bint new_pair
+    cdef Py_ssize_t updates = 0
     cdef bint release_gil = n >= NOGIL_MIN_SIZE
     message = ""
 
-    _evaluate(obj, x, 0.0, &f, g, <floating*>NULL, <double*>NULL, ws)
+    _evaluate(obj, x, 0.0, <floating*>NULL, <_Box*>NULL, &f, g, <double*>NULL, ws)
     if not (isfinite(f) and _all_finite(g, n)):
-        return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_ABNORMAL,
-                "ABNORMAL: fun returned a non-finite value or gradient at x0")
-    if _count_above(g, n, gtol) == 0.0:
-        return (x_buf, f, g_buf, 0, obj.nfev, obj.njev, STATUS_CONVERGED,
-                "CONVERGENCE: NORM OF GRADIENT <= GTOL")
-
-    with nogil:
-        gd = _steepest_descent(d, g, n, ws)
-    while True:
-        if not (gd < 0.0) and not fresh_start:
-            # Round-off made the quasi-Newton direction useless: forget the history.
-            count = 0
-            fresh_start = True
-            with nogil:
-                gd = _steepest_descent(d, g, n, ws)
+        status, message = STATUS_ABNORMAL, MSG_NONFINITE_X0
+    elif _count_above(g, n, gtol) == 0.0:
+        status, message = STATUS_CONVERGED, MSG_PGTOL
+    else:
+        with nogil:
+            gd = _steepest_descent(d, g, n, ws)
+    while status == STATUS_RUNNING:
         if not (gd < 0.0):
-            status = STATUS_ABNORMAL
-            message = "ABNORMAL: the gradient is not a descent direction (g'd >= 0)"
-            break
-        # Like L-BFGS-B, a step along -g starts at length 1 (||d|| = ||g|| = sqrt(-g'd)).
-        stp0 = min(1.0 / sqrt(-gd), STPMAX) if fresh_start else 1.0
-
-        ls_status = _line_search(obj, armijo, maxls, maxfun, c1, c2, n, x, f, g, d, gd, stp0,
-                                 &ft, gt, &stp, &gdt, ws)
-        if ls_status == LS_MAXFUN:
-            status = STATUS_LIMIT
-            message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
-            break
-        if ls_status != LS_OK:
-            if not fresh_start:
-                # Retry once along steepest descent with an empty history before giving up.
-                count = 0
-                fresh_start = True
+            if count > 0:
+                # Round-off made the quasi-Newton direction useless: forget the history.
+                _forget(&newest, &count, m); updates = 0
                 with nogil:
                     gd = _steepest_descent(d, g, n, ws)
                 continue
             status = STATUS_ABNORMAL
-            if ls_status == LS_NONFINITE:
-                message = ("ABNORMAL: fun returned NaN or Inf along the search direction and no "
-                           "finite point with sufficient decrease was found")
-            else:
-                message = "ABNORMAL: LINE SEARCH FAILED (no step with sufficient decrease)"
+            message = MSG_ABNORMAL
+            break
+        # On the first iteration d = -g, so ||d|| = sqrt(-g'd).
+        ls_status = _line_search(obj, armijo, maxls, c1, c2, n, x, f, g, d, gd,
+                                 _first_step(nit, sqrt(-gd), STPMAX), STPMAX, <_Box*>NULL, &ft, gt, &stp, &gdt, ws)
+        if ls_status != LS_OK:
+            if count > 0:
+                # Retry along steepest descent with an empty history before giving up.
+                _forget(&newest, &count, m); updates = 0
+                with nogil:
+                    gd = _steepest_descent(d, g, n, ws)
+                continue
+            status = STATUS_ABNORMAL
+            message = MSG_NONFINITE if ls_status == LS_NONFINITE else MSG_ABNORMAL
             break
 
         if release_gil:
             with nogil:
-                _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, m, rho,
-                             &newest, &count, &gamma, &n_above_gtol, ws)
+                new_pair = _accept_step(x, d, gt, n, stp, gd, gdt, eps, gtol, &n_above_gtol)
         else:
-            _accept_step(x, d, g, gt, n, stp, gd, gdt, eps, gtol, history, stride, m, rho,
-                         &newest, &count, &gamma, &n_above_gtol, ws)
+            new_pair = _accept_step(x, d, gt, n, stp, gd, gdt, eps, gtol, &n_above_gtol)
         swap = g
         g = gt
         gt = swap
@@ -1069,37 +544,30 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         f = ft
         nit += 1
 
-        if callback is not None:
-            xa = np.empty(n, dtype=dtype)
-            memcpy(cnp.PyArray_DATA(xa), x, n * sizeof(floating))
-            try:
-                callback(xa, f)
-            except StopIteration:
-                status = STATUS_CALLBACK
-                message = "`callback` raised `StopIteration`."
-                break
-
-        if n_above_gtol == 0.0:
-            status = STATUS_CONVERGED
-            message = "CONVERGENCE: NORM OF GRADIENT <= GTOL"
+        status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
+                                  f, f_old, nit, maxiter, maxfun, n_above_gtol == 0.0, ftol)
+        if status != STATUS_RUNNING:
+            message = _stop_message(status, obj, nit, maxiter, n_above_gtol == 0.0)
             break
-        if (f_old - f) <= ftol * max(fabs(f_old), fabs(f), 1.0):
-            status = STATUS_CONVERGED
-            message = "CONVERGENCE: RELATIVE REDUCTION OF F <= FTOL"
-            break
-        if nit >= maxiter:
-            status = STATUS_LIMIT
-            message = "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
-            break
-        if obj.nfev > maxfun:
-            status = STATUS_LIMIT
-            message = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
-            break
-        fresh_start = count == 0
+        # gt holds the previous gradient now.
         if release_gil:
             with nogil:
+                if new_pair:
+                    _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
+                                &count, &gamma, ws)
                 gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
         else:
+            if new_pair:
+                _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
+                            &count, &gamma, ws)
             gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+        if new_pair:
+            updates = updates + 1 if count > 0 else 0
 
-    return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message)
+    pairs = history_buf.reshape(2 * m, stride)[:, :n]
+    return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message,
+            pairs, newest, count, updates)
+
+
+include "_lbfgsb.pxi"
+include "_owlqn.pxi"

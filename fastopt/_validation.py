@@ -10,22 +10,25 @@ import numbers
 
 import numpy as np
 
+from . import _dtypes
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+PARAM_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 def as_param_array(obj, name):
-    """``obj`` as a float32/float64 C-contiguous writeable ndarray, without copying.
+    """``obj`` as a C-contiguous writeable ndarray of a dtype fastopt steps, without copying.
 
     Objects with the buffer protocol (``torch_tensor.numpy()``, ``memoryview``, ``array.array``) are
     viewed, never copied, so updates land in the caller's memory.
     """
     if not isinstance(obj, np.ndarray):
         if isinstance(obj, (dict, str, bytes, numbers.Number)) or obj is None:
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}")
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}")
         try:
             arr = np.asarray(obj)
         except Exception as exc:  # an object NumPy cannot view
-            raise TypeError(f"{name} must be a float32 or float64 array, got {type(obj).__name__}") from exc
+            raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}") from exc
         if arr.dtype == object or arr.base is None and not isinstance(obj, np.ndarray):
             # np.asarray made a new array (a list, say): updates would never reach the caller.
             raise TypeError(
@@ -33,8 +36,8 @@ def as_param_array(obj, name):
                 f"buffer), got {type(obj).__name__}")
     else:
         arr = obj
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if _dtypes.storage_of(arr) is None:
+        raise TypeError(f"{name} must have dtype {PARAM_DTYPES} (ml_dtypes.bfloat16), got {arr.dtype}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray and keep that array)")
     if not arr.flags.writeable:
@@ -141,6 +144,34 @@ def check_constraint(name, value, constraint):
     raise ValueError(f"unknown constraint kind {kind!r} for {name}")
 
 
+def check_state_dtype(value):
+    """``state_dtype``: None, or float32/bfloat16 given as a name, a NumPy dtype or a torch dtype;
+    returns None, "float32" or "bfloat16"."""
+    if value is None:
+        return None
+    name = str(value).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+    try:
+        name = np.dtype(value).name
+    except TypeError:
+        pass
+    if name in ("float32", "bfloat16"):
+        return name
+    raise ValueError(f"state_dtype must be None, float32 or bfloat16, got {value!r}")
+
+
+def check_seed(seed):
+    """A stochastic-rounding seed: an int in [0, 2**64), or None for one drawn from the OS."""
+    if seed is None:
+        import secrets
+        return secrets.randbits(64)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return seed
+
+
 def check_norm_type(norm_type):
     """A norm's order: a real number > 0, or ``inf`` (the string "inf" too), as a float."""
     if isinstance(norm_type, str):
@@ -168,3 +199,183 @@ def check_num_threads(n):
     if not 0 <= n <= MAX_THREADS:
         raise ValueError(f"num_threads must be in [0, {MAX_THREADS}], got {n}")
     return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimizers (L-BFGS, L-BFGS-B, OWL-QN, Newton, BFGS): SciPy-style options
+# ---------------------------------------------------------------------------------------------
+
+def check_count(name, value, minimum):
+    """``value`` as an int >= minimum; integral floats (``10.0``) are taken, as SciPy takes them."""
+    if type(value) is int and value >= minimum:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not isinstance(value, numbers.Integral):
+        if not (math.isfinite(value) and float(value).is_integer()):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_limit(name, value, *, exceeded):
+    """An iteration or evaluation limit, any real number as SciPy takes it (``maxiter=100.1``).
+
+    Returned as the int the solver compares with: with ``exceeded=False`` the run stops once the
+    count reaches the limit (``count >= ceil(limit)``), with ``exceeded=True`` once the count
+    passes it (``count > floor(limit)``). Limits below one act like one iteration / evaluation;
+    ``inf`` means no limit.
+    """
+    big = 1 << 62
+    if type(value) is int and 0 <= value < big:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value) if not isinstance(value, numbers.Integral) else int(value)
+    if value != value:
+        raise ValueError(f"{name} must not be NaN")
+    if value >= big:
+        return big
+    limit = math.floor(value) if exceeded else math.ceil(value)
+    return max(int(limit), 0)
+
+
+def check_tolerance(name, value):
+    """``value`` as a float >= 0 (a stopping tolerance)."""
+    if type(value) is float and value >= 0.0:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be non-negative, got {value}")
+    return float(value)
+
+
+def check_start_point(x0, keep_float32=True):
+    """``x0`` as a finite, non-empty, C-contiguous 1-d float array (a copy); float32 is kept
+    with ``keep_float32``, anything else becomes float64. Scalars become shape (1,), as in
+    SciPy."""
+    if type(x0) is np.ndarray and x0.ndim == 1 and x0.size and (
+            x0.dtype == np.float64 or (keep_float32 and x0.dtype == np.float32)):
+        if not np.isfinite(x0).all():
+            raise ValueError("x0 must be finite (it contains NaN or Inf)")
+        return x0.copy()
+    x = np.atleast_1d(np.array(x0, copy=True))
+    if x.ndim != 1:
+        if x.ndim > 1 and x.size == max(x.shape):
+            x = x.ravel()    # SciPy ravels x0
+        else:
+            raise ValueError(f"x0 must be one-dimensional, got shape {x.shape}")
+    if np.iscomplexobj(x):
+        raise TypeError("x0 must be real, got a complex array")
+    if not (keep_float32 and x.dtype == np.float32):
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"x0 must be numeric, got dtype {x.dtype}") from None
+    if x.size == 0:
+        raise ValueError("x0 must not be empty")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("x0 must be finite (it contains NaN or Inf)")
+    return np.ascontiguousarray(x)
+
+
+def check_line_search_constants(c1, c2):
+    """Sufficient-decrease and curvature constants with 0 < c1 < c2 < 1."""
+    c1 = check_real("c1", c1)
+    c2 = check_real("c2", c2)
+    if not (0.0 < c1 < c2 < 1.0):
+        raise ValueError(f"need 0 < c1 < c2 < 1, got c1={c1}, c2={c2}")
+    return c1, c2
+
+
+def check_box(bounds, n):
+    """``bounds`` (a ``scipy.optimize.Bounds``-like object with ``lb`` / ``ub``, or a sequence of
+    ``(lo, hi)`` pairs with None for an open side) as float64 arrays ``(lower, upper)`` of shape
+    (n,), -inf / +inf where open. Errors are SciPy's (L-BFGS-B's) where SciPy has one."""
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        try:
+            lower = np.broadcast_to(np.asarray(bounds.lb, dtype=float), (n,)).copy()
+            upper = np.broadcast_to(np.asarray(bounds.ub, dtype=float), (n,)).copy()
+        except ValueError as exc:
+            raise ValueError("The number of bounds is not compatible with the length of "
+                             "`x0`.") from exc
+    else:
+        try:
+            pairs = list(bounds)
+        except TypeError:
+            raise TypeError("bounds must be a scipy.optimize.Bounds or a sequence of "
+                            f"(min, max) pairs, got {type(bounds).__name__}") from None
+        if len(pairs) != n:
+            raise ValueError("length of x0 != length of bounds")
+        # Fast path: None becomes an infinite bound and NumPy converts the plain numbers in
+        # one call per side; anything else (arrays as bounds, bad pairs) goes element-wise below.
+        try:
+            lows, highs = zip(*pairs)
+            lower = np.array([-math.inf if v is None else v for v in lows], dtype=float)
+            upper = np.array([math.inf if v is None else v for v in highs], dtype=float)
+        except (TypeError, ValueError):
+            lower = upper = None
+        if lower is not None and lower.shape == upper.shape == (n,):
+            if np.isnan(lower).any() or np.isnan(upper).any():
+                raise ValueError("bounds must not contain NaN")
+            if (lower > upper).any():
+                raise ValueError("LBFGSB - one of the lower bounds is greater than an upper "
+                                 "bound.")
+            return lower, upper
+        lower = np.empty(n)
+        upper = np.empty(n)
+        for i, pair in enumerate(pairs):
+            try:
+                lo, hi = pair
+            except (TypeError, ValueError):
+                raise ValueError(f"bounds[{i}] must be a pair (min, max), got {pair!r}") from None
+            lower[i] = -np.inf if lo is None else float(np.asarray(lo).item())
+            upper[i] = np.inf if hi is None else float(np.asarray(hi).item())
+    if np.isnan(lower).any() or np.isnan(upper).any():
+        raise ValueError("bounds must not contain NaN")
+    if (lower > upper).any():
+        raise ValueError("LBFGSB - one of the lower bounds is greater than an upper bound.")
+    return lower, upper
+
+
+LINE_SEARCHES = {"more-thuente": False, "armijo": True}
+
+
+def check_search_options(x0, gtol, ftol, maxiter, maxfun, maxls, line_search, c1, c2):
+    """The options every line-search minimizer here shares, with x0 as an array.
+
+    Returns ``(x, gtol, ftol, maxiter, maxfun, maxls, armijo)`` where ``armijo`` selects the
+    backtracking line search over Moré–Thuente.
+    """
+    gtol = check_tolerance("gtol", gtol)
+    ftol = check_tolerance("ftol", ftol)
+    maxiter = check_count("maxiter", maxiter, 1)
+    maxfun = check_count("maxfun", maxfun, 1)
+    maxls = check_count("maxls", maxls, 1)
+    if not isinstance(line_search, str) or line_search.lower() not in LINE_SEARCHES:
+        raise ValueError(f"line_search must be one of {sorted(LINE_SEARCHES)}, got {line_search!r}")
+    c1, c2 = check_line_search_constants(c1, c2)
+    return (check_start_point(x0), gtol, ftol, maxiter, maxfun, maxls,
+            LINE_SEARCHES[line_search.lower()])
+
+
+def check_l1_weights(l1, n):
+    """An L1 penalty weight, a number or one per coordinate, as a float64 array of shape (n,),
+    finite and >= 0."""
+    try:
+        weights = np.array(l1, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"l1 must be a number or an array of numbers, got {type(l1).__name__}") \
+            from None
+    if weights.ndim > 1 or (weights.ndim == 1 and weights.shape[0] != n):
+        raise ValueError(f"l1 must be a number or have shape ({n},) like x0, got shape "
+                         f"{weights.shape}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("l1 must be finite and non-negative")
+    return np.ascontiguousarray(np.broadcast_to(weights, (n,)))

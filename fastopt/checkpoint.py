@@ -16,6 +16,15 @@ CRC-checked on reading) holding
 
 :func:`save` writes a temporary file in the target's directory, flushes and fsyncs it, then renames
 it over ``path`` (``os.replace``), so ``path`` always holds either the old or the new checkpoint.
+The final file has the permissions a plain ``open(path, "w")`` would leave: the existing file's, or
+``0o666`` less the umask for a new one.
+
+A save killed mid-write (a preempted job) leaves its temporary file behind. The temporaries of a
+target are named ``.<name>.<crc32 of name>.<16 random hex digits>.fastopt.tmp``, and each save holds
+an exclusive ``flock`` on its own until it is renamed; every save first removes the temporaries of
+the same target whose lock it can take, i.e. those no live save holds. Where ``fcntl`` is missing
+(Windows) it removes those untouched for 10 minutes, which Windows refuses anyway while a save still
+has the file open.
 :func:`load` reads and checks everything (format, version, optimizer class, param count, shapes and
 dtypes, every array) before it changes the optimizer; any problem raises ValueError naming it and
 leaves the optimizer exactly as it was.
@@ -24,13 +33,25 @@ import json
 import math
 import numbers
 import os
-import tempfile
+import re
+import secrets
+import time
+import zlib
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:   # Windows
+    fcntl = None
 
 FORMAT = "fastopt-checkpoint"
 VERSION = 1
 META_KEY = "__fastopt__"
+TEMP_SUFFIX = ".fastopt.tmp"
+#: Without fcntl, a temporary file untouched for this long is abandoned (a live save keeps writing).
+UNLOCKED_STALE_SECONDS = 600
+_OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 __all__ = ["save", "load"]
 
@@ -75,6 +96,10 @@ def save(optimizer, path, *, params=False):
     params : bool, default False
         Also store the params' values, which :func:`load` then copies back into the optimizer's
         params: a full resume from the file alone. Without it, restore the params yourself.
+
+    The file is written to a temporary file beside ``path`` and renamed over it, so ``path`` holds
+    the old or the new checkpoint whenever the process dies; the temporary files that killed saves
+    of the same ``path`` left behind are removed first (see the module docstring).
 
     Raises
     ------
@@ -121,12 +146,17 @@ def save(optimizer, path, *, params=False):
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastopt-", suffix=".tmp", dir=directory)
+    remove_stale_temporaries(path)
+    fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(fd, "wb", closefd=False) as f:
             np.savez(f, **arrays)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+        _keep_mode_of(path, fd)
+        if fcntl is None:      # Windows cannot rename a file that is still open
+            os.close(fd)
+            fd = None
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -134,6 +164,9 @@ def save(optimizer, path, *, params=False):
         except OSError:
             pass
         raise
+    finally:
+        if fd is not None:
+            os.close(fd)      # releases the lock, now on the renamed file
     try:   # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -144,6 +177,89 @@ def save(optimizer, path, *, params=False):
         pass
     finally:
         os.close(dfd)
+
+
+def _temporary_prefix(path):
+    """``.<name>.<crc32 of name>.``: the start of every temporary file name of target ``path``."""
+    name = os.path.basename(os.path.abspath(path))
+    return f".{name[:80]}.{zlib.crc32(os.fsencode(name)):08x}."
+
+
+def _create_temporary(path):
+    """Create (mode 0o666 under the umask, as ``open`` would) and lock this save's temporary file
+    beside ``path``; returns ``(fd, name)``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temporary_prefix(path)
+    while True:
+        name = os.path.join(directory, prefix + secrets.token_hex(8) + TEMP_SUFFIX)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o666)
+        if fcntl is None:
+            return fd, name
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Between creating and locking, another save's cleanup may have taken the free lock and
+            # removed the file: then start again with a new one.
+            if os.path.samestat(os.fstat(fd), os.stat(name)):
+                return fd, name
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporary files that killed saves of ``path`` left behind.
+
+    Only files named as :func:`save` names the temporaries of this target are considered, and of
+    those only the ones whose lock can be taken: a save in progress holds its own. Returns the
+    number of files removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + r"[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"\Z")
+    try:
+        with os.scandir(directory) as entries:
+            candidates = [e.path for e in entries if pattern.match(e.name) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return 0
+    return sum(_remove_if_abandoned(name) for name in candidates)
+
+
+def _remove_if_abandoned(name):
+    """Remove the temporary file ``name`` if no live save holds it; True if removed."""
+    if fcntl is None:
+        try:
+            if time.time() - os.stat(name).st_mtime < UNLOCKED_STALE_SECONDS:
+                return False
+            os.remove(name)       # Windows refuses while a save has the file open
+            return True
+        except OSError:
+            return False
+    try:
+        fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not os.path.samestat(os.fstat(fd), os.stat(name)):
+            return False
+        os.remove(name)
+        return True
+    except OSError:           # held by a live save, or already gone
+        return False
+    finally:
+        os.close(fd)
+
+
+def _keep_mode_of(path, fd):
+    """Give the temporary file the mode of the file it replaces, as writing into it would keep."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return                 # a new file: 0o666 under the umask, from os.open
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode & 0o777)
 
 
 def _read(path):

@@ -12,6 +12,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
 from ._core._gather import GradPointers
@@ -101,9 +102,9 @@ class Optimizer:
     Parameters
     ----------
     params : iterable of ndarray, or iterable of dict
-        The arrays to optimize (float32 or float64, C-contiguous, writeable; updated in place), or
-        param groups: dicts with a ``"params"`` list and any hyperparameters that override the
-        defaults for that group.
+        The arrays to optimize (float32, float64, float16 or bfloat16 -- ``ml_dtypes.bfloat16`` --,
+        C-contiguous, writeable; updated in place), or param groups: dicts with a ``"params"`` list
+        and any hyperparameters that override the defaults for that group.
     defaults : dict
         Default hyperparameters.
     skip_nonfinite : bool, default False
@@ -111,6 +112,23 @@ class Optimizer:
         entirely (params and state stay bit-identical), set ``found_inf`` and count it in
         ``skipped_steps``, as torch's GradScaler does. The check is one extra read-only pass over
         the gradients. With the default ``False`` non-finite values propagate as in torch.optim.
+    master_weights : bool, default False
+        For float16/bfloat16 params: keep a float32 master copy of each (state ``"master"``, made
+        from the param at its first step). The step updates the master and float32 states exactly
+        as a float32 run would, and writes the param as the master rounded to nearest (ties to
+        even), in the same pass. Without it, half-precision params are stepped as torch's fused
+        CPU kernels step them: float32 arithmetic, states in the param's dtype, one rounding when
+        each value is stored.
+    state_dtype : None, "float32" or "bfloat16", default None
+        With ``master_weights``: the dtype of the moment buffers (float32 by default; bfloat16
+        halves their memory traffic).
+    stochastic_rounding : bool, default False
+        For bfloat16 params without master weights: round the params and states stochastically
+        when storing them (unbiased: up with probability equal to the distance from the value
+        below), which keeps small updates from being lost. Reproducible for a given ``seed``,
+        whatever the thread count.
+    seed : int, optional
+        The stochastic-rounding seed (default: drawn from the OS; kept in ``state_dict``).
 
     Attributes
     ----------
@@ -127,8 +145,19 @@ class Optimizer:
     #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _classes.py.
     algorithm = None
 
-    def __init__(self, params, defaults, skip_nonfinite=False):
+    def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
+                 state_dtype=None, stochastic_rounding=False, seed=None):
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
+        self.master_weights = V.check_bool("master_weights", master_weights)
+        self.state_dtype = V.check_state_dtype(state_dtype)
+        self.stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
+        if self.state_dtype is not None and not self.master_weights:
+            raise ValueError("state_dtype needs master_weights=True (without a master copy, "
+                             "a half-precision param's states are kept in its own dtype)")
+        if self.stochastic_rounding and self.master_weights:
+            raise ValueError("stochastic_rounding is for bfloat16 params without master weights "
+                             "(with master_weights the param is the master rounded to nearest)")
+        self.seed = V.check_seed(seed)
         self.found_inf = False
         self.skipped_steps = 0
         self.grad_norm = None
@@ -206,11 +235,26 @@ class Optimizer:
 
     def _new_bucket(self, params, indices):
         alg = self.algorithm
+        storage = _dtypes.storage_of(params[0])
+        half = storage in _dtypes.HALF
+        master = self.master_weights and half
+        if master:
+            state = _dtypes.BF16 if self.state_dtype == "bfloat16" else _dtypes.F32
+        else:
+            state = storage
+        stochastic = self.stochastic_rounding and storage == _dtypes.BF16
+        configs = (kernels.config_index(storage, storage, state, master, stochastic),
+                   kernels.config_index(storage, _dtypes.F32, state, master, stochastic) if half else -1)
+        if alg.driver is not None and half:
+            # a driver's reductions and matrix products run in the param's own dtype
+            raise TypeError(f"{alg.name} supports float32 and float64 params, got "
+                            f"{params[0].dtype} (params[{indices[0]}])")
         bucket = kernels.bucket_class(alg.driver)(
             params, indices, kernels.kernel_index(alg.kernel),
             tuple(s.name for s in alg.loop_state),
             tuple((s.name, float(s.init)) for s in alg.scalar_state),
-            tuple(j for j, s in enumerate(alg.loop_state) if s.lazy))
+            tuple(j for j, s in enumerate(alg.loop_state) if s.lazy),
+            configs, _dtypes.empty_like_storage(state, (0,), like=params[0]), master, self.seed)
         if alg.shaped_state:
             bucket.set_state_shapes({s.name: [s.shape_for(p.shape) for p in params]
                                      for s in alg.shaped_state})
@@ -410,7 +454,8 @@ class Optimizer:
     @property
     def _state_names(self):
         """Names of the state buffers kept per param, in state_dict order."""
-        return tuple(s.name for s in self.algorithm.state)
+        names = tuple(s.name for s in self.algorithm.state)
+        return names + ("master",) if self.master_weights else names
 
     @property
     def _has_step(self):
@@ -517,8 +562,8 @@ class Optimizer:
             new_groups.append(merged)
 
         n_params = len(self._params)
-        scalar_names = {s.name for s in self.algorithm.scalar_state}
         states = {s.name: s for s in self.algorithm.state}
+        scalar_names = {s.name for s in self.algorithm.scalar_state}
         allowed = set(self._state_names) | ({"step"} if self._has_step else set())
         plan = []   # (bucket, k, entry) checked entries to write
         slots = {index: (bucket, k) for index, bucket, k in self._iter_param_slots()}
@@ -553,16 +598,19 @@ class Optimizer:
                                          f"and dtype {value.dtype}")
                     checked[name] = value.reshape(())
                     continue
-                expected = states[name].shape_for(param.shape)
-                if expected is None:
+                declared = states.get(name)    # None: the float32 master copy (the param's shape)
+                shape = declared.shape_for(param.shape) if declared is not None else param.shape
+                if shape is None:
                     raise ValueError(f"{where}: a param of shape {param.shape} has no {name!r}")
-                if value.shape != expected:
-                    if expected == param.shape:
+                if value.shape != shape:
+                    if shape == param.shape:
                         raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
                     raise ValueError(f"{where} has shape {value.shape}; for a param of shape "
-                                     f"{param.shape} it must have shape {expected}")
-                if value.dtype != param.dtype:
-                    raise TypeError(f"{where} has dtype {value.dtype}, its param has dtype {param.dtype}")
+                                     f"{param.shape} it must have shape {shape}")
+                expected = np.dtype(np.float32) if name == "master" else bucket.state_dtype
+                if value.dtype != expected:
+                    raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
+                                    f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value
             g = self._group_of(int(key))
             self._check_entry(key, checked, new_groups[g], param.shape)
@@ -581,6 +629,10 @@ class Optimizer:
             for name, value in checked.items():
                 if name == "step":
                     bucket.steps[k] = value
+                    continue
+                if name == "master":
+                    bucket.state_view(name, k)[...] = value
+                    bucket.master_ready[k] = 1
                     continue
                 if states[name].shape != "scalar":
                     bucket.arena(name, self._initial_value(states[name], values))

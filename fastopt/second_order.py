@@ -9,7 +9,9 @@ import numpy as np
 from scipy.optimize import OptimizeResult
 
 from ._lbfgs import MoreThuente
-from .lbfgs import _adapt_callback, _check_search_options, _check_tolerance
+from ._minimize_common import adapt_callback
+from ._validation import check_search_options as _check_search_options
+from ._validation import check_tolerance as _check_tolerance
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
 
@@ -210,7 +212,7 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
     floor = _check_tolerance("eigenvalue_floor", eigenvalue_floor)
     n = x.size
     objective = _Counted(fun, jac, args, n, np.float64)
-    callback = _adapt_callback(callback)
+    callback = adapt_callback(callback)[0]
     nhev = 0
 
     f, g = objective(x)
@@ -310,7 +312,7 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     eps = np.finfo(dtype).eps
     n = x.size
     objective = _Counted(fun, jac, args, n, dtype)
-    callback = _adapt_callback(callback)
+    callback = adapt_callback(callback)[0]
 
     f, g = objective(x)
     identity = np.eye(n)

@@ -39,10 +39,14 @@ from collections import Counter, defaultdict
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
+import numpy as np
+
+from . import _dtypes
 from ._classes import CLASSES as _NUMPY_CLASSES
 from .optimizer import ParamGroup as _ParamGroup
 from ._core._tensor_gather import TensorGrads as _TensorGrads
 from .algorithms import ALGORITHMS as _ALGORITHMS
+from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
 # fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
@@ -53,14 +57,32 @@ _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", N
 _LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
 
 # torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call).
-_TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter,
+_TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "float32": torch.float32,
               "data_ptr": torch._C.TensorBase.data_ptr,
               "numel": torch._C.TensorBase.numel, "is_contiguous": torch._C.TensorBase.is_contiguous,
               "is_neg": torch._C.TensorBase.is_neg}
 _increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
 
-_SUPPORTED = "dense (strided), contiguous CPU tensors of dtype float32 or float64"
-_DTYPES = (torch.float32, torch.float64)
+_SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64, float16 or "
+              "bfloat16 (gradients: their param's dtype, or float32 for a float16/bfloat16 param)")
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _as_numpy(t):
+    """A zero-copy NumPy view of a CPU tensor; bfloat16 as a BF16Array (its bits as uint16), as
+    NumPy has no bfloat16 of its own."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16).view(_dtypes.BF16Array)
+    return t.numpy()
+
+
+def _as_tensor(a):
+    """A tensor sharing ``a``'s memory (the inverse of _as_numpy)."""
+    if type(a) is _dtypes.BF16Array or a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _scalar_dtype():
@@ -100,7 +122,7 @@ def _tensor_problem(t, what, like=None):
     if t.dtype not in _DTYPES:
         return TypeError(f"{what} has dtype {t.dtype}; fastopt.torch supports {_SUPPORTED}")
     if like is not None:
-        if t.dtype != like.dtype:
+        if t.dtype != like.dtype and not (like.dtype in _HALF and t.dtype == torch.float32):
             return TypeError(f"{what} has dtype {t.dtype}, but its param has dtype {like.dtype}")
         if t.shape != like.shape:
             return ValueError(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
@@ -121,9 +143,12 @@ class _Adapter(torch.optim.Optimizer):
     #: Hyperparameters mirrored from the torch groups into the fastopt groups before each step.
     _keys = ()
 
-    def __init__(self, params, defaults, skip_nonfinite=False):
+    def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
+                 state_dtype=None, stochastic_rounding=False, seed=None):
         self._fo = None
         self._skip_nonfinite = skip_nonfinite
+        self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
+                               stochastic_rounding=stochastic_rounding, seed=seed)
         self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
         super().__init__(params, defaults)
         self._build()
@@ -160,7 +185,7 @@ class _Adapter(torch.optim.Optimizer):
 
     def _fo_group(self, group, params):
         out = {key: _plain(group[key]) for key in self._keys}
-        out["params"] = [p.detach().numpy() for p in _unique(params)]
+        out["params"] = [_as_numpy(p) for p in _unique(params)]
         return out
 
     def add_param_group(self, param_group):
@@ -192,7 +217,7 @@ class _Adapter(torch.optim.Optimizer):
         self._sync_params()
 
     def _make_fastopt(self, groups):
-        return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite)
+        return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite, **self._precision)
 
     def _sync_params(self):
         # fastopt holds each param once; torch updates a param listed twice in a group twice (it
@@ -205,7 +230,7 @@ class _Adapter(torch.optim.Optimizer):
                          if counts[id(p)] > 1]
         arrays = self._fo._params
         self._tensor_grads = _TensorGrads(
-            self._params, [a.size for a in arrays], [a.dtype.num for a in arrays],
+            self._params, [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
             [p.dtype for p in self._params], _TORCH_API)
 
     # ------------------------------------------------------------------------------------------
@@ -255,7 +280,7 @@ class _Adapter(torch.optim.Optimizer):
                 if g is None:
                     grads.append(None)
                 else:
-                    grads.append(g.numpy())
+                    grads.append(_as_numpy(g))
                     updated.append(p)
         except (TypeError, RuntimeError):
             grads, updated = self._grads_slow()
@@ -279,7 +304,7 @@ class _Adapter(torch.optim.Optimizer):
             problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p)
             if problem is not None:
                 raise problem
-            grads.append(g.detach().numpy())
+            grads.append(_as_numpy(g))
             updated.append(p)
         return grads, updated
 
@@ -365,7 +390,7 @@ class _Adapter(torch.optim.Optimizer):
                 if name == "step":
                     converted[name] = torch.tensor(float(value), dtype=step_dtype)
                 else:
-                    converted[name] = torch.from_numpy(value)
+                    converted[name] = _as_tensor(value)
             out[self._params[index]] = converted
         return out
 
@@ -429,7 +454,7 @@ class _Adapter(torch.optim.Optimizer):
                         problem = _tensor_problem(value, f"state '{name}' of param {index[id(key)]}", like=key)
                         if problem is not None and not isinstance(problem, ValueError):
                             raise problem
-                        converted[name] = value.detach().contiguous().numpy()
+                        converted[name] = _as_numpy(value.contiguous())
                     else:
                         converted[name] = value
                 if converted:
@@ -461,20 +486,25 @@ def _unique(params):
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
+#: fastopt's own keyword-only options (not torch's), with their defaults.
+_OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
+            "stochastic_rounding": False, "seed": None}
+
+
 def _make_init(algorithm):
     """``__init__`` with torch's signature for ``algorithm`` (from its declaration)."""
     pos, kw = algorithm.signature(torch=True)
-    kw = kw + ["skip_nonfinite"]
+    kw = kw + list(_OPTIONS)
     defaults = {h.name: h.default for h in algorithm.hyperparameters}
     defaults.update(algorithm.torch_extras)
-    defaults["skip_nonfinite"] = False
+    defaults.update(_OPTIONS)
     args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
     if kw:
         args += ["*"] + [f"{n}=_d_{n}" for n in kw]
-    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n != "skip_nonfinite")
+    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n not in _OPTIONS)
+    options = ", ".join(f"{n}={n}" for n in _OPTIONS)
     source = (f"def __init__({', '.join(args)}):\n"
-              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, "
-              f"skip_nonfinite=skip_nonfinite)\n")
+              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
     namespace = {f"_d_{n}": v for n, v in defaults.items()}
     namespace.update(_Adapter=_Adapter, _fixed=dict(algorithm.fixed))
     exec(source, namespace)   # our own declarations, not user input
@@ -512,4 +542,4 @@ def _build_all():
 
 
 globals().update(_build_all())
-__all__ = [a.name for a in _ALGORITHMS]
+__all__ = [a.name for a in _ALGORITHMS] + ["LBFGS"]

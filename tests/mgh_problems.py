@@ -508,3 +508,24 @@ ALL_PROBLEMS = [
 
 def all_problems():
     return [make() for make in ALL_PROBLEMS]
+
+
+def box_cutting_off_minimizer(problem, x_free):
+    """Bounds for ``problem`` that cut off ``x_free`` (a minimizer found without bounds): every
+    third coordinate is bounded on the side of ``x_free`` a quarter of its scale away, so the
+    bounded minimum has those at a bound; every third is boxed loosely (bounds that stay
+    inactive); the rest are free. Returns ``(lower, upper)`` with -inf / +inf for open sides."""
+    n = problem.n
+    lower = np.full(n, -np.inf)
+    upper = np.full(n, np.inf)
+    scale = 1.0 + np.abs(x_free)
+    for i in range(n):
+        if i % 3 == 0:
+            if problem.x0[i] <= x_free[i]:
+                upper[i] = x_free[i] - 0.25 * scale[i]
+            else:
+                lower[i] = x_free[i] + 0.25 * scale[i]
+        elif i % 3 == 1:
+            lower[i] = min(problem.x0[i], x_free[i]) - 10.0 * scale[i]
+            upper[i] = max(problem.x0[i], x_free[i]) + 10.0 * scale[i]
+    return lower, upper

@@ -694,3 +694,44 @@ def fingerprint(opt, params):
                        else (index, name, value))
     out.append(repr([sorted((k, repr(v)) for k, v in g.items() if k != "params") for g in sd["param_groups"]]))
     return out
+
+
+class ElementwiseParity:
+    """Compare arrays with torch's element by element, step after step, in ulps of each element.
+
+    An element's scale is the largest magnitude it has had in the reference trajectory so far (a
+    value that shrinks towards zero keeps the rounding errors of its larger past, and so does one
+    that crosses zero). ``check(key, ours, theirs, ulps)`` requires, for every element,
+    ``|ours - theirs| <= ulps * spacing(scale)``; ``floor`` gives elements below ``floor`` times
+    the array's largest magnitude that much as their scale instead (for ill-conditioned elements,
+    see ``tests/test_torch_parity.py``).
+    """
+
+    def __init__(self):
+        self.peaks = {}
+        self.worst = {}
+
+    def start(self, key, values):
+        """Record the magnitudes ``key`` starts from (a param's initial values)."""
+        self.peaks[key] = np.abs(np.asarray(values, dtype=np.float64))
+
+    def check(self, key, ours, theirs, ulps, floor=0.0, what=""):
+        ours, theirs = np.asarray(ours), np.asarray(theirs)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, (what, ours.dtype, theirs.dtype)
+        if ours.size == 0:
+            return
+        magnitude = np.abs(theirs.astype(np.float64))
+        peak = self.peaks.get(key)
+        peak = magnitude if peak is None else np.maximum(peak, magnitude)
+        self.peaks[key] = peak
+        scale = np.maximum(peak, floor * float(magnitude.max())) if floor else peak
+        spacing = np.spacing(scale.astype(ours.dtype)).astype(np.float64)   # spacing(0): tiniest
+        error = np.abs(ours.astype(np.float64) - theirs.astype(np.float64))
+        in_ulps = error / spacing
+        worst = int(np.argmax(in_ulps))
+        self.worst[key] = max(self.worst.get(key, 0.0), float(in_ulps.flat[worst]))
+        if not in_ulps.flat[worst] <= ulps:
+            index = np.unravel_index(worst, ours.shape) if ours.ndim else ()
+            raise AssertionError(
+                f"{what}: element {index} is {ours.flat[worst]!r}, torch's {theirs.flat[worst]!r}: "
+                f"{in_ulps.flat[worst]:.1f} ulps of its scale {scale.flat[worst]:.3g} (bound {ulps})")

@@ -236,3 +236,147 @@ def test_checkpoint_of_fresh_optimizer_roundtrips(tmp_path):
         other.param_groups[0]["lr"] = 123.0
         load(other, tmp_path / "f.npz")
         assert fingerprint(other, other_params) == fingerprint(opt, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crashes mid-save: stale temporaries are removed, live ones are not; permissions as open() gives
+# ---------------------------------------------------------------------------------------------
+
+_SAVER = """
+import sys, numpy as np, fastopt
+path = sys.argv[1]
+params = [np.random.default_rng(0).standard_normal(600_000)]
+opt = fastopt.Adam(params, lr=1e-3)
+opt.step([np.ones_like(params[0])])
+fastopt.save(opt, path, params=True)
+print("saved", flush=True)
+while True:
+    opt.step([np.ones_like(params[0])])
+    fastopt.save(opt, path, params=True)
+"""
+
+
+def _temporaries(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(checkpoint.TEMP_SUFFIX))
+
+
+def test_saves_killed_mid_write_leave_a_loadable_file_and_no_pile_of_temporaries(tmp_path):
+    """SIGKILL a process that saves in a loop, over and over: every kill leaves the last complete
+    checkpoint loadable, and the next save removes what the killed one left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "ckpt.npz"
+    rng = np.random.default_rng(0)
+    left_behind = 0
+    for _ in range(12):
+        # cwd: `python -c` puts it first on sys.path, and it must not be an unbuilt source tree
+        child = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE,
+                                 text=True, cwd=tmp_path)
+        try:
+            assert child.stdout.readline().strip() == "saved"     # its first save is complete
+            time.sleep(rng.uniform(0.0, 0.15))
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            child.stdout.close()
+        temporaries = _temporaries(tmp_path)
+        assert len(temporaries) <= 1, temporaries          # older ones were removed by later saves
+        left_behind += len(temporaries)
+        opt = fastopt.Adam([np.zeros(600_000)])
+        load(opt, path)                                     # the last complete save
+        assert opt.state[0]["step"] >= 1
+    assert left_behind >= 3          # most kills hit a save mid-write (else this tests nothing)
+    save(fastopt.Adam([np.zeros(600_000)]), path)
+    assert _temporaries(tmp_path) == []
+
+
+def test_cleanup_spares_live_saves_other_targets_and_other_files(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    path = tmp_path / "a.npz"
+    stale = str(tmp_path / (checkpoint._temporary_prefix(str(path)) + "0" * 16 + checkpoint.TEMP_SUFFIX))
+    live = str(tmp_path / (checkpoint._temporary_prefix(str(path)) + "1" * 16 + checkpoint.TEMP_SUFFIX))
+    other_target = str(tmp_path / (checkpoint._temporary_prefix(str(tmp_path / "b.npz")) + "2" * 16
+                                   + checkpoint.TEMP_SUFFIX))
+    unrelated = [str(tmp_path / n) for n in (".fastopt-legacy.tmp", ".a.npz.zzz.fastopt.tmp", "a.npz.bak")]
+    for name in [stale, live, other_target] + unrelated:
+        with open(name, "wb") as f:
+            f.write(b"partial")
+    holder = os.open(live, os.O_RDONLY)          # a save in progress holds the lock on its file
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        save(fastopt.SGD([np.zeros(3)]), path)
+        assert not os.path.exists(stale)
+        assert all(os.path.exists(n) for n in [live, other_target] + unrelated)
+    finally:
+        os.close(holder)
+    assert checkpoint.remove_stale_temporaries(path) == 1           # released: now it is stale
+    assert not os.path.exists(live) and os.path.exists(other_target)
+
+
+def test_cleanup_without_fcntl_removes_only_old_temporaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "fcntl", None)
+    path = tmp_path / "a.npz"
+    prefix = checkpoint._temporary_prefix(str(path))
+    old, recent = (str(tmp_path / (prefix + c * 16 + checkpoint.TEMP_SUFFIX)) for c in "ab")
+    for name in (old, recent):
+        with open(name, "wb") as f:
+            f.write(b"partial")
+    an_hour_ago = os.stat(old).st_mtime - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    save(fastopt.SGD([np.zeros(3)]), path)           # the fallback path writes and renames too
+    assert not os.path.exists(old) and os.path.exists(recent)
+    other = fastopt.SGD([np.ones(3)])
+    load(other, path)
+
+
+def test_temporary_names_fit_long_target_names(tmp_path):
+    path = tmp_path / ("x" * 200 + ".npz")
+    save(fastopt.SGD([np.zeros(3)]), path)
+    assert os.listdir(tmp_path) == [path.name]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
+def test_new_checkpoint_gets_the_mode_open_would_give(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save(fastopt.SGD([np.zeros(3)]), tmp_path / "c.npz")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "c.npz").st_mode & 0o777
+    assert mode == 0o666 & ~umask == os.stat(tmp_path / "plain").st_mode & 0o777
+
+
+def test_overwritten_checkpoint_keeps_its_mode(tmp_path):
+    path = tmp_path / "c.npz"
+    save(fastopt.SGD([np.zeros(3)]), path)
+    os.chmod(path, 0o640)
+    save(fastopt.SGD([np.ones(3)]), path)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
+def test_concurrent_saves_of_one_target_never_remove_each_others_temporaries(tmp_path):
+    """Saves racing on one path (each cleaning up the other's files while it writes) all succeed."""
+    import threading
+    path = tmp_path / "shared.npz"
+    errors = []
+
+    def saver(seed):
+        opt = fastopt.Adam([np.random.default_rng(seed).standard_normal(50_000)])
+        try:
+            for _ in range(25):
+                save(opt, path)
+        except BaseException as exc:      # noqa: BLE001 -- reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _temporaries(tmp_path) == []
+    load(fastopt.Adam([np.zeros(50_000)]), path)

@@ -117,6 +117,31 @@ def test_lr_schedulers(sched):
     assert_same_params(ref_model, our_model, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_one_cycle_lr_cycling_betas_is_followed(name, dtype):
+    """OneCycleLR with cycle_momentum=True rewrites betas[0] every step; fastopt.torch must use the
+    group's current betas (and lr) on each step, element by element as torch does."""
+    from reference import ElementwiseParity
+    ref_model, ref, our_model, ours = pair(name, dict(lr=0.01, betas=(0.9, 0.99)), dtype)
+    make = lambda o: torch.optim.lr_scheduler.OneCycleLR(        # noqa: E731
+        o, max_lr=0.05, total_steps=40, cycle_momentum=True, base_momentum=0.6, max_momentum=0.95)
+    ref_sched, our_sched = make(ref), make(ours)
+    x, y = make_data(dtype)
+    parity = ElementwiseParity()
+    beta1s = set()
+    for i, p in enumerate(ref_model.parameters()):
+        parity.start(i, p.detach().numpy())
+    for step in range(40):
+        train(ref_model, ref, x[step % 4 * 16:], y[step % 4 * 16:], 1, ref_sched)
+        train(our_model, ours, x[step % 4 * 16:], y[step % 4 * 16:], 1, our_sched)
+        assert ours.param_groups[0]["betas"] == ref.param_groups[0]["betas"]
+        beta1s.add(ref.param_groups[0]["betas"][0])
+        for i, (p, q) in enumerate(zip(ref_model.parameters(), our_model.parameters())):
+            parity.check(i, q.detach().numpy(), p.detach().numpy(), 64, what=f"step {step + 1}, param {i}")
+    assert len(beta1s) > 30 and min(beta1s) < 0.61 and max(beta1s) > 0.94       # beta1 did cycle
+
+
 def test_param_groups_and_hand_edited_hyperparameters():
     dtype = torch.float64
     models = [make_model(dtype), make_model(dtype)]
@@ -282,10 +307,6 @@ def test_state_dict_is_a_copy_and_bad_load_leaves_optimizer_unchanged():
 
 
 def test_unsupported_params():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        ft.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.float16))])
-    with pytest.raises(TypeError, match="bfloat16"):
-        ft.Adam([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
     with pytest.raises(TypeError, match="complex64"):
         ft.SGD([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
     with pytest.raises(TypeError, match="device meta"):
@@ -302,8 +323,8 @@ def test_unsupported_params():
         ft.Adam([torch.nn.Parameter(torch.zeros(3))], lr=-1.0)
     ok = torch.nn.Parameter(torch.zeros(3))
     opt = ft.Adam([ok])
-    with pytest.raises(TypeError, match="float32 or float64"):
-        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))]})
+    with pytest.raises(TypeError, match="complex128"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.complex128))]})
     assert len(opt.param_groups) == 1
     opt.step()                                        # still usable
 

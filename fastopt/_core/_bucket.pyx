@@ -9,15 +9,16 @@
 # ``[offsets[k], offsets[k + 1])``; scalar states (NAdam's ``mu_product``) are one float32 per
 # param. A step
 #   1. gathers the gradient pointers in C, validating each one (nothing is written before all are
-#      checked);
+#      checked), and picks each array's storage configuration (its gradient may be stored as its
+#      param, or in float32 for a half-precision param);
 #   2. runs the algorithm's prologue once per array with a gradient: its per-array scalars (bias
 #      corrections, step sizes: computed once and reused while arrays share a step count, unless
 #      the algorithm keeps scalar state) and its variant, the element loop specialized for its
 #      switches;
 #   3. cuts the bucket's global element range into chunks (at 16-element boundaries, so no two
 #      threads share a cache line) that threads claim (_fastopt_threads), and for every array span
-#      in a chunk calls the variant's loop through the kernel table; elementwise updates are
-#      therefore bit-identical for any thread count;
+#      in a chunk calls the loop of its configuration and variant through the kernel table;
+#      elementwise updates are therefore bit-identical for any thread count;
 #   4. counts the step of every array that had a gradient.
 # The hyperparameters arrive as the algorithm's struct, packed by field name when the group was
 # checked (fastopt/optimizer.py); nothing is passed by position.
@@ -25,19 +26,32 @@
 # An algorithm that is not elementwise only declares a driver: a subclass of ParamBucket that
 # overrides step() (its own file, _driver_<kernel>.pxi, included at the end through the generated
 # _drivers.pxi, so it shares this module's internals).
+#
+# Half precision
+# --------------
+# bfloat16/float16 params are computed in float32. Without a master copy their states are kept in
+# the param's dtype and every value is rounded once, when it is stored (as torch's fused CPU
+# kernels do); bfloat16 stores may round stochastically, with random bits that depend only on the
+# seed, the param's index, its step count and the element's index (any thread count gives the same
+# bits). With a master copy ("master", float32 per element, made from the param at its first
+# step), the loop updates the master and the states exactly as a float32 run would, and writes the
+# param as the master rounded to nearest, ties to even.
 cimport cython
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
-from fastopt._core._gather cimport GradPointers, checked_grad
-from fastopt._core._kernel_api cimport AlgorithmKernels, KernelTable
+from fastopt._core._gather cimport GradPointers, checked_grad, storage_code
+from fastopt._core._kernel_api cimport (
+    AlgorithmKernels, KernelTable, ST_F32, ST_F64, ST_BF16, ST_F16)
 from fastopt._core._reduce cimport ArraySet
 from fastopt._core._table cimport kernel_table
 from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_point
 
 import numpy as np
+
+from fastopt import _dtypes
 
 cnp.import_array()
 
@@ -53,13 +67,18 @@ cdef enum:
 
 cdef struct StepJob:
     const AlgorithmKernels* alg
-    bint f32
     Py_ssize_t n_arrays
     Py_ssize_t total
     const Py_ssize_t* offsets
     char** params
     char** grads                     # NULL entries: params skipped this step
+    const int* config                # per array: its storage configuration
+    const int* grad_size             # per array: bytes per gradient element
+    int param_size                   # bytes per param element
+    int state_size                   # bytes per state element
     char* state[MAX_STATE]           # arena base pointers (NULL: inactive)
+    float* master                    # float32 master copies (NULL: none)
+    const uint64_t* sr_key           # per array: the stochastic-rounding stream of this step
     const void* hyper
     const char* per_array
     Py_ssize_t array_size
@@ -83,19 +102,13 @@ cdef inline Py_ssize_t _first_array_at(const Py_ssize_t* offsets, Py_ssize_t n_a
 cdef void _run_span(const StepJob* j, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Apply the step to elements [lo, hi) of array k (local indices)."""
     cdef Py_ssize_t off = j.offsets[k] + lo, s
-    cdef float* state32[MAX_STATE]
-    cdef double* state64[MAX_STATE]
-    cdef const void* arr = j.per_array + k * j.array_size
-    if j.f32:
-        for s in range(j.alg.n_state):
-            state32[s] = (<float*>j.state[s]) + off if j.state[s] != NULL else NULL
-        j.alg.loops_f32[j.variant[k]](j.hyper, arr, <float>j.gmul, (<float*>j.params[k]) + lo,
-                                      (<const float*>j.grads[k]) + lo, state32, hi - lo)
-    else:
-        for s in range(j.alg.n_state):
-            state64[s] = (<double*>j.state[s]) + off if j.state[s] != NULL else NULL
-        j.alg.loops_f64[j.variant[k]](j.hyper, arr, j.gmul, (<double*>j.params[k]) + lo,
-                                      (<const double*>j.grads[k]) + lo, state64, hi - lo)
+    cdef char* state[MAX_STATE]
+    for s in range(j.alg.n_state):
+        state[s] = j.state[s] + off * j.state_size if j.state[s] != NULL else NULL
+    j.alg.loops[j.config[k]][j.variant[k]](
+        j.hyper, j.per_array + k * j.array_size, j.gmul, j.params[k] + lo * j.param_size,
+        j.grads[k] + lo * j.grad_size[k], state, j.master + off if j.master != NULL else NULL,
+        hi - lo, j.sr_key[k], lo)
 
 
 cdef void _step_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcept nogil:
@@ -116,16 +129,31 @@ cdef void _step_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcept
         k += 1
 
 
-def _aligned_full(Py_ssize_t n, double fill, dtype):
-    """A 1-D array of ``n`` elements set to ``fill`` whose data starts on a 64-byte boundary.
+cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer: a well-mixed 64-bit hash."""
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    x ^= x >> 31
+    return x
+
+
+def _aligned_full(Py_ssize_t n, double fill, like):
+    """A 1-D array of ``n`` elements of ``like``'s dtype (and kind) set to ``fill``, whose data
+    starts on a 64-byte boundary.
 
     Vector loads of state then never straddle a cache line (NumPy itself only aligns to 16 bytes).
     """
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(n * itemsize + 64, dtype=np.uint8)
+    dtype = like.dtype
+    raw = np.empty(n * dtype.itemsize + 64, dtype=np.uint8)
     start = (-raw.ctypes.data) % 64
-    arr = raw[start:start + n * itemsize].view(dtype)
-    arr.fill(fill)
+    arr = raw[start:start + n * dtype.itemsize].view(dtype)
+    if type(like) is _dtypes.BF16Array:
+        arr = arr.view(_dtypes.BF16Array)
+        arr.fill(int(_dtypes.bf16_bits(fill)))
+    else:
+        arr.fill(fill)
     return arr
 
 
@@ -135,7 +163,8 @@ cdef class ParamBucket:
     Parameters
     ----------
     params : list of ndarray
-        Validated, C-contiguous, writeable arrays of one dtype (float32 or float64).
+        Validated, C-contiguous, writeable arrays of one dtype (float32, float64, float16 or
+        bfloat16).
     indices : list of int
         For each param, its position in the optimizer's flat list of params (and of grads).
     kernel : int
@@ -147,6 +176,15 @@ cdef class ParamBucket:
     lazy_states : tuple of int
         Indices (into ``state_names``) of states whose first write replaces the buffer: a step in
         which one is active marks the array initialized (``first_use`` turns 0).
+    configs : (int, int)
+        The storage configurations (kernel table indices) of a step whose gradient is stored as the
+        param, and of one whose gradient is float32 (-1: not allowed).
+    state_like : ndarray
+        An array of the dtype (and kind) the elementwise states are kept in.
+    master : bool
+        Keep a float32 master copy of every param (half-precision params).
+    seed : int
+        The stochastic-rounding seed (used by configurations that round stochastically).
     """
     cdef readonly object dtype
     cdef readonly Py_ssize_t n_arrays
@@ -158,52 +196,77 @@ cdef class ParamBucket:
     cdef readonly tuple scalar_names
     cdef readonly cnp.ndarray steps            # int64 per param: steps taken
     cdef readonly cnp.ndarray initialized      # uint8 per param: lazy state written
-    cdef int typenum
+    cdef readonly cnp.ndarray master_ready     # uint8 per param: master copy made
+    cdef readonly bint master
+    cdef readonly int storage
+    cdef object state_like
+    cdef tuple scalar_inits
+    cdef list _state_arrays                    # what the state pointers point into
     cdef int kernel
     cdef const AlgorithmKernels* alg
+    cdef const KernelTable* table
     cdef unsigned int lazy_mask
+    cdef int config_same
+    cdef int config_f32
+    cdef int param_size
+    cdef int state_size
+    cdef uint64_t seed
     cdef Py_ssize_t* _offsets
     cdef char** _params
     cdef char** _grads
+    cdef int* _config
+    cdef int* _grad_size
+    cdef uint64_t* _sr_key
     cdef char* _per_array
     cdef int* _variant
     cdef Py_ssize_t* _index
     cdef Py_ssize_t _max_index
     cdef char* _state[MAX_STATE]
     cdef float* _scalar[MAX_SCALAR_STATE]
+    cdef float* _master
 
     def __cinit__(self, list params, indices, int kernel, tuple state_names, tuple scalar_states,
-                  tuple lazy_states):
+                  tuple lazy_states, tuple configs, state_like, bint master=False, seed=0):
         cdef const KernelTable* table = kernel_table()
         if table == NULL:
             raise RuntimeError("fastopt's kernels are not loaded (import fastopt first)")
         if not 0 <= kernel < table.n_algorithms:
             raise ValueError(f"no kernel {kernel}")
+        self.table = table
         self.alg = &table.algorithms[kernel]
         cdef Py_ssize_t n = len(params)
         self.n_arrays = n
         self._offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
         self._params = <char**>malloc((n + 1) * sizeof(char*))
         self._grads = <char**>malloc((n + 1) * sizeof(char*))
+        self._config = <int*>malloc((n + 1) * sizeof(int))
+        self._grad_size = <int*>malloc((n + 1) * sizeof(int))
+        self._sr_key = <uint64_t*>malloc((n + 1) * sizeof(uint64_t))
         self._per_array = <char*>malloc((n + 1) * self.alg.array_size)
         self._variant = <int*>malloc((n + 1) * sizeof(int))
         self._index = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
         if (self._offsets == NULL or self._params == NULL or self._grads == NULL
+                or self._config == NULL or self._grad_size == NULL or self._sr_key == NULL
                 or self._per_array == NULL or self._variant == NULL or self._index == NULL):
             raise MemoryError()
         memset(self._state, 0, sizeof(self._state))
         memset(self._scalar, 0, sizeof(self._scalar))
+        memset(self._sr_key, 0, (n + 1) * sizeof(uint64_t))
+        self._master = NULL
 
     def __dealloc__(self):
         free(self._offsets)
         free(self._params)
         free(self._grads)
+        free(self._config)
+        free(self._grad_size)
+        free(self._sr_key)
         free(self._per_array)
         free(self._variant)
         free(self._index)
 
     def __init__(self, list params, indices, int kernel, tuple state_names, tuple scalar_states,
-                 tuple lazy_states):
+                 tuple lazy_states, tuple configs, state_like, bint master=False, seed=0):
         cdef Py_ssize_t k, total = 0
         cdef cnp.ndarray p
         if self.n_arrays == 0:
@@ -215,21 +278,30 @@ cdef class ParamBucket:
         self.kernel = kernel
         self.state_names = state_names
         self.scalar_names = tuple(name for name, _ in scalar_states)
+        self.scalar_inits = tuple(scalar_states)
         self.lazy_mask = 0
         for k in lazy_states:
             self.lazy_mask |= 1u << k
+        self.config_same, self.config_f32 = configs
+        if not 0 <= self.config_same < self.table.n_configs or self.config_f32 >= self.table.n_configs:
+            raise ValueError(f"no storage configuration {configs}")
+        self.state_like = state_like
+        self.state_size = (<object>state_like).dtype.itemsize
+        self.master = master
+        self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
         self.params = list(params)
         self.indices = tuple(int(i) for i in indices)
         if len(self.indices) != self.n_arrays:
             raise ValueError("params and indices differ in length")
         p = <cnp.ndarray>self.params[0]
-        self.typenum = cnp.PyArray_TYPE(p)
-        if self.typenum != cnp.NPY_FLOAT32 and self.typenum != cnp.NPY_FLOAT64:
-            raise TypeError("ParamBucket holds float32 or float64 params only")
+        self.storage = storage_code(p)
+        if self.storage < 0:
+            raise TypeError("ParamBucket holds float32, float64, float16 or bfloat16 params only")
         self.dtype = p.dtype
+        self.param_size = cnp.PyArray_ITEMSIZE(p)
         for k in range(self.n_arrays):
             p = <cnp.ndarray>self.params[k]
-            if cnp.PyArray_TYPE(p) != self.typenum or not cnp.PyArray_IS_C_CONTIGUOUS(p) \
+            if storage_code(p) != self.storage or not cnp.PyArray_IS_C_CONTIGUOUS(p) \
                     or not cnp.PyArray_ISWRITEABLE(p):
                 raise ValueError("ParamBucket params must be validated first")
             self._params[k] = <char*>cnp.PyArray_DATA(p)
@@ -243,14 +315,31 @@ cdef class ParamBucket:
         self._offsets[self.n_arrays] = total
         self.total_size = total
         self.arenas = {}
+        self._state_arrays = []
         self.steps = np.zeros(self.n_arrays, dtype=np.int64)
         self.initialized = np.zeros(self.n_arrays, dtype=np.uint8)
-        for k, (name, init) in enumerate(scalar_states):
-            arr = _aligned_full(self.n_arrays, init, np.float32)
+        self.master_ready = np.zeros(self.n_arrays, dtype=np.uint8)
+        self._make_scalar_states()
+        if master:
+            arr = _aligned_full(total, 0.0, np.empty(0, dtype=np.float32))
+            self.arenas["master"] = arr
+            self._state_arrays.append(arr)
+            self._master = <float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+
+    cdef _make_scalar_states(self):
+        cdef Py_ssize_t k
+        for k, (name, init) in enumerate(self.scalar_inits):
+            arr = _aligned_full(self.n_arrays, init, np.empty(0, dtype=np.float32))
             self.arenas[name] = arr
+            self._state_arrays.append(arr)
             self._scalar[k] = <float*>cnp.PyArray_DATA(<cnp.ndarray>arr)
 
     # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def state_dtype(self):
+        """The dtype the elementwise states are kept in."""
+        return self.state_like.dtype
 
     def arena(self, str name, double fill=0.0):
         """The elementwise state arena ``name``, created (filled with ``fill``) on first use."""
@@ -258,18 +347,23 @@ cdef class ParamBucket:
         if arr is None:
             if name not in self.state_names:
                 raise KeyError(f"{name!r} is not a state of this bucket's algorithm")
-            arr = _aligned_full(self.total_size, fill, self.dtype)
+            arr = _aligned_full(self.total_size, fill, self.state_like)
             self.arenas[name] = arr
+            self._state_arrays.append(arr)
             self._state[self.state_names.index(name)] = <char*>cnp.PyArray_DATA(<cnp.ndarray>arr)
         return arr
 
     def drop_state(self):
-        """Forget every elementwise state and step count (before loading a state dict)."""
+        """Forget every state and step count (before loading a state dict): elementwise states,
+        the master copies (remade from the params at their next step) and scalar states."""
         for name in self.state_names:
             self.arenas.pop(name, None)
         memset(self._state, 0, sizeof(self._state))
+        self._state_arrays = [self.arenas[n] for n in ("master",) if n in self.arenas]
+        self._make_scalar_states()
         self.steps[:] = 0
         self.initialized[:] = 0
+        self.master_ready[:] = 0
 
     def state_view(self, str name, Py_ssize_t k):
         """Param ``k``'s part of state ``name`` (a view): the param's shape, or () for a scalar."""
@@ -280,6 +374,18 @@ cdef class ParamBucket:
 
     # -- gathering -----------------------------------------------------------------------------
 
+    cdef inline int _use_grad(self, Py_ssize_t k, int grad_storage) except -1:
+        """Pick array k's storage configuration for a gradient stored as ``grad_storage``."""
+        if grad_storage == self.storage:
+            self._config[k] = self.config_same
+            self._grad_size[k] = self.param_size
+        else:
+            self._config[k] = self.config_f32
+            self._grad_size[k] = 4
+        if self._config[k] < 0:
+            raise TypeError(f"grads[{self._index[k]}] must have its param's dtype")
+        return 0
+
     cdef Py_ssize_t _gather(self, object grads, bint need_writeable, list keep_alive) except -1:
         """Fill self._grads from the optimizer-wide grads sequence; return the active element count.
 
@@ -288,34 +394,23 @@ cdef class ParamBucket:
         """
         cdef Py_ssize_t k, active = 0
         cdef object g
-        cdef list glist
-        cdef tuple gtuple
+        cdef int grad_storage
         if type(grads) is GradPointers:
             return self._gather_pointers(<GradPointers>grads)
         if type(grads) is not list and type(grads) is not tuple:
             grads = tuple(grads)      # list subclasses, iterables: index an exact copy
         if len(grads) <= self._max_index:
             raise ValueError(f"grads has {len(grads)} entries; this param group needs index {self._max_index}")
-        if type(grads) is list:
-            glist = <list>grads
-            for k in range(self.n_arrays):
-                g = glist[self._index[k]]
-                if g is None:
-                    self._grads[k] = NULL
-                else:
-                    self._grads[k] = checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
-                                                  self._index[k], need_writeable, keep_alive)
-                    active += self._offsets[k + 1] - self._offsets[k]
-        else:
-            gtuple = <tuple>grads
-            for k in range(self.n_arrays):
-                g = gtuple[self._index[k]]
-                if g is None:
-                    self._grads[k] = NULL
-                else:
-                    self._grads[k] = checked_grad(g, <cnp.ndarray>self.params[k], self.typenum,
-                                                  self._index[k], need_writeable, keep_alive)
-                    active += self._offsets[k + 1] - self._offsets[k]
+        for k in range(self.n_arrays):
+            g = (<list>grads)[self._index[k]] if type(grads) is list else (<tuple>grads)[self._index[k]]
+            if g is None:
+                self._grads[k] = NULL
+            else:
+                self._grads[k] = checked_grad(g, <cnp.ndarray>self.params[k], self.storage,
+                                              self._index[k], need_writeable, keep_alive,
+                                              &grad_storage)
+                self._use_grad(k, grad_storage)
+                active += self._offsets[k + 1] - self._offsets[k]
         return active
 
     cdef Py_ssize_t _gather_pointers(self, GradPointers grads) except -1:
@@ -334,11 +429,12 @@ cdef class ParamBucket:
             if gp == NULL:
                 continue
             n = self._offsets[k + 1] - self._offsets[k]
-            if grads.sizes[i] != n or grads.typenums[i] != self.typenum:
-                raise ValueError(f"grads[{i}] does not have its param's size and dtype")
+            if grads.sizes[i] != n:
+                raise ValueError(f"grads[{i}] does not have its param's size")
+            self._use_grad(k, grads.storages[i])
             pp = self._params[k]
-            nbytes = n * (4 if self.typenum == cnp.NPY_FLOAT32 else 8)
-            if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+            nbytes = n * self.param_size
+            if nbytes > 0 and gp < pp + nbytes and pp < gp + n * self._grad_size[k]:
                 raise ValueError(f"grads[{i}] shares memory with its param; pass a separate gradient array")
             active += n
         return active
@@ -351,9 +447,18 @@ cdef class ParamBucket:
         """True if every element of this bucket's (non-None) grads is finite."""
         cdef list keep_alive = []
         self._gather(grads, False, keep_alive)
+        cdef int* per_array = <int*>malloc((self.n_arrays + 1) * sizeof(int))
+        if per_array == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t k
+        for k in range(self.n_arrays):
+            per_array[k] = self.storage if self._grad_size[k] == self.param_size else ST_F32
         cdef ArraySet s = ArraySet.__new__(ArraySet)
-        s._borrow(self.n_arrays, self._grads, self._offsets, self.typenum)
-        return s.all_finite()
+        s._borrow(self.n_arrays, self._grads, self._offsets, per_array)
+        try:
+            return s.all_finite()
+        finally:
+            free(per_array)
 
     # -- the step --------------------------------------------------------------------------------
 
@@ -382,14 +487,19 @@ cdef class ParamBucket:
                                                     &mark_lazy)
         memset(&j, 0, sizeof(j))
         j.alg = self.alg
-        j.f32 = self.typenum == cnp.NPY_FLOAT32
         j.n_arrays = self.n_arrays
         j.total = self.total_size
         j.offsets = self._offsets
         j.params = self._params
         j.grads = self._grads
+        j.config = self._config
+        j.grad_size = self._grad_size
+        j.param_size = self.param_size
+        j.state_size = self.state_size
         for s, _ in active:
             j.state[s] = self._state[s]
+        j.master = self._master
+        j.sr_key = self._sr_key
         j.hyper = hyper_buf
         j.per_array = self._per_array
         j.array_size = self.alg.array_size
@@ -397,8 +507,9 @@ cdef class ParamBucket:
         j.gmul = gmul
         cdef int64_t* steps = <int64_t*>cnp.PyArray_DATA(self.steps)
         cdef uint8_t* initialized = <uint8_t*>cnp.PyArray_DATA(self.initialized)
+        cdef uint8_t* master_ready = <uint8_t*>cnp.PyArray_DATA(self.master_ready)
         with nogil:
-            self._prepare(hyper_buf, steps, initialized)
+            self._prepare(hyper_buf, steps, initialized, master_ready)
             run_plan(plan_for(self.total_size, n_active, self.alg.weight, SPLIT_ALIGN),
                      _step_chunk, &j)
             self._count_step(steps, initialized, mark_lazy)
@@ -432,10 +543,11 @@ cdef class ParamBucket:
                 if mark_lazy:
                     initialized[k] = 1
 
-    cdef void _prepare(self, const void* hyper, const int64_t* steps,
-                       const uint8_t* initialized) noexcept nogil:
-        """Run the prologue of every array with a gradient (see the module's design note)."""
-        cdef Py_ssize_t k, size = self.alg.array_size, last = -1
+    cdef void _prepare(self, const void* hyper, const int64_t* steps, const uint8_t* initialized,
+                       uint8_t* ready) noexcept nogil:
+        """Per array with a gradient: its prologue (see the module's design note), its master copy
+        on its first step, and its stochastic-rounding stream for this step."""
+        cdef Py_ssize_t k, size = self.alg.array_size, last = -1, n
         cdef int64_t step
         cdef int first
         cdef bint reuse = self.alg.n_scalar_state == 0
@@ -449,11 +561,17 @@ cdef class ParamBucket:
             if reuse and last >= 0 and step == steps[last] + 1 and first == (initialized[last] == 0):
                 memcpy(out, self._per_array + last * size, size)
                 self._variant[k] = self._variant[last]
-            elif self.typenum == cnp.NPY_FLOAT32:
-                self._variant[k] = self.alg.prepare_f32(hyper, <double>step, first, self._scalar, k, out)
-            else:
+            elif self.storage == ST_F64:
                 self._variant[k] = self.alg.prepare_f64(hyper, <double>step, first, self._scalar, k, out)
+            else:
+                self._variant[k] = self.alg.prepare_f32(hyper, <double>step, first, self._scalar, k, out)
             last = k
+            if self._master != NULL and not ready[k]:
+                n = self._offsets[k + 1] - self._offsets[k]
+                self.table.widen(self.storage, self._params[k], self._master + self._offsets[k], n)
+                ready[k] = 1
+            self._sr_key[k] = _mix64(self.seed ^ _mix64(<uint64_t>self._index[k] * 0x9E3779B97F4A7C15ULL
+                                                         + <uint64_t>step))
 
 
 # The compiled drivers of the algorithms that declare one (generated from fastopt/algorithms).

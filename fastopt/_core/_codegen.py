@@ -8,8 +8,8 @@ values and ``T``); combinations that render to the same loop share one function,
 only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no extra code.
 
 For algorithms with a compiled driver (``Algorithm.driver``), it also writes ``_drivers.pxi``,
-which ``_bucket.pyx`` includes: the driver kernels' struct types (the same layout as the kernel
-modules'), so a driver fills and reads the per-array scalars by name, the index of each of their
+which ``_bucket.pyx`` includes: the driver kernels' struct types (the same layout as the loops'
+header), so a driver fills and reads the per-array scalars by name, the index of each of their
 phases, and an ``include`` of each driver's own file, ``_driver_<kernel>.pxi``.
 
 Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.py).
@@ -17,6 +17,7 @@ Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.p
 import importlib.util
 import itertools
 import os
+import re
 import sys
 import textwrap
 
@@ -26,10 +27,54 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ALGORITHMS_DIR = os.path.join(os.path.dirname(HERE), "algorithms")
 TEMPLATE = os.path.join(HERE, "_algorithms.pxi.tp")
 OUTPUT = os.path.join(HERE, "_algorithms.pxi")
+LOOPS_TEMPLATE = os.path.join(HERE, "_algorithm_loops.h.tp")
+LOOPS_OUTPUT = os.path.join(HERE, "_algorithm_loops.h")
 DRIVERS_OUTPUT = os.path.join(HERE, "_drivers.pxi")
 
-#: (suffix, C type) of the dtypes every element loop is generated for.
+#: (suffix, C type) of the compute dtypes: a prologue is generated for each.
 DTYPES = (("f32", "float"), ("f64", "double"))
+
+#: The C type each storage reads and writes, how a value is loaded into the compute type, and how it
+#: is rounded back (nearest, ties to even; bfloat16 may also be rounded stochastically).
+STORAGE_TYPE = {"f32": "float", "f64": "double", "bf16": "uint16_t", "f16": "fo_half"}
+LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_load({x})"}
+ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
+ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
+
+
+class StorageConfig:
+    """How one loop reads and writes memory: the param's, the gradient's and the states' storage,
+    whether the param has a float32 master copy (the loop then updates the master and writes the
+    rounded param), and whether bfloat16 stores round stochastically."""
+
+    def __init__(self, name, param, grad, state, master=False, stochastic=False):
+        self.name = name
+        self.param, self.grad, self.state = param, grad, state
+        self.master = master
+        self.stochastic = stochastic
+        self.compute = "f64" if param == "f64" else "f32"
+
+    def key(self):
+        return (self.param, self.grad, self.state, self.master, self.stochastic)
+
+
+def _storage_configs():
+    out = [StorageConfig("f32", "f32", "f32", "f32"), StorageConfig("f64", "f64", "f64", "f64")]
+    for half in ("bf16", "f16"):
+        for grad in (half, "f32"):
+            g = "" if grad == half else "_g32"
+            # no master copy: the states in the param's dtype, as torch keeps them
+            out.append(StorageConfig(f"{half}{g}", half, grad, half))
+            if half == "bf16":
+                out.append(StorageConfig(f"{half}{g}_sr", half, grad, half, stochastic=True))
+            # a float32 master copy, with float32 or bfloat16 states
+            out.append(StorageConfig(f"{half}{g}_master", half, grad, "f32", master=True))
+            out.append(StorageConfig(f"{half}{g}_master_sbf16", half, grad, "bf16", master=True))
+    return out
+
+
+#: Every storage configuration a loop is generated for (the kernel table's order).
+CONFIGS = _storage_configs()
 
 
 def load_algorithms():
@@ -50,6 +95,28 @@ def _indent(code, spaces):
     return textwrap.indent(textwrap.dedent(code).strip("\n"), " " * spaces)
 
 
+_CAST = re.compile(r"<\s*(float|double)\s*>")
+_NOT_C = re.compile(r"\b(if|else|and|or|not|for|while|in|is|lambda)\b|\*\*|//")
+
+
+def c_statements(body, where):
+    """An update body (Cython statements: ``name = expression`` lines) as C statements.
+
+    Update bodies are plain assignments of arithmetic on locals and the point helpers, so the
+    translation is small: ``<float>x`` casts become ``(float)x`` and each line ends with ``;``.
+    Anything else (a Python conditional, ``**``) is refused rather than mistranslated."""
+    out = []
+    for line in textwrap.dedent(body).strip("\n").splitlines():
+        code = line.split("#", 1)[0].rstrip()
+        if not code.strip():
+            continue
+        if _NOT_C.search(code) or not re.match(r"\s*[A-Za-z_]\w*\s*=[^=]", code):
+            raise ValueError(f"{where}: an update line must be 'name = expression' in C-compatible "
+                             f"arithmetic, got {code.strip()!r}")
+        out.append(_CAST.sub(r"(\1)", code) + ";")
+    return "\n".join(out)
+
+
 class _Namespace:
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
@@ -66,10 +133,10 @@ class KernelCode:
         field_names = [f for f, _ in self.fields]
         self.scalars = list(a.scalars)
         self.prologue_scalars = [s for s in a.scalars if s not in a.driver_scalars]
-        self.scalar_states = [s.name for s in a.scalar_state]
-        self.elem_states = [s.name for s in a.loop_state]
         self.driver = a.driver
         self.phases = list(a.phases)
+        self.scalar_states = [s.name for s in a.scalar_state]
+        self.elem_states = [s.name for s in a.loop_state]
         switches = a.all_switches
         self.n_variants = 1
         for sw in switches:
@@ -83,46 +150,69 @@ class KernelCode:
         clash = set(self.prologue_locals) & set(field_names)
         if clash:
             raise ValueError(f"{a.name}: per_array assigns hyperparameter fields {sorted(clash)}")
+
         self.dtypes = []
         for suffix, ctype in DTYPES:
-            per_array = Tempita.Template(a.per_array, name=f"{a.name}.per_array").substitute(T=ctype)
             choices = [(sw.name, len(sw.values), Tempita.Template(sw.choose).substitute(T=ctype))
                        for sw in switches]
+            per_array = Tempita.Template(a.per_array, name=f"{a.name}.per_array").substitute(T=ctype)
+            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices,
+                                          per_array=_indent(per_array, 4)))
+
+        self.configs = []
+        for config in CONFIGS:
+            ctype = STORAGE_TYPE[config.compute]
             loops, variant_loops, by_code = [], [], {}
             for combo in itertools.product(*(range(len(sw.values)) for sw in switches)):
                 env = {sw.name: sw.values[i] for sw, i in zip(switches, combo)}
                 env["T"] = ctype
                 body = Tempita.Template(a.update, name=f"{a.name}.update").substitute(env)
                 names = spec.identifiers(body)
-                assigned = spec.assigned_names(body)
                 # a loop loads the states its body names and stores those it assigns
                 active = [(j, s.name) for j, s in enumerate(a.loop_state)
                           if (s.when is None or env[s.switch_name]) and s.name in names]
-                stored = [(j, name) for j, name in active if name in assigned]
+                assigned = spec.assigned_names(body)
                 loop_fields = [f for f in field_names if f in names]
                 loop_scalars = [s for s in self.scalars if s in names]
                 locals_ = [t for t in a.temporaries if t in names]
                 key = (body, tuple(active))
                 if key not in by_code:
                     loop = _Namespace(
-                        name=f"{self.name}_loop_{suffix}_{len(loops)}", fields=loop_fields,
-                        scalars=loop_scalars, states=active, stored=stored,
-                        locals=[s for _, s in active] + locals_,
-                        body=_indent(body, 8), variants=[])
+                        name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
+                        scalars=loop_scalars, temporaries=locals_,
+                        body=_indent(c_statements(body, f"{a.name}.update"), 8), variants=[],
+                        states=[_state_access(config, j, s) for j, s in active],
+                        stored=[_state_access(config, j, s) for j, s in active if s in assigned],
+                        load_p="m_[i]" if config.master else LOAD[config.param].format(x="p_[i]"),
+                        load_g=LOAD[config.grad].format(x="g_[i]"),
+                        store_p=_store(config, config.param, "p", 0))
                     by_code[key] = loop
                     loops.append(loop)
                 loop = by_code[key]
                 loop.variants.append(len(variant_loops))
                 variant_loops.append(loop.name)
-            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices,
-                                          loops=loops, variant_loops=variant_loops,
-                                          per_array=_indent(per_array, 4)))
+            self.configs.append(_Namespace(
+                name=config.name, ctype=ctype, param=STORAGE_TYPE[config.param],
+                grad=STORAGE_TYPE[config.grad], state=STORAGE_TYPE[config.state],
+                master=config.master, loops=loops, variant_loops=variant_loops))
+
+
+def _store(config, storage, name, salt):
+    if config.stochastic and storage in ROUND_STOCHASTIC:
+        return ROUND_STOCHASTIC[storage].format(x=name, salt=salt)
+    return ROUND[storage].format(x=name)
+
+
+def _state_access(config, j, name):
+    """(index, name, load expression, store expression) of one state in one configuration."""
+    return _Namespace(index=j, name=name, load=LOAD[config.state].format(x=f"{name}_[i]"),
+                      store=_store(config, config.state, name, 0x9E37 * (j + 1)))
 
 
 _DRIVERS_TEMPLATE = """\
 # Generated by _codegen.py from fastopt/algorithms: do not edit. Included by _bucket.pyx.
-# The kernels whose algorithm has a compiled driver: their struct types (laid out as in the kernel
-# modules), their phases' indices, and the drivers themselves.
+# The kernels whose algorithm has a compiled driver: their struct types (laid out as in
+# _algorithm_loops.h), their phases' indices, and the drivers themselves.
 
 include "_driver_common.pxi"
 {{for k in kernels}}
@@ -152,44 +242,47 @@ include "_driver_{{k.name}}.pxi"
 """
 
 
-def _kernels():
+def render_texts():
+    """{output path: text} of the generated Cython declarations and prologues, the C loops and
+    the drivers' part."""
     algorithms = load_algorithms()
     spec = sys.modules[algorithms.__name__ + "._spec"]
-    return [KernelCode(a, spec) for a in algorithms.KERNELS]
-
-
-def render_text(kernels=None):
-    kernels = _kernels() if kernels is None else kernels
-    with open(TEMPLATE) as f:
-        template = Tempita.Template(f.read(), name=TEMPLATE)
-    return template.substitute(kernels=kernels, enumerate=enumerate, len=len)
-
-
-def render_drivers_text(kernels=None):
-    kernels = _kernels() if kernels is None else kernels
+    kernels = [KernelCode(a, spec) for a in algorithms.KERNELS]
+    out = {}
+    for template_path, out_path in ((TEMPLATE, OUTPUT), (LOOPS_TEMPLATE, LOOPS_OUTPUT)):
+        with open(template_path) as f:
+            template = Tempita.Template(f.read(), name=template_path)
+        out[out_path] = template.substitute(kernels=kernels, configs=CONFIGS, enumerate=enumerate,
+                                            len=len, repr=repr)
     template = Tempita.Template(_DRIVERS_TEMPLATE, name="_drivers.pxi")
-    return template.substitute(kernels=[k for k in kernels if k.driver], enumerate=enumerate)
+    out[DRIVERS_OUTPUT] = template.substitute(kernels=[k for k in kernels if k.driver],
+                                              enumerate=enumerate)
+    return out
 
 
-def _write(path, text):
-    """Write ``text`` to ``path`` only if it changed (no needless rebuilds)."""
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return path
-    except OSError:
-        pass
-    with open(path, "w") as f:
-        f.write(text)
-    return path
+def render_drivers_text():
+    """The generated drivers' part (_drivers.pxi)."""
+    return render_texts()[DRIVERS_OUTPUT]
 
 
-def render(out_path=OUTPUT, drivers_path=DRIVERS_OUTPUT):
-    """Write the generated element loops to ``out_path`` and the drivers' part to ``drivers_path``."""
-    kernels = _kernels()
-    _write(drivers_path, render_drivers_text(kernels))
-    return _write(out_path, render_text(kernels))
+def render_text():
+    """The generated Cython half (_algorithms.pxi)."""
+    return render_texts()[OUTPUT]
+
+
+def render():
+    """Write the generated files (each only if it changed: no needless rebuilds)."""
+    for out_path, text in render_texts().items():
+        try:
+            with open(out_path) as f:
+                if f.read() == text:
+                    continue
+        except OSError:
+            pass
+        with open(out_path, "w") as f:
+            f.write(text)
+    return [OUTPUT, LOOPS_OUTPUT, DRIVERS_OUTPUT]
 
 
 if __name__ == "__main__":
-    print(render(sys.argv[1] if len(sys.argv) > 1 else OUTPUT))
+    print(render())

@@ -44,6 +44,7 @@ cdef struct AfJob:
     Py_ssize_t n_items
     const KernelTable* table
     const AlgorithmKernels* alg
+    int config                # the storage configuration of the element loops
     bint f32
     int itemsize
     const AfArray* arrays
@@ -75,13 +76,8 @@ cdef inline void* _af_scalars(const AfJob* j, Py_ssize_t k) noexcept nogil:
 cdef inline void _af_run(const AfJob* j, Py_ssize_t k, int phase, double gmul, char* p,
                          const char* g, char** state, Py_ssize_t n) noexcept nogil:
     """Run phase ``phase`` of array k's element loop over n elements."""
-    cdef int v = j.variant[k] + phase
-    if j.f32:
-        j.alg.loops_f32[v](j.hyper, _af_scalars(j, k), <float>gmul, <float*>p, <const float*>g,
-                           <float**>state, n)
-    else:
-        j.alg.loops_f64[v](j.hyper, _af_scalars(j, k), gmul, <double*>p, <const double*>g,
-                           <double**>state, n)
+    j.alg.loops[j.config][j.variant[k] + phase](j.hyper, _af_scalars(j, k), gmul, p, g, state, NULL,
+                                                 n, 0, 0)
 
 
 cdef inline const real_t* _af_scaled(const real_t* g, real_t gmul, real_t* out,
@@ -353,7 +349,8 @@ cdef class AdafactorBucket(ShapedStateBucket):
         cdef list buffers = []
         j.table = kernel_table()
         j.alg = self.alg
-        j.f32 = self.typenum == cnp.NPY_FLOAT32
+        j.config = self.config_same
+        j.f32 = self.storage == ST_F32
         j.itemsize = 4 if j.f32 else 8
         j.arrays, j.items, j.n_items = self._arrays, self._items, self._n_items
         j.params, j.grads = self._params, self._grads
@@ -385,6 +382,7 @@ cdef class AdafactorBucket(ShapedStateBucket):
         cdef int stage
         cdef int64_t* steps = <int64_t*>cnp.PyArray_DATA(self.steps)
         cdef uint8_t* initialized = <uint8_t*>cnp.PyArray_DATA(self.initialized)
+        cdef uint8_t* master_ready = <uint8_t*>cnp.PyArray_DATA(self.master_ready)   # (no master here)
         if self._arrays == NULL:
             raise RuntimeError("AdafactorBucket.set_state_shapes() was never called")
         j.hyper = hyper_buf
@@ -396,7 +394,7 @@ cdef class AdafactorBucket(ShapedStateBucket):
             else:
                 j.variance[k] = self.shaped(self._s_var, k)
         with nogil:
-            self._prepare(hyper_buf, steps, initialized)
+            self._prepare(hyper_buf, steps, initialized, master_ready)
             for stage in range(3):
                 j.stage = stage
                 run_items(self._n_items, n_active, self.alg.weight, _af_chunk, j)

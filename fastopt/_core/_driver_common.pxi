@@ -29,9 +29,7 @@ cdef inline double _sumsq(const KernelTable* table, bint f32, const char* x,
     """The sum of squares of x[0:n] (float32 or float64), in float64, in the table's fixed order."""
     if n <= 0:
         return 0.0
-    if f32:
-        return table.reduce_f32(RED_SUMSQ, 0.0, <const float*>x, n)
-    return table.reduce_f64(RED_SUMSQ, 0.0, <const double*>x, n)
+    return table.reduce(ST_F32 if f32 else ST_F64, RED_SUMSQ, 0.0, x, n)
 
 
 cdef double* _f64_zeros(list keep_alive, Py_ssize_t n) except NULL:
@@ -98,7 +96,7 @@ cdef class ShapedStateBucket(ParamBucket):
         arr = self.arenas.get(name)
         if arr is None:
             s = self.state_names.index(name)
-            arr = _aligned_full(self._shape_total[s], fill, self.dtype)
+            arr = _aligned_full(self._shape_total[s], fill, self.state_like)
             self.arenas[name] = arr
             self._state[s] = <char*>cnp.PyArray_DATA(<cnp.ndarray>arr)
         return arr
@@ -114,7 +112,7 @@ cdef class ShapedStateBucket(ParamBucket):
 
     cdef inline char* shaped(self, Py_ssize_t s, Py_ssize_t k) noexcept nogil:
         """Param k's part of shaped state s (its arena must exist)."""
-        return self._state[s] + self._shape_offsets[s][k] * (4 if self.typenum == cnp.NPY_FLOAT32 else 8)
+        return self._state[s] + self._shape_offsets[s][k] * self.state_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +121,7 @@ cdef class ShapedStateBucket(ParamBucket):
 
 cdef struct PhaseJob:
     const AlgorithmKernels* alg
-    bint f32
+    int config                # the storage configuration (float32 or float64 throughout)
     int itemsize
     const void* hyper
     const void* scalars       # the array's per-array scalars
@@ -145,12 +143,8 @@ cdef void _phase_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcep
         return
     for s in range(MAX_STATE):
         state[s] = j.state[s] + lo * j.itemsize if j.state[s] != NULL else NULL
-    if j.f32:
-        j.alg.loops_f32[j.loop](j.hyper, j.scalars, <float>j.gmul, (<float*>j.p) + lo,
-                                (<const float*>j.g) + lo, <float**>state, hi - lo)
-    else:
-        j.alg.loops_f64[j.loop](j.hyper, j.scalars, j.gmul, (<double*>j.p) + lo,
-                                (<const double*>j.g) + lo, <double**>state, hi - lo)
+    j.alg.loops[j.config][j.loop](j.hyper, j.scalars, j.gmul, j.p + lo * j.itemsize,
+                                  j.g + lo * j.itemsize, state, NULL, hi - lo, 0, lo)
 
 
 cdef void run_phase(PhaseJob* job) noexcept nogil:

@@ -13,10 +13,17 @@
 # iteration carries that on. The result agrees with torch to a few bfloat16 ulps of the update
 # (tests/test_muon.py holds it to that); within fastopt it is deterministic for any fastopt
 # thread count (BLAS runs on OpenBLAS's own threads).
+from libc.stdint cimport uint16_t
 from scipy.linalg.cython_blas cimport sgemm, ssyrk
 
-cdef extern from "bf16.h":
-    float fo_bf16(float x) noexcept nogil
+cdef extern from "simd.h":
+    float fo_bf16_load(uint16_t b) noexcept nogil
+    uint16_t fo_bf16_rne(float f) noexcept nogil
+
+
+cdef inline float fo_bf16(float x) noexcept nogil:
+    """The nearest bfloat16 (ties to even; NaN to torch's quiet NaN), as a float."""
+    return fo_bf16_load(fo_bf16_rne(x))
 
 
 cdef void _mirror_upper(float* a, int n) noexcept nogil:
@@ -47,7 +54,7 @@ cdef void _newton_schulz(float* X, float* P, float* G, float* GG, int rows, int 
     cdef char up = b'U', no = b'N', tr = b'T'
     cdef int it
     # ortho_grad.div_(ortho_grad.norm().clamp(min=eps)): the norm and the clamp in bfloat16
-    norm = fo_bf16(<float>sqrt(table.reduce_f32(RED_SUMSQ, 0.0, X, n)))
+    norm = fo_bf16(<float>sqrt(table.reduce(ST_F32, RED_SUMSQ, 0.0, <const char*>X, n)))
     floor = fo_bf16(<float>eps)
     norm = floor if norm < floor else norm
     for i in range(n):
@@ -92,7 +99,7 @@ cdef class MuonBucket(ParamBucket):
             mm = max(mm, min(rows, cols) ** 2)
         arrays = [np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(mm, np.float32),
                   np.zeros(mm, np.float32)]
-        if self.typenum == cnp.NPY_FLOAT64:
+        if self.storage == ST_F64:
             arrays.append(np.zeros(n, np.float64))
             self._Xd = <double*>cnp.PyArray_DATA(<cnp.ndarray>arrays[4])
         self._X = <float*>cnp.PyArray_DATA(<cnp.ndarray>arrays[0])
@@ -112,10 +119,11 @@ cdef class MuonBucket(ParamBucket):
         cdef const muon_hyper* h = <const muon_hyper*>hyper_buf
         cdef muon_array* s
         cdef double ratio
-        cdef bint f32 = self.typenum == cnp.NPY_FLOAT32
+        cdef bint f32 = self.storage == ST_F32
         cdef const KernelTable* table = kernel_table()
         cdef int64_t* steps = <int64_t*>cnp.PyArray_DATA(self.steps)
         cdef uint8_t* initialized = <uint8_t*>cnp.PyArray_DATA(self.initialized)
+        cdef uint8_t* master_ready = <uint8_t*>cnp.PyArray_DATA(self.master_ready)   # (no master here)
         self._begin_step(grads, hyper, active, keep_alive, hyper_buf, &mark_lazy)
         if self._workspace is None:
             self._allocate()
@@ -123,11 +131,11 @@ cdef class MuonBucket(ParamBucket):
         cdef int[:, ::1] dims = np.array(shapes, dtype=np.intc).reshape(self.n_arrays, 2)
         memset(&job, 0, sizeof(job))
         job.alg = self.alg
-        job.f32 = f32
+        job.config = self.config_same
         job.itemsize = 4 if f32 else 8
         job.hyper = hyper_buf
         with nogil:
-            self._prepare(hyper_buf, steps, initialized)
+            self._prepare(hyper_buf, steps, initialized, master_ready)
             for k in range(self.n_arrays):
                 if self._grads[k] == NULL:
                     continue

@@ -4,13 +4,28 @@ cimport cython
 cimport numpy as cnp
 from libc.stdlib cimport calloc, free, malloc
 
+from fastopt._core._kernel_api cimport ST_F32, ST_F64, ST_BF16, ST_F16
+
 import numpy as np
+
+from fastopt._dtypes import BF16Array, NAMES as _STORAGE_NAMES
 
 cnp.import_array()
 
 
-cdef inline str _dtype_name(int typenum):
-    return "float32" if typenum == cnp.NPY_FLOAT32 else "float64" if typenum == cnp.NPY_FLOAT64 else str(typenum)
+cdef int storage_code(cnp.ndarray a) noexcept:
+    """How ``a`` is stored (ST_* code), or -1 for a dtype fastopt does not store."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t == cnp.NPY_FLOAT32:
+        return ST_F32
+    if t == cnp.NPY_FLOAT64:
+        return ST_F64
+    if t == cnp.NPY_FLOAT16:
+        return ST_F16
+    if cnp.PyArray_ITEMSIZE(a) == 2 and (
+            (t == cnp.NPY_USHORT and type(a) is BF16Array) or (<object>a).dtype.name == "bfloat16"):
+        return ST_BF16
+    return -1
 
 
 cdef object as_array(object obj, str what):
@@ -22,17 +37,18 @@ cdef object as_array(object obj, str what):
     except Exception as exc:
         raise TypeError(f"{what} must be an array (NumPy array or buffer), got {type(obj).__name__}") from exc
     if arr.dtype.kind != "f":
-        raise TypeError(f"{what} must be a float32 or float64 array, got {type(obj).__name__} "
-                        f"(as an array: dtype {arr.dtype})")
+        raise TypeError(f"{what} must be a float32, float64, float16 or bfloat16 array, got "
+                        f"{type(obj).__name__} (as an array: dtype {arr.dtype})")
     return arr
 
 
-cdef char* checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t index,
-                        bint need_writeable, list keep_alive) except? NULL:
-    """Validate one gradient against its param; return its data pointer.
+cdef char* checked_grad(object grad, cnp.ndarray param, int storage, Py_ssize_t index,
+                        bint need_writeable, list keep_alive, int* grad_storage) except? NULL:
+    """Validate one gradient against its param; return its data pointer and set its storage.
 
-    A gradient that is not an ndarray (a NumPy scalar for a 0-d param, a buffer) is viewed as one;
-    that view goes into ``keep_alive`` so the memory stays valid until the step is done.
+    A gradient has its param's dtype, or float32 when the param is bfloat16/float16. A gradient
+    that is not an ndarray (a NumPy scalar for a 0-d param, a buffer) is viewed as one; that view
+    goes into ``keep_alive`` so the memory stays valid until the step is done.
     """
     cdef cnp.ndarray g
     cdef int nd, d
@@ -46,10 +62,12 @@ cdef char* checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t 
     else:
         g = as_array(grad, f"grads[{index}]")
         keep_alive.append(g)
-    if cnp.PyArray_TYPE(g) != typenum:
+    grad_storage[0] = storage_code(g)
+    if grad_storage[0] != storage and not (grad_storage[0] == ST_F32 and
+                                           (storage == ST_BF16 or storage == ST_F16)):
         raise TypeError(
-            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_dtype_name(typenum)}; "
-            "grads must have their param's dtype")
+            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_STORAGE_NAMES[storage]}; "
+            "grads must have their param's dtype (or float32, for a bfloat16/float16 param)")
     nd = cnp.PyArray_NDIM(g)
     gd = cnp.PyArray_DIMS(g)
     pd = cnp.PyArray_DIMS(param)
@@ -67,15 +85,15 @@ cdef char* checked_grad(object grad, cnp.ndarray param, int typenum, Py_ssize_t 
     gp = <char*>cnp.PyArray_DATA(g)
     pp = <char*>cnp.PyArray_DATA(param)
     nbytes = cnp.PyArray_NBYTES(g)
-    if nbytes > 0 and gp < pp + nbytes and pp < gp + nbytes:
+    if nbytes > 0 and gp < pp + cnp.PyArray_NBYTES(param) and pp < gp + nbytes:
         raise ValueError(f"grads[{index}] shares memory with its param; pass a separate gradient array")
     return gp
 
 
-cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable):
-    """``obj`` (one of the arrays of a clipping or finiteness call) as a checked ndarray view."""
+cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable, int* storage):
+    """``obj`` (one of the arrays of a clipping or finiteness call) as a checked ndarray view; sets
+    its storage."""
     cdef cnp.ndarray a
-    cdef int t
     if obj is None:
         raise TypeError(f"{what} is None; pass only the gradients to use")
     if cnp.PyArray_Check(obj):
@@ -86,9 +104,9 @@ cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable):
             # np.asarray made a new array (from a list, say): an in-place change would be lost.
             raise TypeError(f"{what} must be an array that can be modified in place, "
                             f"got {type(obj).__name__}")
-    t = cnp.PyArray_TYPE(a)
-    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
-        raise TypeError(f"{what} must be float32 or float64, got {a.dtype}")
+    storage[0] = storage_code(a)
+    if storage[0] < 0:
+        raise TypeError(f"{what} must be float32, float64, float16 or bfloat16, got {a.dtype}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(a):
         raise ValueError(f"{what} must be C-contiguous (use np.ascontiguousarray)")
     if not cnp.PyArray_ISALIGNED(a):
@@ -105,26 +123,26 @@ cdef class GradPointers:
     ``fastopt.torch`` reads each param's ``.grad`` (pointer, dtype, size, layout) through torch's
     API and validates it itself; building a NumPy view per gradient per step would cost more than
     the update of a small tensor. The buckets take this object wherever they take a list of
-    arrays: entry i is param i's gradient (NULL: none this step), with param i's size and dtype.
+    arrays: entry i is param i's gradient (NULL: none this step), with param i's size, stored as
+    ``storages[i]`` says (its param's dtype, or float32 for a half-precision param).
     """
 
-    def __cinit__(self, Py_ssize_t n, sizes, typenums):
+    def __cinit__(self, Py_ssize_t n, sizes):
         cdef Py_ssize_t i
         self.n = n
         self.data = <char**>calloc(n + 1, sizeof(char*))
         self.sizes = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
-        self.typenums = <int*>malloc((n + 1) * sizeof(int))
-        if self.data == NULL or self.sizes == NULL or self.typenums == NULL:
+        self.storages = <int*>calloc(n + 1, sizeof(int))
+        if self.data == NULL or self.sizes == NULL or self.storages == NULL:
             raise MemoryError()
         for i in range(n):
             self.sizes[i] = sizes[i]
-            self.typenums[i] = typenums[i]
         self.updated = []
 
     def __dealloc__(self):
         free(self.data)
         free(self.sizes)
-        free(self.typenums)
+        free(self.storages)
 
     def __len__(self):
         return self.n

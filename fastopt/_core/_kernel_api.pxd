@@ -2,13 +2,22 @@
 # the drivers that are compiled once (_bucket, _reduce). A kernel module fills a KernelTable; the
 # driver gets a pointer to it through a capsule (see _table.pyx) and only ever calls through it, so
 # the instruction set is chosen once, at import.
+from libc.stdint cimport uint64_t
+
+# How an array is stored: the codes of _codegen.py's storage names.
+cdef enum:
+    ST_F32 = 0
+    ST_F64 = 1
+    ST_BF16 = 2
+    ST_F16 = 3
 
 # One array span of an element loop: (hyperparameter struct, this array's per-array scalars,
-# gradient multiplier, param, grad, elementwise states, element count).
-ctypedef void (*loop_f32_fn)(const void* hyper, const void* arr, float gmul, float* p,
-                             const float* g, float** state, Py_ssize_t n) noexcept nogil
-ctypedef void (*loop_f64_fn)(const void* hyper, const void* arr, double gmul, double* p,
-                             const double* g, double** state, Py_ssize_t n) noexcept nogil
+# gradient multiplier, param, grad, elementwise states, float32 master copy or NULL, element count,
+# stochastic-rounding key of this array and step, index in the array of the span's first element).
+# Pointers are to each array's own storage (the loop knows its storage configuration).
+ctypedef void (*loop_fn)(const void* hyper, const void* arr, double gmul, char* p, const char* g,
+                         char** state, float* master, Py_ssize_t n, uint64_t sr_key,
+                         Py_ssize_t index0) noexcept nogil
 # The per-array prologue: fills the array's scalars, updates its scalar states, returns its variant.
 ctypedef int (*prepare_fn)(const void* hyper, double step, int first_use, float** scalar_state,
                            Py_ssize_t k, void* out) noexcept nogil
@@ -21,10 +30,9 @@ cdef struct AlgorithmKernels:
     Py_ssize_t hyper_size    # sizeof the hyperparameter struct
     Py_ssize_t array_size    # sizeof the per-array scalars struct
     int weight               # relative cost per element (thread threshold)
-    prepare_fn prepare_f32
+    prepare_fn prepare_f32   # float32 compute (float32 and half-precision storage)
     prepare_fn prepare_f64
-    const loop_f32_fn* loops_f32    # n_variants entries
-    const loop_f64_fn* loops_f64
+    const loop_fn* const* loops     # [storage configuration][variant]
 
 # Reductions over a span: sum of squares, max |x| (NaN-propagating), sum |x|^p, finiteness (a sum
 # of x - x: 0 when finite, NaN otherwise). All accumulate in float64 in a fixed order.
@@ -38,16 +46,17 @@ cdef enum:
     TR_SCALE = 0
     TR_CLAMP = 1
 
-ctypedef double (*reduce_f32_fn)(int kind, double p, const float* x, Py_ssize_t n) noexcept nogil
-ctypedef double (*reduce_f64_fn)(int kind, double p, const double* x, Py_ssize_t n) noexcept nogil
-ctypedef void (*transform_f32_fn)(int kind, double a, float* x, Py_ssize_t n) noexcept nogil
-ctypedef void (*transform_f64_fn)(int kind, double a, double* x, Py_ssize_t n) noexcept nogil
+# (storage, kind, p, data, n) and (storage, kind, a, data, n).
+ctypedef double (*reduce_fn)(int storage, int kind, double p, const char* x, Py_ssize_t n) noexcept nogil
+ctypedef void (*transform_fn)(int storage, int kind, double a, char* x, Py_ssize_t n) noexcept nogil
+# Copy (converting) n elements of storage `storage` into float32 (a master copy's first values).
+ctypedef void (*widen_fn)(int storage, const char* x, float* out, Py_ssize_t n) noexcept nogil
 
 cdef struct KernelTable:
     const char* vector_isa
     int n_algorithms
     const AlgorithmKernels* algorithms
-    reduce_f32_fn reduce_f32
-    reduce_f64_fn reduce_f64
-    transform_f32_fn transform_f32
-    transform_f64_fn transform_f64
+    int n_configs
+    reduce_fn reduce
+    transform_fn transform
+    widen_fn widen

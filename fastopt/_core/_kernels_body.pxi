@@ -4,12 +4,12 @@
 #
 # Design
 # ------
-# * Point helpers (below) are ``cdef inline ... noexcept nogil``: torch's elementwise formulas,
-#   written so the loops that use them stay branch-free and vectorize.
-# * The element loops are generated (_algorithms.pxi, from the declarations in fastopt/algorithms):
-#   one straight-line loop per combination of an algorithm's switches and per dtype, so no compiler
-#   has to unswitch a loop on a runtime option (GCC's default limit was too small for Adam, which
-#   fell back to a masked loop at 3 ns/element instead of 0.55).
+# * The element loops are generated from the declarations in fastopt/algorithms, as C
+#   (_algorithm_loops.h): one straight-line loop per combination of an algorithm's switches and per
+#   storage configuration (float32, float64, bfloat16/float16 with or without a float32 master
+#   copy), so no compiler has to unswitch a loop on a runtime option (GCC's default limit was too
+#   small for Adam, which fell back to a masked loop at 3 ns/element instead of 0.55). Their point
+#   helpers (torch.lerp's two forms, torch.maximum, torch.sign) are branch-free, so they vectorize.
 # * Reductions sum fixed blocks with 16 accumulators in index order (lane j takes the elements with
 #   index % 16 == j), so their result does not depend on the vector width or the thread count.
 # * Everything is reached through one KernelTable (table_capsule()): the drivers in _bucket and
@@ -20,14 +20,23 @@
 
 cimport cython
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, NAN
-from libc.float cimport FLT_EPSILON, DBL_EPSILON
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.float cimport FLT_EPSILON, DBL_EPSILON     # for prologues (Adafactor's eps=None)
 from cpython.pycapsule cimport PyCapsule_New
 
 from fastopt._core._kernel_api cimport (
-    AlgorithmKernels, KernelTable, loop_f32_fn, loop_f64_fn,
+    AlgorithmKernels, KernelTable, loop_fn, ST_F32, ST_F64, ST_BF16, ST_F16,
     RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
 
 cdef extern from "simd.h":
+    # half precision (see simd.h): bfloat16 as its bits, float16 as the compiler's _Float16
+    ctypedef float fo_half
+    float fo_bf16_load(uint16_t b) noexcept nogil
+    uint16_t fo_bf16_rne(float f) noexcept nogil
+    uint16_t fo_bf16_sr(float f, uint32_t random) noexcept nogil
+    uint32_t fo_random_bits(uint64_t key, Py_ssize_t index) noexcept nogil
+    float fo_f16_load(fo_half h) noexcept nogil
+    fo_half fo_f16_round(float f) noexcept nogil
     const char* FO_VECTOR_ISA
     const int FO_HAVE_AVX_REDUCE
     int fo_cpu_has_avx2_fma() noexcept nogil
@@ -41,61 +50,8 @@ ctypedef fused floating:
     double
 
 
-# ----------------------------------------------------------------------------------------------
-# Point helpers for the update bodies
-# ----------------------------------------------------------------------------------------------
-
-cdef inline floating _sqrt(floating x) noexcept nogil:
-    """Square root in the operand's own precision (sqrt on a float would widen to double)."""
-    if floating is float:
-        return sqrtf(x)
-    else:
-        return sqrt(x)
-
-
-cdef inline floating _abs(floating x) noexcept nogil:
-    if floating is float:
-        return fabsf(x)
-    else:
-        return fabs(x)
-
-
-cdef inline floating _lerp_low(floating start, floating end, floating weight) noexcept nogil:
-    """torch.lerp for weight < 0.5: start + weight (end - start)."""
-    return start + weight * (end - start)
-
-
-cdef inline floating _lerp_high(floating start, floating end, floating weight) noexcept nogil:
-    """torch.lerp for weight >= 0.5: end - (end - start)(1 - weight), the more accurate form there."""
-    return end - (end - start) * (<floating>1 - weight)
-
-
-cdef inline floating _max_nan(floating a, floating b) noexcept nogil:
-    """torch.maximum(a, b): the larger, or NaN if either is NaN."""
-    return b if (b > a or b != b) else a
-
-
-cdef inline floating _sign(floating x) noexcept nogil:
-    """torch.sign: -1, 0 or 1, and NaN for NaN (so non-finite values keep propagating)."""
-    cdef floating s = <floating>((x > 0) - (x < 0))
-    return x if x != x else s
-
-
-cdef extern from "bf16.h":
-    float fo_bf16(float x) noexcept nogil
-
-
-cdef inline floating _bf16(floating x) noexcept nogil:
-    """The nearest bfloat16 (ties to even), as torch's .bfloat16(); a double goes through float
-    first, as torch converts it."""
-    return <floating>fo_bf16(<float>x)
-
-
-cdef inline floating _sign0(floating x) noexcept nogil:
-    """torch.sign as torch 2.13 computes it on CPU: -1, 0 or 1, and 0 for NaN."""
-    return <floating>((x > 0) - (x < 0))
-
-
+# The element loops (C, generated: _algorithm_loops.h) and their Cython half (the hyperparameter
+# structs' packers, the prologues, the kernel table).
 include "_algorithms.pxi"
 
 
@@ -179,12 +135,61 @@ cdef inline double _span_reduce(int kind, double p, const floating* x, Py_ssize_
     return r
 
 
-cdef double _reduce_f32(int kind, double p, const float* x, Py_ssize_t n) noexcept nogil:
-    return _span_reduce(kind, p, x, n)
+cdef enum:
+    # Half-precision values are widened into float32 in pieces of this many, then reduced as
+    # float32 (widening is exact, so the result is the one of a float32 copy of the data).
+    WIDEN_PIECE = 512
 
 
-cdef double _reduce_f64(int kind, double p, const double* x, Py_ssize_t n) noexcept nogil:
-    return _span_reduce(kind, p, x, n)
+cdef double _reduce_half(int storage, int kind, double p, const char* x, Py_ssize_t n) noexcept nogil:
+    """A reduction over bfloat16/float16 data: its float32 values, a piece at a time, in the same
+    order as a float32 array's (lanes of 16, pieces of a multiple of 16)."""
+    cdef float buf[WIDEN_PIECE]
+    cdef Py_ssize_t start = 0, m
+    cdef double r = 0.0, part
+    while start < n:
+        m = n - start if n - start < WIDEN_PIECE else WIDEN_PIECE
+        _widen(storage, x, buf, start, m)
+        part = _span_reduce(kind, p, <const float*>buf, m)
+        if kind == RED_MAXABS:
+            if part != part or r != r:
+                r = NAN
+            elif part > r:
+                r = part
+        else:
+            r = r + part
+        start += m
+    return r
+
+
+cdef inline void _widen(int storage, const char* x, float* out, Py_ssize_t start,
+                        Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const uint16_t* b = (<const uint16_t*>x) + start
+    cdef const fo_half* h = (<const fo_half*>x) + start
+    cdef const float* f = (<const float*>x) + start
+    if storage == ST_BF16:
+        for i in range(m):
+            out[i] = fo_bf16_load(b[i])
+    elif storage == ST_F16:
+        for i in range(m):
+            out[i] = fo_f16_load(h[i])
+    else:
+        for i in range(m):
+            out[i] = f[i]
+
+
+cdef double _reduce(int storage, int kind, double p, const char* x, Py_ssize_t n) noexcept nogil:
+    if storage == ST_F32:
+        return _span_reduce(kind, p, <const float*>x, n)
+    if storage == ST_F64:
+        return _span_reduce(kind, p, <const double*>x, n)
+    return _reduce_half(storage, kind, p, x, n)
+
+
+cdef void _widen_all(int storage, const char* x, float* out, Py_ssize_t n) noexcept nogil:
+    """x (any storage but float64) as float32: a master copy's first values."""
+    _widen(storage, x, out, 0, n)
 
 
 cdef inline void _span_transform(int kind, double a, floating* x, Py_ssize_t n) noexcept nogil:
@@ -206,12 +211,39 @@ cdef inline void _span_transform(int kind, double a, floating* x, Py_ssize_t n) 
             x[i] = v
 
 
-cdef void _transform_f32(int kind, double a, float* x, Py_ssize_t n) noexcept nogil:
-    _span_transform(kind, a, x, n)
+cdef void _transform_half(int storage, int kind, double a, char* x, Py_ssize_t n) noexcept nogil:
+    """A transform of bfloat16/float16 data: in float32, rounded back once (nearest, ties to even)."""
+    cdef float s = <float>a, lo = <float>(-a), v
+    cdef Py_ssize_t i
+    cdef uint16_t* b = <uint16_t*>x
+    cdef fo_half* h = <fo_half*>x
+    if storage == ST_BF16:
+        if kind == TR_SCALE:
+            for i in range(n):
+                b[i] = fo_bf16_rne(fo_bf16_load(b[i]) * s)
+        else:
+            for i in range(n):
+                v = fo_bf16_load(b[i])
+                v = lo if v < lo else v
+                b[i] = fo_bf16_rne(s if v > s else v)
+    else:
+        if kind == TR_SCALE:
+            for i in range(n):
+                h[i] = fo_f16_round(fo_f16_load(h[i]) * s)
+        else:
+            for i in range(n):
+                v = fo_f16_load(h[i])
+                v = lo if v < lo else v
+                h[i] = fo_f16_round(s if v > s else v)
 
 
-cdef void _transform_f64(int kind, double a, double* x, Py_ssize_t n) noexcept nogil:
-    _span_transform(kind, a, x, n)
+cdef void _transform(int storage, int kind, double a, char* x, Py_ssize_t n) noexcept nogil:
+    if storage == ST_F32:
+        _span_transform(kind, a, <float*>x, n)
+    elif storage == ST_F64:
+        _span_transform(kind, a, <double*>x, n)
+    else:
+        _transform_half(storage, kind, a, x, n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,10 +254,10 @@ cdef KernelTable TABLE
 TABLE.vector_isa = FO_VECTOR_ISA
 TABLE.n_algorithms = len(KERNEL_NAMES)
 TABLE.algorithms = ALGORITHMS
-TABLE.reduce_f32 = _reduce_f32
-TABLE.reduce_f64 = _reduce_f64
-TABLE.transform_f32 = _transform_f32
-TABLE.transform_f64 = _transform_f64
+TABLE.n_configs = len(STORAGE_CONFIGS)
+TABLE.reduce = _reduce
+TABLE.transform = _transform
+TABLE.widen = _widen_all
 
 
 def table_capsule():

@@ -13,7 +13,8 @@ from libc.stdlib cimport malloc, free
 
 from fastopt._core._gather cimport GradPointers, checked_array
 from fastopt._core._kernel_api cimport (
-    KernelTable, RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
+    KernelTable, RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP,
+    ST_F32, ST_F64)
 from fastopt._core._table cimport kernel_table
 from fastopt._core._fastopt_threads cimport plan_for, run_plan
 
@@ -33,8 +34,8 @@ cdef struct Job:
     Py_ssize_t n_blocks
     const Py_ssize_t* offsets
     char** data
-    const int* typenums      # per array, or NULL when uniform
-    int typenum
+    const int* storages      # per array (ST_* codes), or NULL when uniform
+    int storage
     double* partial          # one per block (reductions)
 
 
@@ -59,14 +60,19 @@ cdef inline double _combine(int kind, double a, double b) noexcept nogil:
     return a + b
 
 
-cdef inline int _typenum(const Job* j, Py_ssize_t k) noexcept nogil:
-    return j.typenums[k] if j.typenums != NULL else j.typenum
+cdef inline int _storage(const Job* j, Py_ssize_t k) noexcept nogil:
+    return j.storages[k] if j.storages != NULL else j.storage
+
+
+cdef inline Py_ssize_t _itemsize(int storage) noexcept nogil:
+    return 4 if storage == ST_F32 else 8 if storage == ST_F64 else 2
 
 
 cdef void _reduce_block(const Job* j, Py_ssize_t block) noexcept nogil:
     cdef Py_ssize_t start = block * REDUCE_BLOCK
     cdef Py_ssize_t stop = start + REDUCE_BLOCK
     cdef Py_ssize_t k, a, b
+    cdef int storage
     cdef double r = 0.0, part
     if stop > j.total:
         stop = j.total
@@ -75,10 +81,9 @@ cdef void _reduce_block(const Job* j, Py_ssize_t block) noexcept nogil:
         a = start if start > j.offsets[k] else j.offsets[k]
         b = stop if stop < j.offsets[k + 1] else j.offsets[k + 1]
         if b > a and j.data[k] != NULL:
-            if _typenum(j, k) == cnp.NPY_FLOAT32:
-                part = j.table.reduce_f32(j.kind, j.p, (<const float*>j.data[k]) + (a - j.offsets[k]), b - a)
-            else:
-                part = j.table.reduce_f64(j.kind, j.p, (<const double*>j.data[k]) + (a - j.offsets[k]), b - a)
+            storage = _storage(j, k)
+            part = j.table.reduce(storage, j.kind, j.p,
+                                  j.data[k] + (a - j.offsets[k]) * _itemsize(storage), b - a)
             r = _combine(j.kind, r, part)
         k += 1
     j.partial[block] = r
@@ -105,14 +110,14 @@ cdef void _transform_range(const Job* j, Py_ssize_t start, Py_ssize_t stop) noex
         return
     cdef Py_ssize_t k = _first_array_at(j.offsets, j.n_arrays, start)
     cdef Py_ssize_t lo, hi
+    cdef int storage
     while k < j.n_arrays and j.offsets[k] < stop:
         lo = start if start > j.offsets[k] else j.offsets[k]
         hi = stop if stop < j.offsets[k + 1] else j.offsets[k + 1]
         if hi > lo and j.data[k] != NULL:
-            if _typenum(j, k) == cnp.NPY_FLOAT32:
-                j.table.transform_f32(j.kind, j.p, (<float*>j.data[k]) + (lo - j.offsets[k]), hi - lo)
-            else:
-                j.table.transform_f64(j.kind, j.p, (<double*>j.data[k]) + (lo - j.offsets[k]), hi - lo)
+            storage = _storage(j, k)
+            j.table.transform(storage, j.kind, j.p,
+                              j.data[k] + (lo - j.offsets[k]) * _itemsize(storage), hi - lo)
         k += 1
 
 
@@ -146,22 +151,22 @@ cdef class ArraySet:
     def __cinit__(self):
         self.offsets = NULL
         self.data = NULL
-        self.typenums = NULL
+        self.storages = NULL
         self.owner = False
 
     def __dealloc__(self):
         if self.owner:
             free(self.offsets)
             free(self.data)
-            free(self.typenums)
+            free(self.storages)
 
-    cdef void _borrow(self, Py_ssize_t n, char** data, Py_ssize_t* offsets, int typenum):
+    cdef void _borrow(self, Py_ssize_t n, char** data, Py_ssize_t* offsets, int* storages):
         self.n_arrays = n
         self.data = data
         self.offsets = offsets
         self.total = offsets[n]
-        self.typenum = typenum
-        self.typenums = NULL
+        self.storage = ST_F32
+        self.storages = storages
         self.owner = False
 
     cdef double _reduce(self, int kind, double p) except? -1.0:
@@ -217,8 +222,8 @@ cdef void _fill_job(ArraySet s, Job* j, int kind, double p) noexcept:
     j.n_blocks = (s.total + REDUCE_BLOCK - 1) // REDUCE_BLOCK
     j.offsets = s.offsets
     j.data = s.data
-    j.typenums = s.typenums
-    j.typenum = s.typenum
+    j.storages = s.storages
+    j.storage = s.storage
     j.partial = NULL
 
 
@@ -229,26 +234,27 @@ cdef ArraySet _from_pointers(GradPointers pointers):
     s.n_arrays = n
     s.offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
     s.data = <char**>malloc((n + 1) * sizeof(char*))
-    s.typenums = <int*>malloc((n + 1) * sizeof(int))
-    if s.offsets == NULL or s.data == NULL or s.typenums == NULL:
+    s.storages = <int*>malloc((n + 1) * sizeof(int))
+    if s.offsets == NULL or s.data == NULL or s.storages == NULL:
         raise MemoryError()
     s.keep_alive = [pointers]
     for k in range(n):
         s.data[k] = pointers.data[k]
-        s.typenums[k] = pointers.typenums[k]
+        s.storages[k] = pointers.storages[k]
         s.offsets[k] = total
         if pointers.data[k] != NULL:
             total += pointers.sizes[k]
     s.offsets[n] = total
     s.total = total
-    s.typenum = s.typenums[0] if n > 0 else cnp.NPY_FLOAT64
+    s.storage = ST_F64
     return s
 
 
 def gather_arrays(arrays, str name="grads", bint need_writeable=True):
     """Validate ``arrays`` and view them as one :class:`ArraySet` (no copies).
 
-    Raises TypeError / ValueError naming ``name[i]`` for non-float32/float64, non-contiguous,
+    Raises TypeError / ValueError naming ``name[i]`` for other dtypes than float32, float64,
+    float16 and bfloat16, non-contiguous,
     misaligned or (when ``need_writeable``) read-only arrays.
     """
     cdef list items
@@ -270,18 +276,17 @@ def gather_arrays(arrays, str name="grads", bint need_writeable=True):
     s.n_arrays = n
     s.offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
     s.data = <char**>malloc((n + 1) * sizeof(char*))
-    s.typenums = <int*>malloc((n + 1) * sizeof(int))
-    if s.offsets == NULL or s.data == NULL or s.typenums == NULL:
+    s.storages = <int*>malloc((n + 1) * sizeof(int))
+    if s.offsets == NULL or s.data == NULL or s.storages == NULL:
         raise MemoryError()
     s.keep_alive = []
     for k in range(n):
-        a = checked_array(items[k], f"{name}[{k}]", need_writeable)
+        a = checked_array(items[k], f"{name}[{k}]", need_writeable, &s.storages[k])
         s.keep_alive.append(a)
         s.data[k] = <char*>cnp.PyArray_DATA(a)
-        s.typenums[k] = cnp.PyArray_TYPE(a)
         s.offsets[k] = total
         total += cnp.PyArray_SIZE(a)
     s.offsets[n] = total
     s.total = total
-    s.typenum = s.typenums[0] if n > 0 else cnp.NPY_FLOAT64
+    s.storage = ST_F64
     return s

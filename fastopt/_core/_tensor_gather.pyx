@@ -12,6 +12,7 @@ cimport cython
 from libc.stdint cimport intptr_t
 
 from fastopt._core._gather cimport GradPointers
+from fastopt._core._kernel_api cimport ST_F32, ST_BF16, ST_F16
 
 from cpython.long cimport PyLong_AsVoidPtr
 
@@ -28,19 +29,21 @@ cdef class TensorGrads:
     ----------
     params : list of torch.Tensor
         The params, each once, in the fastopt optimizer's order.
-    sizes, typenums : list of int
-        Each param's element count and NumPy type number.
+    sizes, storages : list of int
+        Each param's element count and storage code (ST_*).
     dtypes : list
-        Each param's torch dtype (gradients must have it).
+        Each param's torch dtype: a gradient has it, or is float32 for a bfloat16/float16 param.
     api : dict
-        torch's ``Tensor`` and ``Parameter`` types and the unbound ``data_ptr``, ``numel``,
-        ``is_contiguous`` and ``is_neg`` methods of ``torch._C.TensorBase``. Gradients of another
-        type (a subclass) take the adapter's precise path.
+        torch's ``Tensor`` and ``Parameter`` types, ``torch.float32``, and the unbound
+        ``data_ptr``, ``numel``, ``is_contiguous`` and ``is_neg`` methods of
+        ``torch._C.TensorBase``. Gradients of another type (a subclass) take the adapter's precise
+        path.
     """
     cdef list params
     cdef list dtypes
     cdef list sizes
-    cdef list typenums
+    cdef list storages
+    cdef object float32
     cdef Py_ssize_t n
     cdef object tensor_type
     cdef object parameter_type
@@ -50,11 +53,12 @@ cdef class TensorGrads:
     cdef object is_neg
     cdef list param_ptrs
 
-    def __init__(self, list params, list sizes, list typenums, list dtypes, dict api):
+    def __init__(self, list params, list sizes, list storages, list dtypes, dict api):
         self.params = list(params)
         self.n = len(params)
         self.sizes = list(sizes)
-        self.typenums = list(typenums)
+        self.storages = list(storages)
+        self.float32 = api["float32"]
         self.dtypes = list(dtypes)
         self.tensor_type = api["Tensor"]
         self.parameter_type = api["Parameter"]
@@ -67,9 +71,10 @@ cdef class TensorGrads:
     def gather(self):
         """The gradients as GradPointers (with ``updated``: the params that have one), or None when
         a param or gradient needs the adapter's precise checks."""
-        cdef GradPointers out = GradPointers(self.n, self.sizes, self.typenums)
+        cdef GradPointers out = GradPointers(self.n, self.sizes)
         cdef Py_ssize_t i
-        cdef object p, g
+        cdef int storage
+        cdef object p, g, dtype
         cdef list updated = out.updated
         data_ptr = self.data_ptr
         cdef object tensor_type = self.tensor_type, parameter_type = self.parameter_type
@@ -80,9 +85,16 @@ cdef class TensorGrads:
             g = p.grad
             if g is None:
                 continue
-            if (type(g) is not tensor_type and type(g) is not parameter_type) or g.dtype is not self.dtypes[i] \
+            if (type(g) is not tensor_type and type(g) is not parameter_type) \
                     or self.numel(g) != self.sizes[i]:
                 return None
+            dtype = g.dtype
+            storage = self.storages[i]
+            if dtype is not self.dtypes[i]:
+                if dtype is not self.float32 or (storage != ST_BF16 and storage != ST_F16):
+                    return None
+                storage = ST_F32
+            out.storages[i] = storage
             try:
                 if not self.is_contiguous(g) or self.is_neg(g):
                     return None

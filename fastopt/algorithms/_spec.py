@@ -26,15 +26,18 @@ to the element loop.
 
 ``Algorithm.update`` is the body of the element loop. ``p`` and ``g`` are the param element and the
 gradient element (already negated when maximizing and scaled by a clipping coefficient, if any),
-each state is a local of its own name, and the loop stores ``p`` and every active state back after
-the body. Hyperparameter fields and ``scalars`` it names are cast once to the loop's dtype before the
-loop, so arithmetic rounds as torch's does for a tensor of that dtype. The body is a Tempita template:
-switch values are its variables (``{{if decay == "l2"}}``), and ``{{T}}`` is the loop's C type.
+each state it names is a local of its own name, and the loop stores ``p`` and every state the body
+assigns back after the body. Hyperparameter fields and ``scalars`` it names are cast once to the
+loop's compute dtype before the loop, so arithmetic rounds as torch's does for a tensor of that
+dtype. The body is a Tempita template: switch values are its variables (``{{if decay == "l2"}}``),
+and ``{{T}}`` is the loop's C type; once rendered, each line is ``name = expression`` in arithmetic
+that C reads alike (the loops are generated as C: see ``_codegen.c_statements``).
 ``per_array`` is a Tempita template as well (``{{T}}`` is the C type of the dtype it prepares).
 Helpers available in the body: ``_sqrt``, ``_lerp_low``/``_lerp_high`` (torch.lerp's two forms),
-``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (-1, 0 or 1, NaN for NaN) and
-``_sign0`` (torch.sign on CPU: -1, 0 or 1, 0 for NaN), ``_bf16`` (round to the nearest
-bfloat16, ties to even, as torch's ``.bfloat16()``; a double goes through float first, as in torch).
+``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (-1, 0 or 1, NaN for NaN),
+``_sign0`` (torch.sign on CPU: -1, 0 or 1, 0 for NaN), ``_where(cond, a, b)`` (torch.where; a
+clamp as torch's is two of them, NaN passing through), ``_bf16`` (the nearest bfloat16, ties to
+even, as torch's ``.bfloat16()``; a double goes through float first, as in torch).
 
 Algorithms that are not elementwise
 -----------------------------------

@@ -78,7 +78,7 @@ ADAFACTOR = Algorithm(
         {{if phase == "moment_norm"}}
         variance = _lerp_{{lerp}}(variance, g * g, w)
         {{endif}}
-        u = (<{{T}}>1 / _sqrt(eps1_sq if variance < eps1_sq else variance)) * g
+        u = (<{{T}}>1 / _sqrt(_where(variance < eps1_sq, eps1_sq, variance))) * g
         {{if phase == "apply"}}
         {{if decay}}
         p = p * decay_scale

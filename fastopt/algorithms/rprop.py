@@ -43,13 +43,13 @@ RPROP = Algorithm(
         step_size = lr
         {{endif}}
         factor = _sign0(g * prev)
-        factor = etaplus if factor > 0 else factor
-        factor = etaminus if factor < 0 else factor
-        factor = <{{T}}>1 if factor == 0 else factor
+        factor = _where(factor > 0, etaplus, factor)
+        factor = _where(factor < 0, etaminus, factor)
+        factor = _where(factor == 0, <{{T}}>1, factor)
         step_size = step_size * factor
-        step_size = step_size_min if step_size < step_size_min else step_size
-        step_size = step_size_max if step_size_max < step_size else step_size
-        g = <{{T}}>0 if factor == etaminus else g
+        step_size = _where(step_size < step_size_min, step_size_min, step_size)
+        step_size = _where(step_size_max < step_size, step_size_max, step_size)
+        g = _where(factor == etaminus, <{{T}}>0, g)
         p = p + (-_sign0(g)) * step_size
         prev = g
     """,

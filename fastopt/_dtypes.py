@@ -1,0 +1,78 @@
+"""The dtypes fastopt stores params, gradients and states in, and how each is told apart.
+
+* float32, float64, float16: NumPy's own dtypes.
+* bfloat16: ``ml_dtypes.bfloat16`` arrays (the NumPy bfloat16 dtype JAX and TensorFlow use; an
+  optional dependency), recognized by the dtype's name so ml_dtypes need not be imported here; or,
+  inside fastopt (``fastopt.torch`` without ml_dtypes), :class:`BF16Array`: the bits of bfloat16
+  values in a uint16 array.
+
+The storage codes match the compiled core's (``fastopt/_core/_kernel_api.pxd``).
+"""
+import numpy as np
+
+F32, F64, BF16, F16 = 0, 1, 2, 3
+NAMES = {F32: "float32", F64: "float64", BF16: "bfloat16", F16: "float16"}
+#: The storage names of the generated loops (fastopt/_core/_codegen.py).
+CODEGEN_NAMES = {F32: "f32", F64: "f64", BF16: "bf16", F16: "f16"}
+ITEMSIZE = {F32: 4, F64: 8, BF16: 2, F16: 2}
+HALF = (BF16, F16)
+
+
+class BF16Array(np.ndarray):
+    """bfloat16 values as their uint16 bit patterns (a view; no arithmetic is meant on it).
+
+    fastopt.torch views a torch.bfloat16 tensor this way when ml_dtypes is not installed.
+    """
+
+    def __array_finalize__(self, obj):
+        pass
+
+
+def bf16_dtype():
+    """``ml_dtypes.bfloat16`` if ml_dtypes is installed, else None."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def storage_of(array):
+    """The storage code of an ndarray, or None for a dtype fastopt does not store."""
+    dtype = array.dtype
+    if dtype == np.float32:
+        return F32
+    if dtype == np.float64:
+        return F64
+    if dtype == np.float16:
+        return F16
+    if dtype.itemsize == 2 and (dtype.name == "bfloat16" or
+                                (type(array) is BF16Array and dtype == np.uint16)):
+        return BF16
+    return None
+
+
+def empty_like_storage(storage, shape, like=None):
+    """An array of ``storage``, shaped ``shape``, of the same kind as ``like`` (a bfloat16 array of
+    ml_dtypes, or a BF16Array) where that matters."""
+    if storage != BF16:
+        return np.empty(shape, dtype=NAMES[storage])
+    if like is not None and type(like) is BF16Array:
+        return np.empty(shape, dtype=np.uint16).view(BF16Array)
+    dtype = bf16_dtype()
+    if dtype is None:
+        return np.empty(shape, dtype=np.uint16).view(BF16Array)
+    return np.empty(shape, dtype=dtype)
+
+
+def bf16_bits(values):
+    """float64/float32 values rounded to bfloat16 (nearest, ties to even), as uint16 bits."""
+    f = np.asarray(values, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(f), np.uint16(0x7FC0), rounded)
+
+
+def bf16_values(bits):
+    """uint16 bfloat16 bits as float32 values."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

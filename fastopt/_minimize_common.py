@@ -1,0 +1,217 @@
+"""What every SciPy-compatible minimizer here shares: the objective (analytic or finite-difference
+gradients), callbacks in both of SciPy's forms, SciPy's option warnings, bounds as L-BFGS-B
+stores them, and the result.
+
+Finite differences go through SciPy's own machinery (``ScalarFunction``, as SciPy's L-BFGS-B
+uses it), so step sizes, bounds handling and evaluation counts are SciPy's. With an analytic
+gradient the objective is called directly from the compiled iteration instead (no caching layer),
+which is where most of the per-iteration overhead SciPy spends goes.
+"""
+import functools
+import inspect
+import warnings
+
+import numpy as np
+from scipy.optimize import LbfgsInvHessProduct, OptimizeResult, OptimizeWarning
+
+try:  # scipy.optimize.minimize wraps ``fun`` in MemoizeJac when jac=True
+    from scipy.optimize._optimize import MemoizeJac as _MemoizeJac
+except ImportError:  # pragma: no cover - private SciPy name
+    _MemoizeJac = None
+
+try:  # the "not given" marker SciPy's fmin_l_bfgs_b passes for disp / iprint
+    from scipy._lib.deprecation import _NoValue
+except ImportError:  # pragma: no cover - private SciPy name
+    _NoValue = None
+
+FINITE_DIFFERENCES = ("2-point", "3-point", "cs")
+_FLOAT64 = np.dtype(np.float64)
+
+MSG_ALL_FIXED = "All independent variables were fixed by bounds."
+MSG_CALLBACK_STOP = "`callback` raised `StopIteration`."
+
+
+def not_given(value):
+    """True for None and for SciPy's ``_NoValue`` marker."""
+    return value is None or (_NoValue is not None and value is _NoValue)
+
+
+def warn_deprecated_display(disp, iprint):
+    """SciPy >= 1.15 deprecates L-BFGS-B's ``disp`` and ``iprint``; they print nothing here."""
+    if not not_given(disp) or not not_given(iprint):
+        warnings.warn("The `disp` and `iprint` options of the L-BFGS-B solver are deprecated "
+                      "(SciPy 1.15) and have no effect.", DeprecationWarning, stacklevel=4)
+
+
+def warn_unknown_options(options):
+    if options:
+        warnings.warn(f"Unknown solver options: {', '.join(sorted(options))}", OptimizeWarning,
+                      stacklevel=4)
+
+
+def kind_of_bounds(lower, upper):
+    """L-BFGS-B's ``nbd`` per variable: 0 no bound, 1 lower only, 2 both, 3 upper only."""
+    has_lower = np.isfinite(lower)
+    has_upper = np.isfinite(upper)
+    kind = np.where(has_lower, np.where(has_upper, 2, 1), np.where(has_upper, 3, 0))
+    return np.ascontiguousarray(kind, dtype=np.intc)
+
+
+def check_jac(jac):
+    """``jac`` as True, a callable, None (forward differences with absolute step ``eps``) or one
+    of SciPy's finite-difference schemes."""
+    if jac is True or callable(jac):
+        return jac
+    if jac is None or jac is False:
+        return None
+    if isinstance(jac, str) and jac in FINITE_DIFFERENCES:
+        return jac
+    raise ValueError(f"jac must be True, a callable, None or one of {FINITE_DIFFERENCES}, "
+                     f"got {jac!r}")
+
+
+def prepare_objective(fun, x0, args, jac, bounds, eps, finite_diff_rel_step, workers):
+    """Return ``(fun, jac, args, counter)`` for the compiled iteration.
+
+    Analytic gradients (``jac`` True or callable) are called directly; SciPy's MemoizeJac
+    wrapper (``minimize(jac=True)``) is undone so each evaluation is one call. Otherwise SciPy's
+    ``ScalarFunction`` computes the gradient by finite differences (within ``bounds``, a pair
+    ``(lower, upper)`` or None) and ``counter`` is that object, whose ``nfev`` counts every
+    evaluation as SciPy counts them.
+    """
+    if not callable(fun):
+        raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+    if (_MemoizeJac is not None and isinstance(fun, _MemoizeJac)
+            and getattr(jac, "__self__", None) is fun):
+        return fun.fun, True, args, None
+    if jac is True or callable(jac):
+        return fun, jac, args, None
+    from scipy.optimize._optimize import _prepare_scalar_function
+    sf = _prepare_scalar_function(fun, x0, jac=jac, args=args, epsilon=eps, bounds=bounds,
+                                  finite_diff_rel_step=finite_diff_rel_step, workers=workers)
+    return sf.fun_and_grad, True, (), sf
+
+
+def adapt_callback(callback):
+    """Return ``(cb(x, f), scipy_wrapped)``, ``cb`` calling ``callback`` in the style it asks for.
+
+    A callback whose only parameter is named ``intermediate_result`` gets an
+    ``OptimizeResult(x=..., fun=...)``, any other gets x (SciPy's ``_wrap_callback`` rule, which
+    ``minimize`` does not apply to custom methods). A callback already wrapped by SciPy (it has a
+    ``stop_iteration`` attribute: ``minimize(method='L-BFGS-B')`` rerouted here) gets the
+    ``OptimizeResult`` and, on StopIteration, the attribute set, from which ``minimize`` reports
+    status 99 itself.
+    """
+    if callback is None:
+        return None, False
+    if not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if hasattr(callback, "stop_iteration"):
+        def adapted(x, f):
+            try:
+                callback(OptimizeResult(x=x, fun=f))
+            except StopIteration:
+                callback.stop_iteration = True
+                raise
+        return adapted, True
+    try:
+        parameters = set(inspect.signature(callback).parameters)
+    except (TypeError, ValueError):
+        parameters = set()
+    if parameters == {"intermediate_result"}:
+        def adapted(x, f):
+            return callback(intermediate_result=OptimizeResult(x=x, fun=f))
+    else:
+        def adapted(x, f):
+            return callback(x)
+    return adapted, False
+
+
+def all_fixed_result(fun, jac, args, x):
+    """SciPy's result when the bounds fix every variable: nothing to iterate."""
+    value = fun(x.copy(), *args)
+    if jac is True:
+        value = value[0]
+    return OptimizeResult(x=x, fun=np.float64(np.asarray(value).item()), success=True, status=0,
+                          message=MSG_ALL_FIXED, nfev=1, njev=0, nit=0)
+
+
+class WithFixed:
+    """``fun`` of the free variables only: inserts the fixed values (for finite differences,
+    which must not step a variable whose bounds leave no room, as SciPy's ``minimize`` does)."""
+
+    def __init__(self, fun, fixed, values):
+        self.fun = fun
+        self.fixed = fixed
+        self.values = values
+
+    def full(self, x_free):
+        x = np.empty(self.fixed.size, dtype=np.result_type(x_free, self.values))
+        x[self.fixed] = self.values
+        x[~self.fixed] = x_free
+        return x
+
+    def __call__(self, x_free, *args):
+        return self.fun(self.full(x_free), *args)
+
+
+def hess_inv_operator(pairs, newest, count, updates, m):
+    """SciPy's ``LbfgsInvHessProduct`` of the ``count`` pairs ending at slot ``newest`` of the
+    ring buffer ``pairs`` (rows: s of slot 0, y of slot 0, s of slot 1, ...).
+
+    SciPy's L-BFGS-B hands its pairs over in storage order: pair k (the k-th since the history
+    was last dropped, from 1) in slot (k - 1) mod m. The same order is used here, so
+    ``hess_inv`` is SciPy's operator (which applies them in that order)."""
+    ring = pairs.shape[0] // 2
+    slots = [(newest - count + 1 + i) % ring for i in range(count)]   # oldest first
+    if updates > count:
+        # The ring wrapped: storage slot 0 holds the pair with (k - 1) mod m = 0.
+        first = (count - updates) % m
+        slots = slots[first:] + slots[:first]
+    return _LazyInvHessProduct(pairs, slots)
+
+
+class _LazyInvHessProduct(LbfgsInvHessProduct):
+    """``LbfgsInvHessProduct`` whose ``sk`` / ``yk`` are gathered from the ring buffer on first
+    use: most results never touch ``hess_inv``, and copying m pairs out of the ring costs as
+    much as several iterations at large n."""
+
+    def __init__(self, pairs, order):
+        # What LinearOperator.__init__ sets, without its argument checks (~10 us a result).
+        self.dtype = _FLOAT64
+        self.shape = (pairs.shape[1], pairs.shape[1])
+        self._pairs = pairs
+        self._order = order
+        self.n_corrs = len(order)
+
+    def _gather(self, offset):
+        rows = [2 * slot + offset for slot in self._order]
+        return np.array(self._pairs[rows], dtype=np.float64).reshape(self.n_corrs,
+                                                                      self._pairs.shape[1])
+
+    @functools.cached_property
+    def sk(self):
+        return self._gather(0)
+
+    @functools.cached_property
+    def yk(self):
+        return self._gather(1)
+
+    @functools.cached_property
+    def rho(self):
+        return 1.0 / np.einsum("ij,ij->i", self.sk, self.yk)
+
+
+def callback_stop_status(wrapped, nit, maxiter, nfev, maxfun):
+    """Status and message after a callback raised StopIteration.
+
+    Called directly: status 99 (what ``minimize`` reports for its own methods). Through SciPy's
+    wrapped callback: L-BFGS-B's own status and message, which ``minimize`` then turns into 99.
+    """
+    if not wrapped:
+        return 99, MSG_CALLBACK_STOP
+    if nit >= maxiter:
+        return 1, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
+    if nfev > maxfun:
+        return 1, "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
+    return 2, "STOP: CALLBACK REQUESTED HALT"

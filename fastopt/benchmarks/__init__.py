@@ -1,0 +1,16 @@
+"""fastopt's benchmark (``fastopt bench``): fastopt's steps against torch.optim, in-place NumPy and
+this machine's memory-traffic bound, and its L-BFGS against SciPy's L-BFGS-B.
+
+Modules, one job each:
+
+* :mod:`.settings` -- the algorithms (class, hyperparameters, memory traffic), sizes and defaults,
+  as data: adding an algorithm to the benchmark is one entry there.
+* :mod:`.numpy_reference` -- the fastest in-place NumPy updates (the ``numpy`` column).
+* :mod:`.ceiling` with ``ceiling.c`` -- the C references, compiled at bench time: a plain fused
+  float32 Adam step and the streaming kernel that measures an algorithm's memory-traffic bound.
+* :mod:`.cases` -- the data of a size and the contenders of a cell; :mod:`.timing` -- round-robin
+  timing.
+* :mod:`.report` -- table, plot, JSON; :mod:`.targets` -- ``--check TARGETS.json``.
+* :mod:`.lbfgs_vs_scipy` -- L-BFGS overhead per iteration against SciPy's L-BFGS-B.
+* :mod:`.cli` -- the command line.
+"""

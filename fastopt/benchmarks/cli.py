@@ -1,0 +1,240 @@
+"""``fastopt bench``: the command line of the benchmark.
+
+Everything is reported as ns per element per step (medians over round-robin rounds) and as ratios
+measured in the same run. Results go to stdout, progress to stderr.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import ceiling, report, settings, targets as targets_mod
+from .cases import bench_cell, bench_clip, make_data, n_elements, parse_size, size_label
+from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES
+from .timing import noise
+
+
+def build_parser(prog="fastopt bench"):
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="fastopt's fused steps vs this machine's memory-traffic bound, torch.optim and "
+                    "in-place NumPy: ns per element per step, medians of round-robin repetitions, "
+                    "ratios from one run.")
+    ap.add_argument("--optimizers", default=",".join(ALGORITHMS),
+                    help=f"comma-separated, from {','.join(ALGORITHMS)} (default: all; 'none' for "
+                         "the L-BFGS comparison alone)")
+    ap.add_argument("--sizes", default=None,
+                    help=f"comma-separated element counts of one array, and/or {MANY} for the 200-array "
+                         f"model (default {settings.DEFAULT_SIZES}; with --quick {settings.QUICK_SIZES})")
+    ap.add_argument("--dtypes", default=settings.DEFAULT_DTYPES, help="float32 and/or float64 (default both)")
+    ap.add_argument("--threads", default=None, help="comma-separated (default: 1 and all usable cores)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="rounds per cell (default: fit ~0.2 s per cell, clamped to 5..41)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 3-11 short rounds per cell, no 1e7 unless --sizes asks")
+    ap.add_argument("--no-clip", action="store_true", help="skip the clip_grad_norm_ benchmark")
+    ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
+    ap.add_argument("--torch-loop", action="store_true", default=None,
+                    help="time torch foreach=False at every size (default: on the 200 arrays only)")
+    ap.add_argument("--numpy-block", type=int, default=None, metavar="ELEMENTS",
+                    help="NumPy's cache block in elements (default: 256 KiB per stream; 0: no blocking, "
+                         "whole-array ufuncs as usually written)")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="do not compile the C references (no mem-bound and C-adam columns)")
+    ap.add_argument("--check", metavar="TARGETS.json", default=None,
+                    help="check the measured ratios against the targets declared in this file (the "
+                         "repository's are in bench/targets.json); exit status 1 if one is missed")
+    ap.add_argument("--plot", nargs="?", const="fastopt-bench.png", default="fastopt-bench.png",
+                    metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--json", metavar="OUT.json", default=None, help="write all results as JSON")
+    ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
+                    help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
+    ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def _parse(args):
+    """The run's optimizers, sizes, dtypes and thread counts; ValueError on a bad value."""
+    opts = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
+    bad = [o for o in opts if o not in ALGORITHMS and o != "none"]
+    if bad:
+        raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS)}")
+    opts = [o for o in opts if o != "none"]
+    size_text = args.sizes or (settings.QUICK_SIZES if args.quick else settings.DEFAULT_SIZES)
+    sizes = [parse_size(s) for s in size_text.split(",") if s.strip()]
+    dtypes = [np.dtype(d.strip()) for d in args.dtypes.split(",") if d.strip()]
+    if any(d not in (np.float32, np.float64) for d in dtypes):
+        raise ValueError("dtypes must be float32 and/or float64")
+    cores = report.machine_info()["usable_cpus"] or 1
+    threads = [int(t) for t in args.threads.split(",") if t.strip()] if args.threads else sorted({1, cores})
+    if any(t < 1 for t in threads):
+        raise ValueError("threads must be >= 1")
+    if args.numpy_block is not None and args.numpy_block < 0:
+        raise ValueError("--numpy-block must be >= 0")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError("--repeats must be >= 1")
+    checks = targets_mod.load(args.check) if args.check else None
+    return opts, sizes, dtypes, threads, checks
+
+
+def _optional(module, what, hint):
+    """Import an optional package, or print one line saying what installing it adds."""
+    try:
+        return __import__(module)
+    except ImportError:
+        print(f"{module}: not installed, so {what} (`python -m pip install {hint}` adds it)")
+        return None
+
+
+def run_lbfgs(args, log):
+    """L-BFGS vs SciPy's L-BFGS-B: time per iteration outside the objective (chained Rosenbrock)."""
+    from . import lbfgs_vs_scipy
+
+    sizes = settings.LBFGS_QUICK_SIZES if args.quick else lbfgs_vs_scipy.DEFAULT_SIZES
+    repeats = args.repeats or (settings.LBFGS_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
+    log(f"L-BFGS vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)} ({repeats} runs each)")
+    rows = lbfgs_vs_scipy.compare_with_scipy(sizes=sizes, repeats=repeats)
+    print("\nL-BFGS vs SciPy L-BFGS-B: microseconds per iteration spent outside the objective "
+          "(chained Rosenbrock, m=10, one BLAS thread, best of the runs; ratio = fastopt / SciPy;\n"
+          "history floor = one-threaded OpenBLAS doing the two passes over the 2m x n history "
+          "that any L-BFGS iteration needs)")
+    print(lbfgs_vs_scipy.format_rows(rows))
+    return rows
+
+
+def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
+    print("fastopt bench -- ns per element per step (medians; contenders interleaved round-robin)")
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"]) if info["loadavg"] else "?"
+    print(f"machine : {info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs; "
+          f"load average {load}")
+    print(f"software: Python {info['python']}, NumPy {info['numpy']}, "
+          f"torch {torch.__version__ if torch is not None else 'not installed'}, fastopt {fastopt.__version__}")
+    print(f"fastopt.build_info(): {fastopt.build_info()}")
+    if refs is not None:
+        print(f"C references: ceiling.c built with `{refs.flags}`, timed inside C"
+              + ("" if refs.openmp else " (no OpenMP: one thread)"))
+    elif refs_note:
+        print(f"C references: skipped, {refs_note}; no mem-bound or C-adam columns")
+    shapes = {}
+    for s in MANY_SHAPES:
+        shapes[s] = shapes.get(s, 0) + 1
+    print(f"{MANY_LABEL} = {' + '.join(f'{k} x {s}' for s, k in shapes.items())} = "
+          f"{n_elements(MANY):,} elements")
+    blk = ("unblocked" if numpy_block == 0 else
+           f"cache-blocked by {numpy_block} elements" if numpy_block else "cache-blocked by 256 KiB per stream")
+    print(f"numpy: in-place out= ufuncs, {blk}, single-threaded whatever the thread count (NumPy's "
+          "ufuncs are)")
+    if torch is not None:
+        print("torch-loop (foreach=False): on the 200 arrays only unless --torch-loop")
+
+
+def _print_results(rows, clip_rows, opts, dtypes):
+    if rows:
+        print("Optimizer steps, ns per element per step (lower is better)")
+        print("mem-bound: the time to stream the algorithm's memory traffic (below) in C, on the same "
+              "buffers; C-adam: a plain fused Adam step in C\nfo/bound: fastopt / mem-bound (1 = at the "
+              "machine's memory limit); fused/fo, numpy/fo > 1: fastopt is faster")
+        print(report.format_traffic(opts, dtypes))
+        print(report.format_table(rows))
+        for th, (gbs, r) in sorted(report.bandwidth(rows).items()):
+            print(f"memory bandwidth of the bound, {th} thr: {gbs:.1f} GB/s ({r['optimizer']} "
+                  f"{r['dtype']} {r['size']}, {r['bytes_per_elem']} B per element)")
+    if clip_rows:
+        print(f"\nclip_grad_norm_(max_norm={settings.CLIP_MAX_NORM}) over the 200 arrays (norm ~12: every "
+              "call scales), us per call; mem-bound: one read pass plus one read-and-write pass")
+        print(report.format_clip(clip_rows))
+    if rows or clip_rows:
+        print(f"noise: the largest interquartile range / median among a cell's contenders ('!' above "
+              f"{100 * settings.NOISY:.0f}%: the machine was busy; rerun or raise --repeats)")
+
+
+def main(argv=None, prog="fastopt bench"):
+    args = build_parser(prog).parse_args(argv)
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        opts, sizes, dtypes, threads, checks = _parse(args)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    timing = dict(settings.QUICK_TIMING if args.quick else settings.TIMING, repeats=args.repeats)
+
+    import fastopt
+
+    torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
+    if args.lbfgs or not args.no_clip:
+        _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
+    refs, refs_note = (None, None) if args.no_ceiling or not (opts or not args.no_clip) else ceiling.build()
+    info = report.machine_info()
+    _print_head(info, torch, refs, refs_note, args.numpy_block, fastopt)
+    print(flush=True)
+
+    cells = [(s, d, o, t) for s in sizes for d in dtypes for o in opts for t in threads]
+    clip_cells = [] if args.no_clip else [(d, t) for d in dtypes for t in threads]
+    total = len(cells) + len(clip_cells)
+    rows, clip_rows = [], []
+    t_start = time.perf_counter()
+    done = 0
+    try:
+        for size in sizes:
+            for dtype in dtypes:
+                data = make_data(size, dtype)          # one size in memory at a time
+                for name in opts:
+                    for th in threads:
+                        done += 1
+                        t0 = time.perf_counter()
+                        stats, reps = bench_cell(name, size, dtype, th, data, torch, refs, timing,
+                                                 torch_loop=args.torch_loop, numpy_block=args.numpy_block)
+                        n = n_elements(size)
+                        ns = {c: s["median"] * 1e9 / n for c, s in stats.items()}
+                        rows.append(dict(optimizer=name, dtype=dtype.name, size=size_label(size),
+                                         n_key=size, n=n, threads=th, reps=reps, ns_per_elem=ns,
+                                         bytes_per_elem=ALGORITHMS[name].bytes_per_element(dtype.itemsize),
+                                         noise=noise(stats), seconds_per_step=stats))
+                        log(f"[{done:3d}/{total}] {name:<8} {dtype.name:<7} {size_label(size):>10} "
+                            f"thr={th}: fastopt {ns['fastopt']:.3g} ns/elem, "
+                            f"{reps} rounds, {time.perf_counter() - t0:.1f} s")
+        for dtype in dtypes if clip_cells else ():
+            data = make_data(MANY, dtype, seed=1)
+            for th in threads:
+                done += 1
+                t0 = time.perf_counter()
+                stats, reps = bench_clip(MANY, dtype, th, data, torch, refs, timing)
+                us = {c: s["median"] * 1e6 for c, s in stats.items()}
+                clip_rows.append(dict(dtype=dtype.name, size=MANY_LABEL, n=n_elements(MANY),
+                                      threads=th, reps=reps, us_per_call=us, noise=noise(stats),
+                                      seconds_per_call=stats))
+                log(f"[{done:3d}/{total}] clip     {dtype.name:<7} {MANY_LABEL} thr={th}: "
+                    f"fastopt {us['fastopt']:.1f} us, {reps} rounds, {time.perf_counter() - t0:.1f} s")
+    finally:
+        if refs is not None:
+            refs.close()
+    elapsed = time.perf_counter() - t_start
+
+    _print_results(rows, clip_rows, opts, dtypes)
+    print(f"\n{len(rows) + len(clip_rows)} cells in {elapsed:.1f} s")
+    lbfgs = run_lbfgs(args, log) if args.lbfgs else None
+
+    checked = None
+    if checks is not None:
+        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or []})
+        print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
+        print(targets_mod.format_check(checked))
+
+    if not args.no_plot and rows:
+        try:
+            report.write_plot(rows, args.plot)
+            print(f"plot: {args.plot}")
+        except ImportError:
+            print("plot: skipped, matplotlib is not installed (`python -m pip install matplotlib` adds it)")
+    if args.json:
+        report.write_json(args.json, machine=info, build_info=fastopt.build_info(),
+                          torch=torch.__version__ if torch is not None else None,
+                          results=rows, clip=clip_rows, lbfgs=lbfgs, elapsed_s=elapsed,
+                          targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
+        print(f"json: {args.json}")
+    return 1 if checked and any(ok is False for ok, _ in checked) else 0

@@ -1,0 +1,171 @@
+"""The benchmark's output: machine description, tables, the plot and the JSON file."""
+import json
+import math
+import os
+import platform
+
+import numpy as np
+
+from .settings import ALGORITHMS, MANY, NOISY
+
+#: Contender columns of the step table, in order (absent contenders print as "-").
+COLUMNS = ["fastopt", "mem-bound", "C-adam", "torch-fused", "torch-foreach", "torch-loop", "numpy"]
+#: Ratio columns: (title, numerator, denominator). fo/bound >= 1: how far fastopt is from the bound.
+RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("fused/fo", "torch-fused", "fastopt"),
+          ("numpy/fo", "numpy", "fastopt"), ("fo/C-adam", "fastopt", "C-adam")]
+CLIP_COLUMNS = ["fastopt", "mem-bound", "torch-foreach", "numpy"]
+CLIP_RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("torch/fo", "torch-foreach", "fastopt"),
+               ("numpy/fo", "numpy", "fastopt")]
+
+
+def machine_info():
+    """CPU model, CPU counts, load, platform and versions, for the report's head and the JSON."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        load = os.getloadavg()
+    except (AttributeError, OSError):
+        load = None
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+            "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "loadavg": load}
+
+
+def fmt(x, width=8):
+    """A number with 3 significant digits (no exponent), right-aligned; "-" when missing."""
+    if x is None or not math.isfinite(x):
+        return "-".rjust(width)
+    if x >= 100:
+        s = f"{x:.0f}"
+    elif x >= 10:
+        s = f"{x:.1f}"
+    elif x >= 1:
+        s = f"{x:.2f}"
+    else:
+        s = f"{x:.3f}"
+    return s.rjust(width)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _noise(row):
+    """The cell's noise (largest IQR/median over its contenders), flagged '!' above NOISY."""
+    x = row.get("noise")
+    if x is None:
+        return "-".rjust(6)
+    return (f"{100 * x:.0f}%" + ("!" if x > NOISY else " ")).rjust(6)
+
+
+def _table(rows, keys, columns, ratios, values):
+    """Rows as a fixed-width table: ``keys`` (title, width, field) left, then ``columns`` from
+    ``row[values]``, then ``ratios`` (title, numerator, denominator), then the noise."""
+    widths = {c: max(len(c), 8) for c in columns + [title for title, _, _ in ratios]}
+    head = (" ".join(f"{title:<{w}}" if i < 2 else f"{title:>{w}}" for i, (title, w, _) in enumerate(keys))
+            + " " + " ".join(f"{c:>{widths[c]}}" for c in columns)
+            + " " + " ".join(f"{t:>{widths[t]}}" for t, _, _ in ratios) + f" {'noise':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        v = r[values]
+        lines.append(
+            " ".join(f"{r[field]!s:<{w}}" if i < 2 else f"{r[field]!s:>{w}}"
+                     for i, (_, w, field) in enumerate(keys))
+            + " " + " ".join(fmt(v.get(c), widths[c]) for c in columns)
+            + " " + " ".join(fmt(ratio(v.get(a), v.get(b)), widths[t]) for t, a, b in ratios)
+            + f" {_noise(r)}")
+    return "\n".join(lines)
+
+
+def format_table(rows):
+    """The optimizer-step table (ns per element per step)."""
+    keys = [("optimizer", 9, "optimizer"), ("dtype", 7, "dtype"), ("size", 10, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, COLUMNS, RATIOS, "ns_per_elem")
+
+
+def format_clip(rows):
+    """The clip_grad_norm_ table (µs per call)."""
+    keys = [("dtype", 7, "dtype"), ("size", 10, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, CLIP_COLUMNS, CLIP_RATIOS, "us_per_call")
+
+
+def format_traffic(names, dtypes):
+    """One line per algorithm: the arrays it reads and writes per element, and the bytes."""
+    lines = []
+    for name in names:
+        a = ALGORITHMS[name]
+        size = ", ".join(f"{a.bytes_per_element(np.dtype(d).itemsize)} B ({np.dtype(d).name})" for d in dtypes)
+        lines.append(f"  {name:<9} reads {a.reads} arrays, writes {a.writes}: {size} per element")
+    return "\n".join(lines)
+
+
+def bandwidth(rows):
+    """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured."""
+    out = {}
+    for r in rows:
+        bound = r["ns_per_elem"].get("mem-bound")
+        if bound is None or r["n_key"] == MANY:
+            continue
+        best = out.get(r["threads"])
+        if best is None or r["n"] > best[1]["n"]:
+            out[r["threads"]] = (r["bytes_per_elem"] / bound, r)
+    return out
+
+
+def write_plot(rows, path):
+    """A log-log plot of ns per element against the element count (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    opts = list(dict.fromkeys(r["optimizer"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(len(opts), len(dtypes), figsize=(6 * len(dtypes), 3.6 * len(opts)),
+                             squeeze=False)
+    colors = dict(zip(COLUMNS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    styles = ["-", "--", ":", "-."]
+    for i, opt in enumerate(opts):
+        for j, dt in enumerate(dtypes):
+            ax = axes[i][j]
+            for c in COLUMNS:
+                for ti, th in enumerate(threads):
+                    sel = [r for r in rows if r["optimizer"] == opt and r["dtype"] == dt
+                           and r["threads"] == th and r["ns_per_elem"].get(c) is not None]
+                    single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] != MANY)
+                    many = [(r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] == MANY]
+                    if single:
+                        ax.plot(*zip(*single), styles[ti % 4], marker="o", ms=3, color=colors[c],
+                                label=f"{c} ({th} thr)")
+                    if many:
+                        ax.plot(*zip(*many), "*", ms=9, color=colors[c])
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{opt} {dt}  (star: 200 arrays)")
+            ax.set_xlabel("elements")
+            ax.set_ylabel("ns / element / step")
+            ax.grid(True, which="both", alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path, **payload):
+    """All results as JSON (rows without their internal size key)."""
+    payload["results"] = [{k: v for k, v in r.items() if k != "n_key"} for r in payload.get("results", [])]
+    payload["algorithms"] = {name: dict(cls=a.cls, hyper=dict(a.hyper), reads=a.reads, writes=a.writes)
+                             for name, a in ALGORITHMS.items()}
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=1, default=str)

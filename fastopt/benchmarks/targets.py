@@ -1,0 +1,128 @@
+"""``fastopt bench --check TARGETS.json``: speed targets checked against one run's ratios.
+
+The package holds no targets; the file given on the command line declares them (the repository
+keeps the project's in ``bench/targets.json``)::
+
+    {"targets": [
+      {"table": "steps", "optimizer": "adam", "dtype": "float32", "size": "1e7",
+       "ratio": ["fastopt", "C-adam"], "at_most": 1.05},
+      {"table": "steps", "dtype": "float32", "size": "200 arrays",
+       "overhead_us": ["fastopt", "C-adam"], "at_most": 10},
+      {"table": "clip", "dtype": "float32", "ratio": ["torch-foreach", "fastopt"], "at_least": 3},
+      {"table": "lbfgs", "max_n": 1000, "value": "ratio", "at_most": 0.1}]}
+
+A target applies to every row of its table that matches its filters -- ``optimizer``, ``dtype``,
+``size`` (a label of the table: ``1e7``, ``200 arrays``), ``threads``, ``min_elements`` /
+``max_elements`` (step and clip tables), ``min_n`` / ``max_n`` (L-BFGS) -- and each match is one
+check of one measured quantity:
+
+* ``ratio: [a, b]`` -- column ``a`` / column ``b`` of the row;
+* ``overhead_us: [a, b]`` -- (``a`` - ``b``) in ns per element times the element count, in µs:
+  the time per step that ``a`` spends beyond ``b``;
+* ``value: field`` -- a field of an L-BFGS row (``ratio`` is fastopt / SciPy per iteration).
+
+against ``at_most`` or ``at_least``; ``note`` is printed with it. A target that matches no row is
+reported as not measured. The bench exits with status 1 when a measured target is missed.
+"""
+import json
+import numbers
+
+from .settings import NOISY
+
+TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None}
+FILTERS = {"optimizer", "dtype", "size", "threads", "min_elements", "max_elements", "min_n", "max_n"}
+METRICS = {"ratio", "overhead_us", "value"}
+KEYS = FILTERS | METRICS | {"table", "at_most", "at_least", "note"}
+
+
+def load(path):
+    """The targets declared in the JSON file ``path``; ValueError naming the entry if malformed."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read targets file {path}: {exc}") from exc
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, list) or not targets:
+        raise ValueError(f"{path}: expected an object with a non-empty list 'targets'")
+    for i, t in enumerate(targets):
+        where = f"{path}: targets[{i}]"
+        if not isinstance(t, dict):
+            raise ValueError(f"{where} is not an object")
+        unknown = set(t) - KEYS
+        if unknown:
+            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(KEYS)}")
+        if t.get("table") not in TABLES:
+            raise ValueError(f"{where}: 'table' must be one of {sorted(TABLES)}, got {t.get('table')!r}")
+        metrics = METRICS & set(t)
+        if len(metrics) != 1:
+            raise ValueError(f"{where} needs exactly one of {sorted(METRICS)}")
+        metric = metrics.pop()
+        if (metric == "value") != (t["table"] == "lbfgs"):
+            raise ValueError(f"{where}: 'value' is for the lbfgs table, 'ratio'/'overhead_us' for the others")
+        if metric != "value" and not (isinstance(t[metric], list) and len(t[metric]) == 2
+                                      and all(isinstance(c, str) for c in t[metric])):
+            raise ValueError(f"{where}: {metric!r} must be a list of two column names")
+        bounds = [k for k in ("at_most", "at_least") if k in t]
+        if len(bounds) != 1 or not isinstance(t[bounds[0]], numbers.Real) or isinstance(t[bounds[0]], bool):
+            raise ValueError(f"{where} needs one number 'at_most' or 'at_least'")
+    return targets
+
+
+def _matches(target, row):
+    if any(key in target and row.get(key) != target[key] for key in ("optimizer", "dtype", "size", "threads")):
+        return False
+    count = row["n"]
+    if any(key in target and count < target[key] for key in ("min_elements", "min_n")):
+        return False
+    return not any(key in target and count > target[key] for key in ("max_elements", "max_n"))
+
+
+def _describe(row, table):
+    if table == "lbfgs":
+        return f"L-BFGS n = {row['n']:,}"
+    what = f"{row['optimizer']} " if table == "steps" else "clip_grad_norm_ "
+    return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"
+
+
+def _measure(target, row):
+    """(value, text) of the target's quantity on ``row``; value None when a column is missing."""
+    if "value" in target:
+        return row.get(target["value"]), f"{target['value']}"
+    values = row[TABLES[target["table"]]]
+    a, b = (target.get("ratio") or target.get("overhead_us"))
+    x, y = values.get(a), values.get(b)
+    if x is None or y is None:
+        return None, f"{b if x is not None else a} not measured"
+    if "ratio" in target:
+        return (x / y if y else None), f"{a} / {b}"
+    per_step = (x - y) * row["n"] / 1e3 if target["table"] == "steps" else x - y
+    return per_step, f"({a} - {b}) per step, us"
+
+
+def check(targets, results):
+    """Evaluate ``targets`` on ``results`` ({table: rows}); a list of (ok or None, text)."""
+    out = []
+    for t in targets:
+        rows = [r for r in results.get(t["table"], []) if _matches(t, r)]
+        bound = ("<=", t["at_most"]) if "at_most" in t else (">=", t["at_least"])
+        note = f"  ({t['note']})" if t.get("note") else ""
+        if not rows:
+            filters = ", ".join(f"{k}={t[k]}" for k in sorted(FILTERS & set(t)))
+            out.append((None, f"{t['table']} [{filters}]: not measured in this run{note}"))
+            continue
+        for r in rows:
+            value, what = _measure(t, r)
+            where = _describe(r, t["table"])
+            if value is None:
+                out.append((None, f"{where}: {what}{note}"))
+                continue
+            ok = value <= bound[1] if bound[0] == "<=" else value >= bound[1]
+            noisy = "" if (r.get("noise") or 0) <= NOISY else f"  [noisy cell: IQR {100 * r['noise']:.0f}% of median]"
+            out.append((ok, f"{where}: {what} = {value:.3g} (target {bound[0]} {bound[1]}){note}{noisy}"))
+    return out
+
+
+def format_check(results):
+    """The check as printed lines: ✓ met, ✗ missed, ? not measured."""
+    return "\n".join(f"  {'?' if ok is None else ('✓' if ok else '✗')} {text}" for ok, text in results)

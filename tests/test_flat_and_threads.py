@@ -87,13 +87,14 @@ def test_threadpoolctl_sees_and_limits_fastopts_threads(restore_threads):
     assert fastopt.get_num_threads() == 3
 
 
-def test_omp_num_threads_sets_the_default():
+def test_omp_num_threads_sets_the_default(tmp_path):
     import subprocess
     import sys
     code = "import fastopt; print(fastopt.get_num_threads())"
     env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    # cwd: `python -c` puts it first on sys.path, and it must not be the source tree
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
 

@@ -270,8 +270,8 @@ def test_top_level_names_still_work():
 # ---------------------------------------------------------------------------------------------
 
 def test_bounded_bench_rows():
-    from fastopt._bench_lbfgsb import (chained_rosenbrock_box, compare_bounded_with_scipy,
-                                       format_bounded_rows)
+    from fastopt.benchmarks.lbfgsb_vs_scipy import (chained_rosenbrock_box,
+                                                    compare_bounded_with_scipy, format_bounded_rows)
     lower, upper = chained_rosenbrock_box(9)
     assert np.isfinite(lower).sum() == 6 and np.isfinite(upper).sum() == 3
     rows = compare_bounded_with_scipy(sizes=[60], repeats=1)
@@ -284,7 +284,7 @@ def test_bounded_bench_rows():
 
 
 def test_owlqn_bench_row():
-    from fastopt._bench_lbfgsb import compare_owlqn_with_saga
+    from fastopt.benchmarks.lbfgsb_vs_scipy import compare_owlqn_with_saga
     row = compare_owlqn_with_saga(repeats=1)
     assert abs(row["rel_gap"]) <= 1e-6 and row["owlqn_zeros"] == row["saga_zeros"]
     assert row["owlqn_s"] > 0 and row["saga_s"] > 0

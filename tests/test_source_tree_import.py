@@ -26,8 +26,9 @@ def _source_copy(root, keep_compiled=()):
                     ignore=shutil.ignore_patterns(*COMPILED, "*.c", "*.html", "_build_config.py",
                                                   "__pycache__"))
     for pattern in keep_compiled:
-        for path in PACKAGE.glob(pattern):
-            shutil.copy(path, root / "fastopt" / path.name)
+        for path in PACKAGE.rglob(pattern):     # the compiled core lives in subpackages too
+            target = root / "fastopt" / path.relative_to(PACKAGE)
+            shutil.copy(path, target)
     return root
 
 

@@ -104,6 +104,30 @@ def run_lbfgs(args, log):
     return rows
 
 
+def run_lbfgsb(args, log):
+    """L-BFGS-B with bounds vs SciPy's: the marginal time of an iteration outside the objective."""
+    from . import lbfgsb_vs_scipy
+
+    sizes = settings.LBFGS_QUICK_SIZES if args.quick else lbfgsb_vs_scipy.DEFAULT_SIZES
+    repeats = args.repeats or (settings.LBFGS_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
+    log(f"L-BFGS-B (bounds) vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)}")
+    rows = lbfgsb_vs_scipy.compare_bounded_with_scipy(sizes=sizes, repeats=repeats)
+    print("\nL-BFGS-B with bounds vs SciPy L-BFGS-B: microseconds per iteration outside the objective "
+          "(chained Rosenbrock in a box that cuts its minimizer off,\na third of the coordinates at "
+          "a bound; marginal cost: full run minus a one-iteration run, over the extra iterations)")
+    print(lbfgsb_vs_scipy.format_bounded_rows(rows))
+    try:
+        owlqn = lbfgsb_vs_scipy.compare_owlqn_with_saga(repeats=1 if args.quick else 3)
+    except ImportError:
+        print("scikit-learn: not installed, so no OWL-QN comparison (`python -m pip install "
+              "scikit-learn` adds it)")
+    else:
+        print(f"OWL-QN (L1 logistic regression, breast cancer): {owlqn['owlqn_s'] * 1e3:.1f} ms vs "
+              f"scikit-learn SAGA {owlqn['saga_s'] * 1e3:.1f} ms; objective relative gap "
+              f"{owlqn['rel_gap']:.1e}; zero coefficients {owlqn['owlqn_zeros']} / {owlqn['saga_zeros']}")
+    return rows
+
+
 def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
     print("fastopt bench -- ns per element per step (medians; contenders interleaved round-robin)")
     load = ", ".join(f"{x:.2f}" for x in info["loadavg"]) if info["loadavg"] else "?"
@@ -218,10 +242,12 @@ def main(argv=None, prog="fastopt bench"):
     _print_results(rows, clip_rows, opts, dtypes)
     print(f"\n{len(rows) + len(clip_rows)} cells in {elapsed:.1f} s")
     lbfgs = run_lbfgs(args, log) if args.lbfgs else None
+    lbfgsb = run_lbfgsb(args, log) if args.lbfgs else None
 
     checked = None
     if checks is not None:
-        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or []})
+        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or [],
+                                             "lbfgsb": lbfgsb or []})
         print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
         print(targets_mod.format_check(checked))
 

@@ -19,7 +19,8 @@ check of one measured quantity:
 * ``ratio: [a, b]`` -- column ``a`` / column ``b`` of the row;
 * ``overhead_us: [a, b]`` -- (``a`` - ``b``) in ns per element times the element count, in µs:
   the time per step that ``a`` spends beyond ``b``;
-* ``value: field`` -- a field of an L-BFGS row (``ratio`` is fastopt / SciPy per iteration).
+* ``value: field`` -- a field of an L-BFGS or L-BFGS-B row (``ratio`` is fastopt / SciPy per
+  iteration).
 
 against ``at_most`` or ``at_least``; ``note`` is printed with it. A target that matches no row is
 reported as not measured. The bench exits with status 1 when a measured target is missed.
@@ -29,7 +30,9 @@ import numbers
 
 from .settings import NOISY
 
-TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None}
+TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None, "lbfgsb": None}
+#: The tables whose targets name a row field (``value``) rather than two columns.
+VALUE_TABLES = ("lbfgs", "lbfgsb")
 FILTERS = {"optimizer", "dtype", "size", "threads", "min_elements", "max_elements", "min_n", "max_n"}
 METRICS = {"ratio", "overhead_us", "value"}
 KEYS = FILTERS | METRICS | {"table", "at_most", "at_least", "note"}
@@ -58,8 +61,9 @@ def load(path):
         if len(metrics) != 1:
             raise ValueError(f"{where} needs exactly one of {sorted(METRICS)}")
         metric = metrics.pop()
-        if (metric == "value") != (t["table"] == "lbfgs"):
-            raise ValueError(f"{where}: 'value' is for the lbfgs table, 'ratio'/'overhead_us' for the others")
+        if (metric == "value") != (t["table"] in VALUE_TABLES):
+            raise ValueError(f"{where}: 'value' is for the {'/'.join(VALUE_TABLES)} tables, "
+                             "'ratio'/'overhead_us' for the others")
         if metric != "value" and not (isinstance(t[metric], list) and len(t[metric]) == 2
                                       and all(isinstance(c, str) for c in t[metric])):
             raise ValueError(f"{where}: {metric!r} must be a list of two column names")
@@ -79,8 +83,8 @@ def _matches(target, row):
 
 
 def _describe(row, table):
-    if table == "lbfgs":
-        return f"L-BFGS n = {row['n']:,}"
+    if table in VALUE_TABLES:
+        return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
     what = f"{row['optimizer']} " if table == "steps" else "clip_grad_norm_ "
     return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"
 

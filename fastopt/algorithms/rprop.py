@@ -38,6 +38,9 @@ RPROP = Algorithm(
     # torch's sequence: sign(g * prev), then factor[> 0] = etaplus, factor[< 0] = etaminus,
     # factor[== 0] = 1, clamp (NaN propagates), and g = 0 where factor == etaminus. torch.sign is
     # 0 for NaN: an element whose gradient is NaN keeps its step size and param this step.
+    # p + (-sign(g)) * step_size is written as a choice between -step_size, step_size and
+    # step_size * 0 (the same values, signed zeros and NaN included): with sign(g) of the g just
+    # chosen, GCC turns the loop into branches and does not vectorize it (8.7 against 0.7 ns).
     update="""
         {{if first}}
         step_size = lr
@@ -50,7 +53,7 @@ RPROP = Algorithm(
         step_size = _where(step_size < step_size_min, step_size_min, step_size)
         step_size = _where(step_size_max < step_size, step_size_max, step_size)
         g = _where(factor == etaminus, <{{T}}>0, g)
-        p = p + (-_sign0(g)) * step_size
+        p = p - _where(g > 0, step_size, _where(g < 0, -step_size, step_size * <{{T}}>0))
         prev = g
     """,
     weight=2,

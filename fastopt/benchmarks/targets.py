@@ -11,8 +11,10 @@ keeps the project's in ``bench/targets.json``)::
       {"table": "clip", "dtype": "float32", "ratio": ["torch-foreach", "fastopt"], "at_least": 3},
       {"table": "lbfgs", "max_n": 1000, "value": "ratio", "at_most": 0.1}]}
 
-A target applies to every row of its table that matches its filters -- ``optimizer``, ``dtype``,
-``size`` (a label of the table: ``1e7``, ``200 arrays``), ``threads``, ``min_elements`` /
+A target applies to every row of its table (``steps``, ``clip``, ``matrix`` -- the steps that are
+not elementwise, in ms, with ``torch`` the faster of torch's implementations --, ``lbfgs``,
+``lbfgsb``) that matches its filters -- ``optimizer``, ``dtype``,
+``size`` (a label of the table: ``1e7``, ``200 arrays``, ``512x512``), ``threads``, ``min_elements`` /
 ``max_elements`` (step and clip tables), ``min_n`` / ``max_n`` (L-BFGS) -- and each match is one
 check of one measured quantity:
 
@@ -30,7 +32,8 @@ import numbers
 
 from .settings import NOISY
 
-TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None, "lbfgsb": None}
+TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
+          "lbfgsb": None}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
 FILTERS = {"optimizer", "dtype", "size", "threads", "min_elements", "max_elements", "min_n", "max_n"}
@@ -85,7 +88,7 @@ def _matches(target, row):
 def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
-    what = f"{row['optimizer']} " if table == "steps" else "clip_grad_norm_ "
+    what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "
     return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"
 
 

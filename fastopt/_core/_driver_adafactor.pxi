@@ -14,13 +14,22 @@
 #                   estimate R_r C / mean(R) rounded as torch's matmul and div_ round it; for a
 #                   vector, phase moment_norm also updates v) and its sum of squares per item;
 #   .  per array: coef = -alpha / max(1, RMS(u) / d), into the per-array scalars;
-#   C. (p, g read, p written)  the update (phase apply), recomputing u as pass B did.
+#   C. (p, g read, p written)  the update (phase apply), recomputing u as pass B did; or, when
+#      the bucket holds at most U_CACHE_ELEMENTS elements, pass B keeps u in a bucket-sized buffer
+#      and pass C reads it (phase apply_u: p, u read, p written). u costs a square root and two
+#      divisions per element, and the divider is what bounds passes B and C.
 # Items (rows of one matrix, or a range of a vector, ITEM_ELEMENTS elements or so) depend on the
 # shapes alone and every partial is combined in item order, so a step is bit-identical for any
 # thread count. Sums of squares are float64 (the kernel table's reduction); torch sums in the
 # param's dtype, so the norms agree with torch's to about an ulp of that dtype.
 #
 # A param without elements is counted but left alone (torch divides by its zero size and raises).
+
+
+cdef enum:
+    # Buckets up to this many elements keep u between passes B and C (16 MiB in float32): a param's
+    # size in scratch, as torch's own step allocates (twice) for its estimate and update.
+    U_CACHE_ELEMENTS = 1 << 22
 
 
 cdef struct AfArray:
@@ -67,6 +76,8 @@ cdef struct AfJob:
     double* col_partials      # per factored item: one sum per column
     double* row_mean          # per matrix: max(mean(R), eps1)
     double* alpha             # per array
+    char* u_cache             # u of every element, laid out as the bucket's arenas (NULL: none)
+    const Py_ssize_t* offsets # the bucket's offsets (the cache's layout)
 
 
 cdef inline void* _af_scalars(const AfJob* j, Py_ssize_t k) noexcept nogil:
@@ -144,42 +155,55 @@ cdef void _af_pass_bc_item(const AfJob* j, Py_ssize_t item, bint apply, real_t* 
     """Pass B (u and its sum of squares) or, with ``apply``, pass C (the update) for one item."""
     cdef const AfItem* it = &j.items[item]
     cdef const AfArray* a = &j.arrays[it.k]
-    cdef Py_ssize_t k = it.k, C = a.cols, r, row
+    cdef Py_ssize_t k = it.k, C = a.cols, r, row, first, count
     cdef char* state[MAX_STATE]
     cdef real_t* estimate = scratch
-    cdef real_t* u = scratch + j.max_cols
+    cdef char* u
     cdef const real_t* R
     cdef const real_t* Cv
     cdef real_t mean
     cdef double usq = 0.0
-    cdef int phase
     memset(state, 0, sizeof(state))
+    first = it.start if a.matrices == 0 else (it.matrix * a.rows + it.start) * C
+    count = (it.stop - it.start) * (1 if a.matrices == 0 else C)
+    if apply and j.u_cache != NULL:     # pass B left u in the cache: the update alone
+        _af_run(j, k, ADAFACTOR_PHASE_APPLY_U, 1.0, j.params[k] + first * j.itemsize,
+                j.u_cache + (j.offsets[k] + first) * j.itemsize, state, count)
+        return
     if a.matrices == 0:
-        state[j.s_var] = j.variance[k] + it.start * j.itemsize
+        state[j.s_var] = j.variance[k] + first * j.itemsize
         if apply:
-            _af_run(j, k, ADAFACTOR_PHASE_APPLY, j.gmul, j.params[k] + it.start * j.itemsize,
-                    j.grads[k] + it.start * j.itemsize, state, it.stop - it.start)
+            _af_run(j, k, ADAFACTOR_PHASE_APPLY, j.gmul, j.params[k] + first * j.itemsize,
+                    j.grads[k] + first * j.itemsize, state, count)
         else:
-            _af_run(j, k, ADAFACTOR_PHASE_MOMENT_NORM, j.gmul, <char*>u,
-                    j.grads[k] + it.start * j.itemsize, state, it.stop - it.start)
-            j.usq[item] = _sumsq(j.table, j.f32, <const char*>u, it.stop - it.start)
+            u = _af_u(j, k, first, scratch)
+            _af_run(j, k, ADAFACTOR_PHASE_MOMENT_NORM, j.gmul, u, j.grads[k] + first * j.itemsize,
+                    state, count)
+            j.usq[item] = _sumsq(j.table, j.f32, u, count)
         return
     R = (<const real_t*>j.row_var[k]) + it.matrix * a.rows
     Cv = (<const real_t*>j.col_var[k]) + it.matrix * C
     mean = <real_t>j.row_mean[a.first_matrix + it.matrix]
     state[j.s_var] = <char*>estimate
-    phase = ADAFACTOR_PHASE_APPLY if apply else ADAFACTOR_PHASE_NORM
     for r in range(it.start, it.stop):
         row = (it.matrix * a.rows + r) * C
         _af_estimate_row(R[r], Cv, mean, estimate, C)
         if apply:
-            _af_run(j, k, phase, j.gmul, j.params[k] + row * j.itemsize,
+            _af_run(j, k, ADAFACTOR_PHASE_APPLY, j.gmul, j.params[k] + row * j.itemsize,
                     j.grads[k] + row * j.itemsize, state, C)
         else:
-            _af_run(j, k, phase, j.gmul, <char*>u, j.grads[k] + row * j.itemsize, state, C)
-            usq = usq + _sumsq(j.table, j.f32, <const char*>u, C)
+            u = _af_u(j, k, row, scratch)
+            _af_run(j, k, ADAFACTOR_PHASE_NORM, j.gmul, u, j.grads[k] + row * j.itemsize, state, C)
+            usq = usq + _sumsq(j.table, j.f32, u, C)
     if not apply:
         j.usq[item] = usq
+
+
+cdef inline char* _af_u(const AfJob* j, Py_ssize_t k, Py_ssize_t first, real_t* scratch) noexcept nogil:
+    """Where pass B writes u of array k from element ``first`` on: the cache, or a scratch row."""
+    if j.u_cache != NULL:
+        return j.u_cache + (j.offsets[k] + first) * j.itemsize
+    return <char*>(scratch + j.max_cols)
 
 
 cdef void _af_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcept nogil:
@@ -357,6 +381,11 @@ cdef class AdafactorBucket(ShapedStateBucket):
         j.s_row, j.s_col, j.s_var = self._s_row, self._s_col, self._s_var
         j.per_array, j.array_size, j.variant = self._per_array, self.alg.array_size, self._variant
         j.max_cols = self._max_cols
+        j.offsets = self._offsets
+        if self.total_size <= U_CACHE_ELEMENTS:
+            cache = _aligned_full(self.total_size, 0.0, self.state_like)
+            buffers.append(cache)
+            j.u_cache = <char*>cnp.PyArray_DATA(<cnp.ndarray>cache)
         j.psq, j.usq = _f64_zeros(buffers, self._n_items), _f64_zeros(buffers, self._n_items)
         j.rowsq, j.row_mean = _f64_zeros(buffers, self._n_rows), _f64_zeros(buffers, self._n_matrices)
         j.col_partials = _f64_zeros(buffers, self._n_col_partials)

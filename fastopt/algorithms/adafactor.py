@@ -66,14 +66,20 @@ ADAFACTOR = Algorithm(
     driver_scalars=("coef",),
     # moment_norm (vectors): v <- lerp(v, g^2, w), then u into the scratch buffer p;
     # norm (matrices, a row at a time): u into p, with the row's estimate in "variance";
-    # apply: the update; factor: R or C (in p) <- lerp toward the mean squares (in g).
-    phases=("moment_norm", "norm", "apply", "factor"),
+    # apply: the update; apply_u: the update with u kept from pass B (in g, gmul 1);
+    # factor: R or C (in p) <- lerp toward the mean squares (in g).
+    phases=("moment_norm", "norm", "apply", "apply_u", "factor"),
     switches=[Switch("lerp", "<{{T}}>w >= 0.5", ("low", "high")),
               Switch("decay", "weight_decay != 0")],
     temporaries=("u",),
     update="""
         {{if phase == "factor"}}
         p = _lerp_{{lerp}}(p, g, w)
+        {{elif phase == "apply_u"}}
+        {{if decay}}
+        p = p * decay_scale
+        {{endif}}
+        p = p + coef * g
         {{else}}
         {{if phase == "moment_norm"}}
         variance = _lerp_{{lerp}}(variance, g * g, w)

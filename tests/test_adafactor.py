@@ -9,14 +9,6 @@ from fastopt._backend import kernels
 from reference import RefOptimizer, assert_close, fingerprint, random_arrays
 
 
-@pytest.fixture
-def restore_threads():
-    minimum = kernels.get_parallel_min_size()
-    yield
-    fastopt.set_num_threads(0)
-    kernels.set_parallel_min_size(minimum)
-
-
 def _run(params, steps=4, seed=0, **cfg):
     rng = np.random.default_rng(seed)
     opt = fastopt.Adafactor(params, **cfg)
@@ -26,7 +18,7 @@ def _run(params, steps=4, seed=0, **cfg):
 
 
 @pytest.mark.skipif(not kernels.has_threads(), reason="built without threads")
-def test_bit_identical_for_any_thread_count_with_many_items(restore_threads):
+def test_bit_identical_for_any_thread_count_with_many_items(thread_settings):
     """Matrices of several work items (65536 elements each: the column sums are combined over
     items) and a vector of several items: the same bits for 1, 2 and 3 threads."""
     shapes = [(700, 300), (3, 40, 2000), (150_001,), (5, 5)]

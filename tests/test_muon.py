@@ -182,16 +182,8 @@ def test_checkpoint_file(tmp_path):
     np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], other.state[0]["momentum_buffer"])
 
 
-@pytest.fixture
-def restore_threads():
-    minimum = kernels.get_parallel_min_size()
-    yield
-    fastopt.set_num_threads(0)
-    kernels.set_parallel_min_size(minimum)
-
-
 @pytest.mark.skipif(not kernels.has_threads(), reason="built without threads")
-def test_bit_identical_for_any_thread_count(restore_threads):
+def test_bit_identical_for_any_thread_count(thread_settings):
     kernels.set_parallel_min_size(0)
     results = []
     for threads in (1, 2, 3):

@@ -197,7 +197,10 @@ class _Adapter(torch.optim.Optimizer):
         self.param_groups[-1] = group = _ParamGroup(self.param_groups[-1])
         try:
             self._check_group_flags(group, f"param group {n_groups}")
+            algorithm = self._fastopt_cls.algorithm
             for i, p in enumerate(group["params"]):
+                if algorithm.torch_rejects_complex and isinstance(p, torch.Tensor) and p.is_complex():
+                    raise RuntimeError(f"{algorithm.name} does not support complex parameters")
                 problem = _tensor_problem(p, f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})")
                 if problem is not None:
                     raise problem

@@ -7,6 +7,11 @@ combination of switch values. Each combination's update body is rendered (Tempit
 values and ``T``); combinations that render to the same loop share one function, so a switch that
 only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no extra code.
 
+For algorithms with a compiled driver (``Algorithm.driver``), it also writes ``_drivers.pxi``,
+which ``_bucket.pyx`` includes: the driver kernels' struct types (the same layout as the loops'
+header), so a driver fills and reads the per-array scalars by name, the index of each of their
+phases, and an ``include`` of each driver's own file, ``_driver_<kernel>.pxi``.
+
 Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.py).
 """
 import importlib.util
@@ -24,6 +29,7 @@ TEMPLATE = os.path.join(HERE, "_algorithms.pxi.tp")
 OUTPUT = os.path.join(HERE, "_algorithms.pxi")
 LOOPS_TEMPLATE = os.path.join(HERE, "_algorithm_loops.h.tp")
 LOOPS_OUTPUT = os.path.join(HERE, "_algorithm_loops.h")
+DRIVERS_OUTPUT = os.path.join(HERE, "_drivers.pxi")
 
 #: (suffix, C type) of the compute dtypes: a prologue is generated for each.
 DTYPES = (("f32", "float"), ("f64", "double"))
@@ -135,8 +141,11 @@ class KernelCode:
         self.fields = a.fields
         field_names = [f for f, _ in self.fields]
         self.scalars = list(a.scalars)
+        self.prologue_scalars = [s for s in a.scalars if s not in a.driver_scalars]
+        self.driver = a.driver
+        self.phases = list(a.phases)
         self.scalar_states = [s.name for s in a.scalar_state]
-        self.elem_states = [s.name for s in a.elementwise_state]
+        self.elem_states = [s.name for s in a.loop_state]
         switches = a.all_switches
         self.n_variants = 1
         for sw in switches:
@@ -150,13 +159,14 @@ class KernelCode:
         clash = set(self.prologue_locals) & set(field_names)
         if clash:
             raise ValueError(f"{a.name}: per_array assigns hyperparameter fields {sorted(clash)}")
-        self.per_array = _indent(a.per_array, 4)
 
         self.dtypes = []
         for suffix, ctype in DTYPES:
             choices = [(sw.name, len(sw.values), Tempita.Template(sw.choose).substitute(T=ctype))
                        for sw in switches]
-            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices))
+            per_array = Tempita.Template(a.per_array, name=f"{a.name}.per_array").substitute(T=ctype)
+            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices,
+                                          per_array=_indent(per_array, 4)))
 
         self.configs = []
         for config in CONFIGS:
@@ -166,9 +176,11 @@ class KernelCode:
                 env = {sw.name: sw.values[i] for sw, i in zip(switches, combo)}
                 env["T"] = ctype
                 body = Tempita.Template(a.update, name=f"{a.name}.update").substitute(env)
-                active = [(j, s.name) for j, s in enumerate(a.elementwise_state)
-                          if s.when is None or env[s.switch_name]]
                 names = spec.identifiers(body)
+                # a loop loads the states its body names and stores those it assigns
+                active = [(j, s.name) for j, s in enumerate(a.loop_state)
+                          if (s.when is None or env[s.switch_name]) and s.name in names]
+                assigned = spec.assigned_names(body)
                 loop_fields = [f for f in field_names if f in names]
                 loop_scalars = [s for s in self.scalars if s in names]
                 locals_ = [t for t in a.temporaries if t in names]
@@ -180,11 +192,12 @@ class KernelCode:
                         scalars=loop_scalars, temporaries=locals_,
                         body=_indent(c_statements(body, f"{a.name}.update"), 8), variants=[],
                         states=states,
+                        stored=[st for st in states if st.name in assigned],
                         load_p=("m_[i]" if config.master
                                 else LOAD[_seen(config.param)].format(x="p_[i]")),
                         load_g=LOAD[_seen(config.grad)].format(x="g_[i]"),
                         store_p=_store(config, _seen(config.param), "p", 0),
-                        blocks=_blocks(config, states))
+                        blocks=_blocks(config, states, assigned))
                     by_code[key] = loop
                     loops.append(loop)
                 loop = by_code[key]
@@ -211,7 +224,7 @@ def _state_access(config, j, name):
                       store=_store(config, seen, name, 0x9E37 * (j + 1)))
 
 
-def _blocks(config, states):
+def _blocks(config, states, assigned):
     """How a loop's wrapper reaches memory block by block, or None when nothing is blocked.
 
     ``arguments`` are the element loop's array arguments for the block at ``start``, ``loads`` and
@@ -238,13 +251,47 @@ def _blocks(config, states):
     array("p", config.param, "p_data", loaded=not config.master, stored=True)
     array("g", config.grad, "g_data", loaded=True, stored=False)
     for st in states:
-        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=True)
+        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=st.name in assigned)
     arguments.append("master_ + start" if config.master else "master_")
     return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments)
 
 
+_DRIVERS_TEMPLATE = """\
+# Generated by _codegen.py from fastopt/algorithms: do not edit. Included by _bucket.pyx.
+# The kernels whose algorithm has a compiled driver: their struct types (laid out as in
+# _algorithm_loops.h), their phases' indices, and the drivers themselves.
+
+include "_driver_common.pxi"
+{{for k in kernels}}
+
+cdef struct {{k.name}}_hyper:
+{{for field, ctype in k.fields}}
+    {{ctype}} {{field}}
+{{endfor}}
+
+cdef struct {{k.name}}_array:
+{{for s in k.scalars}}
+    double {{s}}
+{{endfor}}
+{{if not k.scalars}}
+    char unused
+{{endif}}
+{{if k.phases}}
+
+cdef enum:
+{{for i, phase in enumerate(k.phases)}}
+    {{k.name.upper()}}_PHASE_{{phase.upper()}} = {{i}}
+{{endfor}}
+{{endif}}
+
+include "_driver_{{k.name}}.pxi"
+{{endfor}}
+"""
+
+
 def render_texts():
-    """{output path: text} of the generated Cython declarations and prologues and the C loops."""
+    """{output path: text} of the generated Cython declarations and prologues, the C loops and
+    the drivers' part."""
     algorithms = load_algorithms()
     spec = sys.modules[algorithms.__name__ + "._spec"]
     kernels = [KernelCode(a, spec) for a in algorithms.KERNELS]
@@ -254,7 +301,15 @@ def render_texts():
             template = Tempita.Template(f.read(), name=template_path)
         out[out_path] = template.substitute(kernels=kernels, configs=CONFIGS, enumerate=enumerate,
                                             len=len, repr=repr)
+    template = Tempita.Template(_DRIVERS_TEMPLATE, name="_drivers.pxi")
+    out[DRIVERS_OUTPUT] = template.substitute(kernels=[k for k in kernels if k.driver],
+                                              enumerate=enumerate)
     return out
+
+
+def render_drivers_text():
+    """The generated drivers' part (_drivers.pxi)."""
+    return render_texts()[DRIVERS_OUTPUT]
 
 
 def render_text():
@@ -273,7 +328,7 @@ def render():
             pass
         with open(out_path, "w") as f:
             f.write(text)
-    return [OUTPUT, LOOPS_OUTPUT]
+    return [OUTPUT, LOOPS_OUTPUT, DRIVERS_OUTPUT]
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@
 cimport cython
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, NAN
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.float cimport FLT_EPSILON, DBL_EPSILON     # for prologues (Adafactor's eps=None)
 from cpython.pycapsule cimport PyCapsule_New
 
 from fastopt._core._kernel_api cimport (

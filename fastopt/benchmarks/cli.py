@@ -10,8 +10,9 @@ import time
 import numpy as np
 
 from . import ceiling, report, settings, targets as targets_mod
-from .cases import bench_cell, bench_clip, make_data, n_elements, parse_size, size_label
-from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES
+from .cases import (bench_cell, bench_clip, bench_matrix_cell, make_data, matrix_row, n_elements,
+                    parse_size, size_label)
+from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES, MATRIX_CASES
 from .timing import noise
 
 
@@ -21,9 +22,10 @@ def build_parser(prog="fastopt bench"):
         description="fastopt's fused steps vs this machine's memory-traffic bound, torch.optim and "
                     "in-place NumPy: ns per element per step, medians of round-robin repetitions, "
                     "ratios from one run.")
-    ap.add_argument("--optimizers", default=",".join(ALGORITHMS),
-                    help=f"comma-separated, from {','.join(ALGORITHMS)} (default: all; 'none' for "
-                         "the L-BFGS comparison alone)")
+    ap.add_argument("--optimizers", default=",".join(list(ALGORITHMS) + list(MATRIX_CASES)),
+                    help=f"comma-separated, from {','.join(list(ALGORITHMS) + list(MATRIX_CASES))} "
+                         f"(default: all; {', '.join(MATRIX_CASES)} are timed on matrices, in the "
+                         "matrix table; 'none' for the L-BFGS comparison alone)")
     ap.add_argument("--sizes", default=None,
                     help=f"comma-separated element counts of one array, and/or {MANY} for the 200-array "
                          f"model (default {settings.DEFAULT_SIZES}; with --quick {settings.QUICK_SIZES})")
@@ -66,9 +68,9 @@ def build_parser(prog="fastopt bench"):
 def _parse(args):
     """The run's optimizers, sizes, dtypes and thread counts; ValueError on a bad value."""
     opts = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
-    bad = [o for o in opts if o not in ALGORITHMS and o != "none"]
+    bad = [o for o in opts if o not in ALGORITHMS and o not in MATRIX_CASES and o != "none"]
     if bad:
-        raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS)}")
+        raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS) + list(MATRIX_CASES)}")
     opts = [o for o in opts if o != "none"]
     size_text = args.sizes or (settings.QUICK_SIZES if args.quick else settings.DEFAULT_SIZES)
     sizes = [parse_size(s) for s in size_text.split(",") if s.strip()]
@@ -198,6 +200,15 @@ def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
         print("torch-loop (foreach=False): on the 200 arrays only unless --torch-loop")
 
 
+def _print_matrix(rows):
+    if rows:
+        print("\nSteps that are not elementwise (Adafactor's row and column statistics, Muon's "
+              "Newton-Schulz products), ms per step;\ntorch-loop: foreach=False (Muon's only "
+              "implementation), torch-foreach: foreach=True; torch/fo: the faster torch / fastopt; BLAS "
+              "pinned to the row's threads")
+        print(report.format_matrix(rows))
+
+
 def _print_results(rows, clip_rows, opts, dtypes):
     if rows:
         print("Optimizer steps, ns per element per step (lower is better)")
@@ -236,22 +247,27 @@ def main(argv=None, prog="fastopt bench"):
     torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
     if args.lbfgs or not args.no_clip:
         _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
-    refs, refs_note = (None, None) if args.no_ceiling or not (opts or not args.no_clip) else ceiling.build()
+    steps_opts = [o for o in opts if o in ALGORITHMS]
+    refs, refs_note = ((None, None) if args.no_ceiling or not (steps_opts or not args.no_clip)
+                       else ceiling.build())
     info = report.machine_info()
     _print_head(info, torch, refs, refs_note, args.numpy_block, fastopt)
     print(flush=True)
 
-    cells = [(s, d, o, t) for s in sizes for d in dtypes for o in opts for t in threads]
+    cells = [(s, d, o, t) for s in sizes for d in dtypes for o in steps_opts for t in threads]
     clip_cells = [] if args.no_clip else [(d, t) for d in dtypes for t in threads]
-    total = len(cells) + len(clip_cells)
-    rows, clip_rows = [], []
+    matrix_cells = [(case, case.quick_shapes if args.quick else case.shapes, d, t)
+                    for o in opts if o in MATRIX_CASES for case in MATRIX_CASES[o]
+                    for d in dtypes if d.name in settings.MATRIX_DTYPES for t in threads]
+    total = len(cells) + len(clip_cells) + len(matrix_cells)
+    rows, clip_rows, matrix_rows = [], [], []
     t_start = time.perf_counter()
     done = 0
     try:
-        for size in sizes:
+        for size in sizes if steps_opts else ():
             for dtype in dtypes:
                 data = make_data(size, dtype)          # one size in memory at a time
-                for name in opts:
+                for name in steps_opts:
                     for th in threads:
                         done += 1
                         t0 = time.perf_counter()
@@ -278,13 +294,23 @@ def main(argv=None, prog="fastopt bench"):
                                       seconds_per_call=stats))
                 log(f"[{done:3d}/{total}] clip     {dtype.name:<7} {MANY_LABEL} thr={th}: "
                     f"fastopt {us['fastopt']:.1f} us, {reps} rounds, {time.perf_counter() - t0:.1f} s")
+        for case, shapes, dtype, th in matrix_cells:
+            done += 1
+            t0 = time.perf_counter()
+            stats, reps = bench_matrix_cell(case, shapes, dtype, th, torch, timing)
+            row = matrix_row(case, shapes, dtype, th, stats, reps)
+            matrix_rows.append(row)
+            log(f"[{done:3d}/{total}] {case.name:<8} {dtype.name:<7} {row['size']:>10} thr={th}: "
+                f"fastopt {row['ms_per_step']['fastopt']:.3g} ms, {reps} rounds, "
+                f"{time.perf_counter() - t0:.1f} s")
     finally:
         if refs is not None:
             refs.close()
     elapsed = time.perf_counter() - t_start
 
-    _print_results(rows, clip_rows, opts, dtypes)
-    print(f"\n{len(rows) + len(clip_rows)} cells in {elapsed:.1f} s")
+    _print_results(rows, clip_rows, steps_opts, dtypes)
+    _print_matrix(matrix_rows)
+    print(f"\n{len(rows) + len(clip_rows) + len(matrix_rows)} cells in {elapsed:.1f} s")
     # the training-loop and precision tables are Adam's: they run when the run includes Adam
     tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
     if not args.no_precision and "adam" in opts:
@@ -294,8 +320,8 @@ def main(argv=None, prog="fastopt bench"):
 
     checked = None
     if checks is not None:
-        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or [],
-                                             "lbfgsb": lbfgsb or [], **tables})
+        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "matrix": matrix_rows,
+                                             "lbfgs": lbfgs or [], "lbfgsb": lbfgsb or [], **tables})
         print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
         print(targets_mod.format_check(checked))
 
@@ -308,7 +334,8 @@ def main(argv=None, prog="fastopt bench"):
     if args.json:
         report.write_json(args.json, machine=info, build_info=fastopt.build_info(),
                           torch=torch.__version__ if torch is not None else None,
-                          results=rows, clip=clip_rows, lbfgs=lbfgs, lbfgsb=lbfgsb, **tables,
+                          results=rows, clip=clip_rows, matrix=matrix_rows, lbfgs=lbfgs,
+                          lbfgsb=lbfgsb, **tables,
                           elapsed_s=elapsed,
                           targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
         print(f"json: {args.json}")

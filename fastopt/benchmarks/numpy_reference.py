@@ -391,10 +391,118 @@ class NumpyLion(NumpyOptimizer):
         m += t
 
 
+class NumpyAdadelta(NumpyOptimizer):
+    """Adadelta as torch.optim.Adadelta: v = rho v + (1-rho) g^2; d = sqrt(u + eps)/sqrt(v + eps) g;
+    u = rho u + (1-rho) d^2; p -= lr d."""
+
+    state_names = ("square_avg", "acc_delta")
+    n_tmp = 2
+    defaults = dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Adadelta: no weight decay")
+        return (h["rho"], 1.0 - h["rho"], h["eps"], -h["lr"])
+
+    def _delta(self, g, st, tmp, out, sc):
+        rho, c, eps, neg_lr = sc
+        v, u = st
+        d, t = tmp
+        _average_square(v, g, rho, c, d)
+        np.add(u, eps, out=d)
+        np.sqrt(d, out=d)
+        np.add(v, eps, out=t)
+        np.sqrt(t, out=t)
+        d /= t
+        d *= g
+        _average_square(u, d, rho, c, t)
+        np.multiply(d, neg_lr, out=out)
+
+
+class NumpyRprop(NumpyOptimizer):
+    """Rprop as torch.optim.Rprop: s = sign(g prev); step sizes times etaplus (s > 0) or etaminus
+    (s < 0), clamped; g = 0 where s < 0; p -= sign(g) step_size; prev = g."""
+
+    state_names = ("prev", "step_size")
+    n_tmp = 2
+    defaults = dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
+
+    def _init_state(self):
+        self.flat_state["step_size"][...] = self.hyper["lr"]
+        self._mask = np.empty(min(max(self.n, 1), self.block), dtype=bool)
+
+    def _scalars(self):
+        h = self.hyper
+        return h["etas"] + h["step_sizes"]
+
+    def _delta(self, g, st, tmp, out, sc):
+        etaminus, etaplus, lo, hi = sc
+        prev, size = st
+        s, f = tmp
+        mask = self._mask[:len(g)]
+        np.multiply(g, prev, out=s)
+        f.fill(1.0)
+        np.greater(s, 0, out=mask)
+        np.copyto(f, etaplus, where=mask)
+        np.less(s, 0, out=mask)
+        np.copyto(f, etaminus, where=mask)
+        size *= f
+        np.clip(size, lo, hi, out=size)
+        np.copyto(prev, g)
+        np.copyto(prev, 0, where=mask)          # no step where the gradient changed sign
+        np.sign(prev, out=out)
+        out *= size
+        np.negative(out, out=out)
+
+
+class NumpyASGD(NumpyOptimizer):
+    """ASGD as torch.optim.ASGD: p = p (1 - lambd eta) - eta g; ax += mu (p - ax) (ax = p while
+    mu = 1); then eta and mu of the next step, as float32 (torch's scalar tensors). The update
+    needs the new p, so this class steps each block in place itself."""
+
+    state_names = ("ax",)
+    defaults = dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0)
+
+    def _init_state(self):
+        self._eta = float(np.float32(self.hyper["lr"]))
+        self._mu = 1.0
+
+    def step(self, grads):
+        if isinstance(grads, np.ndarray):
+            grads = [grads]
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference ASGD: no weight decay")
+        self.step_count += 1
+        t = self.step_count
+        eta, mu, decay = self._eta, self._mu, 1.0 - h["lambd"] * self._eta
+        tmp = self._tmp[0]
+        ax = self.flat_state["ax"]
+        B = self.block
+        for k, p in enumerate(self.params):
+            flat_p, flat_g = p.reshape(-1), grads[k].reshape(-1)
+            start, n = self._start[k], self.sizes[k]
+            for lo in range(0, n, B):
+                hi = min(lo + B, n)
+                pb, gb, ab, tb = flat_p[lo:hi], flat_g[lo:hi], ax[start + lo:start + hi], tmp[:hi - lo]
+                pb *= decay
+                np.multiply(gb, -eta, out=tb)
+                pb += tb
+                if mu != 1.0:
+                    np.subtract(pb, ab, out=tb)
+                    tb *= mu
+                    ab += tb
+                else:
+                    np.copyto(ab, pb)
+        self._eta = float(np.float32(h["lr"] / ((1 + h["lambd"] * h["lr"] * t) ** h["alpha"])))
+        self._mu = float(np.float32(1 / max(1, t - h["t0"])))
+
+
 NUMPY_OPTIMIZERS = {
     "adam": NumpyAdam, "adamw": NumpyAdamW, "sgd": NumpySGD, "rmsprop": NumpyRMSprop,
     "adagrad": NumpyAdagrad, "nadam": NumpyNAdam, "radam": NumpyRAdam, "adamax": NumpyAdamax,
-    "lion": NumpyLion,
+    "lion": NumpyLion, "adadelta": NumpyAdadelta, "rprop": NumpyRprop, "asgd": NumpyASGD,
 }
 
 

@@ -14,6 +14,9 @@ COLUMNS = ["fastopt", "mem-bound", "C-adam", "torch-fused", "torch-foreach", "to
 RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("fused/fo", "torch-fused", "fastopt"),
           ("numpy/fo", "numpy", "fastopt"), ("fo/C-adam", "fastopt", "C-adam")]
 CLIP_COLUMNS = ["fastopt", "mem-bound", "torch-foreach", "numpy"]
+#: The matrix table (steps that are not elementwise): ms per step; torch = the faster of torch's.
+MATRIX_COLUMNS = ["fastopt", "torch-loop", "torch-foreach"]
+MATRIX_RATIOS = [("torch/fo", "torch", "fastopt")]
 CLIP_RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("torch/fo", "torch-foreach", "fastopt"),
                ("numpy/fo", "numpy", "fastopt")]
 
@@ -100,6 +103,12 @@ def format_clip(rows):
     return _table(rows, keys, CLIP_COLUMNS, CLIP_RATIOS, "us_per_call")
 
 
+def format_matrix(rows):
+    """The matrix table (ms per step)."""
+    keys = [("optimizer", 9, "optimizer"), ("dtype", 7, "dtype"), ("size", 11, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, MATRIX_COLUMNS, MATRIX_RATIOS, "ms_per_step")
+
+
 def format_traffic(names, dtypes):
     """One line per algorithm: the arrays it reads and writes per element, and the bytes."""
     lines = []
@@ -167,6 +176,8 @@ def write_json(path, **payload):
     payload["results"] = [{k: v for k, v in r.items() if k != "n_key"} for r in payload.get("results", [])]
     payload["algorithms"] = {name: dict(cls=a.cls, hyper=dict(a.hyper), reads=a.reads, writes=a.writes)
                              for name, a in ALGORITHMS.items()}
+    payload["matrix"] = [{k: v for k, v in r.items() if k != "seconds_per_step"}
+                         for r in payload.get("matrix") or []]
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=1, default=str)
 

@@ -11,8 +11,10 @@ keeps the project's in ``bench/targets.json``)::
       {"table": "clip", "dtype": "float32", "ratio": ["torch-foreach", "fastopt"], "at_least": 3},
       {"table": "lbfgs", "max_n": 1000, "value": "ratio", "at_most": 0.1}]}
 
-A target applies to every row of its table that matches its filters -- ``optimizer``, ``dtype``,
-``size`` (a label of the table: ``1e7``, ``200 arrays``), ``threads``, ``min_elements`` /
+A target applies to every row of its table (``steps``, ``clip``, ``matrix`` -- the steps that are
+not elementwise, in ms, with ``torch`` the faster of torch's implementations --, ``lbfgs``,
+``lbfgsb``) that matches its filters -- ``optimizer``, ``dtype``,
+``size`` (a label of the table: ``1e7``, ``200 arrays``, ``512x512``), ``threads``, ``min_elements`` /
 ``max_elements`` (step and clip tables), ``min_n`` / ``max_n`` (L-BFGS) -- and each match is one
 check of one measured quantity:
 
@@ -34,8 +36,8 @@ import numbers
 
 from .settings import NOISY
 
-TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None, "lbfgsb": None,
-          "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
+TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
+          "lbfgsb": None, "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
           "precision": "ns_per_elem"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
@@ -99,7 +101,7 @@ def _describe(row, table):
     if table in ("adapter", "clipstep", "threads", "precision"):
         extra = f", busy {row['busy']}" if table == "threads" else f", {row['threads']} thr"
         return f"{table} {row['size']}{extra}"
-    what = f"{row['optimizer']} " if table == "steps" else "clip_grad_norm_ "
+    what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "
     return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"
 
 

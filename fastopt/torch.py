@@ -69,6 +69,14 @@ _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy dtype fastopt keeps state in (bfloat16: ml_dtypes' or the uint16
+    bits of a BF16Array)."""
+    if dtype.name == "bfloat16" or dtype == np.uint16:
+        return torch.bfloat16
+    return {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype.name]
+
+
 def _as_numpy(t):
     """A zero-copy NumPy view of a CPU tensor; bfloat16 as a BF16Array (its bits as uint16), as
     NumPy has no bfloat16 of its own."""
@@ -430,6 +438,12 @@ class _Adapter(torch.optim.Optimizer):
         old_defaults = dict(self.defaults)
         super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts
         loaded = self.__dict__.pop("state", {})
+        # torch casts every floating-point state to its param's dtype; fastopt keeps some in
+        # another (a float32 master copy, bfloat16 moments, float32 scalars such as NAdam's
+        # mu_product): those are taken as saved and cast to the dtype fastopt keeps them in
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        own = [p for group in self.param_groups for p in group["params"]]
+        saved = {id(p): state_dict["state"].get(i, {}) for i, p in zip(saved_ids, own)}
         # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
         # (its optimizers' __setstate__), and so does this class, from the declaration.
         self.param_groups = [_ParamGroup(group) for group in self.param_groups]
@@ -454,7 +468,15 @@ class _Adapter(torch.optim.Optimizer):
                     if name == "step":
                         converted[name] = int(value.item()) if isinstance(value, torch.Tensor) else value
                     elif isinstance(value, torch.Tensor):
-                        problem = _tensor_problem(value, f"state '{name}' of param {index[id(key)]}", like=key)
+                        where = f"state '{name}' of param {index[id(key)]}"
+                        original = saved.get(id(key), {}).get(name) if isinstance(saved.get(id(key)), dict) else None
+                        if isinstance(original, torch.Tensor) and original.is_floating_point() \
+                                and value.is_floating_point():
+                            kept = _torch_dtype(self._fo._kept_dtype(index[id(key)], name))
+                            value = original.detach().to(kept)
+                            problem = _tensor_problem(value, where)   # fastopt checks dtype, shape
+                        else:
+                            problem = _tensor_problem(value, where, like=key)
                         if problem is not None and not isinstance(problem, ValueError):
                             raise problem
                         converted[name] = _as_numpy(value.contiguous())

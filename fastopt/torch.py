@@ -17,18 +17,24 @@ and drops into an existing training loop::
 How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
 params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
 param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
-truth, so LR schedulers and hand edits of ``param_groups`` work), views each ``p.grad`` as NumPy
-(no copy) and runs the fused update in place. The params' autograd version counters are bumped, as
-an in-place torch op would do.
+truth, so LR schedulers and hand edits of ``param_groups`` work), reads each ``p.grad``'s data
+pointer, dtype, size and layout in C (``fastopt/_core/_tensor_gather.pyx``: no NumPy array per
+gradient per step; anything unusual takes a precise path that raises naming the param) and runs
+the fused update in place. The params' autograd version counters are bumped, as an in-place torch
+op would do. ``step(max_norm=..., norm_type=2.0)`` clips by the global gradient norm inside the
+step (``grad_norm`` keeps the norm), bit-identical to :func:`fastopt.clip_grad_norm_` on the
+gradients followed by ``step()``.
 
 State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
 (``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
 ``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
 a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others).
 
-Supported tensors: dense (strided), contiguous, CPU, float32 or float64, for params and grads.
-Anything else (CUDA, sparse, complex, float16/bfloat16, non-contiguous) raises a TypeError or
-ValueError that names the param; nothing is copied behind your back. ``capturable=True`` and
+Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
+(half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
+options of the NumPy classes), with grads of the param's dtype or, for half params, float32.
+Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
+the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
 checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
 

@@ -249,6 +249,18 @@ cdef void _sift_down(double* key, int* item, int size, int i) noexcept nogil:
     item[i] = it
 
 
+cdef void _history_products(_Compact* c, Py_ssize_t n, const double* g, const double* free,
+                            bint new_row, _NewPair* pair, double* p,
+                            double* scratch) noexcept nogil:
+    """``_cauchy_products`` into p and scratch (pending products, W'Z Z'g, new row of K), and
+    theta = y'y / s'y of the pair it wrote, if any."""
+    cdef int m = c.m
+    _cauchy_products(c, n, g, free, new_row, pair, p, scratch, scratch + 2 * m,
+                     scratch + 4 * m)
+    if pair != NULL:
+        c.theta = pair.yy / c.sy[(c.col - 1) * (m + 1)]
+
+
 cdef struct _Path:
     # The generalized Cauchy point xcp = P(x - t g): x - t g on the variables free there (never
     # stored as a vector, see ``_cauchy_coordinate``), the bound on the ``n_passed`` variables
@@ -260,44 +272,43 @@ cdef struct _Path:
 
 
 cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Box* box,
-                       const double* free_before, double* free, _Compact* c, double* brk_t,
-                       int* brk_i, double* p, double* cw, double* wbp, double* v,
+                       const _Scan* scan, double* free, _Compact* c, _NewPair* pair,
+                       double* brk_t, int* brk_i, double* p, double* cw, double* wbp, double* v,
                        double* scratch, bint new_row, int* passed,
                        _Path* path) noexcept nogil:
-    """The generalized Cauchy point from x (``path``, and ``free`` the variables free there);
+    """The generalized Cauchy point from x (``path``), given the scan of the path (``scan``,
+    with ``free`` the variables it found free; those the path fixes are cleared there);
     cw <- W'(xcp - x). Returns 0, -1 if the middle matrix is singular, or -2 if T lost positive
     definiteness when the newest pair was completed (``_finish_pair``). The pass over the
-    history that gives p = W'd also takes the newest pair's products, W'Z Z'g and (with
-    ``new_row``) the new row of K, in ``scratch`` ([0, 2m): pending products, [2m, 4m):
-    W'Z Z'g, [4m, 8m): new row), with Z the variables free at the Cauchy point.
+    history that gives p = W'd also writes the newest pair (``pair``, if not NULL) and takes
+    its products, W'Z Z'g and (with ``new_row``) the new row of K, in ``scratch`` ([0, 2m):
+    pending products, [2m, 4m): W'Z Z'g, [4m, 8m): new row), with Z the variables free at the
+    Cauchy point.
 
     Along d = -g (zeroed where a variable cannot move) the model is q(t) = f1 t + f2 t^2 / 2 on
     each segment; the minimizer -f1 / f2 is taken if it lies before the next breakpoint, else
     the variable of that breakpoint is fixed and f1, f2 updated. The breakpoints are visited in
-    increasing order with a heap, built only once a second one is needed.
+    increasing order with a heap, built only once the first is passed.
     """
     cdef int col = c.col, col2 = 2 * c.col, m = c.m, j, n_brk, n_left, first = 0
     cdef Py_ssize_t ibp, first_ibp = -1
-    cdef double theta = c.theta, f1, f2, f2_start, dtm, dt, t_prev, t_now, t_sum
+    cdef double theta, f1, f2, f2_start, dtm, dt, t_prev, t_now, t_sum
     cdef double d_bp, z_bp, d_bp2, wmc, wmp, wmw
     cdef const double* lower = box.lower
     cdef const double* upper = box.upper
-    cdef _Scan scan
-    cdef bint stops_all
-    _scan(n, x, g, lower, upper, free_before, free, &scan)
-    stops_all = scan.open_moves == 0.0   # every moving variable reaches a bound
+    cdef bint stops_all = scan.open_moves == 0.0   # every moving variable reaches a bound
     path.t = 0.0
     path.n_passed = 0
     path.n_free = <Py_ssize_t>scan.n_free
     path.n_changed = <Py_ssize_t>scan.n_changed
     # p = W'd = [Y'd; theta S'd], and the other products of this pass over the history.
     if col > 0:
-        _cauchy_products(c, n, g, free, new_row, p, scratch, scratch + 2 * m,
-                         scratch + 4 * m)
+        _history_products(c, n, g, free, new_row, pair, p, scratch)
         if c.pending and _finish_pair(c, scratch):
             return -2
         for j in range(col):
-            p[col + j] = theta * p[col + j]
+            p[col + j] = c.theta * p[col + j]
+    theta = c.theta
     for j in range(col2):
         cw[j] = 0.0
     if scan.gg == 0.0:
@@ -588,84 +599,51 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     return 0
 
 
-cdef bint _projected_gradient_small(Py_ssize_t n, const double* x, const double* g,
-                                    const _Box* box, double gtol) noexcept nogil:
-    """Whether max_i |P(x - g)_i - x_i| <= gtol (False if g has a NaN).
-
-    The projected component is max(x - u, g) for g < 0 and min(x - l, g) otherwise, which with
-    infinite bounds for open sides needs no branch on the kind of bound; like the unconstrained
-    gradient test it counts components above gtol (a count vectorizes, a running maximum does
-    not), and a NaN anywhere makes g * 0 non-zero."""
-    cdef double above[LANES]
-    cdef double nan_check[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef double gi, pi, to_upper, to_lower
-    cdef const double* lower = box.lower
-    cdef const double* upper = box.upper
-    for j in range(LANES):
-        above[j] = 0.0
-        nan_check[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            gi = g[i + j]
-            # Both sides, then a select: a branch around arithmetic keeps the loop scalar.
-            to_upper = max(x[i + j] - upper[i + j], gi)
-            to_lower = min(x[i + j] - lower[i + j], gi)
-            pi = to_upper if gi < 0.0 else to_lower
-            above[j] += <double>(fabs(pi) > gtol)
-            nan_check[j] += gi * 0.0
-    for i in range(n8, n):
-        gi = g[i]
-        to_upper = max(x[i] - upper[i], gi)
-        to_lower = min(x[i] - lower[i], gi)
-        pi = to_upper if gi < 0.0 else to_lower
-        above[0] += <double>(fabs(pi) > gtol)
-        nan_check[0] += gi * 0.0
-    return _lane_sum(above) == 0.0 and _lane_sum(nan_check) == 0.0
-
-
 cdef const double* _bounded_direction(Py_ssize_t n, const double* x, const double* g,
                                       const _Box* box, bint constrained, _Compact* c,
-                                      const double* free_before, double* free, int* changed,
-                                      bint* updated, Py_ssize_t nit, double* z, double* d,
-                                      double* du, double* zn, double* brk_t, int* brk_i,
-                                      int* passed, double* wa, double* scratch,
+                                      const _Scan* scan, const double* free_before,
+                                      double* free, _NewPair* pair, int* changed, bint updated,
+                                      Py_ssize_t nit, double* z, double* d, double* du,
+                                      double* zn, double* brk_t, int* brk_i, int* passed,
+                                      double* wa, double* scratch,
                                       _Stats* stats) noexcept nogil:
     """d <- (Cauchy point, then subspace minimizer) - x, and ``stats`` for it; returns the point
-    itself (z, the Cauchy point, or zn, the subspace minimizer). A failed factorization drops
-    the history and starts over from the steepest-descent Cauchy point. Without any bound
-    (``constrained`` False; used for finite-difference gradients, so that runs are SciPy's to
-    the last evaluation) the Cauchy point is skipped once there are pairs: the subspace step
-    from x over all variables (``free`` all 1) is the quasi-Newton step."""
-    cdef int info, n_enter = 0, first_leave = <int>n
+    itself (z, the Cauchy point, or zn, the subspace minimizer). ``scan`` and ``free`` are the
+    scan of the path from x (``_scan``); ``pair``, if not NULL, the pair to store first
+    (registered by ``_register_pair``, written by the first history pass). A failed
+    factorization drops the history and starts over from the steepest-descent Cauchy point.
+    Without any bound (``constrained`` False; used for finite-difference gradients, so that
+    runs are SciPy's to the last evaluation) the Cauchy point is skipped once there are pairs:
+    the subspace step from x over all variables (``free`` all 1) is the quasi-Newton step."""
+    cdef int info, n_enter = 0, first_leave = <int>n, k
     cdef Py_ssize_t i
     cdef bint refactor, new_row
     cdef int m = c.m
     cdef _Path path
+    path.n_passed = 0
     while True:
-        new_row = updated[0] and c.col > 0
+        new_row = updated and c.col > 0
         if not constrained and c.col > 0:
             # x is the Cauchy point; the history pass gives the pending products, the new row
             # of K and W'g.
-            _cauchy_products(c, n, g, free, new_row, wa, scratch, scratch + 2 * m,
-                             scratch + 4 * m)
+            _history_products(c, n, g, free, new_row, pair, wa, scratch)
             info = _finish_pair(c, scratch) if c.pending else 0
             path.t = 0.0
             path.n_passed = 0
             path.n_free = n
-            refactor = updated[0]
+            refactor = updated
             n_enter = 0
             first_leave = <int>n
         else:
-            info = _cauchy_point(n, x, g, box, free_before, free, c, brk_t, brk_i, wa,
+            info = _cauchy_point(n, x, g, box, scan, free, c, pair, brk_t, brk_i, wa,
                                  wa + 2 * m, wa + 4 * m, wa + 6 * m, scratch, new_row, passed,
                                  &path)
             if info == 0:
                 refactor = _changed_variables(n, free, free_before, &path, &n_enter,
-                                              &first_leave, changed, updated[0], nit)
+                                              &first_leave, changed, updated, nit)
         if info == 0 and path.n_free > 0 and c.col > 0:
             if refactor:
-                info = _factor_k(c, n, n_enter, first_leave, changed, updated[0],
+                info = _factor_k(c, n, n_enter, first_leave, changed, updated,
                                  scratch + 4 * m)
             if info == 0 and constrained:
                 # wa: p, then W'(xcp - x); the coefficients go to wa + 6m, W'Z r to wa + 4m.
@@ -690,29 +668,32 @@ cdef const double* _bounded_direction(Py_ssize_t n, const double* x, const doubl
                 d[i] = z[i] - x[i]
             _direction_stats(n, x, d, g, box.lower, box.upper, stats)
             return z
+        # Start over with an empty history: the path is taken again from the scan.
+        for k in range(path.n_passed):
+            free[passed[k]] = 1.0
+        path.n_passed = 0
         _reset_compact(c)
-        updated[0] = False
+        updated = False
+        pair = NULL
 
 
-cdef bint _update_pair(_Compact* c, Py_ssize_t n, const double* d, const double* g,
-                       const double* g_old, double stp, double gd, double gdt, double dd,
-                       double* ws) noexcept nogil:
-    """Store s = stp d and y = g - g_old unless the curvature s'y is negligible next to the slope
-    (L-BFGS-B's rule); theta <- y'y / s'y. The pair's products with the others are taken on the
-    next pass over the history (``_finish_pair``). Returns whether a pair was stored."""
-    cdef double sy, yy
-    cdef double* slot
+cdef bint _register_pair(_Compact* c, double stp, double gd, double gdt, double dd,
+                         _NewPair* pair) noexcept nogil:
+    """Make room for the pair s = stp d, y = g_new - g_old of the step just taken, unless the
+    curvature s'y is negligible next to the slope (L-BFGS-B's rule); returns whether it is to
+    be stored. Its vectors, y'y (theta) and its products with the others are made by the next
+    pass over the history (``_cauchy_products``, ``_finish_pair``)."""
+    cdef double sy
     cdef int m = c.m, col
     sy = (gdt - gd) if stp == 1.0 else (gdt - gd) * stp
     if sy <= EPS64 * (-gd if stp == 1.0 else -gd * stp):
         return False
-    slot = _next_slot(c)
-    yy = _new_pair_b(slot, slot + c.stride, stp, d, g, g_old, n, ws)
-    c.theta = yy / sy
+    _next_slot(c)
     col = c.col
     c.ss[col - 1 + m * (col - 1)] = dd if stp == 1.0 else stp * stp * dd
     c.sy[col - 1 + m * (col - 1)] = sy
     c.pending = True
+    pair.stp = stp
     return True
 
 
@@ -766,6 +747,8 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     cdef _Compact c
     cdef _Box box
     cdef _Stats stats
+    cdef _Scan scan
+    cdef _NewPair pair
     c.history = <double*>cnp.PyArray_DATA(history_buf)
     c.stride = stride
     c.m = m
@@ -784,11 +767,10 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     box.full_step = z
 
     cdef bint constrained = False, boxed = True, updated = False, release_gil = n >= NOGIL_MIN_SIZE
-    cdef bint g_is_home = True
+    cdef bint g_is_home = True, rescan = False
     cdef int status = STATUS_RUNNING, ls_status
     cdef Py_ssize_t nit = 0
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stpmax, dnorm, dd
-    cdef bint gradient_small = False
     message = ""
     for i in range(n):
         constrained = constrained or kind[i] != 0
@@ -798,19 +780,28 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     if not (isfinite(f) and _all_finite(g, n)):
         status, message = STATUS_ABNORMAL, MSG_NONFINITE_X0
     else:
-        if _projected_gradient_small(n, x, g, &box, gtol):
+        _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+        if scan.gradient_small:
             status, message = STATUS_CONVERGED, MSG_PGTOL
     while status == STATUS_RUNNING:
         if release_gil:
             with nogil:
-                box.full_step = _bounded_direction(n, x, g, &box, constrained, &c,
-                                                   free_before, free, changed, &updated, nit,
-                                                   z, d, du, zn, brk_t, brk_i, passed, wa,
-                                                   scratch, &stats)
+                if rescan:
+                    _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+                box.full_step = _bounded_direction(n, x, g, &box, constrained, &c, &scan,
+                                                   free_before, free,
+                                                   &pair if updated else <_NewPair*>NULL,
+                                                   changed, updated, nit, z, d, du, zn, brk_t,
+                                                   brk_i, passed, wa, scratch, &stats)
         else:
-            box.full_step = _bounded_direction(n, x, g, &box, constrained, &c, free_before,
-                                               free, changed, &updated, nit, z, d, du, zn,
-                                               brk_t, brk_i, passed, wa, scratch, &stats)
+            if rescan:
+                _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+            box.full_step = _bounded_direction(n, x, g, &box, constrained, &c, &scan,
+                                               free_before, free,
+                                               &pair if updated else <_NewPair*>NULL, changed,
+                                               updated, nit, z, d, du, zn, brk_t, brk_i, passed,
+                                               wa, scratch, &stats)
+        rescan = False
         dd = stats.dd
         gd = stats.gd
         if not constrained:
@@ -827,8 +818,11 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
                                      &box, &ft, gt, &stp, &gdt, ws)
         if ls_status != LS_OK:
             if c.col > 0:
+                # Retry from steepest descent: the path is scanned again (the last one fixed
+                # variables in ``free``).
                 _reset_compact(&c)
                 updated = False
+                rescan = True
                 continue
             status = STATUS_ABNORMAL
             message = MSG_NONFINITE if ls_status == LS_NONFINITE else MSG_ABNORMAL
@@ -851,7 +845,6 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
             swap = x
             x = xt
             xt = swap
-        gradient_small = _projected_gradient_small(n, x, gt, &box, gtol)
         swap = g
         g = gt
         gt = swap
@@ -862,17 +855,22 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
         f_old = f
         f = ft
         nit += 1
-        status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
-                                  f, f_old, nit, maxiter, maxfun, gradient_small, ftol)
-        if status != STATUS_RUNNING:
-            message = _stop_message(status, obj, nit, maxiter, gradient_small)
-            break
-        # The pair: s = stp d (in d), y = g_new - g_old (in gt, the old gradient's buffer).
+        # The scan of the next path also answers the projected-gradient test.
         if release_gil:
             with nogil:
-                updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+                _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
         else:
-            updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+            _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+        status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
+                                  f, f_old, nit, maxiter, maxfun, scan.gradient_small, ftol)
+        if status != STATUS_RUNNING:
+            message = _stop_message(status, obj, nit, maxiter, scan.gradient_small)
+            break
+        # The pair s = stp d, y = g_new - g_old (in gt, the old gradient's buffer), written by
+        # the next direction's first history pass.
+        updated = _register_pair(&c, stp, gd, gdt, dd, &pair)
+        pair.d = d
+        pair.g_old = gt
 
     pairs = history_buf.reshape(2 * m, stride)[:, :n]
     return (x_buf, f, (g_buf if g_is_home else gt_buf), nit, obj.nfev, obj.njev, status,

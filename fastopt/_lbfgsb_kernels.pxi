@@ -45,6 +45,7 @@ cdef struct _Scan:
     double n_free
     double n_changed    # variables whose free / active status differs from the mask before
     double open_moves   # free variables moving with no bound ahead (g_i != 0)
+    bint gradient_small # max_i |P(x - g)_i - x_i| <= gtol (False if g has a NaN)
 
 
 cdef struct _Stats:
@@ -88,62 +89,77 @@ cdef inline double _min_step(double current, double step) noexcept nogil:
     return step if step < current else current
 
 
-cdef inline double _scan_one(double xi, double gi, double lo, double up, double* t_out,
-                             double* t_free) noexcept nogil:
+cdef inline double _scan_one(double xi, double gi, double lo, double up, double gtol,
+                             double* t_out, double* t_free, double* above) noexcept nogil:
     """For one variable of the projected-gradient path P(x - t g): returns 0.0 if it is held at
     a bound from the start -- fixed (l = u), or at a bound with -g pointing out of the box (x is
     always inside the box) -- and 1.0 if it is free; t_out <- its breakpoint, t_free <- the
-    same for a free variable and +inf for a held one.
+    same for a free variable and +inf for a held one, above <- 1.0 if |P(x - g)_i - x_i|, the
+    smaller of |g_i| and the room towards the bound -g points to (0 for a held variable), is
+    above gtol, else 0.0.
 
-    The breakpoint is computed for every variable and then masked: GCC moves arithmetic that
-    only one side of a test needs into a branch, and a loop with a branch is not vectorized."""
+    Everything is computed for every variable and then masked or compared: GCC moves
+    arithmetic that only one side of a test needs into a branch (and the smaller of the two
+    into a select it cannot if-convert here), and a loop with a branch is not vectorized."""
     cdef double to_lower = xi - lo, to_upper = up - xi
-    cdef double t = _breakpoint(xi, gi, lo, up)
+    cdef double room = to_lower if gi > 0.0 else to_upper
+    cdef double t = room / fabs(gi)
     cdef bint held = ((lo == up) | ((to_lower <= 0.0) & (gi >= 0.0))
                       | ((to_upper <= 0.0) & (gi <= 0.0)))
     cdef double floor = INFINITY if held else 0.0
     t_out[0] = t
     t_free[0] = t if t > floor else floor
+    above[0] = <double>((room > gtol) & (fabs(gi) > gtol))
     return <double>(not held)
 
 
 cdef void _scan(Py_ssize_t n, const double* x, const double* g, const double* lower,
-                const double* upper, const double* free_before, double* free,
+                const double* upper, double gtol, const double* free_before, double* free,
                 _Scan* out) noexcept nogil:
     """free[i] <- whether variable i moves along (or is free at the start of) the path
-    P(x - t g), with the sums of ``_Scan``. One branch-free pass."""
+    P(x - t g), with the sums of ``_Scan``, among them the projected-gradient test. One
+    branch-free pass; a count of components above gtol vectorizes where a running maximum
+    does not, and g * 0 summed is non-zero if g has a NaN."""
     cdef double gg[LANES]
     cdef double tmin[LANES]
     cdef double nfree[LANES]
     cdef double nchg[LANES]
     cdef double nopen[LANES]
+    cdef double above[LANES]
+    cdef double nan_check[LANES]
     cdef Py_ssize_t i, j, n16 = n - n % LANES
-    cdef double fr, t, tm, gi
+    cdef double fr, t, tm, gi, pg
     for j in range(LANES):
         gg[j] = 0.0
         tmin[j] = INFINITY
         nfree[j] = 0.0
         nchg[j] = 0.0
         nopen[j] = 0.0
+        above[j] = 0.0
+        nan_check[j] = 0.0
     for i in range(0, n16, 16):  # 16 == LANES
         for j in range(LANES):
             gi = g[i + j]
-            fr = _scan_one(x[i + j], gi, lower[i + j], upper[i + j], &t, &tm)
+            fr = _scan_one(x[i + j], gi, lower[i + j], upper[i + j], gtol, &t, &tm, &pg)
             free[i + j] = fr
             gg[j] += fr * (gi * gi)
             tmin[j] = min(tmin[j], tm)
             nopen[j] += fr * <double>((t == INFINITY) & (gi != 0.0))
             nfree[j] += fr
             nchg[j] += <double>(fr != free_before[i + j])
+            above[j] += pg
+            nan_check[j] += gi * 0.0
     for i in range(n16, n):
         gi = g[i]
-        fr = _scan_one(x[i], gi, lower[i], upper[i], &t, &tm)
+        fr = _scan_one(x[i], gi, lower[i], upper[i], gtol, &t, &tm, &pg)
         free[i] = fr
         gg[0] += fr * (gi * gi)
         tmin[0] = min(tmin[0], tm)
         nopen[0] += fr * <double>((t == INFINITY) & (gi != 0.0))
         nfree[0] += fr
         nchg[0] += <double>(fr != free_before[i])
+        above[0] += pg
+        nan_check[0] += gi * 0.0
     for j in range(1, LANES):
         tmin[0] = min(tmin[0], tmin[j])
     out.gg = _lane_sum(gg)
@@ -151,6 +167,7 @@ cdef void _scan(Py_ssize_t n, const double* x, const double* g, const double* lo
     out.n_free = _lane_sum(nfree)
     out.n_changed = _lane_sum(nchg)
     out.open_moves = _lane_sum(nopen)
+    out.gradient_small = _lane_sum(above) == 0.0 and _lane_sum(nan_check) == 0.0
 
 
 cdef Py_ssize_t _first_breakpoint_at(Py_ssize_t n, const double* x, const double* g,
@@ -316,11 +333,44 @@ cdef inline void _dots_2x4(const double* a, const double* b, const double* v0,
     out[7] += _hsum(q3)
 
 
+cdef struct _NewPair:
+    # The pair (s, y) = (stp d, g - g_old) of the step just taken, written into the newest slot
+    # by the history pass that then uses it (``_cauchy_products``): every element of it is
+    # still in L1 there, and d, g and g_old are read once.
+    const double* d
+    const double* g_old
+    double stp
+    double yy           # y'y, on return
+
+
+cdef double _pair_block(double_out s, double_out y, double stp, const double* d,
+                        const double* g, const double* g_old, Py_ssize_t n) noexcept nogil:
+    """s <- stp d, y <- g - g_old over a block; returns y'y."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, j, n16 = n - n % LANES
+    cdef double yi
+    for j in range(LANES):
+        acc[j] = 0.0
+    for i in range(0, n16, 16):  # 16 == LANES
+        for j in range(LANES):
+            s[i + j] = stp * d[i + j]
+            yi = g[i + j] - g_old[i + j]
+            y[i + j] = yi
+            acc[j] += yi * yi
+    for i in range(n16, n):
+        s[i] = stp * d[i]
+        yi = g[i] - g_old[i]
+        y[i] = yi
+        acc[0] += yi * yi
+    return _lane_sum(acc)
+
+
 cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, const double* free,
-                           bint new_row, double* p, double* pending, double* wzg,
-                           double* nr) noexcept nogil:
+                           bint new_row, _NewPair* pair, double* p, double* pending,
+                           double* wzg, double* nr) noexcept nogil:
     """The first pass over the history in an iteration, with Z the variables ``free`` marks
-    and A the others:
+    and A the others. With ``pair`` (not NULL) it first writes the newest pair (``_NewPair``)
+    into its slot, block by block. Then:
 
     * p[j] = y_j'd, p[col + j] = s_j'd (the Cauchy path's p = W'd, before theta): the path's
       d is -g on the free variables and 0 on the others, so p = -W'Z Z'g exactly;
@@ -342,6 +392,7 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, con
     cdef double yz[HBLOCK]
     cdef double sa[HBLOCK]
     cdef double out[8]
+    cdef double yy = 0.0
     cdef const double* s_new
     cdef const double* y_new
     cdef const double* v2
@@ -357,6 +408,9 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, con
         length = min(<Py_ssize_t>HBLOCK, n - start)
         y_new = _y_of(c, col - 1) + start
         s_new = _s_of(c, col - 1) + start
+        if pair != NULL:
+            yy += _pair_block(<double*>s_new, <double*>y_new, pair.stp, pair.d + start,
+                              g + start, pair.g_old + start, length)
         for i in range(length):
             gz[i] = g[start + i] * free[start + i]
         if new_row:
@@ -382,6 +436,8 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, con
                 nr[col + j] += out[7]
     for j in range(2 * col):
         p[j] = -wzg[j]
+    if pair != NULL:
+        pair.yy = yy
 
 
 cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,

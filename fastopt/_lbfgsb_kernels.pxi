@@ -9,7 +9,10 @@
 #      (the per-variable branches of a literal transcription mispredict on every change of
 #      bound type);
 #   2. ``_cauchy_products``: the first pass over the history (eight inner products per stored
-#      pair and element, see there);
+#      pair and element, see there), block by block from the last to the first, so that the
+#      second pass, which runs forwards, starts on the blocks still in L2 (at n = 1e4 the
+#      history is 1.6 MB, most of a 2 MB L2; going the same way both times, each pass evicted
+#      the blocks the other needed next);
 #   3. ``_subspace_pass``: the second pass over the history (the Newton step on the free
 #      variables), fused with everything that follows from it per element: the Cauchy point
 #      (never stored: x - t g on the free variables), the projection of the Newton point into
@@ -383,7 +386,7 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, con
     The masked vectors (Z'g, Z'y_new, A's_new) are formed per block, in L1, so every product is
     a plain inner product of a row with an L1-resident block, eight per pair of rows
     (``_dots_2x4``). Variables the Cauchy path then fixes at a bound are moved from Z to A
-    afterwards (``_unfree_products``)."""
+    afterwards (``_unfree_products``). The blocks are taken in reverse order (design note)."""
     cdef Py_ssize_t start, length, i
     cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
     cdef int j, col = c.col
@@ -403,7 +406,7 @@ cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g, con
         wzg[j] = 0.0
     for j in range(4 * col):
         nr[j] = 0.0
-    for block in range(n_blocks):
+    for block in range(n_blocks - 1, -1, -1):
         start = block * HBLOCK
         length = min(<Py_ssize_t>HBLOCK, n - start)
         y_new = _y_of(c, col - 1) + start

@@ -288,16 +288,21 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double 
     judge it. Trials with a NaN or Inf value or gradient are never fed to the search: the step is
     cut back towards the best finite step and the largest admissible step lowered below the bad
     one, so the search backtracks into finite territory (as SciPy's line searches do).
+
+    ``stpmax < 0`` says that the largest feasible step along d is at least stp0 = 1 but not
+    computed (a pass over four vectors): it matters only once the search goes on past its first
+    trial, and is computed then, with the search state set as if it had been known from the
+    start.
     """
-    cdef SearchState st
+    cdef SearchState st, trial
     cdef int task, evals = 0
-    cdef double stp = stp0, gdt = 0.0, last_bad = INFINITY, lo, stp_new, denom
-    cdef bint saw_nonfinite = False
+    cdef double stp = stp0, gdt = 0.0, last_bad = INFINITY, lo, stp_new, denom, stp_trial
+    cdef bint saw_nonfinite = False, lazy_stpmax = stpmax < 0.0
     st.ftol = c1
     st.gtol = c2
     st.xtol = 0.1
     st.stpmin = 0.0
-    st.stpmax = stpmax
+    st.stpmax = STPMAX if lazy_stpmax else stpmax
     if not armijo:
         task = _dcsrch(&st, &stp, f, gd, TASK_START)
         if task != TASK_FG:
@@ -305,6 +310,17 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double 
     while evals < maxls:
         _evaluate(obj, x, stp, d, box, ft, gt, &gdt, ws)
         evals += 1
+        if lazy_stpmax:
+            lazy_stpmax = False
+            if not armijo and isfinite(ft[0]) and isfinite(gdt):
+                # Strong Wolfe at once (the usual case) ends the search whatever stpmax is.
+                trial = st
+                stp_trial = stp
+                if _dcsrch(&trial, &stp_trial, ft[0], gdt, TASK_FG) == TASK_CONVERGENCE:
+                    stp_out[0] = stp
+                    gdt_out[0] = gdt
+                    return LS_OK
+            _set_stpmax(&st, _max_step_along(n, x, d, box))
         if not (isfinite(ft[0]) and isfinite(gdt)):
             saw_nonfinite = True
             last_bad = stp
@@ -338,6 +354,19 @@ cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double 
         if stp >= last_bad:
             stp = st.stx + 0.5 * (last_bad - st.stx)
     return LS_NONFINITE if saw_nonfinite else LS_FAILED
+
+
+cdef double _max_step_along(Py_ssize_t n, const floating* x, const floating* d,
+                           const _Box* box) noexcept:
+    """The largest step along d from x inside the box (only bounded runs, float64, have one)."""
+    cdef double stpmax = STPMAX
+    if floating is double:
+        if n >= NOGIL_MIN_SIZE:
+            with nogil:
+                stpmax = _max_step(n, x, d, box.lower, box.upper)
+        else:
+            stpmax = _max_step(n, x, d, box.lower, box.upper)
+    return stpmax
 
 
 def _aligned_empty(Py_ssize_t size, dtype):

@@ -17,7 +17,8 @@
 #      projects the Newton step into the box and, if the projected step is uphill, backtracks it
 #      to the box instead (Morales & Nocedal's correction, ``_subspace_step``);
 #   3. searches along d = (subspace minimizer) - x with Moré–Thuente, every trial projected into
-#      the box and the step bounded by the largest feasible one;
+#      the box and the step bounded by the largest feasible one (at least 1 here, so computed
+#      only when the search goes past its first trial);
 #   4. stores the pair (``_update_pair``); its inner products with the other pairs, and with
 #      them S'Y, S'S and the Cholesky factor of T = theta S'S + L D^-1 L', are completed on the
 #      next iteration's first pass over the history (``_finish_pair``, ``_factor_t``).
@@ -27,9 +28,11 @@
 # Memory traffic. At large n the 2m stored rows dominate, so an iteration streams them twice,
 # as the two-loop recursion does: once with the Cauchy scan (``_cauchy_products``: p = W'd,
 # the new pair's products, W'Z Z'g and the new row of K), once for the subspace step
-# (``_combine_rows``). W'Z r, which SciPy takes in a third pass, is assembled from the inner
+# (``_subspace_pass``). W'Z r, which SciPy takes in a third pass, is assembled from the inner
 # products K is built from (``_reduced_gradient``). Taken one inner product or axpy at a time,
-# as the Fortran code does, the same iteration read the rows about ten times.
+# as the Fortran code does, the same iteration read the rows about ten times. The passes over
+# the n-vectors are few and fused (``_lbfgsb_kernels.pxi``): the scan of the path, the history
+# pass of the subspace step with the projection of its result, and those of the line search.
 #
 # Layout: S and Y rows live in the same ring buffer as in the unconstrained iteration (slot k:
 # s at history[2k stride], y at history[(2k+1) stride]), so every inner product over a pair is
@@ -69,6 +72,9 @@ cdef inline void _reset_compact(_Compact* c) noexcept nogil:
     c.head = 0
     c.theta = 1.0
     c.updates = 0
+
+
+include "_lbfgsb_kernels.pxi"
 
 
 # --- small dense linear algebra (column-major, k <= 2m) ----------------------------------------
@@ -140,222 +146,6 @@ cdef inline double _dot_on(const int* index, Py_ssize_t start, Py_ssize_t stop, 
         k = index[i]
         acc += a[k] * b[k]
     return acc
-
-
-cdef inline double _dot_masked(const double* a, const double* b, const double* mask,
-                        Py_ssize_t n) noexcept nogil:
-    """sum of a_i b_i mask_i (mask_i 1 or 0: an inner product over a subset of the variables),
-    with LANES accumulators so it vectorizes (a gathered sum with one accumulator waits on the
-    FMA latency every element)."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            acc[j] += (a[i + j] * b[i + j]) * mask[i + j]
-    for i in range(n8, n):
-        acc[0] += (a[i] * b[i]) * mask[i]
-    return _lane_sum(acc)
-
-
-# --- passes over the history ----------------------------------------------------------------------
-# Every product of the compact representation with a vector touches all 2 col stored rows. At
-# large n the rows come from memory, so each helper below streams them once, in blocks of
-# HBLOCK elements over which the vectors they are combined with stay in L1.
-
-cdef enum:
-    HBLOCK = 1024
-
-
-cdef enum:
-    WIDE = 32
-
-
-cdef inline double _dot_wide(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
-    """sum_i a_i b_i with WIDE independent accumulators. The history passes take many short
-    inner products of L1-resident blocks, bound by the FMA latency: 16 lanes are two 512-bit
-    chains, 32 are four (eight 256-bit ones on AVX2), twice the throughput there."""
-    cdef double acc[WIDE]
-    cdef Py_ssize_t i, j, n32 = n - n % WIDE
-    for j in range(WIDE):
-        acc[j] = 0.0
-    for i in range(0, n32, 32):  # 32 == WIDE
-        for j in range(WIDE):
-            acc[j] += a[i + j] * b[i + j]
-    for i in range(n32, n):
-        acc[0] += a[i] * b[i]
-    for j in range(16):
-        acc[j] += acc[j + 16]
-    return _lane_sum(acc)
-
-
-cdef void _rows_dot(const _Compact* c, int rows, const double* v, const double* u,
-                    Py_ssize_t n, double* out_v, double* out_u) noexcept nogil:
-    """out_v[j] <- y_j'v, out_v[rows + j] <- s_j'v for j < rows, and the same with u into out_u
-    if u is not NULL (one pass over the rows for both vectors)."""
-    cdef Py_ssize_t start, length
-    cdef int j
-    cdef const double* yj
-    cdef const double* sj
-    for j in range(rows):
-        out_v[j] = 0.0
-        out_v[rows + j] = 0.0
-        if u != NULL:
-            out_u[j] = 0.0
-            out_u[rows + j] = 0.0
-    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
-    for block in range(n_blocks):
-        start = block * HBLOCK
-        length = min(<Py_ssize_t>HBLOCK, n - start)
-        for j in range(rows):
-            yj = _y_of(c, j) + start
-            sj = _s_of(c, j) + start
-            out_v[j] += _dot_wide(yj, v + start, length)
-            out_v[rows + j] += _dot_wide(sj, v + start, length)
-            if u != NULL:
-                out_u[j] += _dot_wide(yj, u + start, length)
-                out_u[rows + j] += _dot_wide(sj, u + start, length)
-
-
-cdef void _new_row_products(const _Compact* c, const double* free, const double* active,
-                            Py_ssize_t n, double* out) noexcept nogil:
-    """For the newest pair (y_new, s_new) and every stored j, in one pass over the rows:
-    out[j] = y_new'Z Z'y_j, out[col + j] = s_new'A A's_j, out[2 col + j] = s_new'A A'y_j,
-    out[3 col + j] = s_j'Z Z'y_new (Z: free variables, A: active ones)."""
-    cdef Py_ssize_t start, length
-    cdef int j, col = c.col
-    cdef const double* y_new
-    cdef const double* s_new
-    for j in range(4 * col):
-        out[j] = 0.0
-    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
-    for block in range(n_blocks):
-        start = block * HBLOCK
-        length = min(<Py_ssize_t>HBLOCK, n - start)
-        y_new = _y_of(c, col - 1) + start
-        s_new = _s_of(c, col - 1) + start
-        for j in range(col):
-            out[j] += _dot_masked(y_new, _y_of(c, j) + start, free + start, length)
-            out[col + j] += _dot_masked(s_new, _s_of(c, j) + start, active + start, length)
-            out[2 * col + j] += _dot_masked(s_new, _y_of(c, j) + start, active + start, length)
-            out[3 * col + j] += _dot_masked(_s_of(c, j) + start, y_new, free + start, length)
-
-
-cdef void _combine_rows(const _Compact* c, const double* coef, const double* z,
-                        const double* x, const double* g, const double* mask, Py_ssize_t n,
-                        double* out) noexcept nogil:
-    """out <- (r0 + sum_j coef[j] y_j + coef[col + j] s_j) * mask / theta with
-    r0 = -theta (z - x) - g, in one pass over the rows (r0 formed per block)."""
-    cdef Py_ssize_t start, length, i
-    cdef int j, col = c.col
-    cdef double a, b, theta = c.theta, scale = 1.0 / c.theta
-    cdef const double* yj
-    cdef const double* sj
-    cdef double* o
-    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
-    for block in range(n_blocks):
-        start = block * HBLOCK
-        length = min(<Py_ssize_t>HBLOCK, n - start)
-        o = out + start
-        for i in range(length):
-            o[i] = -theta * (z[start + i] - x[start + i]) - g[start + i]
-        for j in range(col):
-            a = coef[j]
-            b = coef[col + j]
-            yj = _y_of(c, j) + start
-            sj = _s_of(c, j) + start
-            for i in range(length):
-                o[i] = o[i] + yj[i] * a + sj[i] * b
-        for i in range(length):
-            o[i] = scale * o[i] * mask[start + i]
-
-
-cdef void _cauchy_products(const _Compact* c, Py_ssize_t n, const double* g,
-                           const int* where, bint new_row, double* p, double* pending,
-                           double* wzg, double* nr) noexcept nogil:
-    """The one pass over the history at the start of a bounded iteration, with Z the variables
-    free after the Cauchy scan (``where <= 0``) and A the others:
-
-    * p[j] = y_j'd, p[col + j] = s_j'd (the Cauchy path's p = W'd, before theta): the scan's
-      d is -g on the variables it leaves free and 0 on the others, so p = -W'Z Z'g exactly;
-    * with a pending newest pair: pending[j] = y_j's_new, pending[col + j] = s_j's_new;
-    * wzg[j] = y_j'Z Z'g, wzg[col + j] = s_j'Z Z'g (for W'Z r);
-    * with ``new_row``: nr as ``_new_row_products`` gives it (the new row of K).
-
-    The masked vectors (Z'g, Z'y_new, A's_new) are formed per block, in L1, so every product is
-    a plain inner product of a row with an L1-resident block. Variables the Cauchy path then
-    fixes at a bound are moved from Z to A afterwards (``_unfree_products``)."""
-    cdef Py_ssize_t start, length, i
-    cdef Py_ssize_t n_blocks = (n + HBLOCK - 1) // HBLOCK, block
-    cdef int j, col = c.col
-    cdef bint has_pending = c.pending
-    cdef double zmask
-    cdef double gz[HBLOCK]
-    cdef double yz[HBLOCK]
-    cdef double sa[HBLOCK]
-    cdef const double* yj
-    cdef const double* sj
-    cdef const double* y_new = NULL
-    cdef const double* s_new = NULL
-    for j in range(2 * col):
-        p[j] = 0.0
-        pending[j] = 0.0
-        wzg[j] = 0.0
-    for j in range(4 * col):
-        nr[j] = 0.0
-    for block in range(n_blocks):
-        start = block * HBLOCK
-        length = min(<Py_ssize_t>HBLOCK, n - start)
-        if new_row or has_pending:
-            y_new = _y_of(c, col - 1) + start
-            s_new = _s_of(c, col - 1) + start
-        for i in range(length):
-            zmask = 1.0 if where[start + i] <= 0 else 0.0
-            gz[i] = g[start + i] * zmask
-        if new_row:
-            for i in range(length):
-                zmask = 1.0 if where[start + i] <= 0 else 0.0
-                yz[i] = y_new[i] * zmask
-                sa[i] = s_new[i] - s_new[i] * zmask
-        for j in range(col):
-            yj = _y_of(c, j) + start
-            sj = _s_of(c, j) + start
-            wzg[j] += _dot_wide(yj, gz, length)
-            wzg[col + j] += _dot_wide(sj, gz, length)
-            if has_pending:
-                pending[j] += _dot_wide(yj, s_new, length)
-                pending[col + j] += _dot_wide(sj, s_new, length)
-            if new_row:
-                nr[j] += _dot_wide(yz, yj, length)
-                nr[col + j] += _dot_wide(sa, sj, length)
-                nr[2 * col + j] += _dot_wide(sa, yj, length)
-                nr[3 * col + j] += _dot_wide(sj, yz, length)
-    for j in range(2 * col):
-        p[j] = -wzg[j]
-
-
-cdef void _unfree_products(const _Compact* c, const int* passed, int n_passed, const double* g,
-                           bint new_row, double* wzg, double* nr) noexcept nogil:
-    """Move the variables the Cauchy path fixed at a bound (few) from the free to the active
-    side of the products ``_cauchy_products`` took."""
-    cdef int i, j, k, col = c.col
-    cdef const double* y_new = _y_of(c, col - 1)
-    cdef const double* s_new = _s_of(c, col - 1)
-    cdef const double* yj
-    cdef const double* sj
-    for i in range(n_passed):
-        k = passed[i]
-        for j in range(col):
-            yj = _y_of(c, j)
-            sj = _s_of(c, j)
-            wzg[j] -= yj[k] * g[k]
-            wzg[col + j] -= sj[k] * g[k]
-            if new_row:
-                nr[j] -= y_new[k] * yj[k]
-                nr[col + j] += s_new[k] * sj[k]
-                nr[2 * col + j] += s_new[k] * yj[k]
-                nr[3 * col + j] -= sj[k] * y_new[k]
 
 
 # --- the compact representation -----------------------------------------------------------------
@@ -459,87 +249,71 @@ cdef void _sift_down(double* key, int* item, int size, int i) noexcept nogil:
     item[i] = it
 
 
-cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Box* box,
-                       int* where, _Compact* c, double* d, double* xcp, double* brk_t,
-                       int* brk_i, double* p, double* cw, double* wbp, double* v,
-                       double* scratch, bint new_row, int* passed,
-                       double* t_sum_out) noexcept nogil:
-    """xcp <- the generalized Cauchy point from x; cw <- W'(xcp - x). Returns 0, -1 if the
-    middle matrix is singular, or -2 if T lost positive definiteness when the newest pair was
-    completed (``_finish_pair``). The pass over the history that gives p = W'd also takes the
-    newest pair's products, W'Z Z'g and (with ``new_row``) the new row of K, in ``scratch``
-    ([0, 2m): pending products, [2m, 4m): W'Z Z'g, [4m, 8m): new row), with Z the variables free
-    at the Cauchy point. ``passed`` gets the variables the path fixed, t_sum_out the path
-    length t of xcp = P(x - t g) on the variables it did not fix.
+cdef void _history_products(_Compact* c, Py_ssize_t n, const double* g, const double* free,
+                            bint new_row, _NewPair* pair, double* p,
+                            double* scratch) noexcept nogil:
+    """``_cauchy_products`` into p and scratch (pending products, W'Z Z'g, new row of K), and
+    theta = y'y / s'y of the pair it wrote, if any."""
+    cdef int m = c.m
+    _cauchy_products(c, n, g, free, new_row, pair, p, scratch, scratch + 2 * m,
+                     scratch + 4 * m)
+    if pair != NULL:
+        c.theta = pair.yy / c.sy[(c.col - 1) * (m + 1)]
 
-    ``where`` classifies the variables on entry (-1 never bounded, 3 fixed by l = u) and on exit
-    (0 moving along the path or free, 1 / 2 stopped at the lower / upper bound, -3 bounded with
-    zero gradient). Along d = -g (zeroed where a variable cannot move) the model is
-    q(t) = f1 t + f2 t^2 / 2 on each segment; the minimizer -f1 / f2 is taken if it lies before
-    the next breakpoint, else the variable of that breakpoint is fixed and f1, f2 updated.
+
+cdef struct _Path:
+    # The generalized Cauchy point xcp = P(x - t g): x - t g on the variables free there (never
+    # stored as a vector, see ``_cauchy_coordinate``), the bound on the ``n_passed`` variables
+    # in ``passed``, which the path fixed at a bound, and x on the others.
+    double t
+    int n_passed
+    Py_ssize_t n_free     # variables free at xcp
+    Py_ssize_t n_changed  # variables free at xcp and active before, or the other way round
+
+
+cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Box* box,
+                       const _Scan* scan, double* free, _Compact* c, _NewPair* pair,
+                       double* brk_t, int* brk_i, double* p, double* cw, double* wbp, double* v,
+                       double* scratch, bint new_row, int* passed,
+                       _Path* path) noexcept nogil:
+    """The generalized Cauchy point from x (``path``), given the scan of the path (``scan``,
+    with ``free`` the variables it found free; those the path fixes are cleared there);
+    cw <- W'(xcp - x). Returns 0, -1 if the middle matrix is singular, or -2 if T lost positive
+    definiteness when the newest pair was completed (``_finish_pair``). The pass over the
+    history that gives p = W'd also writes the newest pair (``pair``, if not NULL) and takes
+    its products, W'Z Z'g and (with ``new_row``) the new row of K, in ``scratch`` ([0, 2m):
+    pending products, [2m, 4m): W'Z Z'g, [4m, 8m): new row), with Z the variables free at the
+    Cauchy point.
+
+    Along d = -g (zeroed where a variable cannot move) the model is q(t) = f1 t + f2 t^2 / 2 on
+    each segment; the minimizer -f1 / f2 is taken if it lies before the next breakpoint, else
+    the variable of that breakpoint is fixed and f1, f2 updated. The breakpoints are visited in
+    increasing order with a heap, built only once the first is passed.
     """
-    cdef Py_ssize_t i
-    cdef int col = c.col, col2 = 2 * c.col, m = c.m, j, kind, ibp, n_brk = 0, n_left, first
-    cdef int seg
-    cdef double theta = c.theta, neg, tl = 0.0, tu = 0.0, f1 = 0.0, f2, f2_start, dtm, dt
-    cdef double t_prev, t_now, t_sum, d_bp, z_bp, d_bp2, wmc, wmp, wmw, t_min = 0.0, t_brk
-    cdef int w
-    cdef bint stops_all = True   # every moving variable reaches a bound
-    cdef int n_passed = 0
-    cdef Py_ssize_t n_unbounded_moves = 0   # moving variables without a breakpoint
+    cdef int col = c.col, col2 = 2 * c.col, m = c.m, j, n_brk, n_left, first = 0
+    cdef Py_ssize_t ibp, first_ibp = -1
+    cdef double theta, f1, f2, f2_start, dtm, dt, t_prev, t_now, t_sum
+    cdef double d_bp, z_bp, d_bp2, wmc, wmp, wmw
     cdef const double* lower = box.lower
     cdef const double* upper = box.upper
-    first = -1
-    for i in range(n):
-        neg = -g[i]
-        w = where[i]
-        if w != 3 and w != -1:
-            # Distances to the bounds; an open side is infinitely far (lower / upper are -inf /
-            # +inf there), so no test of the kind of bound is needed.
-            tl = x[i] - lower[i]
-            tu = upper[i] - x[i]
-            if tl <= 0.0:
-                w = 1 if neg <= 0.0 else 0
-            elif tu <= 0.0:
-                w = 2 if neg >= 0.0 else 0
-            else:
-                w = -3 if neg == 0.0 else 0
-            where[i] = w
-        else:
-            tl = INFINITY
-            tu = INFINITY
-        if w != 0 and w != -1:
-            d[i] = 0.0
-            continue
-        d[i] = neg
-        f1 -= neg * neg
-        t_brk = (tl if neg < 0.0 else tu) / fabs(neg)
-        if not (t_brk < INFINITY):
-            # No bound in the way (or no move at all).
-            n_unbounded_moves += 1
-            if neg != 0.0:
-                stops_all = False
-            continue
-        brk_t[n_brk] = t_brk
-        brk_i[n_brk] = <int>i
-        if first < 0 or t_brk < t_min:
-            t_min = t_brk
-            first = n_brk
-        n_brk += 1
+    cdef bint stops_all = scan.open_moves == 0.0   # every moving variable reaches a bound
+    path.t = 0.0
+    path.n_passed = 0
+    path.n_free = <Py_ssize_t>scan.n_free
+    path.n_changed = <Py_ssize_t>scan.n_changed
     # p = W'd = [Y'd; theta S'd], and the other products of this pass over the history.
-    t_sum_out[0] = 0.0
     if col > 0:
-        _cauchy_products(c, n, g, where, new_row, p, scratch, scratch + 2 * m,
-                         scratch + 4 * m)
+        _history_products(c, n, g, free, new_row, pair, p, scratch)
         if c.pending and _finish_pair(c, scratch):
             return -2
         for j in range(col):
-            p[col + j] = theta * p[col + j]
+            p[col + j] = c.theta * p[col + j]
+    theta = c.theta
     for j in range(col2):
         cw[j] = 0.0
-    if n_unbounded_moves == 0 and n_brk == 0:
-        memcpy(xcp, x, n * sizeof(double))
+    if scan.gg == 0.0:
         return 0   # d = 0: the Cauchy point is x
+    f1 = -scan.gg
     f2 = -theta * f1
     f2_start = f2
     if col > 0:
@@ -548,22 +322,17 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
         f2 -= _dot_small(v, p, col2)
     dtm = -f1 / f2
     t_sum = 0.0
-    seg = 1
-    n_left = n_brk
+    # The number of breakpoints is counted when they are listed, once the first is passed.
+    n_left = 1 if scan.t_min < INFINITY else 0
     t_now = 0.0
     while n_left > 0:
         t_prev = t_now
-        if n_left == n_brk:
-            # The smallest breakpoint is known from the scan; often it is the only one used, so
-            # the heap is built only when a second one is needed.
-            t_now = brk_t[first]
-            ibp = brk_i[first]
+        if first_ibp < 0:
+            # The smallest breakpoint is known from the scan; often the Cauchy point lies
+            # before it, and the breakpoints are listed only when it is passed.
+            t_now = scan.t_min
+            ibp = -1
         else:
-            if n_left == n_brk - 1:
-                brk_t[first] = brk_t[n_brk - 1]
-                brk_i[first] = brk_i[n_brk - 1]
-                for j in range(n_left // 2 - 1, -1, -1):
-                    _sift_down(brk_t, brk_i, n_left, j)
             t_now = brk_t[0]
             ibp = brk_i[0]
             brk_t[0] = brk_t[n_left - 1]
@@ -572,20 +341,27 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
         dt = t_now - t_prev
         if dtm < dt:
             break
+        if ibp < 0:
+            ibp = _first_breakpoint_at(n, x, g, lower, upper, free, t_now)
+            first_ibp = ibp
+            # The others into a heap (the first's slot taken by the last one listed).
+            n_brk = _list_breakpoints(n, x, g, lower, upper, free, brk_t, brk_i)
+            for j in range(n_brk):
+                if brk_i[j] == first_ibp:
+                    first = j
+            brk_t[first] = brk_t[n_brk - 1]
+            brk_i[first] = brk_i[n_brk - 1]
+            n_left = n_brk
+            for j in range((n_left - 1) // 2 - 1, -1, -1):
+                _sift_down(brk_t, brk_i, n_left - 1, j)
         # The model's minimizer lies past this breakpoint: fix its variable at the bound.
         t_sum += dt
         n_left -= 1
-        passed[n_passed] = ibp
-        n_passed += 1
-        d_bp = d[ibp]
-        d[ibp] = 0.0
-        if d_bp > 0.0:
-            z_bp = upper[ibp] - x[ibp]
-            where[ibp] = 2
-        else:
-            z_bp = lower[ibp] - x[ibp]
-            where[ibp] = 1
-        seg += 1
+        passed[path.n_passed] = <int>ibp
+        path.n_passed += 1
+        free[ibp] = 0.0
+        d_bp = -g[ibp]
+        z_bp = _passed_bound(ibp, g, lower, upper) - x[ibp]
         d_bp2 = d_bp * d_bp
         f1 = f1 + dt * f2 + d_bp2 - theta * d_bp * z_bp
         f2 = f2 - theta * d_bp2
@@ -614,49 +390,39 @@ cdef int _cauchy_point(Py_ssize_t n, const double* x, const double* g, const _Bo
     if dtm <= 0.0:
         dtm = 0.0
     t_sum += dtm
-    _xpay(xcp, x, t_sum, d, n)
-    for j in range(n_passed):
-        ibp = passed[j]
-        xcp[ibp] = upper[ibp] if where[ibp] == 2 else lower[ibp]
-    t_sum_out[0] = t_sum
+    path.t = t_sum
+    path.n_free -= path.n_passed
     if col > 0:
         for j in range(col2):
             cw[j] += dtm * p[j]
-        _unfree_products(c, passed, n_passed, g, new_row, scratch + 2 * m, scratch + 4 * m)
+        _unfree_products(c, passed, path.n_passed, g, new_row, scratch + 2 * m,
+                         scratch + 4 * m)
     return 0
 
 
-cdef bint _free_variables(Py_ssize_t n, int* n_free, double* free, int* n_enter,
-                          int* first_leave, int* changed, const int* where, bint updated,
-                          Py_ssize_t nit) noexcept nogil:
-    """free[i] <- 1.0 for a variable free at the Cauchy point, 0.0 for an active one (free[n + i]
-    the opposite), n_free <- their number; with nit > 0, changed[0:n_enter] <- the variables
-    that became free since the last call and changed[first_leave:n] those that became active.
-    Returns whether the matrix K must be refactored."""
+cdef bint _changed_variables(Py_ssize_t n, const double* free, const double* free_before,
+                             const _Path* path, int* n_enter, int* first_leave, int* changed,
+                             bint updated, Py_ssize_t nit) noexcept nogil:
+    """With nit > 0, changed[0:n_enter] <- the variables that became free since the last
+    iteration and changed[first_leave:n] those that became active (listed only if the scan
+    counted any, or the path fixed some). Returns whether the matrix K must be refactored."""
     cdef Py_ssize_t i
-    cdef double now
-    cdef int count = 0
     n_enter[0] = 0
     first_leave[0] = <int>n
-    for i in range(n):
-        now = 1.0 if where[i] <= 0 else 0.0
-        if nit > 0 and now != free[i]:
-            if now == 1.0:
-                changed[n_enter[0]] = <int>i
-                n_enter[0] += 1
-            else:
-                first_leave[0] -= 1
-                changed[first_leave[0]] = <int>i
-        free[i] = now
-        free[n + i] = 1.0 - now
-        count += <int>now
-    n_free[0] = count
+    if nit > 0 and (path.n_changed > 0 or path.n_passed > 0):
+        for i in range(n):
+            if free[i] != free_before[i]:
+                if free[i] != 0.0:
+                    changed[n_enter[0]] = <int>i
+                    n_enter[0] += 1
+                else:
+                    first_leave[0] -= 1
+                    changed[first_leave[0]] = <int>i
     return first_leave[0] < n or n_enter[0] > 0 or updated
 
 
-cdef int _factor_k(_Compact* c, Py_ssize_t n, const double* free, const double* active,
-                   int n_enter, int first_leave, const int* changed, bint updated,
-                   const double* new_row) noexcept nogil:
+cdef int _factor_k(_Compact* c, Py_ssize_t n, int n_enter, int first_leave, const int* changed,
+                   bint updated, const double* new_row) noexcept nogil:
     """Factor K = [[-D - Y'ZZ'Y / theta, L_a' - R_z'], [L_a - R_z, theta S'AA'S]] for the
     subspace step (Z selects the free variables, A the active ones; L_a is the strictly lower
     part of S'AA'Y, R_z the upper triangle of S'ZZ'Y). wn1 keeps the inner products
@@ -760,45 +526,17 @@ cdef int _reduced_gradient(const _Compact* c, const double* p, const double* cw,
     return 0
 
 
-cdef void _add_clipped(double* zn, const double* z, const double* du, const double* lower,
-                       const double* upper, const double* x, double* d,
-                       Py_ssize_t n) noexcept nogil:
-    """zn <- min(max(z + du, lower), upper) and d <- zn - x."""
-    cdef Py_ssize_t i
-    cdef double t
-    for i in range(n):
-        t = min(max(z[i] + du[i], lower[i]), upper[i])
-        zn[i] = t
-        d[i] = t - x[i]
-
-
-cdef double _count_on_bounds(const double* z, const double* lower, const double* upper,
-                             const double* free, Py_ssize_t n) noexcept nogil:
-    """How many free variables (free_i = 1) are at a bound."""
-    cdef double acc[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    for j in range(LANES):
-        acc[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            acc[j] += free[i + j] * <double>((z[i + j] == lower[i + j])
-                                             | (z[i + j] == upper[i + j]))
-    for i in range(n8, n):
-        acc[0] += free[i] * <double>((z[i] == lower[i]) | (z[i] == upper[i]))
-    return _lane_sum(acc)
-
-
 cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, const _Box* box,
-                        const double* z, const double* x, const double* g, double* wv,
-                        const double* coef, double* du, double* zn, double* d,
-                        double* ws) noexcept nogil:
-    """zn <- the subspace minimizer from the Cauchy point z, d <- zn - x; du <- the Newton step
-    on the free variables:
+                        const _Path* path, const int* passed, const double* x, const double* g,
+                        double* wv, const double* coef, double* du, double* z, double* zn,
+                        double* d, _Stats* stats) noexcept nogil:
+    """zn <- the subspace minimizer from the Cauchy point (``path``), d <- zn - x, and the
+    sums of ``_Stats`` for d; du and z are workspace. The Newton step on the free variables is
 
         du = (1 / theta) r + (1 / theta^2) Z'W K^-1 W'Z r,   r = Z'(r0 + W coef),
 
-    r0 = -theta (z - x) - g (coef NULL: none), ``wv`` = W'Z r on entry. z + du is projected into
-    the box; if that projected point is uphill from x (g'(zn - x) > 0), the step from the
+    r0 = -theta (xcp - x) - g (coef NULL: none), ``wv`` = W'Z r on entry. xcp + du is projected
+    into the box; if that projected point is uphill from x (g'(zn - x) > 0), the step from the
     Cauchy point is instead cut back to the box (Morales & Nocedal 2011). Returns 0, or -1 if K
     is singular."""
     cdef Py_ssize_t i, i_hit = 0
@@ -815,15 +553,13 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     if coef != NULL:
         for j in range(2 * col):
             wv[j] = wv[j] + coef[j]
-    _combine_rows(c, wv, z, x, g, free, n, du)
-    # Project the Newton point into the box (du is 0 off the free set, where z already lies in
-    # the box); count the free variables that land on a bound.
-    _add_clipped(zn, z, du, box.lower, box.upper, x, d, n)
-    if _count_on_bounds(zn, box.lower, box.upper, free, n) == 0.0:
-        return 0
-    if not (_dot_b(d, g, n, ws) > 0.0):
+    _subspace_pass(c, wv, n, x, g, free, path.t, box.lower, box.upper, zn, d, stats)
+    _fix_passed(passed, path.n_passed, x, g, box.lower, box.upper, zn, d, stats)
+    if stats.clipped == 0.0 or not (stats.gd > 0.0):
         return 0
     # Uphill: go back to the Cauchy point and take the longest feasible part of the step.
+    _cauchy_vector(n, x, g, free, path.t, passed, path.n_passed, box.lower, box.upper, z)
+    _newton_step(c, wv, n, x, g, free, path.t, du)
     alpha = 1.0
     step = 1.0
     for i in range(n):
@@ -859,148 +595,105 @@ cdef int _subspace_step(const _Compact* c, Py_ssize_t n, const double* free, con
     for i in range(n):
         zn[i] = zn[i] + alpha * du[i] * free[i]
         d[i] = zn[i] - x[i]
+    _direction_stats(n, x, d, g, box.lower, box.upper, stats)
     return 0
 
 
-cdef bint _projected_gradient_small(Py_ssize_t n, const double* x, const double* g,
-                                    const _Box* box, double gtol) noexcept nogil:
-    """Whether max_i |P(x - g)_i - x_i| <= gtol (False if g has a NaN).
-
-    The projected component is max(x - u, g) for g < 0 and min(x - l, g) otherwise, which with
-    infinite bounds for open sides needs no branch on the kind of bound; like the unconstrained
-    gradient test it counts components above gtol (a count vectorizes, a running maximum does
-    not), and a NaN anywhere makes g * 0 non-zero."""
-    cdef double above[LANES]
-    cdef double nan_check[LANES]
-    cdef Py_ssize_t i, j, n8 = n - n % LANES
-    cdef double gi, pi
-    cdef const double* lower = box.lower
-    cdef const double* upper = box.upper
-    for j in range(LANES):
-        above[j] = 0.0
-        nan_check[j] = 0.0
-    for i in range(0, n8, 16):  # 16 == LANES
-        for j in range(LANES):
-            gi = g[i + j]
-            pi = max(x[i + j] - upper[i + j], gi) if gi < 0.0 else min(x[i + j] - lower[i + j], gi)
-            above[j] += <double>(fabs(pi) > gtol)
-            nan_check[j] += gi * 0.0
-    for i in range(n8, n):
-        gi = g[i]
-        pi = max(x[i] - upper[i], gi) if gi < 0.0 else min(x[i] - lower[i], gi)
-        above[0] += <double>(fabs(pi) > gtol)
-        nan_check[0] += gi * 0.0
-    return _lane_sum(above) == 0.0 and _lane_sum(nan_check) == 0.0
-
-
-cdef double _max_feasible_step(Py_ssize_t n, const double* x, const double* d,
-                               const _Box* box) noexcept nogil:
-    """The largest stp <= 1e10 with x + stp d inside the box."""
-    cdef Py_ssize_t i
-    cdef double stpmax = STPMAX, room
-    cdef int kind
-    for i in range(n):
-        kind = box.kind[i]
-        if d[i] < 0.0 and (kind == 1 or kind == 2):
-            room = box.lower[i] - x[i]
-            if room >= 0.0:
-                stpmax = 0.0
-            elif d[i] * stpmax < room:
-                stpmax = room / d[i]
-        elif d[i] > 0.0 and kind >= 2:
-            room = box.upper[i] - x[i]
-            if room <= 0.0:
-                stpmax = 0.0
-            elif d[i] * stpmax > room:
-                stpmax = room / d[i]
-    return stpmax
-
-
 cdef const double* _bounded_direction(Py_ssize_t n, const double* x, const double* g,
-                                      const _Box* box, bint constrained, int* where,
-                                      _Compact* c, int* n_free, double* free, int* changed,
-                                      bint* updated, Py_ssize_t nit, double* z, double* d,
-                                      double* du, double* zn, double* brk_t, int* brk_i,
-                                      double* wa, double* scratch, double* ws) noexcept nogil:
-    """d <- (Cauchy point, then subspace minimizer) - x; returns the point itself (z, the Cauchy
-    point, or zn, the subspace minimizer). A failed factorization drops the history and starts
-    over from the steepest-descent Cauchy point. Without any bound (``constrained`` False; used
-    for finite-difference gradients, so that runs are SciPy's to the last evaluation) the Cauchy
-    point is skipped once there are pairs: the subspace step from x over all variables is the
-    quasi-Newton step."""
-    cdef int info, n_enter = 0, first_leave = <int>n
+                                      const _Box* box, bint constrained, _Compact* c,
+                                      const _Scan* scan, const double* free_before,
+                                      double* free, _NewPair* pair, int* changed, bint updated,
+                                      Py_ssize_t nit, double* z, double* d, double* du,
+                                      double* zn, double* brk_t, int* brk_i, int* passed,
+                                      double* wa, double* scratch,
+                                      _Stats* stats) noexcept nogil:
+    """d <- (Cauchy point, then subspace minimizer) - x, and ``stats`` for it; returns the point
+    itself (z, the Cauchy point, or zn, the subspace minimizer). ``scan`` and ``free`` are the
+    scan of the path from x (``_scan``); ``pair``, if not NULL, the pair to store first
+    (registered by ``_register_pair``, written by the first history pass). A failed
+    factorization drops the history and starts over from the steepest-descent Cauchy point.
+    Without any bound (``constrained`` False; used for finite-difference gradients, so that
+    runs are SciPy's to the last evaluation) the Cauchy point is skipped once there are pairs:
+    the subspace step from x over all variables (``free`` all 1) is the quasi-Newton step."""
+    cdef int info, n_enter = 0, first_leave = <int>n, k
     cdef Py_ssize_t i
     cdef bint refactor, new_row
     cdef int m = c.m
-    cdef double t_sum = 0.0
+    cdef _Path path
+    path.n_passed = 0
     while True:
+        new_row = updated and c.col > 0
         if not constrained and c.col > 0:
-            info = 0
-            if c.pending:
-                _rows_dot(c, c.col, _s_of(c, c.col - 1), <double*>NULL, n, scratch,
-                          <double*>NULL)
-                info = _finish_pair(c, scratch)
-            if updated[0]:
-                _new_row_products(c, free, free + n, n, scratch + 4 * m)
-            memcpy(z, x, n * sizeof(double))
-            refactor = updated[0]
+            # x is the Cauchy point; the history pass gives the pending products, the new row
+            # of K and W'g.
+            _history_products(c, n, g, free, new_row, pair, wa, scratch)
+            info = _finish_pair(c, scratch) if c.pending else 0
+            path.t = 0.0
+            path.n_passed = 0
+            path.n_free = n
+            refactor = updated
             n_enter = 0
             first_leave = <int>n
         else:
-            new_row = updated[0] and c.col > 0
-            info = _cauchy_point(n, x, g, box, where, c, d, z, brk_t, brk_i, wa, wa + 2 * m,
-                                 wa + 4 * m, wa + 6 * m, scratch, new_row, changed, &t_sum)
+            info = _cauchy_point(n, x, g, box, scan, free, c, pair, brk_t, brk_i, wa,
+                                 wa + 2 * m, wa + 4 * m, wa + 6 * m, scratch, new_row, passed,
+                                 &path)
             if info == 0:
-                refactor = _free_variables(n, n_free, free, &n_enter, &first_leave, changed,
-                                           where, updated[0], nit)
-        if info == 0 and n_free[0] > 0 and c.col > 0:
+                refactor = _changed_variables(n, free, free_before, &path, &n_enter,
+                                              &first_leave, changed, updated, nit)
+        if info == 0 and path.n_free > 0 and c.col > 0:
             if refactor:
-                info = _factor_k(c, n, free, free + n, n_enter, first_leave, changed,
-                                 updated[0], scratch + 4 * m)
+                info = _factor_k(c, n, n_enter, first_leave, changed, updated,
+                                 scratch + 4 * m)
             if info == 0 and constrained:
                 # wa: p, then W'(xcp - x); the coefficients go to wa + 6m, W'Z r to wa + 4m.
-                info = _reduced_gradient(c, wa, wa + 2 * m, scratch + 2 * m, t_sum, wa + 6 * m,
-                                         wa + 4 * m)
+                info = _reduced_gradient(c, wa, wa + 2 * m, scratch + 2 * m, path.t,
+                                         wa + 6 * m, wa + 4 * m)
                 if info == 0:
-                    info = _subspace_step(c, n, free, box, z, x, g, wa + 4 * m, wa + 6 * m, du,
-                                          zn, d, ws)
+                    info = _subspace_step(c, n, free, box, &path, passed, x, g, wa + 4 * m,
+                                          wa + 6 * m, du, z, zn, d, stats)
             elif info == 0:
-                # r = -g: W'r = -[Y'g; theta S'g].
-                _rows_dot(c, c.col, g, <double*>NULL, n, wa + 4 * m, <double*>NULL)
+                # r = -g: W'r = -[Y'g; theta S'g] (W'g from the history pass).
                 for i in range(c.col):
-                    wa[4 * m + i] = -wa[4 * m + i]
-                    wa[4 * m + c.col + i] = -c.theta * wa[4 * m + c.col + i]
-                info = _subspace_step(c, n, free, box, z, x, g, wa + 4 * m, <double*>NULL, du,
-                                      zn, d, ws)
+                    wa[4 * m + i] = -scratch[2 * m + i]
+                    wa[4 * m + c.col + i] = -c.theta * scratch[2 * m + c.col + i]
+                info = _subspace_step(c, n, free, box, &path, passed, x, g, wa + 4 * m,
+                                      <double*>NULL, du, z, zn, d, stats)
             if info == 0:
                 return zn
         if info == 0:
+            _cauchy_vector(n, x, g, free, path.t, passed, path.n_passed, box.lower,
+                           box.upper, z)
             for i in range(n):
                 d[i] = z[i] - x[i]
+            _direction_stats(n, x, d, g, box.lower, box.upper, stats)
             return z
+        # Start over with an empty history: the path is taken again from the scan.
+        for k in range(path.n_passed):
+            free[passed[k]] = 1.0
+        path.n_passed = 0
         _reset_compact(c)
-        updated[0] = False
+        updated = False
+        pair = NULL
 
 
-cdef bint _update_pair(_Compact* c, Py_ssize_t n, const double* d, const double* g,
-                       const double* g_old, double stp, double gd, double gdt, double dd,
-                       double* ws) noexcept nogil:
-    """Store s = stp d and y = g - g_old unless the curvature s'y is negligible next to the slope
-    (L-BFGS-B's rule); theta <- y'y / s'y. The pair's products with the others are taken on the
-    next pass over the history (``_finish_pair``). Returns whether a pair was stored."""
-    cdef double sy, yy
-    cdef double* slot
+cdef bint _register_pair(_Compact* c, double stp, double gd, double gdt, double dd,
+                         _NewPair* pair) noexcept nogil:
+    """Make room for the pair s = stp d, y = g_new - g_old of the step just taken, unless the
+    curvature s'y is negligible next to the slope (L-BFGS-B's rule); returns whether it is to
+    be stored. Its vectors, y'y (theta) and its products with the others are made by the next
+    pass over the history (``_cauchy_products``, ``_finish_pair``)."""
+    cdef double sy
     cdef int m = c.m, col
     sy = (gdt - gd) if stp == 1.0 else (gdt - gd) * stp
     if sy <= EPS64 * (-gd if stp == 1.0 else -gd * stp):
         return False
-    slot = _next_slot(c)
-    yy = _new_pair_b(slot, slot + c.stride, stp, d, g, g_old, n, ws)
-    c.theta = yy / sy
+    _next_slot(c)
     col = c.col
     c.ss[col - 1 + m * (col - 1)] = dd if stp == 1.0 else stp * stp * dd
     c.sy[col - 1 + m * (col - 1)] = sy
     c.pending = True
+    pair.stp = stp
     return True
 
 
@@ -1015,17 +708,21 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     cdef _Objective obj = _Objective(fun, jac, args, cnp.NPY_FLOAT64, n, counter)
     cdef Py_ssize_t per_line = 8
     cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
+    # Points: x, the next x (a trial point, or the point a full step lands on: the Cauchy point
+    # z or the subspace minimizer zn, whose buffer then becomes x's), and the workspace.
     x_buf = _aligned_empty(n, np.float64)
     x_buf[:] = x_init
     xt_buf = _aligned_empty(n, np.float64)
+    z_buf = _aligned_empty(n, np.float64)
+    zn_buf = _aligned_empty(n, np.float64)
     g_buf = _aligned_empty(n, np.float64)
     gt_buf = _aligned_empty(n, np.float64)
     d_buf = _aligned_empty(n, np.float64)
-    z_buf = _aligned_empty(n, np.float64)
-    r_buf = np.empty(n)
-    z_saved_buf = np.empty(n)
+    du_buf = np.empty(n)
     brk_t_buf = np.empty(n)
-    free_buf = np.ones(2 * n)
+    # The free / active masks of this iteration and the last (1.0 free, 0.0 active).
+    free_buf = np.ones(n)
+    free_before_buf = np.ones(n)
     int_bufs = np.empty((3, n), dtype=np.intc)
     history_buf = _aligned_empty(2 * m * stride, np.float64)
     small = np.zeros(3 * m * m + 8 * m * m + 8 * m + 8 * m)
@@ -1033,21 +730,25 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
     cdef double* x = <double*>cnp.PyArray_DATA(x_buf)
     cdef double* xt = <double*>cnp.PyArray_DATA(xt_buf)
+    cdef double* z = <double*>cnp.PyArray_DATA(z_buf)
+    cdef double* zn = <double*>cnp.PyArray_DATA(zn_buf)
     cdef double* g = <double*>cnp.PyArray_DATA(g_buf)
     cdef double* gt = <double*>cnp.PyArray_DATA(gt_buf)
     cdef double* d = <double*>cnp.PyArray_DATA(d_buf)
-    cdef double* z = <double*>cnp.PyArray_DATA(z_buf)
-    cdef double* r = <double*>cnp.PyArray_DATA(r_buf)
-    cdef double* z_saved = <double*>cnp.PyArray_DATA(z_saved_buf)
+    cdef double* du = <double*>cnp.PyArray_DATA(du_buf)
     cdef double* brk_t = <double*>cnp.PyArray_DATA(brk_t_buf)
     cdef double* free = <double*>cnp.PyArray_DATA(free_buf)
-    cdef int* where = <int*>cnp.PyArray_DATA(int_bufs)
-    cdef int* changed = where + n
-    cdef int* brk_i = where + 2 * n
+    cdef double* free_before = <double*>cnp.PyArray_DATA(free_before_buf)
+    cdef int* changed = <int*>cnp.PyArray_DATA(int_bufs)
+    cdef int* brk_i = changed + n
+    cdef int* passed = changed + 2 * n
     cdef double* sm = <double*>cnp.PyArray_DATA(small)
     cdef double* swap
     cdef _Compact c
     cdef _Box box
+    cdef _Stats stats
+    cdef _Scan scan
+    cdef _NewPair pair
     c.history = <double*>cnp.PyArray_DATA(history_buf)
     c.stride = stride
     c.m = m
@@ -1066,88 +767,111 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     box.full_step = z
 
     cdef bint constrained = False, boxed = True, updated = False, release_gil = n >= NOGIL_MIN_SIZE
-    cdef bint x_is_home = True, g_is_home = True
-    cdef int n_free = <int>n, status = STATUS_RUNNING, ls_status
+    cdef bint g_is_home = True, rescan = False
+    cdef int status = STATUS_RUNNING, ls_status
     cdef Py_ssize_t nit = 0
     cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, stpmax, dnorm, dd
-    cdef bint gradient_small = False
     message = ""
     for i in range(n):
         constrained = constrained or kind[i] != 0
         boxed = boxed and kind[i] == 2
-        if kind[i] == 0:
-            where[i] = -1
-        elif kind[i] == 2 and upper[i] - lower[i] <= 0.0:
-            where[i] = 3
-        else:
-            where[i] = 0
 
     _evaluate(obj, x, 0.0, <double*>NULL, <_Box*>NULL, &f, g, <double*>NULL, ws)
     if not (isfinite(f) and _all_finite(g, n)):
         status, message = STATUS_ABNORMAL, MSG_NONFINITE_X0
     else:
-        if _projected_gradient_small(n, x, g, &box, gtol):
+        _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+        if scan.gradient_small:
             status, message = STATUS_CONVERGED, MSG_PGTOL
     while status == STATUS_RUNNING:
         if release_gil:
             with nogil:
-                box.full_step = _bounded_direction(n, x, g, &box, constrained, where, &c,
-                                                   &n_free, free, changed, &updated, nit, z, d,
-                                                   r, z_saved, brk_t, brk_i, wa, scratch, ws)
+                if rescan:
+                    _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+                box.full_step = _bounded_direction(n, x, g, &box, constrained, &c, &scan,
+                                                   free_before, free,
+                                                   &pair if updated else <_NewPair*>NULL,
+                                                   changed, updated, nit, z, d, du, zn, brk_t,
+                                                   brk_i, passed, wa, scratch, &stats)
         else:
-            box.full_step = _bounded_direction(n, x, g, &box, constrained, where, &c, &n_free,
-                                               free, changed, &updated, nit, z, d, r, z_saved,
-                                               brk_t, brk_i, wa, scratch, ws)
-        dd = _dot_b(d, d, n, ws)
-        gd = _dot_b(g, d, n, ws)
+            if rescan:
+                _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+            box.full_step = _bounded_direction(n, x, g, &box, constrained, &c, &scan,
+                                               free_before, free,
+                                               &pair if updated else <_NewPair*>NULL, changed,
+                                               updated, nit, z, d, du, zn, brk_t, brk_i, passed,
+                                               wa, scratch, &stats)
+        rescan = False
+        dd = stats.dd
+        gd = stats.gd
         if not constrained:
             stpmax = STPMAX
         else:
-            stpmax = 1.0 if nit == 0 else _max_feasible_step(n, x, d, &box)
+            # -1: at least 1, computed by the line search if it needs it.
+            stpmax = 1.0 if nit == 0 else stats.stpmax
         dnorm = sqrt(dd)
         ls_status = LS_FAILED
-        if gd < 0.0 and stpmax > 0.0:
+        if gd < 0.0 and stpmax != 0.0:
             ls_status = _line_search(obj, armijo, maxls, c1, c2, n, x, f, g, d, gd,
-                                     _first_step(nit, dnorm, stpmax) if not boxed or nit > 0
-                                     else min(1.0, stpmax), stpmax, &box, &ft, gt, &stp, &gdt,
-                                     ws)
+                                     _first_step(nit, dnorm, stpmax if stpmax > 0.0 else 1.0)
+                                     if not boxed or nit > 0 else min(1.0, stpmax), stpmax,
+                                     &box, &ft, gt, &stp, &gdt, ws)
         if ls_status != LS_OK:
             if c.col > 0:
+                # Retry from steepest descent: the path is scanned again (the last one fixed
+                # variables in ``free``).
                 _reset_compact(&c)
                 updated = False
+                rescan = True
                 continue
             status = STATUS_ABNORMAL
             message = MSG_NONFINITE if ls_status == LS_NONFINITE else MSG_ABNORMAL
             break
-        _trial_point(xt, x, stp, d, n, &box)
-        gradient_small = _projected_gradient_small(n, xt, gt, &box, gtol)
-        swap = x
-        x = xt
-        xt = swap
-        x_is_home = not x_is_home
+        # The new x: a full step lands on the point the direction was made from, whose buffer
+        # becomes x's (no copy); other steps are projected trial points.
+        if stp == 1.0 and box.full_step == zn:
+            x_buf, zn_buf = zn_buf, x_buf
+            swap = x
+            x = zn
+            zn = swap
+        elif stp == 1.0:
+            x_buf, z_buf = z_buf, x_buf
+            swap = x
+            x = z
+            z = swap
+        else:
+            _trial_point(xt, x, stp, d, n, &box)
+            x_buf, xt_buf = xt_buf, x_buf
+            swap = x
+            x = xt
+            xt = swap
         swap = g
         g = gt
         gt = swap
         g_is_home = not g_is_home
+        swap = free
+        free = free_before
+        free_before = swap
         f_old = f
         f = ft
         nit += 1
-        status = _after_iteration(
-            obj, callback,
-            (x_buf if x_is_home else xt_buf).copy() if callback is not None else None,
-            f, f_old, nit, maxiter, maxfun, gradient_small, ftol)
-        if status != STATUS_RUNNING:
-            message = _stop_message(status, obj, nit, maxiter, gradient_small)
-            break
-        # The pair: s = stp d (in d), y = g_new - g_old (in gt, the old gradient's buffer).
+        # The scan of the next path also answers the projected-gradient test.
         if release_gil:
             with nogil:
-                updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
+                _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
         else:
-            updated = _update_pair(&c, n, d, g, gt, stp, gd, gdt, dd, ws)
-
+            _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
+        status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
+                                  f, f_old, nit, maxiter, maxfun, scan.gradient_small, ftol)
+        if status != STATUS_RUNNING:
+            message = _stop_message(status, obj, nit, maxiter, scan.gradient_small)
+            break
+        # The pair s = stp d, y = g_new - g_old (in gt, the old gradient's buffer), written by
+        # the next direction's first history pass.
+        updated = _register_pair(&c, stp, gd, gdt, dd, &pair)
+        pair.d = d
+        pair.g_old = gt
 
     pairs = history_buf.reshape(2 * m, stride)[:, :n]
-    return ((x_buf if x_is_home else xt_buf), f, (g_buf if g_is_home else gt_buf), nit,
-            obj.nfev, obj.njev, status, message, pairs, (c.head + c.col - 1) % m, c.col,
-            c.updates)
+    return (x_buf, f, (g_buf if g_is_home else gt_buf), nit, obj.nfev, obj.njev, status,
+            message, pairs, (c.head + c.col - 1) % m, c.col, c.updates)

@@ -146,6 +146,14 @@ cdef void _dcstep(double* stx, double* fx, double* dx, double* sty, double* fy, 
     stp[0] = stpf
 
 
+cdef inline void _set_stpmax(SearchState* st, double stpmax) noexcept nogil:
+    """The largest step, and what TASK_START derives from it (the first bracket widths), for a
+    search started with a provisional one."""
+    st.stpmax = stpmax
+    st.width = st.stpmax - st.stpmin
+    st.width1 = st.width / 0.5
+
+
 cdef int _dcsrch(SearchState* st, double* stp, double f, double g, int task) noexcept nogil:
     """One reverse-communication call of MINPACK-2 ``dcsrch``.
 

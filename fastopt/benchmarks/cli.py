@@ -155,7 +155,7 @@ def run_lbfgsb(args, log):
     from . import lbfgsb_vs_scipy
 
     sizes = settings.LBFGS_QUICK_SIZES if args.quick else lbfgsb_vs_scipy.DEFAULT_SIZES
-    repeats = args.repeats or (settings.LBFGS_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
+    repeats = args.repeats or (settings.LBFGSB_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
     log(f"L-BFGS-B (bounds) vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)}")
     rows = lbfgsb_vs_scipy.compare_bounded_with_scipy(sizes=sizes, repeats=repeats)
     print("\nL-BFGS-B with bounds vs SciPy L-BFGS-B: microseconds per iteration outside the objective "

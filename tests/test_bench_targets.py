@@ -97,3 +97,13 @@ def test_malformed_targets_files_name_the_problem(tmp_path, content, message):
 def test_missing_targets_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read targets file"):
         targets.load(tmp_path / "nope.json")
+
+
+def test_a_negative_ratio_is_not_a_met_target(tmp_path):
+    """The bounded L-BFGS-B figure is a difference of two runs' times: a disturbed run can make
+    it negative, which must not pass an "at most" target."""
+    path = _write(tmp_path, [{"table": "lbfgs", "value": "ratio", "at_most": 0.2}])
+    rows = {"lbfgs": [dict(n=1000, ratio=-0.8), dict(n=100, ratio=0.1)]}
+    (disturbed, fine) = targets.check(targets.load(path), rows)
+    assert disturbed[0] is None and "negative" in disturbed[1]
+    assert fine[0] is True

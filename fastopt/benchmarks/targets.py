@@ -139,6 +139,12 @@ def check(targets, results):
             if value is None:
                 out.append((None, f"{where}: {what}{note}"))
                 continue
+            if value < 0 and "overhead_us" not in t:
+                # a ratio of times, or a marginal cost (a difference of two runs' times), below
+                # zero: a disturbed measurement, which would otherwise pass any "at most"
+                out.append((None, f"{where}: {what} = {value:.3g} is negative: the run was "
+                                  f"disturbed, measure again{note}"))
+                continue
             ok = value <= bound[1] if bound[0] == "<=" else value >= bound[1]
             noisy = "" if (r.get("noise") or 0) <= NOISY else f"  [noisy cell: IQR {100 * r['noise']:.0f}% of median]"
             out.append((ok, f"{where}: {what} = {value:.3g} (target {bound[0]} {bound[1]}){note}{noisy}"))

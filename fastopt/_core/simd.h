@@ -1,7 +1,7 @@
 /* fastopt's SIMD header: what the compiled kernels need from the compiler and the CPU.
  *
- * - FO_VECTOR_ISA: the vector instruction set this translation unit is compiled for.
- * - fo_cpu_has_avx2_fma(): whether the running CPU has AVX2 and FMA (run-time dispatch).
+ * - FO_VECTOR_ISA: the vector instruction set this translation unit is compiled for (which CPU
+ *   runs which variant is decided at import from cpu.h's cpuid; fastopt._backend).
  * - fo_sumsq16_* / fo_nonfinite16_*: reduction bodies (sum of squares; the finiteness sum of
  *   x - x) with their 16 float64 accumulators in four AVX registers. Written as a Cython loop,
  *   GCC keeps the accumulator array in memory and widens float32 loads in 128-bit halves, ~1.6x
@@ -32,13 +32,9 @@
 #define FO_VECTOR_ISA "generic"
 #endif
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-static int fo_cpu_has_avx2_fma(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-static int fo_cpu_has_avx2_fma(void) { return 0; }
+/* C99's restrict (the generated loops use it): MSVC's C compiler spells it __restrict before C11. */
+#if defined(_MSC_VER) && !defined(__clang__) && !defined(restrict)
+#define restrict __restrict
 #endif
 
 #if defined(__AVX__)

@@ -151,14 +151,11 @@ def test_every_variant_gives_the_same_results(tmp_path):
         _assert_same_results(ref, other)
 
 
-@pytest.mark.slow
-def test_native_build_gives_the_same_results(tmp_path):
-    """A native build (FASTOPT_NATIVE=1, compiled here from the source tree into a temporary copy:
-    ~3 minutes on 2 cores) against the installed build's variant for this CPU."""
+def _build_source_copy(dest, env_extra, compiler):
+    """Copy the source tree's sources to ``dest`` and build them in place with ``env_extra``."""
     pytest.importorskip("Cython")
-    if shutil.which(os.environ.get("CC", "cc")) is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler")
-    src = tmp_path / "native"
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler}")
 
     def build_outputs(folder, names):
         """Compiled modules, Cython's generated C (a .c beside its .pyx) and other build leftovers."""
@@ -166,17 +163,46 @@ def test_native_build_gives_the_same_results(tmp_path):
         return {n for n in names if n.endswith((".so", ".pyd", ".html")) or n in generated
                 or n in ("__pycache__", "_build_config.py")}
 
-    shutil.copytree(REPO / "fastopt", src / "fastopt", ignore=build_outputs)
-    shutil.copy(REPO / "setup.py", src / "setup.py")
-    env = dict(os.environ, FASTOPT_NATIVE="1")
-    done = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-                          cwd=str(src), env=env, capture_output=True, text=True, timeout=1800)
+    shutil.copytree(REPO / "fastopt", dest / "fastopt", ignore=build_outputs)
+    shutil.copy(REPO / "setup.py", dest / "setup.py")
+    done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=str(dest),
+                          env=dict(os.environ, **env_extra), capture_output=True, text=True,
+                          timeout=1800)
     if done.returncode != 0:
-        pytest.fail("native build failed:\n" + done.stderr[-3000:])
+        pytest.fail("the build failed:\n" + done.stderr[-3000:])
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_native_build_gives_the_same_results(tmp_path):
+    """A native build (FASTOPT_NATIVE=1, compiled here from the source tree into a temporary copy:
+    ~3 minutes on 2 cores) against the installed build's variant for this CPU."""
+    src = tmp_path / "native"
+    _build_source_copy(src, {"FASTOPT_NATIVE": "1"}, os.environ.get("CC", "cc"))
     native = _record(src, tmp_path / "native.npz")
     assert native[:2] == ["fastopt._core._kernels", "fastopt._lbfgs"]
     _record(Path(fastopt.__file__).parents[1], tmp_path / "installed.npz")
     _assert_same_results(_load(tmp_path / "installed.npz"), _load(tmp_path / "native.npz"))
+
+
+@pytest.mark.slow
+def test_aarch64_compiler_builds_the_portable_loops(tmp_path):
+    """The build with an aarch64 cross compiler (Debian's gcc-aarch64-linux-gnu): no x86 flag or
+    intrinsic outside its guards, the variants left out, every module compiled and linked for
+    aarch64. (Compiled against this Python's x86-64 headers: a compile check, nothing runs.)"""
+    cc = "aarch64-linux-gnu-gcc"
+    src = tmp_path / "aarch64"
+    log = _build_source_copy(src, {"CC": cc, "LDSHARED": f"{cc} -shared", "FASTOPT_BUILD_JOBS": "1"}, cc)
+    assert f"{cc} " in log and " -mavx" not in log and "-march" not in log
+    config = {}
+    exec((src / "fastopt" / "_build_config.py").read_text(), config)
+    assert config["VARIANTS"] == ("baseline",) and config["VARIANT_CFLAGS"] == {}
+    built = sorted(p.name.split(".")[0] for p in src.rglob("*.so"))
+    expected = sorted(p.stem for p in (src / "fastopt").rglob("*.pyx")
+                      if not any(p.stem.endswith("_" + v.name) for v in _isa.VARIANTS))
+    assert built == expected
+    for path in src.rglob("*.so"):
+        assert path.read_bytes()[18:20] == (183).to_bytes(2, "little"), path   # e_machine: EM_AARCH64
 
 
 @pytest.mark.parametrize("first", ["torch", "fastopt"])

@@ -2,7 +2,9 @@
  * read with cpuid. A feature counts only when the OS also saves the registers it uses (xgetbv: the
  * YMM state for the AVX family; the opmask and full ZMM state for AVX-512): a CPU can have AVX-512
  * that its OS (or hypervisor) leaves off, and an instruction that touches those registers then
- * faults.
+ * faults. macOS is the exception: it enables the AVX-512 state lazily, on first use, so there XCR0
+ * may not show it yet and the kernel's own report (sysctl hw.optional.avx512f) stands in, as NumPy
+ * does.
  *
  * Compiled into a baseline module (scalar code, no vector flags), so it runs on any x86-64 CPU.
  * Other architectures report no feature: they build and run the portable loops only. */
@@ -44,6 +46,18 @@ static uint64_t fo_xcr0(void) {
 }
 #endif
 
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+static int fo_os_avx512(uint64_t xcr0) {
+    int on = 0;
+    size_t size = sizeof on;
+    if ((xcr0 & 0xE6) == 0xE6) return 1;
+    return sysctlbyname("hw.optional.avx512f", &on, &size, NULL, 0) == 0 && on;
+}
+#else
+static int fo_os_avx512(uint64_t xcr0) { return (xcr0 & 0xE6) == 0xE6; }   /* opmask, ZMM state */
+#endif
+
 static unsigned fo_cpu_features(void) {
     unsigned r[4], features = 0;
     fo_cpuid(0, 0, r);
@@ -61,7 +75,7 @@ static unsigned fo_cpu_features(void) {
     fo_cpuid(7, 0, r);
     unsigned ebx7 = r[1];
     if (ebx7 & (1u << 5)) features |= FO_CPU_AVX2;
-    if ((xcr0 & 0xE6) == 0xE6) {                       /* + opmask, ZMM0-15 high, ZMM16-31 */
+    if (fo_os_avx512(xcr0)) {
         if (ebx7 & (1u << 16)) features |= FO_CPU_AVX512F;
         if (ebx7 & (1u << 17)) features |= FO_CPU_AVX512DQ;
         if (ebx7 & (1u << 28)) features |= FO_CPU_AVX512CD;

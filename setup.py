@@ -9,8 +9,9 @@ Two builds (``fastopt.build_info()["build"]`` says which one is installed):
 * **portable** (the default; what a wheel holds): every module is compiled for the compiler's
   baseline target (x86-64: SSE2, any x86-64 CPU), and each module with vector code -- the update
   kernels ``fastopt._core._kernels`` and L-BFGS ``fastopt._lbfgs`` -- once more per instruction-set
-  variant the compiler supports, as ``<module>_<variant>``: ``avx2`` (``-mavx2 -mfma -mf16c``) and
-  ``avx512`` (those and ``-mavx512f -mavx512cd -mavx512vl -mavx512bw -mavx512dq``). The variants
+  variant the compiler supports, as ``<module>_<variant>``: ``avx2`` (x86-64-v3: ``-mavx2 -mfma
+  -mf16c -mbmi -mbmi2 -mlzcnt -mmovbe -mpopcnt``) and ``avx512`` (x86-64-v4: those and ``-mavx512f
+  -mavx512cd -mavx512vl -mavx512bw -mavx512dq``). The variants
   and the modules are declared in ``fastopt/_core/_isa.py``; ``fastopt._backend`` picks the best
   variant the running CPU supports at import (``FASTOPT_FORCE_ISA=baseline|avx2|avx512`` or
   ``FASTOPT_FORCE_BASELINE=1`` force one). A non-x86 compiler builds the baseline only.

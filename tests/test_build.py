@@ -54,12 +54,13 @@ def test_the_best_variant_this_cpu_supports_runs():
 
 def test_choose_variant():
     built = ["avx512", "avx2", "baseline"]
-    avx2 = {"avx2", "fma", "f16c"}
+    avx2 = {"avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt"}   # x86-64-v3
     avx512 = avx2 | {"avx512f", "avx512cd", "avx512vl", "avx512bw", "avx512dq"}
     choose = _backend.choose_variant
     assert choose(built, avx512) == "avx512"
     assert choose(built, avx2 | {"avx512f"}) == "avx2"          # AVX-512F alone is not enough
-    assert choose(built, {"avx2", "fma"}) == "baseline"        # no F16C: not the avx2 variant
+    assert choose(built, avx2 - {"f16c"}) == "baseline"        # no F16C: not the avx2 variant
+    assert choose(built, avx512 - {"bmi2"}) == "baseline"      # nor without BMI2
     assert choose(built, set()) == "baseline"
     assert choose(["avx2", "baseline"], avx512) == "avx2"      # a compiler without AVX-512
     assert choose(built, avx512, forced="baseline") == "baseline"

@@ -23,12 +23,15 @@ Variant = namedtuple("Variant", "name features msvc_flags")
 Variant.__doc__ = """An instruction-set variant: its name, the CPU features it is compiled for and
 needs at run time, and MSVC's flag for them (GCC and Clang get ``-m<feature>`` for each)."""
 
-#: The variants beyond the baseline, best first. ``avx2`` is x86-64-v3's vector part (Haswell, Zen
-#: and later); ``avx512`` adds the AVX-512 subsets of Skylake-X and later (x86-64-v4).
+#: The variants beyond the baseline, best first: the x86-64 psABI's microarchitecture levels.
+#: ``avx2`` is x86-64-v3 (Haswell, Zen and later: AVX2, FMA, F16C and the scalar BMI1/BMI2, LZCNT,
+#: MOVBE, POPCNT a native build on those CPUs also uses); ``avx512`` is x86-64-v4 (Skylake-X and
+#: later: v3 and AVX-512 F/CD/VL/BW/DQ).
+_X86_64_V3 = ("avx2", "fma", "f16c", "bmi", "bmi2", "lzcnt", "movbe", "popcnt")
 VARIANTS = (
-    Variant("avx512", ("avx2", "fma", "f16c", "avx512f", "avx512cd", "avx512vl", "avx512bw",
-                       "avx512dq"), ("/arch:AVX512",)),
-    Variant("avx2", ("avx2", "fma", "f16c"), ("/arch:AVX2",)),
+    Variant("avx512", _X86_64_V3 + ("avx512f", "avx512cd", "avx512vl", "avx512bw", "avx512dq"),
+            ("/arch:AVX512",)),
+    Variant("avx2", _X86_64_V3, ("/arch:AVX2",)),
 )
 
 #: The compiled modules with vector code, built once per variant; the others (drivers, the thread

@@ -1,4 +1,5 @@
-"""Each fused kernel against its in-place NumPy reference (fastopt.benchmarks.numpy_reference), 1e3-1e7."""
+"""Each fused kernel against its in-place NumPy reference (fastopt.benchmarks.numpy_reference), 1e3-1e7;
+the steps that are not elementwise (Adafactor, Muon) against torch.optim on the bench's matrices."""
 import numpy as np
 import pytest
 
@@ -45,3 +46,31 @@ def test_clip_grad_norm_200_arrays(benchmark, dtype, impl):
     benchmark.group = f"clip_grad_norm_-{np.dtype(dtype).name}-200arrays"
     benchmark.pedantic(fn, args=(grads, settings.CLIP_MAX_NORM), setup=restore, rounds=200,
                        warmup_rounds=3)
+
+
+MATRIX = [case for cases_ in settings.MATRIX_CASES.values() for case in cases_]
+
+
+@pytest.mark.parametrize("impl", ["fastopt", "torch-loop", "torch-foreach"])
+@pytest.mark.parametrize("case", MATRIX, ids=lambda c: f"{c.name}-{settings.matrix_label(c.shapes)}")
+def test_matrix_step(benchmark, case, impl):
+    """Steps that are not elementwise (Adafactor, Muon) on matrices, against torch.optim's."""
+    params, grads = cases.make_data(None, np.float32, shapes=case.shapes)
+    if impl == "fastopt":
+        o = getattr(fastopt, case.cls)(params, **case.hyper)
+        step = lambda: o.step(grads)   # noqa: E731
+    else:
+        torch = pytest.importorskip("torch")
+        kw = {"foreach": impl == "torch-foreach"}
+        if case.cls == "Muon":
+            if impl == "torch-foreach":
+                pytest.skip("torch.optim.Muon has one implementation")
+            kw = {}
+        tparams = [torch.from_numpy(p) for p in params]
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.from_numpy(g)
+        o = getattr(torch.optim, case.cls)(tparams, **case.hyper, **kw)
+        step = o.step
+    step()                               # the state exists before the timing
+    benchmark.group = f"{case.name}-float32-{settings.matrix_label(case.shapes)}"
+    benchmark.pedantic(step, rounds=3 if case.cls == "Muon" else 20, warmup_rounds=1)

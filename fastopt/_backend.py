@@ -117,6 +117,11 @@ def config_index(param, grad, state, master, stochastic):
     return _CONFIG_INDEX.get(key, -1)
 
 
+def bucket_class(driver):
+    """The bucket class that runs an algorithm: its declared driver, or the generic ParamBucket."""
+    return _bucket.ParamBucket if driver is None else getattr(_bucket, driver)
+
+
 def pack(name, values):
     """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name."""
     return selected.PACKERS[_KERNEL_INDEX[name]](values)
@@ -141,6 +146,7 @@ kernels = types.SimpleNamespace(
     kernel_index=kernel_index,
     config_index=config_index,
     pack=pack,
+    bucket_class=bucket_class,
 )
 
 

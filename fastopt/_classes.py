@@ -52,10 +52,17 @@ def parameters_doc(algorithm, names):
         h = by_name.get(name)
         if h is None:
             continue
-        kind = {"flag": "bool", "pair": "(float, float)", "integer": "int"}.get(h.constraint.kind, "float")
+        c = h.constraint
+        kind = {"flag": "bool", "pair": "(float, float)", "integer": "int",
+                "tuple": "(" + ", ".join("float or None" if i.optional else "float"
+                                         for i in c.items) + ")",
+                "choice": " or ".join(sorted({type(v).__name__.replace("NoneType", "None")
+                                              for v in c.values}))}.get(c.kind, "float")
+        if c.optional:
+            kind += " or None"
         doc = h.doc if h.name != "maximize" else MAXIMIZE_DOC
-        if h.constraint.kind not in ("flag",):
-            doc += f" Must be {h.constraint.describe()}."
+        if c.kind not in ("flag",):
+            doc += f" Must be {c.describe()}."
         out.append(f"{name} : {kind}, default {_default_repr(h.default)}\n"
                    + textwrap.indent(textwrap.fill(doc, 92), "    "))
     return "\n".join(out)
@@ -69,6 +76,8 @@ def state_doc(algorithm):
             text += f"; when ``{s.when}``"
         if s.shape == "scalar":
             text += "; a float32 scalar, as torch keeps it"
+        elif s.shaped:
+            text += f"; {s.shape_doc}"
         parts.append(text + ")")
     return "State per param: " + ", ".join(parts) + "." if parts else "No state per param."
 

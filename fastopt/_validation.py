@@ -105,9 +105,13 @@ def check_integer(name, value, *, low=None, high=None):
 def check_constraint(name, value, constraint):
     """Check ``value`` against a declared ``fastopt.algorithms._spec.Constraint``; return it checked.
 
-    A ``pair`` returns a tuple of two checked items, named ``name[0]`` and ``name[1]`` in errors.
+    A ``pair`` returns a tuple of two checked items, named ``name[0]`` and ``name[1]`` in errors; a
+    ``tuple`` one checked item per declared item; a ``choice`` the index of the value; an
+    ``optional`` constraint passes None through.
     """
     kind = constraint.kind
+    if value is None and constraint.optional:
+        return None
     if kind == "real":
         return check_real(name, value, low=constraint.low, high=constraint.high,
                           low_inclusive=constraint.low_inclusive,
@@ -125,6 +129,18 @@ def check_constraint(name, value, constraint):
             raise TypeError(f"{name} must be a pair, got {value!r}") from None
         return (check_constraint(f"{name}[0]", first, constraint.item),
                 check_constraint(f"{name}[1]", second, constraint.item))
+    if kind == "tuple":
+        n = len(constraint.items)
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__") or len(value) != n:
+            raise TypeError(f"{name} must be a tuple of {n} values, got {value!r}")
+        return tuple(check_constraint(f"{name}[{i}]", v, c)
+                     for i, (v, c) in enumerate(zip(value, constraint.items)))
+    if kind == "choice":
+        for index, allowed in enumerate(constraint.values):
+            if type(value) is type(allowed) and value == allowed:
+                return index
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, constraint.values))}; "
+                         f"{value!r} is not supported")
     raise ValueError(f"unknown constraint kind {kind!r} for {name}")
 
 

@@ -11,8 +11,15 @@ CRC-checked on reading) holding
        "state": [{"index": 0, "step": 10, "arrays": {"exp_avg": "state.0.exp_avg", ...}}, ...],
        "skipped_steps": 0, "found_inf": false, "has_params": false}
 
+  (with ``stochastic_rounding``, also ``"stochastic_rounding_seed"``: the seed as a decimal string)
+
 * one array per state buffer (``state.<param index>.<buffer name>``), and with ``params=True`` one
   per param (``param.<index>``).
+
+bfloat16 arrays (params, moments kept in bfloat16) are stored as their uint16 bit patterns, since
+``.npy`` files without pickle cannot name the dtype: ``params[i]["dtype"]`` is ``"bfloat16"`` and a
+state entry lists its bfloat16 buffers in ``"bfloat16"``; :func:`load` views the bits as the
+optimizer's bfloat16 arrays (``ml_dtypes.bfloat16``, or fastopt's own view of a torch tensor).
 
 :func:`save` writes a temporary file in the target's directory, flushes and fsyncs it, then renames
 it over ``path`` (``os.replace``), so ``path`` always holds either the old or the new checkpoint.
@@ -39,6 +46,8 @@ import time
 import zlib
 
 import numpy as np
+
+from . import _dtypes
 
 try:
     import fcntl
@@ -119,13 +128,15 @@ def save(optimizer, path, *, params=False):
         "format": FORMAT,
         "version": VERSION,
         "optimizer": type(optimizer).__name__,
-        "params": [{"shape": list(p.shape), "dtype": p.dtype.name} for p in plist],
+        "params": [{"shape": list(p.shape), "dtype": _dtype_name(p)} for p in plist],
         "param_groups": [],
         "state": [],
         "skipped_steps": int(optimizer.skipped_steps),
         "found_inf": bool(optimizer.found_inf),
         "has_params": bool(params),
     }
+    if "stochastic_rounding_seed" in sd:
+        meta["stochastic_rounding_seed"] = str(sd["stochastic_rounding_seed"])   # 64 bits: exact in JSON as text
     for g, group in enumerate(sd["param_groups"]):
         meta["param_groups"].append(
             {key: _json_value(value, f"param_groups[{g}][{key!r}]") for key, value in group.items()})
@@ -137,12 +148,14 @@ def save(optimizer, path, *, params=False):
                 item["step"] = int(value)
             else:
                 key = f"state.{index}.{name}"
-                arrays[key] = value
+                arrays[key] = _storable(value)
                 item["arrays"][name] = key
+                if _dtypes.storage_of(value) == _dtypes.BF16:
+                    item.setdefault("bfloat16", []).append(name)
         meta["state"].append(item)
     if params:
         for i, p in enumerate(plist):
-            arrays[f"param.{i}"] = p.copy()
+            arrays[f"param.{i}"] = _storable(p).copy()
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
@@ -177,6 +190,27 @@ def save(optimizer, path, *, params=False):
         pass
     finally:
         os.close(dfd)
+
+
+def _dtype_name(array):
+    """The dtype's name as a checkpoint records it (``bfloat16`` for either kind of bf16 array)."""
+    return "bfloat16" if _dtypes.storage_of(array) == _dtypes.BF16 else array.dtype.name
+
+
+def _storable(array):
+    """``array`` as NumPy can write it without pickle: bfloat16 as its uint16 bits."""
+    if _dtypes.storage_of(array) == _dtypes.BF16:
+        return np.asarray(array).view(np.uint16).view(np.ndarray)
+    return array
+
+
+def _bf16_like(bits, like):
+    """uint16 ``bits`` viewed as bfloat16 of the kind ``like`` holds (ml_dtypes, or BF16Array)."""
+    if bits.dtype != np.uint16:
+        return bits            # not bfloat16 bits: the checks below name the mismatch
+    if type(like) is _dtypes.BF16Array or _dtypes.bf16_dtype() is None:
+        return bits.view(_dtypes.BF16Array)
+    return bits.view(_dtypes.bf16_dtype())
 
 
 def _temporary_prefix(path):
@@ -327,8 +361,8 @@ def load(optimizer, path):
         shape, dtype = info.get("shape"), info.get("dtype")
         _require(isinstance(shape, list) and tuple(shape) == p.shape,
                  f"{where}: params[{i}] has shape {shape}, the optimizer's has {list(p.shape)}")
-        _require(dtype == p.dtype.name,
-                 f"{where}: params[{i}] has dtype {dtype}, the optimizer's has {p.dtype.name}")
+        _require(dtype == _dtype_name(p),
+                 f"{where}: params[{i}] has dtype {dtype}, the optimizer's has {_dtype_name(p)}")
 
     groups = meta.get("param_groups")
     _require(isinstance(groups, list) and all(isinstance(g, dict) for g in groups),
@@ -345,13 +379,16 @@ def load(optimizer, path):
         entry = {}
         if "step" in item:
             entry["step"] = item["step"]
+        bfloat16 = item.get("bfloat16", [])
+        _require(isinstance(bfloat16, list), f"{where}: state[{index}]['bfloat16'] is malformed")
         for name, key in item["arrays"].items():
             _require(isinstance(key, str) and key in arrays,
                      f"{where}: state[{index}][{name!r}] refers to a missing array {key!r}")
             value = arrays[key]
-            _require(value.shape == plist[index].shape and value.dtype == plist[index].dtype,
-                     f"{where}: state[{index}][{name!r}] has shape {value.shape} and dtype {value.dtype}, "
-                     f"its param has {plist[index].shape} and {plist[index].dtype}")
+            if name in bfloat16:
+                value = _bf16_like(value, plist[index])
+            # shapes and dtypes (a param's, float32 for a master copy, the state dtype chosen,
+            # a scalar's) are checked by load_state_dict, before anything is written
             entry[name] = value
         state[index] = entry
 
@@ -361,6 +398,8 @@ def load(optimizer, path):
         for i, p in enumerate(plist):
             value = arrays.get(f"param.{i}")
             _require(value is not None, f"{where}: param {i}'s values are missing")
+            if saved_params[i].get("dtype") == "bfloat16":
+                value = _bf16_like(value, p)
             _require(value.shape == p.shape and value.dtype == p.dtype,
                      f"{where}: param {i}'s values have shape {value.shape} and dtype {value.dtype}, "
                      f"the param has {p.shape} and {p.dtype}")
@@ -369,11 +408,16 @@ def load(optimizer, path):
     skipped = meta.get("skipped_steps", 0)
     _require(isinstance(skipped, int) and skipped >= 0, f"{where}: skipped_steps is malformed")
 
+    seed = meta.get("stochastic_rounding_seed")
+    _require(seed is None or (isinstance(seed, str) and seed.isdigit()),
+             f"{where}: stochastic_rounding_seed is malformed")
     sd = {
         "state": state,
         "param_groups": [{key: _from_json(value) if key != "params" else value
                           for key, value in group.items()} for group in groups],
     }
+    if seed is not None:
+        sd["stochastic_rounding_seed"] = int(seed)
     try:
         optimizer.load_state_dict(sd)     # checks everything again, then writes
     except (TypeError, ValueError) as exc:

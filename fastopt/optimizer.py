@@ -128,7 +128,9 @@ class Optimizer:
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
         whatever the thread count.
     seed : int, optional
-        The stochastic-rounding seed (default: drawn from the OS; kept in ``state_dict``).
+        The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
+        ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``
+        restores both, so a resumed run rounds exactly as the uninterrupted one.
 
     Attributes
     ----------
@@ -205,6 +207,10 @@ class Optimizer:
             raise ValueError(f"param group {g} has no params")
         first = len(self._params)
         arrays = [V.as_param_array(p, f"params[{first + i}]") for i, p in enumerate(raw)]
+        for i, arr in enumerate(arrays):
+            for rule in self.algorithm.param_rules:
+                if not rule.test(arr.shape):
+                    raise rule.error(f"{rule.message}; params[{first + i}] has shape {arr.shape}")
         everything = self._params + arrays
         V.check_no_overlap(everything, [f"params[{i}]" for i in range(len(everything))])
 
@@ -241,12 +247,20 @@ class Optimizer:
         stochastic = self.stochastic_rounding and storage == _dtypes.BF16
         configs = (kernels.config_index(storage, storage, state, master, stochastic),
                    kernels.config_index(storage, _dtypes.F32, state, master, stochastic) if half else -1)
-        return kernels.ParamBucket(
+        if alg.driver is not None and half:
+            # a driver's reductions and matrix products run in the param's own dtype
+            raise TypeError(f"{alg.name} supports float32 and float64 params, got "
+                            f"{params[0].dtype} (params[{indices[0]}])")
+        bucket = kernels.bucket_class(alg.driver)(
             params, indices, kernels.kernel_index(alg.kernel),
-            tuple(s.name for s in alg.elementwise_state),
+            tuple(s.name for s in alg.loop_state),
             tuple((s.name, float(s.init)) for s in alg.scalar_state),
-            tuple(j for j, s in enumerate(alg.elementwise_state) if s.lazy),
+            tuple(j for j, s in enumerate(alg.loop_state) if s.lazy),
             configs, _dtypes.empty_like_storage(state, (0,), like=params[0]), master, self.seed)
+        if alg.shaped_state:
+            bucket.set_state_shapes({s.name: [s.shape_for(p.shape) for p in params]
+                                     for s in alg.shaped_state})
+        return bucket
 
     def _check_group(self, group):
         """Check a group's hyperparameters against the declaration; return its :data:`Checked`."""
@@ -259,8 +273,9 @@ class Optimizer:
             if not rule.test(values):
                 raise rule.error(rule.message)
         active = tuple((j, self._initial_value(s, values))
-                       for j, s in enumerate(alg.elementwise_state) if alg.state_active(s, values))
-        return Checked(kernels.pack(alg.kernel, values), -1.0 if values["maximize"] else 1.0,
+                       for j, s in enumerate(alg.loop_state) if alg.state_active(s, values))
+        packed = {key: math.nan if value is None else value for key, value in values.items()}
+        return Checked(kernels.pack(alg.kernel, packed), -1.0 if values["maximize"] else 1.0,
                        active, values)
 
     @staticmethod
@@ -446,15 +461,16 @@ class Optimizer:
 
     @property
     def _has_step(self):
-        """Whether per-param state carries a ``"step"`` count."""
-        return self.algorithm.has_step
+        """Whether per-param state carries a ``"step"`` count: the algorithm's, or with stochastic
+        rounding the count its random stream is keyed on (so a resumed run draws the same bits)."""
+        return self.algorithm.has_step or self.stochastic_rounding
 
     def _has_state(self, bucket, k):
         """Whether param k of ``bucket`` has state yet (torch creates it at the first step)."""
         alg = self.algorithm
         if any(s.eager for s in alg.state):
             return True
-        return bool(bucket.steps[k] > 0 if alg.has_step else bucket.initialized[k])
+        return bool(bucket.steps[k] > 0 if self._has_step else bucket.initialized[k])
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""
@@ -470,7 +486,8 @@ class Optimizer:
         for name in self._state_names:
             if name in bucket.arenas:
                 view = bucket.state_view(name, k)
-                entry[name] = view.copy() if copy else view
+                if view is not None:   # None: a shaped state this param does not have
+                    entry[name] = view.copy() if copy else view
         return entry
 
     @property
@@ -500,7 +517,10 @@ class Optimizer:
             entry["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(entry)
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if self.stochastic_rounding:
+            out["stochastic_rounding_seed"] = int(self.seed)
+        return out
 
     @_exclusive
     def load_state_dict(self, state_dict):
@@ -516,6 +536,12 @@ class Optimizer:
         saved_state = state_dict["state"]
         if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
             raise TypeError("state_dict['param_groups'] must be a list and state_dict['state'] a dict")
+        seed = state_dict.get("stochastic_rounding_seed")
+        if seed is not None:
+            try:
+                seed = V.check_seed(seed)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"state_dict['stochastic_rounding_seed']: {exc}") from None
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
                 f"state_dict has {len(saved_groups)} param groups, the optimizer has {len(self.param_groups)}")
@@ -548,6 +574,7 @@ class Optimizer:
             new_groups.append(merged)
 
         n_params = len(self._params)
+        states = {s.name: s for s in self.algorithm.state}
         scalar_names = {s.name for s in self.algorithm.scalar_state}
         allowed = set(self._state_names) | ({"step"} if self._has_step else set())
         plan = []   # (bucket, k, entry) checked entries to write
@@ -583,18 +610,30 @@ class Optimizer:
                                          f"and dtype {value.dtype}")
                     checked[name] = value.reshape(())
                     continue
-                if value.shape != param.shape:
-                    raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
+                declared = states.get(name)    # None: the float32 master copy (the param's shape)
+                shape = declared.shape_for(param.shape) if declared is not None else param.shape
+                if shape is None:
+                    raise ValueError(f"{where}: a param of shape {param.shape} has no {name!r}")
+                if value.shape != shape:
+                    if shape == param.shape:
+                        raise ValueError(f"{where} has shape {value.shape}, its param has shape {param.shape}")
+                    raise ValueError(f"{where} has shape {value.shape}; for a param of shape "
+                                     f"{param.shape} it must have shape {shape}")
                 expected = np.dtype(np.float32) if name == "master" else bucket.state_dtype
                 if value.dtype != expected:
                     raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
                                     f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value
             g = self._group_of(int(key))
-            self._check_entry(key, checked, new_groups[g])
+            self._check_entry(key, checked, new_groups[g], param.shape)
             plan.append((g, bucket, k, checked))
 
         # Everything checked: now write.
+        if seed is not None and self.stochastic_rounding:
+            self.seed = seed
+            for group_buckets in self._buckets:
+                for bucket in group_buckets:
+                    bucket.seed = seed
         for g, merged in enumerate(new_groups):
             merged.checked = None
             self.param_groups[g] = merged
@@ -602,7 +641,6 @@ class Optimizer:
             for bucket in group_buckets:
                 bucket.drop_state()
                 self._init_group_state(group, [bucket])
-        states = {s.name: s for s in self.algorithm.state}
         for g, bucket, k, checked in plan:
             values = self._checked(self.param_groups[g]).values
             for name, value in checked.items():
@@ -613,7 +651,7 @@ class Optimizer:
                     bucket.state_view(name, k)[...] = value
                     bucket.master_ready[k] = 1
                     continue
-                if states[name].shape == "param":
+                if states[name].shape != "scalar":
                     bucket.arena(name, self._initial_value(states[name], values))
                 bucket.state_view(name, k)[...] = value
                 if states[name].lazy:
@@ -627,7 +665,7 @@ class Optimizer:
                 return g
         raise IndexError(index)
 
-    def _check_entry(self, key, entry, group):
+    def _check_entry(self, key, entry, group, param_shape):
         """Check that a saved state entry is complete for this optimizer.
 
         An algorithm with a step count keeps every state its settings use from the first step on,
@@ -641,7 +679,8 @@ class Optimizer:
             raise ValueError(f"{where} has no 'step'")
         values = self._check_group(group).values
         for state in alg.state:
-            if alg.state_active(state, values) and state.name not in entry:
+            if alg.state_active(state, values) and state.shape_for(param_shape) is not None \
+                    and state.name not in entry:
                 raise ValueError(f"{where} has no {state.name!r}, which this optimizer needs")
 
     # ------------------------------------------------------------------------------------------

@@ -197,7 +197,10 @@ class _Adapter(torch.optim.Optimizer):
         self.param_groups[-1] = group = _ParamGroup(self.param_groups[-1])
         try:
             self._check_group_flags(group, f"param group {n_groups}")
+            algorithm = self._fastopt_cls.algorithm
             for i, p in enumerate(group["params"]):
+                if algorithm.torch_rejects_complex and isinstance(p, torch.Tensor) and p.is_complex():
+                    raise RuntimeError(f"{algorithm.name} does not support complex parameters")
                 problem = _tensor_problem(p, f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})")
                 if problem is not None:
                     raise problem
@@ -410,9 +413,12 @@ class _Adapter(torch.optim.Optimizer):
         """torch.optim's ``state_dict()`` (copies of the state, ``"step"`` as a scalar tensor)."""
         self._state_copies = True
         try:
-            return super().state_dict()
+            out = super().state_dict()
         finally:
             self._state_copies = False
+        if self._fo.stochastic_rounding:
+            out["stochastic_rounding_seed"] = int(self._fo.seed)   # as fastopt's own state_dict
+        return out
 
     def load_state_dict(self, state_dict):
         """Load a state dict saved by this class or by its ``torch.optim`` namesake.
@@ -464,7 +470,10 @@ class _Adapter(torch.optim.Optimizer):
                 entry["params"] = list(range(start, start + n))
                 start += n
                 fo_groups.append(entry)
-            self._fo.load_state_dict({"state": fo_state, "param_groups": fo_groups})
+            fo_dict = {"state": fo_state, "param_groups": fo_groups}
+            if state_dict.get("stochastic_rounding_seed") is not None:
+                fo_dict["stochastic_rounding_seed"] = state_dict["stochastic_rounding_seed"]
+            self._fo.load_state_dict(fo_dict)
         except Exception:
             self.param_groups = old_groups
             self.defaults = old_defaults

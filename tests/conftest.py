@@ -75,3 +75,14 @@ def pytest_make_collect_report(collector):
 def under_ci():
     """True when the run is a CI run (see the module docstring)."""
     return UNDER_CI
+
+
+@pytest.fixture
+def thread_settings():
+    """Restore fastopt's thread count and parallel threshold after a test that changes them."""
+    from fastopt._backend import kernels
+    import fastopt
+    minimum = kernels.get_parallel_min_size()
+    yield kernels
+    fastopt.set_num_threads(0)
+    kernels.set_parallel_min_size(minimum)

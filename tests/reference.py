@@ -34,6 +34,15 @@ DEFAULTS = {
                   maximize=False),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
+    "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
+    "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
+    "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+                      maximize=False),
+    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/test_muon.py
+    "Muon": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
+                 maximize=False),
 }
 
 # One configuration per option (and a few combinations), for every optimizer.
@@ -115,9 +124,45 @@ CONFIGS = {
         dict(lr=0.001, betas=(0.3, 0.6)),
         dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
     ],
+    "Adadelta": [
+        dict(lr=1.0),
+        dict(lr=0.5, rho=0.5),
+        dict(lr=1.0, eps=1e-3),
+        dict(lr=1.0, weight_decay=0.1),
+        dict(lr=1.0, maximize=True),
+        dict(lr=0.7, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True),
+    ],
+    "Rprop": [
+        dict(lr=0.01),
+        dict(lr=0.01, etas=(0.3, 1.5)),
+        dict(lr=0.01, step_sizes=(1e-3, 0.02)),      # both bounds reached within the run
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.05, etas=(0.6, 1.1), step_sizes=(1e-4, 0.1), maximize=True),
+    ],
+    "ASGD": [
+        dict(lr=0.01),
+        dict(lr=0.01, lambd=0.1),
+        dict(lr=0.01, t0=5),                          # averaging starts within the run
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.05, lambd=0.01, alpha=0.5, t0=3, weight_decay=0.05, maximize=True),
+    ],
+    "Adafactor": [
+        dict(lr=0.01),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, beta2_decay=-0.5),
+        dict(lr=0.01, d=1.5),
+        dict(lr=0.01, eps=(1e-30, 1e-2)),
+        dict(lr=0.01, maximize=True),
+        dict(lr=0.5, beta2_decay=-1.0, eps=(1e-3, 0.1), d=2.0, weight_decay=0.05, maximize=True),
+    ],
 }
 
 ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
+#: Algorithms whose step reduces over elements (norms, row and column statistics): fastopt sums in
+#: float64 in its own fixed order, the reference with NumPy's, so they agree to an ulp of the
+#: reductions' rounding (in the param's dtype), not bit for bit.
+REDUCING = {"Adafactor"}
 #: The algorithms torch.optim has (Lion is not among them): the torch parity tests run these.
 TORCH_NAMES = [name for name in CONFIGS if name != "Lion"]
 TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
@@ -351,9 +396,175 @@ def lion_step(p, g, state, lr, betas, weight_decay, maximize):
     state["exp_avg"] = _arr(state["exp_avg"] * t(beta2) + t(1 - beta2) * d, p.dtype)
 
 
+def adadelta_step(p, g, state, lr, rho, eps, weight_decay, maximize):
+    t = p.dtype.type
+    if not state:
+        state["step"] = 0
+        state["square_avg"] = np.zeros_like(p)
+        state["acc_delta"] = np.zeros_like(p)
+    state["step"] += 1
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    v = state["square_avg"] * t(rho) + (t(1 - rho) * d) * d
+    delta = np.sqrt(state["acc_delta"] + t(eps)) / np.sqrt(v + t(eps))
+    delta = delta * d
+    state["square_avg"] = _arr(v, p.dtype)
+    state["acc_delta"] = _arr(state["acc_delta"] * t(rho) + (t(1 - rho) * delta) * delta, p.dtype)
+    p[...] = p + t(-lr) * delta
+
+
+def torch_sign(x):
+    """torch.sign on CPU: 0 for NaN (np.sign keeps NaN)."""
+    x = np.asarray(x)
+    return np.where(np.isnan(x), x.dtype.type(0), np.sign(x))
+
+
+def rprop_step(p, g, state, lr, etas, step_sizes, maximize):
+    t = p.dtype.type
+    etaminus, etaplus = t(etas[0]), t(etas[1])
+    if not state:
+        state["step"] = 0
+        state["prev"] = np.zeros_like(p)
+        state["step_size"] = np.full_like(p, lr)
+    state["step"] += 1
+    d = np.array(-g if maximize else g, dtype=p.dtype)
+    factor = np.asarray(torch_sign(d * state["prev"]), dtype=p.dtype)
+    factor[factor > 0] = etaplus
+    factor[factor < 0] = etaminus
+    factor[factor == 0] = 1
+    size = np.clip(state["step_size"] * factor, t(step_sizes[0]), t(step_sizes[1]))
+    d[factor == etaminus] = 0
+    state["step_size"] = _arr(size, p.dtype)
+    p[...] = p + (t(-1) * torch_sign(d)) * size
+    state["prev"] = _arr(d, p.dtype)
+
+
+def asgd_step(p, g, state, lr, lambd, alpha, t0, weight_decay, maximize):
+    t = p.dtype.type
+    if not state:
+        state["step"] = 0
+        state["eta"] = np.asarray(lr, dtype=np.float32)     # torch's scalar dtype
+        state["mu"] = np.asarray(1.0, dtype=np.float32)
+        state["ax"] = np.zeros_like(p)
+    state["step"] += 1
+    step = float(state["step"])
+    d = -g if maximize else g
+    if weight_decay != 0:
+        d = d + t(weight_decay) * p
+    eta = float(state["eta"])
+    mu = float(state["mu"])
+    pv = p * t(1 - lambd * eta)
+    pv = pv + t(-eta) * d
+    if mu != 1:
+        state["ax"] = _arr(state["ax"] + (pv - state["ax"]) * t(mu), p.dtype)
+    else:
+        state["ax"] = _arr(pv, p.dtype).copy()
+    p[...] = pv
+    state["eta"] = np.asarray(lr / ((1 + lambd * lr * step) ** alpha), dtype=np.float32)
+    state["mu"] = np.asarray(1 / max(1, step - t0), dtype=np.float32)
+
+
+def _rounded_norm(x, dtype, axis=None):
+    """torch's ``x.norm(2, dim=axis)`` rounded to x's dtype; the sum of squares in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    keep = axis is not None
+    return np.asarray(np.sqrt(np.sum(x64 * x64, axis=axis, keepdims=keep)), dtype=dtype)
+
+
+def adafactor_step(p, g, state, lr, beta2_decay, eps, d, weight_decay, maximize):
+    """torch's _single_tensor_adafactor, with its norms' sums of squares in float64. A param
+    without elements is counted and left alone (torch raises ZeroDivisionError)."""
+    t = p.dtype.type
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(p.dtype).eps)
+    factored = p.ndim >= 2
+    if not state:
+        state["step"] = 0
+        if factored:
+            state["row_var"] = np.zeros(p.shape[:-1] + (1,), dtype=p.dtype)
+            state["col_var"] = np.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype=p.dtype)
+        else:
+            state["variance"] = np.zeros_like(p)
+    state["step"] += 1
+    if p.size == 0:
+        return
+    step = float(state["step"])
+    d_ = np.asarray(-g if maximize else g, dtype=p.dtype)
+    w = t(step ** beta2_decay)
+    rho = min(lr, 1 / (step ** 0.5))
+    alpha = max(eps2, float(_rounded_norm(p, p.dtype)) / (p.size ** 0.5)) * rho
+    pv = p * t(1 - lr * weight_decay) if weight_decay != 0 else p
+    if factored:
+        rows, cols = p.shape[-2], p.shape[-1]
+        n = _rounded_norm(d_, p.dtype, axis=-1)
+        row_var = _arr(lerp(state["row_var"], (n * n) / t(cols), w), p.dtype)
+        n = _rounded_norm(d_, p.dtype, axis=-2)
+        col_var = _arr(lerp(state["col_var"], (n * n) / t(rows), w), p.dtype)
+        state["row_var"], state["col_var"] = row_var, col_var
+        mean = np.asarray(np.sum(row_var.astype(np.float64), axis=-2, keepdims=True), dtype=p.dtype)
+        mean = np.maximum(mean / t(rows), t(eps1))          # clamp_(min=eps1); NaN stays NaN
+        estimate = (row_var * col_var) / mean
+    else:
+        state["variance"] = _arr(lerp(state["variance"], d_ * d_, w), p.dtype)
+        estimate = state["variance"]
+    u = (t(1) / np.sqrt(np.maximum(estimate, t(eps1 * eps1)))) * d_
+    denom = max(1.0, float(_rounded_norm(u, p.dtype)) / ((u.size ** 0.5) * d))
+    p[...] = pv + t(-alpha / denom) * u
+
+
+def bf16(x):
+    """Round to the nearest bfloat16 (ties to even; every NaN to the quiet NaN), kept as float32,
+    as torch's ``.bfloat16()`` does (a float64 goes through float32 first, as in torch)."""
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    return np.where(np.isnan(x), np.float32(np.nan), u.view(np.float32))
+
+
+def newton_schulz(update, a, b, c, steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz: bfloat16 values, float32 products (NumPy's
+    matmul), each result rounded to bfloat16 where torch's bfloat16 tensors round it."""
+    x = bf16(update)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    norm = bf16(np.float32(np.sqrt(np.sum(x.astype(np.float64) ** 2))))
+    x = bf16(x / np.maximum(norm, bf16(np.float32(eps))))      # clamp(min=eps): NaN stays NaN
+    for _ in range(steps):
+        gram = bf16(x @ x.T)
+        gram = bf16(np.float32(b) * gram + np.float32(c) * (gram @ gram))
+        x = bf16(np.float32(a) * x + gram @ x)
+    return x.T if tall else x
+
+
+def muon_step(p, g, state, lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+              adjust_lr_fn, maximize):
+    """torch's _single_tensor_muon (plus fastopt's maximize). The Newton-Schulz products are summed
+    in another order than torch's kernels (and fastopt's BLAS): compare to a few bfloat16 ulps."""
+    t = p.dtype.type
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = np.zeros_like(p)
+    d = np.asarray(-g if maximize else g, dtype=p.dtype)
+    buf = _arr(lerp(state["momentum_buffer"], d, t(1 - momentum)), p.dtype)
+    state["momentum_buffer"] = buf
+    update = lerp(d, buf, t(momentum)) if nesterov else buf
+    x = newton_schulz(update, *ns_coefficients, ns_steps, eps)
+    rows, cols = p.shape
+    if adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(rows, cols))
+    else:
+        ratio = math.sqrt(max(1, rows / cols))
+    pv = p * t(1 - lr * weight_decay)
+    p[...] = pv + t(-(lr * ratio)) * x.astype(p.dtype)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
-                  "Adamax": adamax_step, "Lion": lion_step}
+                  "Adamax": adamax_step, "Lion": lion_step, "Adadelta": adadelta_step,
+                  "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step,
+                  "Muon": muon_step}
 
 
 class RefOptimizer:

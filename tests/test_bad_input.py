@@ -128,7 +128,20 @@ SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_dec
 SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
 SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
 SPECIFIC_BAD["Lion"] = _BETAS_BAD
-BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]]
+SPECIFIC_BAD["Adadelta"] = [("rho", 1.1, ValueError), ("rho", -0.1, ValueError), ("eps", -1e-6, ValueError)]
+SPECIFIC_BAD["Rprop"] = [("etas", (1.0, 0.5), ValueError), ("etas", (0.5, 1.0), ValueError),
+                         ("etas", (0.0, 1.2), ValueError), ("etas", (0.5, math.inf), ValueError),
+                         ("etas", 0.5, TypeError), ("step_sizes", (1.0, 0.5), ValueError),
+                         ("step_sizes", (-1e-6, 50), ValueError), ("step_sizes", (1e-6, math.nan), ValueError),
+                         ("step_sizes", "small", TypeError)]
+SPECIFIC_BAD["Adafactor"] = [("beta2_decay", 0.8, ValueError), ("d", 0.5, ValueError),
+                             ("eps", (-1e-30, 1e-3), ValueError), ("eps", (None, -1.0), ValueError),
+                             ("eps", (None, None), TypeError), ("eps", 1e-3, TypeError),
+                             ("eps", (1e-30, 1e-3, 0.0), TypeError), ("eps", (math.nan, 1e-3), ValueError)]
+SPECIFIC_BAD["ASGD"] = [("lambd", math.nan, ValueError), ("alpha", math.inf, ValueError),
+                        ("t0", "1e6", TypeError)]
+BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]
+             if k in getattr(fastopt, n).algorithm.hyper_by_name]   # Rprop has no weight_decay
 
 
 @pytest.mark.parametrize("name, key, value, exc", BAD_HYPER,
@@ -266,7 +279,10 @@ def _sd_cases(name):
         return sd
     add("missing-hyper", missing_hyper, ValueError, r"param_groups'\]\[0\].*maximize")
 
-    first = {"SGD": "momentum_buffer", "RMSprop": "square_avg", "Adagrad": "sum"}.get(name, "exp_avg")
+    # the first array state of param 1 (shape (2, 2)) and of param 0 (shape (6,)), from the declaration
+    states = [s for s in getattr(fastopt, name).algorithm.state if s.shape != "scalar"]
+    first = next(s.name for s in states if s.shape_for((2, 2)) is not None)
+    first0 = next(s.name for s in states if s.shape_for((6,)) is not None)
 
     def wrong_shape(sd):
         sd["state"][1][first] = np.zeros(4, dtype=np.float32)
@@ -279,9 +295,9 @@ def _sd_cases(name):
     add("wrong-dtype", wrong_dtype, TypeError, r"\[1\]\['%s'\].*dtype" % first)
 
     def not_array(sd):
-        sd["state"][0][first] = sd["state"][0][first].tolist()
+        sd["state"][0][first0] = sd["state"][0][first0].tolist()
         return sd
-    add("list-buffer", not_array, TypeError, r"\[0\]\['%s'\]" % first)
+    add("list-buffer", not_array, TypeError, r"\[0\]\['%s'\]" % first0)
 
     def unknown(sd):
         sd["state"][0]["bogus"] = np.zeros(6)
@@ -304,10 +320,10 @@ def _sd_cases(name):
             return sd
         add("sgd-step", extra_step, ValueError, r"\[0\].*step")
     else:
-        def missing_buffer(sd):
-            del sd["state"][2][first]
+        def missing_buffer(sd):   # param 2 has shape (2,)
+            del sd["state"][2][first0]
             return sd
-        add("missing-buffer", missing_buffer, ValueError, r"\[2\].*'%s'" % first)
+        add("missing-buffer", missing_buffer, ValueError, r"\[2\].*'%s'" % first0)
 
         def missing_step(sd):
             del sd["state"][0]["step"]

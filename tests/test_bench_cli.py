@@ -227,7 +227,7 @@ def test_bench_cli_subprocess(tmp_path):
 
 
 def test_bench_bad_arguments(capsys):
-    assert cli.main(["--optimizers", "adamax", "--no-plot"]) == 2
+    assert cli.main(["--optimizers", "adamq", "--no-plot"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
     assert cli.main(["--repeats", "0", "--no-plot"], prog="python -m fastopt bench") == 2
     assert "python -m fastopt bench: error: --repeats must be >= 1" in capsys.readouterr().err
@@ -251,3 +251,25 @@ def test_package_output_names_no_tracker_issues():
             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
             if pattern.search(line)]
     assert not hits, hits
+
+
+def test_matrix_table_runs_and_checks(capsys, tmp_path):
+    """Adafactor (and Muon) are timed on matrices in their own table; its targets name the size
+    label and the ``torch`` column (the faster of torch's implementations)."""
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"targets": [
+        {"table": "matrix", "optimizer": "adafactor", "size": "512x512", "ratio": ["torch", "fastopt"],
+         "at_least": 0.0}]}))
+    args = ["--quick", "--threads", "1", "--optimizers", "adafactor", "--no-plot", "--no-ceiling",
+            "--dtypes", "float32", "--no-lbfgs", "--no-clip", "--check", str(path),
+            "--json", str(tmp_path / "m.json")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("adafactor ")]
+    assert [r[2] for r in rows] == ["512x512", "1024x1024"]
+    float(rows[0][4])
+    pytest.importorskip("torch")
+    assert "✓ adafactor float32 512x512, 1 thr: torch / fastopt = " in out
+    payload = json.loads((tmp_path / "m.json").read_text())
+    assert {r["size"] for r in payload["matrix"]} == {"512x512", "1024x1024"}
+    assert settings.matrix_label(((4, 5),) * 3) == "3x4x5"

@@ -243,13 +243,23 @@ print("ok", torch.get_num_threads(), fastopt.get_num_threads())
 ANNOTATED = ("_kernels_body.pxi", "_bucket.pyx", "_reduce.pyx", "_fastopt_threads.pyx")
 
 
-def _generated_loops():
+def _expand_includes(text):
+    """``text`` with every ``include "..."`` replaced by the file (the generated ones rendered), so
+    the annotation covers the generated loops and the drivers too."""
+    import re
     sys.path.insert(0, str(REPO / "fastopt" / "_core"))
     try:
         import _codegen
-        return _codegen.render_text()
+        generated = {"_algorithms.pxi": _codegen.render_text,
+                     "_drivers.pxi": _codegen.render_drivers_text}
     finally:
         sys.path.pop(0)
+
+    def replace(match):
+        name = match.group(1)
+        body = generated[name]() if name in generated else (REPO / "fastopt" / "_core" / name).read_text()
+        return _expand_includes(body)
+    return re.sub(r'^include "([^"]+)"$', replace, text, flags=re.M)
 
 
 @pytest.mark.parametrize("name", ANNOTATED)
@@ -262,9 +272,10 @@ def test_hot_loops_are_white_in_the_cython_annotation(tmp_path, name):
     cython_build = pytest.importorskip("Cython.Build")
     del cython_build
     core = REPO / "fastopt" / "_core"
-    source = (core / name).read_text().replace('include "_algorithms.pxi"', _generated_loops())
+    source = _expand_includes((core / name).read_text())
     (tmp_path / "annotated.pyx").write_text(source)
-    shutil.copy(core / "simd.h", tmp_path / "simd.h")
+    for header in core.glob("*.h"):
+        shutil.copy(header, tmp_path / header.name)
     pxd = core / (Path(name).stem + ".pxd")
     if pxd.exists():   # the module's own declarations (cdef class attributes)
         shutil.copy(pxd, tmp_path / "annotated.pxd")

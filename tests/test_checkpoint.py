@@ -21,6 +21,10 @@ OPTIMIZERS = {
     "rmsprop_centered_momentum": lambda groups: fastopt.RMSprop(groups, lr=0.01, centered=True, momentum=0.7),
     "adagrad": lambda groups: fastopt.Adagrad(groups, lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2),
     "adagrad_plain": lambda groups: fastopt.Adagrad(groups, lr=0.1),
+    "nadam": lambda groups: fastopt.NAdam(groups, lr=0.01, weight_decay=0.01),   # a scalar state
+    "radam": lambda groups: fastopt.RAdam(groups, lr=0.01, decoupled_weight_decay=True, weight_decay=0.1),
+    "adamax": lambda groups: fastopt.Adamax(groups, lr=0.01),
+    "lion": lambda groups: fastopt.Lion(groups, lr=0.01, weight_decay=0.1),
 }
 
 SHAPES = [((5,), np.float64), ((3, 4), np.float32), ((2,), np.float64), ((6, 1), np.float32)]
@@ -220,7 +224,7 @@ def test_load_failure_leaves_params_unchanged_too(tmp_path):
     data["state.0.exp_avg"] = data["state.0.exp_avg"][:2]                   # wrong shape
     with open(tmp_path / "x.npz", "wb") as f:
         np.savez(f, **data)
-    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"\[0\]\['exp_avg'\] has shape \(2,\)"):
         load(opt, tmp_path / "x.npz")
     assert fingerprint(opt, params) == before
 
@@ -380,3 +384,90 @@ def test_concurrent_saves_of_one_target_never_remove_each_others_temporaries(tmp
     assert errors == []
     assert _temporaries(tmp_path) == []
     load(fastopt.Adam([np.zeros(50_000)]), path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Half-precision params and states: bfloat16 is stored as its bits and comes back as bfloat16
+# ------------------------------------------------------------------------------------------------
+
+HALF_OPTIONS = {
+    "plain": {},
+    "master": {"master_weights": True},
+    "master_bf16_moments": {"master_weights": True, "state_dtype": "bfloat16"},
+    "stochastic": {"stochastic_rounding": True, "seed": 7},
+}
+
+
+def _bits(value):
+    return np.ascontiguousarray(value).tobytes()
+
+
+@pytest.mark.parametrize("cls", [fastopt.Adam, fastopt.NAdam, fastopt.SGD])
+@pytest.mark.parametrize("options", sorted(HALF_OPTIONS))
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_half_precision_checkpoint_resumes_bit_for_bit(tmp_path, cls, options, dtype_name):
+    if dtype_name == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.float16
+    opts = HALF_OPTIONS[options]
+    if dtype_name == "float16" and opts.get("stochastic_rounding"):
+        pytest.skip("stochastic rounding is for bfloat16")
+    extra = {"momentum": 0.9} if cls is fastopt.SGD else {}
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(37).astype(dtype)
+    grads = [(rng.standard_normal(37) * 0.1).astype(dtype) for _ in range(4)]
+    opt = cls([p], lr=0.01, **extra, **opts)
+    for g in grads[:2]:
+        opt.step([g])
+    path = tmp_path / "half.npz"
+    save(opt, path, params=True)
+    meta = json.loads(np.load(path)["__fastopt__"].tobytes())
+    assert meta["params"][0]["dtype"] == dtype_name
+
+    p2 = np.zeros_like(p)
+    # a resumed run need not pass the seed again: the checkpoint holds it
+    resumed = cls([p2], lr=0.01, **extra, **{k: v for k, v in opts.items() if k != "seed"})
+    load(resumed, path)
+    assert _bits(p2) == _bits(p)
+    for name, value in opt.state[0].items():
+        if name != "step":
+            assert resumed.state[0][name].dtype == value.dtype, name
+            assert _bits(resumed.state[0][name]) == _bits(value), name
+    for g in grads[2:]:
+        opt.step([g])
+        resumed.step([g])
+    assert _bits(p2) == _bits(p)
+
+
+def test_bfloat16_checkpoint_refuses_a_float32_optimizer(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    p = np.ones(5, ml_dtypes.bfloat16)
+    opt = fastopt.Adam([p], lr=0.01, master_weights=True)
+    opt.step([np.ones(5, ml_dtypes.bfloat16)])
+    save(opt, tmp_path / "bf.npz")
+    other = fastopt.Adam([np.ones(5, np.float32)], lr=0.01)
+    with pytest.raises(ValueError, match=r"params\[0\] has dtype bfloat16, the optimizer's has float32"):
+        load(other, tmp_path / "bf.npz")
+    # the same bfloat16 param without a master copy: the saved master is refused, nothing written
+    q = np.ones(5, ml_dtypes.bfloat16)
+    plain = fastopt.Adam([q], lr=0.01)
+    plain.step([np.full(5, 0.5, ml_dtypes.bfloat16)])
+    before = {k: _bits(v) if k != "step" else v for k, v in plain.state[0].items()}
+    with pytest.raises(ValueError, match="master"):
+        load(plain, tmp_path / "bf.npz")
+    assert {k: _bits(v) if k != "step" else v for k, v in plain.state[0].items()} == before
+    assert _bits(q) == _bits(np.full(5, 1 - 0.01, ml_dtypes.bfloat16))
+
+
+def test_stochastic_rounding_seed_and_steps_are_in_the_state_dict():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    p = np.ones(9, ml_dtypes.bfloat16)
+    opt = fastopt.SGD([p], lr=0.01, stochastic_rounding=True, seed=2**64 - 5)
+    opt.step([np.full(9, 0.3, ml_dtypes.bfloat16)])
+    sd = opt.state_dict()
+    assert sd["stochastic_rounding_seed"] == 2**64 - 5
+    assert sd["state"][0]["step"] == 1            # SGD keeps no step, but its random stream does
+    for bad, error in ((-1, ValueError), (2**64, ValueError), ("7", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="stochastic_rounding_seed"):
+            opt.load_state_dict({**sd, "stochastic_rounding_seed": bad})

@@ -24,7 +24,8 @@ from fastopt._backend import kernels  # noqa: E402
 from reference import RefOptimizer, clip_grad_norm, clip_grad_value, lerp  # noqa: E402
 
 CLASSES = {"SGD": fastopt.SGD, "Adam": fastopt.Adam, "AdamW": fastopt.AdamW,
-           "RMSprop": fastopt.RMSprop, "Adagrad": fastopt.Adagrad}
+           "RMSprop": fastopt.RMSprop, "Adagrad": fastopt.Adagrad, "Adadelta": fastopt.Adadelta,
+           "Rprop": fastopt.Rprop, "ASGD": fastopt.ASGD}
 
 unit = st.floats(0.0, 0.999)
 small = st.floats(0.0, 0.5)
@@ -47,6 +48,23 @@ def hyper_strategy(name):
         return st.fixed_dictionaries({
             "lr": lr, "alpha": unit, "eps": eps, "weight_decay": st.sampled_from([0.0]) | small,
             "momentum": st.sampled_from([0.0, 0.9]) | unit, "centered": st.booleans(), "maximize": st.booleans(),
+        })
+    if name == "Adadelta":
+        return st.fixed_dictionaries({
+            "lr": lr, "rho": unit | st.just(1.0), "eps": eps, "weight_decay": st.sampled_from([0.0]) | small,
+            "maximize": st.booleans(),
+        })
+    if name == "Rprop":
+        return st.fixed_dictionaries({
+            "lr": lr, "etas": st.tuples(st.floats(0.01, 0.99), st.floats(1.01, 5.0)),
+            "step_sizes": st.tuples(st.sampled_from([0.0, 1e-6]) | small, st.floats(0.5, 50.0)),
+            "maximize": st.booleans(),
+        })
+    if name == "ASGD":
+        return st.fixed_dictionaries({
+            "lr": lr, "lambd": st.sampled_from([0.0, 1e-4]) | small, "alpha": st.floats(0.0, 2.0),
+            "t0": st.sampled_from([0.0, 2.0, 1e6]), "weight_decay": st.sampled_from([0.0]) | small,
+            "maximize": st.booleans(),
         })
     return st.fixed_dictionaries({
         "lr": lr, "lr_decay": st.sampled_from([0.0]) | small, "weight_decay": st.sampled_from([0.0]) | small,

@@ -17,7 +17,14 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 HALF = [BF16, F16]
-NAMES = list(CONFIGS)
+# Algorithms with a compiled driver (Adafactor: reductions in the param's dtype) take float32 and
+# float64 params only: test_driver_algorithms_refuse_half_precision.
+NAMES = [n for n in CONFIGS if getattr(fastopt, n).algorithm.driver is None]
+
+
+def _scalar_states(name):
+    """Names of the algorithm's scalar states: float32 whatever the param's dtype, as torch."""
+    return {s.name for s in getattr(fastopt, name).algorithm.scalar_state}
 SHAPES = [(3,), (17, 5), (1001,), (1,)]   # odd lengths: vector bodies and their tails
 
 
@@ -49,7 +56,8 @@ def _reference_run(name, cfg, params, grads_per_step, store, master=False):
             if not master:
                 p[...] = p.astype(store).astype(np.float32)
             for key, value in states[i].items():
-                if isinstance(value, np.ndarray) and value.shape == p.shape and key != "mu_product":
+                if isinstance(value, np.ndarray) and value.shape == p.shape \
+                        and key not in _scalar_states(name):
                     states[i][key] = value.astype(store).astype(np.float32)
         out.append([p.astype(store) for p in work] if not master else [p.copy() for p in work])
     return out[-1], states
@@ -77,7 +85,7 @@ def test_default_mode_is_float32_math_rounded_once(name, dtype):
         np.testing.assert_array_equal(p.view(np.uint16), e.view(np.uint16))
     for entry in opt.state.values():
         for key, value in entry.items():
-            if isinstance(value, np.ndarray) and key != "mu_product":
+            if isinstance(value, np.ndarray) and key not in _scalar_states(name):
                 assert value.dtype == dtype, key     # states in the param's dtype, as torch keeps them
 
 
@@ -234,3 +242,16 @@ def test_bad_precision_options():
         opt.step([np.zeros(3)])                             # float64 for a bfloat16 param
     with pytest.raises(TypeError, match=r"grads\[0\]"):
         opt.step([np.zeros(3, dtype=F16)])
+
+
+@pytest.mark.parametrize("name", ["Adafactor", "Muon"])
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "f16"])
+def test_driver_algorithms_refuse_half_precision(name, dtype):
+    """Adafactor's and Muon's drivers reduce and multiply in the param's dtype: a clear error at
+    construction, before anything is kept."""
+    with pytest.raises(TypeError, match=rf"{name} supports float32 and float64 params.*params\[1\]"):
+        getattr(fastopt, name)([np.zeros((2, 2), np.float32), np.zeros((2, 2), dtype)])
+    opt = getattr(fastopt, name)([np.zeros((2, 2), np.float32)])
+    with pytest.raises(TypeError, match="float32 and float64"):
+        opt.add_param_group({"params": [np.zeros((3, 2), dtype)]})
+    assert len(opt.param_groups) == 1

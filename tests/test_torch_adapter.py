@@ -28,6 +28,11 @@ CONFIGS = [
     ("RMSprop", dict(lr=1e-3, alpha=0.9, momentum=0.5, centered=True, weight_decay=1e-2)),
     ("Adagrad", dict(lr=0.1)),
     ("Adagrad", dict(lr=0.1, lr_decay=1e-2, weight_decay=1e-2, initial_accumulator_value=0.1)),
+    ("Adadelta", dict(lr=1.0, rho=0.8, weight_decay=1e-2)),
+    ("Rprop", dict(lr=1e-2, etas=(0.4, 1.3), step_sizes=(1e-5, 1.0))),
+    ("ASGD", dict(lr=1e-2, lambd=1e-3, t0=3, weight_decay=1e-2)),
+    ("Adafactor", dict(lr=1e-2)),
+    ("Adafactor", dict(lr=1e-2, beta2_decay=-0.5, eps=(1e-20, 1e-2), d=1.5, weight_decay=1e-2)),
 ]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-14)}

@@ -12,6 +12,8 @@ fail (``optim_error_inputs_func``, with the error type). For every algorithm fas
 Configurations torch's suite runs with ``differentiable`` or ``capturable`` (not supported: CPU
 fused kernels only) and with complex params (float32/float64 only) are skipped and counted.
 """
+import inspect
+import math
 import warnings
 
 import pytest
@@ -65,11 +67,16 @@ def test_every_algorithm_and_configuration_is_covered():
     assert SKIPPED["capturable"] == SKIPPED["differentiable"] == 0   # no CPU input asks for them
 
 
-def _model(dtype, seed=0):
+def _model(dtype, seed=0, matrices_only=False):
+    """Params of a small model; ``matrices_only`` (Muon): the same model with 2-D params only."""
     g = torch.Generator().manual_seed(seed)
     make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype)   # noqa: E731
-    w, b, v = make(6, 3), make(6), make(2, 6)
-    frozen, unused = make(3), make(5)
+    if matrices_only:
+        w, b, v = make(6, 3), make(1, 6), make(2, 6)
+        frozen, unused = make(3, 1), make(5, 2)
+    else:
+        w, b, v = make(6, 3), make(6), make(2, 6)
+        frozen, unused = make(3), make(5)
     x = make(16, 3)
     y = make(16, 2)
     return [w, b, frozen], [v, unused], x, y
@@ -94,12 +101,12 @@ def _groups(group0, group1, kwargs):
     return [{"params": group0}, second]
 
 
-def _close(ours, theirs, dtype, what):
+def _close(ours, theirs, dtype, what, atol=0.0):
     ours = ours.detach().double()
     theirs = theirs.detach().double()
     if theirs.numel() == 0:
         return
-    bound = RTOL[dtype] * (theirs.abs() + theirs.abs().max())
+    bound = RTOL[dtype] * (theirs.abs() + theirs.abs().max()) + atol
     bad = (ours - theirs).abs() > bound
     assert not bool(bad.any()), f"{what}: max difference {float((ours - theirs).abs().max())}"
 
@@ -107,20 +114,30 @@ def _close(ours, theirs, dtype, what):
 @pytest.mark.parametrize("name,dtype,inp", CONFIGS,
                          ids=[f"{n}-{str(d).split('.')[1]}-{i.desc}" for n, d, i in CONFIGS])
 def test_optim_db_configuration_matches_torch(name, dtype, inp):
-    g0, g1, x, y = _model(dtype)
+    g0, g1, x, y = _model(dtype, matrices_only=bool(getattr(ft, name)._fastopt_cls.algorithm.param_rules))
     requires0 = [True, True, False]
     ours0, ours1 = _params(g0, requires0), _params(g1, [True, True])
     theirs0, theirs1 = _params(g0, requires0), _params(g1, [True, True])
     kwargs = dict(inp.kwargs)
     opt = getattr(ft, name)(_groups(ours0, ours1, kwargs), **kwargs)
-    topt = getattr(torch.optim, name)(_groups(theirs0, theirs1, kwargs), foreach=False, **kwargs)
+    torch_cls = getattr(torch.optim, name)
+    single = {"foreach": False} if "foreach" in inspect.signature(torch_cls).parameters else {}   # not Muon
+    topt = torch_cls(_groups(theirs0, theirs1, kwargs), **single, **kwargs)
     for _ in range(STEPS):
         for o, p0, p1 in ((opt, ours0, ours1), (topt, theirs0, theirs1)):
             o.zero_grad()
             _loss(p0, p1, x, y).backward()
             o.step()
+    # Muon orthogonalizes in bfloat16 (torch too): where a float32 sum inside a matrix product lands
+    # next to a bfloat16 rounding boundary, BLAS and torch's kernels round it apart, and an element
+    # of the update X (|X| <= ~1) moves by a few bfloat16 ulps. Each step then agrees to within
+    # lr * s * 2**-5 (s = sqrt(max(1, rows / cols)) <= sqrt(2) here).
+    atol = 0.0
+    if name == "Muon":
+        lr = float(kwargs.get("lr", 1e-3))
+        atol = STEPS * lr * math.sqrt(2.0) * 2.0 ** -5
     for i, (a, b) in enumerate(zip(ours0 + ours1, theirs0 + theirs1)):
-        _close(a, b, dtype, f"param {i}")
+        _close(a, b, dtype, f"param {i}", atol)
     assert torch.equal(ours0[2], theirs0[2]) and torch.equal(ours1[1], theirs1[1])   # never stepped
     for a, b in zip(ours0 + ours1, theirs0 + theirs1):
         ours_state, theirs_state = opt.state.get(a, {}), topt.state.get(b, {})
@@ -129,8 +146,8 @@ def test_optim_db_configuration_matches_torch(name, dtype, inp):
         for key, value in theirs_state.items():
             if key == "step":
                 assert float(ours_state[key]) == float(value)
-            else:
-                _close(ours_state[key], value, dtype, f"state {key!r}")
+            else:   # (for Muon: the gradients differ as much as the params, times ~the curvature)
+                _close(ours_state[key], value, dtype, f"state {key!r}", 10 * atol)
 
 
 @pytest.mark.parametrize("name,index,error", ERRORS,
@@ -150,7 +167,12 @@ def test_optim_db_error_input_raises_torchs_error(name, index, error):
             with pytest.raises(error.error_type):
                 build()
     else:
-        opt = build()
+        # fastopt.torch checks every param when it is built, so it may raise torch's error type
+        # for a bad param (Adafactor's and Muon's complex params) at construction already
+        try:
+            opt = build()
+        except error.error_type:
+            return
         if issubclass(error.error_type, Warning):
             with pytest.warns(error.error_type):
                 opt.step()
@@ -187,7 +209,8 @@ def test_duplicate_param_warns_and_steps_twice_as_torch_does():
     assert int(ours.state[p]["step"]) == int(theirs.state[q]["step"]) == 6
 
 
-@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "SGD", "RMSprop", "Adagrad", "Adamax"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "NAdam", "RAdam", "SGD", "RMSprop", "Adagrad", "Adamax",
+                                  "Adadelta", "Rprop", "ASGD"])
 def test_old_checkpoint_without_newer_group_keys_loads(name):
     """A state dict from an older torch lacks keys such as maximize, foreach or
     decoupled_weight_decay; torch fills their defaults on load, and so does fastopt.torch."""

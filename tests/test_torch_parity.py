@@ -27,6 +27,11 @@ ULPS_STATE = 8
 # in float32, 95 in float64, both in RMSprop's momentum buffer at the first step).
 ULPS_STATE_WEIGHT_DECAY = 256
 WEIGHT_DECAY_FLOOR = 2.0 ** -10
+# Adadelta: torch contracts addcmul's multiply-add into an FMA (fastopt rounds the product first,
+# as everywhere: -ffp-contract=off), and acc_delta feeds back into the next delta through
+# sqrt(acc_delta + eps) / sqrt(square_avg + eps), so its one-ulp differences grow over the steps
+# (worst measured: 14 ulps in 100 steps, float32 and float64).
+ULPS_STATE_OF = {"Adadelta": 32}
 # Clipping: max |fastopt - torch| <= REL * max |torch| (torch's float32 norm is accumulated in
 # float32, fastopt's in float64).
 REL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -56,6 +61,7 @@ def to_torch(arrays):
 def check_step(parity, opt, topt, params_np, params_t, what):
     """Every param and state buffer of ``opt`` (fastopt) against ``topt`` (torch), per element."""
     weight_decay = any(g.get("weight_decay", 0) for g in opt.param_groups)
+    state_ulps = ULPS_STATE_OF.get(type(opt).__name__, ULPS_STATE)
     for i, (p, tp) in enumerate(zip(params_np, params_t)):
         parity.check(("param", i), p, tp.detach().numpy(), ULPS_PARAM, what=f"{what}: param {i}")
         tstate = topt.state.get(tp, {})
@@ -66,7 +72,7 @@ def check_step(parity, opt, topt, params_np, params_t, what):
         if "step" in tstate:
             assert fstate["step"] == int(tstate["step"]), (what, i)
         for k in sorted(fnames):
-            ulps, floor = (ULPS_STATE_WEIGHT_DECAY, WEIGHT_DECAY_FLOOR) if weight_decay else (ULPS_STATE, 0.0)
+            ulps, floor = (ULPS_STATE_WEIGHT_DECAY, WEIGHT_DECAY_FLOOR) if weight_decay else (state_ulps, 0.0)
             parity.check((k, i), fstate[k], tstate[k].numpy(), ulps, floor, what=f"{what}: {k!r} of param {i}")
 
 
@@ -113,7 +119,9 @@ def run_parity(name, np_groups, torch_groups, params_np, params_t, steps, rng, n
 def test_parity_100_steps(name_cfg, dtype):
     name, cfg = name_cfg
     rng = np.random.default_rng(0)
-    shapes = [(16, 8), (33,), (), (0,)]
+    shapes = [(16, 8), (33,), ()]
+    if name != "Adafactor":   # torch's Adafactor divides by a param's size: ZeroDivisionError if empty
+        shapes.append((0,))
     params_np = random_arrays(rng, shapes, [dtype] * len(shapes))
     params_t = to_torch(params_np)
     run_parity(name, [dict(params=params_np, **cfg)], [dict(params=params_t, **cfg)], params_np, params_t,

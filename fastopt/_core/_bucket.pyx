@@ -23,6 +23,10 @@
 # The hyperparameters arrive as the algorithm's struct, packed by field name when the group was
 # checked (fastopt/optimizer.py); nothing is passed by position.
 #
+# An algorithm that is not elementwise only declares a driver: a subclass of ParamBucket that
+# overrides step() (its own file, _driver_<kernel>.pxi, included at the end through the generated
+# _drivers.pxi, so it shares this module's internals).
+#
 # Half precision
 # --------------
 # bfloat16/float16 params are computed in float32. Without a master copy their states are kept in
@@ -153,7 +157,6 @@ def _aligned_full(Py_ssize_t n, double fill, like):
     return arr
 
 
-@cython.final
 cdef class ParamBucket:
     """The params of one param group that share a dtype, with their optimizer state.
 
@@ -207,7 +210,7 @@ cdef class ParamBucket:
     cdef int config_f32
     cdef int param_size
     cdef int state_size
-    cdef uint64_t seed
+    cdef public uint64_t seed      # public: load_state_dict restores a saved seed
     cdef Py_ssize_t* _offsets
     cdef char** _params
     cdef char** _grads
@@ -477,18 +480,11 @@ cdef class ParamBucket:
         """
         cdef StepJob j
         cdef list keep_alive = []
-        cdef Py_ssize_t n_active = self._gather(grads, False, keep_alive)
         cdef double hyper_buf[MAX_HYPER]
-        cdef Py_ssize_t k, s
+        cdef Py_ssize_t s
         cdef bint mark_lazy = False
-        if len(hyper) != self.alg.hyper_size or self.alg.hyper_size > <Py_ssize_t>sizeof(hyper_buf):
-            raise ValueError("hyper does not hold this kernel's hyperparameter struct")
-        for s, fill in active:
-            if self._state[s] == NULL:
-                self.arena(self.state_names[s], fill)
-            if self.lazy_mask & (1u << s):
-                mark_lazy = True
-        memcpy(hyper_buf, <const char*>hyper, self.alg.hyper_size)
+        cdef Py_ssize_t n_active = self._begin_step(grads, hyper, active, keep_alive, hyper_buf,
+                                                    &mark_lazy)
         memset(&j, 0, sizeof(j))
         j.alg = self.alg
         j.n_arrays = self.n_arrays
@@ -516,11 +512,36 @@ cdef class ParamBucket:
             self._prepare(hyper_buf, steps, initialized, master_ready)
             run_plan(plan_for(self.total_size, n_active, self.alg.weight, SPLIT_ALIGN),
                      _step_chunk, &j)
-            for k in range(self.n_arrays):
-                if self._grads[k] != NULL:
-                    steps[k] += 1
-                    if mark_lazy:
-                        initialized[k] = 1
+            self._count_step(steps, initialized, mark_lazy)
+
+    cdef Py_ssize_t _begin_step(self, grads, bytes hyper, tuple active, list keep_alive,
+                                double* hyper_buf, bint* mark_lazy) except -1:
+        """What every step does before writing anything: gather and validate the gradients
+        (returning the active element count), check and copy the hyperparameter struct into
+        ``hyper_buf`` (MAX_HYPER doubles), create the arenas of the active states, and tell whether
+        one of them is lazy."""
+        cdef Py_ssize_t n_active = self._gather(grads, False, keep_alive)
+        cdef Py_ssize_t s
+        if len(hyper) != self.alg.hyper_size or self.alg.hyper_size > MAX_HYPER * <Py_ssize_t>sizeof(double):
+            raise ValueError("hyper does not hold this kernel's hyperparameter struct")
+        mark_lazy[0] = False
+        for s, fill in active:
+            if self._state[s] == NULL:
+                self.arena(self.state_names[s], fill)
+            if self.lazy_mask & (1u << s):
+                mark_lazy[0] = True
+        memcpy(hyper_buf, <const char*>hyper, self.alg.hyper_size)
+        return n_active
+
+    cdef void _count_step(self, int64_t* steps, uint8_t* initialized, bint mark_lazy) noexcept nogil:
+        """Count the step of every array that had a gradient (and mark lazy state written);
+        ``steps`` and ``initialized`` are the data of ``self.steps`` and ``self.initialized``."""
+        cdef Py_ssize_t k
+        for k in range(self.n_arrays):
+            if self._grads[k] != NULL:
+                steps[k] += 1
+                if mark_lazy:
+                    initialized[k] = 1
 
     cdef void _prepare(self, const void* hyper, const int64_t* steps, const uint8_t* initialized,
                        uint8_t* ready) noexcept nogil:
@@ -551,3 +572,7 @@ cdef class ParamBucket:
                 ready[k] = 1
             self._sr_key[k] = _mix64(self.seed ^ _mix64(<uint64_t>self._index[k] * 0x9E3779B97F4A7C15ULL
                                                          + <uint64_t>step))
+
+
+# The compiled drivers of the algorithms that declare one (generated from fastopt/algorithms).
+include "_drivers.pxi"

@@ -7,6 +7,11 @@ combination of switch values. Each combination's update body is rendered (Tempit
 values and ``T``); combinations that render to the same loop share one function, so a switch that
 only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no extra code.
 
+For algorithms with a compiled driver (``Algorithm.driver``), it also writes ``_drivers.pxi``,
+which ``_bucket.pyx`` includes: the driver kernels' struct types (the same layout as the loops'
+header), so a driver fills and reads the per-array scalars by name, the index of each of their
+phases, and an ``include`` of each driver's own file, ``_driver_<kernel>.pxi``.
+
 Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.py).
 """
 import importlib.util
@@ -24,6 +29,7 @@ TEMPLATE = os.path.join(HERE, "_algorithms.pxi.tp")
 OUTPUT = os.path.join(HERE, "_algorithms.pxi")
 LOOPS_TEMPLATE = os.path.join(HERE, "_algorithm_loops.h.tp")
 LOOPS_OUTPUT = os.path.join(HERE, "_algorithm_loops.h")
+DRIVERS_OUTPUT = os.path.join(HERE, "_drivers.pxi")
 
 #: (suffix, C type) of the compute dtypes: a prologue is generated for each.
 DTYPES = (("f32", "float"), ("f64", "double"))
@@ -34,6 +40,15 @@ STORAGE_TYPE = {"f32": "float", "f64": "double", "bf16": "uint16_t", "f16": "fo_
 LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_load({x})"}
 ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
 ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
+
+#: Storage a loop reaches through float32 blocks (simd.h's fo_f16_load_block/fo_f16_store_block):
+#: the element loop then sees float32 there, and the loop's wrapper converts block by block.
+BLOCKED = {"f16": "f32"}
+
+
+def _seen(storage):
+    """The storage the element loop sees for ``storage``."""
+    return BLOCKED.get(storage, storage)
 
 
 class StorageConfig:
@@ -126,8 +141,11 @@ class KernelCode:
         self.fields = a.fields
         field_names = [f for f, _ in self.fields]
         self.scalars = list(a.scalars)
+        self.prologue_scalars = [s for s in a.scalars if s not in a.driver_scalars]
+        self.driver = a.driver
+        self.phases = list(a.phases)
         self.scalar_states = [s.name for s in a.scalar_state]
-        self.elem_states = [s.name for s in a.elementwise_state]
+        self.elem_states = [s.name for s in a.loop_state]
         switches = a.all_switches
         self.n_variants = 1
         for sw in switches:
@@ -141,13 +159,14 @@ class KernelCode:
         clash = set(self.prologue_locals) & set(field_names)
         if clash:
             raise ValueError(f"{a.name}: per_array assigns hyperparameter fields {sorted(clash)}")
-        self.per_array = _indent(a.per_array, 4)
 
         self.dtypes = []
         for suffix, ctype in DTYPES:
             choices = [(sw.name, len(sw.values), Tempita.Template(sw.choose).substitute(T=ctype))
                        for sw in switches]
-            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices))
+            per_array = Tempita.Template(a.per_array, name=f"{a.name}.per_array").substitute(T=ctype)
+            self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices,
+                                          per_array=_indent(per_array, 4)))
 
         self.configs = []
         for config in CONFIGS:
@@ -157,30 +176,38 @@ class KernelCode:
                 env = {sw.name: sw.values[i] for sw, i in zip(switches, combo)}
                 env["T"] = ctype
                 body = Tempita.Template(a.update, name=f"{a.name}.update").substitute(env)
-                active = [(j, s.name) for j, s in enumerate(a.elementwise_state)
-                          if s.when is None or env[s.switch_name]]
                 names = spec.identifiers(body)
+                # a loop loads the states its body names and stores those it assigns
+                active = [(j, s.name) for j, s in enumerate(a.loop_state)
+                          if (s.when is None or env[s.switch_name]) and s.name in names]
+                assigned = spec.assigned_names(body)
                 loop_fields = [f for f in field_names if f in names]
                 loop_scalars = [s for s in self.scalars if s in names]
                 locals_ = [t for t in a.temporaries if t in names]
                 key = (body, tuple(active))
                 if key not in by_code:
+                    states = [_state_access(config, j, s) for j, s in active]
                     loop = _Namespace(
                         name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
                         scalars=loop_scalars, temporaries=locals_,
                         body=_indent(c_statements(body, f"{a.name}.update"), 8), variants=[],
-                        states=[_state_access(config, j, s) for j, s in active],
-                        load_p="m_[i]" if config.master else LOAD[config.param].format(x="p_[i]"),
-                        load_g=LOAD[config.grad].format(x="g_[i]"),
-                        store_p=_store(config, config.param, "p", 0))
+                        states=states,
+                        stored=[st for st in states if st.name in assigned],
+                        load_p=("m_[i]" if config.master
+                                else LOAD[_seen(config.param)].format(x="p_[i]")),
+                        load_g=LOAD[_seen(config.grad)].format(x="g_[i]"),
+                        store_p=_store(config, _seen(config.param), "p", 0),
+                        blocks=_blocks(config, states, assigned))
                     by_code[key] = loop
                     loops.append(loop)
                 loop = by_code[key]
                 loop.variants.append(len(variant_loops))
                 variant_loops.append(loop.name)
             self.configs.append(_Namespace(
-                name=config.name, ctype=ctype, param=STORAGE_TYPE[config.param],
-                grad=STORAGE_TYPE[config.grad], state=STORAGE_TYPE[config.state],
+                name=config.name, ctype=ctype, param=STORAGE_TYPE[_seen(config.param)],
+                grad=STORAGE_TYPE[_seen(config.grad)], state=STORAGE_TYPE[_seen(config.state)],
+                stored_param=STORAGE_TYPE[config.param], stored_grad=STORAGE_TYPE[config.grad],
+                stored_state=STORAGE_TYPE[config.state],
                 master=config.master, loops=loops, variant_loops=variant_loops))
 
 
@@ -192,12 +219,79 @@ def _store(config, storage, name, salt):
 
 def _state_access(config, j, name):
     """(index, name, load expression, store expression) of one state in one configuration."""
-    return _Namespace(index=j, name=name, load=LOAD[config.state].format(x=f"{name}_[i]"),
-                      store=_store(config, config.state, name, 0x9E37 * (j + 1)))
+    seen = _seen(config.state)
+    return _Namespace(index=j, name=name, load=LOAD[seen].format(x=f"{name}_[i]"),
+                      store=_store(config, seen, name, 0x9E37 * (j + 1)))
+
+
+def _blocks(config, states, assigned):
+    """How a loop's wrapper reaches memory block by block, or None when nothing is blocked.
+
+    ``arguments`` are the element loop's array arguments for the block at ``start``, ``loads`` and
+    ``stores`` the conversions into and out of the float32 scratch arrays ``buffers``."""
+    if not any(s in BLOCKED for s in (config.param, config.grad, config.state)):
+        return None
+    buffers, loads, stores, arguments = [], [], [], []
+
+    def array(name, storage, data, loaded, stored):
+        if storage not in BLOCKED:
+            const = "const " if not stored else ""
+            arguments.append(f"({const}{STORAGE_TYPE[storage]}*){data} + start")
+            return
+        buffers.append(f"{name}_block")
+        arguments.append(f"{name}_block")
+        if loaded:
+            loads.append(f"fo_{storage}_load_block({name}_block, "
+                         f"(const {STORAGE_TYPE[storage]}*){data} + start, len);")
+        if stored:
+            stores.append(f"fo_{storage}_store_block(({STORAGE_TYPE[storage]}*){data} + start, "
+                          f"{name}_block, len);")
+
+    # with a master copy the param is only written: the loop reads the master
+    array("p", config.param, "p_data", loaded=not config.master, stored=True)
+    array("g", config.grad, "g_data", loaded=True, stored=False)
+    for st in states:
+        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=st.name in assigned)
+    arguments.append("master_ + start" if config.master else "master_")
+    return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments)
+
+
+_DRIVERS_TEMPLATE = """\
+# Generated by _codegen.py from fastopt/algorithms: do not edit. Included by _bucket.pyx.
+# The kernels whose algorithm has a compiled driver: their struct types (laid out as in
+# _algorithm_loops.h), their phases' indices, and the drivers themselves.
+
+include "_driver_common.pxi"
+{{for k in kernels}}
+
+cdef struct {{k.name}}_hyper:
+{{for field, ctype in k.fields}}
+    {{ctype}} {{field}}
+{{endfor}}
+
+cdef struct {{k.name}}_array:
+{{for s in k.scalars}}
+    double {{s}}
+{{endfor}}
+{{if not k.scalars}}
+    char unused
+{{endif}}
+{{if k.phases}}
+
+cdef enum:
+{{for i, phase in enumerate(k.phases)}}
+    {{k.name.upper()}}_PHASE_{{phase.upper()}} = {{i}}
+{{endfor}}
+{{endif}}
+
+include "_driver_{{k.name}}.pxi"
+{{endfor}}
+"""
 
 
 def render_texts():
-    """{output path: text} of the generated Cython declarations and prologues and the C loops."""
+    """{output path: text} of the generated Cython declarations and prologues, the C loops and
+    the drivers' part."""
     algorithms = load_algorithms()
     spec = sys.modules[algorithms.__name__ + "._spec"]
     kernels = [KernelCode(a, spec) for a in algorithms.KERNELS]
@@ -207,7 +301,15 @@ def render_texts():
             template = Tempita.Template(f.read(), name=template_path)
         out[out_path] = template.substitute(kernels=kernels, configs=CONFIGS, enumerate=enumerate,
                                             len=len, repr=repr)
+    template = Tempita.Template(_DRIVERS_TEMPLATE, name="_drivers.pxi")
+    out[DRIVERS_OUTPUT] = template.substitute(kernels=[k for k in kernels if k.driver],
+                                              enumerate=enumerate)
     return out
+
+
+def render_drivers_text():
+    """The generated drivers' part (_drivers.pxi)."""
+    return render_texts()[DRIVERS_OUTPUT]
 
 
 def render_text():
@@ -226,7 +328,7 @@ def render():
             pass
         with open(out_path, "w") as f:
             f.write(text)
-    return [OUTPUT, LOOPS_OUTPUT]
+    return [OUTPUT, LOOPS_OUTPUT, DRIVERS_OUTPUT]
 
 
 if __name__ == "__main__":

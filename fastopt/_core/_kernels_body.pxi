@@ -22,6 +22,7 @@
 cimport cython
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, NAN
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.float cimport FLT_EPSILON, DBL_EPSILON     # for prologues (Adafactor's eps=None)
 from cpython.pycapsule cimport PyCapsule_New
 
 from fastopt._core._kernel_api cimport (
@@ -29,8 +30,8 @@ from fastopt._core._kernel_api cimport (
     RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
 
 cdef extern from "simd.h":
-    # half precision (see simd.h): bfloat16 as its bits, float16 as the compiler's _Float16
-    ctypedef float fo_half
+    # half precision (see simd.h): bfloat16 and float16 as their bits
+    ctypedef uint16_t fo_half
     float fo_bf16_load(uint16_t b) noexcept nogil
     uint16_t fo_bf16_rne(float f) noexcept nogil
     uint16_t fo_bf16_sr(float f, uint32_t random) noexcept nogil

@@ -37,8 +37,11 @@
 #define restrict __restrict
 #endif
 
-#if defined(__AVX__)
+#if defined(__AVX__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+
+#if defined(__AVX__)
 #define FO_HAVE_AVX_REDUCE 1
 #define FO_LOAD_F32(p) _mm256_cvtps_pd(_mm_loadu_ps(p))
 #define FO_LOAD_F64(p) _mm256_loadu_pd(p)
@@ -69,8 +72,7 @@ FO_REDUCE16(fo_nonfinite16_f32, float, FO_LOAD_F32, FO_SELF_DIFF)
 FO_REDUCE16(fo_nonfinite16_f64, double, FO_LOAD_F64, FO_SELF_DIFF)
 
 /* Half-precision storage. Every conversion is elementwise and branch-free, so the loops that use
- * them still vectorize (bfloat16 with integer shifts; float16 with F16C/AVX-512-FP16 instructions
- * where the build targets them, and the compiler's own conversion otherwise).
+ * them still vectorize with any instruction set (integer shifts and float32 arithmetic only).
  *
  * bfloat16 is the upper half of a float32. fo_bf16_rne rounds to nearest, ties to even, as torch
  * and ml_dtypes do, and gives torch's canonical quiet NaN (0x7FC0) for any NaN. fo_bf16_sr rounds
@@ -109,44 +111,101 @@ static inline uint32_t fo_random_bits(uint64_t key, Py_ssize_t index) {
     return x;
 }
 
-#if defined(__FLT16_MAX__)
-typedef _Float16 fo_half;
-static inline float fo_f16_load(fo_half h) { return (float)h; }
-static inline fo_half fo_f16_round(float f) { return (fo_half)f; }   /* nearest, ties to even */
-#else
-/* A compiler without _Float16: IEEE binary16 by hand (correct, scalar). */
+/* float16 (IEEE binary16) by integer and float32 arithmetic, branch-free, so that loops over it
+ * vectorize with any instruction set (GCC 12 does not vectorize loops that mix _Float16 and float
+ * when it targets AVX-512-FP16, and a baseline x86-64 build would call a library function per
+ * element). Conversions are exact (load) and round to nearest, ties to even (store), as IEEE
+ * conversions do; any NaN is stored as the quiet NaN 0x7E00 with its sign. */
 typedef uint16_t fo_half;
+
+static inline float fo_bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
+static inline uint32_t fo_float_bits(float f) { uint32_t u; memcpy(&u, &f, sizeof u); return u; }
+
+/* All ones when cond holds, else zero. Selecting by masks rather than by ternaries keeps the
+ * conversions branch-free for GCC: a ternary lets it sink a float operation into the branch that
+ * uses it, and under -ftrapping-math (the default, which we keep) it then cannot if-convert the
+ * loop without AVX-512 masks, so AVX2 and baseline builds would not vectorize. */
+static inline uint32_t fo_mask(int cond) { return (uint32_t)0 - (uint32_t)(cond != 0); }
+static inline uint32_t fo_select(uint32_t mask, uint32_t if_set, uint32_t if_clear) {
+    return (if_set & mask) | (if_clear & ~mask);
+}
+
 static inline float fo_f16_load(fo_half h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu, u;
-    if (exp == 0x1F) u = sign | 0x7F800000u | (man << 13);
-    else if (exp != 0) u = sign | ((exp + 112u) << 23) | (man << 13);
-    else if (man == 0) u = sign;
-    else {
-        exp = 113u;
-        while (!(man & 0x400u)) { man <<= 1; exp--; }
-        u = sign | (exp << 23) | ((man & 0x3FFu) << 13);
-    }
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t em = h & 0x7FFFu;
+    /* normal halves: exponent and mantissa moved into place and rebiased (15 -> 127) as integers;
+     * subnormal halves (and zero): the mantissa times 2**-24, through an int-to-float conversion.
+     * No float operand is ever subnormal: arithmetic on float32 subnormals takes a microcode assist
+     * on many x86 cores (~100 cycles), and optimizer moments stored as float16 are often subnormal. */
+    uint32_t normal = (em << 13) + ((127u - 15u) << 23);
+    float subnormal = (float)(int32_t)em * 0x1p-24f;
+    uint32_t special = (em << 13) | 0x7F800000u;        /* Inf and NaN keep their mantissa */
+    uint32_t u = fo_select(fo_mask(em >= 0x7C00u), special,
+                           fo_select(fo_mask(em < 0x0400u), fo_float_bits(subnormal), normal));
+    return fo_bits_float(u | sign);
 }
+
 static inline fo_half fo_f16_round(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return (fo_half)(sign | 0x7E00u);
-    if (a >= 0x477FF000u) return (fo_half)(sign | 0x7C00u);          /* overflows to Inf */
-    if (a < 0x38800000u) {                                            /* subnormal or zero */
-        if (a < 0x33000000u) return (fo_half)sign;
-        uint32_t man = (a & 0x7FFFFFu) | 0x800000u, shift = 126u - (a >> 23);   /* 14..24 */
-        uint32_t kept = man >> shift, rest = man & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-        kept += (rest > half) || (rest == half && (kept & 1u));
-        return (fo_half)(sign | kept);
-    }
-    uint32_t r = a - 0x38000000u;                                     /* rebias 127 -> 15 */
-    r = (r + 0xFFFu + ((r >> 13) & 1u)) >> 13;
-    return (fo_half)(sign | r);
+    uint32_t u = fo_float_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7FFFFFFFu;
+    /* normal results: rebias and round the mantissa to 10 bits, ties to even */
+    uint32_t normal = (a - ((127u - 15u) << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+    /* subnormal results (|f| < 2**-14): adding 0.5 aligns the mantissa so that the float32
+     * addition itself rounds (to nearest even) at 2**-24, the subnormal half's unit */
+    uint32_t subnormal = fo_float_bits(fo_bits_float(a) + 0.5f) - fo_float_bits(0.5f);
+    uint32_t big = fo_select(fo_mask(a > 0x7F800000u), 0x7E00u, 0x7C00u);  /* NaN; Inf, overflow */
+    uint32_t r = fo_select(fo_mask(a >= 0x477FF000u), big,
+                           fo_select(fo_mask(a < 0x38800000u), subnormal, normal));
+    return (fo_half)(r | sign);
 }
+
+/* float16 blocks, for the loops over float16 storage: they convert a block of at most
+ * FO_F16_BLOCK values into float32 scratch (L1-resident), run the float32 loop on it and convert
+ * the results back, all in one pass over memory. Small blocks keep every array's stream moving
+ * together (measured for Adam, 1e7 values: 64 and 128 ~0.75 ns per value, 512 ~1.4, 8192 ~1.8,
+ * against ~0.85 for the bfloat16 loop). GCC 12 vectorizes neither _Float16 conversions
+ * nor the F16C intrinsics, and the branch-free integer conversions above, vectorized, cost ~20
+ * instructions per value: 3x the time of a bfloat16 Adam step. With F16C (every AVX2 CPU) the
+ * block conversions are one instruction per 8 or 16 values (vcvtph2ps, vcvtps2ph, round to
+ * nearest even; a NaN keeps its sign and payload, quieted); without it, the portable conversions,
+ * vectorized. */
+#define FO_F16_BLOCK 64
+
+static inline void fo_f16_load_block(float* restrict dst, const fo_half* restrict src, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + i))));
 #endif
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+    for (; i < n; i++)
+        dst[i] = _cvtsh_ss(src[i]);
+#else
+    for (; i < n; i++)
+        dst[i] = fo_f16_load(src[i]);
+#endif
+}
+
+static inline void fo_f16_store_block(fo_half* restrict dst, const float* restrict src, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+#else
+    for (; i < n; i++)
+        dst[i] = fo_f16_round(src[i]);
+#endif
+}
 
 #endif /* FASTOPT_SIMD_H */

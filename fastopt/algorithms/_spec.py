@@ -26,18 +26,43 @@ to the element loop.
 
 ``Algorithm.update`` is the body of the element loop. ``p`` and ``g`` are the param element and the
 gradient element (already negated when maximizing and scaled by a clipping coefficient, if any),
-each state is a local of its own name, and the loop stores ``p`` and every active state back after
-the body. Hyperparameter fields and ``scalars`` it names are cast once to the loop's dtype before the
-loop, so arithmetic rounds as torch's does for a tensor of that dtype. The body is a Tempita template:
-switch values are its variables (``{{if decay == "l2"}}``), and ``{{T}}`` is the loop's C type.
+each state it names is a local of its own name, and the loop stores ``p`` and every state the body
+assigns back after the body. Hyperparameter fields and ``scalars`` it names are cast once to the
+loop's compute dtype before the loop, so arithmetic rounds as torch's does for a tensor of that
+dtype. The body is a Tempita template: switch values are its variables (``{{if decay == "l2"}}``),
+and ``{{T}}`` is the loop's C type; once rendered, each line is ``name = expression`` in arithmetic
+that C reads alike (the loops are generated as C: see ``_codegen.c_statements``).
+``per_array`` is a Tempita template as well (``{{T}}`` is the C type of the dtype it prepares).
 Helpers available in the body: ``_sqrt``, ``_lerp_low``/``_lerp_high`` (torch.lerp's two forms),
-``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (torch.sign).
+``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (-1, 0 or 1, NaN for NaN),
+``_sign0`` (torch.sign on CPU: -1, 0 or 1, 0 for NaN), ``_where(cond, a, b)`` (torch.where; a
+clamp as torch's is two of them, NaN passing through), ``_bf16`` (the nearest bfloat16, ties to
+even, as torch's ``.bfloat16()``; a double goes through float first, as in torch).
+
+Algorithms that are not elementwise
+-----------------------------------
+Most algorithms are one element loop. Some also need work across elements (Adafactor's row and
+column statistics and its update norm, Muon's matrix products); they declare
+
+* ``driver``: the name of a compiled bucket class (a subclass of the generic
+  ``fastopt._core._bucket.ParamBucket`` in ``fastopt/_core/_driver_<kernel>.pxi``) that runs the
+  step: it gathers and validates the gradients and runs the prologue like the generic bucket, does
+  the non-elementwise work itself, and runs the elementwise work through the generated loops;
+* ``phases``: the names of the element loops it runs. The update body is rendered once per phase
+  (the Tempita variable ``phase``); the prologue's variant selects the first phase's loop and the
+  driver adds a phase's index (``<KERNEL>_PHASE_<NAME>`` in the generated ``_drivers.pxi``). The
+  driver decides what each pointer of a loop points to (a phase may write a scratch buffer through
+  ``p``, say); a loop loads only the states its body names and stores only those it assigns;
+* ``driver_scalars``: per-array scalars the driver fills in (they depend on its reductions) before
+  it runs a loop that uses them; ``per_array`` computes the others;
+* states whose ``shape`` is a function of the param's shape (``State(shape=...)``), which the
+  driver lays out.
 """
 import keyword
 import re
 
 __all__ = ["Constraint", "Hyper", "State", "Switch", "Rule", "Algorithm",
-           "real", "flag", "pair", "integer"]
+           "real", "flag", "pair", "integer", "choice", "tuple_of"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,13 +73,16 @@ class Constraint:
     """What values a hyperparameter takes. Pure data; ``fastopt._validation`` applies it.
 
     ``kind`` is ``"real"`` (a finite float within ``low``/``high``), ``"flag"`` (True/False),
-    ``"pair"`` (two reals, each checked by ``item``), or ``"integer"``.
+    ``"pair"`` (two reals, each checked by ``item``), ``"integer"``, ``"tuple"`` (one value per
+    constraint in ``items``) or ``"choice"`` (one of ``values``; its struct field holds the index).
+    ``optional`` also accepts None (packed into the struct as NaN).
     """
 
-    __slots__ = ("kind", "low", "high", "low_inclusive", "high_inclusive", "item", "optional")
+    __slots__ = ("kind", "low", "high", "low_inclusive", "high_inclusive", "item", "optional",
+                 "items", "values")
 
     def __init__(self, kind, low=None, high=None, low_inclusive=True, high_inclusive=True,
-                 item=None, optional=False):
+                 item=None, optional=False, items=(), values=()):
         self.kind = kind
         self.low = low
         self.high = high
@@ -62,13 +90,23 @@ class Constraint:
         self.high_inclusive = high_inclusive
         self.item = item
         self.optional = optional
+        self.items = tuple(items)
+        self.values = tuple(values)
 
     def describe(self):
         """A short description for docs: ``">= 0"``, ``"in [0, 1)"``, ..."""
+        text = self._describe()
+        return text + " or None" if self.optional else text
+
+    def _describe(self):
         if self.kind == "flag":
             return "bool"
         if self.kind == "pair":
             return f"pair, each {self.item.describe()}"
+        if self.kind == "tuple":
+            return "(" + ", ".join(item.describe() for item in self.items) + ")"
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(v) for v in self.values)
         lo = None if self.low is None else ("[" if self.low_inclusive else "(") + f"{self.low:g}"
         hi = None if self.high is None else f"{self.high:g}" + ("]" if self.high_inclusive else ")")
         if lo and hi:
@@ -80,14 +118,24 @@ class Constraint:
         return "any finite number"
 
 
-def real(low=None, high=None, *, low_inclusive=True, high_inclusive=True):
-    """A finite real number within the given bounds."""
-    return Constraint("real", low, high, low_inclusive, high_inclusive)
+def real(low=None, high=None, *, low_inclusive=True, high_inclusive=True, optional=False):
+    """A finite real number within the given bounds (or None, if ``optional``)."""
+    return Constraint("real", low, high, low_inclusive, high_inclusive, optional=optional)
 
 
 def integer(low=None, high=None):
     """An integer within the given bounds (inclusive)."""
     return Constraint("integer", low, high)
+
+
+def tuple_of(*items):
+    """A tuple with one value per constraint (Adafactor's ``eps``, Muon's ``ns_coefficients``)."""
+    return Constraint("tuple", items=items)
+
+
+def choice(*values):
+    """One of ``values`` (compared with ``==``; None may be one); the struct field holds its index."""
+    return Constraint("choice", values=values)
 
 
 def flag():
@@ -118,7 +166,8 @@ class Hyper:
         One sentence for the class docstring (NumPy style, may hold ``:math:``).
     fields : tuple of str, optional
         The C struct fields the checked value fills (default ``(name,)``); a pair fills two, e.g.
-        ``betas`` fills ``("beta1", "beta2")``. Flags become ``bint`` fields, the rest ``double``.
+        ``betas`` fills ``("beta1", "beta2")``; a tuple fills one per item. Flags become ``bint``
+        fields, choices ``int`` fields (the index of the value), the rest ``double``.
     """
 
     __slots__ = ("name", "default", "constraint", "doc", "fields")
@@ -129,13 +178,13 @@ class Hyper:
         self.constraint = constraint
         self.doc = doc
         self.fields = tuple(fields) if fields is not None else (name,)
-        expected = 2 if constraint.kind == "pair" else 1
+        expected = {"pair": 2, "tuple": len(constraint.items)}.get(constraint.kind, 1)
         if len(self.fields) != expected:
             raise ValueError(f"hyperparameter {name!r} needs {expected} field name(s)")
 
     @property
     def c_type(self):
-        return "bint" if self.constraint.kind == "flag" else "double"
+        return {"flag": "bint", "choice": "int"}.get(self.constraint.kind, "double")
 
 
 class State:
@@ -153,9 +202,14 @@ class State:
         specialized on it like a switch of the same name (``{{if has_max_exp_avg_sq}}``).
     init : float or str
         Initial value, or the name of the hyperparameter field holding it.
-    shape : {"param", "scalar"}
-        Elementwise state (the param's shape, one arena element per param element), or a scalar
-        per param (float32, as torch's scalar tensors; read and written by ``per_array``).
+    shape : {"param", "scalar"} or callable
+        Elementwise state (the param's shape, one arena element per param element), a scalar
+        per param (float32, as torch's scalar tensors; read and written by ``per_array``), or a
+        function of the param's shape giving the state's shape, or None where the param has no
+        such state (Adafactor's ``row_var``: ``shape[:-1] + (1,)`` for params of 2 or more dims).
+        Only an algorithm with a ``driver`` keeps such states (its bucket lays them out).
+    shape_doc : str
+        For a callable ``shape``: what it is, in words (for the docs).
     eager : bool
         Created at construction, so it is part of the state before the first step (Adagrad).
     lazy : bool
@@ -163,11 +217,12 @@ class State:
         ``per_array`` until a step in which it was active has run on the array.
     """
 
-    __slots__ = ("name", "doc", "when", "init", "shape", "eager", "lazy")
+    __slots__ = ("name", "doc", "when", "init", "shape", "eager", "lazy", "shape_doc")
 
-    def __init__(self, name, doc, when=None, init=0.0, shape="param", eager=False, lazy=False):
-        if shape not in ("param", "scalar"):
-            raise ValueError(f"state {name!r}: shape must be 'param' or 'scalar'")
+    def __init__(self, name, doc, when=None, init=0.0, shape="param", eager=False, lazy=False,
+                 shape_doc=""):
+        if shape not in ("param", "scalar") and not callable(shape):
+            raise ValueError(f"state {name!r}: shape must be 'param', 'scalar' or a function")
         self.name = name
         self.doc = doc
         self.when = when
@@ -175,10 +230,25 @@ class State:
         self.shape = shape
         self.eager = eager
         self.lazy = lazy
+        self.shape_doc = shape_doc
 
     @property
     def switch_name(self):
         return "has_" + self.name
+
+    @property
+    def shaped(self):
+        """Whether the state's shape is a function of the param's shape."""
+        return callable(self.shape)
+
+    def shape_for(self, param_shape):
+        """This state's shape for a param of ``param_shape`` (None: the param has no such state)."""
+        if self.shape == "param":
+            return tuple(param_shape)
+        if self.shape == "scalar":
+            return ()
+        shape = self.shape(tuple(param_shape))
+        return None if shape is None else tuple(shape)
 
 
 class Switch:
@@ -298,12 +368,26 @@ class Algorithm:
         Citation for the docstring.
     kernel : str
         The name of the compiled kernel (a variant like AdamW shares its parent's).
+    driver : str or None
+        The compiled bucket class that runs the step, for an algorithm that is not elementwise
+        only (see the module docstring); None: the generic bucket.
+    phases : tuple of str
+        The element loops a driver runs (the update body is rendered once per phase).
+    driver_scalars : tuple of str
+        Those ``scalars`` the driver computes (``per_array`` computes the rest).
+    param_rules : list of Rule
+        Checks on each param's shape (``test(shape)``), at construction: Muon takes matrices only.
+    torch_rejects_complex : bool
+        torch's class raises RuntimeError("<name> does not support complex parameters") for complex
+        params (fastopt.torch raises that too, at construction; other algorithms raise TypeError,
+        as for any other unsupported dtype).
     """
 
     def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
                  switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
                  torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
-                 reference="", kernel=None, state_doc="", torch_load_defaults=None):
+                 reference="", kernel=None, state_doc="", torch_load_defaults=None, driver=None,
+                 phases=(), driver_scalars=(), param_rules=(), torch_rejects_complex=False):
         self.name = name
         self.title = title
         self.formula = formula
@@ -330,6 +414,11 @@ class Algorithm:
         self.reference = reference
         self.kernel = kernel or name.lower()
         self.state_doc = state_doc
+        self.driver = driver
+        self.phases = tuple(phases)
+        self.driver_scalars = tuple(driver_scalars)
+        self.param_rules = list(param_rules)
+        self.torch_rejects_complex = torch_rejects_complex
         self._validate()
 
     # -- derived views -----------------------------------------------------------------------
@@ -352,12 +441,26 @@ class Algorithm:
         return [s for s in self.state if s.shape == "scalar"]
 
     @property
+    def shaped_state(self):
+        """States whose shape is a function of the param's shape (laid out by a driver)."""
+        return [s for s in self.state if s.shaped]
+
+    @property
+    def loop_state(self):
+        """The states an element loop gets pointers to, in declaration order: every state but the
+        scalars (for a driver's shaped state, the driver decides what the pointer points to)."""
+        return [s for s in self.state if s.shape != "scalar"]
+
+    @property
     def all_switches(self):
-        """Declared switches, then one per conditional elementwise state (``has_<name>``)."""
+        """Declared switches, then one per conditional loop state (``has_<name>``), then the phase
+        (its value is chosen by the driver, so the prologue's variant selects the first phase)."""
         out = list(self.switches)
-        for s in self.elementwise_state:
+        for s in self.loop_state:
             if s.when is not None:
                 out.append(Switch(s.switch_name, s.when))
+        if self.phases:
+            out.append(Switch("phase", "0", self.phases))
         return out
 
     def defaults(self):
@@ -405,7 +508,9 @@ class Algorithm:
             numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
             self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
             torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
-            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults)
+            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults,
+            driver=self.driver, phases=self.phases, driver_scalars=self.driver_scalars,
+            param_rules=self.param_rules, torch_rejects_complex=self.torch_rejects_complex)
 
     # -- consistency ---------------------------------------------------------------------------
 
@@ -414,14 +519,20 @@ class Algorithm:
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate hyperparameter")
         fields = [f for f, _ in self.fields]
-        reserved = {"p", "g", "i", "n", "step", "first_use", "h", "a"}
+        reserved = {"p", "g", "i", "n", "step", "first_use", "h", "a", "phase", "variant", "T"}
         for f in fields + list(self.scalars):
             if keyword.iskeyword(f) or f in reserved:
                 raise ValueError(f"{self.name}: {f!r} cannot be a field or scalar name")
         assigned = assigned_names(self.per_array)
         for s in self.scalars:
-            if s not in assigned:
+            if s not in assigned and s not in self.driver_scalars:
                 raise ValueError(f"{self.name}: scalar {s!r} is never assigned in per_array")
+        for s in self.driver_scalars:
+            if s not in self.scalars or s in assigned:
+                raise ValueError(f"{self.name}: driver scalar {s!r} must be a scalar that "
+                                 "per_array does not assign")
+        if self.driver is None and (self.phases or self.driver_scalars or self.shaped_state):
+            raise ValueError(f"{self.name}: phases, driver scalars and shaped states need a driver")
         allowed = set(names) | set(self.torch_extras) | {"skip_nonfinite"}
         for torch in (False, True):
             pos, kw = self.signature(torch)

@@ -20,8 +20,8 @@ import math
 import numpy as np
 
 from .numpy_reference import NUMPY_OPTIMIZERS, make_numpy_optimizer, numpy_clip_grad_norm_
-from .settings import ALGORITHMS, CLIP_MAX_NORM, MANY, MANY_LABEL, MANY_SHAPES
-from .timing import Contender, blas_limits, measure, restored_calls
+from .settings import ALGORITHMS, CLIP_MAX_NORM, MANY, MANY_LABEL, MANY_SHAPES, matrix_label
+from .timing import Contender, blas_limits, measure, noise, restored_calls
 
 
 def parse_size(text):
@@ -54,11 +54,12 @@ def n_elements(size):
     return int(sum(np.prod(s) for s in shapes_of(size)))
 
 
-def make_data(size, dtype, seed=0):
-    """(initial params, grads) for a size: lists of arrays."""
+def make_data(size, dtype, seed=0, shapes=None):
+    """(initial params, grads) for a size (or for the given ``shapes``): lists of arrays."""
     rng = np.random.default_rng(seed)
-    params = [rng.standard_normal(s, dtype=np.float64).astype(dtype) for s in shapes_of(size)]
-    grads = [(rng.standard_normal(s, dtype=np.float64) * 1e-2).astype(dtype) for s in shapes_of(size)]
+    shapes = shapes_of(size) if shapes is None else shapes
+    params = [rng.standard_normal(s, dtype=np.float64).astype(dtype) for s in shapes]
+    grads = [(rng.standard_normal(s, dtype=np.float64) * 1e-2).astype(dtype) for s in shapes]
     return params, grads
 
 
@@ -70,9 +71,11 @@ def make_fastopt_optimizer(name, params):
 
 
 def state_arrays(optimizer, index=0):
-    """The state buffers of param ``index`` of a fastopt optimizer, flat, in the order it keeps them."""
+    """The elementwise state buffers of param ``index`` of a fastopt optimizer, flat, in the order
+    it keeps them (scalar states, such as ASGD's eta and mu, are left out)."""
+    size = optimizer._params[index].size
     return [value.reshape(-1) for key, value in optimizer.state.get(index, {}).items()
-            if isinstance(value, np.ndarray) and key != "step"]
+            if isinstance(value, np.ndarray) and key != "step" and value.ndim and value.size == size]
 
 
 def _torch_contenders(torch, name, params0, grads, loop=True):
@@ -88,8 +91,8 @@ def _torch_contenders(torch, name, params0, grads, loop=True):
         try:
             opt = getattr(torch.optim, algorithm.cls)(tparams, **algorithm.hyper, **kw)
             opt.step()
-        except (TypeError, RuntimeError, ValueError):
-            continue          # e.g. RMSprop has no fused implementation
+        except (TypeError, RuntimeError, ValueError, AttributeError):
+            continue          # e.g. RMSprop has no fused implementation; torch has no Lion
         out.append(Contender(label, opt.step))
     return out
 
@@ -178,3 +181,43 @@ def bench_clip(size, dtype, threads, data, torch, refs, timing):
     set_threads(threads, torch, refs)
     with blas_limits(threads):
         return measure(contenders, **timing)
+
+
+def bench_matrix_cell(case, shapes, dtype, threads, torch, timing):
+    """Time one cell of the matrix table (``case`` on params of ``shapes``): fastopt against
+    torch.optim with ``foreach=False`` and ``foreach=True`` (Muon has one implementation, timed as
+    ``torch-loop``); returns ({contender: stats in seconds per step}, rounds)."""
+    import fastopt
+    params0, grads = make_data(None, dtype, shapes=shapes)
+    fo_params = [p.copy() for p in params0]
+    fo = getattr(fastopt, case.cls)(fo_params, **case.hyper)
+    contenders = [Contender("fastopt", lambda: fo.step(grads))]
+    if torch is not None:
+        for label, kw in (("torch-loop", dict(foreach=False)), ("torch-foreach", dict(foreach=True))):
+            tparams = [torch.from_numpy(p.copy()) for p in params0]
+            for tp, g in zip(tparams, grads):
+                tp.grad = torch.from_numpy(g)
+            cls = getattr(torch.optim, case.cls)
+            try:
+                opt = cls(tparams, **case.hyper, **kw)
+            except TypeError:          # no foreach argument (Muon): its one implementation
+                if label != "torch-loop":
+                    continue
+                opt = cls(tparams, **case.hyper)
+            contenders.append(Contender(label, opt.step))
+    set_threads(threads, torch)
+    with blas_limits(threads):
+        for c in contenders:       # state allocated (and BLAS warmed up) outside the timing
+            c.run(1)
+        return measure(contenders, **timing)
+
+
+def matrix_row(case, shapes, dtype, threads, stats, reps):
+    """A row of the matrix table: ms per step per contender, and ``torch``, the faster of torch's."""
+    ms = {c: s["median"] * 1e3 for c, s in stats.items()}
+    torch_ms = [v for c, v in ms.items() if c.startswith("torch")]
+    if torch_ms:
+        ms["torch"] = min(torch_ms)
+    return dict(optimizer=case.name, dtype=np.dtype(dtype).name, size=matrix_label(shapes),
+                n=int(sum(np.prod(s) for s in shapes)), threads=threads, reps=reps, ms_per_step=ms,
+                noise=noise(stats), seconds_per_step=stats)

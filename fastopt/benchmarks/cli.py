@@ -10,8 +10,9 @@ import time
 import numpy as np
 
 from . import ceiling, report, settings, targets as targets_mod
-from .cases import bench_cell, bench_clip, make_data, n_elements, parse_size, size_label
-from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES
+from .cases import (bench_cell, bench_clip, bench_matrix_cell, make_data, matrix_row, n_elements,
+                    parse_size, size_label)
+from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES, MATRIX_CASES
 from .timing import noise
 
 
@@ -21,9 +22,10 @@ def build_parser(prog="fastopt bench"):
         description="fastopt's fused steps vs this machine's memory-traffic bound, torch.optim and "
                     "in-place NumPy: ns per element per step, medians of round-robin repetitions, "
                     "ratios from one run.")
-    ap.add_argument("--optimizers", default=",".join(ALGORITHMS),
-                    help=f"comma-separated, from {','.join(ALGORITHMS)} (default: all; 'none' for "
-                         "the L-BFGS comparison alone)")
+    ap.add_argument("--optimizers", default=",".join(list(ALGORITHMS) + list(MATRIX_CASES)),
+                    help=f"comma-separated, from {','.join(list(ALGORITHMS) + list(MATRIX_CASES))} "
+                         f"(default: all; {', '.join(MATRIX_CASES)} are timed on matrices, in the "
+                         "matrix table; 'none' for the L-BFGS comparison alone)")
     ap.add_argument("--sizes", default=None,
                     help=f"comma-separated element counts of one array, and/or {MANY} for the 200-array "
                          f"model (default {settings.DEFAULT_SIZES}; with --quick {settings.QUICK_SIZES})")
@@ -49,6 +51,14 @@ def build_parser(prog="fastopt bench"):
                     metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--json", metavar="OUT.json", default=None, help="write all results as JSON")
+    ap.add_argument("--no-training", action="store_true",
+                    help="skip the training-loop tables (torch adapter, clipping inside the step, "
+                         "1 vs 2 threads; run with adam)")
+    ap.add_argument("--no-precision", action="store_true",
+                    help="skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="start N processes that spin on a core each while the threads table runs, "
+                         "to measure steps on a busy machine (default 0)")
     ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
                     help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
     ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
@@ -58,9 +68,9 @@ def build_parser(prog="fastopt bench"):
 def _parse(args):
     """The run's optimizers, sizes, dtypes and thread counts; ValueError on a bad value."""
     opts = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
-    bad = [o for o in opts if o not in ALGORITHMS and o != "none"]
+    bad = [o for o in opts if o not in ALGORITHMS and o not in MATRIX_CASES and o != "none"]
     if bad:
-        raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS)}")
+        raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS) + list(MATRIX_CASES)}")
     opts = [o for o in opts if o != "none"]
     size_text = args.sizes or (settings.QUICK_SIZES if args.quick else settings.DEFAULT_SIZES)
     sizes = [parse_size(s) for s in size_text.split(",") if s.strip()]
@@ -75,6 +85,8 @@ def _parse(args):
         raise ValueError("--numpy-block must be >= 0")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError("--repeats must be >= 1")
+    if args.busy < 0:
+        raise ValueError("--busy must be >= 0")
     checks = targets_mod.load(args.check) if args.check else None
     return opts, sizes, dtypes, threads, checks
 
@@ -101,6 +113,40 @@ def run_lbfgs(args, log):
           "history floor = one-threaded OpenBLAS doing the two passes over the 2m x n history "
           "that any L-BFGS iteration needs)")
     print(lbfgs_vs_scipy.format_rows(rows))
+    return rows
+
+
+def run_training(args, torch, log, timing, threads):
+    """The torch adapter, clipping inside the step, and 1 vs 2 threads (see .training)."""
+    from . import training
+
+    log("training-loop tables: the torch adapter, clipping inside the step, 1 vs 2 threads"
+        + (f" ({args.busy} busy processes)" if args.busy else ""))
+    tables = training.run(args, torch, log, timing, threads)
+    if tables["adapter"]:
+        print("\ntorch adapter: fastopt.torch.Adam.step() vs fastopt.Adam.step(grads) on the same tensors, "
+              "and torch.optim.Adam(fused=True); us per step\n(extra ns/tensor: what the adapter adds "
+              "per tensor, reading every .grad)")
+        print(report.format_adapter(tables["adapter"]))
+    print("\nAdam with clipping inside the step (step(grads, max_norm=1)) vs the step alone and vs "
+          "torch's clip_grad_norm_(foreach) + Adam(fused); ns per element per step")
+    print(report.format_clipstep(tables["clipstep"]))
+    print(f"\nThreads: single Adam steps (float32) on 1 and 2 threads, alternated; us per step, median "
+          f"and 90th percentile; {args.busy} spinning process(es) on the machine (--busy N)")
+    print(report.format_threads(tables["threads"]))
+    return tables
+
+
+def run_precision(args, torch, log, timing, threads):
+    """Mixed-precision Adam (see .precision)."""
+    from . import precision
+
+    log("mixed precision: bfloat16/float16 Adam")
+    rows = precision.run(args, torch, log, timing, threads)
+    print("\nMixed precision, Adam, ns per element per step: f32 (28 B/elem); bf16 params with a float32 "
+          "master copy and states (28 B); the same with bf16 moments (20 B);\nbf16/f16 params with "
+          "states in their dtype (14 B), and torch's fused step on the same bf16/f16 params")
+    print(report.format_precision(rows))
     return rows
 
 
@@ -154,6 +200,15 @@ def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
         print("torch-loop (foreach=False): on the 200 arrays only unless --torch-loop")
 
 
+def _print_matrix(rows):
+    if rows:
+        print("\nSteps that are not elementwise (Adafactor's row and column statistics, Muon's "
+              "Newton-Schulz products), ms per step;\ntorch-loop: foreach=False (Muon's only "
+              "implementation), torch-foreach: foreach=True; torch/fo: the faster torch / fastopt; BLAS "
+              "pinned to the row's threads")
+        print(report.format_matrix(rows))
+
+
 def _print_results(rows, clip_rows, opts, dtypes):
     if rows:
         print("Optimizer steps, ns per element per step (lower is better)")
@@ -192,22 +247,27 @@ def main(argv=None, prog="fastopt bench"):
     torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
     if args.lbfgs or not args.no_clip:
         _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
-    refs, refs_note = (None, None) if args.no_ceiling or not (opts or not args.no_clip) else ceiling.build()
+    steps_opts = [o for o in opts if o in ALGORITHMS]
+    refs, refs_note = ((None, None) if args.no_ceiling or not (steps_opts or not args.no_clip)
+                       else ceiling.build())
     info = report.machine_info()
     _print_head(info, torch, refs, refs_note, args.numpy_block, fastopt)
     print(flush=True)
 
-    cells = [(s, d, o, t) for s in sizes for d in dtypes for o in opts for t in threads]
+    cells = [(s, d, o, t) for s in sizes for d in dtypes for o in steps_opts for t in threads]
     clip_cells = [] if args.no_clip else [(d, t) for d in dtypes for t in threads]
-    total = len(cells) + len(clip_cells)
-    rows, clip_rows = [], []
+    matrix_cells = [(case, case.quick_shapes if args.quick else case.shapes, d, t)
+                    for o in opts if o in MATRIX_CASES for case in MATRIX_CASES[o]
+                    for d in dtypes if d.name in settings.MATRIX_DTYPES for t in threads]
+    total = len(cells) + len(clip_cells) + len(matrix_cells)
+    rows, clip_rows, matrix_rows = [], [], []
     t_start = time.perf_counter()
     done = 0
     try:
-        for size in sizes:
+        for size in sizes if steps_opts else ():
             for dtype in dtypes:
                 data = make_data(size, dtype)          # one size in memory at a time
-                for name in opts:
+                for name in steps_opts:
                     for th in threads:
                         done += 1
                         t0 = time.perf_counter()
@@ -234,20 +294,34 @@ def main(argv=None, prog="fastopt bench"):
                                       seconds_per_call=stats))
                 log(f"[{done:3d}/{total}] clip     {dtype.name:<7} {MANY_LABEL} thr={th}: "
                     f"fastopt {us['fastopt']:.1f} us, {reps} rounds, {time.perf_counter() - t0:.1f} s")
+        for case, shapes, dtype, th in matrix_cells:
+            done += 1
+            t0 = time.perf_counter()
+            stats, reps = bench_matrix_cell(case, shapes, dtype, th, torch, timing)
+            row = matrix_row(case, shapes, dtype, th, stats, reps)
+            matrix_rows.append(row)
+            log(f"[{done:3d}/{total}] {case.name:<8} {dtype.name:<7} {row['size']:>10} thr={th}: "
+                f"fastopt {row['ms_per_step']['fastopt']:.3g} ms, {reps} rounds, "
+                f"{time.perf_counter() - t0:.1f} s")
     finally:
         if refs is not None:
             refs.close()
     elapsed = time.perf_counter() - t_start
 
-    _print_results(rows, clip_rows, opts, dtypes)
-    print(f"\n{len(rows) + len(clip_rows)} cells in {elapsed:.1f} s")
+    _print_results(rows, clip_rows, steps_opts, dtypes)
+    _print_matrix(matrix_rows)
+    print(f"\n{len(rows) + len(clip_rows) + len(matrix_rows)} cells in {elapsed:.1f} s")
+    # the training-loop and precision tables are Adam's: they run when the run includes Adam
+    tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
+    if not args.no_precision and "adam" in opts:
+        tables["precision"] = run_precision(args, torch, log, timing, threads)
     lbfgs = run_lbfgs(args, log) if args.lbfgs else None
     lbfgsb = run_lbfgsb(args, log) if args.lbfgs else None
 
     checked = None
     if checks is not None:
-        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "lbfgs": lbfgs or [],
-                                             "lbfgsb": lbfgsb or []})
+        checked = targets_mod.check(checks, {"steps": rows, "clip": clip_rows, "matrix": matrix_rows,
+                                             "lbfgs": lbfgs or [], "lbfgsb": lbfgsb or [], **tables})
         print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
         print(targets_mod.format_check(checked))
 
@@ -260,7 +334,9 @@ def main(argv=None, prog="fastopt bench"):
     if args.json:
         report.write_json(args.json, machine=info, build_info=fastopt.build_info(),
                           torch=torch.__version__ if torch is not None else None,
-                          results=rows, clip=clip_rows, lbfgs=lbfgs, elapsed_s=elapsed,
+                          results=rows, clip=clip_rows, matrix=matrix_rows, lbfgs=lbfgs,
+                          lbfgsb=lbfgsb, **tables,
+                          elapsed_s=elapsed,
                           targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
         print(f"json: {args.json}")
     return 1 if checked and any(ok is False for ok, _ in checked) else 0

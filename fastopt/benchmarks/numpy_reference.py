@@ -252,9 +252,257 @@ class NumpyAdagrad(NumpyOptimizer):
         _scaled_ratio(g, s, eps, neg_clr, tmp[0], out)
 
 
+class NumpyNAdam(NumpyOptimizer):
+    """NAdam as torch.optim.NAdam (no weight decay): m, v as Adam;
+    mu_t = b1 (1 - 0.5 * 0.96^(t psi)), mu_prod = prod mu_1..t; d = sqrt(v / bc2) + eps;
+    p -= lr (1 - mu_t) / (1 - mu_prod) g / d + lr mu_{t+1} / (1 - mu_prod mu_{t+1}) m / d."""
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    n_tmp = 2
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3)
+
+    def _init_state(self):
+        self.mu_product = 1.0
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference NAdam: no weight decay")
+        b1, b2 = h["betas"]
+        t = self.step_count
+        mu = b1 * (1.0 - 0.5 * 0.96 ** (t * h["momentum_decay"]))
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * h["momentum_decay"]))
+        # torch keeps mu_product as a float32 tensor: rounded to float32 every step
+        self.mu_product = float(np.float32(self.mu_product * float(np.float32(mu))))
+        bc2_sqrt = math.sqrt(1.0 - b2 ** t)
+        # d = sqrt(v)/bc2_sqrt + eps = (sqrt(v) + eps bc2_sqrt) / bc2_sqrt: the bc2_sqrt goes
+        # into both step sizes
+        grad_step = -h["lr"] * (1.0 - mu) / (1.0 - self.mu_product) * bc2_sqrt
+        avg_step = -h["lr"] * mu_next / (1.0 - self.mu_product * mu_next) * bc2_sqrt
+        return (1.0 - b1, b2, 1.0 - b2, h["eps"] * bc2_sqrt, grad_step, avg_step)
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, c2, eps_s, grad_step, avg_step = sc
+        m, v = st
+        t, u = tmp[0], tmp[1]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        _average_square(v, g, b2, c2, t)
+        np.sqrt(v, out=t)
+        t += eps_s
+        np.divide(g, t, out=u)
+        np.divide(m, t, out=out)
+        out *= avg_step
+        u *= grad_step
+        out += u
+
+
+class NumpyRAdam(NumpyOptimizer):
+    """RAdam as torch.optim.RAdam (no weight decay): m, v as Adam; rho_t = rho_inf - 2 t b2^t / bc2;
+    if rho_t > 5: p -= lr r_t sqrt(bc2) / bc1 * m / (sqrt(v) + eps), else p -= lr / bc1 * m."""
+
+    state_names = ("exp_avg", "exp_avg_sq")
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference RAdam: no weight decay")
+        b1, b2 = h["betas"]
+        t = self.step_count
+        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_t = rho_inf - 2.0 * t * b2 ** t / bc2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            return (1.0 - b1, b2, 1.0 - b2, True, h["eps"], -h["lr"] * rect * math.sqrt(bc2) / bc1)
+        return (1.0 - b1, b2, 1.0 - b2, False, h["eps"], -h["lr"] / bc1)
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, c2, rectified, eps, step = sc
+        m, v = st
+        t = tmp[0]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        _average_square(v, g, b2, c2, t)
+        if rectified:
+            _scaled_ratio(m, v, eps, step, t, out)
+        else:
+            np.multiply(m, step, out=out)
+
+
+class NumpyAdamax(NumpyOptimizer):
+    """Adamax as torch.optim.Adamax (no weight decay): m as Adam; u = max(b2 u, |g| + eps);
+    p -= lr / bc1 * m / u."""
+
+    state_names = ("exp_avg", "exp_inf")
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Adamax: no weight decay")
+        b1, b2 = h["betas"]
+        return (1.0 - b1, b2, h["eps"], -h["lr"] / (1.0 - b1 ** self.step_count))
+
+    def _delta(self, g, st, tmp, out, sc):
+        c1, b2, eps, step = sc
+        m, u = st
+        t = tmp[0]
+        np.subtract(g, m, out=t)
+        t *= c1
+        m += t
+        np.abs(g, out=t)
+        t += eps
+        u *= b2
+        np.maximum(u, t, out=u)
+        np.divide(m, u, out=out)
+        out *= step
+
+
+class NumpyLion(NumpyOptimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"; no weight decay):
+    p -= lr sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g."""
+
+    state_names = ("exp_avg",)
+    n_tmp = 2
+    defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Lion: no weight decay")
+        b1, b2 = h["betas"]
+        return (b1, 1.0 - b1, b2, 1.0 - b2, -h["lr"])
+
+    def _delta(self, g, st, tmp, out, sc):
+        b1, c1, b2, c2, neg_lr = sc
+        (m,) = st
+        t = tmp[1]             # out may be tmp[0]
+        np.multiply(m, b1, out=out)
+        np.multiply(g, c1, out=t)
+        out += t
+        np.sign(out, out=out)
+        out *= neg_lr
+        m *= b2
+        np.multiply(g, c2, out=t)
+        m += t
+
+
+class NumpyAdadelta(NumpyOptimizer):
+    """Adadelta as torch.optim.Adadelta: v = rho v + (1-rho) g^2; d = sqrt(u + eps)/sqrt(v + eps) g;
+    u = rho u + (1-rho) d^2; p -= lr d."""
+
+    state_names = ("square_avg", "acc_delta")
+    n_tmp = 2
+    defaults = dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0)
+
+    def _scalars(self):
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference Adadelta: no weight decay")
+        return (h["rho"], 1.0 - h["rho"], h["eps"], -h["lr"])
+
+    def _delta(self, g, st, tmp, out, sc):
+        rho, c, eps, neg_lr = sc
+        v, u = st
+        d, t = tmp
+        _average_square(v, g, rho, c, d)
+        np.add(u, eps, out=d)
+        np.sqrt(d, out=d)
+        np.add(v, eps, out=t)
+        np.sqrt(t, out=t)
+        d /= t
+        d *= g
+        _average_square(u, d, rho, c, t)
+        np.multiply(d, neg_lr, out=out)
+
+
+class NumpyRprop(NumpyOptimizer):
+    """Rprop as torch.optim.Rprop: s = sign(g prev); step sizes times etaplus (s > 0) or etaminus
+    (s < 0), clamped; g = 0 where s < 0; p -= sign(g) step_size; prev = g."""
+
+    state_names = ("prev", "step_size")
+    n_tmp = 2
+    defaults = dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
+
+    def _init_state(self):
+        self.flat_state["step_size"][...] = self.hyper["lr"]
+        self._mask = np.empty(min(max(self.n, 1), self.block), dtype=bool)
+
+    def _scalars(self):
+        h = self.hyper
+        return h["etas"] + h["step_sizes"]
+
+    def _delta(self, g, st, tmp, out, sc):
+        etaminus, etaplus, lo, hi = sc
+        prev, size = st
+        s, f = tmp
+        mask = self._mask[:len(g)]
+        np.multiply(g, prev, out=s)
+        f.fill(1.0)
+        np.greater(s, 0, out=mask)
+        np.copyto(f, etaplus, where=mask)
+        np.less(s, 0, out=mask)
+        np.copyto(f, etaminus, where=mask)
+        size *= f
+        np.clip(size, lo, hi, out=size)
+        np.copyto(prev, g)
+        np.copyto(prev, 0, where=mask)          # no step where the gradient changed sign
+        np.sign(prev, out=out)
+        out *= size
+        np.negative(out, out=out)
+
+
+class NumpyASGD(NumpyOptimizer):
+    """ASGD as torch.optim.ASGD: p = p (1 - lambd eta) - eta g; ax += mu (p - ax) (ax = p while
+    mu = 1); then eta and mu of the next step, as float32 (torch's scalar tensors). The update
+    needs the new p, so this class steps each block in place itself."""
+
+    state_names = ("ax",)
+    defaults = dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0)
+
+    def _init_state(self):
+        self._eta = float(np.float32(self.hyper["lr"]))
+        self._mu = 1.0
+
+    def step(self, grads):
+        if isinstance(grads, np.ndarray):
+            grads = [grads]
+        h = self.hyper
+        if h["weight_decay"] != 0.0:
+            raise NotImplementedError("NumPy reference ASGD: no weight decay")
+        self.step_count += 1
+        t = self.step_count
+        eta, mu, decay = self._eta, self._mu, 1.0 - h["lambd"] * self._eta
+        tmp = self._tmp[0]
+        ax = self.flat_state["ax"]
+        B = self.block
+        for k, p in enumerate(self.params):
+            flat_p, flat_g = p.reshape(-1), grads[k].reshape(-1)
+            start, n = self._start[k], self.sizes[k]
+            for lo in range(0, n, B):
+                hi = min(lo + B, n)
+                pb, gb, ab, tb = flat_p[lo:hi], flat_g[lo:hi], ax[start + lo:start + hi], tmp[:hi - lo]
+                pb *= decay
+                np.multiply(gb, -eta, out=tb)
+                pb += tb
+                if mu != 1.0:
+                    np.subtract(pb, ab, out=tb)
+                    tb *= mu
+                    ab += tb
+                else:
+                    np.copyto(ab, pb)
+        self._eta = float(np.float32(h["lr"] / ((1 + h["lambd"] * h["lr"] * t) ** h["alpha"])))
+        self._mu = float(np.float32(1 / max(1, t - h["t0"])))
+
+
 NUMPY_OPTIMIZERS = {
     "adam": NumpyAdam, "adamw": NumpyAdamW, "sgd": NumpySGD, "rmsprop": NumpyRMSprop,
-    "adagrad": NumpyAdagrad,
+    "adagrad": NumpyAdagrad, "nadam": NumpyNAdam, "radam": NumpyRAdam, "adamax": NumpyAdamax,
+    "lion": NumpyLion, "adadelta": NumpyAdadelta, "rprop": NumpyRprop, "asgd": NumpyASGD,
 }
 
 

@@ -14,6 +14,9 @@ COLUMNS = ["fastopt", "mem-bound", "C-adam", "torch-fused", "torch-foreach", "to
 RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("fused/fo", "torch-fused", "fastopt"),
           ("numpy/fo", "numpy", "fastopt"), ("fo/C-adam", "fastopt", "C-adam")]
 CLIP_COLUMNS = ["fastopt", "mem-bound", "torch-foreach", "numpy"]
+#: The matrix table (steps that are not elementwise): ms per step; torch = the faster of torch's.
+MATRIX_COLUMNS = ["fastopt", "torch-loop", "torch-foreach"]
+MATRIX_RATIOS = [("torch/fo", "torch", "fastopt")]
 CLIP_RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("torch/fo", "torch-foreach", "fastopt"),
                ("numpy/fo", "numpy", "fastopt")]
 
@@ -100,6 +103,12 @@ def format_clip(rows):
     return _table(rows, keys, CLIP_COLUMNS, CLIP_RATIOS, "us_per_call")
 
 
+def format_matrix(rows):
+    """The matrix table (ms per step)."""
+    keys = [("optimizer", 9, "optimizer"), ("dtype", 7, "dtype"), ("size", 11, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, MATRIX_COLUMNS, MATRIX_RATIOS, "ms_per_step")
+
+
 def format_traffic(names, dtypes):
     """One line per algorithm: the arrays it reads and writes per element, and the bytes."""
     lines = []
@@ -167,5 +176,41 @@ def write_json(path, **payload):
     payload["results"] = [{k: v for k, v in r.items() if k != "n_key"} for r in payload.get("results", [])]
     payload["algorithms"] = {name: dict(cls=a.cls, hyper=dict(a.hyper), reads=a.reads, writes=a.writes)
                              for name, a in ALGORITHMS.items()}
+    payload["matrix"] = [{k: v for k, v in r.items() if k != "seconds_per_step"}
+                         for r in payload.get("matrix") or []]
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=1, default=str)
+
+
+def format_adapter(rows):
+    """The torch adapter table (µs per step; the adapter's extra ns per tensor)."""
+    keys = [("case", 14, "size"), ("tensors", 7, "tensors"), ("thr", 3, "threads")]
+    return _table(rows, keys, ["numpy-api", "adapter", "torch-fused", "extra ns/tensor"],
+                  [("adapter/np", "adapter", "numpy-api"), ("fused/adapter", "torch-fused", "adapter")],
+                  "us_per_step")
+
+
+def format_clipstep(rows):
+    """Adam with clipping inside the step (ns per element per step)."""
+    keys = [("size", 6, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, ["step", "clip+step", "torch-clip+fused"],
+                  [("clip/step", "clip+step", "step"), ("torch/clip", "torch-clip+fused", "clip+step")],
+                  "ns_per_elem")
+
+
+def format_threads(rows):
+    """1 and 2 threads, single steps (µs): median and 90th percentile."""
+    keys = [("size", 6, "size"), ("busy", 4, "busy")]
+    return _table(rows, keys, ["1thr-median", "2thr-median", "1thr-p90", "2thr-p90"],
+                  [("2/1 median", "2thr-median", "1thr-median"), ("2/1 p90", "2thr-p90", "1thr-p90")],
+                  "us_per_step")
+
+
+def format_precision(rows):
+    """Mixed-precision Adam (ns per element per step)."""
+    keys = [("size", 10, "size"), ("thr", 3, "threads")]
+    columns = ["f32", "bf16-master", "bf16-master-sbf16", "bf16", "f16", "torch-fused-bf16",
+               "torch-fused-f16"]
+    ratios = [("master/f32", "bf16-master", "f32"), ("f32/sbf16", "f32", "bf16-master-sbf16"),
+              ("fused/bf16", "torch-fused-bf16", "bf16"), ("fused/f16", "torch-fused-f16", "f16")]
+    return _table(rows, keys, columns, ratios, "ns_per_elem")

@@ -11,8 +11,10 @@ keeps the project's in ``bench/targets.json``)::
       {"table": "clip", "dtype": "float32", "ratio": ["torch-foreach", "fastopt"], "at_least": 3},
       {"table": "lbfgs", "max_n": 1000, "value": "ratio", "at_most": 0.1}]}
 
-A target applies to every row of its table that matches its filters -- ``optimizer``, ``dtype``,
-``size`` (a label of the table: ``1e7``, ``200 arrays``), ``threads``, ``min_elements`` /
+A target applies to every row of its table (``steps``, ``clip``, ``matrix`` -- the steps that are
+not elementwise, in ms, with ``torch`` the faster of torch's implementations --, ``lbfgs``,
+``lbfgsb``) that matches its filters -- ``optimizer``, ``dtype``,
+``size`` (a label of the table: ``1e7``, ``200 arrays``, ``512x512``), ``threads``, ``min_elements`` /
 ``max_elements`` (step and clip tables), ``min_n`` / ``max_n`` (L-BFGS) -- and each match is one
 check of one measured quantity:
 
@@ -20,7 +22,11 @@ check of one measured quantity:
 * ``overhead_us: [a, b]`` -- (``a`` - ``b``) in ns per element times the element count, in µs:
   the time per step that ``a`` spends beyond ``b``;
 * ``value: field`` -- a field of an L-BFGS or L-BFGS-B row (``ratio`` is fastopt / SciPy per
-  iteration).
+  iteration);
+* ``column: name`` -- one column of the row (the adapter's ``extra ns/tensor``).
+
+The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``clipstep``, ``threads``
+(filtered by ``busy``, the number of spinning processes of the run) and ``precision``.
 
 against ``at_most`` or ``at_least``; ``note`` is printed with it. A target that matches no row is
 reported as not measured. The bench exits with status 1 when a measured target is missed.
@@ -30,11 +36,14 @@ import numbers
 
 from .settings import NOISY
 
-TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "lbfgs": None, "lbfgsb": None}
+TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
+          "lbfgsb": None, "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
+          "precision": "ns_per_elem"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
-FILTERS = {"optimizer", "dtype", "size", "threads", "min_elements", "max_elements", "min_n", "max_n"}
-METRICS = {"ratio", "overhead_us", "value"}
+FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "min_elements", "max_elements", "min_n",
+           "max_n"}
+METRICS = {"ratio", "overhead_us", "value", "column"}
 KEYS = FILTERS | METRICS | {"table", "at_most", "at_least", "note"}
 
 
@@ -64,8 +73,11 @@ def load(path):
         if (metric == "value") != (t["table"] in VALUE_TABLES):
             raise ValueError(f"{where}: 'value' is for the {'/'.join(VALUE_TABLES)} tables, "
                              "'ratio'/'overhead_us' for the others")
-        if metric != "value" and not (isinstance(t[metric], list) and len(t[metric]) == 2
-                                      and all(isinstance(c, str) for c in t[metric])):
+        if metric == "column":
+            if not isinstance(t[metric], str):
+                raise ValueError(f"{where}: 'column' must be a column name")
+        elif metric != "value" and not (isinstance(t[metric], list) and len(t[metric]) == 2
+                                        and all(isinstance(c, str) for c in t[metric])):
             raise ValueError(f"{where}: {metric!r} must be a list of two column names")
         bounds = [k for k in ("at_most", "at_least") if k in t]
         if len(bounds) != 1 or not isinstance(t[bounds[0]], numbers.Real) or isinstance(t[bounds[0]], bool):
@@ -74,7 +86,8 @@ def load(path):
 
 
 def _matches(target, row):
-    if any(key in target and row.get(key) != target[key] for key in ("optimizer", "dtype", "size", "threads")):
+    if any(key in target and row.get(key) != target[key]
+           for key in ("optimizer", "dtype", "size", "threads", "busy")):
         return False
     count = row["n"]
     if any(key in target and count < target[key] for key in ("min_elements", "min_n")):
@@ -85,7 +98,10 @@ def _matches(target, row):
 def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
-    what = f"{row['optimizer']} " if table == "steps" else "clip_grad_norm_ "
+    if table in ("adapter", "clipstep", "threads", "precision"):
+        extra = f", busy {row['busy']}" if table == "threads" else f", {row['threads']} thr"
+        return f"{table} {row['size']}{extra}"
+    what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "
     return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"
 
 
@@ -94,6 +110,8 @@ def _measure(target, row):
     if "value" in target:
         return row.get(target["value"]), f"{target['value']}"
     values = row[TABLES[target["table"]]]
+    if "column" in target:
+        return values.get(target["column"]), target["column"]
     a, b = (target.get("ratio") or target.get("overhead_us"))
     x, y = values.get(a), values.get(b)
     if x is None or y is None:

@@ -1,0 +1,181 @@
+"""What a training loop pays around the kernel: the torch adapter, clipping, a busy machine.
+
+Three tables, each timed round-robin like the step table (:func:`.timing.measure`):
+
+* ``adapter`` -- ``fastopt.torch.Adam.step()`` against ``fastopt.Adam.step(grads)`` on the same
+  tensors (the adapter reads every ``.grad`` each step), and torch's fused step, from one tensor of
+  1e4 elements to 10,000 tensors of 100: µs per step, and the adapter's extra cost per tensor.
+* ``clipstep`` -- Adam with clipping: ``step(grads, max_norm=...)`` (one read pass for the norm,
+  the coefficient applied as the update reads the gradients) against the step alone and against
+  ``torch.nn.utils.clip_grad_norm_`` followed by ``torch.optim.Adam(fused=True).step()``.
+* ``threads`` -- the same Adam step on 1 and 2 threads, median and 90th percentile of single steps
+  (a stalled step shows in the tail), on a quiet machine or with ``--busy N`` spinning processes.
+"""
+import contextlib
+import multiprocessing
+import time
+
+import numpy as np
+
+from .timing import Contender, blas_limits, measure, noise
+
+#: The adapter's cases: (label, shapes).
+ADAPTER_CASES = (
+    ("1 x 1e4", ((10_000,),)),
+    ("MLP 64-64-10", ((64, 64), (64,), (64, 64), (64,), (10, 64), (10,))),
+    ("200 tensors", ((512, 512),) * 4 + ((512,),) * 96 + ((4096,),) * 100),
+    ("2000 x 500", ((500,),) * 2_000),
+    ("10000 x 100", ((100,),) * 10_000),
+)
+ADAPTER_QUICK = ("1 x 1e4", "MLP 64-64-10", "200 tensors", "2000 x 500")
+ADAM = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+CLIP_MAX_NORM = 1.0
+
+
+def _arrays(shapes, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
+
+
+def adapter_cell(torch, shapes, timing):
+    """({contender: stats}, rounds) for one adapter case."""
+    import fastopt
+    import fastopt.torch as ft
+    params0, grads = _arrays(shapes, 0), _arrays(shapes, 1, 1e-2)
+    numpy_opt = fastopt.Adam([p.copy() for p in params0], **ADAM)
+    contenders = [Contender("numpy-api", lambda: numpy_opt.step(grads))]
+    tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+    for p, g in zip(tparams, grads):
+        p.grad = torch.from_numpy(g.copy())
+    adapter = ft.Adam(tparams, **ADAM)
+    contenders.append(Contender("adapter", adapter.step))
+    fparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+    for p, g in zip(fparams, grads):
+        p.grad = torch.from_numpy(g.copy())
+    fused = torch.optim.Adam(fparams, fused=True, **ADAM)
+    contenders.append(Contender("torch-fused", fused.step))
+    return measure(contenders, **timing)
+
+
+def clipstep_cell(torch, n, timing):
+    """({contender: stats}, rounds): Adam at ``n`` float32 elements, with and without clipping."""
+    import fastopt
+    params0, grads = _arrays([(n,)], 2), _arrays([(n,)], 3, 1e-2)   # norm ~ 1e-2 sqrt(n) > max_norm
+    alone = fastopt.Adam([p.copy() for p in params0], **ADAM)
+    clipped = fastopt.Adam([p.copy() for p in params0], **ADAM)
+    contenders = [Contender("step", lambda: alone.step(grads)),
+                  Contender("clip+step", lambda: clipped.step(grads, max_norm=CLIP_MAX_NORM))]
+    if torch is not None:
+        tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+        for p, g in zip(tparams, grads):
+            p.grad = torch.from_numpy(g.copy())
+        topt = torch.optim.Adam(tparams, fused=True, **ADAM)
+        clip = torch.nn.utils.clip_grad_norm_
+
+        def torch_step():
+            clip(tparams, CLIP_MAX_NORM, foreach=True)
+            topt.step()
+        contenders.append(Contender("torch-clip+fused", torch_step))
+    return measure(contenders, **timing)
+
+
+def thread_cell(n, steps):
+    """Single Adam steps at ``n`` float32 elements on 1 and 2 threads, alternated: µs per step
+    ``{"1thr": [...], "2thr": [...]}``."""
+    import fastopt
+    params, grads = _arrays([(n,)], 4), _arrays([(n,)], 5, 1e-2)
+    opt = fastopt.Adam(params, **ADAM)
+    times = {1: [], 2: []}
+    before = fastopt.get_num_threads()
+    try:
+        for _ in range(3):
+            for th in (1, 2):
+                fastopt.set_num_threads(th)
+                opt.step(grads)                       # warm: state, helpers started
+        for _ in range(steps):
+            for th in (1, 2):
+                fastopt.set_num_threads(th)
+                t0 = time.perf_counter()
+                opt.step(grads)
+                times[th].append((time.perf_counter() - t0) * 1e6)
+    finally:
+        fastopt.set_num_threads(before)
+    return {f"{th}thr": xs for th, xs in times.items()}
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+@contextlib.contextmanager
+def busy_machine(n):
+    """``n`` processes spinning on a core each for the duration (nothing with n = 0)."""
+    if n <= 0:
+        yield
+        return
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    time.sleep(0.2)            # let them take their cores
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+
+
+def run(args, torch, log, timing, threads):
+    """The three tables' rows: {"adapter": [...], "clipstep": [...], "threads": [...]}."""
+    out = {"adapter": [], "clipstep": [], "threads": []}
+    import fastopt
+    before = fastopt.get_num_threads()
+    try:
+        if torch is not None:
+            cases = [c for c in ADAPTER_CASES if not args.quick or c[0] in ADAPTER_QUICK]
+            for label, shapes in cases:
+                for th in threads:
+                    fastopt.set_num_threads(th)
+                    torch.set_num_threads(th)
+                    with blas_limits(th):
+                        stats, reps = adapter_cell(torch, shapes, timing)
+                    us = {c: s["median"] * 1e6 for c, s in stats.items()}
+                    # what each tensor costs the adapter beyond the NumPy API, in ns
+                    us["extra ns/tensor"] = 1e3 * (us["adapter"] - us["numpy-api"]) / len(shapes)
+                    row = dict(size=label, n=int(sum(np.prod(s) for s in shapes)), tensors=len(shapes),
+                               threads=th, reps=reps, us_per_step=us, noise=noise(stats))
+                    out["adapter"].append(row)
+                    log(f"adapter {label:>14} thr={th}: numpy-api {us['numpy-api']:.1f} us, "
+                        f"adapter {us['adapter']:.1f} us")
+        n = 1_000_000 if args.quick else 10_000_000
+        for th in threads:
+            fastopt.set_num_threads(th)
+            if torch is not None:
+                torch.set_num_threads(th)
+            stats, reps = clipstep_cell(torch, n, timing)
+            ns = {c: s["median"] * 1e9 / n for c, s in stats.items()}
+            out["clipstep"].append(dict(size=f"1e{int(np.log10(n))}", n=n, threads=th, reps=reps,
+                                        ns_per_elem=ns, noise=noise(stats)))
+            log(f"clip+step 1e{int(np.log10(n))} thr={th}: step {ns['step']:.3g} ns/elem, "
+                f"clip+step {ns['clip+step']:.3g}")
+        steps = 60 if args.quick else 400
+        with busy_machine(args.busy):
+            for n in (10_000, 1_000_000):
+                times = thread_cell(n, steps if n < 1e6 else steps // 4)
+                values = {}
+                for key, xs in times.items():
+                    values[f"{key}-median"] = float(np.median(xs))
+                    values[f"{key}-p90"] = float(np.percentile(xs, 90))
+                out["threads"].append(dict(size=f"1e{int(np.log10(n))}", n=n, threads=2, busy=args.busy,
+                                           us_per_step=values, noise=None))
+                log(f"threads 1e{int(np.log10(n))} busy={args.busy}: 1 thr {values['1thr-median']:.1f} us, "
+                    f"2 thr {values['2thr-median']:.1f} us (p90 {values['2thr-p90']:.1f})")
+    finally:
+        fastopt.set_num_threads(before)
+    return out
+

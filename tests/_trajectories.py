@@ -6,6 +6,11 @@ variant the environment forces (``FASTOPT_FORCE_ISA``), so the same script recor
 of every variant of a portable build and of a native build; the build tests compare the optimizer
 steps bit for bit and L-BFGS's results (``lbfgs-*`` keys: FMA makes its last bits differ) closely.
 It prints the kernel module and the L-BFGS module that ran, and the kernels' vector ISA.
+
+Every algorithm runs in float32 and float64; those without a compiled driver also run with float16
+params (and bfloat16 ones when ml_dtypes is installed) in each mixed-precision mode: rounded once,
+float32 gradients, float32 master weights (and bfloat16 moments), stochastic rounding. Half-precision
+arrays are saved as their bits (uint16), so ``np.load`` needs no ml_dtypes.
 """
 import sys
 
@@ -23,28 +28,99 @@ CONFIGS = [
     ("RMSprop", dict(lr=0.01)),
     ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.01)),
     ("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    ("NAdam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, momentum_decay=0.02, weight_decay=0.05)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.02, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.05, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3, weight_decay=0.1, maximize=True)),
+    ("Adamax", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, maximize=True)),
+    ("Lion", dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True)),
+    ("Adadelta", dict(lr=0.7, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True)),
+    ("Rprop", dict(lr=0.05, etas=(0.6, 1.1), step_sizes=(1e-4, 0.1), maximize=True)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=3, weight_decay=0.05, maximize=True)),
+    ("Adafactor", dict(lr=0.01)),
+    ("Adafactor", dict(lr=0.5, beta2_decay=-1.0, eps=(1e-3, 0.1), d=2.0, weight_decay=0.05, maximize=True)),
+    ("Muon", dict(lr=0.02)),
+    ("Muon", dict(lr=0.02, weight_decay=0.05, momentum=0.9, nesterov=False, ns_steps=3,
+                  adjust_lr_fn="match_rms_adamw")),
 ]
 SHAPES = [(3,), (17, 5), (1000,), (33, 33), (7,)]
+#: shapes for algorithms with rules of their own: Muon takes matrices only; Adafactor factors
+#: every param of two or more dimensions (a 3-D one: a stack of matrices).
+SHAPES_OF = {"Muon": [(17, 5), (33, 33), (5, 40), (64, 3)],
+             "Adafactor": SHAPES + [(3, 4, 5)]}
+
+
+#: a float16 signaling NaN with a payload (quieted: 0x7E05)
+NAN_F16_BITS = 0x7C05
+
+
+def _half_dtypes():
+    """float16, and bfloat16 when ml_dtypes is installed."""
+    dtypes = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return dtypes
+    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
+
+
+def _modes(dtype):
+    """The mixed-precision modes of a half-precision param: (name, optimizer options, grad dtype)."""
+    modes = [("rounded", {}, dtype), ("f32grad", {}, np.float32),
+             ("master", dict(master_weights=True), dtype)]
+    if dtype.name == "float16":
+        # NaN gradients with a payload (a signaling NaN's bits): the baseline's portable float16
+        # conversions and F16C's must quiet it and keep its payload alike
+        modes += [("nan", {}, dtype)]
+    if dtype.name == "bfloat16":
+        modes += [("master-bf16state", dict(master_weights=True, state_dtype="bfloat16"), dtype),
+                  ("stochastic", dict(stochastic_rounding=True, seed=1234), dtype)]
+    return modes
+
+
+def _runs():
+    """(key, algorithm, options, param dtype, grad dtype, clip) of every recorded run."""
+    for c, (name, kwargs) in enumerate(CONFIGS):
+        for dtype in (np.float32, np.float64):
+            yield f"{c}-{name}-{np.dtype(dtype).name}", c, name, kwargs, dtype, dtype, True
+        if getattr(fastopt, name).algorithm.driver is not None:
+            continue    # drivers take float32 and float64 params only
+        for dtype in _half_dtypes():
+            for mode, options, grad_dtype in _modes(dtype):
+                yield (f"{c}-{name}-{dtype.name}-{mode}", c, name, dict(kwargs, **options), dtype,
+                       grad_dtype, False)
+
+
+def _saved(value):
+    """``value`` as an array np.savez stores and np.load reads back without ml_dtypes: half
+    precision as its bits."""
+    value = np.asarray(value)
+    if value.dtype.itemsize == 2 and value.dtype.kind not in "iu":
+        return np.ascontiguousarray(value).view(np.uint16)
+    return value
 
 
 def trajectories(steps=25, seed=0):
     out = {}
-    for c, (name, kwargs) in enumerate(CONFIGS):
-        for dtype in (np.float32, np.float64):
-            rng = np.random.default_rng(seed + c)
-            params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-            opt = getattr(fastopt, name)(params, **kwargs)
-            for t in range(steps):
-                grads = [(np.sin(3.0 * p + t) + 0.1 * rng.standard_normal(p.shape)).astype(dtype) for p in params]
-                if t % 5 == 4:
-                    fastopt.clip_grad_norm_(grads, 1.0)
-                opt.step(grads)
-            key = f"{c}-{name}-{np.dtype(dtype).name}"
-            for i, p in enumerate(params):
-                out[f"{key}-param{i}"] = p
-            for i, entry in opt.state_dict()["state"].items():
-                for buf, value in entry.items():
-                    out[f"{key}-state{i}-{buf}"] = np.asarray(value)
+    for key, c, name, kwargs, dtype, grad_dtype, clip in _runs():
+        rng = np.random.default_rng(seed + c)
+        shapes = SHAPES_OF.get(name, SHAPES)
+        params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        opt = getattr(fastopt, name)(params, **kwargs)
+        for t in range(steps):
+            grads = [(np.sin(3.0 * p.astype(np.float64) + t) + 0.1 * rng.standard_normal(p.shape))
+                     .astype(grad_dtype) for p in params]
+            if key.endswith("-nan"):
+                for g in grads:     # one payload everywhere: no NaN meets another of other bits
+                    g.view(np.uint16).flat[t % 3::7] = NAN_F16_BITS
+            if clip and t % 5 == 4:
+                fastopt.clip_grad_norm_(grads, 1.0)
+            opt.step(grads)
+        for i, p in enumerate(params):
+            out[f"{key}-param{i}"] = _saved(p)
+        for i, entry in opt.state_dict()["state"].items():
+            for buf, value in entry.items():
+                out[f"{key}-state{i}-{buf}"] = _saved(value)
     return out
 
 

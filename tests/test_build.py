@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import _backend
+from fastopt import _backend, _dtypes
 from fastopt._core import _isa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +124,26 @@ def _assert_same_results(ref, other):
             np.testing.assert_allclose(other[key], value, rtol=1e-6, atol=1e-4, err_msg=key)
         else:
             assert value.tobytes() == other[key].tobytes(), key
+
+
+def test_the_trajectories_cover_every_algorithm_and_precision():
+    """The cross-variant comparison runs every declared algorithm in float32 and float64, and
+    every algorithm without a driver with half-precision params in every mixed-precision mode."""
+    import _trajectories
+    from fastopt.algorithms import ALGORITHMS
+    runs = list(_trajectories._runs())
+    assert {name for _, _, name, *_ in runs} == {a.name for a in ALGORITHMS}
+    for a in ALGORITHMS:
+        dtypes = {np.dtype(dtype).name for _, _, name, _, dtype, _, _ in runs if name == a.name}
+        half = set() if a.driver is not None else {d.name for d in _trajectories._half_dtypes()}
+        assert dtypes == {"float32", "float64"} | half, a.name
+    if _dtypes.bf16_dtype() is not None:
+        modes = {key.split("-", 3)[3] for key, _, _, _, dtype, *_ in runs
+                 if np.dtype(dtype).name == "bfloat16"}
+        assert modes == {"rounded", "f32grad", "master", "master-bf16state", "stochastic"}
+    modes = {key.split("-", 3)[3] for key, _, _, _, dtype, *_ in runs
+             if np.dtype(dtype).name == "float16"}
+    assert modes == {"rounded", "f32grad", "master", "nan"}
 
 
 def _runnable_variants():

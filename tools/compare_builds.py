@@ -14,7 +14,9 @@ median of the repeats' ratios (and their range).
 Cells: Adam, SGD (momentum), RMSprop and Adagrad (the benchmark's hyperparameters) at 1e4, 1e6 and
 1e7 elements and on the 200-array model, float32 and float64, on 1 and 2 threads; and L-BFGS's time
 per iteration outside the objective (chained Rosenbrock, m = 10, one BLAS thread) at n = 1e3 and
-1e5. Prints each worker's ``fastopt.build_info()`` variant first.
+1e5. With ``--drivers``, also the algorithms with a compiled driver of the bench's matrix table
+(Adafactor 512x512 and 4096x1024, Muon 4x256x256; float32, one thread). Prints each worker's
+``fastopt.build_info()`` variant first.
 """
 import argparse
 import json
@@ -55,6 +57,15 @@ class _Worker:
         opt.step(grads)
         return lambda: opt.step(grads)
 
+    def _matrix_cell(self, cell):
+        from fastopt.benchmarks.cases import make_data
+        import numpy as np
+        shapes = [tuple(s) for s in cell["shapes"]]
+        params, grads = make_data(None, np.dtype("float32"), shapes=shapes)
+        opt = getattr(self.fastopt, cell["cls"])(params, **cell["hyper"])
+        opt.step(grads)
+        return lambda: opt.step(grads)
+
     def _lbfgs_run(self, cell):
         from fastopt.benchmarks.lbfgs_vs_scipy import chained_rosenbrock, chained_rosenbrock_start
         n = cell["n"]
@@ -81,7 +92,9 @@ class _Worker:
         key = json.dumps(cell, sort_keys=True)
         if key not in self.cells:
             lbfgs = cell["kind"] == "lbfgs"
-            self.cells[key] = (lbfgs, self._lbfgs_run(cell) if lbfgs else self._step_cell(cell))
+            make = {"lbfgs": self._lbfgs_run, "matrix": self._matrix_cell}.get(cell["kind"],
+                                                                             self._step_cell)
+            self.cells[key] = (lbfgs, make(cell))
         self.fastopt.set_num_threads(cell.get("threads", 1))
         return key
 
@@ -139,7 +152,13 @@ class _Client:
         self.proc.wait(timeout=60)
 
 
-def cells(quick=False):
+#: --drivers: (class, shapes, hyperparameters) of the bench's matrix cases, Muon at its quick size
+DRIVER_CELLS = (("Adafactor", ((512, 512),), dict(lr=1e-2)),
+                ("Adafactor", ((4096, 1024),), dict(lr=1e-2)),
+                ("Muon", ((256, 256),) * 4, dict(lr=2e-2)))
+
+
+def cells(quick=False, drivers=False):
     for algorithm in ALGORITHMS:
         for size in SIZES:
             for dtype in ("float32", "float64"):
@@ -149,9 +168,16 @@ def cells(quick=False):
                     yield dict(kind="step", algorithm=algorithm, size=size, dtype=dtype, threads=threads)
     for n in LBFGS_SIZES:
         yield dict(kind="lbfgs", n=n, threads=1)
+    if drivers:
+        for cls, shapes, hyper in DRIVER_CELLS:
+            yield dict(kind="matrix", cls=cls, shapes=shapes, hyper=hyper, threads=1)
 
 
 def label(cell):
+    if cell["kind"] == "matrix":
+        shapes = cell["shapes"]
+        size = "x".join(map(str, shapes[0]))
+        return f"{cell['cls']} {len(shapes)}x{size}" if len(shapes) > 1 else f"{cell['cls']} {size}"
     if cell["kind"] == "lbfgs":
         return f"L-BFGS overhead, n = {cell['n']:.0e}".replace("e+0", "e")
     size = "200 arrays" if cell["size"] == "200x" else cell["size"]
@@ -190,15 +216,20 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="float32, one thread only")
     ap.add_argument("--only", default="", help="only the cells whose label contains this text")
+    ap.add_argument("--threads", default="1,2", help="thread counts of the step cells (default 1,2)")
+    ap.add_argument("--drivers", action="store_true",
+                    help="also Adafactor and Muon (compiled drivers), float32, one thread")
     args = ap.parse_args(argv)
+    threads = args.threads.split(",")
     a, b = _Client(args.python_a), _Client(args.python_b)
     try:
         print(f"A: {args.python_a}: {a.ask('info')}")
         print(f"B: {args.python_b}: {b.ask('info')}")
         table = {}
         for repeat in range(args.repeats):
-            for cell in cells(args.quick):
-                if args.only not in label(cell):
+            for cell in cells(args.quick, args.drivers):
+                if args.only not in label(cell) or (cell["kind"] == "step" and
+                                                   str(cell["threads"]) not in threads):
                     continue
                 ratio, ta, tb = measure_cell(a, b, cell, args.rounds)
                 table.setdefault(label(cell), []).append((ratio, ta, tb))

@@ -17,18 +17,24 @@ and drops into an existing training loop::
 How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
 params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
 param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
-truth, so LR schedulers and hand edits of ``param_groups`` work), views each ``p.grad`` as NumPy
-(no copy) and runs the fused update in place. The params' autograd version counters are bumped, as
-an in-place torch op would do.
+truth, so LR schedulers and hand edits of ``param_groups`` work), reads each ``p.grad``'s data
+pointer, dtype, size and layout in C (``fastopt/_core/_tensor_gather.pyx``: no NumPy array per
+gradient per step; anything unusual takes a precise path that raises naming the param) and runs
+the fused update in place. The params' autograd version counters are bumped, as an in-place torch
+op would do. ``step(max_norm=..., norm_type=2.0)`` clips by the global gradient norm inside the
+step (``grad_norm`` keeps the norm), bit-identical to :func:`fastopt.clip_grad_norm_` on the
+gradients followed by ``step()``.
 
 State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
 (``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
 ``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
 a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others).
 
-Supported tensors: dense (strided), contiguous, CPU, float32 or float64, for params and grads.
-Anything else (CUDA, sparse, complex, float16/bfloat16, non-contiguous) raises a TypeError or
-ValueError that names the param; nothing is copied behind your back. ``capturable=True`` and
+Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
+(half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
+options of the NumPy classes), with grads of the param's dtype or, for half params, float32.
+Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
+the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
 checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
 
@@ -67,6 +73,14 @@ _SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64
               "bfloat16 (gradients: their param's dtype, or float32 for a float16/bfloat16 param)")
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _torch_dtype(dtype):
+    """The torch dtype of a NumPy dtype fastopt keeps state in (bfloat16: ml_dtypes' or the uint16
+    bits of a BF16Array)."""
+    if dtype.name == "bfloat16" or dtype == np.uint16:
+        return torch.bfloat16
+    return {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype.name]
 
 
 def _as_numpy(t):
@@ -430,6 +444,12 @@ class _Adapter(torch.optim.Optimizer):
         old_defaults = dict(self.defaults)
         super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts
         loaded = self.__dict__.pop("state", {})
+        # torch casts every floating-point state to its param's dtype; fastopt keeps some in
+        # another (a float32 master copy, bfloat16 moments, float32 scalars such as NAdam's
+        # mu_product): those are taken as saved and cast to the dtype fastopt keeps them in
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        own = [p for group in self.param_groups for p in group["params"]]
+        saved = {id(p): state_dict["state"].get(i, {}) for i, p in zip(saved_ids, own)}
         # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
         # (its optimizers' __setstate__), and so does this class, from the declaration.
         self.param_groups = [_ParamGroup(group) for group in self.param_groups]
@@ -454,7 +474,15 @@ class _Adapter(torch.optim.Optimizer):
                     if name == "step":
                         converted[name] = int(value.item()) if isinstance(value, torch.Tensor) else value
                     elif isinstance(value, torch.Tensor):
-                        problem = _tensor_problem(value, f"state '{name}' of param {index[id(key)]}", like=key)
+                        where = f"state '{name}' of param {index[id(key)]}"
+                        original = saved.get(id(key), {}).get(name) if isinstance(saved.get(id(key)), dict) else None
+                        if isinstance(original, torch.Tensor) and original.is_floating_point() \
+                                and value.is_floating_point():
+                            kept = _torch_dtype(self._fo._kept_dtype(index[id(key)], name))
+                            value = original.detach().to(kept)
+                            problem = _tensor_problem(value, where)   # fastopt checks dtype, shape
+                        else:
+                            problem = _tensor_problem(value, where, like=key)
                         if problem is not None and not isinstance(problem, ValueError):
                             raise problem
                         converted[name] = _as_numpy(value.contiguous())

@@ -25,7 +25,8 @@ from reference import RefOptimizer, clip_grad_norm, clip_grad_value, lerp  # noq
 
 CLASSES = {"SGD": fastopt.SGD, "Adam": fastopt.Adam, "AdamW": fastopt.AdamW,
            "RMSprop": fastopt.RMSprop, "Adagrad": fastopt.Adagrad, "Adadelta": fastopt.Adadelta,
-           "Rprop": fastopt.Rprop, "ASGD": fastopt.ASGD}
+           "Rprop": fastopt.Rprop, "ASGD": fastopt.ASGD, "NAdam": fastopt.NAdam, "RAdam": fastopt.RAdam,
+           "Adamax": fastopt.Adamax, "Lion": fastopt.Lion}
 
 unit = st.floats(0.0, 0.999)
 small = st.floats(0.0, 0.5)
@@ -43,6 +44,28 @@ def hyper_strategy(name):
         return st.fixed_dictionaries({
             "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.999)), "eps": eps,
             "weight_decay": st.sampled_from([0.0]) | small, "amsgrad": st.booleans(), "maximize": st.booleans(),
+        })
+    if name == "NAdam":
+        return st.fixed_dictionaries({
+            "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.999)), "eps": eps,
+            "weight_decay": st.sampled_from([0.0]) | small, "momentum_decay": st.sampled_from([0.0, 4e-3]) | small,
+            "decoupled_weight_decay": st.booleans(), "maximize": st.booleans(),
+        })
+    if name == "RAdam":
+        return st.fixed_dictionaries({
+            "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.999)), "eps": eps,
+            "weight_decay": st.sampled_from([0.0]) | small, "decoupled_weight_decay": st.booleans(),
+            "maximize": st.booleans(),
+        })
+    if name == "Adamax":
+        return st.fixed_dictionaries({
+            "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.999)), "eps": eps,
+            "weight_decay": st.sampled_from([0.0]) | small, "maximize": st.booleans(),
+        })
+    if name == "Lion":
+        return st.fixed_dictionaries({
+            "lr": lr, "betas": st.tuples(unit, unit) | st.just((0.9, 0.99)),
+            "weight_decay": st.sampled_from([0.0]) | small, "maximize": st.booleans(),
         })
     if name == "RMSprop":
         return st.fixed_dictionaries({
@@ -139,7 +162,8 @@ def run_scenario(name, sc):
     group_params = [params[:cut]] + ([params[cut:]] if cut < len(params) else [])
     groups = [dict(h, params=ps) for ps, h in zip(group_params, sc["hypers"])]
     ref = RefOptimizer(name, groups, skip_nonfinite=sc["skip_nonfinite"])
-    kwargs = {k: v for k, v in groups[0].items() if k not in ("params", "decoupled_weight_decay")}
+    kwargs = {k: v for k, v in groups[0].items()
+              if k != "params" and not (k == "decoupled_weight_decay" and name == "AdamW")}
     opt = CLASSES[name]([groups[0]] + groups[1:], skip_nonfinite=sc["skip_nonfinite"], **kwargs)
     old_min = kernels.get_parallel_min_size()
     fastopt.set_num_threads(sc["threads"])

@@ -496,7 +496,7 @@ CASES = [
     Case("load_state_array_missing", rewrite_meta(lambda m: m["state"][0]["arrays"].__setitem__("exp_avg", "nope")),
          lambda c: load(c.opt, c.path), ValueError, r"state\[0\]\['exp_avg'\] refers to a missing array"),
     Case("load_state_array_swapped", rewrite_meta(lambda m: m["state"][0]["arrays"].__setitem__("exp_avg", "state.1.exp_avg")),
-         lambda c: load(c.opt, c.path), ValueError, r"state\[0\]\['exp_avg'\] has shape \(2, 3\)"),
+         lambda c: load(c.opt, c.path), ValueError, r"state_dict\['state'\]\[0\]\['exp_avg'\] has shape \(2, 3\)"),
 ]
 
 

@@ -8,7 +8,8 @@ Two builds (``fastopt.build_info()["build"]`` says which one is installed):
 
 * **portable** (the default; what a wheel holds): every module is compiled for the compiler's
   baseline target (x86-64: SSE2, any x86-64 CPU), and each module with vector code -- the update
-  kernels ``fastopt._core._kernels`` and L-BFGS ``fastopt._lbfgs`` -- once more per instruction-set
+  kernels ``fastopt._core._kernels``, L-BFGS ``fastopt._lbfgs`` and the bucket driver
+  ``fastopt._core._bucket`` (the compiled drivers' own loops) -- once more per instruction-set
   variant the compiler supports, as ``<module>_<variant>``: ``avx2`` (x86-64-v3: ``-mavx2 -mfma
   -mf16c -mbmi -mbmi2 -mlzcnt -mmovbe -mpopcnt``) and ``avx512`` (x86-64-v4: those and ``-mavx512f
   -mavx512cd -mavx512vl -mavx512bw -mavx512dq``). The variants
@@ -129,7 +130,7 @@ for _module in isa.DISPATCHED:
 def _build_cost(ext):
     """Rough order of compile time (the kernels first), so parallel jobs end together."""
     module, _ = VARIANT_OF.get(ext.name, (ext.name, None))
-    return {"fastopt._core._kernels": 0, "fastopt._lbfgs": 1}.get(module, 2)
+    return {"fastopt._core._kernels": 0, "fastopt._lbfgs": 1, "fastopt._core._bucket": 2}.get(module, 3)
 
 
 extensions = [

@@ -2,16 +2,18 @@
 as one namespace.
 
 A portable build (the default) holds the modules with vector code -- the update kernels
-``fastopt._core._kernels`` and L-BFGS ``fastopt._lbfgs`` -- compiled for baseline x86-64 and once per
+``fastopt._core._kernels``, L-BFGS ``fastopt._lbfgs`` and the bucket driver
+``fastopt._core._bucket`` -- compiled for baseline x86-64 and once per
 variant the compiler supported (``fastopt/_core/_isa.py``: ``avx2``, ``avx512``). Here, once per
 process, the best variant whose CPU features the running CPU has (``fastopt._core._cpu``: cpuid,
 with the OS saving the registers) is chosen for every module; ``FASTOPT_FORCE_ISA=baseline|avx2|
 avx512`` (or ``FASTOPT_FORCE_BASELINE=1``) chooses one instead, for tests and for comparing
 variants. A native build (``FASTOPT_NATIVE=1``) has one target and nothing to choose.
 
-Every kernel variant compiles the same source with ``-ffp-contract=off``, so optimizer steps are
-bit-identical whatever is chosen. The drivers (``_bucket``, ``_reduce``) are compiled once and call
-the chosen kernel module through its kernel table. The chosen L-BFGS module is installed as
+Every variant compiles the same source with ``-ffp-contract=off``, so optimizer steps are
+bit-identical whatever is chosen. The bucket driver ``_bucket`` (with the compiled drivers' own
+loops) is dispatched too; it and ``_reduce`` (compiled once) call the chosen kernel module through
+its kernel table. The chosen L-BFGS module is installed as
 ``fastopt._lbfgs`` (``sys.modules`` and the package attribute), so ``from fastopt import _lbfgs``
 gets it; L-BFGS is built with FMA contraction, so its last bits depend on the variant.
 """
@@ -21,7 +23,7 @@ import sys
 import types
 
 from . import _build_config
-from ._core import _bucket, _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
+from ._core import _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
@@ -87,6 +89,7 @@ def _load(module):
 
 selected = _load("fastopt._core._kernels")
 lbfgs_module = _load("fastopt._lbfgs")
+_bucket = _load("fastopt._core._bucket")
 # L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
 sys.modules["fastopt._lbfgs"] = lbfgs_module
 setattr(sys.modules[__package__], "_lbfgs", lbfgs_module)

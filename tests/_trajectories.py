@@ -5,7 +5,8 @@ results (used across builds and instruction-set variants).
 variant the environment forces (``FASTOPT_FORCE_ISA``), so the same script records the trajectories
 of every variant of a portable build and of a native build; the build tests compare the optimizer
 steps bit for bit and L-BFGS's results (``lbfgs-*`` keys: FMA makes its last bits differ) closely.
-It prints the kernel module and the L-BFGS module that ran, and the kernels' vector ISA.
+It prints the kernel module, the L-BFGS module and the bucket driver's module that ran, and the
+kernels' vector ISA.
 
 Every algorithm runs in float32 and float64; those without a compiled driver also run with float16
 params (and bfloat16 ones when ml_dtypes is installed) in each mixed-precision mode: rounded once,
@@ -163,4 +164,4 @@ def lbfgs_results():
 if __name__ == "__main__":
     np.savez(sys.argv[1], **trajectories(), **lbfgs_results())
     print(fastopt._backend.kernels.__name__, fastopt._lbfgs.__name__,
-          fastopt._backend.kernels.vector_isa())
+          fastopt._backend.kernels.ParamBucket.__module__, fastopt._backend.kernels.vector_isa())

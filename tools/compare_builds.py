@@ -5,10 +5,13 @@
 Each interpreter runs a worker process (this file with ``--worker``) that imports its own fastopt
 and keeps every cell's data and optimizer alive. For each cell the driver asks the two workers for
 one timed sample in turn (A B, B A, A B, ...: the order alternates so neither always runs right
-after the other), for ``--rounds`` rounds; a sample is ``k`` steps timed inside the worker (for
-L-BFGS, the fastest of a few runs: on a shared machine one run varies by 10x). The
-cell's ratio is the median over rounds of B's time / A's time, so a machine that gets busier or
-quieter slows both alike. ``--repeats`` runs the whole table again and reports, per cell, the
+after the other), for ``--rounds`` rounds; a sample is ``k`` steps timed inside the worker, about
+``--sample-ms`` long (for L-BFGS, the fastest of a few runs: on a shared machine one run varies by
+10x). The cell's ratio is the median over rounds of B's time / A's time, so a machine that gets
+busier or quieter slows both alike. Each worker decides when a step goes parallel by the same
+fixed size (``--parallel-min-size``) rather than by its own calibration of the pool's wake-up,
+which differs from process to process on a busy machine (one worker ran 1e6 elements on two
+threads, the other on one). ``--repeats`` runs the whole table again and reports, per cell, the
 median of the repeats' ratios (and their range).
 
 Cells: Adam, SGD (momentum), RMSprop and Adagrad (the benchmark's hyperparameters) at 1e4, 1e6 and
@@ -35,9 +38,10 @@ LBFGS_SIZES = (1_000, 100_000)
 # ------------------------------------------------------------------------------------------------
 
 class _Worker:
-    def __init__(self):
+    def __init__(self, parallel_min_size):
         import fastopt
         self.fastopt = fastopt
+        fastopt._backend.kernels.set_parallel_min_size(parallel_min_size)
         self.cells = {}
         try:
             from threadpoolctl import threadpool_limits
@@ -110,8 +114,8 @@ class _Worker:
         return (time.perf_counter() - t0) / k
 
 
-def worker_main():
-    worker = _Worker()
+def worker_main(parallel_min_size):
+    worker = _Worker(parallel_min_size)
     for line in sys.stdin:
         request = json.loads(line)
         op = request.pop("op")
@@ -135,8 +139,9 @@ def worker_main():
 # ------------------------------------------------------------------------------------------------
 
 class _Client:
-    def __init__(self, python):
-        self.proc = subprocess.Popen([python, "-P", __file__, "--worker"], stdin=subprocess.PIPE,
+    def __init__(self, python, parallel_min_size):
+        self.proc = subprocess.Popen([python, "-P", __file__, "--worker", str(parallel_min_size)],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd="/")
 
     def ask(self, op, **kwargs):
@@ -184,14 +189,14 @@ def label(cell):
     return f"{cell['algorithm']} {size} {cell['dtype']} {cell['threads']}t"
 
 
-def measure_cell(a, b, cell, rounds):
+def measure_cell(a, b, cell, rounds, sample_seconds):
     """Median over rounds of b's time / a's time, and each one's median time (seconds)."""
     keys = [c.ask("setup", cell=cell) for c in (a, b)]
     if cell["kind"] == "lbfgs":
         k = 5 if cell["n"] <= 10_000 else 3
     else:
         est = a.ask("sample", key=keys[0], k=1)
-        k = max(1, int(2e-3 / max(est, 1e-7)))
+        k = max(1, int(sample_seconds / max(est, 1e-7)))
     for c, key in zip((a, b), keys):     # warm-up
         c.ask("sample", key=key, k=k)
     ta, tb, ratios = [], [], []
@@ -217,11 +222,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="float32, one thread only")
     ap.add_argument("--only", default="", help="only the cells whose label contains this text")
     ap.add_argument("--threads", default="1,2", help="thread counts of the step cells (default 1,2)")
+    ap.add_argument("--sample-ms", type=float, default=5.0,
+                    help="the length of one timed sample of a step cell (default 5 ms)")
+    ap.add_argument("--parallel-min-size", type=int, default=65536,
+                    help="both workers' fastopt parallel_min_size (default 65536 units of work)")
     ap.add_argument("--drivers", action="store_true",
                     help="also Adafactor and Muon (compiled drivers), float32, one thread")
     args = ap.parse_args(argv)
     threads = args.threads.split(",")
-    a, b = _Client(args.python_a), _Client(args.python_b)
+    a, b = (_Client(python, args.parallel_min_size) for python in (args.python_a, args.python_b))
     try:
         print(f"A: {args.python_a}: {a.ask('info')}")
         print(f"B: {args.python_b}: {b.ask('info')}")
@@ -231,7 +240,7 @@ def main(argv=None):
                 if args.only not in label(cell) or (cell["kind"] == "step" and
                                                    str(cell["threads"]) not in threads):
                     continue
-                ratio, ta, tb = measure_cell(a, b, cell, args.rounds)
+                ratio, ta, tb = measure_cell(a, b, cell, args.rounds, args.sample_ms * 1e-3)
                 table.setdefault(label(cell), []).append((ratio, ta, tb))
                 print(f"  [{repeat + 1}/{args.repeats}] {label(cell):34s} B/A {ratio:.3f}",
                       file=sys.stderr, flush=True)
@@ -251,7 +260,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        worker_main()
+    if sys.argv[1:2] == ["--worker"]:
+        worker_main(int(sys.argv[2]))
     else:
         main()

@@ -13,8 +13,9 @@
 #   helpers (torch.lerp's two forms, torch.maximum, torch.sign) are branch-free, so they vectorize.
 # * Reductions sum fixed blocks with 16 accumulators in index order (lane j takes the elements with
 #   index % 16 == j), so their result does not depend on the vector width or the thread count.
-# * Everything is reached through one KernelTable (table_capsule()): the drivers in _bucket and
-#   _reduce are compiled once and call whichever instruction-set variant was chosen at import.
+# * Everything is reached through one KernelTable (table_capsule()): the drivers in _bucket (whose
+#   variant fastopt._backend chooses with this module's) and _reduce (compiled once) call whichever
+#   instruction-set variant was chosen at import.
 #
 # Every module is built with -O3 -fno-math-errno -ffp-contract=off: sqrt vectorizes, and no FMA is
 # contracted, so every variant rounds exactly alike (bit-identical steps on any CPU).

@@ -1,27 +1,98 @@
-"""Choose the compiled kernel module for this CPU, and present the compiled core as one namespace.
+"""Choose each compiled module's instruction-set variant for this CPU, and present the compiled core
+as one namespace.
 
-A default build (``pip install .``) compiles ``fastopt._core._kernels`` for the building CPU's
-vector ISA and that is what runs. A portable build (``FASTOPT_PORTABLE=1``) compiles it for baseline
-x86-64 and adds ``_kernels_avx2``; the AVX2/FMA module is chosen here when the running CPU has both,
-unless ``FASTOPT_FORCE_BASELINE=1``. Both compile the same source with ``-ffp-contract=off``, so they
-give bit-identical results. The drivers (``_bucket``, ``_reduce``) are compiled once and call the
-chosen module through its kernel table.
+A portable build (the default) holds the modules with vector code -- the update kernels
+``fastopt._core._kernels``, L-BFGS ``fastopt._lbfgs`` and the bucket driver
+``fastopt._core._bucket`` -- compiled for baseline x86-64 and once per
+variant the compiler supported (``fastopt/_core/_isa.py``: ``avx2``, ``avx512``). Here, once per
+process, the best variant whose CPU features the running CPU has (``fastopt._core._cpu``: cpuid,
+with the OS saving the registers) is chosen for every module; ``FASTOPT_FORCE_ISA=baseline|avx2|
+avx512`` (or ``FASTOPT_FORCE_BASELINE=1``) chooses one instead, for tests and for comparing
+variants. A native build (``FASTOPT_NATIVE=1``) has one target and nothing to choose.
+
+Every variant compiles the same source with ``-ffp-contract=off``, so optimizer steps are
+bit-identical whatever is chosen. The bucket driver ``_bucket`` (with the compiled drivers' own
+loops) is dispatched too; it and ``_reduce`` (compiled once) call the chosen kernel module through
+its kernel table. The chosen L-BFGS module is installed as
+``fastopt._lbfgs`` (``sys.modules`` and the package attribute), so ``from fastopt import _lbfgs``
+gets it; L-BFGS is built with FMA contraction, so its last bits depend on the variant.
 """
+import importlib
 import os
+import sys
 import types
 
 from . import _build_config
-from ._core import _bucket, _fastopt_threads as _threads, _reduce, _table
-from ._core import _kernels as baseline
+from ._core import _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
-selected = baseline
-if (_build_config.PORTABLE and baseline.cpu_has_avx2_fma()
-        and os.environ.get("FASTOPT_FORCE_BASELINE", "0") not in ("1", "true", "yes")):
-    try:
-        from ._core import _kernels_avx2 as selected  # noqa: F811
-    except ImportError:  # built without the AVX2 module (non-x86 compiler)
-        selected = baseline
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
+def forced_variant(environ=os.environ):
+    """The variant the environment forces (``FASTOPT_FORCE_ISA``, ``FASTOPT_FORCE_BASELINE``), or None."""
+    names = [_isa.BASELINE] + [v.name for v in _isa.VARIANTS]
+    isa = environ.get("FASTOPT_FORCE_ISA", "").strip().lower() or None
+    if isa is not None and isa not in names:
+        raise ImportError(f"FASTOPT_FORCE_ISA={environ['FASTOPT_FORCE_ISA']!r} names no "
+                          f"instruction-set variant; use one of {', '.join(names)} (or unset it)")
+    baseline = environ.get("FASTOPT_FORCE_BASELINE", "").strip().lower()
+    if baseline not in _TRUE + _FALSE:
+        raise ImportError(f"FASTOPT_FORCE_BASELINE={environ['FASTOPT_FORCE_BASELINE']!r}: use 1 or 0")
+    if baseline in _TRUE:
+        if isa not in (None, _isa.BASELINE):
+            raise ImportError(f"FASTOPT_FORCE_BASELINE=1 and FASTOPT_FORCE_ISA={isa} contradict "
+                              "each other; set one of them")
+        isa = _isa.BASELINE
+    return isa
+
+
+def choose_variant(built, cpu_features, forced=None):
+    """The variant to run: ``forced`` if given, else the best of ``built`` (names, best first) whose
+    features are all in ``cpu_features``. ImportError, saying why, when ``forced`` cannot run."""
+    if list(built) == [_isa.NATIVE]:
+        if forced is not None:
+            raise ImportError(f"the environment asks for fastopt's {forced!r} instruction-set variant, "
+                              "but this is a native build (FASTOPT_NATIVE=1): it has one target and "
+                              "no variants. Build the default (portable) one to choose variants.")
+        return _isa.NATIVE
+    if forced is not None:
+        if forced not in built:
+            raise ImportError(f"the environment asks for fastopt's {forced!r} instruction-set variant, "
+                              f"but this build has {', '.join(built)} only (its compiler could not "
+                              "build the others)")
+        missing = sorted(_required(forced) - set(cpu_features))
+        if missing:
+            raise ImportError(f"the environment asks for fastopt's {forced!r} instruction-set variant, "
+                              f"but this CPU lacks {', '.join(missing)}: it would crash on an "
+                              "illegal instruction")
+        return forced
+    for name in built:
+        if _required(name) <= set(cpu_features):
+            return name
+    raise ImportError(f"no built variant ({', '.join(built)}) runs on this CPU")
+
+
+def _required(name):
+    return set() if name in (_isa.BASELINE, _isa.NATIVE) else set(_isa.by_name(name).features)
+
+
+CPU_FEATURES = _cpu.cpu_features()
+VARIANT = choose_variant(_build_config.VARIANTS, CPU_FEATURES, forced_variant())
+FORCED = forced_variant() is not None
+
+
+def _load(module):
+    """``module`` compiled for the chosen variant."""
+    return importlib.import_module(_isa.variant_module(module, VARIANT))
+
+
+selected = _load("fastopt._core._kernels")
+lbfgs_module = _load("fastopt._lbfgs")
+_bucket = _load("fastopt._core._bucket")
+# L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
+sys.modules["fastopt._lbfgs"] = lbfgs_module
+setattr(sys.modules[__package__], "_lbfgs", lbfgs_module)
 
 if tuple(selected.KERNEL_NAMES) != tuple(a.kernel for a in KERNELS):
     raise ImportError(
@@ -64,7 +135,6 @@ kernels = types.SimpleNamespace(
     __name__=selected.__name__,
     module=selected,
     vector_isa=selected.vector_isa,
-    cpu_has_avx2_fma=baseline.cpu_has_avx2_fma,
     has_threads=_threads.has_threads,
     calibration=_threads.calibration,
     recalibrate=_threads.recalibrate,
@@ -84,15 +154,27 @@ kernels = types.SimpleNamespace(
 
 
 def build_info():
-    """A dict describing the compiled kernels in use: ISA, OpenMP, portability, flags."""
+    """How the installed fastopt was built and what runs here, as a dict.
+
+    ``build`` is ``"portable"`` (baseline plus instruction-set variants chosen at import) or
+    ``"native"``; ``variant`` the variant chosen for this CPU (or forced by ``FASTOPT_FORCE_ISA`` /
+    ``FASTOPT_FORCE_BASELINE``: ``variant_forced``) and ``modules`` the module that runs for each
+    dispatched one; ``vector_isa`` what the kernels in use were compiled for; the flags are those
+    of every module, plus ``variant_cflags`` for a variant's and ``lbfgs_cflags`` for L-BFGS.
+    """
     return {
+        "build": _build_config.BUILD,
+        "variant": VARIANT,
+        "variant_forced": FORCED,
+        "variants_built": list(_build_config.VARIANTS),
+        "modules": {name: _isa.variant_module(name, VARIANT) for name in _isa.DISPATCHED},
+        "cpu_features": sorted(CPU_FEATURES),
         "module": selected.__name__,
         "vector_isa": selected.vector_isa(),
         "threads": "fastopt pool" if _threads.has_threads() else "none",
-        "portable_build": _build_config.PORTABLE,
-        "cpu_has_avx2_fma": baseline.cpu_has_avx2_fma(),
         "cflags": list(_build_config.CFLAGS),
+        "variant_cflags": dict(_build_config.VARIANT_CFLAGS).get(VARIANT, []),
         # added for fastopt._lbfgs only (FMA contraction, wide vectors); see setup.py
-        "lbfgs_cflags": list(getattr(_build_config, "LBFGS_CFLAGS", [])),
+        "lbfgs_cflags": list(_build_config.LBFGS_CFLAGS),
         "num_threads": _threads.get_num_threads(),
     }

@@ -1,8 +1,17 @@
-"""Run every optimizer and option for a few steps and save the results (used across builds).
+"""Run every optimizer and option for a few steps, and L-BFGS on a few problems, and save the
+results (used across builds and instruction-set variants).
 
-``python _trajectories.py OUT.npz`` imports whichever ``fastopt`` is first on sys.path, so the same
-script can record the trajectories of the native build, a portable build's baseline module and its
-AVX2 module; the build tests compare the files bit for bit.
+``python _trajectories.py OUT.npz`` imports whichever ``fastopt`` is first on sys.path, with the
+variant the environment forces (``FASTOPT_FORCE_ISA``), so the same script records the trajectories
+of every variant of a portable build and of a native build; the build tests compare the optimizer
+steps bit for bit and L-BFGS's results (``lbfgs-*`` keys: FMA makes its last bits differ) closely.
+It prints the kernel module, the L-BFGS module and the bucket driver's module that ran, and the
+kernels' vector ISA.
+
+Every algorithm runs in float32 and float64; those without a compiled driver also run with float16
+params (and bfloat16 ones when ml_dtypes is installed) in each mixed-precision mode: rounded once,
+float32 gradients, float32 master weights (and bfloat16 moments), stochastic rounding. Half-precision
+arrays are saved as their bits (uint16), so ``np.load`` needs no ml_dtypes.
 """
 import sys
 
@@ -20,31 +29,139 @@ CONFIGS = [
     ("RMSprop", dict(lr=0.01)),
     ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, weight_decay=0.01)),
     ("Adagrad", dict(lr=0.05, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+    ("NAdam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, momentum_decay=0.02, weight_decay=0.05)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("RAdam", dict(lr=0.02, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.05, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, betas=(0.3, 0.6), eps=1e-3, weight_decay=0.1, maximize=True)),
+    ("Adamax", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, maximize=True)),
+    ("Lion", dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True)),
+    ("Adadelta", dict(lr=0.7, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True)),
+    ("Rprop", dict(lr=0.05, etas=(0.6, 1.1), step_sizes=(1e-4, 0.1), maximize=True)),
+    ("ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=3, weight_decay=0.05, maximize=True)),
+    ("Adafactor", dict(lr=0.01)),
+    ("Adafactor", dict(lr=0.5, beta2_decay=-1.0, eps=(1e-3, 0.1), d=2.0, weight_decay=0.05, maximize=True)),
+    ("Muon", dict(lr=0.02)),
+    ("Muon", dict(lr=0.02, weight_decay=0.05, momentum=0.9, nesterov=False, ns_steps=3,
+                  adjust_lr_fn="match_rms_adamw")),
 ]
 SHAPES = [(3,), (17, 5), (1000,), (33, 33), (7,)]
+#: shapes for algorithms with rules of their own: Muon takes matrices only; Adafactor factors
+#: every param of two or more dimensions (a 3-D one: a stack of matrices).
+SHAPES_OF = {"Muon": [(17, 5), (33, 33), (5, 40), (64, 3)],
+             "Adafactor": SHAPES + [(3, 4, 5)]}
+
+
+#: a float16 signaling NaN with a payload (quieted: 0x7E05)
+NAN_F16_BITS = 0x7C05
+
+
+def _half_dtypes():
+    """float16, and bfloat16 when ml_dtypes is installed."""
+    dtypes = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return dtypes
+    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
+
+
+def _modes(dtype):
+    """The mixed-precision modes of a half-precision param: (name, optimizer options, grad dtype)."""
+    modes = [("rounded", {}, dtype), ("f32grad", {}, np.float32),
+             ("master", dict(master_weights=True), dtype)]
+    if dtype.name == "float16":
+        # NaN gradients with a payload (a signaling NaN's bits): the baseline's portable float16
+        # conversions and F16C's must quiet it and keep its payload alike
+        modes += [("nan", {}, dtype)]
+    if dtype.name == "bfloat16":
+        modes += [("master-bf16state", dict(master_weights=True, state_dtype="bfloat16"), dtype),
+                  ("stochastic", dict(stochastic_rounding=True, seed=1234), dtype)]
+    return modes
+
+
+def _runs():
+    """(key, algorithm, options, param dtype, grad dtype, clip) of every recorded run."""
+    for c, (name, kwargs) in enumerate(CONFIGS):
+        for dtype in (np.float32, np.float64):
+            yield f"{c}-{name}-{np.dtype(dtype).name}", c, name, kwargs, dtype, dtype, True
+        if getattr(fastopt, name).algorithm.driver is not None:
+            continue    # drivers take float32 and float64 params only
+        for dtype in _half_dtypes():
+            for mode, options, grad_dtype in _modes(dtype):
+                yield (f"{c}-{name}-{dtype.name}-{mode}", c, name, dict(kwargs, **options), dtype,
+                       grad_dtype, False)
+
+
+def _saved(value):
+    """``value`` as an array np.savez stores and np.load reads back without ml_dtypes: half
+    precision as its bits."""
+    value = np.asarray(value)
+    if value.dtype.itemsize == 2 and value.dtype.kind not in "iu":
+        return np.ascontiguousarray(value).view(np.uint16)
+    return value
 
 
 def trajectories(steps=25, seed=0):
     out = {}
-    for c, (name, kwargs) in enumerate(CONFIGS):
-        for dtype in (np.float32, np.float64):
-            rng = np.random.default_rng(seed + c)
-            params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
-            opt = getattr(fastopt, name)(params, **kwargs)
-            for t in range(steps):
-                grads = [(np.sin(3.0 * p + t) + 0.1 * rng.standard_normal(p.shape)).astype(dtype) for p in params]
-                if t % 5 == 4:
-                    fastopt.clip_grad_norm_(grads, 1.0)
-                opt.step(grads)
-            key = f"{c}-{name}-{np.dtype(dtype).name}"
-            for i, p in enumerate(params):
-                out[f"{key}-param{i}"] = p
-            for i, entry in opt.state_dict()["state"].items():
-                for buf, value in entry.items():
-                    out[f"{key}-state{i}-{buf}"] = np.asarray(value)
+    for key, c, name, kwargs, dtype, grad_dtype, clip in _runs():
+        rng = np.random.default_rng(seed + c)
+        shapes = SHAPES_OF.get(name, SHAPES)
+        params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        opt = getattr(fastopt, name)(params, **kwargs)
+        for t in range(steps):
+            grads = [(np.sin(3.0 * p.astype(np.float64) + t) + 0.1 * rng.standard_normal(p.shape))
+                     .astype(grad_dtype) for p in params]
+            if key.endswith("-nan"):
+                for g in grads:     # one payload everywhere: no NaN meets another of other bits
+                    g.view(np.uint16).flat[t % 3::7] = NAN_F16_BITS
+            if clip and t % 5 == 4:
+                fastopt.clip_grad_norm_(grads, 1.0)
+            opt.step(grads)
+        for i, p in enumerate(params):
+            out[f"{key}-param{i}"] = _saved(p)
+        for i, entry in opt.state_dict()["state"].items():
+            for buf, value in entry.items():
+                out[f"{key}-state{i}-{buf}"] = _saved(value)
+    return out
+
+
+def _rosenbrock(x):
+    head, tail = x[:-1], x[1:]
+    r = tail - head * head
+    g = np.zeros_like(x)
+    g[:-1] = -400.0 * head * r - 2.0 * (1.0 - head)
+    g[1:] += 200.0 * r
+    return float(100.0 * (r @ r) + (1.0 - head) @ (1.0 - head)), g
+
+
+_CURVATURE = np.linspace(1.0, 300.0, 20_000)
+
+
+def _quadratic(x):
+    """A convex quadratic, large enough for L-BFGS's nogil vector loops (from 8192 elements)."""
+    d = x - 1.0
+    return float(0.5 * (_CURVATURE * d) @ d), (_CURVATURE * d).astype(x.dtype)
+
+
+def lbfgs_results():
+    """L-BFGS (float64 and float32), L-BFGS-B and OWL-QN, each on a converging run."""
+    rosen0 = np.tile([-1.2, 1.0], 100)
+    runs = {
+        "rosen-f64": (_rosenbrock, dict(x0=rosen0)),
+        "rosen-bounded": (_rosenbrock, dict(x0=rosen0, bounds=[(-2.0, 0.8)] * rosen0.size)),
+        "quad-f64": (_quadratic, dict(x0=np.zeros(_CURVATURE.size))),
+        "quad-f32": (_quadratic, dict(x0=np.zeros(_CURVATURE.size, np.float32))),
+        "quad-l1": (_quadratic, dict(x0=np.zeros(_CURVATURE.size), l1=0.5)),
+    }
+    out = {}
+    for name, (fun, kwargs) in runs.items():
+        result = fastopt.minimize_lbfgs(fun, kwargs.pop("x0"), **kwargs)
+        out[f"lbfgs-{name}-x"] = result.x
+        out[f"lbfgs-{name}-fun"] = np.float64(result.fun)
     return out
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **trajectories())
-    print(fastopt._backend.kernels.__name__, fastopt._backend.kernels.vector_isa())
+    np.savez(sys.argv[1], **trajectories(), **lbfgs_results())
+    print(fastopt._backend.kernels.__name__, fastopt._lbfgs.__name__,
+          fastopt._backend.kernels.ParamBucket.__module__, fastopt._backend.kernels.vector_isa())

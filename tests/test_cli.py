@@ -50,7 +50,7 @@ def test_console_script_at_the_repository_root(under_ci):
         pytest.skip("fastopt is not installed with pip (no console script)")
     done = subprocess.run([str(_script()), "info"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"fastopt {fastopt.__version__}\nmodule: ")
+    assert done.stdout.startswith(f"fastopt {fastopt.__version__}\nbuild: ")
 
 
 def test_python_m_fastopt_elsewhere(tmp_path):

@@ -1,7 +1,8 @@
-# The interface between the kernel modules (one per instruction set: _kernels, _kernels_avx2) and
-# the drivers that are compiled once (_bucket, _reduce). A kernel module fills a KernelTable; the
-# driver gets a pointer to it through a capsule (see _table.pyx) and only ever calls through it, so
-# the instruction set is chosen once, at import.
+# The interface between the kernel modules (one per instruction set: _kernels, _kernels_avx2, ...)
+# and the drivers (_bucket, itself built per instruction set for the compiled drivers' own loops,
+# and _reduce, compiled once). A kernel module fills a KernelTable; the driver gets a pointer to it
+# through a capsule (see _table.pyx) and only ever calls through it, so the instruction set is
+# chosen once, at import.
 from libc.stdint cimport uint64_t
 
 # How an array is stored: the codes of _codegen.py's storage names.

@@ -1,6 +1,7 @@
 # The instruction-set-dependent half of fastopt's compiled core: every element loop and every
-# reduction loop. Included by _kernels.pyx and its instruction-set variants (_kernels_avx2.pyx, ...),
-# which differ only in their compiler flags; compiler directives come from setup.py.
+# reduction loop. Included by _kernels.pyx and its instruction-set variants (_kernels_avx2.pyx,
+# _kernels_avx512.pyx), which differ only in their compiler flags (fastopt/_core/_isa.py, setup.py);
+# compiler directives come from setup.py.
 #
 # Design
 # ------
@@ -12,8 +13,9 @@
 #   helpers (torch.lerp's two forms, torch.maximum, torch.sign) are branch-free, so they vectorize.
 # * Reductions sum fixed blocks with 16 accumulators in index order (lane j takes the elements with
 #   index % 16 == j), so their result does not depend on the vector width or the thread count.
-# * Everything is reached through one KernelTable (table_capsule()): the drivers in _bucket and
-#   _reduce are compiled once and call whichever instruction-set variant was chosen at import.
+# * Everything is reached through one KernelTable (table_capsule()): the drivers in _bucket (whose
+#   variant fastopt._backend chooses with this module's) and _reduce (compiled once) call whichever
+#   instruction-set variant was chosen at import.
 #
 # Every module is built with -O3 -fno-math-errno -ffp-contract=off: sqrt vectorizes, and no FMA is
 # contracted, so every variant rounds exactly alike (bit-identical steps on any CPU).
@@ -39,7 +41,6 @@ cdef extern from "simd.h":
     fo_half fo_f16_round(float f) noexcept nogil
     const char* FO_VECTOR_ISA
     const int FO_HAVE_AVX_REDUCE
-    int fo_cpu_has_avx2_fma() noexcept nogil
     void fo_sumsq16_f32(const float* x, Py_ssize_t head, double* acc) noexcept nogil
     void fo_sumsq16_f64(const double* x, Py_ssize_t head, double* acc) noexcept nogil
     void fo_nonfinite16_f32(const float* x, Py_ssize_t head, double* acc) noexcept nogil
@@ -268,8 +269,3 @@ def table_capsule():
 def vector_isa():
     """The vector instruction set this module was compiled for ("avx512", "avx2", "sse2", ...)."""
     return FO_VECTOR_ISA.decode("ascii")
-
-
-def cpu_has_avx2_fma():
-    """True if the running CPU supports AVX2 and FMA."""
-    return bool(fo_cpu_has_avx2_fma())

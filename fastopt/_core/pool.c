@@ -13,11 +13,11 @@
 #define FO_EXPORT
 #endif
 
-static _Atomic int fo_requested = 0;   /* 0: the default */
-static _Atomic int fo_default = 0;     /* the default, found once (it costs a system call) */
-
 #if defined(_WIN32)
-/* No helper threads on Windows builds yet: every job runs on the calling thread. */
+/* No helper threads on Windows builds yet: every job runs on the calling thread. (No C11 atomics
+ * either: MSVC's C compiler has them only behind /experimental:c11atomics, and the setting is a
+ * word written and read whole.) */
+static volatile int fo_requested = 0;   /* 0: the default */
 void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads) {
     (void)max_threads;
     for (ptrdiff_t c = 0; c < n_chunks; c++) fn(ctx, c, n_chunks);
@@ -37,6 +37,9 @@ double fo_pool_measure_wake_ns(int rounds) { (void)rounds; return -1.0; }
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+static _Atomic int fo_requested = 0;   /* 0: the default */
+static _Atomic int fo_default = 0;     /* the default, found once (it costs a system call) */
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

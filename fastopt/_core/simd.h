@@ -1,7 +1,7 @@
 /* fastopt's SIMD header: what the compiled kernels need from the compiler and the CPU.
  *
- * - FO_VECTOR_ISA: the vector instruction set this translation unit is compiled for.
- * - fo_cpu_has_avx2_fma(): whether the running CPU has AVX2 and FMA (run-time dispatch).
+ * - FO_VECTOR_ISA: the vector instruction set this translation unit is compiled for (which CPU
+ *   runs which variant is decided at import from cpu.h's cpuid; fastopt._backend).
  * - fo_sumsq16_* / fo_nonfinite16_*: reduction bodies (sum of squares; the finiteness sum of
  *   x - x) with their 16 float64 accumulators in four AVX registers. Written as a Cython loop,
  *   GCC keeps the accumulator array in memory and widens float32 loads in 128-bit halves, ~1.6x
@@ -32,13 +32,9 @@
 #define FO_VECTOR_ISA "generic"
 #endif
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-static int fo_cpu_has_avx2_fma(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-static int fo_cpu_has_avx2_fma(void) { return 0; }
+/* C99's restrict (the generated loops use it): MSVC's C compiler spells it __restrict before C11. */
+#if defined(_MSC_VER) && !defined(__clang__) && !defined(restrict)
+#define restrict __restrict
 #endif
 
 #if defined(__AVX__) || defined(__F16C__)
@@ -119,7 +115,9 @@ static inline uint32_t fo_random_bits(uint64_t key, Py_ssize_t index) {
  * vectorize with any instruction set (GCC 12 does not vectorize loops that mix _Float16 and float
  * when it targets AVX-512-FP16, and a baseline x86-64 build would call a library function per
  * element). Conversions are exact (load) and round to nearest, ties to even (store), as IEEE
- * conversions do; any NaN is stored as the quiet NaN 0x7E00 with its sign. */
+ * conversions do, and treat NaNs as F16C's vcvtph2ps/vcvtps2ph do (a NaN keeps its sign and the
+ * top bits of its payload, quieted), so the baseline and the F16C variants give the same bits for
+ * every value, NaNs included. */
 typedef uint16_t fo_half;
 
 static inline float fo_bits_float(uint32_t u) { float f; memcpy(&f, &u, sizeof f); return f; }
@@ -143,7 +141,8 @@ static inline float fo_f16_load(fo_half h) {
      * on many x86 cores (~100 cycles), and optimizer moments stored as float16 are often subnormal. */
     uint32_t normal = (em << 13) + ((127u - 15u) << 23);
     float subnormal = (float)(int32_t)em * 0x1p-24f;
-    uint32_t special = (em << 13) | 0x7F800000u;        /* Inf and NaN keep their mantissa */
+    /* Inf and NaN keep their mantissa; a NaN is quieted */
+    uint32_t special = (em << 13) | 0x7F800000u | (fo_mask(em > 0x7C00u) & 0x00400000u);
     uint32_t u = fo_select(fo_mask(em >= 0x7C00u), special,
                            fo_select(fo_mask(em < 0x0400u), fo_float_bits(subnormal), normal));
     return fo_bits_float(u | sign);
@@ -158,7 +157,8 @@ static inline fo_half fo_f16_round(float f) {
     /* subnormal results (|f| < 2**-14): adding 0.5 aligns the mantissa so that the float32
      * addition itself rounds (to nearest even) at 2**-24, the subnormal half's unit */
     uint32_t subnormal = fo_float_bits(fo_bits_float(a) + 0.5f) - fo_float_bits(0.5f);
-    uint32_t big = fo_select(fo_mask(a > 0x7F800000u), 0x7E00u, 0x7C00u);  /* NaN; Inf, overflow */
+    /* NaN (quieted, its payload's top bits); Inf and overflow */
+    uint32_t big = fo_select(fo_mask(a > 0x7F800000u), 0x7E00u | ((a >> 13) & 0x3FFu), 0x7C00u);
     uint32_t r = fo_select(fo_mask(a >= 0x477FF000u), big,
                            fo_select(fo_mask(a < 0x38800000u), subnormal, normal));
     return (fo_half)(r | sign);

@@ -472,15 +472,16 @@ class Optimizer:
             return True
         return bool(bucket.steps[k] > 0 if self._has_step else bucket.initialized[k])
 
-    def _kept_dtype(self, index, name):
-        """The dtype this optimizer keeps state ``name`` of param ``index`` in: float32 for scalar
-        states and master copies, else its bucket's state dtype."""
-        if name == "master" or name in {s.name for s in self.algorithm.scalar_state}:
-            return np.dtype(np.float32)
-        for i, bucket, _ in self._iter_param_slots():
-            if i == index:
-                return bucket.state_dtype
-        raise IndexError(index)
+    def _kept_dtypes(self):
+        """``kept(index, name)``: the dtype this optimizer keeps state ``name`` of param ``index``
+        in -- float32 for scalar states and master copies, else its bucket's state dtype. The
+        param-to-bucket map is built once, for a whole load."""
+        float32_names = {"master", *(s.name for s in self.algorithm.scalar_state)}
+        bucket_dtype = {i: bucket.state_dtype for i, bucket, _ in self._iter_param_slots()}
+
+        def kept(index, name):
+            return np.dtype(np.float32) if name in float32_names else bucket_dtype[index]
+        return kept
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""

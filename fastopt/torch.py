@@ -462,6 +462,7 @@ class _Adapter(torch.optim.Optimizer):
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
             fo_state = {}
             index = {id(p): i for i, p in enumerate(self._unique_params())}
+            kept_dtype = self._fo._kept_dtypes()
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
@@ -475,11 +476,11 @@ class _Adapter(torch.optim.Optimizer):
                         converted[name] = int(value.item()) if isinstance(value, torch.Tensor) else value
                     elif isinstance(value, torch.Tensor):
                         where = f"state '{name}' of param {index[id(key)]}"
-                        original = saved.get(id(key), {}).get(name) if isinstance(saved.get(id(key)), dict) else None
+                        saved_entry = saved.get(id(key))
+                        original = saved_entry.get(name) if isinstance(saved_entry, dict) else None
                         if isinstance(original, torch.Tensor) and original.is_floating_point() \
                                 and value.is_floating_point():
-                            kept = _torch_dtype(self._fo._kept_dtype(index[id(key)], name))
-                            value = original.detach().to(kept)
+                            value = original.detach().to(_torch_dtype(kept_dtype(index[id(key)], name)))
                             problem = _tensor_problem(value, where)   # fastopt checks dtype, shape
                         else:
                             problem = _tensor_problem(value, where, like=key)

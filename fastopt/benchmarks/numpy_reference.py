@@ -21,6 +21,13 @@ def _average_square(acc, g, decay, weight, tmp):
     acc += tmp
 
 
+def _lerp_toward(acc, g, weight, tmp):
+    """``acc += weight * (g - acc)`` in place: torch's ``lerp_`` of a first moment."""
+    np.subtract(g, acc, out=tmp)
+    tmp *= weight
+    acc += tmp
+
+
 def _scaled_ratio(num, acc, eps, scale, tmp, out):
     """``out = scale * num / (sqrt(acc) + eps)``."""
     np.sqrt(acc, out=tmp)
@@ -164,9 +171,7 @@ class NumpyAdam(NumpyOptimizer):
         t = tmp[0]
         if wd != 0.0 and not self.decoupled:
             raise NotImplementedError("NumPy reference Adam: L2 weight decay not implemented")
-        np.subtract(g, m, out=t)
-        t *= c1
-        m += t
+        _lerp_toward(m, g, c1, t)
         _average_square(v, g, b2, c2, t)
         _scaled_ratio(m, v, eps_s, neg_step, t, out)
 
@@ -285,9 +290,7 @@ class NumpyNAdam(NumpyOptimizer):
         c1, b2, c2, eps_s, grad_step, avg_step = sc
         m, v = st
         t, u = tmp[0], tmp[1]
-        np.subtract(g, m, out=t)
-        t *= c1
-        m += t
+        _lerp_toward(m, g, c1, t)
         _average_square(v, g, b2, c2, t)
         np.sqrt(v, out=t)
         t += eps_s
@@ -323,9 +326,7 @@ class NumpyRAdam(NumpyOptimizer):
         c1, b2, c2, rectified, eps, step = sc
         m, v = st
         t = tmp[0]
-        np.subtract(g, m, out=t)
-        t *= c1
-        m += t
+        _lerp_toward(m, g, c1, t)
         _average_square(v, g, b2, c2, t)
         if rectified:
             _scaled_ratio(m, v, eps, step, t, out)
@@ -351,9 +352,7 @@ class NumpyAdamax(NumpyOptimizer):
         c1, b2, eps, step = sc
         m, u = st
         t = tmp[0]
-        np.subtract(g, m, out=t)
-        t *= c1
-        m += t
+        _lerp_toward(m, g, c1, t)
         np.abs(g, out=t)
         t += eps
         u *= b2

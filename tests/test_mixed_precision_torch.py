@@ -68,6 +68,15 @@ def _run_torch(cls, params, grads, **cfg):
     return ps, opt
 
 
+def _step_together(opt_a, params_a, opt_b, params_b, grads):
+    """Step two optimizers over twin params with the same gradients (copies for each)."""
+    for step in grads:
+        for pa, pb, g in zip(params_a, params_b, step):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+
+
 def _run_torch_rounded_once(cls, params, grads, **cfg):
     """torch's float32 step on half params and states: every step starts from the stored half
     values upcast to float32 and stores each result rounded once to the half dtype."""
@@ -150,11 +159,7 @@ def test_fastopt_torch_state_dict_round_trip_with_master_bf16_moments_and_seed()
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     other = ft.Adam(b, lr=1e-2, master_weights=True, state_dtype="bfloat16")
     other.load_state_dict(sd)
-    for step in grads[3:]:
-        for pa, pb, g in zip(a, b, step):
-            pa.grad, pb.grad = g.clone(), g.clone()
-        opt.step()
-        other.step()
+    _step_together(opt, a, other, b, grads[3:])
     for pa, pb in zip(a, b):
         assert torch.equal(pa.view(torch.int16), pb.view(torch.int16))
 
@@ -165,11 +170,7 @@ def test_fastopt_torch_state_dict_round_trip_with_master_bf16_moments_and_seed()
     d = [torch.nn.Parameter(p.detach().clone()) for p in c]
     resumed = ft.Adam(d, lr=1e-3, stochastic_rounding=True)        # another seed, replaced
     resumed.load_state_dict(sd)
-    for step in grads[3:]:
-        for pc, pd, g in zip(c, d, step):
-            pc.grad, pd.grad = g.clone(), g.clone()
-        sr.step()
-        resumed.step()
+    _step_together(sr, c, resumed, d, grads[3:])
     for pc, pd in zip(c, d):
         assert torch.equal(pc.view(torch.int16), pd.view(torch.int16))
 
@@ -183,10 +184,6 @@ def test_torch_adam_loads_a_fastopt_half_precision_checkpoint():
     theirs.load_state_dict(opt.state_dict())
     # torch's load_state_dict takes every group option from the checkpoint, `fused` included
     theirs.param_groups[0]["fused"] = True
-    for step in grads[3:]:
-        for pa, pb, g in zip(a, b, step):
-            pa.grad, pb.grad = g.clone(), g.clone()
-        opt.step()
-        theirs.step()
+    _step_together(opt, a, theirs, b, grads[3:])
     for pa, pb in zip(a, b):
         assert _ulps(pa.detach(), pb.detach(), torch.bfloat16) <= 1

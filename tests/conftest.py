@@ -7,6 +7,9 @@ Hypothesis profiles.
   dependency -- fails instead of skipping, at collection or in the test: a CI run cannot go green
   by skipping its reference comparisons. Elsewhere such tests skip, so a partial install still runs the rest.
   The ``under_ci`` fixture tells a test which of the two applies.
+  A test file that imports a missing package at module level (``import torch``) gets the same
+  treatment: a collection error for a ``ModuleNotFoundError`` of a package other than fastopt is
+  a skip of that file outside CI and a failure under CI, never a bare collection error.
 * Tests marked ``slow`` are skipped unless ``FASTOPT_SLOW=1`` is set or ``-m`` names ``slow``
   (``pytest -m slow`` runs only them).
 * ``HYPOTHESIS_PROFILE`` selects a Hypothesis profile: ``ci`` (default: few examples, fast, and
@@ -15,6 +18,7 @@ Hypothesis profiles.
   ``@reproduce_failure`` blob that replays it).
 """
 import os
+import re
 
 import pytest
 
@@ -62,6 +66,22 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = _ci_failure(str(call.excinfo.value))
 
 
+#: How pytest reports a test module that could not import a package.
+_MODULE_NOT_FOUND = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
+
+
+def _missing_package(report):
+    """The package whose absence made a test module fail to import, or None.
+
+    Only a ``ModuleNotFoundError`` for a module outside fastopt counts (the last one the report
+    shows: the innermost): a broken fastopt import is a real error, never a skip.
+    """
+    found = _MODULE_NOT_FOUND.findall(str(report.longrepr))
+    if not found or found[-1].split(".")[0] == "fastopt":
+        return None
+    return found[-1]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     report = (yield).get_result()
@@ -69,6 +89,15 @@ def pytest_make_collect_report(collector):
             and str(report.longrepr[2]).startswith("Skipped: " + IMPORT_SKIP):
         report.outcome = "failed"
         report.longrepr = _ci_failure(str(report.longrepr[2])[len("Skipped: "):])
+    elif report.failed and isinstance(collector, pytest.Module):
+        missing = _missing_package(report)
+        if missing is not None:
+            reason = f"{IMPORT_SKIP}'{missing}' (imported at module level by {collector.path.name})"
+            if UNDER_CI:
+                report.longrepr = _ci_failure(reason)
+            else:
+                report.outcome = "skipped"
+                report.longrepr = (str(collector.path), 0, "Skipped: " + reason)
 
 
 @pytest.fixture(scope="session")

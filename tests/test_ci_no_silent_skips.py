@@ -22,6 +22,16 @@ def test_uses_it():
     pass
 """
 
+# A test file that imports a missing reference with a plain import statement (as `import torch`
+# at the top of a torch test file does): skipped elsewhere, failed under CI, never a bare
+# collection error.
+PLAIN_IMPORT = """
+import fastopt_no_such_plain_import_module
+
+def test_uses_it():
+    pass
+"""
+
 IN_TESTS = """
 import pytest
 
@@ -48,6 +58,7 @@ def _run(tmp_path, ci):
     (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
     (tmp_path / "test_module_level.py").write_text(MODULE_LEVEL)
     (tmp_path / "test_in_tests.py").write_text(IN_TESTS)
+    (tmp_path / "test_plain_import.py").write_text(PLAIN_IMPORT)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
@@ -61,9 +72,10 @@ def test_missing_packages_fail_under_ci(tmp_path, ci):
     out = done.stdout
     assert done.returncode == 1, out
     summary = out.strip().splitlines()[-1]
-    assert "1 failed, 1 passed, 1 skipped, 2 errors" in summary, summary   # errors: collection, fixture
+    # errors: two collections (importorskip, plain import) and a fixture
+    assert "1 failed, 1 passed, 1 skipped, 3 errors" in summary, summary
     for module in ("fastopt_no_such_reference_module", "fastopt_no_such_fixture_module",
-                   "scipy.optimize._fastopt_no_such_private"):
+                   "scipy.optimize._fastopt_no_such_private", "fastopt_no_such_plain_import_module"):
         assert f"CI: a package the tests need is missing (could not import '{module}'" in out, module
     assert "not about a missing package" in out
 
@@ -72,4 +84,17 @@ def test_missing_packages_fail_under_ci(tmp_path, ci):
 def test_missing_packages_skip_elsewhere(tmp_path, ci):
     done = _run(tmp_path, ci)
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().splitlines()[-1].startswith("1 passed, 4 skipped")
+    assert done.stdout.strip().splitlines()[-1].startswith("1 passed, 5 skipped")
+
+
+def test_a_broken_fastopt_import_is_never_a_skip(tmp_path):
+    """A test module that fails to import fastopt itself (a build or packaging bug) is an error
+    everywhere, not a skip for a missing package."""
+    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+    (tmp_path / "test_broken.py").write_text("import fastopt._no_such_compiled_module\n")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", str(tmp_path)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "1 error" in done.stdout.strip().splitlines()[-1], done.stdout

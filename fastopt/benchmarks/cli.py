@@ -182,6 +182,9 @@ def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
     print(f"software: Python {info['python']}, NumPy {info['numpy']}, "
           f"torch {torch.__version__ if torch is not None else 'not installed'}, fastopt {fastopt.__version__}")
     print(f"fastopt.build_info(): {fastopt.build_info()}")
+    if torch is None:
+        print("torch   : not installed, so its columns are left out (its CPU build: python -m pip "
+              "install torch --index-url https://download.pytorch.org/whl/cpu)")
     if refs is not None:
         print(f"C references: ceiling.c built with `{refs.flags}`, timed inside C"
               + ("" if refs.openmp else " (no OpenMP: one thread)"))

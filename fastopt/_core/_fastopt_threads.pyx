@@ -25,6 +25,9 @@ cdef extern from "pool.h":
     int fo_pool_available() noexcept nogil
     int fo_pool_helpers_awake() noexcept nogil
     void fo_pool_set_helper_delay_us(long us) noexcept nogil
+    void fo_pool_set_helper_chunk_hold_us(long us) noexcept nogil
+    long fo_pool_helper_chunks_held() noexcept nogil
+    long fo_pool_test_start_delay_ms() noexcept nogil
     double fo_pool_measure_wake_ns(int rounds) noexcept nogil
 
 cdef extern from *:
@@ -112,6 +115,26 @@ def _set_helper_delay_us(long us):
     """Test hook: helpers sleep ``us`` microseconds after waking for a job, before claiming any of
     it, as if the OS had not scheduled them."""
     fo_pool_set_helper_delay_us(us)
+
+
+def _set_helper_chunk_hold_us(long us):
+    """Test hook: a helper sleeps ``us`` microseconds between claiming each chunk and running it,
+    as if preempted there, so the calling thread runs out of chunks first and has to wait for it
+    (0: off)."""
+    fo_pool_set_helper_chunk_hold_us(us)
+
+
+def _helper_chunks_held():
+    """Test hook: how many chunks helpers have held back under :func:`_set_helper_chunk_hold_us`
+    (that is, claimed while it was on) in this process."""
+    return fo_pool_helper_chunks_held()
+
+
+def _pool_start_delay_ms():
+    """Test hook: the milliseconds every new helper thread sleeps before it starts, as if the OS
+    had not scheduled it yet. Set by the environment variable ``FASTOPT_POOL_TEST_START_DELAY_MS``,
+    read once when the pool is first used (0: off)."""
+    return fo_pool_test_start_delay_ms()
 
 
 cdef int _threads_for(Py_ssize_t work) noexcept nogil:

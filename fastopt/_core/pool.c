@@ -28,6 +28,9 @@ int fo_pool_requested_threads(void) { return fo_requested; }
 int fo_pool_available(void) { return 0; }
 int fo_pool_helpers_awake(void) { return 0; }
 void fo_pool_set_helper_delay_us(long us) { (void)us; }
+void fo_pool_set_helper_chunk_hold_us(long us) { (void)us; }
+long fo_pool_helper_chunks_held(void) { return 0; }
+long fo_pool_test_start_delay_ms(void) { return 0; }
 double fo_pool_measure_wake_ns(int rounds) { (void)rounds; return -1.0; }
 
 #else
@@ -56,25 +59,35 @@ enum {
      * steps over several param groups, a norm then a scale) find it awake. */
     FO_SPIN_NS = 100000,
 };
+/* The calibration's probe waits this long for a helper to claim it before the caller runs it. */
+#define FO_PROBE_WAIT_NS 10000000
 
 static struct {
     pthread_mutex_t lock;            /* sleeping and waking helpers, starting them */
     pthread_cond_t wake;
     pthread_mutex_t busy;            /* held by the caller whose job is running */
-    _Atomic uint64_t state;          /* (generation << 32) | next chunk to claim */
+    /* (generation << 32) | chunks not claimed yet. Counting down, a finished job reads 0 whatever
+     * chunk count a late helper believes it has (see fo_claim). */
+    _Atomic uint64_t state;
     _Atomic ptrdiff_t done;          /* chunks of the current job finished */
     _Atomic int sleepers;            /* helpers waiting on `wake` */
-    _Atomic uintptr_t fn;            /* the current job (written before it is published) */
+    /* The current job: release-stored before it is published, acquire-loaded (free on x86). */
+    _Atomic uintptr_t fn;
     _Atomic uintptr_t ctx;
     _Atomic ptrdiff_t n_chunks;
     _Atomic int max_helpers;
-    _Atomic long helper_delay_us;
+    _Atomic long helper_delay_us;    /* test hooks (0: off) */
+    _Atomic long helper_chunk_hold_us;
+    _Atomic long helper_chunks_held;
     int n_helpers;                   /* started (under `lock`) */
     uint32_t generation;             /* the caller's (under `busy`) */
 } fo_pool = {
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
 };
 static pthread_once_t fo_pool_once = PTHREAD_ONCE_INIT;
+/* Test hook (FASTOPT_POOL_TEST_START_DELAY_MS, read once when the pool is first used): every new
+ * helper sleeps this long before it starts, as if the OS had not scheduled it yet. */
+static long fo_test_start_delay_ms = 0;
 
 static int64_t fo_now_ns(void) {
     struct timespec t;
@@ -82,16 +95,42 @@ static int64_t fo_now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Claim and run chunks of job `gen` until none is left (or the job is another's). */
-static void fo_work(uint32_t gen, fo_chunk_fn fn, void* ctx, ptrdiff_t n) {
+static void fo_sleep_us(long us) {
+    struct timespec t = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&t, NULL);
+}
+
+/* Claim a chunk of job `gen`, which has `n` chunks: its index, or -1 if every chunk is claimed or
+ * the job is not the current one.
+ *
+ * A helper that woke for job `gen` may read `n` (and fn, ctx) only after the caller has moved on:
+ * the job is done and the next one's fields are written but not yet published. Those fields are
+ * written only after every chunk of `gen` was claimed and finished, and they are release-stored,
+ * so a helper that acquire-loads any of them then finds `gen` with no chunk left: the claim fails
+ * however large the `n` it read. A claim that succeeds therefore used job `gen`'s own fields, and
+ * the generation in the word keeps a stale helper off every later job (it would have to sleep
+ * between its load and its compare-and-swap through 2^32 jobs for the generation to come round). */
+static inline ptrdiff_t fo_claim(uint32_t gen, ptrdiff_t n) {
+    uint64_t s = atomic_load_explicit(&fo_pool.state, memory_order_acquire);
     for (;;) {
-        uint64_t s = atomic_load_explicit(&fo_pool.state, memory_order_acquire);
-        if ((uint32_t)(s >> 32) != gen || (ptrdiff_t)(uint32_t)s >= n) return;
-        if (atomic_compare_exchange_weak_explicit(&fo_pool.state, &s, s + 1,
-                                                  memory_order_acq_rel, memory_order_relaxed)) {
-            fn(ctx, (ptrdiff_t)(uint32_t)s, n);
-            atomic_fetch_add_explicit(&fo_pool.done, 1, memory_order_release);
+        if ((uint32_t)(s >> 32) != gen || (uint32_t)s == 0) return -1;
+        if (atomic_compare_exchange_weak_explicit(&fo_pool.state, &s, s - 1,
+                                                  memory_order_acq_rel, memory_order_acquire))
+            return n - (ptrdiff_t)(uint32_t)s;
+    }
+}
+
+/* Claim and run chunks of job `gen` until none is left (or the job is another's). `hold_us` is
+ * the test hook's pause between claiming a chunk and running it (helpers only; 0: off). */
+static void fo_work(uint32_t gen, fo_chunk_fn fn, void* ctx, ptrdiff_t n, long hold_us) {
+    ptrdiff_t chunk;
+    while ((chunk = fo_claim(gen, n)) >= 0) {
+        if (hold_us > 0) {
+            atomic_fetch_add(&fo_pool.helper_chunks_held, 1);
+            fo_sleep_us(hold_us);
         }
+        fn(ctx, chunk, n);
+        atomic_fetch_add_explicit(&fo_pool.done, 1, memory_order_release);
     }
 }
 
@@ -116,23 +155,22 @@ static uint64_t fo_wait_for_job(uint32_t seen) {
 
 static void* fo_helper_main(void* arg) {
     int index = (int)(intptr_t)arg;
+    if (fo_test_start_delay_ms > 0) fo_sleep_us(fo_test_start_delay_ms * 1000);
     uint32_t seen = (uint32_t)(atomic_load(&fo_pool.state) >> 32);
     for (;;) {
         uint64_t s = fo_wait_for_job(seen);
         uint32_t gen = (uint32_t)(s >> 32);
         seen = gen;
         long delay = atomic_load_explicit(&fo_pool.helper_delay_us, memory_order_relaxed);
-        if (delay > 0) {
-            struct timespec t = {delay / 1000000, (delay % 1000000) * 1000};
-            nanosleep(&t, NULL);
-        }
+        if (delay > 0) fo_sleep_us(delay);
         if (index >= atomic_load_explicit(&fo_pool.max_helpers, memory_order_relaxed)) continue;
-        /* These may already be the next job's fields; then every claim fails (another generation)
-         * and nothing runs with them. */
-        fo_chunk_fn fn = (fo_chunk_fn)atomic_load_explicit(&fo_pool.fn, memory_order_relaxed);
-        void* ctx = (void*)atomic_load_explicit(&fo_pool.ctx, memory_order_relaxed);
-        ptrdiff_t n = atomic_load_explicit(&fo_pool.n_chunks, memory_order_relaxed);
-        fo_work(gen, fn, ctx, n);
+        /* These may already be the next job's fields; then every claim fails (see fo_claim) and
+         * nothing runs with them. */
+        fo_chunk_fn fn = (fo_chunk_fn)atomic_load_explicit(&fo_pool.fn, memory_order_acquire);
+        void* ctx = (void*)atomic_load_explicit(&fo_pool.ctx, memory_order_acquire);
+        ptrdiff_t n = atomic_load_explicit(&fo_pool.n_chunks, memory_order_acquire);
+        fo_work(gen, fn, ctx, n,
+                atomic_load_explicit(&fo_pool.helper_chunk_hold_us, memory_order_relaxed));
     }
     return NULL;
 }
@@ -167,16 +205,24 @@ static void fo_after_fork_in_child(void) {
 
 static void fo_pool_init(void) {
     pthread_atfork(NULL, NULL, fo_after_fork_in_child);
+    const char* delay = getenv("FASTOPT_POOL_TEST_START_DELAY_MS");
+    if (delay != NULL) {
+        long ms = strtol(delay, NULL, 10);
+        fo_test_start_delay_ms = ms > 0 ? (ms > 60000 ? 60000 : ms) : 0;
+    }
 }
 
+/* Publish a job of `n_chunks` (<= UINT32_MAX) chunks; the caller holds `busy` and every chunk of
+ * the job before has finished. */
 static void fo_publish(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int helpers) {
-    atomic_store_explicit(&fo_pool.fn, (uintptr_t)fn, memory_order_relaxed);
-    atomic_store_explicit(&fo_pool.ctx, (uintptr_t)ctx, memory_order_relaxed);
-    atomic_store_explicit(&fo_pool.n_chunks, n_chunks, memory_order_relaxed);
+    atomic_store_explicit(&fo_pool.fn, (uintptr_t)fn, memory_order_release);
+    atomic_store_explicit(&fo_pool.ctx, (uintptr_t)ctx, memory_order_release);
+    atomic_store_explicit(&fo_pool.n_chunks, n_chunks, memory_order_release);
     atomic_store_explicit(&fo_pool.max_helpers, helpers, memory_order_relaxed);
     atomic_store_explicit(&fo_pool.done, 0, memory_order_relaxed);
     fo_pool.generation++;
-    atomic_store(&fo_pool.state, (uint64_t)fo_pool.generation << 32);   /* publishes the fields */
+    /* publishes the fields */
+    atomic_store(&fo_pool.state, (uint64_t)fo_pool.generation << 32 | (uint64_t)n_chunks);
     if (atomic_load(&fo_pool.sleepers) > 0) {
         pthread_mutex_lock(&fo_pool.lock);
         pthread_cond_broadcast(&fo_pool.wake);
@@ -184,8 +230,10 @@ static void fo_publish(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int helper
     }
 }
 
+/* Wait until all `n` chunks of the current job have finished. Call it only once every chunk is
+ * claimed: then only chunks another thread claimed are outstanding, and those threads are
+ * running. (A thread that has not claimed a chunk is never waited for.) */
 static void fo_wait_done(ptrdiff_t n) {
-    /* Only chunks another thread claimed are outstanding, and those threads are running. */
     for (unsigned i = 0; atomic_load_explicit(&fo_pool.done, memory_order_acquire) < n; i++) {
         fo_cpu_relax();
         if ((i & 4095) == 4095) sched_yield();   /* a preempted helper holds a chunk: let it run */
@@ -206,7 +254,7 @@ void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads)
     }
     if (fo_pool.n_helpers < max_threads - 1) fo_start_helpers(max_threads - 1);
     fo_publish(fn, ctx, n_chunks, max_threads - 1);
-    fo_work(fo_pool.generation, fn, ctx, n_chunks);
+    fo_work(fo_pool.generation, fn, ctx, n_chunks, 0);   /* returns once every chunk is claimed */
     fo_wait_done(n_chunks);
     pthread_mutex_unlock(&fo_pool.busy);
 }
@@ -252,6 +300,17 @@ int fo_pool_helpers_awake(void) {
 
 void fo_pool_set_helper_delay_us(long us) { atomic_store(&fo_pool.helper_delay_us, us < 0 ? 0 : us); }
 
+void fo_pool_set_helper_chunk_hold_us(long us) {
+    atomic_store(&fo_pool.helper_chunk_hold_us, us < 0 ? 0 : us);
+}
+
+long fo_pool_helper_chunks_held(void) { return atomic_load(&fo_pool.helper_chunks_held); }
+
+long fo_pool_test_start_delay_ms(void) {
+    pthread_once(&fo_pool_once, fo_pool_init);
+    return fo_test_start_delay_ms;
+}
+
 static _Atomic int64_t fo_probe_ns;
 
 static void fo_probe_chunk(void* ctx, ptrdiff_t chunk, ptrdiff_t n) {
@@ -284,7 +343,21 @@ double fo_pool_measure_wake_ns(int rounds) {
             nanosleep(&t, NULL);
         }
         int64_t start = fo_now_ns();
-        fo_publish(fo_probe_chunk, NULL, 1, 1);   /* one chunk, for a helper: the caller only waits */
+        fo_publish(fo_probe_chunk, NULL, 1, 1);   /* one chunk, for a helper */
+        /* Like any job's chunk, the probe is waited for only once a helper has claimed it: the
+         * helper may not be scheduled for a long while, or may have started after the probe was
+         * published and so never see it. Past FO_PROBE_WAIT_NS the caller runs it itself, and
+         * the sample (about FO_PROBE_WAIT_NS) says that waking a helper costs at least that. */
+        int64_t deadline = start + FO_PROBE_WAIT_NS;
+        for (unsigned i = 0; (uint32_t)atomic_load(&fo_pool.state) != 0; i++) {
+            fo_cpu_relax();
+            if ((i & 255) != 255) continue;
+            if (fo_now_ns() > deadline) {
+                fo_work(fo_pool.generation, fo_probe_chunk, NULL, 1, 0);   /* unless claimed now */
+                break;
+            }
+            if ((i & 4095) == 4095) sched_yield();   /* the helper may need this core */
+        }
         fo_wait_done(1);
         samples[taken++] = (double)(atomic_load(&fo_probe_ns) - start);
     }

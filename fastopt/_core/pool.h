@@ -38,12 +38,22 @@ int fo_pool_available(void);
  * then costs no system call and they join it within a microsecond. */
 int fo_pool_helpers_awake(void);
 
-/* Test hook: a helper sleeps this long after it wakes for a job, before it claims a chunk, as if
- * the OS had not scheduled it (0: off). */
+/* Test hooks (0: off; they cost nothing when off):
+ * - a helper sleeps `us` after it wakes for a job, before it claims a chunk, as if the OS had not
+ *   scheduled it;
+ * - a helper sleeps `us` between claiming each chunk and running it, as if preempted there (so
+ *   the caller finishes first and must wait for it); fo_pool_helper_chunks_held counts them;
+ * - the environment variable FASTOPT_POOL_TEST_START_DELAY_MS, read once when the pool is first
+ *   used, makes every new helper sleep that long before it starts (it then ignores the job
+ *   running at that moment); fo_pool_test_start_delay_ms returns it. */
 void fo_pool_set_helper_delay_us(long us);
+void fo_pool_set_helper_chunk_hold_us(long us);
+long fo_pool_helper_chunks_held(void);
+long fo_pool_test_start_delay_ms(void);
 
 /* Calibration: nanoseconds from publishing a job to a sleeping helper claiming a chunk, measured
- * on `rounds` jobs (the median); negative if there are no helpers. */
+ * on `rounds` jobs (the median); negative if there are no helpers. A helper that has not claimed
+ * the probe within 10 ms is not waited for: the caller runs the probe, and the sample is ~10 ms. */
 double fo_pool_measure_wake_ns(int rounds);
 
 #endif /* FASTOPT_POOL_H */

@@ -297,7 +297,9 @@ def check_line_search_constants(c1, c2):
 def check_box(bounds, n):
     """``bounds`` (a ``scipy.optimize.Bounds``-like object with ``lb`` / ``ub``, or a sequence of
     ``(lo, hi)`` pairs with None for an open side) as float64 arrays ``(lower, upper)`` of shape
-    (n,), -inf / +inf where open. Errors are SciPy's (L-BFGS-B's) where SciPy has one."""
+    (n,), -inf / +inf where open. Errors are ``scipy.optimize.minimize``'s where it has one;
+    an infeasible infinite side (a lower bound of +inf, an upper bound of -inf), which SciPy takes
+    for a variable fixed at infinity, is a ValueError too."""
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
         try:
             lower = np.broadcast_to(np.asarray(bounds.lb, dtype=float), (n,)).copy()
@@ -322,11 +324,7 @@ def check_box(bounds, n):
         except (TypeError, ValueError):
             lower = upper = None
         if lower is not None and lower.shape == upper.shape == (n,):
-            if np.isnan(lower).any() or np.isnan(upper).any():
-                raise ValueError("bounds must not contain NaN")
-            if (lower > upper).any():
-                raise ValueError("LBFGSB - one of the lower bounds is greater than an upper "
-                                 "bound.")
+            _check_box_values(lower, upper)
             return lower, upper
         lower = np.empty(n)
         upper = np.empty(n)
@@ -337,11 +335,27 @@ def check_box(bounds, n):
                 raise ValueError(f"bounds[{i}] must be a pair (min, max), got {pair!r}") from None
             lower[i] = -np.inf if lo is None else float(np.asarray(lo).item())
             upper[i] = np.inf if hi is None else float(np.asarray(hi).item())
+    _check_box_values(lower, upper)
+    return lower, upper
+
+
+#: What ``scipy.optimize.minimize`` raises for crossed bounds (before it calls any method).
+MSG_CROSSED_BOUNDS = "An upper bound is less than the corresponding lower bound."
+
+
+def _check_box_values(lower, upper):
+    """Raise ValueError for a box no point lies in: NaN, crossed bounds, a lower bound of +inf or
+    an upper bound of -inf (an infinite side is open only towards its own infinity)."""
     if np.isnan(lower).any() or np.isnan(upper).any():
         raise ValueError("bounds must not contain NaN")
     if (lower > upper).any():
-        raise ValueError("LBFGSB - one of the lower bounds is greater than an upper bound.")
-    return lower, upper
+        raise ValueError(MSG_CROSSED_BOUNDS)
+    for side, values, infeasible, open_value in (("lower", lower, math.inf, "-inf"),
+                                                 ("upper", upper, -math.inf, "+inf")):
+        where = np.flatnonzero(values == infeasible)
+        if where.size:
+            raise ValueError(f"bounds[{where[0]}]: the {side} bound is {infeasible:+}, which no "
+                             f"finite x satisfies; use None or {open_value} for no {side} bound")
 
 
 LINE_SEARCHES = {"more-thuente": False, "armijo": True}

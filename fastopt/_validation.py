@@ -285,6 +285,59 @@ def check_start_point(x0, keep_float32=True):
     return np.ascontiguousarray(x)
 
 
+#: Values ``float()`` would parse as numbers but an objective must not return.
+TEXT_TYPES = (str, bytes, bytearray)
+
+
+def objective_value(value, source="fun"):
+    """An objective's value as a float: a real number, or any size-1 array or sequence holding
+    one (as SciPy takes it). ``source`` names where it came from in errors: ``"fun"`` (a
+    SciPy-style objective) or ``"closure"`` (a torch-style closure's loss).
+
+    Text is refused with TypeError although ``float("1.0")`` would parse it, as SciPy's
+    minimizers refuse it (they fail comparing it with a float); so is anything else that is not
+    a real number (None, complex). More or fewer than one value is SciPy's ValueError. The
+    compiled L-BFGS iteration applies the same rule (``_as_double`` in ``fastopt/_lbfgs.pyx``).
+    """
+    if isinstance(value, float):
+        return float(value)
+    item = value
+    if not isinstance(value, TEXT_TYPES):
+        if not isinstance(value, np.ndarray):
+            try:
+                return float(value)          # NumPy and torch scalars, ints
+            except TypeError:
+                pass
+        try:
+            item = np.asarray(value).item()
+        except (TypeError, ValueError):
+            described = f"{type(value).__name__} with shape {np.shape(value)}"
+            if source == "fun":   # SciPy's message
+                raise ValueError("The user-provided objective function must return a scalar "
+                                 f"value (fun returned {described}).") from None
+            raise ValueError(f"The loss the {source} returns must be a scalar value (got "
+                             f"{described}).") from None
+        if not isinstance(item, TEXT_TYPES):
+            try:
+                return float(item)
+            except (TypeError, ValueError):
+                pass
+    raise TypeError(_objective_type_message(value, isinstance(item, TEXT_TYPES), source))
+
+
+def _objective_type_message(value, text, source="fun"):
+    """Why ``value`` (``text``: holding text) cannot be the value of the objective ``source``."""
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    described = f"{type(value).__name__} {shown}"
+    not_text = ", not text" if text else ""
+    if source == "fun":
+        return ("The user-provided objective function must return a real number"
+                f"{not_text}; fun returned {described}")
+    return f"The loss the {source} returns must be a real number{not_text}; got {described}"
+
+
 def check_line_search_constants(c1, c2):
     """Sufficient-decrease and curvature constants with 0 < c1 < c2 < 1."""
     c1 = check_real("c1", c1)

@@ -261,18 +261,43 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, const floating
 
 cdef inline double _as_double(object value) except? -1.0:
     """The objective's value as a double; like SciPy, any size-1 array or sequence is taken."""
-    if type(value) is float:
+    if isinstance(value, float):     # float and its subclasses, such as np.float64
         return <double>value
-    try:
-        return float(value)
-    except TypeError:
-        pass
-    try:
-        return float(np.asarray(value).item())
-    except (TypeError, ValueError):
-        raise ValueError("The user-provided objective function must return a scalar value "
-                         f"(fun returned {type(value).__name__} with shape "
-                         f"{np.shape(value)}).") from None
+    return _other_as_double(value)
+
+
+# Text parses with float() ("1.0"), but an objective returning it is a bug (SciPy raises TypeError).
+cdef tuple _TEXT_TYPES = (str, bytes, bytearray)
+
+
+cdef double _other_as_double(object value) except? -1.0:
+    """The rule of ``fastopt._validation.objective_value`` (kept in step with it; the compiled core
+    does not import the Python layer): text and other non-real values raise TypeError, anything
+    but one value SciPy's ValueError."""
+    item = value
+    if not isinstance(value, _TEXT_TYPES):
+        if not isinstance(value, np.ndarray):
+            try:
+                return float(value)      # NumPy and torch scalars, ints
+            except TypeError:
+                pass
+        try:
+            item = np.asarray(value).item()
+        except (TypeError, ValueError):
+            raise ValueError("The user-provided objective function must return a scalar value "
+                             f"(fun returned {type(value).__name__} with shape "
+                             f"{np.shape(value)}).") from None
+        if not isinstance(item, _TEXT_TYPES):
+            try:
+                return float(item)
+            except (TypeError, ValueError):
+                pass
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    raise TypeError("The user-provided objective function must return a real number"
+                    + (", not text" if isinstance(item, _TEXT_TYPES) else "")
+                    + f"; fun returned {type(value).__name__} {shown}")
 
 
 cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double c2,

@@ -113,9 +113,12 @@ def strong_wolfe_search(evaluate, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_ch
 
 
 def _as_float(value):
-    """A loss as a Python float (a torch loss is detached first, as it still requires grad)."""
+    """A loss as a Python float (a torch loss is detached first, as it still requires grad);
+    text and other non-numbers raise TypeError."""
     detach = getattr(value, "detach", None)
-    return float(detach() if detach is not None else value)
+    if detach is not None:
+        return float(detach())
+    return V.objective_value(value, source="closure")
 
 
 class StepwiseEngine:
@@ -311,7 +314,18 @@ class LBFGS:
         return self._engine.state
 
     def _evaluate(self, closure):
-        loss, grads = closure()
+        result = closure()
+        try:
+            if isinstance(result, V.TEXT_TYPES):    # "ab" would unpack into two characters
+                raise TypeError
+            loss, grads = result
+        except (TypeError, ValueError):
+            raise TypeError(
+                "closure must return (loss, grads) with grads a list of arrays aligned with "
+                f"params, got {type(result).__name__}; this LBFGS works on NumPy arrays, "
+                "without autograd, so the closure computes the gradients and returns them with "
+                "the loss (fastopt.torch.LBFGS takes a closure that calls backward() and "
+                "returns the loss)") from None
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"closure: got {len(grads)} gradients for {len(self.params)} params")
@@ -324,7 +338,7 @@ class LBFGS:
                                  f"shape {p.shape}")
             flat[offset:offset + p.size] = g.ravel()
             offset += p.size
-        return float(loss), flat
+        return V.objective_value(loss, source="closure"), flat
 
     def _get_flat(self):
         return np.concatenate([p.ravel() for p in self.params]).astype(self.dtype, copy=False)

@@ -129,10 +129,11 @@ def adapt_callback(callback):
 
 def all_fixed_result(fun, jac, args, x):
     """SciPy's result when the bounds fix every variable: nothing to iterate."""
+    from ._validation import objective_value
     value = fun(x.copy(), *args)
     if jac is True:
         value = value[0]
-    return OptimizeResult(x=x, fun=np.float64(np.asarray(value).item()), success=True, status=0,
+    return OptimizeResult(x=x, fun=np.float64(objective_value(value)), success=True, status=0,
                           message=MSG_ALL_FIXED, nfev=1, njev=0, nit=0)
 
 

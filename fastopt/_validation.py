@@ -285,6 +285,59 @@ def check_start_point(x0, keep_float32=True):
     return np.ascontiguousarray(x)
 
 
+#: Values ``float()`` would parse as numbers but an objective must not return.
+TEXT_TYPES = (str, bytes, bytearray)
+
+
+def objective_value(value, source="fun"):
+    """An objective's value as a float: a real number, or any size-1 array or sequence holding
+    one (as SciPy takes it). ``source`` names where it came from in errors: ``"fun"`` (a
+    SciPy-style objective) or ``"closure"`` (a torch-style closure's loss).
+
+    Text is refused with TypeError although ``float("1.0")`` would parse it, as SciPy's
+    minimizers refuse it (they fail comparing it with a float); so is anything else that is not
+    a real number (None, complex). More or fewer than one value is SciPy's ValueError. The
+    compiled L-BFGS iteration applies the same rule (``_as_double`` in ``fastopt/_lbfgs.pyx``).
+    """
+    if isinstance(value, float):
+        return float(value)
+    item = value
+    if not isinstance(value, TEXT_TYPES):
+        if not isinstance(value, np.ndarray):
+            try:
+                return float(value)          # NumPy and torch scalars, ints
+            except TypeError:
+                pass
+        try:
+            item = np.asarray(value).item()
+        except (TypeError, ValueError):
+            described = f"{type(value).__name__} with shape {np.shape(value)}"
+            if source == "fun":   # SciPy's message
+                raise ValueError("The user-provided objective function must return a scalar "
+                                 f"value (fun returned {described}).") from None
+            raise ValueError(f"The loss the {source} returns must be a scalar value (got "
+                             f"{described}).") from None
+        if not isinstance(item, TEXT_TYPES):
+            try:
+                return float(item)
+            except (TypeError, ValueError):
+                pass
+    raise TypeError(_objective_type_message(value, isinstance(item, TEXT_TYPES), source))
+
+
+def _objective_type_message(value, text, source="fun"):
+    """Why ``value`` (``text``: holding text) cannot be the value of the objective ``source``."""
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    described = f"{type(value).__name__} {shown}"
+    not_text = ", not text" if text else ""
+    if source == "fun":
+        return ("The user-provided objective function must return a real number"
+                f"{not_text}; fun returned {described}")
+    return f"The loss the {source} returns must be a real number{not_text}; got {described}"
+
+
 def check_line_search_constants(c1, c2):
     """Sufficient-decrease and curvature constants with 0 < c1 < c2 < 1."""
     c1 = check_real("c1", c1)
@@ -297,7 +350,9 @@ def check_line_search_constants(c1, c2):
 def check_box(bounds, n):
     """``bounds`` (a ``scipy.optimize.Bounds``-like object with ``lb`` / ``ub``, or a sequence of
     ``(lo, hi)`` pairs with None for an open side) as float64 arrays ``(lower, upper)`` of shape
-    (n,), -inf / +inf where open. Errors are SciPy's (L-BFGS-B's) where SciPy has one."""
+    (n,), -inf / +inf where open. Errors are ``scipy.optimize.minimize``'s where it has one;
+    an infeasible infinite side (a lower bound of +inf, an upper bound of -inf), which SciPy takes
+    for a variable fixed at infinity, is a ValueError too."""
     if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
         try:
             lower = np.broadcast_to(np.asarray(bounds.lb, dtype=float), (n,)).copy()
@@ -322,11 +377,7 @@ def check_box(bounds, n):
         except (TypeError, ValueError):
             lower = upper = None
         if lower is not None and lower.shape == upper.shape == (n,):
-            if np.isnan(lower).any() or np.isnan(upper).any():
-                raise ValueError("bounds must not contain NaN")
-            if (lower > upper).any():
-                raise ValueError("LBFGSB - one of the lower bounds is greater than an upper "
-                                 "bound.")
+            _check_box_values(lower, upper)
             return lower, upper
         lower = np.empty(n)
         upper = np.empty(n)
@@ -337,11 +388,27 @@ def check_box(bounds, n):
                 raise ValueError(f"bounds[{i}] must be a pair (min, max), got {pair!r}") from None
             lower[i] = -np.inf if lo is None else float(np.asarray(lo).item())
             upper[i] = np.inf if hi is None else float(np.asarray(hi).item())
+    _check_box_values(lower, upper)
+    return lower, upper
+
+
+#: What ``scipy.optimize.minimize`` raises for crossed bounds (before it calls any method).
+MSG_CROSSED_BOUNDS = "An upper bound is less than the corresponding lower bound."
+
+
+def _check_box_values(lower, upper):
+    """Raise ValueError for a box no point lies in: NaN, crossed bounds, a lower bound of +inf or
+    an upper bound of -inf (an infinite side is open only towards its own infinity)."""
     if np.isnan(lower).any() or np.isnan(upper).any():
         raise ValueError("bounds must not contain NaN")
     if (lower > upper).any():
-        raise ValueError("LBFGSB - one of the lower bounds is greater than an upper bound.")
-    return lower, upper
+        raise ValueError(MSG_CROSSED_BOUNDS)
+    for side, values, infeasible, open_value in (("lower", lower, math.inf, "-inf"),
+                                                 ("upper", upper, -math.inf, "+inf")):
+        where = np.flatnonzero(values == infeasible)
+        if where.size:
+            raise ValueError(f"bounds[{where[0]}]: the {side} bound is {infeasible:+}, which no "
+                             f"finite x satisfies; use None or {open_value} for no {side} bound")
 
 
 LINE_SEARCHES = {"more-thuente": False, "armijo": True}

@@ -24,7 +24,9 @@ optimizer's bfloat16 arrays (``ml_dtypes.bfloat16``, or fastopt's own view of a 
 :func:`save` writes a temporary file in the target's directory, flushes and fsyncs it, then renames
 it over ``path`` (``os.replace``), so ``path`` always holds either the old or the new checkpoint.
 The final file has the permissions a plain ``open(path, "w")`` would leave: the existing file's, or
-``0o666`` less the umask for a new one.
+``0o666`` less the umask for a new one. The temporary is created with them (the umask applies), so
+the state it holds is never readable by anyone who cannot read ``path``, even when a killed save
+leaves it behind.
 
 A save killed mid-write (a preempted job) leaves its temporary file behind. The temporaries of a
 target are named ``.<name>.<crc32 of name>.<16 random hex digits>.fastopt.tmp``, and each save holds
@@ -160,7 +162,7 @@ def save(optimizer, path, *, params=False):
 
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(path)
-    fd, tmp = _create_temporary(path)
+    fd, tmp = _create_temporary(path, _mode_of(path))
     try:
         with open(fd, "wb", closefd=False) as f:
             np.savez(f, **arrays)
@@ -219,14 +221,25 @@ def _temporary_prefix(path):
     return f".{name[:80]}.{zlib.crc32(os.fsencode(name)):08x}."
 
 
-def _create_temporary(path):
-    """Create (mode 0o666 under the umask, as ``open`` would) and lock this save's temporary file
+def _mode_of(path):
+    """The permission bits the checkpoint at ``path`` ends up with: the existing file's, or 0o666
+    (less the umask, which ``os.open`` applies) for a new one."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666
+
+
+def _create_temporary(path, mode):
+    """Create with permission bits ``mode`` (under the umask) and lock this save's temporary file
     beside ``path``; returns ``(fd, name)``."""
     directory = os.path.dirname(os.path.abspath(path))
     prefix = _temporary_prefix(path)
     while True:
         name = os.path.join(directory, prefix + secrets.token_hex(8) + TEMP_SUFFIX)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o666)
+        # Created with the target's mode, never a wider one: a save killed mid-write leaves the
+        # state behind in this file until the next save of the target removes it.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode)
         if fcntl is None:
             return fd, name
         try:
@@ -287,13 +300,16 @@ def _remove_if_abandoned(name):
 
 
 def _keep_mode_of(path, fd):
-    """Give the temporary file the mode of the file it replaces, as writing into it would keep."""
+    """Give the temporary file the mode of the file it replaces, as writing into it would keep.
+
+    The temporary was created with that mode, but under the umask, which may have cleared some of
+    its bits (or the target's mode changed during the save)."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path).st_mode & 0o777
     except OSError:
         return                 # a new file: 0o666 under the umask, from os.open
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, mode & 0o777)
+    if hasattr(os, "fchmod") and os.fstat(fd).st_mode & 0o777 != mode:
+        os.fchmod(fd, mode)
 
 
 def _read(path):

@@ -12,6 +12,7 @@ from ._lbfgs import MoreThuente
 from ._minimize_common import adapt_callback
 from ._validation import check_search_options as _check_search_options
 from ._validation import check_tolerance as _check_tolerance
+from ._validation import objective_value
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
 
@@ -80,7 +81,7 @@ class _Counted:
         if grad.shape != (self.n,):
             raise ValueError(f"jac: the gradient must have shape ({self.n},) like x, got shape "
                              f"{grad.shape}")
-        return float(value), grad
+        return objective_value(value), grad
 
 
 def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):

@@ -6,6 +6,8 @@ the installed SciPy wheel (``scipy/optimize/tests``); nothing of SciPy's is copi
 * replaces SciPy's ``_minimize_lbfgsb`` -- what ``minimize(method='L-BFGS-B')``,
   ``fmin_l_bfgs_b`` and everything built on them (basinhopping, shgo, dual_annealing,
   differential_evolution's polishing) call -- by a call to ``fastopt.lbfgs``;
+* leaves the check that no upper bound is below its lower bound, which ``minimize`` makes before
+  it calls any method, to fastopt for L-BFGS-B, so SciPy's tests of that error test fastopt's;
 * keeps only the tests that use L-BFGS-B (the ``L-BFGS-B`` case of tests parametrized over
   methods, and tests whose code names it), minus those in ``EXCLUDED``;
 * writes the number of redirected calls to the file named by ``FASTOPT_REDIRECT_REPORT``, so
@@ -14,6 +16,7 @@ the installed SciPy wheel (``scipy/optimize/tests``); nothing of SciPy's is copi
 import inspect
 import os
 
+import numpy as np
 import pytest
 
 # Tests that use SciPy's compiled L-BFGS-B internals directly, which no redirection reaches.
@@ -39,11 +42,28 @@ def _redirected(fun, x0, args=(), jac=None, bounds=None, **options):
     return fastopt.lbfgs(fun, x0, args=args, jac=jac, bounds=bounds, **options)
 
 
+def _validate_bounds_shape_only(scipy_validate_bounds):
+    """SciPy's ``_validate_bounds`` without its ``lb <= ub`` check for L-BFGS-B (fastopt's to make)."""
+    def validate(bounds, x0, meth):
+        if meth != "l-bfgs-b":
+            return scipy_validate_bounds(bounds, x0, meth)
+        try:   # the shape check, as SciPy makes it
+            bounds.lb = np.broadcast_to(bounds.lb, x0.shape)
+            bounds.ub = np.broadcast_to(bounds.ub, x0.shape)
+        except Exception as exc:
+            raise ValueError("The number of bounds is not compatible with the length of "
+                             "`x0`.") from exc
+        return bounds
+    return validate
+
+
 def pytest_configure(config):
     import scipy.optimize._lbfgsb_py as lbfgsb_py
     import scipy.optimize._minimize as minimize_module
     lbfgsb_py._minimize_lbfgsb = _redirected
     minimize_module._minimize_lbfgsb = _redirected
+    minimize_module._validate_bounds = _validate_bounds_shape_only(
+        minimize_module._validate_bounds)
 
 
 def _params(item):

@@ -218,7 +218,7 @@ def test_result_types_are_scipys():
 
 @pytest.mark.parametrize("bounds, message", [
     ([(0, 1)], "length of x0 != length of bounds"),
-    ([(0, 1), (2, 1)], "lower bounds is greater than an upper bound"),
+    ([(0, 1), (2, 1)], "An upper bound is less than the corresponding lower bound"),
     (Bounds([0, 0, 0], [1, 1, 1]), "number of bounds is not compatible"),
     ([(0, np.nan), (0, 1)], "NaN"),
 ])

@@ -127,7 +127,8 @@ class Optimizer:
         For bfloat16 params without master weights: round the params and states stochastically
         when storing them (unbiased: up with probability equal to the distance from the value
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
-        whatever the thread count.
+        whatever the thread count. Params of other dtypes are refused (ValueError): nothing
+        would round them stochastically.
     seed : int, optional
         The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
         ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``

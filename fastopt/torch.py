@@ -28,11 +28,13 @@ gradients followed by ``step()``.
 State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
 (``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
 ``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
-a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others).
+a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others),
+from older torch versions too; a checkpoint of another optimizer (an SGD one into Adam) is refused.
+Bad hyperparameters raise torch.optim's error type, with its words followed by fastopt's.
 
 Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
 (half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
-options of the NumPy classes), with grads of the param's dtype or, for half params, float32.
+options of the NumPy classes; ``stochastic_rounding`` takes bfloat16 params only), with grads of the param's dtype or, for half params, float32.
 Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
 the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
@@ -109,13 +111,18 @@ def _scalar_dtype():
 
 
 def _plain(value, name, where=None):
-    """Hyperparameter ``name`` as a plain Python value (tensors to numbers, lists to tuples);
-    ``where`` says which group it is in, for the error."""
+    """Hyperparameter ``name`` as a plain Python value (tensors to numbers, lists to tuples).
+
+    ``where`` says which group it is in, for the error: a description, or the index ``g`` of
+    ``param_groups[g]`` (an int, so that a step formats nothing unless it raises).
+    """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             # torch.optim's error type and words for a multi-element tensor hyperparameter
+            if type(where) is int:
+                where = f"param_groups[{where}]"
             raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}"
-                             + (f" ({where})" if where else ""))
+                             + (f" ({where})" if where is not None else ""))
         return value.item()
     if isinstance(value, (list, tuple)):
         return tuple(_plain(v, f"{name}[{i}]", where) for i, v in enumerate(value))
@@ -366,7 +373,7 @@ class _Adapter(torch.optim.Optimizer):
                     continue
                 if isinstance(value, (torch.Tensor, list, tuple)):
                     tensors = tensors or _holds_tensor(value)
-                    value = _plain(value, key, f"param_groups[{g}]")
+                    value = _plain(value, key, g)
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
             if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
@@ -529,8 +536,11 @@ class _Adapter(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """Load a state dict saved by this class or by its ``torch.optim`` namesake.
 
-        Everything is checked before the fastopt state is replaced; on an error the optimizer is
-        left as it was.
+        As torch, a checkpoint from an older torch may lack the group keys torch added since
+        (``maximize``, ``foreach``, ...) and keep scalar states and step counts as Python numbers.
+        A group without one of the algorithm's other hyperparameters, or a state it does not keep,
+        comes from another optimizer and is refused (ValueError). Everything is checked before the
+        fastopt state is replaced; on an error the optimizer is left as it was.
         """
         old_groups = self.param_groups
         old_defaults = dict(self.defaults)

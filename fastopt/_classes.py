@@ -35,7 +35,8 @@ master_weights : bool, default False
 state_dtype : None, "float32" or "bfloat16", default None
     With ``master_weights``: the moments' dtype (float32 by default).
 stochastic_rounding : bool, default False
-    For bfloat16 params without master weights: round stores stochastically (``seed``).
+    For bfloat16 params without master weights: round stores stochastically (``seed``); params
+    of other dtypes are refused.
 seed : int, optional
     The stochastic-rounding seed."""
 

@@ -16,12 +16,33 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PARAM_DTYPES = "float32, float64, float16 or bfloat16"
 
 
-def as_param_array(obj, name):
+def is_torch_tensor(obj):
+    """Whether ``obj`` is a torch tensor (a ``Parameter`` too), told by its type, without importing
+    torch."""
+    return any(cls.__name__ in ("Tensor", "TensorBase") and cls.__module__.split(".")[0] == "torch"
+               for cls in type(obj).__mro__)
+
+
+def as_param_array(obj, name, torch_class=None):
     """``obj`` as a C-contiguous writeable ndarray of a dtype fastopt steps, without copying.
 
     Objects with the buffer protocol (``torch_tensor.numpy()``, ``memoryview``, ``array.array``) are
-    viewed, never copied, so updates land in the caller's memory.
+    viewed, never copied, so updates land in the caller's memory. A torch tensor that cannot be
+    viewed so (a ``Parameter`` that requires grad, say) is refused with a pointer to
+    ``torch_class``, the torch front end's class (``"fastopt.torch.Adam"``).
     """
+    try:
+        return _as_param_array(obj, name)
+    except (TypeError, ValueError) as exc:
+        if torch_class is None or not is_torch_tensor(obj):
+            raise
+        raise type(exc)(
+            f"{exc}. {name} is a torch {type(obj).__name__}: this is the NumPy API, which takes "
+            f"arrays and their gradients as arguments (opt.step(grads)); for torch params use "
+            f"{torch_class}, a torch.optim.Optimizer that steps from their .grad") from None
+
+
+def _as_param_array(obj, name):
     if not isinstance(obj, np.ndarray):
         if isinstance(obj, (dict, str, bytes, numbers.Number)) or obj is None:
             raise TypeError(f"{name} must be a {PARAM_DTYPES} array, got {type(obj).__name__}")
@@ -45,6 +66,16 @@ def as_param_array(obj, name):
     if not arr.flags.aligned:
         raise ValueError(f"{name} must be aligned to its dtype")
     return arr
+
+
+def check_stochastic_rounding_target(arr, name):
+    """Raise ValueError if ``arr`` is not a bfloat16 param, the only kind stochastic rounding acts
+    on (anything else would silently round to nearest)."""
+    if _dtypes.storage_of(arr) != _dtypes.BF16:
+        raise ValueError(
+            f"stochastic_rounding=True rounds bfloat16 params only, but {name} has dtype "
+            f"{arr.dtype}; leave stochastic_rounding off, or give the bfloat16 params an optimizer "
+            "of their own")
 
 
 def check_no_overlap(arrays, names):

@@ -7,6 +7,7 @@ this class reads. The state lives in per-(group, dtype) arenas inside
 """
 import functools
 import math
+import numbers
 import threading
 from collections import namedtuple
 
@@ -126,7 +127,8 @@ class Optimizer:
         For bfloat16 params without master weights: round the params and states stochastically
         when storing them (unbiased: up with probability equal to the distance from the value
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
-        whatever the thread count.
+        whatever the thread count. Params of other dtypes are refused (ValueError): nothing
+        would round them stochastically.
     seed : int, optional
         The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
         ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``
@@ -206,7 +208,11 @@ class Optimizer:
         if len(raw) == 0:
             raise ValueError(f"param group {g} has no params")
         first = len(self._params)
-        arrays = [V.as_param_array(p, f"params[{first + i}]") for i, p in enumerate(raw)]
+        torch_class = f"fastopt.torch.{type(self).__name__}"
+        arrays = [V.as_param_array(p, f"params[{first + i}]", torch_class) for i, p in enumerate(raw)]
+        if self.stochastic_rounding:
+            for i, arr in enumerate(arrays):
+                V.check_stochastic_rounding_target(arr, f"params[{first + i}]")
         for i, arr in enumerate(arrays):
             for rule in self.algorithm.param_rules:
                 if not rule.test(arr.shape):
@@ -329,8 +335,14 @@ class Optimizer:
                 raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
             return grads
         if type(grads) is not list and type(grads) is not tuple:
-            if grads is None:
-                raise TypeError("grads must be a list of arrays aligned with the params, got None")
+            if grads is None or callable(grads):
+                # torch.optim's habit: step() or step(closure), the gradients in each .grad
+                got = "None" if grads is None else "a closure"
+                raise TypeError(
+                    f"grads must be a list of arrays aligned with the params, got {got}: the NumPy "
+                    f"API takes the gradients as an argument, opt.step(grads), one array per "
+                    f"param in param order; for torch params whose .grad autograd fills, use "
+                    f"fastopt.torch.{type(self).__name__}")
             if isinstance(grads, np.ndarray) or hasattr(grads, "__array__") or hasattr(grads, "__array_interface__"):
                 if n != 1:
                     raise TypeError(f"grads must be a list of {n} arrays (one per param), got a single array")
@@ -344,7 +356,7 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
         return grads
 
-    def step(self, grads, *, max_norm=None, norm_type=2.0):
+    def step(self, grads=None, *, max_norm=None, norm_type=2.0):
         """Apply one update to every param in place.
 
         Parameters
@@ -613,6 +625,11 @@ class Optimizer:
                         raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
                     checked["step"] = int(step)
                     continue
+                if name in scalar_names and isinstance(value, numbers.Real) \
+                        and not isinstance(value, (bool, np.bool_)):
+                    # a Python number, as older torch versions saved NAdam's mu_product or ASGD's
+                    # eta and mu (torch makes them tensors on load); stored as float32 below
+                    value = np.asarray(value, dtype=np.float64)
                 if not isinstance(value, np.ndarray):
                     raise TypeError(f"{where} must be an ndarray, got {type(value).__name__}")
                 if name in scalar_names:

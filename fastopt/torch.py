@@ -28,11 +28,13 @@ gradients followed by ``step()``.
 State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
 (``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
 ``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
-a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others).
+a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others),
+from older torch versions too; a checkpoint of another optimizer (an SGD one into Adam) is refused.
+Bad hyperparameters raise torch.optim's error type, with its words followed by fastopt's.
 
 Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
 (half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
-options of the NumPy classes), with grads of the param's dtype or, for half params, float32.
+options of the NumPy classes; ``stochastic_rounding`` takes bfloat16 params only), with grads of the param's dtype or, for half params, float32.
 Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
 the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
@@ -48,10 +50,12 @@ import torch.optim.optimizer as _torch_optimizer
 import numpy as np
 
 from . import _dtypes
+from . import _validation as V
 from ._classes import CLASSES as _NUMPY_CLASSES
 from .optimizer import ParamGroup as _ParamGroup
 from ._core._tensor_gather import TensorGrads as _TensorGrads
 from .algorithms import ALGORITHMS as _ALGORITHMS
+from .algorithms._spec import identifiers
 from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
 
 # torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
@@ -106,21 +110,101 @@ def _scalar_dtype():
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def _plain(value, name="a tensor hyperparameter"):
-    """A hyperparameter as a plain Python value (tensors to numbers, lists to tuples)."""
+def _plain(value, name, where=None):
+    """Hyperparameter ``name`` as a plain Python value (tensors to numbers, lists to tuples).
+
+    ``where`` says which group it is in, for the error: a description, or the index ``g`` of
+    ``param_groups[g]`` (an int, so that a step formats nothing unless it raises).
+    """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            # torch.optim's error type for a multi-element tensor hyperparameter
-            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}")
+            # torch.optim's error type and words for a multi-element tensor hyperparameter
+            if type(where) is int:
+                where = f"param_groups[{where}]"
+            raise ValueError(f"Tensor {name} must be 1-element, got shape {tuple(value.shape)}"
+                             + (f" ({where})" if where is not None else ""))
         return value.item()
     if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
+        return tuple(_plain(v, f"{name}[{i}]", where) for i, v in enumerate(value))
     return value
 
 
 def _holds_tensor(value):
     return isinstance(value, torch.Tensor) or (
         isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value))
+
+
+# torch.optim's words for a hyperparameter its constructor refuses, per torch class: (the class's
+# style for any argument, {argument: words}). The words see ``{value}`` (the value given) and, when
+# one item of a pair or tuple is refused, ``{item}``, its ``{index}`` and ``{number}`` (from 1);
+# the style sees ``{name}`` and ``{allowed}`` too. A drop-in raises torch's error type with torch's
+# words, which test suites match, followed by fastopt's message (the argument and what it allows).
+_INVALID = "Invalid {name} value: {value}"
+_SHOULD = "{name} should be {allowed} but is: {value}"
+_INVALID_WORDS = {"lr": "Invalid learning rate: {value}", "eps": "Invalid epsilon value: {value}",
+                  "betas": "Invalid beta parameter at index {index}: {item}",
+                  "etas": "Invalid eta values: {value[0]}, {value[1]}"}
+_TORCH_WORDS = {
+    "Adafactor": (_SHOULD, {"lr": "Learning rate should be >= 0 but is: {value}",
+                            "eps": "epsilon{number} should be >= 0 but is: {item}",
+                            "d": "Clipping threshold d should be >= 1 but is: {value}"}),
+    "Muon": (_SHOULD, {"lr": "Learning rate should be >= 0 but is: {value}",
+                       "weight_decay": "weight decay should be >= 0 but is: {value}",
+                       "adjust_lr_fn": "Adjust learning rate function {value} is not supported",
+                       "ns_steps": "Number of steps must be less than 100 for computational "
+                                   "efficiency"}),
+    "SGD": (_INVALID, {**_INVALID_WORDS,
+                       "nesterov": "Nesterov momentum requires a momentum and zero dampening"}),
+}
+
+
+def _refused_item(hyper, value):
+    """The position of the item of a pair or tuple ``value`` that ``hyper``'s constraint refuses,
+    or None."""
+    constraint = hyper.constraint
+    if constraint.kind not in ("pair", "tuple"):
+        return None
+    items = (constraint.item, constraint.item) if constraint.kind == "pair" else constraint.items
+    try:
+        values = list(value)
+    except TypeError:
+        return None
+    for index, (item, item_constraint) in enumerate(zip(values, items)):
+        try:
+            V.check_constraint(hyper.name, item, item_constraint)
+        except (TypeError, ValueError):
+            return index
+    return None
+
+
+def _torch_words(algorithm, group, error):
+    """torch.optim's words for the hyperparameter of ``group`` that fastopt's ``error`` refuses
+    (a constraint or a rule of ``algorithm``), or None if no hyperparameter is to blame."""
+    style, words = _TORCH_WORDS.get(algorithm.torch_name, (_INVALID, _INVALID_WORDS))
+    culprit = None
+    for hyper in algorithm.hyperparameters:
+        try:
+            V.check_constraint(hyper.name, group[hyper.name], hyper.constraint)
+        except (TypeError, ValueError):
+            culprit = hyper
+            break
+    if culprit is None:   # a rule across hyperparameters: its message starts with the argument
+        rule = next((r for r in algorithm.rules if r.message == str(error)), None)
+        culprit = rule and next((h for h in algorithm.hyperparameters
+                                 if rule.message.split()[0].split("=")[0] == h.name), None)
+    if culprit is None:
+        return None
+    value = group[culprit.name]
+    index = _refused_item(culprit, value)
+    fields = dict(name=culprit.name, value=value, allowed=culprit.constraint.describe())
+    if index is not None:
+        fields.update(index=index, number=index + 1, item=value[index])
+    for template in (words.get(culprit.name), style):
+        try:
+            return template.format(**fields)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            continue    # (no words for it, or they name an item and the whole value is refused)
+    return None
 
 
 def _tensor_problem(t, what, like=None):
@@ -161,6 +245,7 @@ class _Adapter(torch.optim.Optimizer):
                  state_dtype=None, stochastic_rounding=False, seed=None):
         self._fo = None
         self._skip_nonfinite = skip_nonfinite
+        stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
         self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
                                stochastic_rounding=stochastic_rounding, seed=seed)
         self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
@@ -185,7 +270,14 @@ class _Adapter(torch.optim.Optimizer):
                                          "capturable=False and foreach=True")
                     _plain(v, f"{name}[{i}]")
         self._check_group_flags(defaults, "defaults")
-        self._fastopt_cls._check_group(self._fastopt_cls, {key: _plain(defaults[key]) for key in self._keys})
+        group = {key: _plain(defaults[key], key) for key in self._keys}
+        try:
+            self._fastopt_cls._check_group(self._fastopt_cls, group)
+        except (TypeError, ValueError) as exc:
+            words = _torch_words(self._fastopt_cls.algorithm, group, exc)
+            if words is None:
+                raise
+            raise type(exc)(f"{words}; {exc}") from None
 
     # ------------------------------------------------------------------------------------------
     # Params and groups
@@ -197,8 +289,8 @@ class _Adapter(torch.optim.Optimizer):
         if group.get("differentiable", False):
             raise ValueError(f"{where}: differentiable=True is not supported by fastopt.torch")
 
-    def _fo_group(self, group, params):
-        out = {key: _plain(group[key]) for key in self._keys}
+    def _fo_group(self, group, params, g):
+        out = {key: _plain(group[key], key, f"param group {g}") for key in self._keys}
         out["params"] = [_as_numpy(p) for p in _unique(params)]
         return out
 
@@ -215,18 +307,25 @@ class _Adapter(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if algorithm.torch_rejects_complex and isinstance(p, torch.Tensor) and p.is_complex():
                     raise RuntimeError(f"{algorithm.name} does not support complex parameters")
-                problem = _tensor_problem(p, f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})")
+                what = f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})"
+                problem = _tensor_problem(p, what)
                 if problem is not None:
                     raise problem
+                if self._precision["stochastic_rounding"] and p.dtype != torch.bfloat16:
+                    # it would be ignored: only a bfloat16 store rounds (float16: to nearest)
+                    raise ValueError(
+                        f"stochastic_rounding=True rounds bfloat16 params only, but {what} has "
+                        f"dtype {p.dtype}; leave stochastic_rounding off, or give the bfloat16 "
+                        "params an optimizer of their own")
             if self._fo is not None:
-                self._fo.add_param_group(self._fo_group(group, group["params"]))
+                self._fo.add_param_group(self._fo_group(group, group["params"], n_groups))
                 self._sync_params()
         except Exception:
             del self.param_groups[n_groups:]
             raise
 
     def _build(self):
-        groups = [self._fo_group(g, g["params"]) for g in self.param_groups]
+        groups = [self._fo_group(group, group["params"], g) for g, group in enumerate(self.param_groups)]
         self._fo = self._make_fastopt(groups)
         self._sync_params()
 
@@ -274,7 +373,7 @@ class _Adapter(torch.optim.Optimizer):
                     continue
                 if isinstance(value, (torch.Tensor, list, tuple)):
                     tensors = tensors or _holds_tensor(value)
-                    value = _plain(value)
+                    value = _plain(value, key, g)
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
             if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
@@ -437,8 +536,11 @@ class _Adapter(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """Load a state dict saved by this class or by its ``torch.optim`` namesake.
 
-        Everything is checked before the fastopt state is replaced; on an error the optimizer is
-        left as it was.
+        As torch, a checkpoint from an older torch may lack the group keys torch added since
+        (``maximize``, ``foreach``, ...) and keep scalar states and step counts as Python numbers.
+        A group without one of the algorithm's other hyperparameters, or a state it does not keep,
+        comes from another optimizer and is refused (ValueError). Everything is checked before the
+        fastopt state is replaced; on an error the optimizer is left as it was.
         """
         old_groups = self.param_groups
         old_defaults = dict(self.defaults)
@@ -450,15 +552,20 @@ class _Adapter(torch.optim.Optimizer):
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         own = [p for group in self.param_groups for p in group["params"]]
         saved = {id(p): state_dict["state"].get(i, {}) for i, p in zip(saved_ids, own)}
-        # A checkpoint from an older torch lacks newer group keys; torch fills their defaults
-        # (its optimizers' __setstate__), and so does this class, from the declaration.
-        self.param_groups = [_ParamGroup(group) for group in self.param_groups]
-        for group in self.param_groups:
-            for key, value in self._declared.items():
-                group.setdefault(key, value)
-            group.update(self._fastopt_cls.algorithm.fixed)   # AdamW stays decoupled, as in torch
         try:
+            self.param_groups = [_ParamGroup(group) for group in self.param_groups]
             for g, group in enumerate(self.param_groups):
+                missing = [key for key in self._required if key not in group]
+                if missing:
+                    raise ValueError(
+                        f"state_dict['param_groups'][{g}] has no {', '.join(map(repr, missing))}: "
+                        f"every {type(self).__name__} checkpoint holds {', '.join(self._required)} "
+                        "(a checkpoint of another optimizer?)")
+                # A checkpoint from an older torch lacks the group keys torch added since, which
+                # it fills (its optimizers' __setstate__), and so does this class.
+                for key, value in self._declared.items():
+                    group.setdefault(key, value)
+                group.update(self._fastopt_cls.algorithm.fixed)   # AdamW stays decoupled, as in torch
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
             fo_state = {}
             index = {id(p): i for i, p in enumerate(self._unique_params())}
@@ -473,7 +580,10 @@ class _Adapter(torch.optim.Optimizer):
                     if value is None:
                         continue
                     if name == "step":
-                        converted[name] = int(value.item()) if isinstance(value, torch.Tensor) else value
+                        # a number for fastopt's check (a whole number in range); anything else
+                        # as it is, for the error to show
+                        one = isinstance(value, torch.Tensor) and value.numel() == 1
+                        converted[name] = value.item() if one else value
                     elif isinstance(value, torch.Tensor):
                         where = f"state '{name}' of param {index[id(key)]}"
                         saved_entry = saved.get(id(key))
@@ -493,8 +603,9 @@ class _Adapter(torch.optim.Optimizer):
                     fo_state[index[id(key)]] = converted
             fo_groups = []
             start = 0
-            for group in self.param_groups:
-                entry = {key: _plain(group[key]) for key in self._keys}
+            for g, group in enumerate(self.param_groups):
+                entry = {key: _plain(group[key], key, f"state_dict['param_groups'][{g}]")
+                         for key in self._keys}
                 n = len(_unique(group["params"]))
                 entry["params"] = list(range(start, start + n))
                 start += n
@@ -548,6 +659,22 @@ def _make_init(algorithm):
     return init
 
 
+def _required_in_checkpoints(algorithm):
+    """The group keys every checkpoint of ``algorithm`` holds, in declaration order.
+
+    torch fills a key an older checkpoint lacks only where torch added it later (its optimizers'
+    ``__setstate__``): an implementation flag (``foreach``, ``fused``, ...), a key a variant pins,
+    or a switch that is off by default (``maximize``, ``amsgrad``, ``nesterov``, ``centered``,
+    ``decoupled_weight_decay``; RMSprop's ``momentum``, which turns on a state). A group without
+    one of the others comes from another optimizer (an SGD checkpoint has no ``betas``).
+    """
+    switches = {name for state in algorithm.state if state.when for name in identifiers(state.when)}
+    filled = set(algorithm.torch_extras) | set(algorithm.torch_load_defaults) | set(algorithm.fixed)
+    return tuple(h.name for h in algorithm.hyperparameters
+                 if h.name not in filled and h.constraint.kind != "flag"
+                 and not switches.intersection(h.fields))
+
+
 def _make_adapter(algorithm, base):
     fastopt_cls = _NUMPY_CLASSES[algorithm.name]
     follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
@@ -564,6 +691,7 @@ def _make_adapter(algorithm, base):
         "_fastopt_cls": fastopt_cls,
         "_keys": tuple(h.name for h in algorithm.hyperparameters),
         "_declared": declared,
+        "_required": _required_in_checkpoints(algorithm),
     })
 
 

@@ -69,13 +69,25 @@ def _as_param_array(obj, name):
 
 
 def check_stochastic_rounding_target(arr, name):
-    """Raise ValueError if ``arr`` is not a bfloat16 param, the only kind stochastic rounding acts
-    on (anything else would silently round to nearest)."""
-    if _dtypes.storage_of(arr) != _dtypes.BF16:
+    """Raise ValueError if ``arr`` is a float16 param: its stores round to nearest, so
+    ``stochastic_rounding=True`` would be silently ignored for it. float32 and float64 params are
+    stored as computed (there is nothing to round) and may sit beside the bfloat16 params the option
+    acts on."""
+    if _dtypes.storage_of(arr) == _dtypes.F16:
         raise ValueError(
-            f"stochastic_rounding=True rounds bfloat16 params only, but {name} has dtype "
-            f"{arr.dtype}; leave stochastic_rounding off, or give the bfloat16 params an optimizer "
-            "of their own")
+            f"stochastic_rounding=True rounds bfloat16 params, but {name} has dtype float16, "
+            "which is rounded to nearest; give float16 params master_weights=True (or an "
+            "optimizer of their own), or leave stochastic_rounding off")
+
+
+def check_stochastic_rounding_has_target(storages):
+    """Raise ValueError if none of ``storages`` (the params' storage codes) is bfloat16: the
+    option would act on nothing."""
+    if _dtypes.BF16 not in storages:
+        names = sorted({_dtypes.NAMES[s] for s in storages})
+        raise ValueError(
+            "stochastic_rounding=True rounds bfloat16 params, and params has none (dtypes: "
+            f"{', '.join(names)}); leave stochastic_rounding off")
 
 
 def check_no_overlap(arrays, names):

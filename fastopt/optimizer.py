@@ -127,8 +127,8 @@ class Optimizer:
         For bfloat16 params without master weights: round the params and states stochastically
         when storing them (unbiased: up with probability equal to the distance from the value
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
-        whatever the thread count. Params of other dtypes are refused (ValueError): nothing
-        would round them stochastically.
+        whatever the thread count. float32/float64 params may sit beside them (they are stored
+        as computed); float16 params, or no bfloat16 param at all, are refused (ValueError).
     seed : int, optional
         The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
         ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``
@@ -185,6 +185,8 @@ class Optimizer:
             groups = [{"params": groups}]
         for group in groups:
             self.add_param_group(group)
+        if self.stochastic_rounding:
+            V.check_stochastic_rounding_has_target({_dtypes.storage_of(p) for p in self._params})
 
     # ------------------------------------------------------------------------------------------
     # Param groups

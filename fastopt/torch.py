@@ -34,7 +34,7 @@ Bad hyperparameters raise torch.optim's error type, with its words followed by f
 
 Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
 (half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
-options of the NumPy classes; ``stochastic_rounding`` takes bfloat16 params only), with grads of the param's dtype or, for half params, float32.
+options of the NumPy classes; ``stochastic_rounding`` acts on bfloat16 params and refuses float16 ones), with grads of the param's dtype or, for half params, float32.
 Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
 the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
@@ -311,12 +311,8 @@ class _Adapter(torch.optim.Optimizer):
                 problem = _tensor_problem(p, what)
                 if problem is not None:
                     raise problem
-                if self._precision["stochastic_rounding"] and p.dtype != torch.bfloat16:
-                    # it would be ignored: only a bfloat16 store rounds (float16: to nearest)
-                    raise ValueError(
-                        f"stochastic_rounding=True rounds bfloat16 params only, but {what} has "
-                        f"dtype {p.dtype}; leave stochastic_rounding off, or give the bfloat16 "
-                        "params an optimizer of their own")
+                if self._precision["stochastic_rounding"] and p.dtype == torch.float16:
+                    V.check_stochastic_rounding_target(_as_numpy(p), what)
             if self._fo is not None:
                 self._fo.add_param_group(self._fo_group(group, group["params"], n_groups))
                 self._sync_params()

@@ -6,7 +6,8 @@
   ValueError naming what it lacks, and the optimizer is left as it was.
 * A step count that is not a whole number (1.5, NaN, two elements) is refused naming the entry.
 * A multi-element tensor hyperparameter is refused naming it, wherever it comes from.
-* ``stochastic_rounding=True`` is refused for params it would not act on (all but bfloat16).
+* ``stochastic_rounding=True`` is refused where it would be ignored: float16 params, or no bfloat16
+  param at all.
 """
 import copy
 import math
@@ -241,11 +242,10 @@ def test_a_multi_element_tensor_item_of_a_pair_is_refused_naming_it():
 # (5) stochastic_rounding for params it would not act on
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64],
-                         ids=["float16", "float32", "float64"])
-def test_stochastic_rounding_is_refused_for_params_that_are_not_bfloat16(dtype):
-    p = torch.nn.Parameter(torch.randn(3, dtype=dtype))
-    with pytest.raises(ValueError, match=r"stochastic_rounding.*param 0 .*" + str(dtype)):
+def test_stochastic_rounding_is_refused_for_float16_params():
+    """float16 stores round to nearest: the option would be silently ignored for them."""
+    p = torch.nn.Parameter(torch.randn(3, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"stochastic_rounding.*param 0 .*float16"):
         ft.Adam([p], stochastic_rounding=True)
     half = torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match=r"stochastic_rounding.*param 1 "):
@@ -256,3 +256,22 @@ def test_stochastic_rounding_is_refused_for_params_that_are_not_bfloat16(dtype):
     assert len(opt.param_groups) == 1 and len(opt._fo.param_groups) == 1
     half.grad = torch.ones_like(half)
     opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_stochastic_rounding_needs_a_bfloat16_param_and_leaves_wider_ones_exact(dtype):
+    p = torch.nn.Parameter(torch.randn(3, dtype=dtype))
+    with pytest.raises(ValueError, match=r"stochastic_rounding.*params has none"):
+        ft.Adam([p], stochastic_rounding=True)
+    # beside bfloat16 params (a model's float32 norms, say), a wider param steps as without it
+    half = torch.nn.Parameter(torch.randn(3, dtype=torch.bfloat16))
+    twin = torch.nn.Parameter(p.detach().clone())
+    opt = ft.SGD([half, p], lr=0.1, momentum=0.9, stochastic_rounding=True, seed=0)
+    plain = ft.SGD([twin], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        half.grad = torch.ones_like(half)
+        p.grad = torch.full_like(p, 0.3)
+        twin.grad = torch.full_like(twin, 0.3)
+        opt.step()
+        plain.step()
+    assert torch.equal(p, twin)

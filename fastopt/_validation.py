@@ -273,6 +273,9 @@ def check_start_point(x0, keep_float32=True):
             raise ValueError("x0 must be finite (it contains NaN or Inf)")
         return x0.copy()
     x = np.atleast_1d(np.array(x0, copy=True))
+    if not x.dtype.isnative:
+        # by value, as SciPy takes it (a big-endian float32 x0 stays float32)
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.ndim != 1:
         if x.ndim > 1 and x.size == max(x.shape):
             x = x.ravel()    # SciPy ravels x0

@@ -239,8 +239,10 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, const floating
     obj.nfev += 1
     obj.njev += 1
     f_out[0] = _as_double(value)
+    # A byte-swapped gradient has the native type number: it is converted by value, as SciPy does.
     if (cnp.PyArray_CheckExact(grad) and cnp.PyArray_TYPE(<cnp.ndarray>grad) == obj.typenum
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>grad)):
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>grad)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>grad)):
         ga = <cnp.ndarray>grad
     else:
         ga = np.ascontiguousarray(grad, dtype=np.float32 if floating is float else np.float64)

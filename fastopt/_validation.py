@@ -57,7 +57,14 @@ def _as_param_array(obj, name):
                 f"buffer), got {type(obj).__name__}")
     else:
         arr = obj
-    if _dtypes.storage_of(arr) is None:
+    if not arr.dtype.isnative or _dtypes.storage_of(arr) is None:
+        if not arr.dtype.isnative and \
+                _dtypes.storage_of(np.empty(0, arr.dtype.newbyteorder("="))) is not None:
+            # a float dtype fastopt steps, but byte-swapped: the kernels read native bytes
+            raise TypeError(
+                f"{name} has non-native byte order ({arr.dtype.str}); params are updated in place "
+                f"in native byte order: convert it with p = p.astype(p.dtype.newbyteorder('=')) "
+                f"and use that array")
         raise TypeError(f"{name} must have dtype {PARAM_DTYPES} (ml_dtypes.bfloat16), got {arr.dtype}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray and keep that array)")
@@ -309,6 +316,9 @@ def check_start_point(x0, keep_float32=True):
             raise ValueError("x0 must be finite (it contains NaN or Inf)")
         return x0.copy()
     x = np.atleast_1d(np.array(x0, copy=True))
+    if not x.dtype.isnative:
+        # by value, as SciPy takes it (a big-endian float32 x0 stays float32)
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.ndim != 1:
         if x.ndim > 1 and x.size == max(x.shape):
             x = x.ravel()    # SciPy ravels x0

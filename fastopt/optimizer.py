@@ -650,7 +650,9 @@ class Optimizer:
                     raise ValueError(f"{where} has shape {value.shape}; for a param of shape "
                                      f"{param.shape} it must have shape {shape}")
                 expected = np.dtype(np.float32) if name == "master" else bucket.state_dtype
-                if value.dtype != expected:
+                # A byte-swapped array (saved on a big-endian machine) holds the same values: it
+                # is converted by value when written into the state below.
+                if value.dtype.newbyteorder("=") != expected:
                     raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
                                     f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value

@@ -66,11 +66,14 @@ _GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", Non
 _GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
 _LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
 
-# torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call).
+# torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call;
+# attribute descriptors, whose C getters it calls directly).
 _TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "float32": torch.float32,
               "data_ptr": torch._C.TensorBase.data_ptr,
-              "numel": torch._C.TensorBase.numel, "is_contiguous": torch._C.TensorBase.is_contiguous,
-              "is_neg": torch._C.TensorBase.is_neg}
+              "is_contiguous": torch._C.TensorBase.is_contiguous, "is_neg": torch._C.TensorBase.is_neg,
+              "__len__": torch._C.TensorBase.__len__, "grad": torch._C.TensorBase.grad,
+              "dtype": torch._C.TensorBase.dtype, "shape": torch._C.TensorBase.shape,
+              "ndim": torch._C.TensorBase.ndim, "nbytes": torch._C.TensorBase.nbytes}
 _increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
 
 _SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64, float16 or "
@@ -207,8 +210,9 @@ def _torch_words(algorithm, group, error):
     return None
 
 
-def _tensor_problem(t, what, like=None):
-    """Why ``t`` cannot be used (an exception instance), or None."""
+def _tensor_problem(t, what, like=None, shape_error=ValueError):
+    """Why ``t`` cannot be used (an exception instance), or None; a shape unlike ``like``'s is a
+    ``shape_error``."""
     if not isinstance(t, torch.Tensor):
         return TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
@@ -223,7 +227,7 @@ def _tensor_problem(t, what, like=None):
         if t.dtype != like.dtype and not (like.dtype in _HALF and t.dtype == torch.float32):
             return TypeError(f"{what} has dtype {t.dtype}, but its param has dtype {like.dtype}")
         if t.shape != like.shape:
-            return ValueError(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
+            return shape_error(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
     if not t.is_contiguous():
         return ValueError(
             f"{what} is not contiguous (strides {t.stride()}); fastopt.torch updates memory in place "
@@ -410,9 +414,12 @@ class _Adapter(torch.optim.Optimizer):
             if g is None:
                 grads.append(None)
                 continue
-            problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p)
+            # torch.optim raises RuntimeError for a gradient shaped unlike its param (even with the
+            # same element count, e.g. after p.grad.resize_ or p.grad.data = ...)
+            problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p,
+                                      shape_error=RuntimeError)
             if problem is not None:
-                raise problem
+                raise problem from None    # called while handling the fast path's failure
             grads.append(_as_numpy(g))
             updated.append(p)
         return grads, updated

@@ -14,8 +14,11 @@ cnp.import_array()
 
 
 cdef int storage_code(cnp.ndarray a) noexcept:
-    """How ``a`` is stored (ST_* code), or -1 for a dtype fastopt does not store."""
+    """How ``a`` is stored (ST_* code), or -1 for a dtype fastopt does not store (including any
+    dtype in non-native byte order: its type number is the native one's, its bytes are not)."""
     cdef int t = cnp.PyArray_TYPE(a)
+    if cnp.PyArray_ISBYTESWAPPED(a):
+        return -1
     if t == cnp.NPY_FLOAT32:
         return ST_F32
     if t == cnp.NPY_FLOAT64:
@@ -42,6 +45,13 @@ cdef object as_array(object obj, str what):
     return arr
 
 
+cdef str byte_order_message(str what, object dtype):
+    """Why an array whose bytes are swapped (a big-endian one here) is refused: the kernels read
+    native bytes, and converting would be a copy of every step's gradient."""
+    return (f"{what} has non-native byte order ({dtype.str}); convert it with "
+            f"g.astype(g.dtype.newbyteorder('='))")
+
+
 cdef char* checked_grad(object grad, cnp.ndarray param, int storage, Py_ssize_t index,
                         bint need_writeable, list keep_alive, int* grad_storage) except? NULL:
     """Validate one gradient against its param; return its data pointer and set its storage.
@@ -62,6 +72,8 @@ cdef char* checked_grad(object grad, cnp.ndarray param, int storage, Py_ssize_t 
     else:
         g = as_array(grad, f"grads[{index}]")
         keep_alive.append(g)
+    if cnp.PyArray_ISBYTESWAPPED(g):    # same type number as a native array: check before reading
+        raise TypeError(byte_order_message(f"grads[{index}]", g.dtype))
     grad_storage[0] = storage_code(g)
     if grad_storage[0] != storage and not (grad_storage[0] == ST_F32 and
                                            (storage == ST_BF16 or storage == ST_F16)):
@@ -104,6 +116,8 @@ cdef cnp.ndarray checked_array(object obj, str what, bint need_writeable, int* s
             # np.asarray made a new array (from a list, say): an in-place change would be lost.
             raise TypeError(f"{what} must be an array that can be modified in place, "
                             f"got {type(obj).__name__}")
+    if cnp.PyArray_ISBYTESWAPPED(a):    # same type number as a native array: check before reading
+        raise TypeError(byte_order_message(what, a.dtype))
     storage[0] = storage_code(a)
     if storage[0] < 0:
         raise TypeError(f"{what} must be float32, float64, float16 or bfloat16, got {a.dtype}")

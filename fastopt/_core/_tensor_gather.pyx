@@ -1,24 +1,108 @@
 # Gathering torch gradients for fastopt.torch at C speed, without building a NumPy array per
 # gradient per step (``Tensor.numpy()`` costs ~1.4 us a tensor here, more than the update of a small
-# one). This module never imports torch: the adapter hands it torch's own unbound methods.
+# one). This module never imports torch: the adapter hands it torch's own unbound methods and
+# attribute descriptors.
 #
-# Per param and step: its ``.grad``; for a gradient, its data pointer, dtype, element count,
-# contiguity and negative bit, each one call of torch's C API (~40-60 ns each on this machine,
-# which bounds what a step of many small tensors can save). Anything unusual -- a param whose
-# memory moved, a gradient of another kind, dtype, size or layout, or one torch cannot describe
-# this way -- makes gather() return None, and the adapter's precise (slower) checks raise with a
-# message that names the param.
+# Per param and step: its ``.grad``; for a gradient, its data pointer, dtype, shape, contiguity
+# and negative bit, each one call of torch's C API (~10-60 ns each on this machine, which bounds
+# what a step of many small tensors can save). Anything unusual -- a param whose memory moved, a
+# gradient of another kind, dtype, shape or layout, or one torch cannot describe this way -- makes
+# gather() return None, and the adapter's precise (slower) checks raise with a message that names
+# the param.
+#
+# The shape, not only the element count: a gradient resized in place (``p.grad.resize_(5, 4)`` on
+# a 4x5 param) or swapped under ``.grad.data`` keeps the count, and a matrix algorithm (Muon,
+# Adafactor) would read it as the wrong matrix. ``Tensor.shape`` builds a torch.Size (a tuple the
+# garbage collector tracks) per call, which would make a step of 200 small tensors ~5% slower; up
+# to two dimensions with a nonzero first one, the dimension count, the first dimension and the
+# byte count fix the shape, and each is read without building an object (C getters and the
+# ``__len__`` slot of ``torch._C.TensorBase``, called directly). Other shapes compare torch.Size.
 cimport cython
 from libc.stdint cimport intptr_t
+from libc.stdlib cimport malloc, free
 
 from fastopt._core._gather cimport GradPointers
-from fastopt._core._kernel_api cimport ST_F32, ST_BF16, ST_F16
+from fastopt._core._kernel_api cimport ST_F32, ST_F64, ST_BF16, ST_F16
 
 from cpython.long cimport PyLong_AsVoidPtr
+from cpython.object cimport PyObject_RichCompareBool, Py_EQ
+
+
+cdef extern from "Python.h":
+    # CPython's attribute getter: a new reference, or NULL with an exception set.
+    ctypedef object (*getter)(object, void*)
+    ctypedef struct PyGetSetDef:
+        getter get
+        void* closure
+    ctypedef struct PyGetSetDescrObject:
+        PyGetSetDef* d_getset
+    # The C function behind a slot such as __len__ (for __len__: a lenfunc, -1 with an exception).
+    ctypedef struct PyWrapperDescrObject:
+        void* d_wrapped
+    ctypedef Py_ssize_t (*lenfunc)(object) except? -1
+    ctypedef struct PyTypeObject:
+        pass
+    PyTypeObject PyGetSetDescr_Type
+    PyTypeObject PyWrapperDescr_Type
+    PyTypeObject* Py_TYPE(object)
+
+
+cdef object _through_descriptor(object obj, void* descriptor):
+    """The getter of an attribute that is not a getset descriptor: its ``__get__``."""
+    return (<object>descriptor).__get__(obj, type(obj))
+
+
+@cython.final
+cdef class _Attribute:
+    """A torch attribute read by calling its C getter directly (on an instance of the exact class
+    that defines it: a subclass might override it)."""
+    cdef object descriptor            # kept alive: get and closure point into it
+    cdef getter get
+    cdef void* closure
+
+    def __init__(self, descriptor):
+        self.descriptor = descriptor
+        if Py_TYPE(descriptor) == &PyGetSetDescr_Type:
+            self.get = (<PyGetSetDescrObject*>descriptor).d_getset.get
+            self.closure = (<PyGetSetDescrObject*>descriptor).d_getset.closure
+        else:
+            self.get = _through_descriptor
+            self.closure = <void*>descriptor
+
+    cdef inline object of(self, object obj):
+        return self.get(obj, self.closure)
+
+
+@cython.final
+cdef class _Length:
+    """``torch._C.TensorBase.__len__`` (a tensor's first dimension, 0 for a 0-d one), calling the
+    slot function behind it directly (torch.Tensor overrides ``__len__`` in Python)."""
+    cdef object descriptor            # kept alive: length points into it
+    cdef lenfunc length
+
+    def __init__(self, descriptor):
+        self.descriptor = descriptor
+        self.length = NULL
+        if Py_TYPE(descriptor) == &PyWrapperDescr_Type:
+            self.length = <lenfunc>(<PyWrapperDescrObject*>descriptor).d_wrapped
+
+    cdef inline Py_ssize_t of(self, object obj) except? -1:
+        if self.length != NULL:
+            return self.length(obj)
+        return self.descriptor(obj)
+
 
 # An empty gradient's data pointer may be NULL, which GradPointers reads as "no gradient": it gets
 # this address instead (never dereferenced: nothing is read or written for zero elements).
 cdef char _empty_gradient
+
+
+cdef inline Py_ssize_t _itemsize(int storage) noexcept:
+    if storage == ST_F64:
+        return 8
+    if storage == ST_F32:
+        return 4
+    return 2
 
 
 @cython.final
@@ -34,45 +118,93 @@ cdef class TensorGrads:
     dtypes : list
         Each param's torch dtype: a gradient has it, or is float32 for a bfloat16/float16 param.
     api : dict
-        torch's ``Tensor`` and ``Parameter`` types, ``torch.float32``, and the unbound
-        ``data_ptr``, ``numel``, ``is_contiguous`` and ``is_neg`` methods of
-        ``torch._C.TensorBase``. Gradients of another type (a subclass) take the adapter's precise
-        path.
+        torch's ``Tensor`` and ``Parameter`` types, ``torch.float32``, the unbound ``data_ptr``,
+        ``is_contiguous``, ``is_neg`` and ``__len__`` methods of ``torch._C.TensorBase`` and its
+        ``grad``, ``dtype``, ``shape``, ``ndim`` and ``nbytes`` attributes (descriptors).
+        Gradients of another type (a subclass) take the adapter's precise path.
     """
     cdef list params
     cdef list dtypes
     cdef list sizes
+    cdef list shapes
     cdef list storages
     cdef object float32
     cdef Py_ssize_t n
     cdef object tensor_type
     cdef object parameter_type
     cdef object data_ptr
-    cdef object numel
     cdef object is_contiguous
     cdef object is_neg
+    cdef _Attribute grad_of
+    cdef _Attribute dtype_of
+    cdef _Attribute shape_of
+    cdef _Attribute ndim_of
+    cdef _Attribute nbytes_of
+    cdef _Length first_dim_of
     cdef list param_ptrs
+    # Per param: its dimension count and first dimension, and whether those with the element
+    # count fix its shape (up to two dimensions, the first one nonzero); else torch.Size compares.
+    cdef long* ndims
+    cdef Py_ssize_t* first_dims
+    cdef bint* shape_by_counts
+
+    def __cinit__(self):
+        self.ndims = NULL
+        self.first_dims = NULL
+        self.shape_by_counts = NULL
+
+    def __dealloc__(self):
+        free(self.ndims)
+        free(self.first_dims)
+        free(self.shape_by_counts)
 
     def __init__(self, list params, list sizes, list storages, list dtypes, dict api):
+        cdef Py_ssize_t i
         self.params = list(params)
         self.n = len(params)
         self.sizes = list(sizes)
+        self.shapes = [p.shape for p in params]
         self.storages = list(storages)
         self.float32 = api["float32"]
         self.dtypes = list(dtypes)
         self.tensor_type = api["Tensor"]
         self.parameter_type = api["Parameter"]
         self.data_ptr = api["data_ptr"]
-        self.numel = api["numel"]
         self.is_contiguous = api["is_contiguous"]
         self.is_neg = api["is_neg"]
+        self.grad_of = _Attribute(api["grad"])
+        self.dtype_of = _Attribute(api["dtype"])
+        self.shape_of = _Attribute(api["shape"])
+        self.ndim_of = _Attribute(api["ndim"])
+        self.nbytes_of = _Attribute(api["nbytes"])
+        self.first_dim_of = _Length(api["__len__"])
         self.param_ptrs = [self.data_ptr(p) for p in params]
+        self.ndims = <long*>malloc((self.n + 1) * sizeof(long))
+        self.first_dims = <Py_ssize_t*>malloc((self.n + 1) * sizeof(Py_ssize_t))
+        self.shape_by_counts = <bint*>malloc((self.n + 1) * sizeof(bint))
+        if self.ndims == NULL or self.first_dims == NULL or self.shape_by_counts == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            shape = self.shapes[i]
+            self.ndims[i] = len(shape)
+            self.first_dims[i] = shape[0] if len(shape) else 0
+            self.shape_by_counts[i] = len(shape) <= 1 or (len(shape) == 2 and shape[0] != 0)
+
+    cdef inline bint _same_shape(self, object g, Py_ssize_t i) except -1:
+        """Whether gradient ``g`` (a Tensor or Parameter) has the shape of param ``i``, leaving
+        the element count to the caller where the shape is checked by counts."""
+        cdef long ndim = self.ndim_of.of(g)
+        if ndim != self.ndims[i]:
+            return False
+        if not self.shape_by_counts[i]:
+            return PyObject_RichCompareBool(self.shape_of.of(g), self.shapes[i], Py_EQ)
+        return self.ndims[i] == 0 or self.first_dim_of.of(g) == self.first_dims[i]
 
     def gather(self):
         """The gradients as GradPointers (with ``updated``: the params that have one), or None when
         a param or gradient needs the adapter's precise checks."""
         cdef GradPointers out = GradPointers(self.n, self.sizes)
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, size, nbytes
         cdef int storage
         cdef object p, g, dtype
         cdef list updated = out.updated
@@ -82,24 +214,29 @@ cdef class TensorGrads:
             p = self.params[i]
             if data_ptr(p) != self.param_ptrs[i]:
                 return None                      # p.data = ... since the optimizer was built
-            g = p.grad
+            g = self.grad_of.of(p) if type(p) is parameter_type or type(p) is tensor_type else p.grad
             if g is None:
                 continue
-            if (type(g) is not tensor_type and type(g) is not parameter_type) \
-                    or self.numel(g) != self.sizes[i]:
+            if type(g) is not tensor_type and type(g) is not parameter_type:
                 return None
-            dtype = g.dtype
+            dtype = self.dtype_of.of(g)
             storage = self.storages[i]
             if dtype is not self.dtypes[i]:
                 if dtype is not self.float32 or (storage != ST_BF16 and storage != ST_F16):
                     return None
                 storage = ST_F32
             out.storages[i] = storage
+            size = self.sizes[i]
             try:
+                if not self._same_shape(g, i):
+                    return None
+                nbytes = self.nbytes_of.of(g)
+                if nbytes != size * _itemsize(storage):    # the element count
+                    return None
                 if not self.is_contiguous(g) or self.is_neg(g):
                     return None
-            except RuntimeError:                 # e.g. a sparse gradient has no strides
+            except RuntimeError:                 # e.g. a sparse gradient has no strides, no nbytes
                 return None
-            out.data[i] = <char*>PyLong_AsVoidPtr(data_ptr(g)) if self.sizes[i] else &_empty_gradient
+            out.data[i] = <char*>PyLong_AsVoidPtr(data_ptr(g)) if size else &_empty_gradient
             updated.append(p)
         return out

@@ -470,3 +470,30 @@ def test_two_threads_saving_to_one_path_while_one_cleans(tmp_path, monkeypatch):
     restored, _ = _optimizer(5.0)
     checkpoint.load(restored, str(path))
     np.testing.assert_array_equal(restored.state[0]["exp_avg"], opt_first.state[0]["exp_avg"])
+
+
+GROUP_MUTATIONS = {
+    "setitem": lambda g: g.__setitem__("lr", 0.2),
+    "delitem": lambda g: g.__delitem__("lr"),
+    "update": lambda g: g.update(lr=0.2),
+    "ior": lambda g: g.__ior__({"lr": 0.2}),
+    "setdefault-missing-key": lambda g: g.setdefault("note", "added"),
+    "pop": lambda g: g.pop("lr"),
+    "pop-missing-with-default": lambda g: g.pop("absent", None),
+    "popitem": lambda g: g.popitem(),
+    "clear": lambda g: g.clear(),
+}
+
+
+@pytest.mark.parametrize("mutate", list(GROUP_MUTATIONS))
+def test_param_group_forgets_its_check_on_every_mutation(mutate):
+    """The invariant behind the tests above, for every dict method that can change a group --
+    including those whose effect a step cannot show on its own (``setdefault`` of a missing key,
+    which is only possible after a removal that already made the group re-checked, and ``clear``):
+    after a step has checked the group, the mutation drops the remembered check."""
+    opt = fastopt.SGD([np.ones(3)], lr=0.1)
+    opt.step([np.ones(3)])
+    group = opt.param_groups[0]
+    assert group.checked is not None        # remembered by the step
+    GROUP_MUTATIONS[mutate](group)
+    assert group.checked is None, f"{mutate} kept the group's old check"

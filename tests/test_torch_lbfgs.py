@@ -7,12 +7,15 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
-from torch.testing._internal.common_optimizers import optim_db
 
-import fastopt.torch as ft
+torch = pytest.importorskip("torch")
+common = pytest.importorskip("torch.testing._internal.common_optimizers")
 
-LBFGS_INFO = next(info for info in optim_db if info.optim_cls is torch.optim.LBFGS)
+import fastopt.torch as ft  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+LBFGS_INFO = next(info for info in common.optim_db if info.optim_cls is torch.optim.LBFGS)
 
 
 def problem(dtype, seed=0):

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 common = pytest.importorskip("torch.testing._internal.common_optimizers")
 
+import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -174,3 +175,40 @@ def test_per_iteration_vector_work_is_one_compiled_call():
     state = opt.state[w]
     assert state["history"].shape == (20, 20_000)
     np.testing.assert_allclose(w.detach().numpy(), target.numpy(), atol=1e-6)
+
+# -- lr: both front ends take torch's rule ---------------------------------------------------------
+def _three_lbfgs(lr):
+    """torch.optim.LBFGS, fastopt.torch.LBFGS and the NumPy fastopt.LBFGS built with ``lr``."""
+    yield torch.optim.LBFGS, lambda: torch.optim.LBFGS([torch.nn.Parameter(torch.ones(3))], lr=lr)
+    yield ft.LBFGS, lambda: ft.LBFGS([torch.nn.Parameter(torch.ones(3))], lr=lr)
+    yield fastopt.LBFGS, lambda: fastopt.LBFGS([np.ones(3)], lr=lr)
+
+
+@pytest.mark.parametrize("lr", [-1, -0.5, float("nan")])
+def test_negative_lr_raises_torchs_error_in_both_front_ends(lr):
+    messages = {}
+    for cls, build in _three_lbfgs(lr):
+        with pytest.raises(ValueError) as info:
+            build()
+        messages[cls] = str(info.value)
+    assert messages[ft.LBFGS] == messages[fastopt.LBFGS] == messages[torch.optim.LBFGS] \
+        == f"Invalid learning rate: {lr}"
+
+
+def test_lr_zero_is_accepted_by_both_front_ends_and_moves_nothing():
+    for _, build in _three_lbfgs(0.0):
+        build()
+    w = np.array([3.0, -4.0])
+    opt = fastopt.LBFGS([w], lr=0)
+    opt.step(lambda: (float(w @ w), [2 * w]))
+    np.testing.assert_array_equal(w, [3.0, -4.0])
+    p = torch.nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    torch_opt = ft.LBFGS([p], lr=0)
+
+    def closure():
+        torch_opt.zero_grad()
+        loss = (p ** 2).sum()
+        loss.backward()
+        return loss
+    torch_opt.step(closure)
+    np.testing.assert_array_equal(p.detach().numpy(), [3.0, -4.0])

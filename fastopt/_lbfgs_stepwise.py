@@ -140,6 +140,13 @@ class StepwiseEngine:
                 "rho": np.zeros(m, dtype=self.dtype), "newest": m - 1, "count": 0,
                 "H_diag": 1.0, "prev_flat_grad": None, "prev_loss": None}
 
+    def _clear_history(self):
+        """Forget every pair (torch does so on the very first iteration)."""
+        st = self.state
+        st["count"] = 0
+        st["newest"] = self.history_size - 1
+        st["H_diag"] = 1.0
+
     def _store_pair(self, s, y, ys):
         st = self.state
         m = self.history_size
@@ -166,9 +173,7 @@ class StepwiseEngine:
             st["n_iter"] += 1
             if st["n_iter"] == 1:
                 d = -flat_grad
-                st["count"] = 0
-                st["newest"] = self.history_size - 1
-                st["H_diag"] = 1.0
+                self._clear_history()
             else:
                 y = flat_grad - st["prev_flat_grad"]
                 s = d * t

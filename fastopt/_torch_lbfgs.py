@@ -13,6 +13,7 @@ torch keeps its lists; the engine's arrays are wrapped as tensors, never the oth
 no step re-wraps what the previous one wrapped.
 """
 import numbers
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,6 +32,9 @@ _ITERATION_KEYS = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_
                    "prev_loss")
 #: keys of the ring-buffer layout that development versions of this class saved
 _RING_LAYOUT_KEYS = ("history", "rho", "newest", "count")
+#: the closure torch's documentation asks for, quoted in the messages about a wrong one
+_CLOSURE_SHAPE = ("def closure(): optimizer.zero_grad(); loss = loss_fn(model(x), y); "
+                  "loss.backward(); return loss")
 
 
 class _TorchLayoutEngine(StepwiseEngine):
@@ -192,19 +196,27 @@ class LBFGS(torch.optim.Optimizer):
         self._n = sum(self._sizes)
         self._engine = _TorchLayoutEngine(self._n, self._dtype, history_size)
         self._published = None     # the dict in state[params[0]] the engine last wrote
+        self._gradless = False     # set when an evaluation left every .grad None
 
     # -- views of the parameters and gradients ----------------------------------------------------
     def _evaluate(self, closure):
         with torch.enable_grad():
             loss = closure()
+        if loss is None:
+            raise TypeError("LBFGS: closure() returned None; it must compute the gradients and "
+                            f"return the loss: {_CLOSURE_SHAPE}")
         flat = np.empty(self._n, dtype=self._dtype)
         offset = 0
+        without_grad = 0
         for p, size in zip(self._params, self._sizes):
-            if p.grad is None:
+            if p.grad is None:   # torch takes a missing gradient as zero
                 flat[offset:offset + size] = 0.0
+                without_grad += 1
             else:
                 flat[offset:offset + size] = p.grad.detach().reshape(-1).numpy()
             offset += size
+        if without_grad == len(self._params) and any(p.requires_grad for p in self._params):
+            self._gradless = True
         return loss, flat
 
     def _get_flat(self):
@@ -376,10 +388,19 @@ class LBFGS(torch.optim.Optimizer):
         self._adopt_outside_changes(group)
         if self._published is None:
             self._published = self.state[self._params[0]]
+        self._gradless = False
         try:
-            return self._engine.step(closure, self._evaluate, self._get_flat, self._set_flat,
+            loss = self._engine.step(closure, self._evaluate, self._get_flat, self._set_flat,
                                      self._add, lr, group["max_iter"], group["max_eval"],
                                      group["tolerance_grad"], group["tolerance_change"],
                                      group["line_search_fn"])
         finally:
             self._engine.publish(self._published)
+        if self._gradless:
+            # torch's step does nothing here, silently (and must, when no param requires grad);
+            # params that require grad but got none almost always mean a closure without backward
+            warnings.warn("LBFGS.step: after closure() no parameter has a gradient (every .grad "
+                          "is None), so the step leaves the parameters unchanged. The closure "
+                          f"must call loss.backward() before returning the loss: {_CLOSURE_SHAPE}",
+                          UserWarning, stacklevel=4)
+        return loss

@@ -266,3 +266,43 @@ def test_lr_zero_is_accepted_by_both_front_ends_and_moves_nothing():
         return loss
     torch_opt.step(closure)
     np.testing.assert_array_equal(p.detach().numpy(), [3.0, -4.0])
+
+
+# -- closures that do not produce gradients ------------------------------------------------------
+def test_closure_without_backward_gets_a_hint():
+    w = torch.nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    opt = ft.LBFGS([w])
+
+    def closure():   # forgot loss.backward()
+        opt.zero_grad()
+        return (w ** 2).sum()
+    with pytest.warns(UserWarning, match=r"no parameter has a gradient.*call loss\.backward\(\)") \
+            as caught:
+        loss = opt.step(closure)
+    assert float(loss.detach()) == 25.0
+    np.testing.assert_array_equal(w.detach().numpy(), [3.0, -4.0])   # torch's no-op, kept
+    assert caught[0].filename == __file__   # points at the user's step() call
+
+
+def test_params_without_requires_grad_step_silently_as_in_torch():
+    """torch's test_step_is_noop_when_params_have_no_grad: no gradient and none wanted is a
+    silent no-op, not the forgotten-backward hint."""
+    params = [torch.randn(2, 3, requires_grad=False) for _ in range(2)]
+    old = [p.clone() for p in params]
+    opt = ft.LBFGS(params, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(lambda: torch.tensor([1.0]))
+    for p, q in zip(params, old):
+        assert torch.equal(p, q)
+
+
+def test_closure_returning_none_is_named():
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = ft.LBFGS([w])
+
+    def closure():   # forgot to return the loss
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+    with pytest.raises(TypeError, match=r"closure\(\) returned None.*return loss"):
+        opt.step(closure)

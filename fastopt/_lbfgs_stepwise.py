@@ -13,6 +13,7 @@ conditions with ``c1 = 1e-4``, ``c2 = 0.9``. The step ends on ``max |g| <= toler
 ``max_iter`` iterations or ``max_eval`` evaluations.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -142,6 +143,13 @@ class StepwiseEngine:
                 "rho": np.zeros(m, dtype=self.dtype), "newest": m - 1, "count": 0,
                 "H_diag": 1.0, "prev_flat_grad": None, "prev_loss": None}
 
+    def _clear_history(self):
+        """Forget every pair (torch does so on the very first iteration)."""
+        st = self.state
+        st["count"] = 0
+        st["newest"] = self.history_size - 1
+        st["H_diag"] = 1.0
+
     def _store_pair(self, s, y, ys):
         st = self.state
         m = self.history_size
@@ -168,9 +176,7 @@ class StepwiseEngine:
             st["n_iter"] += 1
             if st["n_iter"] == 1:
                 d = -flat_grad
-                st["count"] = 0
-                st["newest"] = self.history_size - 1
-                st["H_diag"] = 1.0
+                self._clear_history()
             else:
                 y = flat_grad - st["prev_flat_grad"]
                 s = d * t
@@ -231,7 +237,13 @@ class StepwiseEngine:
 
 def check_lbfgs_options(lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size,
                         line_search_fn):
-    """torch.optim.LBFGS's options, checked; returns them with ``max_eval`` filled in."""
+    """torch.optim.LBFGS's options, checked; returns them with ``max_eval`` filled in.
+
+    ``lr = 0`` is accepted and ``lr < 0`` (or NaN) refused with torch.optim.LBFGS's error, which
+    both front ends share.
+    """
+    if isinstance(lr, numbers.Real) and not isinstance(lr, (bool, np.bool_)) and not lr >= 0:
+        raise ValueError(f"Invalid learning rate: {lr}")
     lr = V.check_real("lr", lr, low=0.0)
     max_iter = V.check_count("max_iter", max_iter, 1)
     if max_eval is None:
@@ -255,7 +267,8 @@ class LBFGS:
     params : sequence of ndarray
         Float arrays (one dtype), updated in place.
     lr : float
-        Step length (``t = lr``; on the very first iteration ``t = min(1, 1/||g||_1) lr``).
+        Step length (``t = lr``; on the very first iteration ``t = min(1, 1/||g||_1) lr``);
+        ``lr >= 0`` as torch requires (``lr = 0`` takes steps of length zero).
     max_iter : int
         Iterations per :meth:`step`.
     max_eval : int, optional
@@ -297,8 +310,6 @@ class LBFGS:
                 raise ValueError(f"params[{i}] must be writeable (it is updated in place)")
         if len({p.dtype for p in params}) != 1:
             raise TypeError("params must all have the same dtype")
-        if isinstance(lr, (int, float)) and not lr > 0:
-            raise ValueError(f"lr must be positive, got {lr}")
         (self.lr, self.max_iter, self.max_eval, self.tolerance_grad, self.tolerance_change,
          self.history_size, self.line_search_fn) = check_lbfgs_options(
             lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size,

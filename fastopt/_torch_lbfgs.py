@@ -203,8 +203,9 @@ class LBFGS(torch.optim.Optimizer):
         with torch.enable_grad():
             loss = closure()
         if loss is None:
-            raise TypeError("LBFGS: closure() returned None; it must compute the gradients and "
-                            f"return the loss: {_CLOSURE_SHAPE}")
+            raise TypeError("LBFGS: closure() returned None (NoneType None), but it must return a "
+                            "real number, the loss, after computing the gradients: "
+                            f"{_CLOSURE_SHAPE}")
         flat = np.empty(self._n, dtype=self._dtype)
         offset = 0
         without_grad = 0

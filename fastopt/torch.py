@@ -248,6 +248,9 @@ class _Adapter(torch.optim.Optimizer):
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
                  state_dtype=None, stochastic_rounding=False, seed=None):
         self._fo = None
+        # torch.optim builds Adafactor and Muon over complex params and refuses them at step():
+        # the error each step raises, as torch's does (None: nothing refused)
+        self._refused_at_step = None
         self._skip_nonfinite = skip_nonfinite
         stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
         self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
@@ -295,8 +298,16 @@ class _Adapter(torch.optim.Optimizer):
 
     def _fo_group(self, group, params, g):
         out = {key: _plain(group[key], key, f"param group {g}") for key in self._keys}
-        out["params"] = [_as_numpy(p) for p in _unique(params)]
+        out["params"] = [_as_numpy(p) if not self._refuses_at_step(p) else
+                         np.zeros(p.shape, dtype=np.float32)   # never stepped: step() raises
+                         for p in _unique(params)]
         return out
+
+    def _refuses_at_step(self, p):
+        """Whether ``p`` is a param this algorithm takes at construction and refuses at step(),
+        as torch.optim does (complex params of Adafactor and Muon)."""
+        return (self._fastopt_cls.algorithm.torch_rejects_complex and isinstance(p, torch.Tensor)
+                and p.is_complex())
 
     def add_param_group(self, param_group):
         first = sum(len(g["params"]) for g in self.param_groups)
@@ -305,12 +316,14 @@ class _Adapter(torch.optim.Optimizer):
         # a dict that notices assignments, so a step pushes a group's hyperparameters only after
         # a change (an LR scheduler's, say): comparing them all costs more than a small step
         self.param_groups[-1] = group = _ParamGroup(self.param_groups[-1])
+        refused = None
         try:
             self._check_group_flags(group, f"param group {n_groups}")
             algorithm = self._fastopt_cls.algorithm
             for i, p in enumerate(group["params"]):
-                if algorithm.torch_rejects_complex and isinstance(p, torch.Tensor) and p.is_complex():
-                    raise RuntimeError(f"{algorithm.name} does not support complex parameters")
+                if self._refuses_at_step(p):
+                    refused = RuntimeError(f"{algorithm.name} does not support complex parameters")
+                    continue
                 what = f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})"
                 problem = _tensor_problem(p, what)
                 if problem is not None:
@@ -323,6 +336,8 @@ class _Adapter(torch.optim.Optimizer):
         except Exception:
             del self.param_groups[n_groups:]
             raise
+        if refused is not None and self._refused_at_step is None:
+            self._refused_at_step = refused
 
     def _build(self):
         groups = [self._fo_group(group, group["params"], g) for g, group in enumerate(self.param_groups)]
@@ -453,6 +468,8 @@ class _Adapter(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._refused_at_step is not None:
+            raise self._refused_at_step
         self._push_hyperparameters()
         # The fast gather reads every .grad through torch's C API into raw pointers; anything it
         # does not vouch for (and a param listed twice) goes through the precise checks instead.

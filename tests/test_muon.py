@@ -287,5 +287,11 @@ def test_torch_adapter_checkpoints_both_ways():
                        ours.state[p]["momentum_buffer"])
     with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
         ft.Muon([torch.nn.Parameter(torch.zeros(3))])
-    with pytest.raises(RuntimeError, match="Muon does not support complex parameters"):
-        ft.Muon([torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.complex64))])
+    # as torch.optim.Muon: built, then refused at every step (before anything is written)
+    real = torch.nn.Parameter(torch.ones(2, 2))
+    opt = ft.Muon([real, torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.complex64))])
+    real.grad = torch.ones(2, 2)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="Muon does not support complex parameters"):
+            opt.step()
+    assert torch.equal(real, torch.ones(2, 2)) and not opt.state

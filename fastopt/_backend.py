@@ -22,7 +22,7 @@ import os
 import sys
 import types
 
-from . import _build_config
+from . import _build_config, _validation
 from ._core import _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
@@ -92,6 +92,7 @@ lbfgs_module = _load("fastopt._lbfgs")
 _bucket = _load("fastopt._core._bucket")
 # L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
 sys.modules["fastopt._lbfgs"] = lbfgs_module
+lbfgs_module.set_objective_value(_validation.objective_value)
 setattr(sys.modules[__package__], "_lbfgs", lbfgs_module)
 
 if tuple(selected.KERNEL_NAMES) != tuple(a.kernel for a in KERNELS):

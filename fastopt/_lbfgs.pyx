@@ -261,45 +261,30 @@ cdef int _evaluate(_Objective obj, const floating* x, double stp, const floating
     return 0
 
 
+# How an objective value that is not a float becomes one: fastopt._validation.objective_value,
+# handed in by fastopt._backend when it loads this module (set_objective_value), so that the rule
+# -- SciPy's: any real number or size-1 array, text refused -- is written once, and this compiled
+# module imports nothing from the Python layer above it.
+cdef object _objective_value = None
+
+
+def set_objective_value(converter):
+    """Set the function that turns an objective's value that is not a float into one (raising
+    TypeError/ValueError for anything else); fastopt._backend sets it at import."""
+    global _objective_value
+    if not callable(converter):
+        raise TypeError(f"converter must be callable, got {type(converter).__name__}")
+    _objective_value = converter
+
+
 cdef inline double _as_double(object value) except? -1.0:
     """The objective's value as a double; like SciPy, any size-1 array or sequence is taken."""
     if isinstance(value, float):     # float and its subclasses, such as np.float64
         return <double>value
-    return _other_as_double(value)
-
-
-# Text parses with float() ("1.0"), but an objective returning it is a bug (SciPy raises TypeError).
-cdef tuple _TEXT_TYPES = (str, bytes, bytearray)
-
-
-cdef double _other_as_double(object value) except? -1.0:
-    """The rule of ``fastopt._validation.objective_value`` (kept in step with it; the compiled core
-    does not import the Python layer): text and other non-real values raise TypeError, anything
-    but one value SciPy's ValueError."""
-    item = value
-    if not isinstance(value, _TEXT_TYPES):
-        if not isinstance(value, np.ndarray):
-            try:
-                return float(value)      # NumPy and torch scalars, ints
-            except TypeError:
-                pass
-        try:
-            item = np.asarray(value).item()
-        except (TypeError, ValueError):
-            raise ValueError("The user-provided objective function must return a scalar value "
-                             f"(fun returned {type(value).__name__} with shape "
-                             f"{np.shape(value)}).") from None
-        if not isinstance(item, _TEXT_TYPES):
-            try:
-                return float(item)
-            except (TypeError, ValueError):
-                pass
-    shown = repr(value)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    raise TypeError("The user-provided objective function must return a real number"
-                    + (", not text" if isinstance(item, _TEXT_TYPES) else "")
-                    + f"; fun returned {type(value).__name__} {shown}")
+    if _objective_value is None:
+        raise RuntimeError("fastopt._lbfgs was imported without fastopt._backend, which sets how "
+                           "objective values are read (import fastopt instead)")
+    return _objective_value(value)
 
 
 cdef int _line_search(_Objective obj, bint armijo, int maxls, double c1, double c2,

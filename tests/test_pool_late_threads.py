@@ -51,14 +51,18 @@ def adam_run(n_threads, n=1_000_000, steps=3, seed=0):
 
 
 def _run_child(body, start_delay_ms=None):
-    env = dict(os.environ, PYTHONPATH=str(Path(fastopt.__file__).parents[1]))
+    # The child imports the fastopt this process imported: `python -c` puts its working directory
+    # first on sys.path, so it runs in the folder that holds that package (at a repository root,
+    # the unbuilt source folder would shadow an installed package).
+    here = str(Path(fastopt.__file__).parents[1])
+    env = dict(os.environ, PYTHONPATH=here)
     env.pop("FASTOPT_POOL_TEST_START_DELAY_MS", None)
     if start_delay_ms is not None:
         env["FASTOPT_POOL_TEST_START_DELAY_MS"] = str(start_delay_ms)
     code = PRELUDE.format(limit=CHILD_LIMIT_S) + textwrap.dedent(body)
     try:
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                              timeout=CHILD_LIMIT_S + 30)
+        done = subprocess.run([sys.executable, "-c", code], env=env, cwd=here, capture_output=True,
+                              text=True, timeout=CHILD_LIMIT_S + 30)
     except subprocess.TimeoutExpired as exc:   # pragma: no cover - the child's own limit comes first
         pytest.fail(f"the child process hung: {exc.stderr}")
     assert done.returncode == 0, f"exit code {done.returncode}\n{done.stdout}\n{done.stderr}"

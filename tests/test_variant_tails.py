@@ -139,7 +139,7 @@ def _record_variant(variant, out):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTOPT_FORCE_")}
     env["PYTHONPATH"] = str(Path(fastopt.__file__).parents[1])
     env["FASTOPT_FORCE_ISA"] = variant
-    done = subprocess.run([sys.executable, "-P", str(Path(__file__).resolve()), str(out)], env=env,
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out)], env=env,
                           cwd=str(out.parent), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [_isa.variant_module("fastopt._lbfgs", variant),

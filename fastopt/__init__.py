@@ -22,8 +22,22 @@ except ImportError as _error:
     raise_if_unbuilt(__path__[0], _error)
     raise
 
-# One class per declared algorithm (fastopt/algorithms): fastopt.SGD, fastopt.Adam, ...
-globals().update(_CLASSES)
+# One class per declared algorithm (fastopt/algorithms), each named here so that readers, IDEs and
+# static tools see it; tests/test_exports.py fails when an algorithm is declared but not named here.
+Adadelta = _CLASSES["Adadelta"]
+Adafactor = _CLASSES["Adafactor"]
+Adagrad = _CLASSES["Adagrad"]
+Adam = _CLASSES["Adam"]
+AdamW = _CLASSES["AdamW"]
+Adamax = _CLASSES["Adamax"]
+ASGD = _CLASSES["ASGD"]
+Lion = _CLASSES["Lion"]
+Muon = _CLASSES["Muon"]
+NAdam = _CLASSES["NAdam"]
+RAdam = _CLASSES["RAdam"]
+RMSprop = _CLASSES["RMSprop"]
+Rprop = _CLASSES["Rprop"]
+SGD = _CLASSES["SGD"]
 
 __version__ = "0.1.0"
 
@@ -44,7 +58,9 @@ def get_num_threads():
 
 
 __all__ = [
-    "Optimizer", *_CLASSES,
+    "Optimizer",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
+    "RAdam", "RMSprop", "Rprop", "SGD",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
     "save", "load", "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",

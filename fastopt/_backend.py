@@ -16,8 +16,14 @@ loops) is dispatched too; it and ``_reduce`` (compiled once) call the chosen ker
 its kernel table. The chosen L-BFGS module is installed as
 ``fastopt._lbfgs`` (``sys.modules`` and the package attribute), so ``from fastopt import _lbfgs``
 gets it; L-BFGS is built with FMA contraction, so its last bits depend on the variant.
+
+The bucket driver is imported when the first bucket is built (:func:`bucket_module`), not here:
+Muon's driver in it calls SciPy's BLAS (``scipy.linalg.cython_blas``), whose import brings all of
+``scipy.linalg`` -- more than the rest of ``import fastopt`` costs.
 """
+import functools
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -89,11 +95,24 @@ def _load(module):
 
 selected = _load("fastopt._core._kernels")
 lbfgs_module = _load("fastopt._lbfgs")
-_bucket = _load("fastopt._core._bucket")
 # L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
 sys.modules["fastopt._lbfgs"] = lbfgs_module
 lbfgs_module.set_objective_value(_validation.objective_value)
 setattr(sys.modules[__package__], "_lbfgs", lbfgs_module)
+
+_BUCKET_MODULE = _isa.variant_module("fastopt._core._bucket", VARIANT)
+if importlib.util.find_spec(_BUCKET_MODULE) is None:
+    # a build without it fails here, at import, as it did when the module was imported here
+    raise ImportError(f"No module named {_BUCKET_MODULE!r}: fastopt's build is incomplete; rebuild "
+                      "it (pip install ., or python setup.py build_ext --inplace)")
+
+
+@functools.cache
+def bucket_module():
+    """The bucket drivers compiled for the chosen variant, imported on first use (it imports
+    ``scipy.linalg``: see above)."""
+    return importlib.import_module(_BUCKET_MODULE)
+
 
 if tuple(selected.KERNEL_NAMES) != tuple(a.kernel for a in KERNELS):
     raise ImportError(
@@ -123,7 +142,8 @@ def config_index(param, grad, state, master, stochastic):
 
 def bucket_class(driver):
     """The bucket class that runs an algorithm: its declared driver, or the generic ParamBucket."""
-    return _bucket.ParamBucket if driver is None else getattr(_bucket, driver)
+    bucket = bucket_module()
+    return bucket.ParamBucket if driver is None else getattr(bucket, driver)
 
 
 def pack(name, values):
@@ -131,8 +151,16 @@ def pack(name, values):
     return selected.PACKERS[_KERNEL_INDEX[name]](values)
 
 
+class _CompiledCore(types.SimpleNamespace):
+    """A namespace whose ``ParamBucket`` imports the bucket drivers when first asked for."""
+
+    @property
+    def ParamBucket(self):
+        return bucket_module().ParamBucket
+
+
 #: The compiled core as one namespace (what the rest of fastopt and the tests use).
-kernels = types.SimpleNamespace(
+kernels = _CompiledCore(
     __name__=selected.__name__,
     module=selected,
     vector_isa=selected.vector_isa,
@@ -144,7 +172,6 @@ kernels = types.SimpleNamespace(
     get_num_threads=_threads.get_num_threads,
     set_parallel_min_size=_threads.set_parallel_min_size,
     get_parallel_min_size=_threads.get_parallel_min_size,
-    ParamBucket=_bucket.ParamBucket,
     ArraySet=_reduce.ArraySet,
     gather_arrays=_reduce.gather_arrays,
     kernel_index=kernel_index,

@@ -6,23 +6,17 @@ Finite differences go through SciPy's own machinery (``ScalarFunction``, as SciP
 uses it), so step sizes, bounds handling and evaluation counts are SciPy's. With an analytic
 gradient the objective is called directly from the compiled iteration instead (no caching layer),
 which is where most of the per-iteration overhead SciPy spends goes.
+
+SciPy is imported here only when a minimizer runs, never at module level: ``scipy.optimize``
+costs several times what the rest of ``import fastopt`` does, and most users of fastopt only
+step optimizers.
 """
 import functools
+import importlib
 import inspect
 import warnings
 
 import numpy as np
-from scipy.optimize import LbfgsInvHessProduct, OptimizeResult, OptimizeWarning
-
-try:  # scipy.optimize.minimize wraps ``fun`` in MemoizeJac when jac=True
-    from scipy.optimize._optimize import MemoizeJac as _MemoizeJac
-except ImportError:  # pragma: no cover - private SciPy name
-    _MemoizeJac = None
-
-try:  # the "not given" marker SciPy's fmin_l_bfgs_b passes for disp / iprint
-    from scipy._lib.deprecation import _NoValue
-except ImportError:  # pragma: no cover - private SciPy name
-    _NoValue = None
 
 FINITE_DIFFERENCES = ("2-point", "3-point", "cs")
 _FLOAT64 = np.dtype(np.float64)
@@ -31,9 +25,22 @@ MSG_ALL_FIXED = "All independent variables were fixed by bounds."
 MSG_CALLBACK_STOP = "`callback` raised `StopIteration`."
 
 
+@functools.cache
+def _scipy_private(module, name):
+    """SciPy's private ``module.name``, or None when this SciPy has no such name."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):  # pragma: no cover - private SciPy names
+        return None
+
+
 def not_given(value):
     """True for None and for SciPy's ``_NoValue`` marker."""
-    return value is None or (_NoValue is not None and value is _NoValue)
+    if value is None:
+        return True
+    # the "not given" marker SciPy's fmin_l_bfgs_b passes for disp / iprint
+    no_value = _scipy_private("scipy._lib.deprecation", "_NoValue")
+    return no_value is not None and value is no_value
 
 
 def warn_deprecated_display(disp, iprint):
@@ -45,6 +52,7 @@ def warn_deprecated_display(disp, iprint):
 
 def warn_unknown_options(options):
     if options:
+        from scipy.optimize import OptimizeWarning
         warnings.warn(f"Unknown solver options: {', '.join(sorted(options))}", OptimizeWarning,
                       stacklevel=4)
 
@@ -81,7 +89,9 @@ def prepare_objective(fun, x0, args, jac, bounds, eps, finite_diff_rel_step, wor
     """
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-    if (_MemoizeJac is not None and isinstance(fun, _MemoizeJac)
+    # scipy.optimize.minimize wraps ``fun`` in MemoizeJac when jac=True
+    memoize_jac = _scipy_private("scipy.optimize._optimize", "MemoizeJac")
+    if (memoize_jac is not None and isinstance(fun, memoize_jac)
             and getattr(jac, "__self__", None) is fun):
         return fun.fun, True, args, None
     if jac is True or callable(jac):
@@ -106,6 +116,7 @@ def adapt_callback(callback):
         return None, False
     if not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    from scipy.optimize import OptimizeResult
     if hasattr(callback, "stop_iteration"):
         def adapted(x, f):
             try:
@@ -129,6 +140,8 @@ def adapt_callback(callback):
 
 def all_fixed_result(fun, jac, args, x):
     """SciPy's result when the bounds fix every variable: nothing to iterate."""
+    from scipy.optimize import OptimizeResult
+
     from ._validation import objective_value
     value = fun(x.copy(), *args)
     if jac is True:
@@ -169,38 +182,55 @@ def hess_inv_operator(pairs, newest, count, updates, m):
         # The ring wrapped: storage slot 0 holds the pair with (k - 1) mod m = 0.
         first = (count - updates) % m
         slots = slots[first:] + slots[:first]
-    return _LazyInvHessProduct(pairs, slots)
+    return _lazy_inv_hess_product_class()(pairs, slots)
 
 
-class _LazyInvHessProduct(LbfgsInvHessProduct):
-    """``LbfgsInvHessProduct`` whose ``sk`` / ``yk`` are gathered from the ring buffer on first
-    use: most results never touch ``hess_inv``, and copying m pairs out of the ring costs as
-    much as several iterations at large n."""
+@functools.cache
+def _lazy_inv_hess_product_class():
+    """The class ``_LazyInvHessProduct``, defined on first use: its base class is SciPy's, and
+    ``scipy.optimize`` is imported only when a minimizer runs."""
+    from scipy.optimize import LbfgsInvHessProduct
 
-    def __init__(self, pairs, order):
-        # What LinearOperator.__init__ sets, without its argument checks (~10 us a result).
-        self.dtype = _FLOAT64
-        self.shape = (pairs.shape[1], pairs.shape[1])
-        self._pairs = pairs
-        self._order = order
-        self.n_corrs = len(order)
+    class _LazyInvHessProduct(LbfgsInvHessProduct):
+        """``LbfgsInvHessProduct`` whose ``sk`` / ``yk`` are gathered from the ring buffer on
+        first use: most results never touch ``hess_inv``, and copying m pairs out of the ring
+        costs as much as several iterations at large n."""
 
-    def _gather(self, offset):
-        rows = [2 * slot + offset for slot in self._order]
-        return np.array(self._pairs[rows], dtype=np.float64).reshape(self.n_corrs,
-                                                                      self._pairs.shape[1])
+        def __init__(self, pairs, order):
+            # What LinearOperator.__init__ sets, without its argument checks (~10 us a result).
+            self.dtype = _FLOAT64
+            self.shape = (pairs.shape[1], pairs.shape[1])
+            self._pairs = pairs
+            self._order = order
+            self.n_corrs = len(order)
 
-    @functools.cached_property
-    def sk(self):
-        return self._gather(0)
+        def _gather(self, offset):
+            rows = [2 * slot + offset for slot in self._order]
+            return np.array(self._pairs[rows], dtype=np.float64).reshape(self.n_corrs,
+                                                                          self._pairs.shape[1])
 
-    @functools.cached_property
-    def yk(self):
-        return self._gather(1)
+        @functools.cached_property
+        def sk(self):
+            return self._gather(0)
 
-    @functools.cached_property
-    def rho(self):
-        return 1.0 / np.einsum("ij,ij->i", self.sk, self.yk)
+        @functools.cached_property
+        def yk(self):
+            return self._gather(1)
+
+        @functools.cached_property
+        def rho(self):
+            return 1.0 / np.einsum("ij,ij->i", self.sk, self.yk)
+
+    # Named as if defined at module level, where pickle finds it (through __getattr__ below).
+    _LazyInvHessProduct.__qualname__ = "_LazyInvHessProduct"
+    return _LazyInvHessProduct
+
+
+def __getattr__(name):
+    # pickle (and copy) find a result's hess_inv class here by name, as for any module-level class
+    if name == "_LazyInvHessProduct":
+        return _lazy_inv_hess_product_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def callback_stop_status(wrapped, nit, maxiter, nfev, maxfun):

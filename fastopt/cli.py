@@ -4,6 +4,7 @@ Installed as a console script (``[project.scripts]`` in pyproject.toml). Unlike 
 fastopt``, the script does not put the current directory on ``sys.path``, so it runs the installed
 package even at the root of a source checkout.
 """
+import os
 import sys
 
 COMMANDS = {
@@ -29,7 +30,34 @@ def info():
 
 
 def main(argv=None, prog="fastopt"):
-    """Run a ``fastopt`` command; returns the exit status."""
+    """Run a ``fastopt`` command; returns the exit status.
+
+    A reader that closes the output early (``fastopt info | head -1``) ends any command quietly,
+    with status 1 (what Python itself exits with on a broken pipe), instead of a traceback.
+    """
+    try:
+        try:
+            return _run(argv, prog)
+        finally:
+            # Output to a pipe is buffered: flush here, where a closed pipe can still be handled,
+            # rather than at interpreter exit, which would print "Exception ignored ...".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return 1
+
+
+def _discard_stdout():
+    """Point stdout at the null device, so that flushing what is left at exit raises nothing
+    (the recipe in the documentation of Python's ``signal`` module)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):   # stdout is not a file (replaced, or closed)
+        pass
+
+
+def _run(argv, prog):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(prog), end="", file=sys.stdout if argv else sys.stderr)

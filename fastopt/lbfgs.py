@@ -25,7 +25,6 @@ With ``l1 = alpha > 0`` the objective is ``f(x) + alpha ||x||_1``, minimized by 
 Gao 2007): the same two-loop direction from the pseudo-gradient, kept in its orthant.
 """
 import numpy as np
-from scipy.optimize import OptimizeResult
 
 from . import _lbfgs
 from . import _minimize_common as C
@@ -177,6 +176,7 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
         nfev, njev = counter.nfev, counter.ngev
     if status == 99:
         status, message = C.callback_stop_status(wrapped, nit, maxiter_limit, nfev, maxfun_limit)
+    from scipy.optimize import OptimizeResult   # imported when first needed: see _minimize_common
     return OptimizeResult(x=x, fun=np.float64(f), jac=g, nit=nit, nfev=nfev, njev=njev,
                           status=status, success=status == 0, message=message,
                           hess_inv=C.hess_inv_operator(pairs, newest, count, updates, m))

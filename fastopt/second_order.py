@@ -6,7 +6,6 @@ All return :class:`scipy.optimize.OptimizeResult` with the fields of
 :func:`fastopt.lbfgs.minimize_lbfgs`.
 """
 import numpy as np
-from scipy.optimize import OptimizeResult
 
 from ._lbfgs import MoreThuente
 from ._minimize_common import adapt_callback
@@ -135,6 +134,7 @@ def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
 
 
 def _result(x, f, g, nit, objective, status, message, **extra):
+    from scipy.optimize import OptimizeResult   # imported when first needed: see _minimize_common
     return OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=objective.nfev, njev=objective.njev,
                           status=status, success=status == 0, message=message, **extra)
 

@@ -724,5 +724,26 @@ def _build_all():
     return classes
 
 
-globals().update(_build_all())
-__all__ = [a.name for a in _ALGORITHMS] + ["LBFGS"]
+_ADAPTERS = _build_all()
+# One adapter per declared algorithm, each named here so that readers, IDEs and static tools see
+# it; tests/test_exports.py fails when an algorithm is declared but not named here.
+Adadelta = _ADAPTERS["Adadelta"]
+Adafactor = _ADAPTERS["Adafactor"]
+Adagrad = _ADAPTERS["Adagrad"]
+Adam = _ADAPTERS["Adam"]
+AdamW = _ADAPTERS["AdamW"]
+Adamax = _ADAPTERS["Adamax"]
+ASGD = _ADAPTERS["ASGD"]
+Lion = _ADAPTERS["Lion"]
+Muon = _ADAPTERS["Muon"]
+NAdam = _ADAPTERS["NAdam"]
+RAdam = _ADAPTERS["RAdam"]
+RMSprop = _ADAPTERS["RMSprop"]
+Rprop = _ADAPTERS["Rprop"]
+SGD = _ADAPTERS["SGD"]
+
+__all__ = [
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
+    "RAdam", "RMSprop", "Rprop", "SGD",
+    "LBFGS",
+]

@@ -159,7 +159,8 @@ def _silenced():
                 os.close(copy)
 
 
-X86_PROBE = "#if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86))\n#error not x86\n#endif\n"
+X86_PROBE = ("#if !(defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86))\n"
+             "#error not x86\n#endif\n")
 
 
 class BuildFlags:

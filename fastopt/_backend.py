@@ -98,7 +98,7 @@ lbfgs_module = _load("fastopt._lbfgs")
 # L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
 sys.modules["fastopt._lbfgs"] = lbfgs_module
 lbfgs_module.set_objective_value(_validation.objective_value)
-setattr(sys.modules[__package__], "_lbfgs", lbfgs_module)
+sys.modules[__package__]._lbfgs = lbfgs_module
 
 _BUCKET_MODULE = _isa.variant_module("fastopt._core._bucket", VARIANT)
 if importlib.util.find_spec(_BUCKET_MODULE) is None:

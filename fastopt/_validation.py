@@ -2,7 +2,8 @@
 
 All checks live here (and, for the per-step gradient checks that must run at C speed, in
 ``fastopt/_core/_gather.pyx``). Hyperparameters are checked against the constraints their
-algorithm declares (``fastopt/algorithms``) by :func:`check_constraint`. Each failure raises TypeError (wrong kind of value) or ValueError
+algorithm declares (``fastopt/algorithms``) by :func:`check_constraint`. Each failure raises
+TypeError (wrong kind of value) or ValueError
 (right kind, wrong value) whose message names the argument and says what was expected.
 """
 import math
@@ -106,7 +107,7 @@ def check_no_overlap(arrays, names):
         start = arr.__array_interface__["data"][0]
         spans.append((start, start + arr.nbytes, name))
     spans.sort()
-    for (s0, e0, n0), (s1, e1, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (s1, _, n1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(
                 f"{n0} and {n1} share memory; each param must appear once, in one param group")

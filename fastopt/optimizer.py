@@ -353,7 +353,8 @@ class Optimizer:
                 try:
                     grads = list(grads)
                 except TypeError:
-                    raise TypeError(f"grads must be a list of arrays aligned with the params, got {type(grads).__name__}") from None
+                    raise TypeError("grads must be a list of arrays aligned with the params, got "
+                                    f"{type(grads).__name__}") from None
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries, but the optimizer has {n} params")
         return grads
@@ -622,7 +623,8 @@ class Optimizer:
                 where = f"state_dict['state'][{key}][{name!r}]"
                 if name == "step":
                     step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
-                    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, float, np.integer, np.floating)) \
+                    if isinstance(step, (bool, np.bool_)) \
+                            or not isinstance(step, (int, float, np.integer, np.floating)) \
                             or not float(step).is_integer() or not 0 <= step <= _MAX_STEP:
                         raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
                     checked["step"] = int(step)

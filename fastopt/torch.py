@@ -34,7 +34,8 @@ Bad hyperparameters raise torch.optim's error type, with its words followed by f
 
 Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
 (half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
-options of the NumPy classes; ``stochastic_rounding`` acts on bfloat16 params and refuses float16 ones), with grads of the param's dtype or, for half params, float32.
+options of the NumPy classes; ``stochastic_rounding`` acts on bfloat16 params and refuses float16
+ones), with grads of the param's dtype or, for half params, float32.
 Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
 the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
@@ -403,7 +404,7 @@ class _Adapter(torch.optim.Optimizer):
         params = self._params
         ptrs = self._ptrs
         try:
-            for i, p in enumerate(params):
+            for p in params:
                 g = p.grad
                 if g is None:
                     grads.append(None)

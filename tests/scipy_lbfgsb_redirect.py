@@ -17,7 +17,6 @@ import inspect
 import os
 
 import numpy as np
-import pytest
 
 # Tests that use SciPy's compiled L-BFGS-B internals directly, which no redirection reaches.
 EXCLUDED = {

@@ -114,7 +114,7 @@ def test_results_are_bitwise_identical_for_any_thread_count(name, dtype, restore
         params = [rng.standard_normal(s).astype(dtype) for s in shapes]
         opt = getattr(fastopt, name)(params, **kwargs)
         norms = []
-        for t in range(4):
+        for _ in range(4):
             grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
             norms.append(fastopt.clip_grad_norm_(grads, 10.0))
             opt.step(grads)

@@ -10,7 +10,8 @@ momentum buffer wrong -- after two steps 0.09 where 0.9 g1 + g2 = -0.435 -- on a
 for its vector path, and its for-loop step rounds the buffer twice per step, whose errors grow over
 steps. torch 2.13's fused CPU Adagrad on half params agrees with its float32 step rounded once on
 arrays too short for its vector path, but its vector path rounds intermediate values to the param's
-dtype: after one step from the same values, params a dozen bfloat16 spacings apart. The SGD and Adagrad reference is torch's float32 step on the upcast half values,
+dtype: after one step from the same values, params a dozen bfloat16 spacings apart. The SGD and
+Adagrad reference is torch's float32 step on the upcast half values,
 rounded once per stored value after each step: the semantics of torch's fused kernels.)
 """
 import numpy as np

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fastopt
 from fastopt._backend import kernels
-from reference import (ALL_CONFIGS, CONFIGS, REDUCING, RTOL, RefOptimizer, assert_close, config_id,
+from reference import (ALL_CONFIGS, CONFIGS, REDUCING, RefOptimizer, assert_close, config_id,
                        make_fastopt, random_arrays)
 
 NAMES = list(CONFIGS)

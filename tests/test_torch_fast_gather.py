@@ -104,7 +104,7 @@ def test_clip_inside_the_step_matches_clip_then_step():
     a = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     oa, ob = ft.AdamW(a, lr=0.05), ft.AdamW(b, lr=0.05)
-    for step in range(4):
+    for _ in range(4):
         grads = [torch.randn(*s) * 5 for s in shapes]
         for p, g in zip(a, grads):
             p.grad = g.clone()

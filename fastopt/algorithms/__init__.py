@@ -51,7 +51,7 @@ def docs_table():
             return f"{n}={by_name[n].default!r}" if n in by_name else f"{n}=False"
         args = ", ".join([fmt(n) for n in pos] + (["*"] if kw else []) + [fmt(n) for n in kw])
         follows = f"`torch.optim.{a.torch_name}`" if a.torch_name else a.reference
-        state = ", ".join(["`step`"] if a.has_step else []) 
+        state = ", ".join(["`step`"] if a.has_step else [])
         names = ", ".join(f"`{s.name}`" + (f" (if {s.when})" if s.when else "") for s in a.state)
         state = ", ".join(x for x in (state, names) if x) or "none"
         rows.append(f"| `fastopt.{a.name}` | {follows} | `{args}` | {state} |")

@@ -1,6 +1,6 @@
 """What every SciPy-compatible minimizer here shares: the objective (analytic or finite-difference
-gradients), callbacks in both of SciPy's forms, SciPy's option warnings, bounds as L-BFGS-B
-stores them, and the result.
+gradients), callbacks in both of SciPy's forms, the order of the stopping tests and the messages
+that report them, SciPy's option warnings, bounds as L-BFGS-B stores them, and the result.
 
 Finite differences go through SciPy's own machinery (``ScalarFunction``, as SciPy's L-BFGS-B
 uses it), so step sizes, bounds handling and evaluation counts are SciPy's. With an analytic
@@ -18,11 +18,72 @@ import warnings
 
 import numpy as np
 
+from ._validation import objective_value
+
 FINITE_DIFFERENCES = ("2-point", "3-point", "cs")
 _FLOAT64 = np.dtype(np.float64)
 
-MSG_ALL_FIXED = "All independent variables were fixed by bounds."
-MSG_CALLBACK_STOP = "`callback` raised `StopIteration`."
+# The one table of the minimizers' messages. Those of L-BFGS-B are SciPy's texts, which the
+# compiled iteration (fastopt/_lbfgs.pyx, which cannot import this module) spells out too;
+# tests/test_minimize_status.py checks that its texts are these.
+MESSAGES = {
+    # L-BFGS-B (fastopt.minimize_lbfgs): SciPy's texts
+    "pgtol": "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL",
+    "factr": "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH",
+    "callback_halt": "STOP: CALLBACK REQUESTED HALT",
+    "abnormal": "ABNORMAL: ",
+    "all_fixed": "All independent variables were fixed by bounds.",
+    # Newton and dense BFGS (no bounds, so no projected gradient; ftol is relative, not factr)
+    "gtol": "CONVERGENCE: NORM OF GRADIENT <= GTOL",
+    "ftol": "CONVERGENCE: RELATIVE REDUCTION OF F <= FTOL",
+    "line_search": "ABNORMAL: LINE SEARCH FAILED (no step with sufficient decrease)",
+    "nonfinite_hessian": "ABNORMAL: hess returned a non-finite Hessian",
+    # every minimizer
+    "maxiter": "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT",
+    "maxfun": "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT",
+    "callback_stop": "`callback` raised `StopIteration`.",      # scipy.optimize.minimize's
+    "nonfinite": ("ABNORMAL: fun returned NaN or Inf along the search direction and no finite "
+                  "point with sufficient decrease was found"),
+    "nonfinite_x0": "ABNORMAL: fun returned a non-finite value or gradient at x0",
+}
+MSG_ALL_FIXED = MESSAGES["all_fixed"]
+MSG_CALLBACK_STOP = MESSAGES["callback_stop"]
+
+STATUS_CONVERGED = 0
+STATUS_LIMIT = 1
+STATUS_ABNORMAL = 2
+STATUS_CALLBACK = 99
+
+
+def reduction_small(change, f_old, f, ftol):
+    """L-BFGS-B's ftol test: ``change <= ftol * max(|f_old|, |f|, 1)``, ``change`` being the
+    decrease ``f_old - f`` (or its absolute value for a method that may go uphill)."""
+    return change <= ftol * max(abs(f_old), abs(f), 1.0)
+
+
+def stopping_status(nit, maxiter, nfev, maxfun, gradient_small, f_reduction_small,
+                    converged=("pgtol", "factr")):
+    """The stopping tests after an accepted step, in the one order every minimizer here uses:
+    ``(status, message)``, or None to go on.
+
+    The order is SciPy's L-BFGS-B driver's (and that of the compiled iteration,
+    ``_after_iteration`` in fastopt/_lbfgs.pyx): a callback's StopIteration (handled by the
+    caller, before this), then the iteration limit, then the evaluation limit (``nfev > maxfun``:
+    the last line search may overrun it), and only then convergence, gradient before f
+    reduction. SciPy sets ``STOP`` as soon as the limit is reached, so its iteration routine never
+    gets to test convergence on that step: a run whose last permitted iteration also converges
+    reports status 1. ``converged`` names the messages of the two convergence tests in
+    :data:`MESSAGES`.
+    """
+    if nit >= maxiter:
+        return STATUS_LIMIT, MESSAGES["maxiter"]
+    if nfev > maxfun:
+        return STATUS_LIMIT, MESSAGES["maxfun"]
+    if gradient_small:
+        return STATUS_CONVERGED, MESSAGES[converged[0]]
+    if f_reduction_small:
+        return STATUS_CONVERGED, MESSAGES[converged[1]]
+    return None
 
 
 @functools.cache
@@ -138,11 +199,40 @@ def adapt_callback(callback):
     return adapted, False
 
 
+class CountedObjective:
+    """The objective as ``(f, g)`` with evaluation counts, for the minimizers iterating in Python
+    (the compiled L-BFGS has the same wrapper, ``_Objective``, in Cython); x is handed over as a
+    copy, ``f`` checked as SciPy checks it and ``g`` converted to ``dtype``, shape ``(n,)``."""
+
+    def __init__(self, fun, jac, args, n, dtype):
+        if not callable(fun):
+            raise TypeError(f"fun must be callable, got {type(fun).__name__}")
+        if jac is not True and not callable(jac):
+            raise TypeError("jac must be True (fun returns (f, g)) or a callable returning the "
+                            f"gradient, got {jac!r}")
+        self.fun, self.jac, self.args = fun, jac, args
+        self.n, self.dtype = n, dtype
+        self.nfev = 0
+        self.njev = 0
+
+    def __call__(self, x):
+        if self.jac is True:
+            value, grad = self.fun(x.copy(), *self.args)
+        else:
+            value = self.fun(x.copy(), *self.args)
+            grad = self.jac(x.copy(), *self.args)
+        self.nfev += 1
+        self.njev += 1
+        grad = np.asarray(grad, dtype=self.dtype)
+        if grad.shape != (self.n,):
+            raise ValueError(f"jac: the gradient must have shape ({self.n},) like x, got shape "
+                             f"{grad.shape}")
+        return objective_value(value), grad
+
+
 def all_fixed_result(fun, jac, args, x):
     """SciPy's result when the bounds fix every variable: nothing to iterate."""
     from scipy.optimize import OptimizeResult
-
-    from ._validation import objective_value
     value = fun(x.copy(), *args)
     if jac is True:
         value = value[0]
@@ -240,9 +330,7 @@ def callback_stop_status(wrapped, nit, maxiter, nfev, maxfun):
     wrapped callback: L-BFGS-B's own status and message, which ``minimize`` then turns into 99.
     """
     if not wrapped:
-        return 99, MSG_CALLBACK_STOP
-    if nit >= maxiter:
-        return 1, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
-    if nfev > maxfun:
-        return 1, "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
-    return 2, "STOP: CALLBACK REQUESTED HALT"
+        return STATUS_CALLBACK, MESSAGES["callback_stop"]
+    # SciPy's driver sets "CALLBACK REQUESTED HALT" and then lets the limits overwrite it.
+    limit = stopping_status(nit, maxiter, nfev, maxfun, False, False)
+    return limit if limit is not None else (STATUS_ABNORMAL, MESSAGES["callback_halt"])

@@ -30,7 +30,7 @@ from . import _lbfgs
 from . import _minimize_common as C
 from . import _validation as V
 from ._lbfgs import MoreThuente, two_loop_direction
-from ._lbfgs_stepwise import LBFGS
+from ._lbfgs_stepwise import StepwiseEngine, check_lbfgs_options
 
 __all__ = ["minimize_lbfgs", "lbfgs", "LBFGS", "MoreThuente", "two_loop_direction"]
 
@@ -232,3 +232,140 @@ def lbfgs(fun, x0, args=(), jac=None, hess=None, hessp=None, bounds=None, constr
     kwargs = {k: v for k, v in options.items() if k in _OPTIONS and k != "maxcor"}
     return minimize_lbfgs(fun, x0, args=args, jac=jac, bounds=bounds, callback=callback,
                           **kwargs)
+
+
+class LBFGS:
+    """Stepwise L-BFGS over NumPy arrays, with the semantics of ``torch.optim.LBFGS``.
+
+    Parameters
+    ----------
+    params : sequence of ndarray
+        Float arrays (one dtype), updated in place.
+    lr : float
+        Step length (``t = lr``; on the very first iteration ``t = min(1, 1/||g||_1) lr``);
+        ``lr >= 0`` as torch requires (``lr = 0`` takes steps of length zero).
+    max_iter : int
+        Iterations per :meth:`step`.
+    max_eval : int, optional
+        Evaluations per :meth:`step` (default ``max_iter * 5 // 4``).
+    tolerance_grad : float
+        A step ends when ``max |g| <= tolerance_grad``.
+    tolerance_change : float
+        A step ends when ``max |t d|`` or ``|loss change|`` falls below this.
+    history_size : int
+        Number of correction pairs kept.
+    line_search_fn : None or "strong_wolfe"
+        None takes the fixed step ``t``; "strong_wolfe" searches from ``t`` for the strong Wolfe
+        conditions as torch does (``c1 = 1e-4``, ``c2 = 0.9``, within ``max_eval``).
+    bounds : scipy.optimize.Bounds or sequence of (min, max), optional
+        Box constraints on the flattened parameters (torch has none). With bounds each
+        :meth:`step` runs L-BFGS-B (:func:`fastopt.minimize_lbfgs` with ``bounds``) from the
+        current point for up to ``max_iter`` iterations and ``max_eval`` evaluations, with
+        ``history_size`` pairs, stopping on ``tolerance_grad`` (projected gradient) and
+        ``tolerance_change`` (relative reduction of the loss); its projected line search
+        replaces ``lr`` / ``line_search_fn``, and the history starts afresh at every step. The
+        parameters are projected into the box first.
+
+    Notes
+    -----
+    ``closure()`` must re-evaluate the model at the current values of ``params`` and return
+    ``(loss, grads)`` with ``grads`` a list aligned with ``params``. As in torch, pairs with
+    ``y's <= 1e-10`` are skipped and ``H0 = (y's / y'y) I`` from the newest stored pair.
+    """
+
+    def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7,
+                 tolerance_change=1e-9, history_size=100, line_search_fn=None, bounds=None):
+        params = list(params)
+        if not params:
+            raise ValueError("params: need at least one array")
+        for i, p in enumerate(params):
+            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+                raise TypeError(f"params[{i}] must be a float32 or float64 ndarray")
+            if not p.flags.writeable:
+                raise ValueError(f"params[{i}] must be writeable (it is updated in place)")
+        if len({p.dtype for p in params}) != 1:
+            raise TypeError("params must all have the same dtype")
+        (self.lr, self.max_iter, self.max_eval, self.tolerance_grad, self.tolerance_change,
+         self.history_size, self.line_search_fn) = check_lbfgs_options(
+            lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size,
+            line_search_fn)
+        self.params = params
+        self.dtype = params[0].dtype
+        self._n = sum(p.size for p in params)
+        self._engine = StepwiseEngine(self._n, self.dtype, self.history_size)
+        self.bounds = None if bounds is None else V.check_box(bounds, self._n)
+
+    @property
+    def state(self):
+        return self._engine.state
+
+    def _evaluate(self, closure):
+        result = closure()
+        try:
+            if isinstance(result, V.TEXT_TYPES):    # "ab" would unpack into two characters
+                raise TypeError
+            loss, grads = result
+        except (TypeError, ValueError):
+            raise TypeError(
+                "closure must return (loss, grads) with grads a list of arrays aligned with "
+                f"params, got {type(result).__name__}; this LBFGS works on NumPy arrays, "
+                "without autograd, so the closure computes the gradients and returns them with "
+                "the loss (fastopt.torch.LBFGS takes a closure that calls backward() and "
+                "returns the loss)") from None
+        grads = list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(f"closure: got {len(grads)} gradients for {len(self.params)} params")
+        flat = np.empty(self._n, dtype=self.dtype)
+        offset = 0
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            g = np.asarray(g)
+            if g.shape != p.shape:
+                raise ValueError(f"closure: grads[{i}] has shape {g.shape}, params[{i}] has "
+                                 f"shape {p.shape}")
+            flat[offset:offset + p.size] = g.ravel()
+            offset += p.size
+        return V.objective_value(loss, source="closure"), flat
+
+    def _get_flat(self):
+        return np.concatenate([p.ravel() for p in self.params]).astype(self.dtype, copy=False)
+
+    def _set_flat(self, flat):
+        offset = 0
+        for p in self.params:
+            p[...] = flat[offset:offset + p.size].reshape(p.shape)
+            offset += p.size
+
+    def _add(self, t, d):
+        offset = 0
+        for p in self.params:
+            p += (t * d[offset:offset + p.size]).reshape(p.shape).astype(self.dtype, copy=False)
+            offset += p.size
+
+    def step(self, closure):
+        """Run up to ``max_iter`` L-BFGS iterations; returns the loss at the entry point."""
+        if self.bounds is not None:
+            return self._bounded_step(closure)
+        return self._engine.step(closure, self._evaluate, self._get_flat, self._set_flat,
+                                 self._add, self.lr, self.max_iter, self.max_eval,
+                                 self.tolerance_grad, self.tolerance_change, self.line_search_fn)
+
+    def _bounded_step(self, closure):
+        lower, upper = self.bounds
+        self._set_flat(np.clip(self._get_flat(), lower, upper))
+        entry = []
+
+        def fun(x):
+            self._set_flat(x)
+            loss, grad = self._evaluate(closure)
+            if not entry:
+                entry.append(loss)
+            return loss, grad.astype(np.float64)
+
+        result = minimize_lbfgs(fun, self._get_flat().astype(np.float64),
+                                bounds=list(zip(lower, upper)), m=self.history_size,
+                                gtol=self.tolerance_grad, ftol=self.tolerance_change,
+                                maxiter=self.max_iter, maxfun=self.max_eval)
+        self._set_flat(result.x)
+        self.state["func_evals"] += result.nfev
+        self.state["n_iter"] += result.nit
+        return entry[0]

@@ -8,22 +8,12 @@ All return :class:`scipy.optimize.OptimizeResult` with the fields of
 import numpy as np
 
 from ._lbfgs import MoreThuente
-from ._minimize_common import adapt_callback
+from ._minimize_common import (MESSAGES, CountedObjective, adapt_callback, reduction_small,
+                               stopping_status)
 from ._validation import check_search_options as _check_search_options
 from ._validation import check_tolerance as _check_tolerance
-from ._validation import objective_value
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
-
-MSG_GTOL = "CONVERGENCE: NORM OF GRADIENT <= GTOL"
-MSG_FTOL = "CONVERGENCE: RELATIVE REDUCTION OF F <= FTOL"
-MSG_MAXITER = "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
-MSG_MAXFUN = "STOP: TOTAL NO. OF F,G EVALUATIONS EXCEEDS LIMIT"
-MSG_LINE_SEARCH = "ABNORMAL: LINE SEARCH FAILED (no step with sufficient decrease)"
-MSG_NONFINITE = ("ABNORMAL: fun returned NaN or Inf along the search direction and no finite "
-                 "point with sufficient decrease was found")
-MSG_NONFINITE_X0 = "ABNORMAL: fun returned a non-finite value or gradient at x0"
-MSG_CALLBACK = "`callback` raised `StopIteration`."
 
 
 def classify_critical_point(H, tol=1e-8):
@@ -52,35 +42,6 @@ def classify_critical_point(H, tol=1e-8):
     if not np.all(positive | negative):
         return "degenerate"
     return "minimum" if positive.all() else "maximum"
-
-
-class _Counted:
-    """The objective as ``(f, g)`` with evaluation counts; x is handed over as a copy."""
-
-    def __init__(self, fun, jac, args, n, dtype):
-        if not callable(fun):
-            raise TypeError(f"fun must be callable, got {type(fun).__name__}")
-        if jac is not True and not callable(jac):
-            raise TypeError("jac must be True (fun returns (f, g)) or a callable returning the "
-                            f"gradient, got {jac!r}")
-        self.fun, self.jac, self.args = fun, jac, args
-        self.n, self.dtype = n, dtype
-        self.nfev = 0
-        self.njev = 0
-
-    def __call__(self, x):
-        if self.jac is True:
-            value, grad = self.fun(x.copy(), *self.args)
-        else:
-            value = self.fun(x.copy(), *self.args)
-            grad = self.jac(x.copy(), *self.args)
-        self.nfev += 1
-        self.njev += 1
-        grad = np.asarray(grad, dtype=self.dtype)
-        if grad.shape != (self.n,):
-            raise ValueError(f"jac: the gradient must have shape ({self.n},) like x, got shape "
-                             f"{grad.shape}")
-        return objective_value(value), grad
 
 
 def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
@@ -150,19 +111,15 @@ def _call_callback(callback, x, f):
     return False
 
 
-def _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, change):
-    """L-BFGS-B's stopping tests after an accepted step: ``(status, message)``, or None to go on.
+def _stop_after_step(f_old, f, g, nit, nfev, gtol, ftol, maxiter, maxfun, change):
+    """The stopping tests after an accepted step, in the minimizers' one order
+    (:func:`fastopt._minimize_common.stopping_status`): ``(status, message)``, or None to go on.
 
     ``change`` is the f change the ftol test measures (``f_old - f``, or its absolute value for a
     method that may go uphill).
     """
-    if np.abs(g).max() <= gtol:
-        return 0, MSG_GTOL
-    if change <= ftol * max(abs(f_old), abs(f), 1.0):
-        return 0, MSG_FTOL
-    if nit >= maxiter:
-        return 1, MSG_MAXITER
-    return None
+    return stopping_status(nit, maxiter, nfev, maxfun, np.abs(g).max() <= gtol,
+                           reduction_small(change, f_old, f, ftol), converged=("gtol", "ftol"))
 
 
 def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, maxiter=100,
@@ -187,7 +144,9 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
     gtol, ftol : float
         Success when ``max |g| <= gtol`` or ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``.
     maxiter, maxfun, maxls : int
-        Limits on iterations, evaluations, and evaluations per line search.
+        Limits on iterations, evaluations, and evaluations per line search. As in SciPy's
+        L-BFGS-B, the limits are tested before convergence: a run whose last permitted iteration
+        also converges reports the limit (status 1).
 
     Returns
     -------
@@ -212,15 +171,15 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
         raise TypeError(f"hess must be callable, got {type(hess).__name__}")
     floor = _check_tolerance("eigenvalue_floor", eigenvalue_floor)
     n = x.size
-    objective = _Counted(fun, jac, args, n, np.float64)
+    objective = CountedObjective(fun, jac, args, n, np.float64)
     callback = adapt_callback(callback)[0]
     nhev = 0
 
     f, g = objective(x)
     if not (np.isfinite(f) and np.all(np.isfinite(g))):
-        return _result(x, f, g, 0, objective, 2, MSG_NONFINITE_X0, nhev=nhev)
+        return _result(x, f, g, 0, objective, 2, MESSAGES["nonfinite_x0"], nhev=nhev)
     if np.abs(g).max() <= gtol:
-        return _result(x, f, g, 0, objective, 0, MSG_GTOL, nhev=nhev)
+        return _result(x, f, g, 0, objective, 0, MESSAGES["gtol"], nhev=nhev)
     nit = 0
     while True:
         H = np.asarray(hess(x.copy(), *args), dtype=np.float64)
@@ -228,8 +187,7 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
         if H.shape != (n, n):
             raise ValueError(f"hess: the Hessian must have shape ({n}, {n}), got {H.shape}")
         if not np.all(np.isfinite(H)):
-            return _result(x, f, g, nit, objective, 2,
-                           "ABNORMAL: hess returned a non-finite Hessian", nhev=nhev)
+            return _result(x, f, g, nit, objective, 2, MESSAGES["nonfinite_hessian"], nhev=nhev)
         H = 0.5 * (H + H.T)
         if saddle_free:
             eigenvalues, V = np.linalg.eigh(H)
@@ -255,18 +213,21 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
                                                                         maxls, maxfun)
         if not ok:
             if objective.nfev >= maxfun:
-                return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, nhev=nhev)
+                return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], nhev=nhev)
             return _result(x, f, g, nit, objective, 2,
-                           MSG_NONFINITE if nonfinite else MSG_LINE_SEARCH, nhev=nhev)
+                           MESSAGES["nonfinite"] if nonfinite else MESSAGES["line_search"], nhev=nhev)
         f_old, x, f, g = f, x_new, f_new, g_new
         nit += 1
         if _call_callback(callback, x, f):
-            return _result(x, f, g, nit, objective, 99, MSG_CALLBACK, nhev=nhev)
-        stop = _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, abs(f_old - f))
+            return _result(x, f, g, nit, objective, 99, MESSAGES["callback_stop"], nhev=nhev)
+        stop = _stop_after_step(f_old, f, g, nit, objective.nfev, gtol, ftol, maxiter, maxfun,
+                                abs(f_old - f))
         if stop is not None:
             return _result(x, f, g, nit, objective, *stop, nhev=nhev)
         if objective.nfev >= maxfun:
-            return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, nhev=nhev)
+            # The line search evaluates at most up to maxfun, so the budget is spent: stop
+            # before computing a Hessian no line search could use.
+            return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], nhev=nhev)
 
 
 def _cho_solve(L, b):
@@ -303,7 +264,8 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     starting from ``H0 = I`` scaled, before the first update, by ``gamma = s'y / y'y``
     (Nocedal & Wright, eq. 6.20). Pairs with ``s'y <= eps (-g's)`` are skipped; if the line
     search fails, H is reset to the identity and steepest descent tried once before giving up.
-    The result also carries ``hess_inv``.
+    The stopping tests run in L-BFGS-B's order (limits before convergence). The result also
+    carries ``hess_inv``.
     """
     if not isinstance(args, tuple):
         args = (args,)
@@ -312,16 +274,16 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     dtype = x.dtype
     eps = np.finfo(dtype).eps
     n = x.size
-    objective = _Counted(fun, jac, args, n, dtype)
+    objective = CountedObjective(fun, jac, args, n, dtype)
     callback = adapt_callback(callback)[0]
 
     f, g = objective(x)
     identity = np.eye(n)
     H = identity.copy()
     if not (np.isfinite(f) and np.all(np.isfinite(g))):
-        return _result(x, f, g, 0, objective, 2, MSG_NONFINITE_X0, hess_inv=H)
+        return _result(x, f, g, 0, objective, 2, MESSAGES["nonfinite_x0"], hess_inv=H)
     if np.abs(g).max() <= gtol:
-        return _result(x, f, g, 0, objective, 0, MSG_GTOL, hess_inv=H)
+        return _result(x, f, g, 0, objective, 0, MESSAGES["gtol"], hess_inv=H)
     fresh = True
     nit = 0
     while True:
@@ -333,12 +295,12 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
                                                      armijo, c1, c2, stp0)
         if not ok:
             if objective.nfev >= maxfun:
-                return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, hess_inv=H)
+                return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], hess_inv=H)
             if not fresh:
                 H, fresh = identity.copy(), True
                 continue
             return _result(x, f, g, nit, objective, 2,
-                           MSG_NONFINITE if nonfinite else MSG_LINE_SEARCH, hess_inv=H)
+                           MESSAGES["nonfinite"] if nonfinite else MESSAGES["line_search"], hess_inv=H)
         s = (x_new - x).astype(np.float64)
         y = (g_new - g).astype(np.float64)
         sy = float(s @ y)
@@ -354,9 +316,8 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
         f_old, x, f, g = f, x_new, f_new, g_new
         nit += 1
         if _call_callback(callback, x, f):
-            return _result(x, f, g, nit, objective, 99, MSG_CALLBACK, hess_inv=H)
-        stop = _stop_after_step(f_old, f, g, nit, gtol, ftol, maxiter, f_old - f)
+            return _result(x, f, g, nit, objective, 99, MESSAGES["callback_stop"], hess_inv=H)
+        stop = _stop_after_step(f_old, f, g, nit, objective.nfev, gtol, ftol, maxiter, maxfun,
+                                f_old - f)
         if stop is not None:
             return _result(x, f, g, nit, objective, *stop, hess_inv=H)
-        if objective.nfev > maxfun:
-            return _result(x, f, g, nit, objective, 1, MSG_MAXFUN, hess_inv=H)

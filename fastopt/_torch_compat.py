@@ -61,11 +61,21 @@ def needs_hooked_step(optimizer):
     """Whether ``optimizer.step()`` must go through torch's hook and profiler wrapper: a step
     hook is registered (on it or on every optimizer), the profiler is on, or the names that tell
     are missing from this torch (then always)."""
-    # one Python call a step (not per param): the attributes are torch.optim.Optimizer's
-    return bool(not LIGHT_STEP
-                or getattr(optimizer, "_optimizer_step_pre_hooks", True)
-                or getattr(optimizer, "_optimizer_step_post_hooks", True)
+    # one Python call a step (not per param), as cheap as the test it makes
+    try:
+        return (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or _global_pre_hooks or _global_post_hooks or _profiler_enabled())
+    except AttributeError:      # a torch.optim.Optimizer without these hook dicts
+        return True
+
+
+def _always_hooked_step(optimizer):
+    """Always True: this torch lacks a name the decision reads (see the module docstring)."""
+    return True
+
+
+if not LIGHT_STEP:
+    needs_hooked_step = _always_hooked_step
 
 
 def keep_step_unwrapped(optimizer):

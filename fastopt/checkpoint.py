@@ -125,7 +125,7 @@ def save(optimizer, path, *, params=False):
         raise TypeError(f"params must be True or False, got {params!r}")
     path = os.fspath(path)
     sd = optimizer.state_dict()          # copies, taken under the optimizer's lock
-    plist = optimizer._params
+    plist = optimizer.params
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -367,7 +367,7 @@ def load(optimizer, path):
     _require(meta.get("optimizer") == cls,
              f"{where} holds the state of a {meta.get('optimizer')!r} optimizer, not of a {cls!r}")
 
-    plist = optimizer._params
+    plist = optimizer.params
     saved_params = meta.get("params")
     _require(isinstance(saved_params, list) and len(saved_params) == len(plist),
              f"{where} has {len(saved_params) if isinstance(saved_params, list) else '?'} params, "

@@ -270,9 +270,16 @@ class Optimizer:
                                      for s in alg.shaped_state})
         return bucket
 
-    def _check_group(self, group):
-        """Check a group's hyperparameters against the declaration; return its :data:`Checked`."""
-        alg = self.algorithm
+    @classmethod
+    def check_hyperparameters(cls, group):
+        """Check the hyperparameters of ``group`` (a mapping holding every declared one) against
+        the algorithm's declaration: their constraints, then the rules across them.
+
+        A class method, so that a front end can check hyperparameters before it builds an
+        optimizer. Returns the group's :data:`Checked` values; raises the declaration's
+        TypeError or ValueError naming the argument.
+        """
+        alg = cls.algorithm
         values = {}
         for h in alg.hyperparameters:
             checked = V.check_constraint(h.name, group[h.name], h.constraint)
@@ -280,7 +287,7 @@ class Optimizer:
         for rule in alg.rules:
             if not rule.test(values):
                 raise rule.error(rule.message)
-        active = tuple((j, self._initial_value(s, values))
+        active = tuple((j, cls._initial_value(s, values))
                        for j, s in enumerate(alg.loop_state) if alg.state_active(s, values))
         packed = {key: math.nan if value is None else value for key, value in values.items()}
         return Checked(kernels.pack(alg.kernel, packed), -1.0 if values["maximize"] else 1.0,
@@ -295,7 +302,7 @@ class Optimizer:
         hyper = group.checked if type(group) is ParamGroup else None
         if hyper is None:
             self._check_keys(group)
-            hyper = self._check_group(group)
+            hyper = self.check_hyperparameters(group)
             for key, value in list(group.items()):
                 if isinstance(value, list) and key != "params":
                     dict.__setitem__(group, key, tuple(value))
@@ -487,16 +494,23 @@ class Optimizer:
             return True
         return bool(bucket.steps[k] > 0 if self._has_step else bucket.initialized[k])
 
-    def _kept_dtypes(self):
-        """``kept(index, name)``: the dtype this optimizer keeps state ``name`` of param ``index``
-        in -- float32 for scalar states and master copies, else its bucket's state dtype. The
-        param-to-bucket map is built once, for a whole load."""
+    def kept_dtypes(self):
+        """A function ``kept(index, name)``: the NumPy dtype this optimizer keeps state ``name`` of
+        param ``index`` in -- float32 for scalar states and master copies, else the state dtype of
+        the param's bucket. The param-to-bucket map is built once, by this call, for a whole load
+        of a checkpoint (call it again after ``add_param_group``)."""
         float32_names = {"master", *(s.name for s in self.algorithm.scalar_state)}
         bucket_dtype = {i: bucket.state_dtype for i, bucket, _ in self._iter_param_slots()}
 
         def kept(index, name):
             return np.dtype(np.float32) if name in float32_names else bucket_dtype[index]
         return kept
+
+    @property
+    def params(self):
+        """The arrays this optimizer updates, each once, in param index order (the order of
+        ``state_dict()``'s indices), as a tuple (read-only; ``add_param_group`` appends)."""
+        return tuple(self._params)
 
     def _iter_param_slots(self):
         """Yield (param index, bucket, position in bucket) for every param."""
@@ -594,7 +608,7 @@ class Optimizer:
             merged["params"] = group["params"]
             try:
                 self._check_keys(merged)
-                self._check_group(merged)
+                self.check_hyperparameters(merged)
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"state_dict['param_groups'][{g}]: {exc}") from None
             new_groups.append(merged)
@@ -711,7 +725,7 @@ class Optimizer:
             return
         if "step" not in entry:
             raise ValueError(f"{where} has no 'step'")
-        values = self._check_group(group).values
+        values = self.check_hyperparameters(group).values
         for state in alg.state:
             if alg.state_active(state, values) and state.shape_for(param_shape) is not None \
                     and state.name not in entry:

@@ -46,11 +46,11 @@ checkpoint compatibility) but do not change anything: the update is always fasto
 from collections import Counter, defaultdict
 
 import torch
-import torch.optim.optimizer as _torch_optimizer
 
 import numpy as np
 
 from . import _dtypes
+from . import _torch_compat
 from . import _validation as V
 from ._classes import CLASSES as _NUMPY_CLASSES
 from .optimizer import ParamGroup as _ParamGroup
@@ -59,23 +59,11 @@ from .algorithms import ALGORITHMS as _ALGORITHMS
 from .algorithms._spec import identifiers
 from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
 
-# torch.optim wraps every step() in a profiler range and a hook runner, ~15 us a step (as much as
-# fastopt's whole update of a small model); the adapter's step() goes through that wrapper only when
-# a hook is registered or the profiler is on. Without these internals it always does.
-_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", None)
-_GLOBAL_PRE_HOOKS = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
-_GLOBAL_POST_HOOKS = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
-_LIGHT_STEP = None not in (_profiler_enabled, _GLOBAL_PRE_HOOKS, _GLOBAL_POST_HOOKS)
-
-# torch's C API the fast gradient gather calls (unbound methods: no bound-method object per call;
-# attribute descriptors, whose C getters it calls directly).
-_TORCH_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "float32": torch.float32,
-              "data_ptr": torch._C.TensorBase.data_ptr,
-              "is_contiguous": torch._C.TensorBase.is_contiguous, "is_neg": torch._C.TensorBase.is_neg,
-              "__len__": torch._C.TensorBase.__len__, "grad": torch._C.TensorBase.grad,
-              "dtype": torch._C.TensorBase.dtype, "shape": torch._C.TensorBase.shape,
-              "ndim": torch._C.TensorBase.ndim, "nbytes": torch._C.TensorBase.nbytes}
-_increment_version = getattr(torch._C, "_increment_version", torch.autograd.graph.increment_version)
+# torch's private names (each with its fallback) are read in _torch_compat only.
+_TORCH_API = _torch_compat.TENSOR_API
+_increment_version = _torch_compat.increment_version
+_scalar_dtype = _torch_compat.scalar_dtype
+_needs_hooked_step = _torch_compat.needs_hooked_step
 
 _SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64, float16 or "
               "bfloat16 (gradients: their param's dtype, or float32 for a float16/bfloat16 param)")
@@ -105,13 +93,6 @@ def _as_tensor(a):
     if type(a) is _dtypes.BF16Array or a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
-
-
-def _scalar_dtype():
-    get = getattr(_torch_optimizer, "_get_scalar_dtype", None)
-    if get is not None:
-        return get()
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _plain(value, name, where=None):
@@ -280,7 +261,7 @@ class _Adapter(torch.optim.Optimizer):
         self._check_group_flags(defaults, "defaults")
         group = {key: _plain(defaults[key], key) for key in self._keys}
         try:
-            self._fastopt_cls._check_group(self._fastopt_cls, group)
+            self._fastopt_cls.check_hyperparameters(group)
         except (TypeError, ValueError) as exc:
             words = _torch_words(self._fastopt_cls.algorithm, group, exc)
             if words is None:
@@ -357,7 +338,7 @@ class _Adapter(torch.optim.Optimizer):
         counts = Counter(id(p) for g in self.param_groups for p in g["params"])
         self._repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(self._params)
                          if counts[id(p)] > 1]
-        arrays = self._fo._params
+        arrays = self._fo.params
         self._tensor_grads = _TensorGrads(
             self._params, [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
             [p.dtype for p in self._params], _TORCH_API)
@@ -440,10 +421,9 @@ class _Adapter(torch.optim.Optimizer):
             updated.append(p)
         return grads, updated
 
-    def _patch_step_function(self):
-        # Called by torch.optim.Optimizer.__init__/__setstate__ to wrap step() in torch's
-        # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
-        self._zero_grad_profile_name = f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"
+    # Called by torch.optim.Optimizer.__init__/__setstate__ to wrap step() in torch's
+    # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
+    _patch_step_function = _torch_compat.keep_step_unwrapped
 
     def step(self, closure=None, *, max_norm=None, norm_type=2.0):
         """Perform one optimization step (``closure``: reevaluates the model and returns the loss).
@@ -454,8 +434,7 @@ class _Adapter(torch.optim.Optimizer):
         :func:`fastopt.clip_grad_norm_` on the gradients followed by ``step()``, to the last bit.
         The norm is then in ``grad_norm``.
         """
-        if (not _LIGHT_STEP or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
-                or _GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or _profiler_enabled()):
+        if _needs_hooked_step(self):
             return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
         return self._step(closure, max_norm=max_norm, norm_type=norm_type)
 
@@ -496,7 +475,7 @@ class _Adapter(torch.optim.Optimizer):
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
-    _hooked_step = torch.optim.Optimizer.profile_hook_step(_step)
+    _hooked_step = _torch_compat.profile_hook_step(_step)
 
     @property
     def found_inf(self):
@@ -590,7 +569,7 @@ class _Adapter(torch.optim.Optimizer):
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
             fo_state = {}
             index = {id(p): i for i, p in enumerate(self._unique_params())}
-            kept_dtype = self._fo._kept_dtypes()
+            kept_dtype = self._fo.kept_dtypes()
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")

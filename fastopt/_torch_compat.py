@@ -1,0 +1,114 @@
+"""Every private name of torch that ``fastopt.torch`` relies on, each with its fallback.
+
+torch does not promise to keep its private names (a leading underscore) from one release to the
+next. fastopt uses a few of them, for speed only; they are all read here, once, at import, and
+nothing else in fastopt names a private attribute of torch (``tests/test_torch_compat.py`` checks
+both: the other modules' sources, and that each fallback steps as torch.optim does). Checked on
+torch 2.13. When a name is missing, the adapter keeps working through the fallback given with it:
+
+``torch.autograd._profiler_enabled``, ``torch.optim.optimizer._global_optimizer_pre_hooks`` and
+``torch.optim.optimizer._global_optimizer_post_hooks``
+    Whether the autograd profiler is on, and the hooks registered for every optimizer. With them
+    the adapter's ``step()`` skips torch's hook-running, profiler-range wrapper (about 15 us a
+    step) when nothing would use it. Fallback: every step goes through torch's public wrapper
+    ``torch.optim.Optimizer.profile_hook_step`` (same results, about 15 us slower a step).
+
+``_optimizer_step_pre_hooks`` and ``_optimizer_step_post_hooks`` of a ``torch.optim.Optimizer``
+    The optimizer's own step hooks (``register_step_pre_hook``...), read by
+    :func:`needs_hooked_step` for the same decision. Fallback: as above, torch's wrapper each step.
+
+``torch.optim.Optimizer._patch_step_function``
+    What ``torch.optim.Optimizer.__init__`` calls to wrap ``step()`` in ``profile_hook_step``; the
+    adapter overrides it with :func:`keep_step_unwrapped`, as its ``step()`` calls the wrapper
+    itself when needed. Fallback: none needed to be correct (torch does not call it, so the light
+    path stays off: see :data:`LIGHT_STEP`).
+
+``torch._C.TensorBase`` (its ``data_ptr``, ``is_contiguous``, ``is_neg``, ``__len__`` methods
+and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
+    The C base class of ``torch.Tensor``, whose slots the compiled gradient gather
+    (``fastopt/_core/_tensor_gather.pyx``) calls directly. Fallback: the same public attributes of
+    ``torch.Tensor``, which the gather calls through Python (slower per gradient, same results).
+
+``torch._C._increment_version``
+    Bumps the autograd version counters of the updated params, as an in-place op does, in one
+    call for all of them. Fallback: the public ``torch.autograd.graph.increment_version``.
+
+``torch.optim.optimizer._get_scalar_dtype``
+    The dtype torch.optim keeps a ``"step"`` count in (float32, or float64 under a float64
+    default dtype). Fallback: that same rule, written out.
+"""
+import torch
+import torch.optim.optimizer as _torch_optimizer
+
+_CHECKED_ON = "2.13"   # the torch version every name here was checked on
+
+# -- whether a step needs torch's hook and profiler wrapper -----------------------------------------
+
+_profiler_enabled = getattr(torch.autograd, "_profiler_enabled", None)
+_global_pre_hooks = getattr(_torch_optimizer, "_global_optimizer_pre_hooks", None)
+_global_post_hooks = getattr(_torch_optimizer, "_global_optimizer_post_hooks", None)
+
+#: Whether the adapter may skip torch's step wrapper when nothing uses it: only when every name
+#: that decision reads exists, and torch calls the override that keeps step() unwrapped.
+LIGHT_STEP = (None not in (_profiler_enabled, _global_pre_hooks, _global_post_hooks)
+              and hasattr(torch.optim.Optimizer, "_patch_step_function"))
+
+#: ``step()`` wrapped in torch's hooks and profiler range (public, undocumented staticmethod).
+profile_hook_step = torch.optim.Optimizer.profile_hook_step
+
+
+def needs_hooked_step(optimizer):
+    """Whether ``optimizer.step()`` must go through torch's hook and profiler wrapper: a step
+    hook is registered (on it or on every optimizer), the profiler is on, or the names that tell
+    are missing from this torch (then always)."""
+    # one Python call a step (not per param), as cheap as the test it makes
+    try:
+        return (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+                or _global_pre_hooks or _global_post_hooks or _profiler_enabled())
+    except AttributeError:      # a torch.optim.Optimizer without these hook dicts
+        return True
+
+
+def _always_hooked_step(optimizer):
+    """Always True: this torch lacks a name the decision reads (see the module docstring)."""
+    return True
+
+
+if not LIGHT_STEP:
+    needs_hooked_step = _always_hooked_step
+
+
+def keep_step_unwrapped(optimizer):
+    """The adapter's ``_patch_step_function``: set what torch's would except the ``step()``
+    wrapper (the adapter's ``step()`` applies it itself, only when :func:`needs_hooked_step`)."""
+    optimizer._zero_grad_profile_name = f"Optimizer.zero_grad#{type(optimizer).__name__}.zero_grad"
+
+
+# -- the compiled gradient gather's torch API -----------------------------------------------------
+
+_TENSOR_SLOTS = ("data_ptr", "is_contiguous", "is_neg", "__len__", "grad", "dtype", "shape",
+                 "ndim", "nbytes")
+_tensor_base = getattr(torch._C, "TensorBase", None)
+
+#: torch's types and the unbound methods and attribute descriptors the gather calls: those of
+#: ``torch._C.TensorBase`` (no bound-method object per call; C getters called directly), else the
+#: same public ones of ``torch.Tensor``.
+TENSOR_API = {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter, "float32": torch.float32}
+TENSOR_API.update({name: getattr(_tensor_base, name, None) or getattr(torch.Tensor, name)
+                   for name in _TENSOR_SLOTS})
+
+# -- autograd version counters --------------------------------------------------------------------
+
+#: ``increment_version(tensors)``: bump the autograd version counter of each tensor.
+increment_version = getattr(torch._C, "_increment_version", None) or torch.autograd.graph.increment_version
+
+# -- the dtype of a "step" state --------------------------------------------------------------------
+
+
+def _default_scalar_dtype():
+    """torch.optim's rule for the dtype of a ``"step"`` count."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+#: ``scalar_dtype()``: the dtype torch.optim keeps a ``"step"`` count in.
+scalar_dtype = getattr(_torch_optimizer, "_get_scalar_dtype", None) or _default_scalar_dtype

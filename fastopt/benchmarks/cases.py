@@ -73,7 +73,7 @@ def make_fastopt_optimizer(name, params):
 def state_arrays(optimizer, index=0):
     """The elementwise state buffers of param ``index`` of a fastopt optimizer, flat, in the order
     it keeps them (scalar states, such as ASGD's eta and mu, are left out)."""
-    size = optimizer._params[index].size
+    size = optimizer.params[index].size
     return [value.reshape(-1) for key, value in optimizer.state.get(index, {}).items()
             if isinstance(value, np.ndarray) and key != "step" and value.ndim and value.size == size]
 

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from _trajectories import _half_dtypes
 from fastopt._core import _isa
 
 #: Sizes below, at, and just above each vector width and its multiples, and a large ragged one.
@@ -72,15 +73,6 @@ def _lbfgs_iterates(n, bounded, dtype, iterations=LBFGS_ITERATIONS):
                            callback=lambda xk: iterates.append(np.array(xk, dtype=np.float64)),
                            **kwargs)
     return np.array(iterates).reshape(-1, n)
-
-
-def _half_dtypes():
-    dtypes = [np.dtype(np.float16)]
-    try:
-        import ml_dtypes
-    except ImportError:
-        return dtypes
-    return dtypes + [np.dtype(ml_dtypes.bfloat16)]
 
 
 def _saved(value):

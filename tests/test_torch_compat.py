@@ -196,9 +196,14 @@ NORMAL = dict(light_step=True, public_tensor_api=False, public_increment_version
 
 
 def _run(owner="", name=""):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    # The child imports the fastopt under test: `python -c` puts its working directory first on
+    # sys.path, so it runs in the folder holding that package (at a repository root that is the
+    # source folder, unbuilt when the tests run against an installed copy).
+    import fastopt
+    here = str(pathlib.Path(fastopt.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", _SCRIPT, owner, name], capture_output=True, text=True,
-                          env=env, timeout=120, cwd=str(ROOT))
+                          env=env, timeout=120, cwd=here)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

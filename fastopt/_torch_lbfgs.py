@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._lbfgs_stepwise import StepwiseEngine, check_lbfgs_options
+from ._validation import check_integer
 
 __all__ = ["LBFGS"]
 
@@ -136,14 +137,6 @@ def _real(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
-
-
-def _count(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
 
 
 class LBFGS(torch.optim.Optimizer):
@@ -286,8 +279,8 @@ class LBFGS(torch.optim.Optimizer):
             if key not in entry:
                 raise ValueError(f"{where} lacks {key!r}")
         st = engine.state
-        st["func_evals"] = _count(entry["func_evals"], f"{where}['func_evals']")
-        st["n_iter"] = _count(entry["n_iter"], f"{where}['n_iter']")
+        st["func_evals"] = check_integer(f"{where}['func_evals']", entry["func_evals"], low=0)
+        st["n_iter"] = check_integer(f"{where}['n_iter']", entry["n_iter"], low=0)
         if st["n_iter"] == 0:   # torch's next iteration is its first: it starts afresh
             return engine
         missing = [key for key in _ITERATION_KEYS if key not in entry]

@@ -130,14 +130,13 @@ def kernel_index(name):
 
 
 _CONFIG_INDEX = {tuple(key): i for i, key in enumerate(selected.STORAGE_CONFIGS)}
-_CODEGEN_NAMES = {0: "f32", 1: "f64", 2: "bf16", 3: "f16"}
 
 
-def config_index(param, grad, state, master, stochastic):
-    """The kernel table's storage configuration for these storage codes (-1: not built)."""
-    key = (_CODEGEN_NAMES[param], _CODEGEN_NAMES[grad], _CODEGEN_NAMES[state], bool(master),
-           bool(stochastic))
-    return _CONFIG_INDEX.get(key, -1)
+def config_index(kernel, param, grad, state, master, stochastic):
+    """The kernel table's storage configuration of kernel ``kernel`` for these storage codes
+    (-1: none is built for it)."""
+    index = _CONFIG_INDEX.get((param, grad, state, bool(master), bool(stochastic)), -1)
+    return index if index in selected.KERNEL_CONFIGS[_KERNEL_INDEX[kernel]] else -1
 
 
 def bucket_class(driver):

@@ -6,16 +6,12 @@
   inside fastopt (``fastopt.torch`` without ml_dtypes), :class:`BF16Array`: the bits of bfloat16
   values in a uint16 array.
 
-The storage codes match the compiled core's (``fastopt/_core/_kernel_api.pxd``).
+The storage codes are declared once, in ``fastopt/_core/_storage.py`` (the compiled core's are
+generated from it).
 """
 import numpy as np
 
-F32, F64, BF16, F16 = 0, 1, 2, 3
-NAMES = {F32: "float32", F64: "float64", BF16: "bfloat16", F16: "float16"}
-#: The storage names of the generated loops (fastopt/_core/_codegen.py).
-CODEGEN_NAMES = {F32: "f32", F64: "f64", BF16: "bf16", F16: "f16"}
-ITEMSIZE = {F32: 4, F64: 8, BF16: 2, F16: 2}
-HALF = (BF16, F16)
+from fastopt._core._storage import BF16, F16, F32, F64, HALF, NAMES  # noqa: F401 (re-exported)
 
 
 class BF16Array(np.ndarray):
@@ -72,7 +68,3 @@ def bf16_bits(values):
     rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
     return np.where(np.isnan(f), np.uint16(0x7FC0), rounded)
 
-
-def bf16_values(bits):
-    """uint16 bfloat16 bits as float32 values."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

@@ -253,8 +253,9 @@ class Optimizer:
         else:
             state = storage
         stochastic = self.stochastic_rounding and storage == _dtypes.BF16
-        configs = (kernels.config_index(storage, storage, state, master, stochastic),
-                   kernels.config_index(storage, _dtypes.F32, state, master, stochastic) if half else -1)
+        configs = (kernels.config_index(alg.kernel, storage, storage, state, master, stochastic),
+                   kernels.config_index(alg.kernel, storage, _dtypes.F32, state, master, stochastic)
+                   if half else -1)
         if alg.driver is not None and half:
             # a driver's reductions and matrix products run in the param's own dtype
             raise TypeError(f"{alg.name} supports float32 and float64 params, got "

@@ -187,6 +187,7 @@ def _build_source_copy(dest, env_extra, compiler):
                 or n in ("__pycache__", "_build_config.py")}
 
     shutil.copytree(REPO / "fastopt", dest / "fastopt", ignore=build_outputs)
+    shutil.copytree(REPO / "build_tools", dest / "build_tools", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "setup.py", dest / "setup.py")
     done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=str(dest),
                           env=dict(os.environ, **env_extra), capture_output=True, text=True,
@@ -222,8 +223,7 @@ def test_aarch64_compiler_builds_the_portable_loops(tmp_path):
     assert config["VARIANTS"] == ("baseline",) and config["VARIANT_CFLAGS"] == {}
     modules = list((src / "fastopt").rglob("*.so"))      # the in-place copies
     built = sorted(p.name.split(".")[0] for p in modules)
-    expected = sorted(p.stem for p in (src / "fastopt").rglob("*.pyx")
-                      if not any(p.stem.endswith("_" + v.name) for v in _isa.VARIANTS))
+    expected = sorted(p.stem for p in (src / "fastopt").rglob("*.pyx"))
     assert built == expected
     for path in modules:
         assert path.read_bytes()[18:20] == (183).to_bytes(2, "little"), path   # e_machine: EM_AARCH64
@@ -262,24 +262,23 @@ print("ok", torch.get_num_threads(), fastopt.get_num_threads())
 
 
 #: The compiled core's sources whose ``nogil`` functions must not touch the Python C-API.
-ANNOTATED = ("_kernels_body.pxi", "_bucket.pyx", "_reduce.pyx", "_fastopt_threads.pyx")
+ANNOTATED = ("_kernels.pyx", "_bucket.pyx", "_reduce.pyx", "_fastopt_threads.pyx")
 
 
 def _expand_includes(text):
     """``text`` with every ``include "..."`` replaced by the file (the generated ones rendered), so
     the annotation covers the generated loops and the drivers too."""
     import re
-    sys.path.insert(0, str(REPO / "fastopt" / "_core"))
+    sys.path.insert(0, str(REPO))
     try:
-        import _codegen
-        generated = {"_algorithms.pxi": _codegen.render_text,
-                     "_drivers.pxi": _codegen.render_drivers_text}
+        from build_tools import codegen
+        generated = codegen.render_texts()
     finally:
         sys.path.pop(0)
 
     def replace(match):
         name = match.group(1)
-        body = generated[name]() if name in generated else (REPO / "fastopt" / "_core" / name).read_text()
+        body = generated[name] if name in generated else (REPO / "fastopt" / "_core" / name).read_text()
         return _expand_includes(body)
     return re.sub(r'^include "([^"]+)"$', replace, text, flags=re.M)
 

@@ -20,8 +20,6 @@ CORE = "fastopt._core"
 # The redesign of the core's storage types removes them; any NEW upward import fails the test.
 KNOWN_UPWARD_CORE_IMPORTS = {
     ("fastopt._core._bucket", "fastopt._dtypes"),
-    ("fastopt._core._bucket_avx2", "fastopt._dtypes"),      # includes _bucket.pyx
-    ("fastopt._core._bucket_avx512", "fastopt._dtypes"),    # includes _bucket.pyx
     ("fastopt._core._gather", "fastopt._dtypes"),
 }
 

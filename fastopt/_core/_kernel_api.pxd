@@ -5,12 +5,14 @@
 # chosen once, at import.
 from libc.stdint cimport uint64_t
 
-# How an array is stored: the codes of _codegen.py's storage names.
-cdef enum:
-    ST_F32 = 0
-    ST_F64 = 1
-    ST_BF16 = 2
-    ST_F16 = 3
+# How an array is stored: the codes of fastopt/_core/_storage.py, which the build writes into
+# _storage.h (build_tools/codegen.py).
+cdef extern from "_storage.h":
+    enum:
+        ST_F32
+        ST_F64
+        ST_BF16
+        ST_F16
 
 # One array span of an element loop: (hyperparameter struct, this array's per-array scalars,
 # gradient multiplier, param, grad, elementwise states, float32 master copy or NULL, element count,

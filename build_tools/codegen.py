@@ -1,18 +1,30 @@
-"""Generate the compiled code of every declared algorithm (run by setup.py when it builds).
+"""Generate the compiled code of every declared algorithm (run by the build, build_tools/build_ext.py).
 
 The declarations in ``fastopt/algorithms`` are loaded by path (nothing of fastopt needs to be built
-for that), and for each distinct kernel this module works out what ``_algorithms.pxi.tp`` lays out:
-the struct fields, the prologue's locals, the switches, and for each dtype the element loop of every
-combination of switch values. Each combination's update body is rendered (Tempita, with the switch
-values and ``T``); combinations that render to the same loop share one function, so a switch that
-only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no extra code.
+for that), and for each distinct kernel this module works out what ``templates/_algorithms.pxi.tp``
+lays out: the struct fields, the prologue's locals, the switches, and for each dtype the element
+loop of every combination of switch values. Each combination's update body is rendered (Tempita,
+with the switch values and ``T``); combinations that render to the same loop share one function, so
+a switch that only matters when another is on (SGD's ``nesterov`` without momentum, say) costs no
+extra code.
 
-For algorithms with a compiled driver (``Algorithm.driver``), it also writes ``_drivers.pxi``,
-which ``_bucket.pyx`` includes: the driver kernels' struct types (the same layout as the loops'
-header), so a driver fills and reads the per-array scalars by name, the index of each of their
-phases, and an ``include`` of each driver's own file, ``_driver_<kernel>.pxi``.
+Only the storage configurations the Python layer can select for a kernel get loops
+(:func:`reachable`): the kernel table's entry of any other is NULL, and ``KERNEL_CONFIGS`` says
+which ones each kernel has (``fastopt._backend.config_index``).
 
-Usage: ``python -m fastopt._core._codegen OUT`` or ``render(out_path)`` (setup.py).
+It writes, into ``fastopt/_core`` (untracked; each file only when its text changed, so nothing
+is recompiled when nothing changed):
+
+* ``_storage.h``: the storage codes of ``fastopt/_core/_storage.py`` as C constants;
+* ``_algorithm_structs.h`` and ``_algorithm_structs.pxi``: each kernel's hyperparameter and
+  per-array structs, laid out once in C and declared to Cython from that header;
+* ``_algorithm_loops.h`` (the C loops) and ``_algorithms.pxi`` (packers, prologues, kernel table),
+  included by ``_kernels.pyx``;
+* ``_drivers.pxi``, included by ``_bucket.pyx``: for algorithms with a compiled driver
+  (``Algorithm.driver``) the index of each of their phases and an ``include`` of each driver's own
+  file, ``_driver_<kernel>.pxi``.
+
+Usage: ``python build_tools/codegen.py`` or :func:`render` (the build).
 """
 import importlib.util
 import itertools
@@ -24,19 +36,35 @@ import textwrap
 from Cython import Tempita
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ALGORITHMS_DIR = os.path.join(os.path.dirname(HERE), "algorithms")
-TEMPLATE = os.path.join(HERE, "_algorithms.pxi.tp")
-OUTPUT = os.path.join(HERE, "_algorithms.pxi")
-LOOPS_TEMPLATE = os.path.join(HERE, "_algorithm_loops.h.tp")
-LOOPS_OUTPUT = os.path.join(HERE, "_algorithm_loops.h")
-DRIVERS_OUTPUT = os.path.join(HERE, "_drivers.pxi")
+ROOT = os.path.dirname(HERE)
+CORE = os.path.join(ROOT, "fastopt", "_core")
+ALGORITHMS_DIR = os.path.join(ROOT, "fastopt", "algorithms")
+TEMPLATES = os.path.join(HERE, "templates")
+
+
+def _load(name, path):
+    """A module of the source tree loaded by path, without importing fastopt (nothing is built)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    is_package = os.path.basename(path) == "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[os.path.dirname(path)] if is_package else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+storage = _load("_fastopt_storage_for_build", os.path.join(CORE, "_storage.py"))
 
 #: (suffix, C type) of the compute dtypes: a prologue is generated for each.
 DTYPES = (("f32", "float"), ("f64", "double"))
 
 #: The C type each storage reads and writes, how a value is loaded into the compute type, and how it
 #: is rounded back (nearest, ties to even; bfloat16 may also be rounded stochastically).
-STORAGE_TYPE = {"f32": "float", "f64": "double", "bf16": "uint16_t", "f16": "fo_half"}
+STORAGE_TYPE = {short: ctype for _, short, _, ctype in storage.STORAGES}
+CODE = {short: code for code, short, _, _ in storage.STORAGES}
+HALF = tuple(storage.SHORT_NAMES[code] for code in storage.HALF)
 LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_load({x})"}
 ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
 ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
@@ -64,12 +92,18 @@ class StorageConfig:
         self.compute = "f64" if param == "f64" else "f32"
 
     def key(self):
-        return (self.param, self.grad, self.state, self.master, self.stochastic)
+        """(param, grad, state, master, stochastic) with the storages as their codes."""
+        return (CODE[self.param], CODE[self.grad], CODE[self.state], self.master, self.stochastic)
 
 
 def _storage_configs():
+    """The storage configurations fastopt.optimizer can select (``Optimizer._new_bucket``): a
+    param's own storage; for a half-precision param a float32 gradient too, and either no master
+    copy (the states in the param's storage, as torch keeps them; bfloat16 params may round
+    stochastically) or a float32 master copy with float32 or bfloat16 states (rounded to nearest:
+    stochastic rounding is refused with master weights)."""
     out = [StorageConfig("f32", "f32", "f32", "f32"), StorageConfig("f64", "f64", "f64", "f64")]
-    for half in ("bf16", "f16"):
+    for half in HALF:
         for grad in (half, "f32"):
             g = "" if grad == half else "_g32"
             # no master copy: the states in the param's dtype, as torch keeps them
@@ -86,18 +120,16 @@ def _storage_configs():
 CONFIGS = _storage_configs()
 
 
+def reachable(algorithm, config):
+    """Whether the Python layer can select ``config`` for ``algorithm``: an algorithm with a
+    compiled driver takes float32 and float64 params only (its reductions and matrix products run in
+    the param's own dtype; fastopt.optimizer refuses half-precision params for it)."""
+    return algorithm.driver is None or config.param not in HALF
+
+
 def load_algorithms():
     """``fastopt.algorithms`` loaded from its folder as a stand-alone package."""
-    name = "_fastopt_algorithms_for_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, os.path.join(ALGORITHMS_DIR, "__init__.py"),
-        submodule_search_locations=[ALGORITHMS_DIR])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return _load("_fastopt_algorithms_for_build", os.path.join(ALGORITHMS_DIR, "__init__.py"))
 
 
 def _indent(code, spaces):
@@ -169,7 +201,11 @@ class KernelCode:
                                           per_array=_indent(per_array, 4)))
 
         self.configs = []
+        elements = {}   # element loop -> the name of its one function
         for config in CONFIGS:
+            if not reachable(a, config):
+                self.configs.append(_Namespace(name=config.name, built=False))
+                continue
             ctype = STORAGE_TYPE[config.compute]
             loops, variant_loops, by_code = [], [], {}
             for combo in itertools.product(*(range(len(sw.values)) for sw in switches)):
@@ -186,7 +222,7 @@ class KernelCode:
                 locals_ = [t for t in a.temporaries if t in names]
                 key = (body, tuple(active))
                 if key not in by_code:
-                    states = [_state_access(config, j, s) for j, s in active]
+                    states = [_state_access(config, j, s, s in assigned) for j, s in active]
                     loop = _Namespace(
                         name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
                         scalars=loop_scalars, temporaries=locals_,
@@ -198,17 +234,24 @@ class KernelCode:
                         load_g=LOAD[_seen(config.grad)].format(x="g_[i]"),
                         store_p=_store(config, _seen(config.param), "p", 0),
                         blocks=_blocks(config, states, assigned))
+                    # the element loop proper: configurations that differ only in what the
+                    # wrapper converts block by block (float16 through float32) share it
+                    element_key = (ctype, _seen(config.param), _seen(config.grad),
+                                   _seen(config.state), config.master, config.stochastic,
+                                   key, tuple(st.name in assigned for st in states))
+                    loop.defines_element = element_key not in elements
+                    loop.element = elements.setdefault(element_key, f"{loop.name}_loop")
                     by_code[key] = loop
                     loops.append(loop)
                 loop = by_code[key]
                 loop.variants.append(len(variant_loops))
                 variant_loops.append(loop.name)
             self.configs.append(_Namespace(
-                name=config.name, ctype=ctype, param=STORAGE_TYPE[_seen(config.param)],
+                name=config.name, built=True, ctype=ctype, param=STORAGE_TYPE[_seen(config.param)],
                 grad=STORAGE_TYPE[_seen(config.grad)], state=STORAGE_TYPE[_seen(config.state)],
-                stored_param=STORAGE_TYPE[config.param], stored_grad=STORAGE_TYPE[config.grad],
-                stored_state=STORAGE_TYPE[config.state],
                 master=config.master, loops=loops, variant_loops=variant_loops))
+        #: the kernel table indices of the configurations this kernel has loops for
+        self.built_configs = tuple(i for i, c in enumerate(self.configs) if c.built)
 
 
 def _store(config, storage, name, salt):
@@ -217,11 +260,13 @@ def _store(config, storage, name, salt):
     return ROUND[storage].format(x=name)
 
 
-def _state_access(config, j, name):
-    """(index, name, load expression, store expression) of one state in one configuration."""
+def _state_access(config, j, name, stored):
+    """(index, name, load expression, store expression, const qualifier of its pointer: a state
+    the loop only reads is const) of one state in one configuration."""
     seen = _seen(config.state)
     return _Namespace(index=j, name=name, load=LOAD[seen].format(x=f"{name}_[i]"),
-                      store=_store(config, seen, name, 0x9E37 * (j + 1)))
+                      store=_store(config, seen, name, 0x9E37 * (j + 1)),
+                      const="" if stored else "const ")
 
 
 def _blocks(config, states, assigned):
@@ -256,80 +301,44 @@ def _blocks(config, states, assigned):
     return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments)
 
 
-_DRIVERS_TEMPLATE = """\
-# Generated by _codegen.py from fastopt/algorithms: do not edit. Included by _bucket.pyx.
-# The kernels whose algorithm has a compiled driver: their struct types (laid out as in
-# _algorithm_loops.h), their phases' indices, and the drivers themselves.
-
-include "_driver_common.pxi"
-{{for k in kernels}}
-
-cdef struct {{k.name}}_hyper:
-{{for field, ctype in k.fields}}
-    {{ctype}} {{field}}
-{{endfor}}
-
-cdef struct {{k.name}}_array:
-{{for s in k.scalars}}
-    double {{s}}
-{{endfor}}
-{{if not k.scalars}}
-    char unused
-{{endif}}
-{{if k.phases}}
-
-cdef enum:
-{{for i, phase in enumerate(k.phases)}}
-    {{k.name.upper()}}_PHASE_{{phase.upper()}} = {{i}}
-{{endfor}}
-{{endif}}
-
-include "_driver_{{k.name}}.pxi"
-{{endfor}}
-"""
+#: The templates (``templates/<output>.tp``); each renders into ``fastopt/_core/<output>``.
+OUTPUTS = ("_storage.h", "_algorithm_structs.h", "_algorithm_structs.pxi", "_algorithm_loops.h",
+           "_algorithms.pxi", "_drivers.pxi")
 
 
 def render_texts():
-    """{output path: text} of the generated Cython declarations and prologues, the C loops and
-    the drivers' part."""
+    """{output file name: text} of every generated file."""
     algorithms = load_algorithms()
     spec = sys.modules[algorithms.__name__ + "._spec"]
     kernels = [KernelCode(a, spec) for a in algorithms.KERNELS]
     out = {}
-    for template_path, out_path in ((TEMPLATE, OUTPUT), (LOOPS_TEMPLATE, LOOPS_OUTPUT)):
-        with open(template_path) as f:
-            template = Tempita.Template(f.read(), name=template_path)
-        out[out_path] = template.substitute(kernels=kernels, configs=CONFIGS, enumerate=enumerate,
-                                            len=len, repr=repr)
-    template = Tempita.Template(_DRIVERS_TEMPLATE, name="_drivers.pxi")
-    out[DRIVERS_OUTPUT] = template.substitute(kernels=[k for k in kernels if k.driver],
-                                              enumerate=enumerate)
+    for name in OUTPUTS:
+        path = os.path.join(TEMPLATES, name + ".tp")
+        with open(path) as f:
+            template = Tempita.Template(f.read(), name=path)
+        out[name] = template.substitute(
+            kernels=kernels, driven=[k for k in kernels if k.driver], configs=CONFIGS,
+            storages=storage.STORAGES, enumerate=enumerate, len=len, repr=repr)
     return out
 
 
-def render_drivers_text():
-    """The generated drivers' part (_drivers.pxi)."""
-    return render_texts()[DRIVERS_OUTPUT]
-
-
-def render_text():
-    """The generated Cython half (_algorithms.pxi)."""
-    return render_texts()[OUTPUT]
-
-
-def render():
-    """Write the generated files (each only if it changed: no needless rebuilds)."""
-    for out_path, text in render_texts().items():
+def render(folder=CORE):
+    """Write the generated files into ``folder``, each only if its text changed (an unchanged file
+    keeps its modification time: nothing that depends on it is rebuilt). Returns their paths."""
+    paths = []
+    for name, text in render_texts().items():
+        path = os.path.join(folder, name)
+        paths.append(path)
         try:
-            with open(out_path) as f:
+            with open(path) as f:
                 if f.read() == text:
                     continue
         except OSError:
             pass
-        with open(out_path, "w") as f:
+        with open(path, "w") as f:
             f.write(text)
-    return [OUTPUT, LOOPS_OUTPUT, DRIVERS_OUTPUT]
+    return paths
 
 
 if __name__ == "__main__":
-    print(render())
+    print("\n".join(render()))

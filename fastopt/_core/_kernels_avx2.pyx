@@ -1,4 +1,0 @@
-# _kernels_body.pxi compiled for the "avx2" variant (x86-64-v3: AVX2, FMA, F16C, BMI1/2, LZCNT,
-# MOVBE, POPCNT; fastopt/_core/_isa.py), in portable builds; fastopt._backend imports it on CPUs
-# that have those features.
-include "_kernels_body.pxi"

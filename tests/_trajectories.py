@@ -163,5 +163,5 @@ def lbfgs_results():
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **trajectories(), **lbfgs_results())
-    print(fastopt._backend.kernels.__name__, fastopt._lbfgs.__name__,
+    print(fastopt._backend.kernels.__name__, fastopt.minimize._compiled.lbfgs.__name__,
           fastopt._backend.kernels.ParamBucket.__module__, fastopt._backend.kernels.vector_isa())

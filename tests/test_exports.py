@@ -21,7 +21,7 @@ PACKAGE = Path(fastopt.__file__).resolve().parent
 DECLARED = [a.name for a in ALGORITHMS]
 
 #: module, its source file, the dict its classes are taken from
-EXPLICIT = [("fastopt", "__init__.py", "_CLASSES"), ("fastopt.torch", "torch.py", "_ADAPTERS")]
+EXPLICIT = [("fastopt", "__init__.py", "_CLASSES"), ("fastopt.torch", "torch/__init__.py", "_ADAPTERS")]
 
 
 def _tree(filename):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from ..lbfgs import minimize_lbfgs
+from ..minimize import minimize_lbfgs
 
 DEFAULT_SIZES = (100, 1_000, 10_000, 100_000)
 FLOOR_MIN_N = 10_000

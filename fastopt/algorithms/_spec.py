@@ -386,7 +386,7 @@ class Algorithm:
     def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
                  switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
                  torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
-                 reference="", kernel=None, state_doc="", torch_load_defaults=None, driver=None,
+                 reference="", kernel=None, torch_load_defaults=None, driver=None,
                  phases=(), driver_scalars=(), param_rules=(), torch_rejects_complex=False):
         self.name = name
         self.title = title
@@ -413,7 +413,6 @@ class Algorithm:
         self.torch_name = torch_name
         self.reference = reference
         self.kernel = kernel or name.lower()
-        self.state_doc = state_doc
         self.driver = driver
         self.phases = tuple(phases)
         self.driver_scalars = tuple(driver_scalars)
@@ -528,7 +527,7 @@ class Algorithm:
             numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
             self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
             torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
-            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults,
+            torch_load_defaults=self.torch_load_defaults,
             driver=self.driver, phases=self.phases, driver_scalars=self.driver_scalars,
             param_rules=self.param_rules, torch_rejects_complex=self.torch_rejects_complex)
 

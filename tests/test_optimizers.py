@@ -45,6 +45,16 @@ def run_pair(name, cfg, shapes, dtypes, steps=20, seed=0, none_every=None):
     return opt, ref
 
 
+@pytest.mark.parametrize("name", [a.name for a in ALGORITHMS])
+def test_every_algorithm_has_a_reference_and_configurations(name):
+    """Each declared algorithm has a reference step, and, if it takes params of every shape the
+    tests here use, configurations (one per option) in reference.CONFIGS for them."""
+    require_reference(name)
+    if all(accepts_shape(BY_NAME[name], shape) for shape in SHAPES) and name not in CONFIGS:
+        pytest.fail(f"tests/reference.py has no CONFIGS for {name}: add one configuration per "
+                    "option", pytrace=False)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name_cfg", ALL_CONFIGS, ids=config_id)
 def test_matches_reference(name_cfg, dtype):

@@ -2,9 +2,9 @@
 
 The algorithms come from their declarations (:data:`fastopt.algorithms.ALGORITHMS`): every
 elementwise one is benchmarked with its declared defaults (and the few departures of
-:data:`SETTINGS`) and the memory traffic its declaration gives (:meth:`~fastopt.algorithms._spec.
-Algorithm.traffic`), so a newly declared algorithm is in ``fastopt bench`` with nothing to add here
-(an in-place NumPy version in :mod:`.numpy_reference` adds the ``numpy`` column). A step that is not
+:data:`SETTINGS`) and the memory traffic its declaration gives (``Algorithm.traffic()``), so a
+newly declared algorithm is in ``fastopt bench`` with nothing to add here (an in-place NumPy
+version in :mod:`.numpy_reference` adds the ``numpy`` column). A step that is not
 elementwise (an algorithm with a compiled driver) is timed on matrices: one :class:`MatrixCase`
 entry in :data:`MATRIX_CASES` gives its shapes.
 """
@@ -54,7 +54,7 @@ class Algorithm:
         hyper = {h.name: h.default for h in declared.hyperparameters
                  if h.constraint.kind not in ("flag", "choice") and h.name not in declared.fixed}
         hyper.update(overrides or {})
-        reads, writes = declared.traffic({**declared.defaults(), **hyper})
+        reads, writes = declared.traffic(hyper)
         return cls(declared.name, hyper, reads, writes)
 
     def bytes_per_element(self, itemsize):

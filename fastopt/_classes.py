@@ -41,10 +41,6 @@ seed : int, optional
     The stochastic-rounding seed."""
 
 
-def _default_repr(value):
-    return repr(value)
-
-
 def parameters_doc(algorithm, names):
     """The ``Parameters`` entries of ``names`` (hyperparameters of ``algorithm``), NumPy style."""
     by_name = algorithm.hyper_by_name
@@ -64,7 +60,7 @@ def parameters_doc(algorithm, names):
         doc = h.doc if h.name != "maximize" else MAXIMIZE_DOC
         if c.kind not in ("flag",):
             doc += f" Must be {c.describe()}."
-        out.append(f"{name} : {kind}, default {_default_repr(h.default)}\n"
+        out.append(f"{name} : {kind}, default {h.default!r}\n"
                    + textwrap.indent(textwrap.fill(doc, 92), "    "))
     return "\n".join(out)
 

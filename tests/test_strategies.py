@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from _strategies import accepts_shape, invalid_examples, invalid_values, param_groups, valid_values
-from fastopt._classes import CLASSES
+from fastopt._factory import CLASSES
 from fastopt._validation import check_constraint
 from fastopt.algorithms import ALGORITHMS
 

@@ -8,7 +8,7 @@
 try:
     from . import _validation, lr_scheduler
     from ._backend import build_info, kernels as _kernels
-    from ._classes import CLASSES as _CLASSES
+    from ._factory import CLASSES as _CLASSES
     from .checkpoint import load, save
     from .flat import FlatParams, flatten
     from .minimize import LBFGS, classify_critical_point, lbfgs, minimize_bfgs, minimize_lbfgs, newton

@@ -8,9 +8,8 @@ import numpy as np
 
 from .. import _dtypes
 from .. import _validation as V
-from .._classes import CLASSES as _NUMPY_CLASSES
+from .. import _factory
 from .._core._tensor_gather import TensorGrads as _TensorGrads
-from ..algorithms import ALGORITHMS as _ALGORITHMS
 from ..algorithms._spec import identifiers
 from ..optimizer import ParamGroup as _ParamGroup
 from . import _compat as _torch_compat
@@ -314,7 +313,7 @@ class _Adapter(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
                     "a new optimizer")
-            if type(tg) is _ParamGroup and tg.checked is not None:
+            if type(tg) is _ParamGroup and tg.pushed:
                 continue    # unchanged since it was last pushed
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
@@ -330,7 +329,7 @@ class _Adapter(torch.optim.Optimizer):
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
             if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
-                tg.checked = True
+                tg.pushed = True
 
     def _unique_params(self):
         return [p for g in self.param_groups for p in _unique(g["params"])]
@@ -588,33 +587,6 @@ def _unique(params):
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-#: fastopt's own keyword-only options (not torch's), with their defaults.
-_OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
-            "stochastic_rounding": False, "seed": None}
-
-
-def _make_init(algorithm):
-    """``__init__`` with torch's signature for ``algorithm`` (from its declaration)."""
-    pos, kw = algorithm.signature(torch=True)
-    kw = kw + list(_OPTIONS)
-    defaults = {h.name: h.default for h in algorithm.hyperparameters}
-    defaults.update(algorithm.torch_extras)
-    defaults.update(_OPTIONS)
-    args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
-    if kw:
-        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
-    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n not in _OPTIONS)
-    options = ", ".join(f"{n}={n}" for n in _OPTIONS)
-    source = (f"def __init__({', '.join(args)}):\n"
-              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
-    namespace = {f"_d_{n}": v for n, v in defaults.items()}
-    namespace.update(_Adapter=_Adapter, _fixed=dict(algorithm.fixed))
-    exec(source, namespace)   # our own declarations, not user input
-    init = namespace["__init__"]
-    init.__qualname__ = f"{algorithm.name}.__init__"
-    return init
-
-
 def _required_in_checkpoints(algorithm):
     """The group keys every checkpoint of ``algorithm`` holds, in declaration order.
 
@@ -632,14 +604,14 @@ def _required_in_checkpoints(algorithm):
 
 
 def _make_adapter(algorithm, base):
-    fastopt_cls = _NUMPY_CLASSES[algorithm.name]
+    fastopt_cls = _factory.CLASSES[algorithm.name]
     follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
     declared = {h.name: h.default for h in algorithm.hyperparameters}
     declared.update(algorithm.torch_extras)
     declared.update(algorithm.torch_load_defaults)
     declared.update(algorithm.fixed)
     return type(algorithm.name, (base,), {
-        "__init__": _make_init(algorithm),
+        "__init__": _factory.make_init(algorithm, _Adapter, torch=True),
         "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
                     f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
         "__module__": __name__,
@@ -651,14 +623,5 @@ def _make_adapter(algorithm, base):
     })
 
 
-def _build_all():
-    classes = {}
-    for algorithm in _ALGORITHMS:
-        parent = next((c for c in classes.values()
-                       if c._fastopt_cls.algorithm.kernel == algorithm.kernel), _Adapter)
-        classes[algorithm.name] = _make_adapter(algorithm, parent)
-    return classes
-
-
 #: ``{name: adapter class}`` for every declared algorithm.
-ADAPTERS = _build_all()
+ADAPTERS = _factory.build_classes(_make_adapter, _Adapter, lambda cls: cls._fastopt_cls.algorithm)

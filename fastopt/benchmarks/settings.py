@@ -159,6 +159,6 @@ LBFGS_REPEATS = 5
 LBFGS_QUICK_REPEATS = 2
 #: The bounded table's figure is a difference of two best-of runs (a full run minus a
 #: one-iteration run), which two runs leave at the mercy of one disturbed run: in --quick runs
-#: on a loaded machine SciPy's figure at n = 1e3 came out negative (-76 µs/iter), and its ratio
+#: on a loaded machine SciPy's figure at n = 1e3 came out negative (-76 µs/iter; AMD EPYC, 2 cores, 2026), and its ratio
 #: at n = 100 ranged 0.02-0.21. At the quick sizes five runs of each kind take ~0.1 s.
 LBFGSB_QUICK_REPEATS = 5

@@ -277,7 +277,8 @@ def _lazy_inv_hess_product_class():
         costs as much as several iterations at large n."""
 
         def __init__(self, pairs, order):
-            # What LinearOperator.__init__ sets, without its argument checks (~10 us a result).
+            # What LinearOperator.__init__ sets, without its argument checks (~10 us a result on
+            # an AMD EPYC, 2 cores, 2026).
             self.dtype = _FLOAT64
             self.shape = (pairs.shape[1], pairs.shape[1])
             self._pairs = pairs

@@ -614,7 +614,7 @@ def _make_adapter(algorithm, base):
         "__init__": _factory.make_init(algorithm, _Adapter, torch=True),
         "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
                     f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
-        "__module__": __name__,
+        "__module__": __package__,   # fastopt.torch: where users find it (and pickle too)
         "__qualname__": algorithm.name,
         "_fastopt_cls": fastopt_cls,
         "_keys": tuple(h.name for h in algorithm.hyperparameters),

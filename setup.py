@@ -28,7 +28,7 @@ ext_modules = [
     extension("fastopt._core._table"),
     extension("fastopt._core._tensor_gather"),
     # L-BFGS / L-BFGS-B (dispatched; contracts to FMA: build_tools/flags.py says why)
-    extension("fastopt._lbfgs", contract=True),
+    extension("fastopt.minimize._lbfgs", contract=True),
 ]
 
 setup(cmdclass={"build_ext": build_ext_fastopt}, ext_modules=ext_modules)

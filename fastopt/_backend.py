@@ -29,7 +29,7 @@ import sys
 import types
 
 from . import _build_config, _validation
-from ._core import _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
+from ._core import _contracts, _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
@@ -147,8 +147,10 @@ def bucket_class(driver):
 
 
 def pack(name, values):
-    """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name."""
-    return selected.PACKERS[_KERNEL_INDEX[name]](values)
+    """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name, in a
+    :class:`~fastopt._core._contracts.PackedHyperparameters` that names the kernel (a bucket of
+    another kernel refuses it)."""
+    return _contracts.PackedHyperparameters(_KERNEL_INDEX[name], values)
 
 
 class _CompiledCore(types.SimpleNamespace):
@@ -177,6 +179,8 @@ kernels = _CompiledCore(
     kernel_index=kernel_index,
     config_index=config_index,
     pack=pack,
+    PackedHyperparameters=_contracts.PackedHyperparameters,
+    BucketSpec=_contracts.BucketSpec,
     bucket_class=bucket_class,
 )
 

@@ -12,6 +12,10 @@ cdef const KernelTable* kernel_table() noexcept nogil:
     return _table
 
 
+cdef object kernel_module():
+    return _module
+
+
 def use(module):
     """Make the drivers call ``module``'s kernels (a fastopt._core._kernels* module)."""
     global _table, _module

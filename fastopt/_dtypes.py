@@ -10,22 +10,16 @@ The storage codes match the compiled core's (``fastopt/_core/_kernel_api.pxd``).
 """
 import numpy as np
 
+# BF16Array and bf16_bits live in the compiled core's package, which needs them (and imports
+# nothing from this layer); they are fastopt's bfloat16 helpers all the same.
+from ._core._bf16 import BF16Array, bf16_bits  # noqa: F401
+
 F32, F64, BF16, F16 = 0, 1, 2, 3
 NAMES = {F32: "float32", F64: "float64", BF16: "bfloat16", F16: "float16"}
 #: The storage names of the generated loops (fastopt/_core/_codegen.py).
 CODEGEN_NAMES = {F32: "f32", F64: "f64", BF16: "bf16", F16: "f16"}
 ITEMSIZE = {F32: 4, F64: 8, BF16: 2, F16: 2}
 HALF = (BF16, F16)
-
-
-class BF16Array(np.ndarray):
-    """bfloat16 values as their uint16 bit patterns (a view; no arithmetic is meant on it).
-
-    fastopt.torch views a torch.bfloat16 tensor this way when ml_dtypes is not installed.
-    """
-
-    def __array_finalize__(self, obj):
-        pass
 
 
 def bf16_dtype():
@@ -63,14 +57,6 @@ def empty_like_storage(storage, shape, like=None):
     if dtype is None:
         return np.empty(shape, dtype=np.uint16).view(BF16Array)
     return np.empty(shape, dtype=dtype)
-
-
-def bf16_bits(values):
-    """float64/float32 values rounded to bfloat16 (nearest, ties to even), as uint16 bits."""
-    f = np.asarray(values, dtype=np.float32)
-    u = f.view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(f), np.uint16(0x7FC0), rounded)
 
 
 def bf16_values(bits):

@@ -54,7 +54,7 @@ from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_poin
 
 import numpy as np
 
-from fastopt import _dtypes
+from fastopt._core._bf16 import BF16Array, bf16_bits
 
 cnp.import_array()
 
@@ -152,9 +152,9 @@ def _aligned_full(Py_ssize_t n, double fill, like):
     raw = np.empty(n * dtype.itemsize + 64, dtype=np.uint8)
     start = (-raw.ctypes.data) % 64
     arr = raw[start:start + n * dtype.itemsize].view(dtype)
-    if type(like) is _dtypes.BF16Array:
-        arr = arr.view(_dtypes.BF16Array)
-        arr.fill(int(_dtypes.bf16_bits(fill)))
+    if type(like) is BF16Array:
+        arr = arr.view(BF16Array)
+        arr.fill(int(bf16_bits(fill)))
     else:
         arr.fill(fill)
     return arr

@@ -16,9 +16,6 @@ from ._core._bf16 import BF16Array, bf16_bits  # noqa: F401
 
 F32, F64, BF16, F16 = 0, 1, 2, 3
 NAMES = {F32: "float32", F64: "float64", BF16: "bfloat16", F16: "float16"}
-#: The storage names of the generated loops (fastopt/_core/_codegen.py).
-CODEGEN_NAMES = {F32: "f32", F64: "f64", BF16: "bf16", F16: "f16"}
-ITEMSIZE = {F32: 4, F64: 8, BF16: 2, F16: 2}
 HALF = (BF16, F16)
 
 
@@ -57,8 +54,3 @@ def empty_like_storage(storage, shape, like=None):
     if dtype is None:
         return np.empty(shape, dtype=np.uint16).view(BF16Array)
     return np.empty(shape, dtype=dtype)
-
-
-def bf16_values(bits):
-    """uint16 bfloat16 bits as float32 values."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

@@ -21,7 +21,6 @@ cdef extern from "pool.h":
     void fo_pool_run(fo_chunk_fn fn, void* ctx, Py_ssize_t n_chunks, int max_threads) noexcept nogil
     int fastopt_pool_get_num_threads() noexcept nogil
     void fastopt_pool_set_num_threads(int n) noexcept nogil
-    int fo_pool_requested_threads() noexcept nogil
     int fo_pool_available() noexcept nogil
     int fo_pool_helpers_awake() noexcept nogil
     void fo_pool_set_helper_delay_us(long us) noexcept nogil

@@ -171,9 +171,3 @@ cdef class GradPointers:
 
     def __len__(self):
         return self.n
-
-    def present(self, Py_ssize_t i):
-        """Whether param ``i`` has a gradient."""
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.data[i] != NULL

@@ -22,8 +22,3 @@ def use(module):
     _table = <const KernelTable*>PyCapsule_GetPointer(module.table_capsule(),
                                                        b"fastopt._core.KernelTable")
     _module = module
-
-
-def current():
-    """The kernel module in use."""
-    return _module

@@ -98,3 +98,16 @@ def test_a_bucket_spec_takes_its_values_by_name_only():
         kernels.BucketSpec(**values)
     with pytest.raises(TypeError):
         kernels.bucket_class(None)(*_spec_values(param).values())
+
+
+@pytest.mark.parametrize("name", ["Muon", "Adafactor"])
+def test_a_compiled_driver_refuses_hyperparameters_packed_for_another_kernel(name):
+    rng = np.random.default_rng(1)
+    param = rng.standard_normal((8, 6)).astype(np.float32)
+    opt = getattr(fastopt, name)([param], lr=1e-2)
+    other = fastopt.Adam([np.zeros(3, dtype=np.float32)], lr=0.5).param_groups[0].checked
+    bucket = opt._buckets[0][0]
+    before = param.copy()
+    with pytest.raises(TypeError, match=f"hyper.*adam.*{name.lower()}"):
+        bucket.step([np.ones_like(param)], other.packed, 1.0, opt.param_groups[0].checked.active)
+    _unchanged(bucket, param, before)

@@ -8,7 +8,7 @@ Two builds (``fastopt.build_info()["build"]`` says which one is installed):
 
 * **portable** (the default; what a wheel holds): every module is compiled for the compiler's
   baseline target (x86-64: SSE2, any x86-64 CPU), and each module with vector code -- the update
-  kernels ``fastopt._core._kernels``, L-BFGS ``fastopt._lbfgs`` and the bucket driver
+  kernels ``fastopt._core._kernels``, L-BFGS ``fastopt.minimize._lbfgs`` and the bucket driver
   ``fastopt._core._bucket`` (the compiled drivers' own loops) -- once more per instruction-set
   variant the compiler supports, as ``<module>_<variant>``: ``avx2`` (x86-64-v3: ``-mavx2 -mfma
   -mf16c -mbmi -mbmi2 -mlzcnt -mmovbe -mpopcnt``) and ``avx512`` (x86-64-v4: those and ``-mavx512f
@@ -31,7 +31,7 @@ Flags, and why:
 * No OpenMP: large jobs run on fastopt's own thread pool (``fastopt/_core/pool.c``, POSIX threads;
   on Windows every job runs on the calling thread), compiled into ``fastopt._core._fastopt_threads``;
   no OpenMP runtime is linked or bundled.
-* ``fastopt._lbfgs`` alone adds ``-ffp-contract=fast`` and ``-mprefer-vector-width=512``. Its loops
+* ``fastopt.minimize._lbfgs`` alone adds ``-ffp-contract=fast`` and ``-mprefer-vector-width=512``. Its loops
   are inner products and axpys: without FMA each element costs two floating-point operations and
   at n ~ 1e3 the two-loop recursion is bound by the FP ports, not by L2, and AVX-512 CPUs run it
   on 256-bit vectors unless told otherwise. Together these cut L-BFGS's time per iteration by ~25%
@@ -130,7 +130,7 @@ for _module in isa.DISPATCHED:
 def _build_cost(ext):
     """Rough order of compile time (the kernels first), so parallel jobs end together."""
     module, _ = VARIANT_OF.get(ext.name, (ext.name, None))
-    return {"fastopt._core._kernels": 0, "fastopt._lbfgs": 1, "fastopt._core._bucket": 2}.get(module, 3)
+    return {"fastopt._core._kernels": 0, "fastopt.minimize._lbfgs": 1, "fastopt._core._bucket": 2}.get(module, 3)
 
 
 extensions = [
@@ -216,7 +216,7 @@ class BuildFlags:
             flags = flags + self.variant_flags[variant]
         elif variant not in (None, isa.BASELINE, isa.NATIVE):
             return None   # a variant this compiler (or a native build) does not make
-        if module == "fastopt._lbfgs":
+        if module == "fastopt.minimize._lbfgs":
             flags = flags + self.lbfgs
         return flags
 

@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 
 from fastopt.benchmarks.lbfgs_vs_scipy import (chained_rosenbrock, chained_rosenbrock_start,
                                   compare_with_scipy)
-from fastopt.lbfgs import minimize_lbfgs
+from fastopt import minimize_lbfgs
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 

@@ -14,10 +14,14 @@ def _label(n):
     return f"1e{int(round(np.log10(n)))}"
 
 
-@pytest.mark.parametrize("impl", ["fastopt", "numpy"])
+#: (algorithm, implementation): fastopt, and the in-place NumPy version where there is one.
+STEPS = [(opt, impl) for opt in sorted(settings.ALGORITHMS) for impl in ("fastopt", "numpy")
+         if impl == "fastopt" or opt in numpy_reference.NUMPY_OPTIMIZERS]
+
+
 @pytest.mark.parametrize("n", SIZES, ids=_label)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("opt", sorted(settings.ALGORITHMS))
+@pytest.mark.parametrize("opt, impl", STEPS, ids=[f"{o}-{i}" for o, i in STEPS])
 def test_step(benchmark, opt, dtype, n, impl):
     params, grads = cases.make_data(n, dtype)
     if impl == "fastopt":

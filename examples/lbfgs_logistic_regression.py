@@ -20,7 +20,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.datasets import load_breast_cancer
 
-from fastopt.lbfgs import minimize_lbfgs
+from fastopt import minimize_lbfgs
 
 
 def load_data():

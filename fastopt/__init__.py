@@ -8,11 +8,10 @@
 try:
     from . import _validation, lr_scheduler
     from ._backend import build_info, kernels as _kernels
-    from ._classes import CLASSES as _CLASSES
+    from ._factory import CLASSES as _CLASSES
     from .checkpoint import load, save
     from .flat import FlatParams, flatten
-    from .lbfgs import LBFGS, lbfgs, minimize_lbfgs
-    from .second_order import classify_critical_point, minimize_bfgs, newton
+    from .minimize import LBFGS, classify_critical_point, lbfgs, minimize_bfgs, minimize_lbfgs, newton
     from .clip import clip_grad_norm_, clip_grad_value_, grads_finite
     from .optimizer import Optimizer
 except ImportError as _error:

@@ -2,7 +2,7 @@
 as one namespace.
 
 A portable build (the default) holds the modules with vector code -- the update kernels
-``fastopt._core._kernels``, L-BFGS ``fastopt._lbfgs`` and the bucket driver
+``fastopt._core._kernels``, L-BFGS ``fastopt.minimize._lbfgs`` and the bucket driver
 ``fastopt._core._bucket`` -- compiled for baseline x86-64 and once per
 variant the compiler supported (``fastopt/_core/_isa.py``: ``avx2``, ``avx512``). Here, once per
 process, the best variant whose CPU features the running CPU has (``fastopt._core._cpu``: cpuid,
@@ -13,9 +13,8 @@ variants. A native build (``FASTOPT_NATIVE=1``) has one target and nothing to ch
 Every variant compiles the same source with ``-ffp-contract=off``, so optimizer steps are
 bit-identical whatever is chosen. The bucket driver ``_bucket`` (with the compiled drivers' own
 loops) is dispatched too; it and ``_reduce`` (compiled once) call the chosen kernel module through
-its kernel table. The chosen L-BFGS module is installed as
-``fastopt._lbfgs`` (``sys.modules`` and the package attribute), so ``from fastopt import _lbfgs``
-gets it; L-BFGS is built with FMA contraction, so its last bits depend on the variant.
+its kernel table. ``fastopt.minimize`` imports the chosen L-BFGS module itself
+(``fastopt/minimize/_compiled.py``); L-BFGS is built with FMA contraction, so its last bits depend on the variant.
 
 The bucket driver is imported when the first bucket is built (:func:`bucket_module`), not here:
 Muon's driver in it calls SciPy's BLAS (``scipy.linalg.cython_blas``), whose import brings all of
@@ -25,10 +24,9 @@ import functools
 import importlib
 import importlib.util
 import os
-import sys
 import types
 
-from . import _build_config, _validation
+from . import _build_config
 from ._core import _contracts, _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
@@ -94,11 +92,6 @@ def _load(module):
 
 
 selected = _load("fastopt._core._kernels")
-lbfgs_module = _load("fastopt._lbfgs")
-# L-BFGS's callers import fastopt._lbfgs: make that name the chosen variant.
-sys.modules["fastopt._lbfgs"] = lbfgs_module
-lbfgs_module.set_objective_value(_validation.objective_value)
-sys.modules[__package__]._lbfgs = lbfgs_module
 
 _BUCKET_MODULE = _isa.variant_module("fastopt._core._bucket", VARIANT)
 if importlib.util.find_spec(_BUCKET_MODULE) is None:
@@ -206,7 +199,7 @@ def build_info():
         "threads": "fastopt pool" if _threads.has_threads() else "none",
         "cflags": list(_build_config.CFLAGS),
         "variant_cflags": dict(_build_config.VARIANT_CFLAGS).get(VARIANT, []),
-        # added for fastopt._lbfgs only (FMA contraction, wide vectors); see setup.py
+        # added for fastopt.minimize._lbfgs only (FMA contraction, wide vectors); see setup.py
         "lbfgs_cflags": list(_build_config.LBFGS_CFLAGS),
         "num_threads": _threads.get_num_threads(),
     }

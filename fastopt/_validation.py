@@ -351,7 +351,7 @@ def objective_value(value, source="fun"):
     Text is refused with TypeError although ``float("1.0")`` would parse it, as SciPy's
     minimizers refuse it (they fail comparing it with a float); so is anything else that is not
     a real number (None, complex). More or fewer than one value is SciPy's ValueError. The
-    compiled L-BFGS iteration applies the same rule (``_as_double`` in ``fastopt/_lbfgs.pyx``).
+    compiled L-BFGS iteration applies the same rule (``_as_double`` in ``fastopt/minimize/_lbfgs.pyx``).
     """
     if isinstance(value, float):
         return float(value)

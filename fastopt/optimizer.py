@@ -49,50 +49,57 @@ def _exclusive(method):
 
 
 class ParamGroup(dict):
-    """A param group: a dict that remembers its checked hyperparameters until it is modified.
+    """A param group: a dict that remembers what was derived from it until it is modified.
 
     Re-checking every hyperparameter costs ~13 us (Adam or SGD), more than a whole step of a small
     param (under 1 us; both measured on the development machine, an AMD EPYC with AVX-512,
     December 2026), so a step re-checks a group only after one of its entries has been assigned
-    (as an LR scheduler does). Mutable values are stored as tuples so they cannot change behind its back.
+    (as an LR scheduler does): ``checked`` holds the :data:`Checked` hyperparameters of the last
+    check (None: check again). ``fastopt.torch`` keeps its torch-side groups in this class too, and
+    ``pushed`` says that the group's values were copied into its fastopt group since it was
+    last modified. Mutable values are stored as tuples so they cannot change behind its back.
     """
 
-    __slots__ = ("checked",)
+    __slots__ = ("checked", "pushed")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._modified()
+
+    def _modified(self):
         self.checked = None
+        self.pushed = False
 
     def __setitem__(self, key, value):
-        self.checked = None
+        self._modified()
         super().__setitem__(key, value)
 
     def __delitem__(self, key):
-        self.checked = None
+        self._modified()
         super().__delitem__(key)
 
     def update(self, *args, **kwargs):
-        self.checked = None
+        self._modified()
         super().update(*args, **kwargs)
 
     def setdefault(self, key, default=None):
-        self.checked = None
+        self._modified()
         return super().setdefault(key, default)
 
     def pop(self, *args):
-        self.checked = None
+        self._modified()
         return super().pop(*args)
 
     def popitem(self):
-        self.checked = None
+        self._modified()
         return super().popitem()
 
     def clear(self):
-        self.checked = None
+        self._modified()
         super().clear()
 
     def __ior__(self, other):
-        self.checked = None
+        self._modified()
         return super().__ior__(other)
 
     def __reduce__(self):

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 import fastopt
+from fastopt.algorithms import ALGORITHMS, BY_NAME
 
 CONFIGS = [
     ("SGD", dict(lr=0.05)),
@@ -49,6 +50,16 @@ SHAPES = [(3,), (17, 5), (1000,), (33, 33), (7,)]
 #: every param of two or more dimensions (a 3-D one: a stack of matrices).
 SHAPES_OF = {"Muon": [(17, 5), (33, 33), (5, 40), (64, 3)],
              "Adafactor": SHAPES + [(3, 4, 5)]}
+# Every declared algorithm is recorded: one not configured above runs with its defaults.
+CONFIGS += [(a.name, {}) for a in ALGORITHMS if a.name not in {name for name, _ in CONFIGS}]
+
+
+def _shapes(name):
+    """The params' shapes of ``name``'s runs: its own, or those of SHAPES it takes."""
+    if name in SHAPES_OF:
+        return SHAPES_OF[name]
+    rules = BY_NAME[name].param_rules
+    return [s for s in SHAPES if all(rule.test(s) for rule in rules)]
 
 
 #: a float16 signaling NaN with a payload (quieted: 0x7E05)
@@ -105,7 +116,7 @@ def trajectories(steps=25, seed=0):
     out = {}
     for key, c, name, kwargs, dtype, grad_dtype, clip in _runs():
         rng = np.random.default_rng(seed + c)
-        shapes = SHAPES_OF.get(name, SHAPES)
+        shapes = _shapes(name)
         params = [rng.standard_normal(s).astype(dtype) for s in shapes]
         opt = getattr(fastopt, name)(params, **kwargs)
         for t in range(steps):
@@ -163,5 +174,5 @@ def lbfgs_results():
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **trajectories(), **lbfgs_results())
-    print(fastopt._backend.kernels.__name__, fastopt._lbfgs.__name__,
+    print(fastopt._backend.kernels.__name__, fastopt.minimize._compiled.lbfgs.__name__,
           fastopt._backend.kernels.ParamBucket.__module__, fastopt._backend.kernels.vector_isa())

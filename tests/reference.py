@@ -552,6 +552,8 @@ def muon_step(p, g, state, lr, weight_decay, momentum, nesterov, ns_coefficients
     update = lerp(d, buf, t(momentum)) if nesterov else buf
     x = newton_schulz(update, *ns_coefficients, ns_steps, eps)
     rows, cols = p.shape
+    if p.size == 0:       # nothing to update (torch's ratio below divides by zero columns)
+        return
     if adjust_lr_fn == "match_rms_adamw":
         ratio = 0.2 * math.sqrt(max(rows, cols))
     else:
@@ -582,8 +584,8 @@ class RefOptimizer:
         self.skipped_steps = 0
         defaults = dict(DEFAULTS[name])
         defaults.update(kwargs)
-        if name in ("Adam", "AdamW"):
-            defaults["decoupled_weight_decay"] = name == "AdamW"
+        if name in ("Adam", "AdamW"):   # AdamW is Adam with it fixed; Adam takes it as an argument
+            defaults.setdefault("decoupled_weight_decay", name == "AdamW")
         if params and isinstance(params[0], dict):
             groups = params
         else:

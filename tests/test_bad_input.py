@@ -1,11 +1,17 @@
 """Bad input: the error type, a message naming the argument, and nothing changed after a failure."""
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import fastopt
+from _strategies import accepts_shape, checked_fields, invalid_examples, invalid_values
+from fastopt.algorithms import ALGORITHMS, BY_NAME
 from reference import CONFIGS, fingerprint, make_fastopt
 
 NAMES = list(CONFIGS)
@@ -22,11 +28,10 @@ def assert_unchanged(opt, params, snap):
 
 def stepped(name, **extra):
     """An optimizer (two groups, two dtypes) that has already taken a step, and its params."""
-    cfg = dict(CONFIGS[name][-1])
+    cfg = dict(CONFIGS[name][-1]) if name in CONFIGS else {}
     cfg.update(extra)
-    a = np.linspace(-1, 1, 6)
-    b = np.linspace(0, 1, 4, dtype=np.float32).reshape(2, 2)
-    c = np.array([0.5, -0.5], dtype=np.float32)
+    a, b, c = _params_for(name, [np.linspace(-1, 1, 6), np.linspace(0, 1, 4, dtype=np.float32).reshape(2, 2),
+                                 np.array([0.5, -0.5], dtype=np.float32)])
     opt = make_fastopt(name, [dict(params=[a, b], **cfg), dict(params=[c], **cfg)])
     params = [a, b, c]
     opt.step(good_grads(params))
@@ -101,47 +106,18 @@ def test_empty_params(name):
 # Hyperparameters at construction
 # ----------------------------------------------------------------------------------------------
 
-COMMON_BAD = [
-    ("lr", math.nan, ValueError), ("lr", -0.1, ValueError), ("lr", math.inf, ValueError),
-    ("lr", "0.1", TypeError), ("lr", None, TypeError), ("lr", True, TypeError),
-    ("weight_decay", -1e-3, ValueError), ("weight_decay", math.nan, ValueError),
-    ("maximize", 1, TypeError), ("maximize", "yes", TypeError), ("maximize", None, TypeError),
-]
-SPECIFIC_BAD = {
-    "SGD": [("momentum", -0.5, ValueError), ("dampening", math.nan, ValueError),
-            ("nesterov", 1, TypeError)],
-    "Adam": [("eps", -1e-8, ValueError), ("eps", math.nan, ValueError), ("amsgrad", "no", TypeError),
-             ("betas", (1.0, 0.999), ValueError), ("betas", (0.9, 1.0), ValueError),
-             ("betas", (-0.1, 0.9), ValueError), ("betas", (0.9, -1e-9), ValueError),
-             ("betas", (math.nan, 0.9), ValueError), ("betas", 0.9, TypeError),
-             ("betas", (0.9, 0.99, 0.9), TypeError), ("betas", ("a", 0.9), TypeError)],
-    "RMSprop": [("eps", -1.0, ValueError), ("alpha", -0.1, ValueError), ("momentum", -0.1, ValueError),
-                ("centered", 0, TypeError)],
-    "Adagrad": [("eps", -1.0, ValueError), ("lr_decay", -0.1, ValueError),
-                ("initial_accumulator_value", -0.1, ValueError), ("initial_accumulator_value", math.inf, ValueError)],
-}
-SPECIFIC_BAD["AdamW"] = SPECIFIC_BAD["Adam"]
-_BETAS_BAD = [b for b in SPECIFIC_BAD["Adam"] if b[0] == "betas"]
-SPECIFIC_BAD["NAdam"] = _BETAS_BAD + [("eps", -1e-8, ValueError), ("momentum_decay", -0.1, ValueError),
-                                     ("momentum_decay", math.inf, ValueError),
-                                     ("decoupled_weight_decay", 1, TypeError)]
-SPECIFIC_BAD["RAdam"] = _BETAS_BAD + [("eps", math.nan, ValueError), ("decoupled_weight_decay", "y", TypeError)]
-SPECIFIC_BAD["Adamax"] = _BETAS_BAD + [("eps", -1.0, ValueError)]
-SPECIFIC_BAD["Lion"] = _BETAS_BAD
-SPECIFIC_BAD["Adadelta"] = [("rho", 1.1, ValueError), ("rho", -0.1, ValueError), ("eps", -1e-6, ValueError)]
-SPECIFIC_BAD["Rprop"] = [("etas", (1.0, 0.5), ValueError), ("etas", (0.5, 1.0), ValueError),
-                         ("etas", (0.0, 1.2), ValueError), ("etas", (0.5, math.inf), ValueError),
-                         ("etas", 0.5, TypeError), ("step_sizes", (1.0, 0.5), ValueError),
-                         ("step_sizes", (-1e-6, 50), ValueError), ("step_sizes", (1e-6, math.nan), ValueError),
-                         ("step_sizes", "small", TypeError)]
-SPECIFIC_BAD["Adafactor"] = [("beta2_decay", 0.8, ValueError), ("d", 0.5, ValueError),
-                             ("eps", (-1e-30, 1e-3), ValueError), ("eps", (None, -1.0), ValueError),
-                             ("eps", (None, None), TypeError), ("eps", 1e-3, TypeError),
-                             ("eps", (1e-30, 1e-3, 0.0), TypeError), ("eps", (math.nan, 1e-3), ValueError)]
-SPECIFIC_BAD["ASGD"] = [("lambd", math.nan, ValueError), ("alpha", math.inf, ValueError),
-                        ("t0", "1e6", TypeError)]
-BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_BAD[n]
-             if k in getattr(fastopt, n).algorithm.hyper_by_name]   # Rprop has no weight_decay
+#: (algorithm, hyperparameter, invalid value, exception): for every declared algorithm, the values
+#: each hyperparameter's constraint refuses (tests/_strategies.py).
+BAD_HYPER = [(a.name, h.name, value, exc) for a in ALGORITHMS for h in a.hyperparameters
+             if h.name not in a.fixed for value, exc in invalid_examples(h.constraint, h.default)]
+
+
+def _params_for(name, arrays):
+    """``arrays`` as ``name`` takes them: matrices for an algorithm that takes matrices only."""
+    algorithm = BY_NAME[name]
+    if all(accepts_shape(algorithm, a.shape) for a in arrays):
+        return arrays
+    return [a.reshape(1, -1) for a in arrays]
 
 
 @pytest.mark.parametrize("name, key, value, exc", BAD_HYPER,
@@ -149,9 +125,10 @@ BAD_HYPER = [(n, k, v, e) for n in NAMES for (k, v, e) in COMMON_BAD + SPECIFIC_
 def test_bad_hyperparameter(name, key, value, exc):
     pattern = r"\b%s\b" % key
     with pytest.raises(exc, match=pattern):
-        make_fastopt(name, [np.zeros(3)], **{key: value})
+        make_fastopt(name, _params_for(name, [np.zeros(3)]), **{key: value})
     with pytest.raises(exc, match=pattern):    # in a param group
-        make_fastopt(name, [{"params": [np.zeros(3)]}, {"params": [np.zeros(2)], key: value}])
+        make_fastopt(name, [{"params": _params_for(name, [np.zeros(3)])},
+                            {"params": _params_for(name, [np.zeros(2)]), key: value}])
     # Set between steps through param_groups: the next step raises, nothing changes.
     opt, params = stepped(name)
     snap = snapshot(opt, params)
@@ -163,6 +140,42 @@ def test_bad_hyperparameter(name, key, value, exc):
     assert_unchanged(opt, params, snap)
     # And the optimizer still works afterwards.
     opt.step(good_grads(params))
+
+
+@pytest.mark.parametrize("name", [a.name for a in ALGORITHMS])
+@settings(max_examples=20, deadline=None)
+@given(data=st.data())
+def test_any_refused_value_is_refused(name, data):
+    """Beyond the examples above: any value a constraint refuses, drawn at random."""
+    algorithm = BY_NAME[name]
+    h = data.draw(st.sampled_from([h for h in algorithm.hyperparameters if h.name not in algorithm.fixed]))
+    value, exc = data.draw(invalid_values(h.constraint, h.default))
+    with pytest.raises(exc, match=r"\b%s\b" % h.name):
+        make_fastopt(name, _params_for(name, [np.zeros(3)]), **{h.name: value})
+
+
+#: Values breaking a declared Rule (a check across hyperparameters: a predicate, so its violations
+#: are written out), by algorithm.
+RULE_VIOLATIONS = {
+    "SGD": [dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1)],
+    "Rprop": [dict(etas=(1.0, 0.5)), dict(etas=(0.5, 1.0)), dict(etas=(0.5, 1.2), step_sizes=(1.0, 0.5))],
+}
+
+
+@pytest.mark.parametrize("name", [a.name for a in ALGORITHMS if a.rules])
+def test_every_rule_is_broken_by_an_example(name):
+    algorithm = BY_NAME[name]
+    for rule in algorithm.rules:
+        if not any(not rule.test(checked_fields(algorithm, v)) for v in RULE_VIOLATIONS.get(name, ())):
+            pytest.fail(f"{name}: no example in RULE_VIOLATIONS breaks the rule {rule.message!r}",
+                        pytrace=False)
+
+
+@pytest.mark.parametrize("name, kwargs", [(n, v) for n, vs in RULE_VIOLATIONS.items() for v in vs])
+def test_rule_violations_are_refused(name, kwargs):
+    rule = next(r for r in BY_NAME[name].rules if not r.test(checked_fields(BY_NAME[name], kwargs)))
+    with pytest.raises(rule.error, match=re.escape(rule.message)):
+        make_fastopt(name, _params_for(name, [np.zeros(3)]), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1)])

@@ -36,7 +36,7 @@ SHAPES = {
 
 @pytest.mark.parametrize("layout", sorted(SHAPES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", sorted(settings.ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(numpy_reference.NUMPY_OPTIMIZERS))
 def test_numpy_reference_matches_fastopt(name, dtype, layout):
     shapes, block = SHAPES[layout]
     p0, grads = _data(shapes, dtype, seed=zlib.crc32(f"{name}-{layout}".encode()))

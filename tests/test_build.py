@@ -29,7 +29,7 @@ def test_build_info_describes_the_build():
     assert info["variant"] in info["variants_built"]
     assert info["modules"] == {m: _isa.variant_module(m, info["variant"]) for m in _isa.DISPATCHED}
     assert info["module"] == info["modules"]["fastopt._core._kernels"] == fastopt._backend.kernels.__name__
-    assert fastopt._lbfgs.__name__ == info["modules"]["fastopt._lbfgs"]
+    assert fastopt.minimize._compiled.lbfgs.__name__ == info["modules"]["fastopt.minimize._lbfgs"]
     assert fastopt._backend.kernels.ParamBucket.__module__ == info["modules"]["fastopt._core._bucket"]
     assert info["vector_isa"] in {"avx512", "avx2", "avx", "sse2", "generic"}
     if info["build"] == "portable":
@@ -165,7 +165,7 @@ def test_every_variant_gives_the_same_results(tmp_path):
         out = tmp_path / f"{variant}.npz"
         kernels, lbfgs, bucket, vector_isa = _record(installed, out, {"FASTOPT_FORCE_ISA": variant})
         assert kernels == _isa.variant_module("fastopt._core._kernels", variant)
-        assert lbfgs == _isa.variant_module("fastopt._lbfgs", variant)
+        assert lbfgs == _isa.variant_module("fastopt.minimize._lbfgs", variant)
         assert bucket == _isa.variant_module("fastopt._core._bucket", variant)
         assert vector_isa in VECTOR_ISA[variant]
         results[variant] = _load(out)
@@ -203,7 +203,7 @@ def test_native_build_gives_the_same_results(tmp_path):
     src = tmp_path / "native"
     _build_source_copy(src, {"FASTOPT_NATIVE": "1"}, os.environ.get("CC", "cc"))
     native = _record(src, tmp_path / "native.npz")
-    assert native[:3] == ["fastopt._core._kernels", "fastopt._lbfgs", "fastopt._core._bucket"]
+    assert native[:3] == ["fastopt._core._kernels", "fastopt.minimize._lbfgs", "fastopt._core._bucket"]
     _record(Path(fastopt.__file__).parents[1], tmp_path / "installed.npz")
     _assert_same_results(_load(tmp_path / "installed.npz"), _load(tmp_path / "native.npz"))
 

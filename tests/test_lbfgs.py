@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import OptimizeResult, OptimizeWarning, minimize, rosen, rosen_der
 
-from fastopt.lbfgs import LBFGS, MoreThuente, lbfgs, minimize_lbfgs, two_loop_direction
+from fastopt.minimize import LBFGS, MoreThuente, lbfgs, minimize_lbfgs, two_loop_direction
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mgh_problems  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import Bounds, LbfgsInvHessProduct, minimize, rosen, rosen_der
 
 import fastopt
-from fastopt.lbfgs import lbfgs, minimize_lbfgs
+from fastopt.minimize import lbfgs, minimize_lbfgs
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mgh_problems  # noqa: E402

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from fastopt import _lbfgs
-from fastopt import _minimize_common as C
-from fastopt.lbfgs import minimize_lbfgs
-from fastopt.second_order import minimize_bfgs, newton
+from fastopt.minimize._compiled import lbfgs as _lbfgs
+from fastopt.minimize import _common as C
+from fastopt.minimize import minimize_bfgs, minimize_lbfgs, newton
 
 X0 = np.array([3.0, -4.0, 0.5])
 

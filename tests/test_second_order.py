@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.optimize import OptimizeResult, minimize, rosen, rosen_der, rosen_hess
 
-from fastopt.second_order import classify_critical_point, minimize_bfgs, newton
+from fastopt.minimize import classify_critical_point, minimize_bfgs, newton
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mgh_problems  # noqa: E402
@@ -184,7 +184,7 @@ def test_bfgs_reaches_scipy_bfgs_optimum(problem):
 
 
 def test_bfgs_result_matches_minimize_lbfgs_api():
-    from fastopt.lbfgs import minimize_lbfgs
+    from fastopt.minimize import minimize_lbfgs
     a = minimize_bfgs(lambda x: (rosen(x), rosen_der(x)), [-1.2, 1.0])
     b = minimize_lbfgs(lambda x: (rosen(x), rosen_der(x)), [-1.2, 1.0])
     assert set(b) <= set(a)

@@ -1,6 +1,6 @@
-"""torch's private names: read in fastopt/_torch_compat.py only, each with a fallback that works.
+"""torch's private names: read in fastopt/torch/_compat.py only, each with a fallback that works.
 
-(a) No module of fastopt other than ``_torch_compat.py`` names a private attribute of torch
+(a) No module of fastopt other than ``torch/_compat.py`` names a private attribute of torch
     (a component starting with ``_`` in an attribute path under ``torch``, a private name imported
     from torch, or one read with ``getattr(torch..., "_name")``).
 (b) With each private name removed from torch while ``import fastopt.torch`` runs, the fallback is in
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "fastopt"
-COMPAT = PACKAGE / "_torch_compat.py"
+COMPAT = PACKAGE / "torch" / "_compat.py"
 
 
 def _is_private(name):
@@ -116,7 +116,7 @@ def test_only_the_compat_module_names_private_torch_attributes():
     for path in _python_sources():
         for line, name in private_torch_references(path.read_text(), str(path)):
             offenders.append(f"{path.relative_to(ROOT)}:{line}: {name}")
-    assert not offenders, ("private torch names outside fastopt/_torch_compat.py (read them there, "
+    assert not offenders, ("private torch names outside fastopt/torch/_compat.py (read them there, "
                            "with a fallback):\n" + "\n".join(offenders))
 
 
@@ -126,7 +126,7 @@ def test_the_compat_module_documents_each_name_it_reads():
         leaf = name.split(".")[-1]
         if leaf == "_C":
             continue
-        assert leaf in documented, f"{name} is read in _torch_compat.py but not described there"
+        assert leaf in documented, f"{name} is read in torch/_compat.py but not described there"
     assert "2.13" in documented
 
 
@@ -145,7 +145,7 @@ if owner:
     delattr(owner, name)
     assert not hasattr(owner, name)
 import fastopt.torch as ft
-from fastopt import _torch_compat as compat
+from fastopt.torch import _compat as compat
 if owner:
     setattr(owner, name, saved)
 
@@ -234,7 +234,7 @@ def test_a_missing_private_name_falls_back(owner, name, changed, with_every_name
 
 def test_an_optimizer_without_torch_step_hook_attributes_takes_torch_wrapper():
     import fastopt.torch as ft
-    from fastopt import _torch_compat
+    from fastopt.torch import _compat as _torch_compat
     opt = ft.Adam([torch.nn.Parameter(torch.ones(3))])
     assert not _torch_compat.needs_hooked_step(opt)
     for attribute in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks"):

@@ -145,7 +145,7 @@ def test_defaults_match_torch(name):
     ours = inspect.signature(getattr(fastopt, name)).parameters
     theirs = inspect.signature(getattr(torch.optim, name)).parameters
     for key, param in ours.items():
-        if key in ("params", "decoupled_weight_decay") or key in fastopt._classes.OPTIONS:
+        if key in ("params", "decoupled_weight_decay") or key in fastopt._factory.OPTIONS:
             continue    # fastopt's own options
         assert key in theirs, key
         expected = theirs[key].default

@@ -134,7 +134,7 @@ def _record_variant(variant, out):
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out)], env=env,
                           cwd=str(out.parent), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [_isa.variant_module("fastopt._lbfgs", variant),
+    assert done.stdout.split() == [_isa.variant_module("fastopt.minimize._lbfgs", variant),
                                    _isa.variant_module("fastopt._core._kernels", variant),
                                    _isa.variant_module("fastopt._core._bucket", variant)]
     with np.load(out) as f:
@@ -175,5 +175,5 @@ def test_every_variant_agrees_at_every_vector_tail(tmp_path):
 
 if __name__ == "__main__":
     np.savez(sys.argv[1], **record())
-    print(fastopt._lbfgs.__name__, fastopt._backend.kernels.__name__,
+    print(fastopt.minimize._compiled.lbfgs.__name__, fastopt._backend.kernels.__name__,
           fastopt._backend.kernels.ParamBucket.__module__)

@@ -38,7 +38,7 @@ VARIANTS = (
 #: bucket driver (the compiled drivers' own loops: Adafactor's row and column statistics, Muon's
 #: bfloat16 rounding between BLAS products; Adafactor was ~30% slower with them at the baseline).
 #: The others (reductions' bookkeeping, gathers, the thread pool) are compiled once, for the baseline.
-DISPATCHED = ("fastopt._core._kernels", "fastopt._lbfgs", "fastopt._core._bucket")
+DISPATCHED = ("fastopt._core._kernels", "fastopt.minimize._lbfgs", "fastopt._core._bucket")
 
 
 def variant_module(module, variant):

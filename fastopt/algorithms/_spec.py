@@ -386,7 +386,7 @@ class Algorithm:
     def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
                  switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
                  torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
-                 reference="", kernel=None, state_doc="", torch_load_defaults=None, driver=None,
+                 reference="", kernel=None, torch_load_defaults=None, driver=None,
                  phases=(), driver_scalars=(), param_rules=(), torch_rejects_complex=False):
         self.name = name
         self.title = title
@@ -413,7 +413,6 @@ class Algorithm:
         self.torch_name = torch_name
         self.reference = reference
         self.kernel = kernel or name.lower()
-        self.state_doc = state_doc
         self.driver = driver
         self.phases = tuple(phases)
         self.driver_scalars = tuple(driver_scalars)
@@ -479,21 +478,41 @@ class Algorithm:
             return True
         return bool(eval(state.when, {"__builtins__": {}}, dict(values)))  # our own declarations
 
-    def traffic(self, values=None):
-        """(arrays read, arrays written) per element for the default (or given) settings."""
-        values = values if values is not None else self.default_fields()
-        active = [s for s in self.elementwise_state if self.state_active(s, values)]
-        return 2 + len(active), 1 + len(active)
-
-    def default_fields(self):
+    def field_values(self, group=None):
+        """The struct fields' values (``{"beta1": 0.9, ...}``) of a param group's hyperparameters,
+        by name (``{"betas": (0.9, 0.999), ...}``; default: the class defaults), unchecked: a pair
+        or a tuple spreads over its fields."""
+        group = self.defaults() if group is None else group
         out = {}
         for h in self.hyperparameters:
-            value = self.fixed.get(h.name, h.default)
-            if h.constraint.kind == "pair":
+            value = group.get(h.name, self.fixed.get(h.name, h.default))
+            if h.constraint.kind in ("pair", "tuple"):
                 out.update(zip(h.fields, value))
             else:
                 out[h.fields[0]] = value
         return out
+
+    def traffic(self, group=None):
+        """(arrays read, arrays written) per element by a step with a param group's hyperparameters
+        (default: the class defaults), as the memory-traffic bound of an elementwise step counts them.
+
+        A step reads the param, its gradient and each elementwise state the group keeps, and writes
+        back the param and each of those states: ``(2 + states, 1 + states)``. That is a step after
+        the first few; SGD's first step writes its momentum buffer without reading it, and ASGD
+        before ``t0`` copies the param into ``ax`` without reading it.
+
+        Raises
+        ------
+        ValueError
+            For an algorithm with a ``driver``: its step is not elementwise (Adafactor's row and
+            column statistics, Muon's matrix products), so it has no traffic per element.
+        """
+        if self.driver is not None:
+            raise ValueError(f"{self.name} is not elementwise (its step runs {self.driver}): "
+                             "it has no memory traffic per element")
+        values = self.field_values(group)
+        active = [s for s in self.elementwise_state if self.state_active(s, values)]
+        return 2 + len(active), 1 + len(active)
 
     def variant(self, name, title, *, defaults=None, fixed=None, numpy_signature=None,
                 torch_signature=None, torch_name=None, formula=None):
@@ -508,7 +527,7 @@ class Algorithm:
             numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
             self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
             torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
-            state_doc=self.state_doc, torch_load_defaults=self.torch_load_defaults,
+            torch_load_defaults=self.torch_load_defaults,
             driver=self.driver, phases=self.phases, driver_scalars=self.driver_scalars,
             param_rules=self.param_rules, torch_rejects_complex=self.torch_rejects_complex)
 

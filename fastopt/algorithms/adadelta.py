@@ -1,5 +1,6 @@
 """Adadelta: a per-element learning rate from running averages of g^2 and of the updates (Zeiler, 2012)."""
-from ._spec import Algorithm, Hyper, State, Switch, real
+from ._spec import Algorithm, Hyper, State, real
+from ._fragments import L2_DECAY, L2_SWITCH, code
 
 ADADELTA = Algorithm(
     name="Adadelta",
@@ -25,18 +26,15 @@ ADADELTA = Algorithm(
         w = 1.0 - rho
     """,
     scalars=("lr_neg", "w"),
-    switches=[Switch("l2", "weight_decay != 0")],
+    switches=[L2_SWITCH],
     temporaries=("delta",),
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
+    update=code(L2_DECAY, """
         square_avg = square_avg * rho + (w * g) * g
         delta = _sqrt(acc_delta + eps) / _sqrt(square_avg + eps)
         delta = delta * g
         acc_delta = acc_delta * rho + (w * delta) * delta
         p = p + lr_neg * delta
-    """,
+    """),
     weight=3,
     numpy_signature="lr, rho, eps, weight_decay, *, maximize",
     torch_signature="lr, rho, eps, weight_decay, foreach, *, capturable, maximize, differentiable",

@@ -1,5 +1,6 @@
 """Adagrad (Duchi, Hazan & Singer, 2011)."""
-from ._spec import Algorithm, Hyper, State, Switch, real
+from ._spec import Algorithm, Hyper, State, real
+from ._fragments import L2_DECAY, L2_SWITCH, code
 
 ADAGRAD = Algorithm(
     name="Adagrad",
@@ -25,14 +26,11 @@ ADAGRAD = Algorithm(
         clr_neg = -(lr / (1.0 + (step - 1.0) * lr_decay))
     """,
     scalars=("clr_neg",),
-    switches=[Switch("l2", "weight_decay != 0")],
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
+    switches=[L2_SWITCH],
+    update=code(L2_DECAY, """
         sum = sum + g * g
         p = p + (clr_neg * g) / (_sqrt(sum) + eps)
-    """,
+    """),
     weight=2,
     numpy_signature="lr, lr_decay, weight_decay, initial_accumulator_value, eps, *, maximize",
     torch_signature="lr, lr_decay, weight_decay, initial_accumulator_value, eps, foreach, *, "

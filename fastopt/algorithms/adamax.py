@@ -1,5 +1,6 @@
 """Adamax: Adam with the infinity norm (Kingma & Ba, 2015, section 7)."""
-from ._spec import Algorithm, Hyper, State, Switch, pair, real
+from ._spec import Algorithm, Hyper, State, pair, real
+from ._fragments import FIRST_MOMENT, L2_DECAY, L2_SWITCH, code, lerp_switch
 
 ADAMAX = Algorithm(
     name="Adamax",
@@ -25,15 +26,11 @@ ADAMAX = Algorithm(
         clr_neg = -(lr / (1.0 - pow(beta1, step)))
     """,
     scalars=("w1", "clr_neg"),
-    switches=[Switch("l2", "weight_decay != 0"), Switch("lerp", "<{{T}}>w1 >= 0.5", ("low", "high"))],
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
-        exp_avg = _lerp_{{lerp}}(exp_avg, g, w1)
+    switches=[L2_SWITCH, lerp_switch("w1")],
+    update=code(L2_DECAY, FIRST_MOMENT, """
         exp_inf = _max_nan(exp_inf * beta2, _abs(g) + eps)
         p = p + (clr_neg * exp_avg) / exp_inf
-    """,
+    """),
     weight=2,
     numpy_signature="lr, betas, eps, weight_decay, *, maximize",
     torch_signature="lr, betas, eps, weight_decay, foreach, *, maximize, differentiable, capturable",

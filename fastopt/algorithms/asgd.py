@@ -1,6 +1,7 @@
 """ASGD: stochastic gradient descent with iterate averaging (Polyak & Juditsky, 1992), with the
 decaying step size of Bottou (2012), as torch.optim.ASGD runs it."""
 from ._spec import Algorithm, Hyper, State, Switch, real
+from ._fragments import L2_DECAY, L2_SWITCH, code
 
 ASGD = Algorithm(
     name="ASGD",
@@ -39,11 +40,8 @@ ASGD = Algorithm(
         mu = <float>(1.0 / max(1.0, step - t0))
     """,
     scalars=("decay_scale", "eta_neg", "mu_now"),
-    switches=[Switch("l2", "weight_decay != 0"), Switch("average", "mu_now != 1.0")],
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
+    switches=[L2_SWITCH, Switch("average", "mu_now != 1.0")],
+    update=code(L2_DECAY, """
         p = p * decay_scale
         p = p + eta_neg * g
         {{if average}}
@@ -51,7 +49,7 @@ ASGD = Algorithm(
         {{else}}
         ax = p
         {{endif}}
-    """,
+    """),
     weight=1,
     numpy_signature="lr, lambd, alpha, t0, weight_decay, *, maximize",
     torch_signature="lr, lambd, alpha, t0, weight_decay, foreach, maximize, differentiable, "

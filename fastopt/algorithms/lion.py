@@ -1,5 +1,6 @@
 """Lion: sign momentum found by program search (Chen et al., 2023). torch.optim has no Lion."""
 from ._spec import Algorithm, Hyper, State, Switch, pair, real
+from ._fragments import DECAY_SCALE, MOMENT_WEIGHTS, code
 
 LION = Algorithm(
     name="Lion",
@@ -21,12 +22,7 @@ LION = Algorithm(
         Hyper("weight_decay", 0.0, real(low=0), r"Decoupled weight decay :math:`\lambda`."),
     ],
     state=[State("exp_avg", ":math:`m`")],
-    per_array="""
-        w1 = 1.0 - beta1
-        w2 = 1.0 - beta2
-        lr_neg = -lr
-        decay_scale = 1.0 - lr * weight_decay
-    """,
+    per_array=code(MOMENT_WEIGHTS, "lr_neg = -lr", DECAY_SCALE),
     scalars=("w1", "w2", "lr_neg", "decay_scale"),
     switches=[Switch("decay", "weight_decay != 0")],
     temporaries=("c",),

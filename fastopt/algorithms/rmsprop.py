@@ -1,5 +1,6 @@
 """RMSprop (Hinton, Lecture 6e of Neural Networks for Machine Learning, 2012)."""
-from ._spec import Algorithm, Hyper, State, Switch, flag, real
+from ._spec import Algorithm, Hyper, State, flag, real
+from ._fragments import L2_DECAY, L2_SWITCH, code, lerp_switch
 
 RMSPROP = Algorithm(
     name="RMSprop",
@@ -29,13 +30,10 @@ RMSPROP = Algorithm(
         w = 1.0 - alpha
     """,
     scalars=("lr_neg", "w"),
-    switches=[Switch("l2", "weight_decay != 0"),
-              Switch("lerp", "<{{T}}>w >= 0.5", ("low", "high"))],
+    switches=[L2_SWITCH,
+              lerp_switch("w")],
     temporaries=("denom",),
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
+    update=code(L2_DECAY, """
         square_avg = square_avg * alpha + (w * g) * g
         {{if has_grad_avg}}
         grad_avg = _lerp_{{lerp}}(grad_avg, g, w)
@@ -49,7 +47,7 @@ RMSPROP = Algorithm(
         {{else}}
         p = p + (lr_neg * g) / denom
         {{endif}}
-    """,
+    """),
     weight=2,
     numpy_signature="lr, alpha, eps, weight_decay, momentum, centered, *, maximize",
     torch_signature="lr, alpha, eps, weight_decay, momentum, centered, capturable, foreach, "

@@ -40,7 +40,8 @@ RPROP = Algorithm(
     # 0 for NaN: an element whose gradient is NaN keeps its step size and param this step.
     # p + (-sign(g)) * step_size is written as a choice between -step_size, step_size and
     # step_size * 0 (the same values, signed zeros and NaN included): with sign(g) of the g just
-    # chosen, GCC turns the loop into branches and does not vectorize it (8.7 against 0.7 ns).
+    # chosen, GCC turns the loop into branches and does not vectorize it (8.7 against 0.7 ns an
+    # element; GCC 12 on an AMD EPYC, 2 cores, 2026).
     update="""
         {{if first}}
         step_size = lr

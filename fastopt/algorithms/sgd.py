@@ -1,5 +1,6 @@
 """Stochastic gradient descent with momentum, dampening and Nesterov momentum."""
 from ._spec import Algorithm, Hyper, Rule, State, Switch, flag, real
+from ._fragments import L2_DECAY, L2_SWITCH, code
 
 SGD = Algorithm(
     name="SGD",
@@ -27,12 +28,9 @@ SGD = Algorithm(
         keep = 1.0 - dampening
     """,
     scalars=("lr_neg", "keep"),
-    switches=[Switch("l2", "weight_decay != 0"), Switch("nesterov", "nesterov"),
+    switches=[L2_SWITCH, Switch("nesterov", "nesterov"),
               Switch("first", "first_use")],
-    update="""
-        {{if l2}}
-        g = g + weight_decay * p
-        {{endif}}
+    update=code(L2_DECAY, """
         {{if has_momentum_buffer}}
         {{if first}}
         momentum_buffer = g
@@ -46,7 +44,7 @@ SGD = Algorithm(
         {{endif}}
         {{endif}}
         p = p + lr_neg * g
-    """,
+    """),
     weight=1,
     numpy_signature="lr, momentum, dampening, weight_decay, nesterov, *, maximize",
     torch_signature="lr, momentum, dampening, weight_decay, nesterov, *, maximize, foreach, "

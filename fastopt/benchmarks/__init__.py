@@ -3,8 +3,8 @@ this machine's memory-traffic bound, and its L-BFGS against SciPy's L-BFGS-B.
 
 Modules, one job each:
 
-* :mod:`.settings` -- the algorithms (class, hyperparameters, memory traffic), sizes and defaults,
-  as data: adding an algorithm to the benchmark is one entry there.
+* :mod:`.settings` -- the algorithms (class, hyperparameters, memory traffic: from their
+  declarations in :mod:`fastopt.algorithms`), sizes and defaults, as data.
 * :mod:`.numpy_reference` -- the fastest in-place NumPy updates (the ``numpy`` column).
 * :mod:`.ceiling` with ``ceiling.c`` -- the C references, compiled at bench time: a plain fused
   float32 Adam step and the streaming kernel that measures an algorithm's memory-traffic bound.

@@ -8,11 +8,12 @@ same params with the same gradients and the same hyperparameters:
 * ``torch-fused``, ``torch-foreach``, ``torch-loop`` -- ``torch.optim.<Algorithm>`` with
   ``fused=True``, ``foreach=True`` and ``foreach=False`` over ``torch.from_numpy`` views (when torch
   is installed and the variant exists);
-* ``mem-bound`` -- the algorithm's memory traffic streamed by ``ceiling.c`` (reads and writes from
-  :mod:`.settings`), and ``C-adam`` -- ``ceiling.c``'s fused Adam step (Adam float32 only). On one
-  array both run on fastopt's own param, gradient and state buffers, so they see the same memory
-  and cache state as fastopt (a big shared L3 otherwise favours whichever contender's buffers happen
-  to be resident); on the 200 arrays, on flat buffers of the same total size.
+* ``mem-bound`` -- the algorithm's memory traffic streamed by ``ceiling.c`` (the reads and writes
+  its declaration gives, in :mod:`.settings`), and ``C-adam`` -- ``ceiling.c``'s fused Adam step
+  (Adam float32 only). On one array both run on fastopt's own param, gradient and state buffers,
+  so they see the same memory and cache state as fastopt (a big shared L3 otherwise favours
+  whichever contender's buffers happen to be resident); on the 200 arrays, on flat buffers of the
+  same total size.
 """
 import argparse
 import math

@@ -12,7 +12,7 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from ..lbfgs import minimize_lbfgs
+from ..minimize import minimize_lbfgs
 from .lbfgs_vs_scipy import (_one_blas_thread, _TimedObjective, chained_rosenbrock,
                              chained_rosenbrock_start)
 

@@ -46,13 +46,15 @@ class NumpyOptimizer:
     block) are handled together: their gradients are gathered into one flat buffer by a single
     ``np.concatenate(out=)``, the update is computed flat, and each param gets one ``+=`` of its
     slice -- ~12 ufunc calls per block plus one per param, instead of ~12 per param.
+
+    ``hyper`` are the benchmark's hyperparameters of the algorithm (``settings.ALGORITHMS[name]
+    .hyper``: every number the update reads), as :func:`make_numpy_optimizer` passes them.
     """
 
     state_names = ()
     n_tmp = 1
     #: Bytes per stream in a block: 256 KiB x ~5 streams stay inside a 2 MiB L2 (measured best).
     block_bytes = 1 << 18
-    defaults = {}
 
     def __init__(self, params, block=None, **hyper):
         self.params = [p for p in params]
@@ -62,7 +64,7 @@ class NumpyOptimizer:
         if any(p.dtype != dtype or not p.flags.c_contiguous for p in self.params):
             raise ValueError("NumPy reference: params must share one dtype and be C-contiguous")
         self.dtype = dtype
-        self.hyper = {**self.defaults, **hyper}
+        self.hyper = hyper
         if block is None:
             block = max(1024, self.block_bytes // dtype.itemsize)
         self.block = int(block) if block > 0 else 1 << 62      # 0: no blocking
@@ -153,7 +155,6 @@ class NumpyAdam(NumpyOptimizer):
     one pass fewer).  Weight decay: L2 (Adam) or decoupled (AdamW); no amsgrad/maximize."""
 
     state_names = ("exp_avg", "exp_avg_sq")
-    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     decoupled = False
 
     def _scalars(self):
@@ -183,7 +184,6 @@ class NumpyAdam(NumpyOptimizer):
 
 
 class NumpyAdamW(NumpyAdam):
-    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
     decoupled = True
 
 
@@ -191,7 +191,6 @@ class NumpySGD(NumpyOptimizer):
     """SGD with momentum as torch.optim.SGD: b = g (first step) else mu b + (1-damp) g; p -= lr b."""
 
     state_names = ("momentum_buffer",)
-    defaults = dict(lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -220,7 +219,6 @@ class NumpyRMSprop(NumpyOptimizer):
     p -= lr g / (sqrt(s) + eps)."""
 
     state_names = ("square_avg",)
-    defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -239,7 +237,6 @@ class NumpyAdagrad(NumpyOptimizer):
     """Adagrad as torch.optim.Adagrad: s += g^2; p -= lr/(1+(t-1)decay) g / (sqrt(s) + eps)."""
 
     state_names = ("sum",)
-    defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10, initial_accumulator_value=0.0)
 
     def _init_state(self):
         self.flat_state["sum"][...] = self.hyper["initial_accumulator_value"]
@@ -264,7 +261,6 @@ class NumpyNAdam(NumpyOptimizer):
 
     state_names = ("exp_avg", "exp_avg_sq")
     n_tmp = 2
-    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3)
 
     def _init_state(self):
         self.mu_product = 1.0
@@ -306,7 +302,6 @@ class NumpyRAdam(NumpyOptimizer):
     if rho_t > 5: p -= lr r_t sqrt(bc2) / bc1 * m / (sqrt(v) + eps), else p -= lr / bc1 * m."""
 
     state_names = ("exp_avg", "exp_avg_sq")
-    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -339,7 +334,6 @@ class NumpyAdamax(NumpyOptimizer):
     p -= lr / bc1 * m / u."""
 
     state_names = ("exp_avg", "exp_inf")
-    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -367,7 +361,6 @@ class NumpyLion(NumpyOptimizer):
 
     state_names = ("exp_avg",)
     n_tmp = 2
-    defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -396,7 +389,6 @@ class NumpyAdadelta(NumpyOptimizer):
 
     state_names = ("square_avg", "acc_delta")
     n_tmp = 2
-    defaults = dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0)
 
     def _scalars(self):
         h = self.hyper
@@ -425,7 +417,6 @@ class NumpyRprop(NumpyOptimizer):
 
     state_names = ("prev", "step_size")
     n_tmp = 2
-    defaults = dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50))
 
     def _init_state(self):
         self.flat_state["step_size"][...] = self.hyper["lr"]
@@ -461,7 +452,6 @@ class NumpyASGD(NumpyOptimizer):
     needs the new p, so this class steps each block in place itself."""
 
     state_names = ("ax",)
-    defaults = dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0)
 
     def _init_state(self):
         self._eta = float(np.float32(self.hyper["lr"]))

@@ -1,11 +1,17 @@
-"""What the benchmark runs, as data: the algorithms, the sizes, the defaults.
+"""What the benchmark runs, as data: the algorithms, the sizes, the timing budgets.
 
-Adding an algorithm to ``fastopt bench`` is one :class:`Algorithm` entry in :data:`ALGORITHMS`
-(plus, optionally, an in-place NumPy version in :mod:`.numpy_reference` for the ``numpy`` column),
-or, for a step that is not elementwise, one :class:`MatrixCase` entry in :data:`MATRIX_CASES`.
+The algorithms come from their declarations (:data:`fastopt.algorithms.ALGORITHMS`): every
+elementwise one is benchmarked with its declared defaults (and the few departures of
+:data:`SETTINGS`) and the memory traffic its declaration gives (``Algorithm.traffic()``), so a
+newly declared algorithm is in ``fastopt bench`` with nothing to add here (an in-place NumPy
+version in :mod:`.numpy_reference` adds the ``numpy`` column). A step that is not
+elementwise (an algorithm with a compiled driver) is timed on matrices: one :class:`MatrixCase`
+entry in :data:`MATRIX_CASES` gives its shapes.
 """
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from ..algorithms import ALGORITHMS as DECLARED
 
 
 @dataclass(frozen=True)
@@ -36,48 +42,40 @@ class Algorithm:
             raise ValueError(f"{self.cls}: need 1 <= writes <= reads, got reads={self.reads}, "
                              f"writes={self.writes}")
 
+    @classmethod
+    def from_declaration(cls, declared, overrides=None):
+        """The benchmark's configuration of a declared algorithm: its declared defaults with
+        ``overrides``, and the traffic of a step with them.
+
+        ``hyper`` holds the numbers (reals, pairs, tuples, integers): the flags and choices stay at
+        the constructors' defaults, the plain algorithm (torch's classes take no
+        ``decoupled_weight_decay`` for AdamW, whose declaration fixes it).
+        """
+        hyper = {h.name: h.default for h in declared.hyperparameters
+                 if h.constraint.kind not in ("flag", "choice") and h.name not in declared.fixed}
+        hyper.update(overrides or {})
+        reads, writes = declared.traffic(hyper)
+        return cls(declared.name, hyper, reads, writes)
+
     def bytes_per_element(self, itemsize):
         """Bytes one step moves per element for a dtype of ``itemsize`` bytes."""
         return (self.reads + self.writes) * itemsize
 
 
-#: The benchmark's algorithms, by the name used on the command line (``--optimizers adam,sgd``).
-ALGORITHMS = MappingProxyType({
-    # p, g, exp_avg, exp_avg_sq read; p, exp_avg, exp_avg_sq written
-    "adam": Algorithm("Adam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-                      reads=4, writes=3),
-    "adamw": Algorithm("AdamW", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
-                       reads=4, writes=3),
-    # p, g, momentum_buffer read; p, momentum_buffer written
-    "sgd": Algorithm("SGD", dict(lr=1e-3, momentum=0.9, dampening=0.0, weight_decay=0.0),
-                     reads=3, writes=2),
-    # p, g, square_avg read; p, square_avg written
-    "rmsprop": Algorithm("RMSprop", dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0),
-                         reads=3, writes=2),
-    # p, g, sum read; p, sum written
-    "adagrad": Algorithm("Adagrad", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, eps=1e-10),
-                         reads=3, writes=2),
-    # p, g, exp_avg, exp_avg_sq read; p, exp_avg, exp_avg_sq written (mu_product: one scalar)
-    "nadam": Algorithm("NAdam", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-                       reads=4, writes=3),
-    "radam": Algorithm("RAdam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-                       reads=4, writes=3),
-    # p, g, exp_avg, exp_inf read; p, exp_avg, exp_inf written
-    "adamax": Algorithm("Adamax", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-                        reads=4, writes=3),
-    # p, g, exp_avg read; p, exp_avg written (torch has no Lion: no torch columns)
-    "lion": Algorithm("Lion", dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), reads=3, writes=2),
-    # p, g, square_avg, acc_delta read; p, square_avg, acc_delta written
-    "adadelta": Algorithm("Adadelta", dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0),
-                          reads=4, writes=3),
-    # p, g, prev, step_size read; p, prev, step_size written
-    "rprop": Algorithm("Rprop", dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)),
-                       reads=4, writes=3),
-    # p, g, ax read; p, ax written: averaging from the third step (t0=0; with torch's default
-    # t0=1e6 ax is a copy of p for a million steps, and not read)
-    "asgd": Algorithm("ASGD", dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=0.0, weight_decay=0.0),
-                      reads=3, writes=2),
+#: Where the benchmark departs from an algorithm's declared defaults, by class name.
+SETTINGS = MappingProxyType({
+    # SGD as it is trained, with momentum (the default momentum=0 keeps no state at all)
+    "SGD": MappingProxyType(dict(momentum=0.9)),
+    # ASGD averaging from the third step: with the default t0=1e6, ``ax`` is a copy of the param
+    # for a million steps, and not read
+    "ASGD": MappingProxyType(dict(t0=0.0)),
 })
+
+#: The benchmark's algorithms, by the name used on the command line (``--optimizers adam,sgd``):
+#: every declared elementwise algorithm, in declaration order.
+ALGORITHMS = MappingProxyType({
+    declared.name.lower(): Algorithm.from_declaration(declared, SETTINGS.get(declared.name))
+    for declared in DECLARED if declared.driver is None})
 
 
 @dataclass(frozen=True)
@@ -161,6 +159,6 @@ LBFGS_REPEATS = 5
 LBFGS_QUICK_REPEATS = 2
 #: The bounded table's figure is a difference of two best-of runs (a full run minus a
 #: one-iteration run), which two runs leave at the mercy of one disturbed run: in --quick runs
-#: on a loaded machine SciPy's figure at n = 1e3 came out negative (-76 µs/iter), and its ratio
+#: on a loaded machine SciPy's figure at n = 1e3 came out negative (-76 µs/iter; AMD EPYC, 2 cores, 2026), and its ratio
 #: at n = 100 ranged 0.02-0.21. At the quick sizes five runs of each kind take ~0.1 s.
 LBFGSB_QUICK_REPEATS = 5

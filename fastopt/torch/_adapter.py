@@ -1,65 +1,20 @@
-"""PyTorch adapter: ``torch.optim.Optimizer`` subclasses that run fastopt's kernels.
-
-``fastopt.torch.<Name>`` exists for every algorithm fastopt declares (``fastopt/algorithms``):
-``Adam``, ``AdamW``, ``SGD``, ``RMSprop``, ``Adagrad``, ``NAdam``, ... Each takes the same arguments
-as its ``torch.optim`` namesake (its signature, defaults and group keys come from the declaration)
-and drops into an existing training loop::
-
-    import fastopt.torch
-    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
-    for x, y in loader:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        sched.step()
-
-How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
-params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
-param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
-truth, so LR schedulers and hand edits of ``param_groups`` work), reads each ``p.grad``'s data
-pointer, dtype, size and layout in C (``fastopt/_core/_tensor_gather.pyx``: no NumPy array per
-gradient per step; anything unusual takes a precise path that raises naming the param) and runs
-the fused update in place. The params' autograd version counters are bumped, as an in-place torch
-op would do. ``step(max_norm=..., norm_type=2.0)`` clips by the global gradient norm inside the
-step (``grad_norm`` keeps the norm), bit-identical to :func:`fastopt.clip_grad_norm_` on the
-gradients followed by ``step()``.
-
-State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
-(``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
-``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
-a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others),
-from older torch versions too; a checkpoint of another optimizer (an SGD one into Adam) is refused.
-Bad hyperparameters raise torch.optim's error type, with its words followed by fastopt's.
-
-Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
-(half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
-options of the NumPy classes; ``stochastic_rounding`` acts on bfloat16 params and refuses float16
-ones), with grads of the param's dtype or, for half params, float32.
-Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
-the param; nothing is copied behind your back. ``capturable=True`` and
-``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
-checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
-
-``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
-"""
+"""The adapter class behind ``fastopt.torch``: a ``torch.optim.Optimizer`` around a fastopt optimizer
+over zero-copy views of the params (see the package docstring), and the factory of its subclasses."""
 from collections import Counter, defaultdict
 
 import torch
 
 import numpy as np
 
-from . import _dtypes
-from . import _torch_compat
-from . import _validation as V
-from ._classes import CLASSES as _NUMPY_CLASSES
-from .optimizer import ParamGroup as _ParamGroup
-from ._core._tensor_gather import TensorGrads as _TensorGrads
-from .algorithms import ALGORITHMS as _ALGORITHMS
-from .algorithms._spec import identifiers
-from ._torch_lbfgs import LBFGS  # noqa: F401  (L-BFGS lives in its own module)
+from .. import _dtypes
+from .. import _validation as V
+from .. import _factory
+from .._core._tensor_gather import TensorGrads as _TensorGrads
+from ..algorithms._spec import identifiers
+from ..optimizer import ParamGroup as _ParamGroup
+from . import _compat as _torch_compat
 
-# torch's private names (each with its fallback) are read in _torch_compat only.
+# torch's private names (each with its fallback) are read in fastopt/torch/_compat.py only.
 _TORCH_API = _torch_compat.TENSOR_API
 _increment_version = _torch_compat.increment_version
 _scalar_dtype = _torch_compat.scalar_dtype
@@ -358,7 +313,7 @@ class _Adapter(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
                     "a new optimizer")
-            if type(tg) is _ParamGroup and tg.checked is not None:
+            if type(tg) is _ParamGroup and tg.pushed:
                 continue    # unchanged since it was last pushed
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
@@ -374,7 +329,7 @@ class _Adapter(torch.optim.Optimizer):
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
             if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
-                tg.checked = True
+                tg.pushed = True
 
     def _unique_params(self):
         return [p for g in self.param_groups for p in _unique(g["params"])]
@@ -632,33 +587,6 @@ def _unique(params):
     return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
-#: fastopt's own keyword-only options (not torch's), with their defaults.
-_OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
-            "stochastic_rounding": False, "seed": None}
-
-
-def _make_init(algorithm):
-    """``__init__`` with torch's signature for ``algorithm`` (from its declaration)."""
-    pos, kw = algorithm.signature(torch=True)
-    kw = kw + list(_OPTIONS)
-    defaults = {h.name: h.default for h in algorithm.hyperparameters}
-    defaults.update(algorithm.torch_extras)
-    defaults.update(_OPTIONS)
-    args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
-    if kw:
-        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
-    group = ", ".join(f"{n!r}: {n}" for n in pos + kw if n not in _OPTIONS)
-    options = ", ".join(f"{n}={n}" for n in _OPTIONS)
-    source = (f"def __init__({', '.join(args)}):\n"
-              f"    _Adapter.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
-    namespace = {f"_d_{n}": v for n, v in defaults.items()}
-    namespace.update(_Adapter=_Adapter, _fixed=dict(algorithm.fixed))
-    exec(source, namespace)   # our own declarations, not user input
-    init = namespace["__init__"]
-    init.__qualname__ = f"{algorithm.name}.__init__"
-    return init
-
-
 def _required_in_checkpoints(algorithm):
     """The group keys every checkpoint of ``algorithm`` holds, in declaration order.
 
@@ -676,17 +604,17 @@ def _required_in_checkpoints(algorithm):
 
 
 def _make_adapter(algorithm, base):
-    fastopt_cls = _NUMPY_CLASSES[algorithm.name]
+    fastopt_cls = _factory.CLASSES[algorithm.name]
     follows = f"``torch.optim.{algorithm.torch_name}``" if algorithm.torch_name else algorithm.name
     declared = {h.name: h.default for h in algorithm.hyperparameters}
     declared.update(algorithm.torch_extras)
     declared.update(algorithm.torch_load_defaults)
     declared.update(algorithm.fixed)
     return type(algorithm.name, (base,), {
-        "__init__": _make_init(algorithm),
+        "__init__": _factory.make_init(algorithm, _Adapter, torch=True),
         "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
                     f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
-        "__module__": __name__,
+        "__module__": __package__,   # fastopt.torch: where users find it (and pickle too)
         "__qualname__": algorithm.name,
         "_fastopt_cls": fastopt_cls,
         "_keys": tuple(h.name for h in algorithm.hyperparameters),
@@ -695,35 +623,5 @@ def _make_adapter(algorithm, base):
     })
 
 
-def _build_all():
-    classes = {}
-    for algorithm in _ALGORITHMS:
-        parent = next((c for c in classes.values()
-                       if c._fastopt_cls.algorithm.kernel == algorithm.kernel), _Adapter)
-        classes[algorithm.name] = _make_adapter(algorithm, parent)
-    return classes
-
-
-_ADAPTERS = _build_all()
-# One adapter per declared algorithm, each named here so that readers, IDEs and static tools see
-# it; tests/test_exports.py fails when an algorithm is declared but not named here.
-Adadelta = _ADAPTERS["Adadelta"]
-Adafactor = _ADAPTERS["Adafactor"]
-Adagrad = _ADAPTERS["Adagrad"]
-Adam = _ADAPTERS["Adam"]
-AdamW = _ADAPTERS["AdamW"]
-Adamax = _ADAPTERS["Adamax"]
-ASGD = _ADAPTERS["ASGD"]
-Lion = _ADAPTERS["Lion"]
-Muon = _ADAPTERS["Muon"]
-NAdam = _ADAPTERS["NAdam"]
-RAdam = _ADAPTERS["RAdam"]
-RMSprop = _ADAPTERS["RMSprop"]
-Rprop = _ADAPTERS["Rprop"]
-SGD = _ADAPTERS["SGD"]
-
-__all__ = [
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
-    "RAdam", "RMSprop", "Rprop", "SGD",
-    "LBFGS",
-]
+#: ``{name: adapter class}`` for every declared algorithm.
+ADAPTERS = _factory.build_classes(_make_adapter, _Adapter, lambda cls: cls._fastopt_cls.algorithm)

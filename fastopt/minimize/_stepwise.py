@@ -1,5 +1,5 @@
 """The engine of stepwise L-BFGS with the semantics of ``torch.optim.LBFGS``: one
-``step(closure)`` runs up to ``max_iter`` iterations. ``fastopt.LBFGS`` (in :mod:`fastopt.lbfgs`)
+``step(closure)`` runs up to ``max_iter`` iterations. ``fastopt.LBFGS`` (in ``fastopt/minimize/_lbfgs_py.py``)
 runs it on NumPy arrays, ``fastopt.torch.LBFGS`` on zero-copy NumPy views of torch parameters and
 gradients; it imports neither (``fastopt.LBFGS`` with bounds runs ``minimize_lbfgs`` instead).
 
@@ -18,8 +18,8 @@ import numbers
 
 import numpy as np
 
-from . import _validation as V
-from ._lbfgs import two_loop_direction
+from .. import _validation as V
+from ._compiled import lbfgs as _lbfgs
 
 __all__ = ["StepwiseEngine", "check_lbfgs_options"]
 
@@ -184,7 +184,7 @@ class StepwiseEngine:
                 ys = float(y @ s)
                 if ys > 1e-10:
                     self._store_pair(s, y, ys)
-                d = two_loop_direction(flat_grad, st["history"],
+                d = _lbfgs.two_loop_direction(flat_grad, st["history"],
                                        np.asarray(st["rho"], dtype=np.float64),
                                        st["newest"], st["count"], st["H_diag"])
             if st["prev_flat_grad"] is None:

@@ -1,7 +1,7 @@
 """Limited-memory BFGS with bounds: ``minimize_lbfgs``, the ``scipy.optimize.minimize`` plug-in
 ``lbfgs`` (a drop-in for ``method='L-BFGS-B'``) and the stepwise ``LBFGS``.
 
-The iteration runs in Cython (:mod:`fastopt._lbfgs`); this module checks arguments, prepares the
+The iteration runs in Cython (``fastopt/minimize/_lbfgs.pyx``); this module checks arguments, prepares the
 objective (SciPy's finite differences when there is no gradient) and packs SciPy's result.
 
 Algorithm. Without bounds, the search direction ``d = -H g`` comes from the two-loop recursion
@@ -26,13 +26,12 @@ Gao 2007): the same two-loop direction from the pseudo-gradient, kept in its ort
 """
 import numpy as np
 
-from . import _lbfgs
-from . import _minimize_common as C
-from . import _validation as V
-from ._lbfgs import MoreThuente, two_loop_direction
-from ._lbfgs_stepwise import StepwiseEngine, check_lbfgs_options
+from .. import _validation as V
+from ._compiled import lbfgs as _lbfgs
+from . import _common as C
+from ._stepwise import StepwiseEngine, check_lbfgs_options
 
-__all__ = ["minimize_lbfgs", "lbfgs", "LBFGS", "MoreThuente", "two_loop_direction"]
+__all__ = ["minimize_lbfgs", "lbfgs", "LBFGS"]
 
 # L-BFGS-B options that have no meaning here (no printing, no Hessians, no constraints).
 _IGNORED_OPTIONS = {"return_all", "hess", "hessp", "bounds", "constraints"}
@@ -176,7 +175,7 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
         nfev, njev = counter.nfev, counter.ngev
     if status == 99:
         status, message = C.callback_stop_status(wrapped, nit, maxiter_limit, nfev, maxfun_limit)
-    from scipy.optimize import OptimizeResult   # imported when first needed: see _minimize_common
+    from scipy.optimize import OptimizeResult   # imported when first needed: see _common
     return OptimizeResult(x=x, fun=np.float64(f), jac=g, nit=nit, nfev=nfev, njev=njev,
                           status=status, success=status == 0, message=message,
                           hess_inv=C.hess_inv_operator(pairs, newest, count, updates, m))

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ._lbfgs_stepwise import StepwiseEngine, check_lbfgs_options
-from ._validation import check_integer
+from .._validation import check_integer
+from ..minimize._stepwise import StepwiseEngine, check_lbfgs_options
 
 __all__ = ["LBFGS"]
 

@@ -12,19 +12,19 @@ costs several times what the rest of ``import fastopt`` does, and most users of 
 step optimizers.
 """
 import functools
-import importlib
 import inspect
 import warnings
 
 import numpy as np
 
-from ._validation import objective_value
+from .._validation import objective_value
+from . import _scipy_compat
 
 FINITE_DIFFERENCES = ("2-point", "3-point", "cs")
 _FLOAT64 = np.dtype(np.float64)
 
 # The one table of the minimizers' messages. Those of L-BFGS-B are SciPy's texts, which the
-# compiled iteration (fastopt/_lbfgs.pyx, which cannot import this module) spells out too;
+# compiled iteration (fastopt/minimize/_lbfgs.pyx, which cannot import this module) spells out too;
 # tests/test_minimize_status.py checks that its texts are these.
 MESSAGES = {
     # L-BFGS-B (fastopt.minimize_lbfgs): SciPy's texts
@@ -67,7 +67,7 @@ def stopping_status(nit, maxiter, nfev, maxfun, gradient_small, f_reduction_smal
     ``(status, message)``, or None to go on.
 
     The order is SciPy's L-BFGS-B driver's (and that of the compiled iteration,
-    ``_after_iteration`` in fastopt/_lbfgs.pyx): a callback's StopIteration (handled by the
+    ``_after_iteration`` in fastopt/minimize/_lbfgs.pyx): a callback's StopIteration (handled by the
     caller, before this), then the iteration limit, then the evaluation limit (``nfev > maxfun``:
     the last line search may overrun it), and only then convergence, gradient before f
     reduction. SciPy sets ``STOP`` as soon as the limit is reached, so its iteration routine never
@@ -86,21 +86,12 @@ def stopping_status(nit, maxiter, nfev, maxfun, gradient_small, f_reduction_smal
     return None
 
 
-@functools.cache
-def _scipy_private(module, name):
-    """SciPy's private ``module.name``, or None when this SciPy has no such name."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):  # pragma: no cover - private SciPy names
-        return None
-
-
 def not_given(value):
     """True for None and for SciPy's ``_NoValue`` marker."""
     if value is None:
         return True
     # the "not given" marker SciPy's fmin_l_bfgs_b passes for disp / iprint
-    no_value = _scipy_private("scipy._lib.deprecation", "_NoValue")
+    no_value = _scipy_compat.no_value_marker()
     return no_value is not None and value is no_value
 
 
@@ -151,15 +142,14 @@ def prepare_objective(fun, x0, args, jac, bounds, eps, finite_diff_rel_step, wor
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
     # scipy.optimize.minimize wraps ``fun`` in MemoizeJac when jac=True
-    memoize_jac = _scipy_private("scipy.optimize._optimize", "MemoizeJac")
+    memoize_jac = _scipy_compat.memoize_jac_class()
     if (memoize_jac is not None and isinstance(fun, memoize_jac)
             and getattr(jac, "__self__", None) is fun):
         return fun.fun, True, args, None
     if jac is True or callable(jac):
         return fun, jac, args, None
-    from scipy.optimize._optimize import _prepare_scalar_function
-    sf = _prepare_scalar_function(fun, x0, jac=jac, args=args, epsilon=eps, bounds=bounds,
-                                  finite_diff_rel_step=finite_diff_rel_step, workers=workers)
+    sf = _scipy_compat.prepare_scalar_function(fun, x0, jac, args, eps, bounds, finite_diff_rel_step,
+                                               workers)
     return sf.fun_and_grad, True, (), sf
 
 
@@ -287,7 +277,8 @@ def _lazy_inv_hess_product_class():
         costs as much as several iterations at large n."""
 
         def __init__(self, pairs, order):
-            # What LinearOperator.__init__ sets, without its argument checks (~10 us a result).
+            # What LinearOperator.__init__ sets, without its argument checks (~10 us a result on
+            # an AMD EPYC, 2 cores, 2026).
             self.dtype = _FLOAT64
             self.shape = (pairs.shape[1], pairs.shape[1])
             self._pairs = pairs

@@ -282,7 +282,7 @@ cdef inline double _as_double(object value) except? -1.0:
     if isinstance(value, float):     # float and its subclasses, such as np.float64
         return <double>value
     if _objective_value is None:
-        raise RuntimeError("fastopt._lbfgs was imported without fastopt._backend, which sets how "
+        raise RuntimeError("fastopt.minimize._lbfgs was imported without fastopt._backend, which sets how "
                            "objective values are read (import fastopt instead)")
     return _objective_value(value)
 

@@ -1,17 +1,16 @@
 """Newton's method (plain and saddle-free), dense BFGS, and critical-point classification.
 
 These are for small problems (the Hessian or inverse-Hessian approximation is a dense n x n
-matrix), so they are plain NumPy around the Moré–Thuente line search of :mod:`fastopt._lbfgs`.
+matrix), so they are plain NumPy around the Moré–Thuente line search of ``fastopt/minimize/_lbfgs.pyx``.
 All return :class:`scipy.optimize.OptimizeResult` with the fields of
-:func:`fastopt.lbfgs.minimize_lbfgs`.
+:func:`fastopt.minimize_lbfgs`.
 """
 import numpy as np
 
-from ._lbfgs import MoreThuente
-from ._minimize_common import (MESSAGES, CountedObjective, adapt_callback, reduction_small,
-                               stopping_status)
-from ._validation import check_search_options as _check_search_options
-from ._validation import check_tolerance as _check_tolerance
+from ._compiled import lbfgs as _lbfgs
+from .._validation import check_search_options as _check_search_options
+from .._validation import check_tolerance as _check_tolerance
+from ._common import MESSAGES, CountedObjective, adapt_callback, reduction_small, stopping_status
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
 
@@ -70,7 +69,7 @@ def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
             stp = min(max(trial, 0.1 * stp), 0.5 * stp)
         return False, x, f, g, nonfinite
 
-    search = MoreThuente(c1=c1, c2=c2)
+    search = _lbfgs.MoreThuente(c1=c1, c2=c2)
     stp, task = search.start(f, slope0, stp0)
     best = None
     evals = 0
@@ -95,7 +94,7 @@ def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
 
 
 def _result(x, f, g, nit, objective, status, message, **extra):
-    from scipy.optimize import OptimizeResult   # imported when first needed: see _minimize_common
+    from scipy.optimize import OptimizeResult   # imported when first needed: see _common
     return OptimizeResult(x=x, fun=f, jac=g, nit=nit, nfev=objective.nfev, njev=objective.njev,
                           status=status, success=status == 0, message=message, **extra)
 
@@ -113,7 +112,7 @@ def _call_callback(callback, x, f):
 
 def _stop_after_step(f_old, f, g, nit, nfev, gtol, ftol, maxiter, maxfun, change):
     """The stopping tests after an accepted step, in the minimizers' one order
-    (:func:`fastopt._minimize_common.stopping_status`): ``(status, message)``, or None to go on.
+    (:func:`fastopt.minimize._common.stopping_status`): ``(status, message)``, or None to go on.
 
     ``change`` is the f change the ftol test measures (``f_old - f``, or its absolute value for a
     method that may go uphill).
@@ -255,7 +254,7 @@ def _gradient_norm_search(objective, x, f, g, p, maxls, maxfun):
 def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15000,
                   maxfun=15000, maxls=20, callback=None, line_search="more-thuente", c1=1e-4,
                   c2=0.9):
-    """Dense BFGS for small n, with the API and result of :func:`fastopt.lbfgs.minimize_lbfgs`.
+    """Dense BFGS for small n, with the API and result of :func:`fastopt.minimize_lbfgs`.
 
     The inverse Hessian approximation is updated with ``rho = 1 / (s'y)``::
 

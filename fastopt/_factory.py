@@ -1,6 +1,8 @@
-"""Build the public optimizer classes (``fastopt.Adam``, ...) from their declarations.
+"""The one class factory of both front ends: the public optimizer classes (``fastopt.Adam``, ...)
+and, through :func:`make_init` and :func:`build_classes`, ``fastopt.torch``'s, from their
+declarations, with fastopt's own options (:data:`OPTIONS`) written once.
 
-Each class is a thin :class:`fastopt.Optimizer` subclass: a constructor with the declared signature
+Each NumPy class is a thin :class:`fastopt.Optimizer` subclass: a constructor with the declared signature
 and defaults (generated as source, like ``dataclasses`` does, so ``help()`` and ``inspect`` show the
 real arguments), a NumPy-style docstring assembled from the declaration and the shared fragments
 below, and the declaration itself as ``cls.algorithm``. Everything else (checks, state layout,
@@ -41,10 +43,6 @@ seed : int, optional
     The stochastic-rounding seed."""
 
 
-def _default_repr(value):
-    return repr(value)
-
-
 def parameters_doc(algorithm, names):
     """The ``Parameters`` entries of ``names`` (hyperparameters of ``algorithm``), NumPy style."""
     by_name = algorithm.hyper_by_name
@@ -64,7 +62,7 @@ def parameters_doc(algorithm, names):
         doc = h.doc if h.name != "maximize" else MAXIMIZE_DOC
         if c.kind not in ("flag",):
             doc += f" Must be {c.describe()}."
-        out.append(f"{name} : {kind}, default {_default_repr(h.default)}\n"
+        out.append(f"{name} : {kind}, default {h.default!r}\n"
                    + textwrap.indent(textwrap.fill(doc, 92), "    "))
     return "\n".join(out)
 
@@ -102,32 +100,51 @@ def class_doc(algorithm):
     return "\n\n".join(sections) + "\n"
 
 
-def _make_init(algorithm):
-    """``__init__`` with the declared signature, built as source (as dataclasses does)."""
-    pos, kw = algorithm.signature()
-    kw = kw + list(OPTIONS)
+def make_init(algorithm, root, torch=False):
+    """``__init__`` with the declared signature of ``algorithm`` for ``root``'s front end (NumPy,
+    or ``torch=True``: torch's signature, with its extra keys such as ``foreach``), built as source
+    as dataclasses does, so ``help()`` and ``inspect`` show the real arguments. It calls
+    ``root.__init__(self, params, defaults, **options)`` with the group defaults by name (the
+    fixed ones of a variant added) and fastopt's :data:`OPTIONS`."""
+    pos, kw = algorithm.signature(torch=torch)
     defaults = {h.name: h.default for h in algorithm.hyperparameters}
+    if torch:
+        defaults.update(algorithm.torch_extras)
+        group_names = [n for n in pos + kw if n not in OPTIONS]
+    else:
+        group_names = [h.name for h in algorithm.hyperparameters if h.name not in algorithm.fixed]
     defaults.update(OPTIONS)
     args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
-    if kw:
-        args += ["*"] + [f"{n}=_d_{n}" for n in kw]
-    group = ", ".join(f"{h.name!r}: {h.name}" for h in algorithm.hyperparameters
-                      if h.name not in algorithm.fixed)
+    args += ["*"] + [f"{n}=_d_{n}" for n in kw + list(OPTIONS)]
+    group = ", ".join(f"{n!r}: {n}" for n in group_names)
     options = ", ".join(f"{n}={n}" for n in OPTIONS)
     source = (f"def __init__({', '.join(args)}):\n"
-              f"    Optimizer.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
+              f"    _root.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
     namespace = {f"_d_{n}": v for n, v in defaults.items()}
-    namespace.update(Optimizer=Optimizer, _fixed=dict(algorithm.fixed))
+    namespace.update(_root=root, _fixed=dict(algorithm.fixed))
     exec(source, namespace)   # our own declarations, not user input
     init = namespace["__init__"]
     init.__qualname__ = f"{algorithm.name}.__init__"
     return init
 
 
-def make_class(algorithm, base=Optimizer):
+def build_classes(make_class, root, algorithm_of):
+    """``{name: class}`` for every declared algorithm, made by ``make_class(algorithm, parent)``.
+
+    A variant (AdamW) subclasses the class of the algorithm whose kernel it shares, as in torch;
+    the others subclass ``root``. ``algorithm_of(cls)`` reads a made class's declaration.
+    """
+    classes = {}
+    for algorithm in ALGORITHMS:
+        parent = next((c for c in classes.values() if algorithm_of(c).kernel == algorithm.kernel), root)
+        classes[algorithm.name] = make_class(algorithm, parent)
+    return classes
+
+
+def make_numpy_class(algorithm, base=Optimizer):
     """The NumPy-API optimizer class of ``algorithm``."""
     return type(algorithm.name, (base,), {
-        "__init__": _make_init(algorithm),
+        "__init__": make_init(algorithm, Optimizer),
         "__doc__": class_doc(algorithm),
         "__module__": "fastopt",
         "__qualname__": algorithm.name,
@@ -135,14 +152,5 @@ def make_class(algorithm, base=Optimizer):
     })
 
 
-def _build_all():
-    classes = {}
-    for algorithm in ALGORITHMS:
-        # a variant (AdamW) subclasses the class of the algorithm whose kernel it shares, as in torch
-        parent = next((c for c in classes.values() if c.algorithm.kernel == algorithm.kernel), Optimizer)
-        classes[algorithm.name] = make_class(algorithm, parent)
-    return classes
-
-
-#: ``{name: class}`` for every declared algorithm.
-CLASSES = _build_all()
+#: ``{name: class}`` for every declared algorithm: the NumPy front end.
+CLASSES = build_classes(make_numpy_class, Optimizer, lambda cls: cls.algorithm)

@@ -1,0 +1,70 @@
+"""PyTorch adapter: ``torch.optim.Optimizer`` subclasses that run fastopt's kernels.
+
+``fastopt.torch.<Name>`` exists for every algorithm fastopt declares (``fastopt/algorithms``):
+``Adam``, ``AdamW``, ``SGD``, ``RMSprop``, ``Adagrad``, ``NAdam``, ... Each takes the same arguments
+as its ``torch.optim`` namesake (its signature, defaults and group keys come from the declaration)
+and drops into an existing training loop::
+
+    import fastopt.torch
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        sched.step()
+
+How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
+params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
+param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
+truth, so LR schedulers and hand edits of ``param_groups`` work), reads each ``p.grad``'s data
+pointer, dtype, size and layout in C (``fastopt/_core/_tensor_gather.pyx``: no NumPy array per
+gradient per step; anything unusual takes a precise path that raises naming the param) and runs
+the fused update in place. The params' autograd version counters are bumped, as an in-place torch
+op would do. ``step(max_norm=..., norm_type=2.0)`` clips by the global gradient norm inside the
+step (``grad_norm`` keeps the norm), bit-identical to :func:`fastopt.clip_grad_norm_` on the
+gradients followed by ``step()``.
+
+State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
+(``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
+``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
+a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others),
+from older torch versions too; a checkpoint of another optimizer (an SGD one into Adam) is refused.
+Bad hyperparameters raise torch.optim's error type, with its words followed by fastopt's.
+
+Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
+(half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``
+options of the NumPy classes; ``stochastic_rounding`` acts on bfloat16 params and refuses float16
+ones), with grads of the param's dtype or, for half params, float32.
+Anything else (CUDA, sparse, complex, non-contiguous) raises a TypeError or ValueError that names
+the param; nothing is copied behind your back. ``capturable=True`` and
+``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
+checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
+
+``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
+"""
+from ._adapter import ADAPTERS as _ADAPTERS
+from ._lbfgs import LBFGS
+
+# One adapter per declared algorithm, each named here so that readers, IDEs and static tools see
+# it; tests/test_exports.py fails when an algorithm is declared but not named here.
+Adadelta = _ADAPTERS["Adadelta"]
+Adafactor = _ADAPTERS["Adafactor"]
+Adagrad = _ADAPTERS["Adagrad"]
+Adam = _ADAPTERS["Adam"]
+AdamW = _ADAPTERS["AdamW"]
+Adamax = _ADAPTERS["Adamax"]
+ASGD = _ADAPTERS["ASGD"]
+Lion = _ADAPTERS["Lion"]
+Muon = _ADAPTERS["Muon"]
+NAdam = _ADAPTERS["NAdam"]
+RAdam = _ADAPTERS["RAdam"]
+RMSprop = _ADAPTERS["RMSprop"]
+Rprop = _ADAPTERS["Rprop"]
+SGD = _ADAPTERS["SGD"]
+
+__all__ = [
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
+    "RAdam", "RMSprop", "Rprop", "SGD",
+    "LBFGS",
+]

@@ -83,7 +83,12 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
 # c1 = 1e-3, c2 = 0.9, xtol = 0.1 that starts at stp = 1 (at 1 / ||d|| on the first iteration),
 # accepts the step dcsrch ends on (also on its warnings), drops the history and retries along
 # steepest descent when a search fails, and after each iteration asks, in this order: callback,
-# maxiter, maxfun, projected-gradient test, relative reduction of f.
+# maxiter, maxfun, projected-gradient test, relative reduction of f (``_after_iteration``: the
+# order of fastopt.minimize._common.stopping_status, which this module cannot import).
+#
+# The three drivers -- ``_run`` below, ``_run_bounded`` (_lbfgsb.pxi) and ``_run_owlqn``
+# (_owlqn.pxi) -- take their settings as one ``LbfgsOptions``, work in one ``_Workspace``
+# (vectors and the history ring with its stride) and return one ``LbfgsResult``.
 
 cdef enum:
     STATUS_RUNNING = -1

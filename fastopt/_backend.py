@@ -27,7 +27,7 @@ import os
 import types
 
 from . import _build_config
-from ._core import _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
+from ._core import _contracts, _cpu, _fastopt_threads as _threads, _isa, _reduce, _table
 from .algorithms import KERNELS
 
 _TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
@@ -125,11 +125,14 @@ def kernel_index(name):
 _CONFIG_INDEX = {tuple(key): i for i, key in enumerate(selected.STORAGE_CONFIGS)}
 
 
-def config_index(kernel, param, grad, state, master, stochastic):
-    """The kernel table's storage configuration of kernel ``kernel`` for these storage codes
-    (-1: none is built for it)."""
+def config_index(param, grad, state, master, stochastic, kernel=None):
+    """The kernel table's storage configuration for these storage codes (-1: not built), and
+    with ``kernel`` (a kernel name) -1 as well when that kernel has no loops for it (the build
+    generates only the configurations the Python layer can select for each kernel)."""
     index = _CONFIG_INDEX.get((param, grad, state, bool(master), bool(stochastic)), -1)
-    return index if index in selected.KERNEL_CONFIGS[_KERNEL_INDEX[kernel]] else -1
+    if kernel is not None and index not in selected.KERNEL_CONFIGS[_KERNEL_INDEX[kernel]]:
+        return -1
+    return index
 
 
 def bucket_class(driver):
@@ -139,8 +142,10 @@ def bucket_class(driver):
 
 
 def pack(name, values):
-    """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name."""
-    return selected.PACKERS[_KERNEL_INDEX[name]](values)
+    """Kernel ``name``'s hyperparameter struct, filled from ``values`` by field name, in a
+    :class:`~fastopt._core._contracts.PackedHyperparameters` that names the kernel (a bucket of
+    another kernel refuses it)."""
+    return _contracts.PackedHyperparameters(_KERNEL_INDEX[name], values)
 
 
 class _CompiledCore(types.SimpleNamespace):
@@ -169,6 +174,8 @@ kernels = _CompiledCore(
     kernel_index=kernel_index,
     config_index=config_index,
     pack=pack,
+    PackedHyperparameters=_contracts.PackedHyperparameters,
+    BucketSpec=_contracts.BucketSpec,
     bucket_class=bucket_class,
 )
 

@@ -11,17 +11,10 @@ generated from it).
 """
 import numpy as np
 
-from fastopt._core._storage import BF16, F16, F32, F64, HALF, NAMES  # noqa: F401 (re-exported)
-
-
-class BF16Array(np.ndarray):
-    """bfloat16 values as their uint16 bit patterns (a view; no arithmetic is meant on it).
-
-    fastopt.torch views a torch.bfloat16 tensor this way when ml_dtypes is not installed.
-    """
-
-    def __array_finalize__(self, obj):
-        pass
+# BF16Array and bf16_bits live in the compiled core's package, which needs them (and imports
+# nothing from this layer); they are fastopt's bfloat16 helpers all the same.
+from ._core._bf16 import BF16Array, bf16_bits  # noqa: F401
+from ._core._storage import BF16, F16, F32, F64, HALF, NAMES  # noqa: F401 (re-exported)
 
 
 def bf16_dtype():
@@ -59,12 +52,3 @@ def empty_like_storage(storage, shape, like=None):
     if dtype is None:
         return np.empty(shape, dtype=np.uint16).view(BF16Array)
     return np.empty(shape, dtype=dtype)
-
-
-def bf16_bits(values):
-    """float64/float32 values rounded to bfloat16 (nearest, ties to even), as uint16 bits."""
-    f = np.asarray(values, dtype=np.float32)
-    u = f.view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(f), np.uint16(0x7FC0), rounded)
-

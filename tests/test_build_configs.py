@@ -62,7 +62,7 @@ def test_a_configuration_the_build_left_out_is_refused(monkeypatch):
     adam = fastopt.algorithms.BY_NAME["Adam"].kernel
     kernel = _backend.kernel_index(adam)
     configs = list(_backend.selected.KERNEL_CONFIGS)
-    f32 = _backend.config_index(adam, _dtypes.F32, _dtypes.F32, _dtypes.F32, False, False)
+    f32 = _backend.config_index(_dtypes.F32, _dtypes.F32, _dtypes.F32, False, False, adam)
     assert f32 >= 0
     configs[kernel] = tuple(c for c in configs[kernel] if c != f32)
     monkeypatch.setattr(_backend.selected, "KERNEL_CONFIGS", tuple(configs))

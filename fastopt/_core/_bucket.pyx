@@ -21,7 +21,9 @@
 #      elementwise updates are therefore bit-identical for any thread count;
 #   4. counts the step of every array that had a gradient.
 # The hyperparameters arrive as the algorithm's struct, packed by field name when the group was
-# checked (fastopt/optimizer.py); nothing is passed by position.
+# checked (fastopt/optimizer.py), in a handle that names the kernel it was packed for
+# (_contracts.PackedHyperparameters), and a bucket is built from a BucketSpec given by name: nothing
+# is passed by position.
 #
 # An algorithm that is not elementwise only declares a driver: a subclass of ParamBucket that
 # overrides step() (its own file, _driver_<kernel>.pxi, included at the end through the generated
@@ -42,6 +44,7 @@ from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
+from fastopt._core._contracts cimport BucketSpec, PackedHyperparameters
 from fastopt._core._gather cimport GradPointers, checked_grad, storage_code
 from fastopt._core._kernel_api cimport (
     AlgorithmKernels, KernelTable, ST_F32, ST_F64, ST_BF16, ST_F16)
@@ -51,7 +54,7 @@ from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_poin
 
 import numpy as np
 
-from fastopt import _dtypes
+from fastopt._core._bf16 import BF16Array, bf16_bits
 
 cnp.import_array()
 
@@ -149,9 +152,9 @@ def _aligned_full(Py_ssize_t n, double fill, like):
     raw = np.empty(n * dtype.itemsize + 64, dtype=np.uint8)
     start = (-raw.ctypes.data) % 64
     arr = raw[start:start + n * dtype.itemsize].view(dtype)
-    if type(like) is _dtypes.BF16Array:
-        arr = arr.view(_dtypes.BF16Array)
-        arr.fill(int(_dtypes.bf16_bits(fill)))
+    if type(like) is BF16Array:
+        arr = arr.view(BF16Array)
+        arr.fill(int(bf16_bits(fill)))
     else:
         arr.fill(fill)
     return arr
@@ -162,29 +165,9 @@ cdef class ParamBucket:
 
     Parameters
     ----------
-    params : list of ndarray
-        Validated, C-contiguous, writeable arrays of one dtype (float32, float64, float16 or
-        bfloat16).
-    indices : list of int
-        For each param, its position in the optimizer's flat list of params (and of grads).
-    kernel : int
-        The algorithm's index in the kernel table (``fastopt.algorithms.KERNELS`` order).
-    state_names : tuple of str
-        The algorithm's elementwise states, in declaration order (the kernel's order).
-    scalar_states : tuple of (str, float)
-        Its scalar states and their initial values.
-    lazy_states : tuple of int
-        Indices (into ``state_names``) of states whose first write replaces the buffer: a step in
-        which one is active marks the array initialized (``first_use`` turns 0).
-    configs : (int, int)
-        The storage configurations (kernel table indices) of a step whose gradient is stored as the
-        param, and of one whose gradient is float32 (-1: not allowed).
-    state_like : ndarray
-        An array of the dtype (and kind) the elementwise states are kept in.
-    master : bool
-        Keep a float32 master copy of every param (half-precision params).
-    seed : int
-        The stochastic-rounding seed (used by configurations that round stochastically).
+    spec : BucketSpec
+        The params, their indices, the algorithm's kernel, states and storage configurations, by
+        name (see :class:`fastopt._core._contracts.BucketSpec`).
     """
     cdef readonly object dtype
     cdef readonly Py_ssize_t n_arrays
@@ -225,16 +208,16 @@ cdef class ParamBucket:
     cdef float* _scalar[MAX_SCALAR_STATE]
     cdef float* _master
 
-    def __cinit__(self, list params, indices, int kernel, tuple state_names, tuple scalar_states,
-                  tuple lazy_states, tuple configs, state_like, bint master=False, seed=0):
+    def __cinit__(self, BucketSpec spec not None):
         cdef const KernelTable* table = kernel_table()
+        cdef int kernel = spec.kernel
         if table == NULL:
             raise RuntimeError("fastopt's kernels are not loaded (import fastopt first)")
         if not 0 <= kernel < table.n_algorithms:
             raise ValueError(f"no kernel {kernel}")
         self.table = table
         self.alg = &table.algorithms[kernel]
-        cdef Py_ssize_t n = len(params)
+        cdef Py_ssize_t n = len(spec.params)
         self.n_arrays = n
         self._offsets = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
         self._params = <char**>malloc((n + 1) * sizeof(char*))
@@ -265,32 +248,32 @@ cdef class ParamBucket:
         free(self._variant)
         free(self._index)
 
-    def __init__(self, list params, indices, int kernel, tuple state_names, tuple scalar_states,
-                 tuple lazy_states, tuple configs, state_like, bint master=False, seed=0):
+    def __init__(self, BucketSpec spec not None):
         cdef Py_ssize_t k, total = 0
         cdef cnp.ndarray p
         if self.n_arrays == 0:
             raise ValueError("a ParamBucket needs at least one param")
-        if len(state_names) != self.alg.n_state or len(scalar_states) != self.alg.n_scalar_state:
+        if len(spec.state_names) != self.alg.n_state or len(spec.scalar_states) != self.alg.n_scalar_state:
             raise ValueError("state names do not match the kernel's states")
         if self.alg.n_state > MAX_STATE or self.alg.n_scalar_state > MAX_SCALAR_STATE:
             raise ValueError("the kernel keeps more states than a bucket holds")
-        self.kernel = kernel
-        self.state_names = state_names
-        self.scalar_names = tuple(name for name, _ in scalar_states)
-        self.scalar_inits = tuple(scalar_states)
+        self.kernel = spec.kernel
+        self.state_names = spec.state_names
+        self.scalar_names = tuple(name for name, _ in spec.scalar_states)
+        self.scalar_inits = spec.scalar_states
         self.lazy_mask = 0
-        for k in lazy_states:
+        for k in spec.lazy_states:
             self.lazy_mask |= 1u << k
-        self.config_same, self.config_f32 = configs
+        self.config_same = spec.config
+        self.config_f32 = spec.config_f32_grad
         if not 0 <= self.config_same < self.table.n_configs or self.config_f32 >= self.table.n_configs:
-            raise ValueError(f"no storage configuration {configs}")
-        self.state_like = state_like
-        self.state_size = (<object>state_like).dtype.itemsize
-        self.master = master
-        self.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
-        self.params = list(params)
-        self.indices = tuple(int(i) for i in indices)
+            raise ValueError(f"no storage configuration ({spec.config}, {spec.config_f32_grad})")
+        self.state_like = spec.state_like
+        self.state_size = spec.state_like.dtype.itemsize
+        self.master = spec.master
+        self.seed = <uint64_t>(spec.seed & 0xFFFFFFFFFFFFFFFF)
+        self.params = list(spec.params)
+        self.indices = spec.indices
         if len(self.indices) != self.n_arrays:
             raise ValueError("params and indices differ in length")
         p = <cnp.ndarray>self.params[0]
@@ -320,7 +303,7 @@ cdef class ParamBucket:
         self.initialized = np.zeros(self.n_arrays, dtype=np.uint8)
         self.master_ready = np.zeros(self.n_arrays, dtype=np.uint8)
         self._make_scalar_states()
-        if master:
+        if self.master:
             arr = _aligned_full(total, 0.0, np.empty(0, dtype=np.float32))
             self.arenas["master"] = arr
             self._state_arrays.append(arr)
@@ -462,15 +445,16 @@ cdef class ParamBucket:
 
     # -- the step --------------------------------------------------------------------------------
 
-    def step(self, grads, bytes hyper, double gmul, tuple active):
+    def step(self, grads, PackedHyperparameters hyper not None, double gmul, tuple active):
         """Apply one update to every param of this bucket that has a gradient.
 
         Parameters
         ----------
         grads : list or tuple
             The optimizer-wide gradients (this bucket reads its params' entries; None skips one).
-        hyper : bytes
-            The algorithm's hyperparameter struct, as ``pack_<kernel>`` made it.
+        hyper : PackedHyperparameters
+            The algorithm's hyperparameter struct, packed for this bucket's kernel (another
+            kernel's is refused with TypeError, even one of the same size).
         gmul : float
             Every gradient element is multiplied by this first: -1 when maximizing (times a
             clipping coefficient, if any).
@@ -514,15 +498,19 @@ cdef class ParamBucket:
                      _step_chunk, &j)
             self._count_step(steps, initialized, mark_lazy)
 
-    cdef Py_ssize_t _begin_step(self, grads, bytes hyper, tuple active, list keep_alive,
-                                double* hyper_buf, bint* mark_lazy) except -1:
-        """What every step does before writing anything: gather and validate the gradients
-        (returning the active element count), check and copy the hyperparameter struct into
-        ``hyper_buf`` (MAX_HYPER doubles), create the arenas of the active states, and tell whether
-        one of them is lazy."""
+    cdef Py_ssize_t _begin_step(self, grads, PackedHyperparameters hyper, tuple active,
+                                list keep_alive, double* hyper_buf, bint* mark_lazy) except -1:
+        """What every step does before writing anything: check that the hyperparameters were
+        packed for this bucket's kernel, gather and validate the gradients (returning the active
+        element count), copy the hyperparameter struct into ``hyper_buf`` (MAX_HYPER doubles),
+        create the arenas of the active states, and tell whether one of them is lazy."""
+        if hyper.kernel != self.kernel:
+            raise TypeError(f"hyper holds hyperparameters packed for the {hyper.kernel_name} "
+                            f"kernel, but this bucket runs the {self.alg.name.decode()} kernel")
         cdef Py_ssize_t n_active = self._gather(grads, False, keep_alive)
         cdef Py_ssize_t s
-        if len(hyper) != self.alg.hyper_size or self.alg.hyper_size > MAX_HYPER * <Py_ssize_t>sizeof(double):
+        cdef bytes data = hyper.data
+        if len(data) != self.alg.hyper_size or self.alg.hyper_size > MAX_HYPER * <Py_ssize_t>sizeof(double):
             raise ValueError("hyper does not hold this kernel's hyperparameter struct")
         mark_lazy[0] = False
         for s, fill in active:
@@ -530,7 +518,7 @@ cdef class ParamBucket:
                 self.arena(self.state_names[s], fill)
             if self.lazy_mask & (1u << s):
                 mark_lazy[0] = True
-        memcpy(hyper_buf, <const char*>hyper, self.alg.hyper_size)
+        memcpy(hyper_buf, <const char*>data, self.alg.hyper_size)
         return n_active
 
     cdef void _count_step(self, int64_t* steps, uint8_t* initialized, bint mark_lazy) noexcept nogil:

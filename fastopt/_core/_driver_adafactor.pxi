@@ -400,7 +400,7 @@ cdef class AdafactorBucket(ShapedStateBucket):
         self._means = <char*>cnp.PyArray_DATA(<cnp.ndarray>means)
         self._buffers = buffers
 
-    def step(self, grads, bytes hyper, double gmul, tuple active):
+    def step(self, grads, PackedHyperparameters hyper not None, double gmul, tuple active):
         """One Adafactor step over the arrays that have a gradient (see ParamBucket.step)."""
         cdef list keep_alive = []
         cdef double hyper_buf[MAX_HYPER]

@@ -108,7 +108,7 @@ cdef class MuonBucket(ParamBucket):
         self._GG = <float*>cnp.PyArray_DATA(<cnp.ndarray>arrays[3])
         self._workspace = arrays
 
-    def step(self, grads, bytes hyper, double gmul, tuple active):
+    def step(self, grads, PackedHyperparameters hyper not None, double gmul, tuple active):
         """One Muon step over the params that have a gradient (see ParamBucket.step)."""
         cdef list keep_alive = []
         cdef double hyper_buf[MAX_HYPER]

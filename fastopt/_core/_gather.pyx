@@ -8,7 +8,7 @@ from fastopt._core._kernel_api cimport ST_F32, ST_F64, ST_BF16, ST_F16
 
 import numpy as np
 
-from fastopt._dtypes import BF16Array, NAMES as _STORAGE_NAMES
+from fastopt._core._bf16 import BF16Array
 
 cnp.import_array()
 
@@ -29,6 +29,17 @@ cdef int storage_code(cnp.ndarray a) noexcept:
             (t == cnp.NPY_USHORT and type(a) is BF16Array) or (<object>a).dtype.name == "bfloat16"):
         return ST_BF16
     return -1
+
+
+cdef str storage_name(int storage):
+    """The dtype name of a storage code, for messages (a BF16Array's dtype says uint16)."""
+    if storage == ST_F32:
+        return "float32"
+    if storage == ST_F64:
+        return "float64"
+    if storage == ST_BF16:
+        return "bfloat16"
+    return "float16"
 
 
 cdef object as_array(object obj, str what):
@@ -78,7 +89,7 @@ cdef char* checked_grad(object grad, cnp.ndarray param, int storage, Py_ssize_t 
     if grad_storage[0] != storage and not (grad_storage[0] == ST_F32 and
                                            (storage == ST_BF16 or storage == ST_F16)):
         raise TypeError(
-            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {_STORAGE_NAMES[storage]}; "
+            f"grads[{index}] has dtype {g.dtype}, but its param has dtype {storage_name(storage)}; "
             "grads must have their param's dtype (or float32, for a bfloat16/float16 param)")
     nd = cnp.PyArray_NDIM(g)
     gd = cnp.PyArray_DIMS(g)
@@ -160,9 +171,3 @@ cdef class GradPointers:
 
     def __len__(self):
         return self.n
-
-    def present(self, Py_ssize_t i):
-        """Whether param ``i`` has a gradient."""
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.data[i] != NULL

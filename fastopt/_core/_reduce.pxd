@@ -3,8 +3,7 @@ cdef class ArraySet:
     cdef Py_ssize_t total
     cdef Py_ssize_t* offsets
     cdef char** data
-    cdef int* storages          # per array (ST_* codes), or NULL when uniform
-    cdef int storage
+    cdef int* storages          # per array (ST_* codes)
     cdef bint owner
     cdef list keep_alive
 

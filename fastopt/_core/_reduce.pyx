@@ -34,8 +34,7 @@ cdef struct Job:
     Py_ssize_t n_blocks
     const Py_ssize_t* offsets
     char** data
-    const int* storages      # per array (ST_* codes), or NULL when uniform
-    int storage
+    const int* storages      # per array (ST_* codes)
     double* partial          # one per block (reductions)
 
 
@@ -60,10 +59,6 @@ cdef inline double _combine(int kind, double a, double b) noexcept nogil:
     return a + b
 
 
-cdef inline int _storage(const Job* j, Py_ssize_t k) noexcept nogil:
-    return j.storages[k] if j.storages != NULL else j.storage
-
-
 cdef inline Py_ssize_t _itemsize(int storage) noexcept nogil:
     return 4 if storage == ST_F32 else 8 if storage == ST_F64 else 2
 
@@ -81,7 +76,7 @@ cdef void _reduce_block(const Job* j, Py_ssize_t block) noexcept nogil:
         a = start if start > j.offsets[k] else j.offsets[k]
         b = stop if stop < j.offsets[k + 1] else j.offsets[k + 1]
         if b > a and j.data[k] != NULL:
-            storage = _storage(j, k)
+            storage = j.storages[k]
             part = j.table.reduce(storage, j.kind, j.p,
                                   j.data[k] + (a - j.offsets[k]) * _itemsize(storage), b - a)
             r = _combine(j.kind, r, part)
@@ -115,7 +110,7 @@ cdef void _transform_range(const Job* j, Py_ssize_t start, Py_ssize_t stop) noex
         lo = start if start > j.offsets[k] else j.offsets[k]
         hi = stop if stop < j.offsets[k + 1] else j.offsets[k + 1]
         if hi > lo and j.data[k] != NULL:
-            storage = _storage(j, k)
+            storage = j.storages[k]
             j.table.transform(storage, j.kind, j.p,
                               j.data[k] + (lo - j.offsets[k]) * _itemsize(storage), hi - lo)
         k += 1
@@ -165,7 +160,6 @@ cdef class ArraySet:
         self.data = data
         self.offsets = offsets
         self.total = offsets[n]
-        self.storage = ST_F32
         self.storages = storages
         self.owner = False
 
@@ -223,7 +217,6 @@ cdef void _fill_job(ArraySet s, Job* j, int kind, double p) noexcept:
     j.offsets = s.offsets
     j.data = s.data
     j.storages = s.storages
-    j.storage = s.storage
     j.partial = NULL
 
 
@@ -246,7 +239,6 @@ cdef ArraySet _from_pointers(GradPointers pointers):
             total += pointers.sizes[k]
     s.offsets[n] = total
     s.total = total
-    s.storage = ST_F64
     return s
 
 
@@ -288,5 +280,4 @@ def gather_arrays(arrays, str name="grads", bint need_writeable=True):
         total += cnp.PyArray_SIZE(a)
     s.offsets[n] = total
     s.total = total
-    s.storage = ST_F64
     return s

@@ -12,14 +12,13 @@ cdef const KernelTable* kernel_table() noexcept nogil:
     return _table
 
 
+cdef object kernel_module():
+    return _module
+
+
 def use(module):
     """Make the drivers call ``module``'s kernels (a fastopt._core._kernels* module)."""
     global _table, _module
     _table = <const KernelTable*>PyCapsule_GetPointer(module.table_capsule(),
                                                        b"fastopt._core.KernelTable")
     _module = module
-
-
-def current():
-    """The kernel module in use."""
-    return _module

@@ -17,14 +17,12 @@
 /* No helper threads on Windows builds yet: every job runs on the calling thread. (No C11 atomics
  * either: MSVC's C compiler has them only behind /experimental:c11atomics, and the setting is a
  * word written and read whole.) */
-static volatile int fo_requested = 0;   /* 0: the default */
 void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads) {
     (void)max_threads;
     for (ptrdiff_t c = 0; c < n_chunks; c++) fn(ctx, c, n_chunks);
 }
 FO_EXPORT int fastopt_pool_get_num_threads(void) { return 1; }
-FO_EXPORT void fastopt_pool_set_num_threads(int n) { fo_requested = n < 0 ? 0 : n; }
-int fo_pool_requested_threads(void) { return fo_requested; }
+FO_EXPORT void fastopt_pool_set_num_threads(int n) { (void)n; }   /* one thread whatever it says */
 int fo_pool_available(void) { return 0; }
 int fo_pool_helpers_awake(void) { return 0; }
 void fo_pool_set_helper_delay_us(long us) { (void)us; }
@@ -289,8 +287,6 @@ FO_EXPORT int fastopt_pool_get_num_threads(void) {
 }
 
 FO_EXPORT void fastopt_pool_set_num_threads(int n) { atomic_store(&fo_requested, n < 0 ? 0 : n); }
-
-int fo_pool_requested_threads(void) { return atomic_load(&fo_requested); }
 
 int fo_pool_available(void) { return 1; }
 

@@ -30,8 +30,6 @@ void fo_pool_run(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int max_threads)
 /* The thread count large jobs use (the setting, or the default for 0). */
 int fastopt_pool_get_num_threads(void);
 void fastopt_pool_set_num_threads(int n);
-/* The setting itself (0: the default). */
-int fo_pool_requested_threads(void);
 /* Whether this build has helper threads at all (POSIX threads). */
 int fo_pool_available(void);
 /* Whether helpers exist and none sleeps (they spin for a while after a job): publishing a job

@@ -83,7 +83,12 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
 # c1 = 1e-3, c2 = 0.9, xtol = 0.1 that starts at stp = 1 (at 1 / ||d|| on the first iteration),
 # accepts the step dcsrch ends on (also on its warnings), drops the history and retries along
 # steepest descent when a search fails, and after each iteration asks, in this order: callback,
-# maxiter, maxfun, projected-gradient test, relative reduction of f.
+# maxiter, maxfun, projected-gradient test, relative reduction of f (``_after_iteration``: the
+# order of fastopt.minimize._common.stopping_status, which this module cannot import).
+#
+# The three drivers -- ``_run`` below, ``_run_bounded`` (_lbfgsb.pxi) and ``_run_owlqn``
+# (_owlqn.pxi) -- take their settings as one ``LbfgsOptions``, work in one ``_Workspace``
+# (vectors and the history ring with its stride) and return one ``LbfgsResult``.
 
 cdef enum:
     STATUS_RUNNING = -1
@@ -111,7 +116,8 @@ MSG_NONFINITE_X0 = "ABNORMAL: fun returned a non-finite value or gradient at x0"
 
 # Below this many elements the vector work of a call takes about as long as releasing and
 # re-taking the GIL (~0.1 us each way), so it runs with the GIL held -- the trade NumPy makes with
-# its own threshold for ufunc loops. A two-loop recursion at n = 8192 takes ~40 us.
+# its own threshold for ufunc loops. A two-loop recursion at n = 8192 takes ~40 us
+# (AMD EPYC, 2 cores, 2026).
 cdef enum:
     NOGIL_MIN_SIZE = 8192
 
@@ -389,10 +395,214 @@ def _aligned_empty(Py_ssize_t size, dtype):
     return raw[offset:offset + size]
 
 
-cdef inline void _forget(int* newest, int* count, int ring) noexcept nogil:
+# ---------------------------------------------------------------------------------------------
+# The workspace, the history ring, the options and the result every driver shares
+# ---------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _history_stride(Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Elements between history rows: n rounded up to whole 64-byte cache lines, so every row
+    starts on a line (unaligned AVX loads that straddle lines slow the L1/L2-bound kernels of
+    mid-sized problems by ~10%)."""
+    cdef Py_ssize_t per_line = 64 // itemsize
+    return (n + per_line - 1) // per_line * per_line
+
+
+cdef struct _Ring:
+    # Bookkeeping of the ring buffer of (s, y) pairs (row 2k of the history is s of slot k, row
+    # 2k + 1 its y): the ``count`` pairs in use end at slot ``newest`` and go back (mod
+    # ``slots``); ``updates`` pairs were stored since the history was last dropped. OWL-QN
+    # keeps one slot more than it uses (``slots = m + 1``) to write a candidate pair into.
+    int slots
+    int m
+    int newest
+    int count
+    Py_ssize_t updates
+    double* rho      # rho_k = 1 / (s_k'y_k) per slot
+    double gamma     # H0 = gamma I: s'y / y'y of the newest pair
+
+
+cdef inline void _forget(_Ring* ring) noexcept nogil:
     """Drop the history; the next pair goes to slot 0."""
-    newest[0] = ring - 1
-    count[0] = 0
+    ring.newest = ring.slots - 1
+    ring.count = 0
+    ring.updates = 0
+
+
+cdef inline int _free_slot(const _Ring* ring) noexcept nogil:
+    """The slot the next pair is written to: the one after the newest."""
+    return ring.newest + 1 if ring.newest < ring.slots - 1 else 0
+
+
+cdef inline void _commit_pair(_Ring* ring, double sy, double yy) noexcept nogil:
+    """Make the pair just written to the free slot the newest, with s'y = sy and y'y = yy."""
+    ring.newest = _free_slot(ring)
+    ring.rho[ring.newest] = 1.0 / sy
+    ring.gamma = sy / yy
+    if ring.count < ring.m:
+        ring.count += 1
+    ring.updates += 1
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class _Workspace:
+    """Every array an L-BFGS run works in, allocated here for all three drivers: the iterate x,
+    the gradient at x and at the line search's trial (swapped on acceptance, never copied), the
+    search direction, a trial point (L-BFGS-B and OWL-QN), the history ring of ``slots`` (s, y)
+    pairs with its bookkeeping, and the scratch of the blocked reductions.
+
+    x, the vectors and the history rows start on 64-byte boundaries (see ``_history_stride``)."""
+    cdef Py_ssize_t n
+    cdef Py_ssize_t stride
+    cdef cnp.ndarray x
+    cdef cnp.ndarray xt
+    cdef cnp.ndarray g
+    cdef cnp.ndarray gt
+    cdef cnp.ndarray d
+    cdef cnp.ndarray history
+    cdef cnp.ndarray rho
+    cdef cnp.ndarray alpha
+    cdef cnp.ndarray scratch
+    cdef _Ring ring
+
+    def __init__(self, x_init, int slots, int m, bint trial_point):
+        dtype = x_init.dtype
+        self.n = x_init.shape[0]
+        self.stride = _history_stride(self.n, dtype.itemsize)
+        self.x = _aligned_empty(self.n, dtype)
+        self.x[:] = x_init
+        self.xt = _aligned_empty(self.n, dtype) if trial_point else None
+        self.g = _aligned_empty(self.n, dtype)
+        self.gt = _aligned_empty(self.n, dtype)
+        self.d = _aligned_empty(self.n, dtype)
+        self.history = _aligned_empty(2 * slots * self.stride, dtype)
+        self.rho = np.zeros(slots)
+        self.alpha = np.zeros(slots)
+        self.scratch = np.zeros(2 * _num_blocks(self.n) + 1)
+        self.ring.slots = slots
+        self.ring.m = m
+        self.ring.rho = <double*>cnp.PyArray_DATA(self.rho)
+        self.ring.gamma = 1.0
+        _forget(&self.ring)
+
+    cdef object pairs(self):
+        """The history as a ``(2 slots, n)`` view: row 2k is s of slot k, row 2k + 1 its y."""
+        return self.history.reshape(2 * self.ring.slots, self.stride)[:, :self.n]
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class LbfgsOptions:
+    """The settings of a compiled L-BFGS run, by name (checked by ``fastopt.minimize``).
+
+    Parameters
+    ----------
+    m : int
+        Correction pairs kept, ``m >= 1``.
+    gtol, ftol : float
+        Projected-gradient and relative-reduction tolerances.
+    maxiter, maxfun : int
+        The run stops once ``nit >= maxiter`` or ``nfev > maxfun`` (tested after an iteration).
+    maxls : int
+        Evaluations per line search, ``>= 1``.
+    line_search : {"more-thuente", "armijo"}
+    c1, c2 : float
+        Sufficient-decrease and curvature constants.
+    callback : callable, optional
+        ``callback(x, f)`` after every iteration with a fresh copy of x; StopIteration stops
+        the run with status 99.
+    """
+    cdef readonly int m
+    cdef readonly double gtol
+    cdef readonly double ftol
+    cdef readonly Py_ssize_t maxiter
+    cdef readonly Py_ssize_t maxfun
+    cdef readonly int maxls
+    cdef readonly bint armijo
+    cdef readonly double c1
+    cdef readonly double c2
+    cdef readonly object callback
+
+    def __init__(self, *, int m, double gtol, double ftol, Py_ssize_t maxiter,
+                 Py_ssize_t maxfun, int maxls, str line_search, double c1, double c2,
+                 callback=None):
+        if m < 1 or maxls < 1:
+            raise ValueError(f"m and maxls must be >= 1, got m={m}, maxls={maxls}")
+        if line_search not in ("more-thuente", "armijo"):
+            raise ValueError(f"line_search must be 'more-thuente' or 'armijo', got "
+                             f"{line_search!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        self.m = m
+        self.gtol = gtol
+        self.ftol = ftol
+        self.maxiter = maxiter
+        self.maxfun = maxfun
+        self.maxls = maxls
+        self.armijo = line_search == "armijo"
+        self.c1 = c1
+        self.c2 = c2
+        self.callback = callback
+
+    @property
+    def line_search(self):
+        return "armijo" if self.armijo else "more-thuente"
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class LbfgsResult:
+    """What a compiled L-BFGS run ends with.
+
+    Attributes
+    ----------
+    x, g : ndarray
+        The last iterate and its gradient (OWL-QN: its pseudo-gradient).
+    f : float
+        f(x) (OWL-QN: with the penalty).
+    nit, nfev, njev : int
+        Iterations and evaluations (the iteration's own count; SciPy's finite differences
+        count theirs on the counter object).
+    status : int
+        0 converged, 1 a limit reached, 2 abnormal, 99 the callback raised StopIteration.
+    message : str
+    pairs : ndarray, shape (2 slots, n)
+        The history ring: row 2k is s of slot k, row 2k + 1 its y.
+    newest, count, updates : int
+        The ``count`` pairs the last direction came from end at slot ``newest``; ``updates``
+        pairs were stored since the history was last dropped.
+    """
+    cdef readonly object x
+    cdef readonly double f
+    cdef readonly object g
+    cdef readonly Py_ssize_t nit
+    cdef readonly Py_ssize_t nfev
+    cdef readonly Py_ssize_t njev
+    cdef readonly int status
+    cdef readonly str message
+    cdef readonly object pairs
+    cdef readonly int newest
+    cdef readonly int count
+    cdef readonly Py_ssize_t updates
+
+
+cdef LbfgsResult _make_result(_Workspace work, object x, double f, object g, Py_ssize_t nit,
+                              _Objective obj, int status, str message, int newest, int count,
+                              Py_ssize_t updates):
+    cdef LbfgsResult result = LbfgsResult.__new__(LbfgsResult)
+    result.x = x
+    result.f = f
+    result.g = g
+    result.nit = nit
+    result.nfev = obj.nfev
+    result.njev = obj.njev
+    result.status = status
+    result.message = message
+    result.pairs = work.pairs()
+    result.newest = newest
+    result.count = count
+    result.updates = updates
+    return result
 
 
 cdef bint _accept_step(floating* x, const floating* d, const floating* gt, Py_ssize_t n,
@@ -411,26 +621,20 @@ cdef bint _accept_step(floating* x, const floating* d, const floating* gt, Py_ss
 
 cdef void _store_pair(const floating* d, const floating* g, const floating* g_old,
                       Py_ssize_t n, double stp, double gd, double gdt, floating* history,
-                      Py_ssize_t stride, int m, double* rho, int* newest, int* count,
-                      double* gamma, double* ws) noexcept nogil:
+                      Py_ssize_t stride, _Ring* ring, double* ws) noexcept nogil:
     """The pair (s, y) = (stp d, g - g_old) into the ring buffer, over the oldest pair.
 
     Done only once the iteration goes on, as L-BFGS-B does: a run that stops keeps the pairs its
     last direction came from (those ``hess_inv`` is built from). The slot written is the one the
     last two-loop recursion read last, so it is still in cache."""
     cdef double sy = stp * (gdt - gd), yy
-    cdef floating* slot_start
-    newest[0] = newest[0] + 1 if newest[0] < m - 1 else 0
-    slot_start = history + 2 * newest[0] * stride
+    cdef floating* slot_start = history + 2 * _free_slot(ring) * stride
     yy = _new_pair_b(slot_start, slot_start + stride, <floating>stp, d, g, g_old, n, ws)
     if yy > 0.0:
-        rho[newest[0]] = 1.0 / sy
-        gamma[0] = sy / yy
-        if count[0] < m:
-            count[0] += 1
+        _commit_pair(ring, sy, yy)
     else:
         # y rounded to 0 although s'y > 0: the slot is garbage, so start afresh.
-        _forget(newest, count, m)
+        _forget(ring)
 
 
 cdef inline double _steepest_descent(floating* d, const floating* g, Py_ssize_t n,
@@ -441,12 +645,13 @@ cdef inline double _steepest_descent(floating* d, const floating* g, Py_ssize_t 
 
 
 cdef double _direction(floating* d, const floating* g, const floating* history,
-                       const double* rho, double* alpha, Py_ssize_t n, Py_ssize_t stride, int m,
-                       int newest, int count, double gamma, double* ws) noexcept nogil:
+                       const _Ring* ring, double* alpha, Py_ssize_t n, Py_ssize_t stride,
+                       double* ws) noexcept nogil:
     """d <- -H g (steepest descent, d = -g, with an empty history); returns g'd."""
-    if count == 0:
+    if ring.count == 0:
         return _steepest_descent(d, g, n, ws)
-    return _two_loop(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+    return _two_loop(d, g, history, ring.rho, alpha, n, stride, ring.slots, ring.newest,
+                     ring.count, ring.gamma, ws)
 
 
 cdef inline double _first_step(Py_ssize_t nit, double dnorm, double stpmax) noexcept nogil:
@@ -485,57 +690,44 @@ cdef object _stop_message(int status, _Objective obj, Py_ssize_t nit, Py_ssize_t
     return MSG_PGTOL if gradient_small else MSG_FTOL
 
 
-def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double gtol,
-         double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls, bint armijo,
-         double c1, double c2, object callback, object counter=None):
-    """Run L-BFGS from ``x_init``; returns ``(x, f, g, nit, nfev, njev, status, message,
-    history, newest, count, updates)``.
+def _run(object fun, object jac, tuple args, floating[::1] x_init, LbfgsOptions options,
+         object counter=None):
+    """Run L-BFGS from ``x_init`` with ``options``; returns an :class:`LbfgsResult`.
 
-    ``history`` is the ring buffer of pairs, shape ``(2 m, n)`` (row ``2k`` is ``s`` of slot
-    ``k``, row ``2k + 1`` its ``y``); the ``count`` pairs the iteration used last end at slot
-    ``newest``; ``updates`` pairs were stored since the history was last dropped.
-    ``callback(x, f)`` is called after every iteration with a fresh copy of x; if it raises
-    StopIteration the run stops with status 99.
+    ``counter``: an object whose ``nfev`` counts the evaluations the ``maxfun`` test sees (SciPy's
+    ScalarFunction), or None for the iteration's own count.
     """
     cdef Py_ssize_t n = x_init.shape[0]
     cdef int typenum = cnp.NPY_FLOAT32 if floating is float else cnp.NPY_FLOAT64
     dtype = np.float32 if floating is float else np.float64
     cdef double eps = np.finfo(dtype).eps
     cdef _Objective obj = _Objective(fun, jac, args, typenum, n, counter)
+    cdef int m = options.m, maxls = options.maxls
+    cdef double gtol = options.gtol, ftol = options.ftol, c1 = options.c1, c2 = options.c2
+    cdef bint armijo = options.armijo
+    cdef object callback = options.callback
 
-    # Workspace: x (updated in place on acceptance; trial points go straight into the array
-    # handed to the user), g of the current point and of the line-search trial (swapped on
-    # acceptance, never copied), the direction, and the ring buffer of m (s, y) pairs.
-    # All vectors and history rows start on 64-byte boundaries: unaligned AVX loads that straddle
-    # cache lines slow the L1/L2-bound kernels of mid-sized problems by ~10%.
-    cdef Py_ssize_t per_line = 64 // sizeof(floating)
-    cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
-    x_buf = _aligned_empty(n, dtype)
-    x_buf[:] = x_init
-    g_buf = _aligned_empty(n, dtype)
-    gt_buf = _aligned_empty(n, dtype)
-    d_buf = _aligned_empty(n, dtype)
-    history_buf = _aligned_empty(2 * m * stride, dtype)
-    rho_buf = np.zeros(m)
-    alpha_buf = np.zeros(m)
-    ws_buf = np.zeros(2 * _num_blocks(n) + 1)
-    cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
-    cdef floating* x = <floating*>cnp.PyArray_DATA(x_buf)
-    cdef floating* g = <floating*>cnp.PyArray_DATA(g_buf)
-    cdef floating* gt = <floating*>cnp.PyArray_DATA(gt_buf)
-    cdef floating* d = <floating*>cnp.PyArray_DATA(d_buf)
-    cdef floating* history = <floating*>cnp.PyArray_DATA(history_buf)
-    cdef double* rho = <double*>cnp.PyArray_DATA(rho_buf)
-    cdef double* alpha = <double*>cnp.PyArray_DATA(alpha_buf)
+    # x is updated in place on acceptance; trial points go straight into the array handed to
+    # the user.
+    cdef _Workspace work = _Workspace(np.asarray(x_init), m, m, False)
+    cdef _Ring* ring = &work.ring
+    cdef Py_ssize_t stride = work.stride
+    x_buf = work.x
+    cdef double* ws = <double*>cnp.PyArray_DATA(work.scratch)
+    cdef floating* x = <floating*>cnp.PyArray_DATA(work.x)
+    cdef floating* g = <floating*>cnp.PyArray_DATA(work.g)
+    cdef floating* gt = <floating*>cnp.PyArray_DATA(work.gt)
+    cdef floating* d = <floating*>cnp.PyArray_DATA(work.d)
+    cdef floating* history = <floating*>cnp.PyArray_DATA(work.history)
+    cdef double* alpha = <double*>cnp.PyArray_DATA(work.alpha)
     cdef floating* swap
-    cdef bint g_is_home = True   # whether g currently lives in g_buf (else in gt_buf)
+    cdef bint g_is_home = True   # whether g currently lives in work.g (else in work.gt)
 
-    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0, gamma = 1.0
+    cdef double f, ft = 0.0, f_old, gd, gdt = 0.0, stp = 0.0
     cdef double n_above_gtol = 0.0   # how many |g_i| > gtol
     cdef Py_ssize_t nit = 0
-    cdef int newest = m - 1, count = 0, ls_status, status = STATUS_RUNNING
+    cdef int ls_status, status = STATUS_RUNNING
     cdef bint new_pair
-    cdef Py_ssize_t updates = 0
     cdef bint release_gil = n >= NOGIL_MIN_SIZE
     message = ""
 
@@ -549,9 +741,9 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
             gd = _steepest_descent(d, g, n, ws)
     while status == STATUS_RUNNING:
         if not (gd < 0.0):
-            if count > 0:
+            if ring.count > 0:
                 # Round-off made the quasi-Newton direction useless: forget the history.
-                _forget(&newest, &count, m); updates = 0
+                _forget(ring)
                 with nogil:
                     gd = _steepest_descent(d, g, n, ws)
                 continue
@@ -562,9 +754,9 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         ls_status = _line_search(obj, armijo, maxls, c1, c2, n, x, f, g, d, gd,
                                  _first_step(nit, sqrt(-gd), STPMAX), STPMAX, <_Box*>NULL, &ft, gt, &stp, &gdt, ws)
         if ls_status != LS_OK:
-            if count > 0:
+            if ring.count > 0:
                 # Retry along steepest descent with an empty history before giving up.
-                _forget(&newest, &count, m); updates = 0
+                _forget(ring)
                 with nogil:
                     gd = _steepest_descent(d, g, n, ws)
                 continue
@@ -586,28 +778,24 @@ def _run(object fun, object jac, tuple args, floating[::1] x_init, int m, double
         nit += 1
 
         status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
-                                  f, f_old, nit, maxiter, maxfun, n_above_gtol == 0.0, ftol)
+                                  f, f_old, nit, options.maxiter, options.maxfun,
+                                  n_above_gtol == 0.0, ftol)
         if status != STATUS_RUNNING:
-            message = _stop_message(status, obj, nit, maxiter, n_above_gtol == 0.0)
+            message = _stop_message(status, obj, nit, options.maxiter, n_above_gtol == 0.0)
             break
         # gt holds the previous gradient now.
         if release_gil:
             with nogil:
                 if new_pair:
-                    _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
-                                &count, &gamma, ws)
-                gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
+                    _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, ring, ws)
+                gd = _direction(d, g, history, ring, alpha, n, stride, ws)
         else:
             if new_pair:
-                _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, m, rho, &newest,
-                            &count, &gamma, ws)
-            gd = _direction(d, g, history, rho, alpha, n, stride, m, newest, count, gamma, ws)
-        if new_pair:
-            updates = updates + 1 if count > 0 else 0
+                _store_pair(d, g, gt, n, stp, gd, gdt, history, stride, ring, ws)
+            gd = _direction(d, g, history, ring, alpha, n, stride, ws)
 
-    pairs = history_buf.reshape(2 * m, stride)[:, :n]
-    return (x_buf, f, g_buf if g_is_home else gt_buf, nit, obj.nfev, obj.njev, status, message,
-            pairs, newest, count, updates)
+    return _make_result(work, x_buf, f, work.g if g_is_home else work.gt, nit, obj, status,
+                        message, ring.newest, ring.count, ring.updates)
 
 
 include "_lbfgsb.pxi"

@@ -119,7 +119,7 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
     if not isinstance(line_search, str) or line_search.lower() not in V.LINE_SEARCHES:
         raise ValueError(f"line_search must be one of {sorted(V.LINE_SEARCHES)}, got "
                          f"{line_search!r}")
-    armijo = V.LINE_SEARCHES[line_search.lower()]
+    line_search = line_search.lower()
     c1, c2 = V.check_line_search_constants(c1, c2)
     analytic = jac is True or callable(jac)
     penalized = not (np.isscalar(l1) and l1 == 0)
@@ -157,28 +157,32 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
         fun, x, args, jac, None if lower is None else (lower, upper), eps,
         finite_diff_rel_step, workers)
     adapted, wrapped = C.adapt_callback(callback)
-    common = (m, gtol, ftol, maxiter_limit, maxfun_limit, maxls, armijo, c1, c2, adapted,
-              counter)
+    options = _lbfgs.LbfgsOptions(m=m, gtol=gtol, ftol=ftol, maxiter=maxiter_limit,
+                                  maxfun=maxfun_limit, maxls=maxls,
+                                  line_search=line_search, c1=c1, c2=c2, callback=adapted)
     if penalized:
-        out = _lbfgs._run_owlqn(fun, jac, args, x, weights, *common)
+        run = _lbfgs._run_owlqn(fun, jac, args, x, weights, options, counter)
     elif lower is None and analytic:
-        out = _lbfgs._run(fun, jac, args, x, *common)
+        run = _lbfgs._run(fun, jac, args, x, options, counter)
     else:
         # With finite differences the evaluations dominate, so the iteration is L-BFGS-B's
         # compact form even without bounds: its rounding, and so SciPy's evaluation count.
         if lower is None:
             lower, upper = np.full(n, -np.inf), np.full(n, np.inf)
-        out = _lbfgs._run_bounded(fun, jac, args, x, lower, upper,
-                                  C.kind_of_bounds(lower, upper), *common)
-    x, f, g, nit, nfev, njev, status, message, pairs, newest, count, updates = out
+        run = _lbfgs._run_bounded(fun, jac, args, x, lower, upper,
+                                  C.kind_of_bounds(lower, upper), options, counter)
+    nfev, njev = run.nfev, run.njev
     if counter is not None:
         nfev, njev = counter.nfev, counter.ngev
+    status, message = run.status, run.message
     if status == 99:
-        status, message = C.callback_stop_status(wrapped, nit, maxiter_limit, nfev, maxfun_limit)
+        status, message = C.callback_stop_status(wrapped, run.nit, maxiter_limit, nfev,
+                                                 maxfun_limit)
     from scipy.optimize import OptimizeResult   # imported when first needed: see _common
-    return OptimizeResult(x=x, fun=np.float64(f), jac=g, nit=nit, nfev=nfev, njev=njev,
-                          status=status, success=status == 0, message=message,
-                          hess_inv=C.hess_inv_operator(pairs, newest, count, updates, m))
+    return OptimizeResult(x=run.x, fun=np.float64(run.f), jac=run.g, nit=run.nit, nfev=nfev,
+                          njev=njev, status=status, success=status == 0, message=message,
+                          hess_inv=C.hess_inv_operator(run.pairs, run.newest, run.count,
+                                                       run.updates, m))
 
 
 def _without_fixed(fun, x, args, jac, lower, upper, fixed, callback, options):

@@ -698,43 +698,43 @@ cdef bint _register_pair(_Compact* c, double stp, double gd, double gdt, double 
 
 
 def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
-                 const double[::1] lower, const double[::1] upper, const int[::1] kind, int m,
-                 double gtol, double ftol, Py_ssize_t maxiter, Py_ssize_t maxfun, int maxls,
-                 bint armijo, double c1, double c2, object callback, object counter=None):
+                 const double[::1] lower, const double[::1] upper, const int[::1] kind,
+                 LbfgsOptions options, object counter=None):
     """L-BFGS-B from ``x_init`` (inside the box) with bounds ``lower`` / ``upper`` (-inf / +inf
     for open sides) and L-BFGS-B's ``kind`` (nbd) per variable (all 0: no bounds, L-BFGS-B's
-    unconstrained iteration). Returns what ``_run`` does."""
+    unconstrained iteration). Returns what ``_run`` does.
+
+    The history ring is the workspace's, its bookkeeping the compact form's (``_Compact``): a
+    new pair enters the ring and the compact matrices in the one pass that writes it."""
     cdef Py_ssize_t n = x_init.shape[0], i
     cdef _Objective obj = _Objective(fun, jac, args, cnp.NPY_FLOAT64, n, counter)
-    cdef Py_ssize_t per_line = 8
-    cdef Py_ssize_t stride = (n + per_line - 1) // per_line * per_line
+    cdef int m = options.m, maxls = options.maxls
+    cdef double gtol = options.gtol, ftol = options.ftol, c1 = options.c1, c2 = options.c2
+    cdef bint armijo = options.armijo
+    cdef _Workspace work = _Workspace(np.asarray(x_init), m, m, True)
     # Points: x, the next x (a trial point, or the point a full step lands on: the Cauchy point
     # z or the subspace minimizer zn, whose buffer then becomes x's), and the workspace.
-    x_buf = _aligned_empty(n, np.float64)
-    x_buf[:] = x_init
-    xt_buf = _aligned_empty(n, np.float64)
+    x_buf = work.x
+    xt_buf = work.xt
     z_buf = _aligned_empty(n, np.float64)
     zn_buf = _aligned_empty(n, np.float64)
-    g_buf = _aligned_empty(n, np.float64)
-    gt_buf = _aligned_empty(n, np.float64)
-    d_buf = _aligned_empty(n, np.float64)
+    g_buf = work.g
+    gt_buf = work.gt
     du_buf = np.empty(n)
     brk_t_buf = np.empty(n)
     # The free / active masks of this iteration and the last (1.0 free, 0.0 active).
     free_buf = np.ones(n)
     free_before_buf = np.ones(n)
     int_bufs = np.empty((3, n), dtype=np.intc)
-    history_buf = _aligned_empty(2 * m * stride, np.float64)
     small = np.zeros(3 * m * m + 8 * m * m + 8 * m + 8 * m)
-    ws_buf = np.zeros(2 * _num_blocks(n) + 1)
-    cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
+    cdef double* ws = <double*>cnp.PyArray_DATA(work.scratch)
     cdef double* x = <double*>cnp.PyArray_DATA(x_buf)
     cdef double* xt = <double*>cnp.PyArray_DATA(xt_buf)
     cdef double* z = <double*>cnp.PyArray_DATA(z_buf)
     cdef double* zn = <double*>cnp.PyArray_DATA(zn_buf)
     cdef double* g = <double*>cnp.PyArray_DATA(g_buf)
     cdef double* gt = <double*>cnp.PyArray_DATA(gt_buf)
-    cdef double* d = <double*>cnp.PyArray_DATA(d_buf)
+    cdef double* d = <double*>cnp.PyArray_DATA(work.d)
     cdef double* du = <double*>cnp.PyArray_DATA(du_buf)
     cdef double* brk_t = <double*>cnp.PyArray_DATA(brk_t_buf)
     cdef double* free = <double*>cnp.PyArray_DATA(free_buf)
@@ -749,8 +749,8 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
     cdef _Stats stats
     cdef _Scan scan
     cdef _NewPair pair
-    c.history = <double*>cnp.PyArray_DATA(history_buf)
-    c.stride = stride
+    c.history = <double*>cnp.PyArray_DATA(work.history)
+    c.stride = work.stride
     c.m = m
     c.tail = 0
     _reset_compact(&c)
@@ -861,10 +861,12 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
                 _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
         else:
             _scan(n, x, g, box.lower, box.upper, gtol, free_before, free, &scan)
-        status = _after_iteration(obj, callback, x_buf.copy() if callback is not None else None,
-                                  f, f_old, nit, maxiter, maxfun, scan.gradient_small, ftol)
+        status = _after_iteration(obj, options.callback,
+                                  x_buf.copy() if options.callback is not None else None,
+                                  f, f_old, nit, options.maxiter, options.maxfun,
+                                  scan.gradient_small, ftol)
         if status != STATUS_RUNNING:
-            message = _stop_message(status, obj, nit, maxiter, scan.gradient_small)
+            message = _stop_message(status, obj, nit, options.maxiter, scan.gradient_small)
             break
         # The pair s = stp d, y = g_new - g_old (in gt, the old gradient's buffer), written by
         # the next direction's first history pass.
@@ -872,6 +874,5 @@ def _run_bounded(object fun, object jac, tuple args, const double[::1] x_init,
         pair.d = d
         pair.g_old = gt
 
-    pairs = history_buf.reshape(2 * m, stride)[:, :n]
-    return (x_buf, f, (g_buf if g_is_home else gt_buf), nit, obj.nfev, obj.njev, status,
-            message, pairs, (c.head + c.col - 1) % m, c.col, c.updates)
+    return _make_result(work, x_buf, f, g_buf if g_is_home else gt_buf, nit, obj, status,
+                        message, (c.head + c.col - 1) % m, c.col, c.updates)

@@ -69,47 +69,41 @@ cdef double _orthant_trial(double* xt, const double* x, double stp, const double
 
 
 def _run_owlqn(object fun, object jac, tuple args, const double[::1] x_init,
-               const double[::1] weights, int m, double gtol, double ftol, Py_ssize_t maxiter,
-               Py_ssize_t maxfun, int maxls, bint armijo, double c1, double c2, object callback,
-               object counter=None):
+               const double[::1] weights, LbfgsOptions options, object counter=None):
     """OWL-QN from ``x_init`` for ``fun + sum weights_i |x_i|``; returns what ``_run`` does, with
     f including the penalty and the pseudo-gradient as the gradient. Backtracking only (the
-    Wolfe curvature test has no meaning across orthant projections): ``armijo`` and ``c2`` are
-    ignored."""
+    Wolfe curvature test has no meaning across orthant projections): ``options.line_search``
+    and ``c2`` are ignored."""
     cdef Py_ssize_t n = x_init.shape[0], i
     cdef _Objective obj = _Objective(fun, jac, args, cnp.NPY_FLOAT64, n, counter)
-    cdef Py_ssize_t stride = (n + 7) // 8 * 8
-    cdef int ring = m + 1
-    x_buf = _aligned_empty(n, np.float64)
-    x_buf[:] = x_init
-    xt_buf = _aligned_empty(n, np.float64)
-    g_buf = _aligned_empty(n, np.float64)
-    gt_buf = _aligned_empty(n, np.float64)
+    cdef int m = options.m, maxls = options.maxls
+    cdef double gtol = options.gtol, c1 = options.c1
+    # One slot more than the m pairs in use: a candidate pair is written there and kept only if
+    # its curvature passes, without losing the oldest pair in use.
+    cdef _Workspace work = _Workspace(np.asarray(x_init), m + 1, m, True)
+    cdef _Ring* ring = &work.ring
+    cdef Py_ssize_t stride = work.stride
+    x_buf = work.x
+    xt_buf = work.xt
     pg_buf = _aligned_empty(n, np.float64)
-    d_buf = _aligned_empty(n, np.float64)
-    history_buf = _aligned_empty(2 * ring * stride, np.float64)
-    rho_buf = np.zeros(ring)
-    alpha_buf = np.zeros(ring)
-    ws_buf = np.zeros(2 * _num_blocks(n) + 1)
-    cdef double* ws = <double*>cnp.PyArray_DATA(ws_buf)
-    cdef double* x = <double*>cnp.PyArray_DATA(x_buf)
-    cdef double* xt = <double*>cnp.PyArray_DATA(xt_buf)
-    cdef double* g = <double*>cnp.PyArray_DATA(g_buf)
-    cdef double* gt = <double*>cnp.PyArray_DATA(gt_buf)
+    cdef double* ws = <double*>cnp.PyArray_DATA(work.scratch)
+    cdef double* x = <double*>cnp.PyArray_DATA(work.x)
+    cdef double* xt = <double*>cnp.PyArray_DATA(work.xt)
+    cdef double* g = <double*>cnp.PyArray_DATA(work.g)
+    cdef double* gt = <double*>cnp.PyArray_DATA(work.gt)
     cdef double* pg = <double*>cnp.PyArray_DATA(pg_buf)
-    cdef double* d = <double*>cnp.PyArray_DATA(d_buf)
-    cdef double* history = <double*>cnp.PyArray_DATA(history_buf)
-    cdef double* rho = <double*>cnp.PyArray_DATA(rho_buf)
-    cdef double* alpha = <double*>cnp.PyArray_DATA(alpha_buf)
+    cdef double* d = <double*>cnp.PyArray_DATA(work.d)
+    cdef double* history = <double*>cnp.PyArray_DATA(work.history)
+    cdef double* alpha = <double*>cnp.PyArray_DATA(work.alpha)
     cdef const double* w = &weights[0]
     cdef double* swap
     cdef double* s_slot
-    cdef bint x_is_home = True, g_is_home = True
+    cdef bint x_is_home = True
     cdef double f, ft = 0.0, big_f, big_ft = 0.0, big_f_old, slope, trial_slope, stp
-    cdef double pg_norm, sy, yy, gamma = 1.0, eps = np.finfo(np.float64).eps
-    cdef Py_ssize_t nit = 0, updates = 0
-    cdef int newest = ring - 1, count = 0, evals, status = STATUS_RUNNING
-    cdef int newest_before = newest, count_before = 0
+    cdef double pg_norm, sy, yy, eps = np.finfo(np.float64).eps
+    cdef Py_ssize_t nit = 0
+    cdef int evals, status = STATUS_RUNNING
+    cdef _Ring ring_before = ring[0]
     cdef bint accepted
     message = ""
 
@@ -121,7 +115,7 @@ def _run_owlqn(object fun, object jac, tuple args, const double[::1] x_init,
     elif pg_norm <= gtol:
         status, message = STATUS_CONVERGED, MSG_PGTOL
     while status == STATUS_RUNNING:
-        _direction(d, pg, history, rho, alpha, n, stride, ring, newest, count, gamma, ws)
+        _direction(d, pg, history, ring, alpha, n, stride, ws)
         slope = _orthant_direction(d, pg, n)
         accepted = False
         if slope < 0.0:
@@ -136,15 +130,14 @@ def _run_owlqn(object fun, object jac, tuple args, const double[::1] x_init,
                     break
                 stp = stp * (0.1 if not isfinite(big_ft) else 0.5)
         if not accepted:
-            if count > 0:
-                _forget(&newest, &count, ring)
-                updates = 0
+            if ring.count > 0:
+                _forget(ring)
                 continue
             status, message = STATUS_ABNORMAL, MSG_ABNORMAL
             break
-        # The pair of the smooth part, into the spare slot of the ring.
-        newest_before, count_before = newest, count
-        s_slot = history + 2 * ((newest + 1) % ring) * stride
+        # The pair of the smooth part, into the free slot of the ring.
+        ring_before = ring[0]
+        s_slot = history + 2 * _free_slot(ring) * stride
         sy = 0.0
         yy = 0.0
         for i in range(n):
@@ -153,11 +146,7 @@ def _run_owlqn(object fun, object jac, tuple args, const double[::1] x_init,
             sy += s_slot[i] * s_slot[stride + i]
             yy += s_slot[stride + i] * s_slot[stride + i]
         if sy > eps * fabs(trial_slope) and yy > 0.0:
-            newest = (newest + 1) % ring
-            rho[newest] = 1.0 / sy
-            gamma = sy / yy
-            count = min(count + 1, m)
-            updates += 1
+            _commit_pair(ring, sy, yy)
         swap = x
         x = xt
         xt = swap
@@ -165,21 +154,20 @@ def _run_owlqn(object fun, object jac, tuple args, const double[::1] x_init,
         swap = g
         g = gt
         gt = swap
-        g_is_home = not g_is_home
         big_f_old = big_f
         big_f = big_ft
         nit += 1
         pg_norm = _pseudo_gradient(pg, x, g, w, n)
         status = _after_iteration(
-            obj, callback,
-            (x_buf if x_is_home else xt_buf).copy() if callback is not None else None,
-            big_f, big_f_old, nit, maxiter, maxfun, pg_norm <= gtol, ftol)
+            obj, options.callback,
+            (x_buf if x_is_home else xt_buf).copy() if options.callback is not None else None,
+            big_f, big_f_old, nit, options.maxiter, options.maxfun, pg_norm <= gtol,
+            options.ftol)
         if status != STATUS_RUNNING:
-            message = _stop_message(status, obj, nit, maxiter, pg_norm <= gtol)
-            if newest != newest_before:
-                newest, count, updates = newest_before, count_before, updates - 1
+            message = _stop_message(status, obj, nit, options.maxiter, pg_norm <= gtol)
+            # Report the pairs the last direction came from (as _run and L-BFGS-B do).
+            ring[0] = ring_before
             break
 
-    pairs = history_buf.reshape(2 * ring, stride)[:, :n]
-    return ((x_buf if x_is_home else xt_buf), big_f, pg_buf, nit, obj.nfev, obj.njev, status,
-            message, pairs, newest, count, updates)
+    return _make_result(work, x_buf if x_is_home else xt_buf, big_f, pg_buf, nit, obj, status,
+                        message, ring.newest, ring.count, ring.updates)

@@ -10,7 +10,8 @@ import numpy as np
 from ._compiled import lbfgs as _lbfgs
 from .._validation import check_search_options as _check_search_options
 from .._validation import check_tolerance as _check_tolerance
-from ._common import MESSAGES, CountedObjective, adapt_callback, reduction_small, stopping_status
+from ._common import (MESSAGES, STATUS_ABNORMAL, STATUS_CALLBACK, STATUS_CONVERGED, STATUS_LIMIT,
+                      CountedObjective, adapt_callback, reduction_small, stopping_status)
 
 __all__ = ["newton", "minimize_bfgs", "classify_critical_point"]
 
@@ -48,6 +49,13 @@ def _search(objective, x, f, g, d, maxls, maxfun, armijo, c1, c2, stp0=1.0):
 
     Moré–Thuente (strong Wolfe) or backtracking Armijo; trials with NaN or Inf are cut back to
     a tenth of the way from the best finite step, and the step is capped below them.
+
+    The Moré–Thuente steps are the compiled ``dcsrch`` (:class:`MoreThuente`), the one shared
+    with L-BFGS. The loop around it is these methods' own and stays here: it never evaluates
+    past ``maxfun``, falls back on the best sufficient-decrease point when ``maxls`` trials find
+    no strong Wolfe point, and forms trial points in NumPy, whereas the compiled L-BFGS search
+    takes the step dcsrch ends on and forms them with fused multiply-adds -- the same loop for
+    both would change one or the other's results.
     """
     slope0 = float(g @ d)
     nonfinite = False
@@ -176,9 +184,9 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
 
     f, g = objective(x)
     if not (np.isfinite(f) and np.all(np.isfinite(g))):
-        return _result(x, f, g, 0, objective, 2, MESSAGES["nonfinite_x0"], nhev=nhev)
+        return _result(x, f, g, 0, objective, STATUS_ABNORMAL, MESSAGES["nonfinite_x0"], nhev=nhev)
     if np.abs(g).max() <= gtol:
-        return _result(x, f, g, 0, objective, 0, MESSAGES["gtol"], nhev=nhev)
+        return _result(x, f, g, 0, objective, STATUS_CONVERGED, MESSAGES["gtol"], nhev=nhev)
     nit = 0
     while True:
         H = np.asarray(hess(x.copy(), *args), dtype=np.float64)
@@ -186,7 +194,7 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
         if H.shape != (n, n):
             raise ValueError(f"hess: the Hessian must have shape ({n}, {n}), got {H.shape}")
         if not np.all(np.isfinite(H)):
-            return _result(x, f, g, nit, objective, 2, MESSAGES["nonfinite_hessian"], nhev=nhev)
+            return _result(x, f, g, nit, objective, STATUS_ABNORMAL, MESSAGES["nonfinite_hessian"], nhev=nhev)
         H = 0.5 * (H + H.T)
         if saddle_free:
             eigenvalues, V = np.linalg.eigh(H)
@@ -212,13 +220,13 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
                                                                         maxls, maxfun)
         if not ok:
             if objective.nfev >= maxfun:
-                return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], nhev=nhev)
-            return _result(x, f, g, nit, objective, 2,
+                return _result(x, f, g, nit, objective, STATUS_LIMIT, MESSAGES["maxfun"], nhev=nhev)
+            return _result(x, f, g, nit, objective, STATUS_ABNORMAL,
                            MESSAGES["nonfinite"] if nonfinite else MESSAGES["line_search"], nhev=nhev)
         f_old, x, f, g = f, x_new, f_new, g_new
         nit += 1
         if _call_callback(callback, x, f):
-            return _result(x, f, g, nit, objective, 99, MESSAGES["callback_stop"], nhev=nhev)
+            return _result(x, f, g, nit, objective, STATUS_CALLBACK, MESSAGES["callback_stop"], nhev=nhev)
         stop = _stop_after_step(f_old, f, g, nit, objective.nfev, gtol, ftol, maxiter, maxfun,
                                 abs(f_old - f))
         if stop is not None:
@@ -226,7 +234,7 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
         if objective.nfev >= maxfun:
             # The line search evaluates at most up to maxfun, so the budget is spent: stop
             # before computing a Hessian no line search could use.
-            return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], nhev=nhev)
+            return _result(x, f, g, nit, objective, STATUS_LIMIT, MESSAGES["maxfun"], nhev=nhev)
 
 
 def _cho_solve(L, b):
@@ -280,9 +288,9 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     identity = np.eye(n)
     H = identity.copy()
     if not (np.isfinite(f) and np.all(np.isfinite(g))):
-        return _result(x, f, g, 0, objective, 2, MESSAGES["nonfinite_x0"], hess_inv=H)
+        return _result(x, f, g, 0, objective, STATUS_ABNORMAL, MESSAGES["nonfinite_x0"], hess_inv=H)
     if np.abs(g).max() <= gtol:
-        return _result(x, f, g, 0, objective, 0, MESSAGES["gtol"], hess_inv=H)
+        return _result(x, f, g, 0, objective, STATUS_CONVERGED, MESSAGES["gtol"], hess_inv=H)
     fresh = True
     nit = 0
     while True:
@@ -294,11 +302,11 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
                                                      armijo, c1, c2, stp0)
         if not ok:
             if objective.nfev >= maxfun:
-                return _result(x, f, g, nit, objective, 1, MESSAGES["maxfun"], hess_inv=H)
+                return _result(x, f, g, nit, objective, STATUS_LIMIT, MESSAGES["maxfun"], hess_inv=H)
             if not fresh:
                 H, fresh = identity.copy(), True
                 continue
-            return _result(x, f, g, nit, objective, 2,
+            return _result(x, f, g, nit, objective, STATUS_ABNORMAL,
                            MESSAGES["nonfinite"] if nonfinite else MESSAGES["line_search"], hess_inv=H)
         s = (x_new - x).astype(np.float64)
         y = (g_new - g).astype(np.float64)
@@ -315,7 +323,7 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
         f_old, x, f, g = f, x_new, f_new, g_new
         nit += 1
         if _call_callback(callback, x, f):
-            return _result(x, f, g, nit, objective, 99, MESSAGES["callback_stop"], hess_inv=H)
+            return _result(x, f, g, nit, objective, STATUS_CALLBACK, MESSAGES["callback_stop"], hess_inv=H)
         stop = _stop_after_step(f_old, f, g, nit, objective.nfev, gtol, ftol, maxiter, maxfun,
                                 f_old - f)
         if stop is not None:

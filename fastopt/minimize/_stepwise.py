@@ -114,6 +114,11 @@ def strong_wolfe_search(evaluate, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_ch
     return f_new, g_new, t, evals
 
 
+def _gradient_small(flat_grad, tolerance_grad):
+    """torch's optimality test: ``max |g| <= tolerance_grad``."""
+    return np.abs(flat_grad).max() <= tolerance_grad
+
+
 def _as_float(value):
     """A loss as a Python float (a torch loss is detached first, as it still requires grad);
     text and other non-numbers raise TypeError."""
@@ -168,7 +173,7 @@ class StepwiseEngine:
         loss = _as_float(orig_loss)
         current_evals = 1
         st["func_evals"] += 1
-        if np.abs(flat_grad).max() <= tolerance_grad:
+        if _gradient_small(flat_grad, tolerance_grad):
             return orig_loss
         d, t = st["d"], st["t"]
         n_iter = 0
@@ -214,14 +219,14 @@ class StepwiseEngine:
                     at, t, d, loss, flat_grad, gtd, tolerance_change=tolerance_change,
                     max_ls=max_eval - current_evals)
                 add(t, d)
-                opt_cond = np.abs(flat_grad).max() <= tolerance_grad
+                opt_cond = _gradient_small(flat_grad, tolerance_grad)
             else:
                 add(t, d)
                 opt_cond = False
                 if n_iter != max_iter:
                     value, flat_grad = evaluate(closure)
                     loss = _as_float(value)
-                    opt_cond = np.abs(flat_grad).max() <= tolerance_grad
+                    opt_cond = _gradient_small(flat_grad, tolerance_grad)
                     ls_evals = 1
             current_evals += ls_evals
             st["func_evals"] += ls_evals

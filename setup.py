@@ -21,6 +21,7 @@ ext_modules = [
     # the compiled core (fastopt/_core)
     extension("fastopt._core._kernels"),    # the element loops and reductions (dispatched)
     extension("fastopt._core._bucket"),     # the bucket driver and compiled drivers (dispatched)
+    extension("fastopt._core._contracts"),
     extension("fastopt._core._cpu"),
     extension("fastopt._core._fastopt_threads", "fastopt/_core/pool.c"),   # the thread pool
     extension("fastopt._core._gather"),

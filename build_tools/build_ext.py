@@ -163,6 +163,12 @@ class build_ext_fastopt(build_ext):
     def finalize_options(self):
         self.native = native_build()
         declared = list(self.distribution.ext_modules)
+        sources = {os.path.relpath(p, ROOT).replace(os.sep, "/") for p in
+                   glob.glob(os.path.join(ROOT, "fastopt", "**", "*.pyx"), recursive=True)}
+        undeclared = sources - {ext.sources[0].replace(os.sep, "/") for ext in declared}
+        if undeclared:
+            raise SystemExit(f"setup.py declares no extension for {sorted(undeclared)}: add "
+                             "extension(\"<module>\") for each to its ext_modules")
         variants = [] if self.native else [v.name for v in isa.VARIANTS]
         for ext in declared:
             ext.fastopt_variant = (isa.NATIVE if self.native else isa.BASELINE) \

@@ -12,7 +12,7 @@
 from fastopt._core._kernel_api cimport RED_SUMSQ
 from fastopt._core._fastopt_threads cimport chunk_fn
 from libc.stdlib cimport calloc, abort
-from libc.math cimport sqrt, pow
+from libc.math cimport sqrt, pow, exp, log, fabs   # a driver's per_array may call them
 
 ctypedef fused real_t:
     float

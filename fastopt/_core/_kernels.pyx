@@ -22,7 +22,7 @@
 # contracted, so every variant rounds exactly alike (bit-identical steps on any CPU).
 
 cimport cython
-from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, NAN
+from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, exp, log, NAN   # per_array may call them
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON     # for prologues (Adafactor's eps=None)
 from cpython.pycapsule cimport PyCapsule_New

@@ -5,7 +5,7 @@ package names its hyperparameters (with defaults and constraints), its state, th
 computes once per array and step, and its per-element update as a few lines of Cython. From that
 one declaration
 
-* the build (``fastopt/_core/_codegen.py``) generates the compiled code: a typed struct of the
+* the build (``build_tools/codegen.py``) generates the compiled code: a typed struct of the
   hyperparameters (filled from a dict *by field name*), a per-array prologue, and one straight-line
   element loop per combination of the algorithm's switches and per dtype;
 * fastopt builds the NumPy class (``fastopt.Adam``), its docstring, its group checks and its
@@ -22,7 +22,8 @@ It sees every hyperparameter field by name (``lr``, ``beta1``, ...), ``step`` (t
 1 on the first step, as a double) and ``first_use`` (1 while the algorithm's lazily created state
 has not been written for this array), and reads and assigns the algorithm's scalar states (float32,
 as torch keeps them). Every name it assigns is a double local; those listed in ``scalars`` are handed
-to the element loop.
+to the element loop. It may call C's ``sqrt``, ``pow``, ``exp``, ``log`` and ``fabs`` and Cython's
+``min``/``max``.
 
 ``Algorithm.update`` is the body of the element loop. ``p`` and ``g`` are the param element and the
 gradient element (already negated when maximizing and scaled by a clipping coefficient, if any),
@@ -31,7 +32,7 @@ assigns back after the body. Hyperparameter fields and ``scalars`` it names are 
 loop's compute dtype before the loop, so arithmetic rounds as torch's does for a tensor of that
 dtype. The body is a Tempita template: switch values are its variables (``{{if decay == "l2"}}``),
 and ``{{T}}`` is the loop's C type; once rendered, each line is ``name = expression`` in arithmetic
-that C reads alike (the loops are generated as C: see ``_codegen.c_statements``).
+that C reads alike (the loops are generated as C: see ``build_tools/codegen.py``'s ``c_statements``).
 ``per_array`` is a Tempita template as well (``{{T}}`` is the C type of the dtype it prepares).
 Helpers available in the body: ``_sqrt``, ``_lerp_low``/``_lerp_high`` (torch.lerp's two forms),
 ``_max_nan`` (torch.maximum: NaN wins), ``_abs``, ``_sign`` (-1, 0 or 1, NaN for NaN),

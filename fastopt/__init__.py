@@ -27,6 +27,7 @@ Adadelta = _CLASSES["Adadelta"]
 Adafactor = _CLASSES["Adafactor"]
 Adagrad = _CLASSES["Adagrad"]
 Adam = _CLASSES["Adam"]
+AdEMAMix = _CLASSES["AdEMAMix"]
 AdamW = _CLASSES["AdamW"]
 Adamax = _CLASSES["Adamax"]
 ASGD = _CLASSES["ASGD"]
@@ -58,7 +59,7 @@ def get_num_threads():
 
 __all__ = [
     "Optimizer",
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
     "RAdam", "RMSprop", "Rprop", "SGD",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",

@@ -34,6 +34,8 @@ DEFAULTS = {
                   maximize=False),
     "Adamax": dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False),
     "Lion": dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False),
+    "AdEMAMix": dict(lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0, t_alpha=None, t_beta3=None,
+                     eps=1e-8, weight_decay=1e-2, maximize=False),
     "Adadelta": dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False),
     "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False),
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
@@ -124,6 +126,15 @@ CONFIGS = {
         dict(lr=0.001, betas=(0.3, 0.6)),
         dict(lr=0.002, betas=(0.95, 0.98), weight_decay=0.5, maximize=True),
     ],
+    "AdEMAMix": [
+        dict(lr=0.001),
+        dict(lr=0.001, weight_decay=0.0),
+        dict(lr=0.001, maximize=True),
+        dict(lr=0.001, betas=(0.5, 0.9, 0.99), alpha=2.0, eps=1e-3),
+        dict(lr=0.001, t_alpha=4, t_beta3=6),           # both schedules end within the run
+        dict(lr=0.002, betas=(0.8, 0.95, 0.999), alpha=8.0, t_alpha=30.0, t_beta3=50.0,
+             weight_decay=0.1, maximize=True),
+    ],
     "Adadelta": [
         dict(lr=1.0),
         dict(lr=0.5, rho=0.5),
@@ -163,8 +174,9 @@ ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
 #: float64 in its own fixed order, the reference with NumPy's, so they agree to an ulp of the
 #: reductions' rounding (in the param's dtype), not bit for bit.
 REDUCING = {"Adafactor"}
-#: The algorithms torch.optim has (Lion is not among them): the torch parity tests run these.
-TORCH_NAMES = [name for name in CONFIGS if name != "Lion"]
+#: The algorithms torch.optim has (Lion and AdEMAMix are not among them): the torch parity tests
+#: run these.
+TORCH_NAMES = [name for name in CONFIGS if name not in ("Lion", "AdEMAMix")]
 TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
 
 
@@ -396,6 +408,34 @@ def lion_step(p, g, state, lr, betas, weight_decay, maximize):
     state["exp_avg"] = _arr(state["exp_avg"] * t(beta2) + t(1 - beta2) * d, p.dtype)
 
 
+def ademamix_step(p, g, state, lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, maximize):
+    """Pagliardini, Ablin & Grangier (2024), Algorithm 1, with the alpha and beta3 schedulers of
+    their section 3; decoupled weight decay on the param before the update."""
+    t = p.dtype.type
+    beta1, beta2, beta3 = betas
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = np.zeros_like(p)
+        state["exp_avg_slow"] = np.zeros_like(p)
+        state["exp_avg_sq"] = np.zeros_like(p)
+    state["step"] += 1
+    step = state["step"]
+    alpha_t = alpha if t_alpha is None else min(step * alpha / t_alpha, alpha)
+    beta3_t = beta3
+    if t_beta3 is not None:
+        s = step / t_beta3
+        beta3_t = min(math.exp(math.log(beta1) * math.log(beta3)
+                               / ((1 - s) * math.log(beta3) + s * math.log(beta1))), beta3)
+    d = -g if maximize else g
+    pv = p * t(1 - lr * weight_decay) if weight_decay != 0 else p
+    m1 = _arr(state["exp_avg"] * t(beta1) + t(1 - beta1) * d, p.dtype)
+    m2 = _arr(state["exp_avg_slow"] * t(beta3_t) + t(1 - beta3_t) * d, p.dtype)
+    v = _arr(state["exp_avg_sq"] * t(beta2) + (t(1 - beta2) * d) * d, p.dtype)
+    state["exp_avg"], state["exp_avg_slow"], state["exp_avg_sq"] = m1, m2, v
+    denom = np.sqrt(v) / t(math.sqrt(1 - beta2 ** step)) + t(eps)
+    p[...] = pv + t(-lr) * ((m1 / t(1 - beta1 ** step) + t(alpha_t) * m2) / denom)
+
+
 def adadelta_step(p, g, state, lr, rho, eps, weight_decay, maximize):
     t = p.dtype.type
     if not state:
@@ -564,7 +604,8 @@ def muon_step(p, g, state, lr, weight_decay, momentum, nesterov, ns_coefficients
 
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
-                  "Adamax": adamax_step, "Lion": lion_step, "Adadelta": adadelta_step,
+                  "Adamax": adamax_step, "Lion": lion_step, "AdEMAMix": ademamix_step,
+                  "Adadelta": adadelta_step,
                   "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step,
                   "Muon": muon_step}
 

@@ -52,6 +52,7 @@ Adadelta = _ADAPTERS["Adadelta"]
 Adafactor = _ADAPTERS["Adafactor"]
 Adagrad = _ADAPTERS["Adagrad"]
 Adam = _ADAPTERS["Adam"]
+AdEMAMix = _ADAPTERS["AdEMAMix"]
 AdamW = _ADAPTERS["AdamW"]
 Adamax = _ADAPTERS["Adamax"]
 ASGD = _ADAPTERS["ASGD"]
@@ -64,7 +65,7 @@ Rprop = _ADAPTERS["Rprop"]
 SGD = _ADAPTERS["SGD"]
 
 __all__ = [
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
     "RAdam", "RMSprop", "Rprop", "SGD",
     "LBFGS",
 ]

@@ -39,7 +39,7 @@ DEFAULTS = {
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
     "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
                       maximize=False),
-    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/test_muon.py
+    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/optim/test_muon.py
     "Muon": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
                  maximize=False),
@@ -706,7 +706,7 @@ class ElementwiseParity:
     that crosses zero). ``check(key, ours, theirs, ulps)`` requires, for every element,
     ``|ours - theirs| <= ulps * spacing(scale)``; ``floor`` gives elements below ``floor`` times
     the array's largest magnitude that much as their scale instead (for ill-conditioned elements,
-    see ``tests/test_torch_parity.py``).
+    see ``tests/torch/test_torch_parity.py``).
     """
 
     def __init__(self):

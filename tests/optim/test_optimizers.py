@@ -1,4 +1,4 @@
-"""fastopt's optimizers against the NumPy references (tests/reference.py), plus state handling,
+"""fastopt's optimizers against the NumPy references (tests/_support/reference.py), plus state handling,
 threads and skip_nonfinite."""
 import copy
 import math
@@ -51,7 +51,7 @@ def test_every_algorithm_has_a_reference_and_configurations(name):
     tests here use, configurations (one per option) in reference.CONFIGS for them."""
     require_reference(name)
     if all(accepts_shape(BY_NAME[name], shape) for shape in SHAPES) and name not in CONFIGS:
-        pytest.fail(f"tests/reference.py has no CONFIGS for {name}: add one configuration per "
+        pytest.fail(f"tests/_support/reference.py has no CONFIGS for {name}: add one configuration per "
                     "option", pytrace=False)
 
 

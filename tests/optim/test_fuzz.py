@@ -1,7 +1,7 @@
 """Property-based fuzzing against the NumPy references in ``reference.py``.
 
 Every declared elementwise algorithm, random hyperparameters (from the declared constraints:
-tests/_strategies.py), param shapes (including empty and 0-d) and dtypes, param groups,
+tests/_support/_strategies.py), param shapes (including empty and 0-d) and dtypes, param groups,
 step counts, None gradients, mid-run learning-rate changes, occasional non-finite gradients (with
 and without ``skip_nonfinite``) and 1 or 2 kernel threads. Params and state must be bit-identical to
 the reference after every step.
@@ -9,7 +9,7 @@ the reference after every step.
 Profiles (tests/conftest.py): ``HYPOTHESIS_PROFILE=ci`` (default, 34 examples per test: ~200 in all) and
 ``HYPOTHESIS_PROFILE=long`` (10,000 per test)::
 
-    HYPOTHESIS_PROFILE=long pytest tests/test_fuzz.py
+    HYPOTHESIS_PROFILE=long pytest tests/optim/test_fuzz.py
 """
 import math
 

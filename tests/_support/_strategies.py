@@ -73,7 +73,7 @@ def valid_values(constraint, default=None):
         if special:
             out = st.sampled_from(list(dict.fromkeys(special))) | out
     else:
-        raise AssertionError(f"no strategy for constraints of kind {kind!r}: add one to tests/_strategies.py")
+        raise AssertionError(f"no strategy for constraints of kind {kind!r}: add one to tests/_support/_strategies.py")
     if constraint.optional:
         out = st.none() | out
     return out
@@ -137,7 +137,7 @@ def invalid_examples(constraint, default=None):
             out.append((float(bound) if not inclusive else math.nextafter(bound, outward), ValueError))
     else:
         raise AssertionError(f"no invalid values for constraints of kind {kind!r}: add them to "
-                             "tests/_strategies.py")
+                             "tests/_support/_strategies.py")
     return out
 
 
@@ -184,13 +184,13 @@ def accepts_shape(algorithm, shape):
 
 
 def require_reference(name):
-    """Fail, saying what is missing, unless tests/reference.py has a reference step of algorithm
+    """Fail, saying what is missing, unless tests/_support/reference.py has a reference step of algorithm
     ``name`` (its independent NumPy implementation, the oracle of the tests) and its defaults."""
     import pytest
     from reference import DEFAULTS, STEP_FUNCTIONS
     missing = [what for what, table in (("a step function in STEP_FUNCTIONS", STEP_FUNCTIONS),
                                         ("its defaults in DEFAULTS", DEFAULTS)) if name not in table]
     if missing:
-        pytest.fail(f"tests/reference.py lacks {' and '.join(missing)} for {name}: every declared "
+        pytest.fail(f"tests/_support/reference.py lacks {' and '.join(missing)} for {name}: every declared "
                     "algorithm needs an independent NumPy reference to be tested against",
                     pytrace=False)

@@ -461,7 +461,14 @@ def asgd_step(p, g, state, lr, lambd, alpha, t0, weight_decay, maximize):
     else:
         state["ax"] = _arr(pv, p.dtype).copy()
     p[...] = pv
-    state["eta"] = np.asarray(lr / ((1 + lambd * lr * step) ** alpha), dtype=np.float32)
+    # torch's next step size, lr / (1 + lambd lr step) ** alpha in double, in IEEE arithmetic (C's
+    # pow and division, which Python's float operators are where they return a float): where the
+    # base is <= 0 (lambd < 0, by the step 1 / (-lambd lr)) Python's ** raises ZeroDivisionError
+    # (torch too) or returns a complex number (torch keeps its real part); the reference, like
+    # fastopt, gives pow's nan/inf/0 there.
+    with np.errstate(all="ignore"):
+        base = np.float64(1 + lambd * lr * step)
+        state["eta"] = np.asarray(np.float64(lr) / base ** np.float64(alpha), dtype=np.float32)
     state["mu"] = np.asarray(1 / max(1, step - t0), dtype=np.float32)
 
 

@@ -7,7 +7,10 @@ algorithm is fuzzed and bad-input-tested with nothing added here.
   the examples of :func:`invalid_examples` (a list, for ``pytest.mark.parametrize``);
 * :func:`param_groups` -- a strategy of whole param groups of an algorithm (every hyperparameter,
   the algorithm's rules across them holding);
-* :func:`accepts_shape` -- whether an algorithm takes params of a shape (Muon: matrices only).
+* :func:`accepts_shape` -- whether an algorithm takes params of a shape (Muon: matrices only);
+* :func:`param_shapes` -- a strategy of param shapes an algorithm takes, drawn among the ranks
+  its ``param_rules`` accept (:func:`accepted_ranks`) rather than filtered out of all shapes, so
+  that no Hypothesis health check depends on which examples a run happens to draw.
 
 The values stay within a window of sensible magnitudes around the default (an unbounded side
 reaches ``max(1, 2 |default|)``): a float beyond it is as valid, but says nothing more about the
@@ -181,6 +184,31 @@ def param_groups(algorithm):
 def accepts_shape(algorithm, shape):
     """Whether ``algorithm`` takes a param of ``shape`` (its ``param_rules``)."""
     return all(rule.test(tuple(shape)) for rule in algorithm.param_rules)
+
+
+def accepted_ranks(algorithm, max_rank=3):
+    """The ranks ``0..max_rank`` of params ``algorithm`` takes: its ``param_rules`` tested on a
+    shape of each rank with sides of 2 (Muon: ``[2]``)."""
+    ranks = [rank for rank in range(max_rank + 1) if accepts_shape(algorithm, (2,) * rank)]
+    if not ranks:
+        raise AssertionError(f"{algorithm.name} takes params of no rank up to {max_rank}")
+    return ranks
+
+
+def param_shapes(algorithm, max_rank=3, max_side=4, long_vectors=None):
+    """A strategy of param shapes ``algorithm`` takes: a rank among :func:`accepted_ranks`, then
+    each side in ``0..max_side``; with ``long_vectors=(low, high)`` also vectors of ``low..high``
+    elements (if rank 1 is accepted), which reach past a SIMD body into its scalar tail.
+
+    The rank is drawn from the accepted ones, not filtered: a filter rejecting most draws (3 of 4
+    ranks for Muon) trips Hypothesis' ``filter_too_much`` health check depending on the examples
+    drawn. A rule that looks at the sides as well as the rank still filters what it refuses."""
+    ranks = accepted_ranks(algorithm, max_rank)
+    out = st.sampled_from(ranks).flatmap(
+        lambda rank: st.lists(st.integers(0, max_side), min_size=rank, max_size=rank).map(tuple))
+    if long_vectors is not None and 1 in ranks:
+        out = st.one_of(out, st.integers(*long_vectors).map(lambda n: (n,)))
+    return out.filter(lambda shape: accepts_shape(algorithm, shape))
 
 
 def require_reference(name):

@@ -22,7 +22,7 @@ except ImportError as _error:
     raise
 
 # One class per declared algorithm (fastopt/algorithms), each named here so that readers, IDEs and
-# static tools see it; tests/test_exports.py fails when an algorithm is declared but not named here.
+# static tools see it; tests/tooling/test_exports.py fails when an algorithm is declared but not named here.
 Adadelta = _CLASSES["Adadelta"]
 Adafactor = _CLASSES["Adafactor"]
 Adagrad = _CLASSES["Adagrad"]

@@ -11,7 +11,7 @@
 # order of the float32 sums inside the matrix products (BLAS's blocking against torch's bfloat16
 # kernels): a sum that lands next to a bfloat16 rounding boundary rounds the other way, and the
 # iteration carries that on. The result agrees with torch to a few bfloat16 ulps of the update
-# (tests/test_muon.py holds it to that); within fastopt it is deterministic for any fastopt
+# (tests/optim/test_muon.py holds it to that); within fastopt it is deterministic for any fastopt
 # thread count (BLAS runs on OpenBLAS's own threads).
 from libc.stdint cimport uint16_t
 from scipy.linalg.cython_blas cimport sgemm, ssyrk

@@ -24,10 +24,12 @@ def code(*pieces):
 
 
 def lerp_switch(weight):
-    """torch.lerp switches formula at weight 0.5 (compared in the tensor's dtype): the switch
-    ``lerp`` (``"low"`` or ``"high"``) of a moment averaged with the per-array scalar ``weight``,
-    for the helpers ``_lerp_low``/``_lerp_high``."""
-    return Switch("lerp", "<{{T}}>%s >= 0.5" % weight, ("low", "high"))
+    """torch.lerp switches formula at ``|weight| < 0.5`` (compared in the tensor's dtype): the
+    switch ``lerp`` (``"low"`` or ``"high"``) of a moment averaged with the per-array scalar
+    ``weight``, for the helpers ``_lerp_low``/``_lerp_high``. The magnitude matters: RMSprop's
+    weight ``1 - alpha`` is negative for ``alpha > 1``, and torch takes the high form from
+    ``alpha >= 1.5`` on."""
+    return Switch("lerp", "abs(<{{T}}>%s) >= 0.5" % weight, ("low", "high"))
 
 
 # -- L2 weight decay only (torch's weight_decay of SGD, Adagrad, RMSprop, ...) --------------------

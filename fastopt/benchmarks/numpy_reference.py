@@ -3,7 +3,7 @@
 Each class follows torch.optim's update for the benchmark's configuration (the options it needs, no
 more) with ``out=`` ufuncs over preallocated temporaries, cache-blocked for large arrays, with flat
 state, single-threaded (as NumPy's ufuncs are). They are also the references of ``bench/``
-(pytest-benchmark), and ``tests/test_bench_cli.py`` checks them against fastopt.
+(pytest-benchmark), and ``tests/tooling/test_bench_cli.py`` checks them against fastopt.
 """
 import math
 

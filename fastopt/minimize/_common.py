@@ -25,7 +25,7 @@ _FLOAT64 = np.dtype(np.float64)
 
 # The one table of the minimizers' messages. Those of L-BFGS-B are SciPy's texts, which the
 # compiled iteration (fastopt/minimize/_lbfgs.pyx, which cannot import this module) spells out too;
-# tests/test_minimize_status.py checks that its texts are these.
+# tests/minimize/test_minimize_status.py checks that its texts are these.
 MESSAGES = {
     # L-BFGS-B (fastopt.minimize_lbfgs): SciPy's texts
     "pgtol": "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL",

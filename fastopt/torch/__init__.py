@@ -47,7 +47,7 @@ from ._adapter import ADAPTERS as _ADAPTERS
 from ._lbfgs import LBFGS
 
 # One adapter per declared algorithm, each named here so that readers, IDEs and static tools see
-# it; tests/test_exports.py fails when an algorithm is declared but not named here.
+# it; tests/tooling/test_exports.py fails when an algorithm is declared but not named here.
 Adadelta = _ADAPTERS["Adadelta"]
 Adafactor = _ADAPTERS["Adafactor"]
 Adagrad = _ADAPTERS["Adagrad"]

@@ -2,7 +2,7 @@
 
 torch does not promise to keep its private names (a leading underscore) from one release to the
 next. fastopt uses a few of them, for speed only; they are all read here, once, at import, and
-nothing else in fastopt names a private attribute of torch (``tests/test_torch_compat.py`` checks
+nothing else in fastopt names a private attribute of torch (``tests/torch/test_torch_compat.py`` checks
 both: the other modules' sources, and that each fallback steps as torch.optim does). Checked on
 torch 2.13. When a name is missing, the adapter keeps working through the fallback given with it:
 

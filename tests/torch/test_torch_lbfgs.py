@@ -16,7 +16,7 @@ common = pytest.importorskip("torch.testing._internal.common_optimizers")
 
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
-from test_memory import MB, growth  # noqa: E402  (RSS measured as for the NumPy optimizers)
+from memory_growth import MB, growth  # noqa: E402  (RSS measured as for the NumPy optimizers)
 
 pytestmark = pytest.mark.torch
 

@@ -4,7 +4,6 @@ RSS is read from /proc/self/statm (Linux; elsewhere ``resource``'s peak RSS is a
 Every measurement warms up first (arenas, caches, interned objects) and then allows < 1 MB growth.
 """
 import gc
-import os
 import sys
 import weakref
 
@@ -13,30 +12,7 @@ import pytest
 
 import fastopt
 from fastopt.checkpoint import load, save
-
-MB = 1 << 20
-
-
-def rss():
-    """Resident set size in bytes."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # pragma: no cover - not Linux
-        import resource
-        scale = 1 if sys.platform == "darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def growth(fn, warmup):
-    """RSS growth (bytes) across ``fn()`` after running ``warmup()``."""
-    warmup()
-    gc.collect()
-    before = rss()
-    fn()
-    gc.collect()
-    return rss() - before
-
+from memory_growth import MB, growth
 
 MAKERS = {
     "sgd_momentum": lambda ps, **kw: fastopt.SGD(ps, lr=1e-3, momentum=0.9, **kw),

@@ -6,7 +6,7 @@ import pytest
 
 import fastopt.algorithms
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.skipif(not README.exists(), reason="README.md is not beside the tests (installed tests)")

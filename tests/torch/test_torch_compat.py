@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.torch
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "fastopt"
 COMPAT = PACKAGE / "torch" / "_compat.py"
 

@@ -1,7 +1,7 @@
 """bfloat16/float16 params: torch's fused-kernel semantics, float32 master copies, bfloat16 states,
 stochastic rounding.
 
-The references are the float32 NumPy references of tests/reference.py run on float32 copies of
+The references are the float32 NumPy references of tests/_support/reference.py run on float32 copies of
 every value (loading bfloat16/float16 into float32 is exact), with each stored value rounded once to
 its storage dtype (nearest, ties to even): that is the definition of each mode, so the comparisons
 are bit for bit.

@@ -41,7 +41,7 @@ DEFAULTS = {
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
     "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
                       maximize=False),
-    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/test_muon.py
+    # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/optim/test_muon.py
     "Muon": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
                  maximize=False),
@@ -501,7 +501,14 @@ def asgd_step(p, g, state, lr, lambd, alpha, t0, weight_decay, maximize):
     else:
         state["ax"] = _arr(pv, p.dtype).copy()
     p[...] = pv
-    state["eta"] = np.asarray(lr / ((1 + lambd * lr * step) ** alpha), dtype=np.float32)
+    # torch's next step size, lr / (1 + lambd lr step) ** alpha in double, in IEEE arithmetic (C's
+    # pow and division, which Python's float operators are where they return a float): where the
+    # base is <= 0 (lambd < 0, by the step 1 / (-lambd lr)) Python's ** raises ZeroDivisionError
+    # (torch too) or returns a complex number (torch keeps its real part); the reference, like
+    # fastopt, gives pow's nan/inf/0 there.
+    with np.errstate(all="ignore"):
+        base = np.float64(1 + lambd * lr * step)
+        state["eta"] = np.asarray(np.float64(lr) / base ** np.float64(alpha), dtype=np.float32)
     state["mu"] = np.asarray(1 / max(1, step - t0), dtype=np.float32)
 
 
@@ -747,7 +754,7 @@ class ElementwiseParity:
     that crosses zero). ``check(key, ours, theirs, ulps)`` requires, for every element,
     ``|ours - theirs| <= ulps * spacing(scale)``; ``floor`` gives elements below ``floor`` times
     the array's largest magnitude that much as their scale instead (for ill-conditioned elements,
-    see ``tests/test_torch_parity.py``).
+    see ``tests/torch/test_torch_parity.py``).
     """
 
     def __init__(self):

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples",
+EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples",
                        "lbfgs_logistic_regression.py")
 
 

@@ -10,7 +10,7 @@ from scipy.optimize import OptimizeResult, OptimizeWarning, minimize, rosen, ros
 
 from fastopt.minimize import LBFGS, MoreThuente, lbfgs, minimize_lbfgs, two_loop_direction
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "_support"))
 import mgh_problems  # noqa: E402
 
 PROBLEMS = mgh_problems.all_problems()

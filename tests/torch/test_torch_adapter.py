@@ -394,7 +394,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     import torch.distributed as dist
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this build")
-    worker = pathlib.Path(__file__).with_name("ddp_worker.py")
+    worker = pathlib.Path(__file__).parents[1] / "_support" / "ddp_worker.py"
     sys.path.insert(0, str(worker.parent))
     try:
         import ddp_worker

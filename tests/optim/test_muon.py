@@ -2,7 +2,7 @@
 tests use every shape); this file covers for it what those tests cover for the others.
 
 The Newton-Schulz iteration runs in bfloat16, as torch runs it, with its products in float32
-through BLAS. The reference (tests/reference.py) rounds exactly where fastopt does but multiplies
+through BLAS. The reference (tests/_support/reference.py) rounds exactly where fastopt does but multiplies
 with NumPy's matmul, whose float32 sums may be ordered otherwise; where such a sum lands next to a
 bfloat16 rounding boundary, an element of the orthogonalized update X (|X| <~ 1) moves by a few
 bfloat16 ulps (2**-8 relative). So params are compared to within lr * s * 2**-6 per step (s: the

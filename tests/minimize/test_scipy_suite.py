@@ -1,7 +1,7 @@
 """SciPy's own L-BFGS-B tests, run against fastopt.
 
 The test files shipped in the installed SciPy wheel (``scipy/optimize/tests``) run in a
-subprocess with the plugin ``scipy_lbfgsb_redirect`` (in this folder): SciPy's
+subprocess with the plugin ``scipy_lbfgsb_redirect`` (in tests/_support): SciPy's
 ``_minimize_lbfgsb``, behind ``minimize(method='L-BFGS-B')``, ``fmin_l_bfgs_b``, basinhopping,
 shgo, dual_annealing and differential_evolution's polishing, is replaced by ``fastopt.lbfgs``,
 and only the tests that use L-BFGS-B are kept. Excluded, because they call SciPy's compiled
@@ -23,7 +23,8 @@ TESTS = os.path.join(os.path.dirname(scipy.__file__), "optimize", "tests")
 FILES = ["test_optimize.py", "test_lbfgsb_hessinv.py", "test_lbfgsb_setulb.py",
          "test__basinhopping.py", "test__differential_evolution.py", "test__dual_annealing.py",
          "test__shgo.py", "test_minimize_constrained.py"]
-HERE = os.path.dirname(os.path.abspath(__file__))
+# the folder of the plugin, put on the subprocess's PYTHONPATH
+SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_support")
 # The skips SciPy's own tests make, none of them about L-BFGS-B: its constraint tests are
 # parametrized over every method, and one test needs a newer Python. Any other skip (or an
 # xfail) would hide an L-BFGS-B test, so it fails the run.
@@ -34,7 +35,7 @@ SCIPY_SKIPS = ("Only SLSQP supports nonlinear constraints",
 def test_scipy_lbfgsb_tests_pass_with_fastopt(tmp_path):
     report = tmp_path / "redirected_calls.txt"
     env = dict(os.environ, FASTOPT_REDIRECT_REPORT=str(report),
-               PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([SUPPORT, os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "pytest", "-p", "scipy_lbfgsb_redirect",
                "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", os.devnull, "-q",
                "-rfEsxX", *[os.path.join(TESTS, name) for name in FILES]]

@@ -17,8 +17,8 @@ import fastopt
 from fastopt import _backend, _dtypes
 from fastopt._core import _isa
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).with_name("_trajectories.py")
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).parents[1] / "_support" / "_trajectories.py"
 #: What each variant's kernels report as their vector ISA (the baseline: the compiler's default).
 VECTOR_ISA = {"avx512": {"avx512"}, "avx2": {"avx2"}, "baseline": {"sse2", "generic"}}
 

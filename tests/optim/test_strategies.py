@@ -1,4 +1,4 @@
-"""tests/_strategies.py against fastopt's checks: its valid values pass, its invalid ones are
+"""tests/_support/_strategies.py against fastopt's checks: its valid values pass, its invalid ones are
 refused with the exception it expects, for every declared hyperparameter."""
 import numpy as np
 import pytest

@@ -11,7 +11,7 @@ from scipy.optimize import Bounds, LbfgsInvHessProduct, minimize, rosen, rosen_d
 import fastopt
 from fastopt.minimize import lbfgs, minimize_lbfgs
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "_support"))
 import mgh_problems  # noqa: E402
 
 PROBLEMS = mgh_problems.all_problems()

@@ -9,7 +9,7 @@ from scipy.optimize import OptimizeResult, minimize, rosen, rosen_der, rosen_hes
 
 from fastopt.minimize import classify_critical_point, minimize_bfgs, newton
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "_support"))
 import mgh_problems  # noqa: E402
 
 

@@ -129,7 +129,9 @@ def _runnable_variants():
 
 def _record_variant(variant, out):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FASTOPT_FORCE_")}
-    env["PYTHONPATH"] = str(Path(fastopt.__file__).parents[1])
+    # the package, and the support module the script imports (_trajectories)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(fastopt.__file__).parents[1]),
+                                         str(Path(__file__).resolve().parents[1] / "_support")])
     env["FASTOPT_FORCE_ISA"] = variant
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(out)], env=env,
                           cwd=str(out.parent), capture_output=True, text=True, timeout=600)

@@ -1,4 +1,4 @@
-"""fastopt's optimizers against the NumPy references (tests/reference.py), plus state handling,
+"""fastopt's optimizers against the NumPy references (tests/_support/reference.py), plus state handling,
 threads and skip_nonfinite."""
 import copy
 import math
@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt
-from _strategies import accepts_shape, param_groups, require_reference
+from _strategies import accepts_shape, param_groups, param_shapes, require_reference
 from fastopt._backend import kernels
 from fastopt.algorithms import ALGORITHMS, BY_NAME
 from reference import (ALL_CONFIGS, CONFIGS, REDUCING, RefOptimizer, assert_close, config_id,
@@ -51,7 +51,7 @@ def test_every_algorithm_has_a_reference_and_configurations(name):
     tests here use, configurations (one per option) in reference.CONFIGS for them."""
     require_reference(name)
     if all(accepts_shape(BY_NAME[name], shape) for shape in SHAPES) and name not in CONFIGS:
-        pytest.fail(f"tests/reference.py has no CONFIGS for {name}: add one configuration per "
+        pytest.fail(f"tests/_support/reference.py has no CONFIGS for {name}: add one configuration per "
                     "option", pytrace=False)
 
 
@@ -95,7 +95,6 @@ def test_param_groups_and_lr_change(name):
 # Hypothesis: shapes, dtypes, hyperparameters
 # ----------------------------------------------------------------------------------------------
 
-shape_st = st.lists(st.integers(0, 4), min_size=0, max_size=3).map(tuple)
 dtype_st = st.sampled_from([np.float32, np.float64])
 
 
@@ -108,8 +107,8 @@ def test_property_matches_reference(name, data):
     require_reference(name)
     algorithm = BY_NAME[name]
     n = data.draw(st.integers(1, 4), label="n_params")
-    shape_ok = shape_st.filter(lambda shape: accepts_shape(algorithm, shape))
-    shapes = [data.draw(shape_ok, label=f"shape{i}") for i in range(n)]
+    shape_st = param_shapes(algorithm, max_rank=3, max_side=4)
+    shapes = [data.draw(shape_st, label=f"shape{i}") for i in range(n)]
     dtypes = [data.draw(dtype_st, label=f"dtype{i}") for i in range(n)]
     cfg = data.draw(param_groups(algorithm), label="hyper")
     seed = data.draw(st.integers(0, 2 ** 16), label="seed")

@@ -141,7 +141,7 @@ MUON_CONFIGS = [dict(lr=0.02), dict(lr=0.02, nesterov=False, weight_decay=0.0, n
 def test_muon_square_matrices_match_the_reference_bit_for_bit(steps, cfg, dtype):
     """Square matrices are orthogonalized as they are (X X^T, not the transposed problem: torch
     transposes only when rows > cols). For matrices this small (at most 16 terms per product) the
-    BLAS products and NumPy's sum in the same order, so fastopt equals tests/reference.py bit for
+    BLAS products and NumPy's sum in the same order, so fastopt equals tests/_support/reference.py bit for
     bit; the transposed problem gives the same matrix only up to rounding, so taking it for a
     square matrix changes some bits."""
     differing = []

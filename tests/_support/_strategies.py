@@ -7,7 +7,10 @@ algorithm is fuzzed and bad-input-tested with nothing added here.
   the examples of :func:`invalid_examples` (a list, for ``pytest.mark.parametrize``);
 * :func:`param_groups` -- a strategy of whole param groups of an algorithm (every hyperparameter,
   the algorithm's rules across them holding);
-* :func:`accepts_shape` -- whether an algorithm takes params of a shape (Muon: matrices only).
+* :func:`accepts_shape` -- whether an algorithm takes params of a shape (Muon: matrices only);
+* :func:`param_shapes` -- a strategy of param shapes an algorithm takes, drawn among the ranks
+  its ``param_rules`` accept (:func:`accepted_ranks`) rather than filtered out of all shapes, so
+  that no Hypothesis health check depends on which examples a run happens to draw.
 
 The values stay within a window of sensible magnitudes around the default (an unbounded side
 reaches ``max(1, 2 |default|)``): a float beyond it is as valid, but says nothing more about the
@@ -73,7 +76,7 @@ def valid_values(constraint, default=None):
         if special:
             out = st.sampled_from(list(dict.fromkeys(special))) | out
     else:
-        raise AssertionError(f"no strategy for constraints of kind {kind!r}: add one to tests/_strategies.py")
+        raise AssertionError(f"no strategy for constraints of kind {kind!r}: add one to tests/_support/_strategies.py")
     if constraint.optional:
         out = st.none() | out
     return out
@@ -137,7 +140,7 @@ def invalid_examples(constraint, default=None):
             out.append((float(bound) if not inclusive else math.nextafter(bound, outward), ValueError))
     else:
         raise AssertionError(f"no invalid values for constraints of kind {kind!r}: add them to "
-                             "tests/_strategies.py")
+                             "tests/_support/_strategies.py")
     return out
 
 
@@ -183,14 +186,39 @@ def accepts_shape(algorithm, shape):
     return all(rule.test(tuple(shape)) for rule in algorithm.param_rules)
 
 
+def accepted_ranks(algorithm, max_rank=3):
+    """The ranks ``0..max_rank`` of params ``algorithm`` takes: its ``param_rules`` tested on a
+    shape of each rank with sides of 2 (Muon: ``[2]``)."""
+    ranks = [rank for rank in range(max_rank + 1) if accepts_shape(algorithm, (2,) * rank)]
+    if not ranks:
+        raise AssertionError(f"{algorithm.name} takes params of no rank up to {max_rank}")
+    return ranks
+
+
+def param_shapes(algorithm, max_rank=3, max_side=4, long_vectors=None):
+    """A strategy of param shapes ``algorithm`` takes: a rank among :func:`accepted_ranks`, then
+    each side in ``0..max_side``; with ``long_vectors=(low, high)`` also vectors of ``low..high``
+    elements (if rank 1 is accepted), which reach past a SIMD body into its scalar tail.
+
+    The rank is drawn from the accepted ones, not filtered: a filter rejecting most draws (3 of 4
+    ranks for Muon) trips Hypothesis' ``filter_too_much`` health check depending on the examples
+    drawn. A rule that looks at the sides as well as the rank still filters what it refuses."""
+    ranks = accepted_ranks(algorithm, max_rank)
+    out = st.sampled_from(ranks).flatmap(
+        lambda rank: st.lists(st.integers(0, max_side), min_size=rank, max_size=rank).map(tuple))
+    if long_vectors is not None and 1 in ranks:
+        out = st.one_of(out, st.integers(*long_vectors).map(lambda n: (n,)))
+    return out.filter(lambda shape: accepts_shape(algorithm, shape))
+
+
 def require_reference(name):
-    """Fail, saying what is missing, unless tests/reference.py has a reference step of algorithm
+    """Fail, saying what is missing, unless tests/_support/reference.py has a reference step of algorithm
     ``name`` (its independent NumPy implementation, the oracle of the tests) and its defaults."""
     import pytest
     from reference import DEFAULTS, STEP_FUNCTIONS
     missing = [what for what, table in (("a step function in STEP_FUNCTIONS", STEP_FUNCTIONS),
                                         ("its defaults in DEFAULTS", DEFAULTS)) if name not in table]
     if missing:
-        pytest.fail(f"tests/reference.py lacks {' and '.join(missing)} for {name}: every declared "
+        pytest.fail(f"tests/_support/reference.py lacks {' and '.join(missing)} for {name}: every declared "
                     "algorithm needs an independent NumPy reference to be tested against",
                     pytrace=False)

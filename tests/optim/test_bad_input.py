@@ -107,7 +107,7 @@ def test_empty_params(name):
 # ----------------------------------------------------------------------------------------------
 
 #: (algorithm, hyperparameter, invalid value, exception): for every declared algorithm, the values
-#: each hyperparameter's constraint refuses (tests/_strategies.py).
+#: each hyperparameter's constraint refuses (tests/_support/_strategies.py).
 BAD_HYPER = [(a.name, h.name, value, exc) for a in ALGORITHMS for h in a.hyperparameters
              if h.name not in a.fixed for value, exc in invalid_examples(h.constraint, h.default)]
 

@@ -196,7 +196,7 @@ def test_check_prints_targets_and_sets_the_exit_status(capsys, tmp_path):
 
 def test_repository_targets_file_is_valid():
     from fastopt.benchmarks import targets
-    path = Path(__file__).resolve().parents[1] / "bench" / "targets.json"
+    path = Path(__file__).resolve().parents[2] / "bench" / "targets.json"
     if not path.is_file():
         pytest.skip("bench/targets.json is part of the repository, not of the installed package")
     assert len(targets.load(path)) >= 5

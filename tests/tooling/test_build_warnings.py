@@ -19,7 +19,7 @@ import pytest
 
 from fastopt import _build_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "fastopt" / "_core"
 
 

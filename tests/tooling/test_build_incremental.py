@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from test_build import _build_source_copy
+from source_copies import build_source_copy as _build_source_copy
 
 
 def _compiled(log):

@@ -16,9 +16,12 @@ loops) is dispatched too; it and ``_reduce`` (compiled once) call the chosen ker
 its kernel table. ``fastopt.minimize`` imports the chosen L-BFGS module itself
 (``fastopt/minimize/_compiled.py``); L-BFGS is built with FMA contraction, so its last bits depend on the variant.
 
-The bucket driver is imported when the first bucket is built (:func:`bucket_module`), not here:
-Muon's driver in it calls SciPy's BLAS (``scipy.linalg.cython_blas``), whose import brings all of
-``scipy.linalg`` -- more than the rest of ``import fastopt`` costs.
+The bucket driver is imported when the first bucket is built (:func:`bucket_module`), not here,
+as nothing before that needs it; its import is cheap and imports no SciPy. Muon's driver in it
+calls SciPy's BLAS (``scipy.linalg.cython_blas``, whose import brings all of ``scipy.linalg`` --
+more than the rest of ``import fastopt`` costs), but takes those functions from SciPy's exported
+function pointers when the first Muon bucket is built (``fastopt/_core/_driver_muon.pxi``), so
+only Muon pays for it.
 """
 import functools
 import importlib
@@ -102,8 +105,7 @@ if importlib.util.find_spec(_BUCKET_MODULE) is None:
 
 @functools.cache
 def bucket_module():
-    """The bucket drivers compiled for the chosen variant, imported on first use (it imports
-    ``scipy.linalg``: see above)."""
+    """The bucket drivers compiled for the chosen variant, imported on first use (see above)."""
     return importlib.import_module(_BUCKET_MODULE)
 
 

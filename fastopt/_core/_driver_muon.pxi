@@ -4,8 +4,9 @@
 #   2. the Newton-Schulz iteration as torch runs it in bfloat16: X / max(||X||, eps), then
 #      ns_steps times  G = X X^T, G' = b G + c G G, X = a X + G' X  (X^T X for tall matrices,
 #      as torch transposes them), with the products in float32 through BLAS (ssyrk for the
-#      symmetric ones, sgemm; SciPy's cython_blas, without the GIL) on bfloat16 values, and every
-#      result rounded to bfloat16 where torch's bfloat16 tensors round it;
+#      symmetric ones, sgemm; SciPy's cython_blas, without the GIL, reached as below) on
+#      bfloat16 values, and every result rounded to bfloat16 where torch's bfloat16 tensors
+#      round it;
 #   3. phase apply (generated loop): p * (1 - lr wd) - lr s X.
 # The products of bfloat16 values are exact in float32, so what differs from torch is only the
 # order of the float32 sums inside the matrix products (BLAS's blocking against torch's bfloat16
@@ -13,8 +14,45 @@
 # iteration carries that on. The result agrees with torch to a few bfloat16 ulps of the update
 # (tests/optim/test_muon.py holds it to that); within fastopt it is deterministic for any fastopt
 # thread count (BLAS runs on OpenBLAS's own threads).
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.stdint cimport uint16_t
-from scipy.linalg.cython_blas cimport sgemm, ssyrk
+
+# SciPy's BLAS is reached through the function pointers scipy.linalg.cython_blas exports in its
+# __pyx_capi__ (the C-API export of Cython modules, what `cimport` itself uses), taken when the
+# first MuonBucket is built. A `cimport` of it would import all of scipy.linalg (more than
+# `import fastopt` costs) whenever this module is imported, that is, for the first optimizer of
+# any kind. The signatures are those of scipy/linalg/cython_blas.pxd (`s` is float there).
+ctypedef void (*sgemm_t)(char* transa, char* transb, int* m, int* n, int* k, float* alpha,
+                         float* a, int* lda, float* b, int* ldb, float* beta, float* c,
+                         int* ldc) noexcept nogil
+ctypedef void (*ssyrk_t)(char* uplo, char* trans, int* n, int* k, float* alpha, float* a,
+                         int* lda, float* beta, float* c, int* ldc) noexcept nogil
+
+cdef sgemm_t _sgemm = NULL
+cdef ssyrk_t _ssyrk = NULL
+
+
+cdef void* _blas_function(dict capi, str name) except NULL:
+    """The C function ``name`` of scipy.linalg.cython_blas, from its capsule in ``capi``."""
+    capsule = capi[name]
+    return PyCapsule_GetPointer(capsule, PyCapsule_GetName(capsule))
+
+
+cdef int _load_blas() except -1:
+    """Take sgemm and ssyrk from SciPy's BLAS, once (imports scipy.linalg.cython_blas)."""
+    global _sgemm, _ssyrk
+    if _sgemm != NULL and _ssyrk != NULL:
+        return 0
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError as exc:
+        raise ImportError(
+            "Muon needs SciPy's BLAS (scipy.linalg.cython_blas): pip install scipy") from exc
+    capi = cython_blas.__pyx_capi__
+    _sgemm = <sgemm_t>_blas_function(capi, "sgemm")
+    _ssyrk = <ssyrk_t>_blas_function(capi, "ssyrk")
+    return 0
+
 
 cdef extern from "simd.h":
     float fo_bf16_load(uint16_t b) noexcept nogil
@@ -61,21 +99,21 @@ cdef void _newton_schulz(float* X, float* P, float* G, float* GG, int rows, int 
         X[i] = fo_bf16(X[i] / norm)
     for it in range(steps):
         if rows <= cols:     # G = X X^T (rows x rows)
-            ssyrk(&up, &tr, &m, &cols, &one, X, &cols, &zero, G, &m)
+            _ssyrk(&up, &tr, &m, &cols, &one, X, &cols, &zero, G, &m)
         else:                # torch transposes: G = X^T X (cols x cols)
-            ssyrk(&up, &no, &m, &rows, &one, X, &cols, &zero, G, &m)
+            _ssyrk(&up, &no, &m, &rows, &one, X, &cols, &zero, G, &m)
         _mirror_upper(G, m)
         _round_bf16(G, mm)
         # torch.addmm(G, G, G, beta=b, alpha=c): b G + c (G G), rounded once
-        ssyrk(&up, &no, &m, &m, &one, G, &m, &zero, GG, &m)
+        _ssyrk(&up, &no, &m, &m, &one, G, &m, &zero, GG, &m)
         _mirror_upper(GG, m)
         for i in range(mm):
             GG[i] = fo_bf16(fb * G[i] + fc * GG[i])
         # torch.addmm(X, G', X, beta=a): a X + G' X, rounded once
         if rows <= cols:     # (G' X)^T = X^T G' (G' symmetric)
-            sgemm(&no, &no, &cols, &rows, &rows, &one, X, &cols, GG, &m, &zero, P, &cols)
+            _sgemm(&no, &no, &cols, &rows, &rows, &one, X, &cols, GG, &m, &zero, P, &cols)
         else:                # G' X^T (BLAS's X) for the transposed problem
-            sgemm(&no, &no, &cols, &rows, &cols, &one, GG, &m, X, &cols, &zero, P, &cols)
+            _sgemm(&no, &no, &cols, &rows, &cols, &one, GG, &m, X, &cols, &zero, P, &cols)
         for i in range(n):
             X[i] = fo_bf16(fa * X[i] + P[i])
 
@@ -90,6 +128,10 @@ cdef class MuonBucket(ParamBucket):
     cdef float* _G
     cdef float* _GG
     cdef double* _Xd
+
+    def __cinit__(self, BucketSpec spec not None):
+        # BLAS before anything can run without the GIL (step() calls it in a nogil block)
+        _load_blas()
 
     cdef _allocate(self):
         cdef Py_ssize_t k, n = 1, mm = 1

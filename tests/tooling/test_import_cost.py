@@ -1,8 +1,9 @@
 """``import fastopt`` leaves SciPy's heavy packages alone until something needs them.
 
 ``scipy.optimize`` (the minimizers' results, finite differences) and ``scipy.linalg`` (Muon's
-BLAS, linked into the bucket drivers) cost several times what the rest of ``import fastopt``
-does, so they are imported when a minimizer runs or the first optimizer is built. Each check runs
+BLAS, taken by the bucket drivers when the first Muon bucket is built) cost several times what the
+rest of ``import fastopt`` does, so they are imported when a minimizer runs or the first Muon
+optimizer is built (tests/test_core_lazy_blas.py: no other optimizer imports SciPy). Each check runs
 in a fresh interpreter (this one has imported SciPy long ago), in the folder holding the fastopt
 under test, so that ``python -c`` imports that one and never an unbuilt source folder.
 """
@@ -72,7 +73,7 @@ def test_results_are_scipy_optimize_results():
     assert type(fastopt.minimize_bfgs(quadratic, np.ones(3))) is scipy.optimize.OptimizeResult
 
 
-def test_building_an_optimizer_imports_the_bucket_drivers_and_scipy_linalg():
+def test_building_a_muon_optimizer_imports_scipy_linalg():
     imported = _scipy_modules_after(
         "import numpy as np, fastopt\n"
         "w = np.ones((4, 3), dtype=np.float32)\n"

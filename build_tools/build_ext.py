@@ -97,8 +97,8 @@ def _c_file(pyx, folder):
 def _reuse_generated_c(extensions, folder):
     """Point each extension whose generated C file is current at that file instead of its .pyx.
 
-    pip builds in a fresh isolated environment, so Cython's own .pxd files (``libc/*.pxd``) and
-    SciPy's ``cython_blas.pxd`` are new files at every install: cythonize's timestamp check would
+    pip builds in a fresh isolated environment, so Cython's own .pxd files (``libc/*.pxd``) are
+    new files at every install: cythonize's timestamp check would
     regenerate every module and setuptools recompile them all (minutes), when nothing of fastopt
     changed. A module keeps its C file when that file was written by this Cython version, for this
     module, after every file of the project the module depends on (its .pyx, the .pxd/.pxi it

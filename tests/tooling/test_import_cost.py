@@ -3,7 +3,7 @@
 ``scipy.optimize`` (the minimizers' results, finite differences) and ``scipy.linalg`` (Muon's
 BLAS, taken by the bucket drivers when the first Muon bucket is built) cost several times what the
 rest of ``import fastopt`` does, so they are imported when a minimizer runs or the first Muon
-optimizer is built (tests/test_core_lazy_blas.py: no other optimizer imports SciPy). Each check runs
+optimizer is built (tests/core/test_core_lazy_blas.py: no other optimizer imports SciPy). Each check runs
 in a fresh interpreter (this one has imported SciPy long ago), in the folder holding the fastopt
 under test, so that ``python -c`` imports that one and never an unbuilt source folder.
 """

@@ -57,6 +57,10 @@ def main(rank, out_path):
         model = DDP(make_model())
         train(model, model.parameters(), rank)
         torch.save([p.detach().clone() for p in model.module.parameters()], out_path)
+        # Both ranks reach here before either tears its group down: a rank that destroys its gloo
+        # group while the other still talks to it can abort the other ("terminate called without
+        # an active exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

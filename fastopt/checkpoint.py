@@ -21,12 +21,12 @@ bfloat16 arrays (params, moments kept in bfloat16) are stored as their uint16 bi
 state entry lists its bfloat16 buffers in ``"bfloat16"``; :func:`load` views the bits as the
 optimizer's bfloat16 arrays (``ml_dtypes.bfloat16``, or fastopt's own view of a torch tensor).
 
-:func:`save` writes a temporary file in the target's directory, flushes and fsyncs it, then renames
-it over ``path`` (``os.replace``), so ``path`` always holds either the old or the new checkpoint.
-The final file has the permissions a plain ``open(path, "w")`` would leave: the existing file's, or
-``0o666`` less the umask for a new one. The temporary is created with them (the umask applies), so
-the state it holds is never readable by anyone who cannot read ``path``, even when a killed save
-leaves it behind.
+:func:`save` writes through ``fastopt/_atomic_file.py``: a temporary file in the target's
+directory, flushed and fsynced, then renamed over ``path`` (``os.replace``), so ``path`` always
+holds either the old or the new checkpoint. The final file has the permissions a plain
+``open(path, "w")`` would leave: the existing file's, or ``0o666`` less the umask for a new one. The
+temporary is created with them (the umask applies), so the state it holds is never readable by
+anyone who cannot read ``path``, even when a killed save leaves it behind.
 
 A save killed mid-write (a preempted job) leaves its temporary file behind. The temporaries of a
 target are named ``.<name>.<crc32 of name>.<16 random hex digits>.fastopt.tmp``, and each save holds
@@ -42,27 +42,16 @@ import json
 import math
 import numbers
 import os
-import re
-import secrets
-import time
-import zlib
 
 import numpy as np
 
-from . import _dtypes
-
-try:
-    import fcntl
-except ImportError:   # Windows
-    fcntl = None
+from . import _atomic_file, _dtypes
+# what save calls first (a name of this module, so that tests can watch it)
+from ._atomic_file import remove_stale_temporaries
 
 FORMAT = "fastopt-checkpoint"
 VERSION = 1
 META_KEY = "__fastopt__"
-TEMP_SUFFIX = ".fastopt.tmp"
-#: Without fcntl, a temporary file untouched for this long is abandoned (a live save keeps writing).
-UNLOCKED_STALE_SECONDS = 600
-_OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 __all__ = ["save", "load"]
 
@@ -160,38 +149,8 @@ def save(optimizer, path, *, params=False):
             arrays[f"param.{i}"] = _storable(p).copy()
     arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
 
-    directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(path)
-    fd, tmp = _create_temporary(path, _mode_of(path))
-    try:
-        with open(fd, "wb", closefd=False) as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(fd)
-        _keep_mode_of(path, fd)
-        if fcntl is None:      # Windows cannot rename a file that is still open
-            os.close(fd)
-            fd = None
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)      # releases the lock, now on the renamed file
-    try:   # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    _atomic_file.replace_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def _dtype_name(array):
@@ -213,103 +172,6 @@ def _bf16_like(bits, like):
     if type(like) is _dtypes.BF16Array or _dtypes.bf16_dtype() is None:
         return bits.view(_dtypes.BF16Array)
     return bits.view(_dtypes.bf16_dtype())
-
-
-def _temporary_prefix(path):
-    """``.<name>.<crc32 of name>.``: the start of every temporary file name of target ``path``."""
-    name = os.path.basename(os.path.abspath(path))
-    return f".{name[:80]}.{zlib.crc32(os.fsencode(name)):08x}."
-
-
-def _mode_of(path):
-    """The permission bits the checkpoint at ``path`` ends up with: the existing file's, or 0o666
-    (less the umask, which ``os.open`` applies) for a new one."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except OSError:
-        return 0o666
-
-
-def _create_temporary(path, mode):
-    """Create with permission bits ``mode`` (under the umask) and lock this save's temporary file
-    beside ``path``; returns ``(fd, name)``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = _temporary_prefix(path)
-    while True:
-        name = os.path.join(directory, prefix + secrets.token_hex(8) + TEMP_SUFFIX)
-        # Created with the target's mode, never a wider one: a save killed mid-write leaves the
-        # state behind in this file until the next save of the target removes it.
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, mode)
-        if fcntl is None:
-            return fd, name
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            # Between creating and locking, another save's cleanup may have taken the free lock and
-            # removed the file: then start again with a new one.
-            if os.path.samestat(os.fstat(fd), os.stat(name)):
-                return fd, name
-        except FileNotFoundError:
-            pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
-def remove_stale_temporaries(path):
-    """Remove the temporary files that killed saves of ``path`` left behind.
-
-    Only files named as :func:`save` names the temporaries of this target are considered, and of
-    those only the ones whose lock can be taken: a save in progress holds its own. Returns the
-    number of files removed.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    pattern = re.compile(re.escape(_temporary_prefix(path)) + r"[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"\Z")
-    try:
-        with os.scandir(directory) as entries:
-            candidates = [e.path for e in entries if pattern.match(e.name) and e.is_file(follow_symlinks=False)]
-    except OSError:
-        return 0
-    return sum(_remove_if_abandoned(name) for name in candidates)
-
-
-def _remove_if_abandoned(name):
-    """Remove the temporary file ``name`` if no live save holds it; True if removed."""
-    if fcntl is None:
-        try:
-            if time.time() - os.stat(name).st_mtime < UNLOCKED_STALE_SECONDS:
-                return False
-            os.remove(name)       # Windows refuses while a save has the file open
-            return True
-        except OSError:
-            return False
-    try:
-        fd = os.open(name, os.O_RDONLY | _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if not os.path.samestat(os.fstat(fd), os.stat(name)):
-            return False
-        os.remove(name)
-        return True
-    except OSError:           # held by a live save, or already gone
-        return False
-    finally:
-        os.close(fd)
-
-
-def _keep_mode_of(path, fd):
-    """Give the temporary file the mode of the file it replaces, as writing into it would keep.
-
-    The temporary was created with that mode, but under the umask, which may have cleared some of
-    its bits (or the target's mode changed during the save)."""
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except OSError:
-        return                 # a new file: 0o666 under the umask, from os.open
-    if hasattr(os, "fchmod") and os.fstat(fd).st_mode & 0o777 != mode:
-        os.fchmod(fd, mode)
 
 
 def _read(path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import checkpoint
+from fastopt import _atomic_file, checkpoint
 from fastopt.checkpoint import load, save
 from reference import fingerprint
 
@@ -261,7 +261,7 @@ while True:
 
 
 def _temporaries(directory):
-    return sorted(name for name in os.listdir(directory) if name.endswith(checkpoint.TEMP_SUFFIX))
+    return sorted(name for name in os.listdir(directory) if name.endswith(_atomic_file.TEMP_SUFFIX))
 
 
 def test_saves_killed_mid_write_leave_a_loadable_file_and_no_pile_of_temporaries(tmp_path):
@@ -299,10 +299,10 @@ def test_saves_killed_mid_write_leave_a_loadable_file_and_no_pile_of_temporaries
 def test_cleanup_spares_live_saves_other_targets_and_other_files(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     path = tmp_path / "a.npz"
-    stale = str(tmp_path / (checkpoint._temporary_prefix(str(path)) + "0" * 16 + checkpoint.TEMP_SUFFIX))
-    live = str(tmp_path / (checkpoint._temporary_prefix(str(path)) + "1" * 16 + checkpoint.TEMP_SUFFIX))
-    other_target = str(tmp_path / (checkpoint._temporary_prefix(str(tmp_path / "b.npz")) + "2" * 16
-                                   + checkpoint.TEMP_SUFFIX))
+    stale = str(tmp_path / (_atomic_file.temporary_prefix(str(path)) + "0" * 16 + _atomic_file.TEMP_SUFFIX))
+    live = str(tmp_path / (_atomic_file.temporary_prefix(str(path)) + "1" * 16 + _atomic_file.TEMP_SUFFIX))
+    other_target = str(tmp_path / (_atomic_file.temporary_prefix(str(tmp_path / "b.npz")) + "2" * 16
+                                   + _atomic_file.TEMP_SUFFIX))
     unrelated = [str(tmp_path / n) for n in (".fastopt-legacy.tmp", ".a.npz.zzz.fastopt.tmp", "a.npz.bak")]
     for name in [stale, live, other_target] + unrelated:
         with open(name, "wb") as f:
@@ -320,10 +320,10 @@ def test_cleanup_spares_live_saves_other_targets_and_other_files(tmp_path):
 
 
 def test_cleanup_without_fcntl_removes_only_old_temporaries(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "fcntl", None)
+    monkeypatch.setattr(_atomic_file, "fcntl", None)
     path = tmp_path / "a.npz"
-    prefix = checkpoint._temporary_prefix(str(path))
-    old, recent = (str(tmp_path / (prefix + c * 16 + checkpoint.TEMP_SUFFIX)) for c in "ab")
+    prefix = _atomic_file.temporary_prefix(str(path))
+    old, recent = (str(tmp_path / (prefix + c * 16 + _atomic_file.TEMP_SUFFIX)) for c in "ab")
     for name in (old, recent):
         with open(name, "wb") as f:
             f.write(b"partial")

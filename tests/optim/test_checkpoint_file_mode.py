@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import checkpoint
+from fastopt import _atomic_file, checkpoint
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits and SIGKILL")
 
 
 def _temporaries(directory):
     return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                  if name.endswith(checkpoint.TEMP_SUFFIX))
+                  if name.endswith(_atomic_file.TEMP_SUFFIX))
 
 
 def _mode(path):

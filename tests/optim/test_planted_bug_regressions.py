@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt import checkpoint
+from fastopt import _atomic_file, checkpoint
 from reference import RefOptimizer
 
 
@@ -370,7 +370,7 @@ def test_torch_non_contiguous_grad_is_refused_and_changes_nothing(layout):
 # ----------------------------------------------------------------------------------------------
 
 def _temporaries(path):
-    prefix = checkpoint._temporary_prefix(str(path))
+    prefix = _atomic_file.temporary_prefix(str(path))
     return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(prefix))
 
 
@@ -381,14 +381,14 @@ def _optimizer(value):
     return opt, param
 
 
-@pytest.mark.skipif(checkpoint.fcntl is None, reason="saves lock their temporaries with flock")
+@pytest.mark.skipif(_atomic_file.fcntl is None, reason="saves lock their temporaries with flock")
 def test_cleanup_while_a_save_writes_keeps_its_temporary(tmp_path, monkeypatch):
     """While save A is writing its temporary file (it holds the file's lock), another save's
     cleanup runs -- forced at exactly that moment by a hook on the write, not by timing. The
     cleanup must leave A's temporary alone (it can take no lock on it), so A's rename succeeds and
     the target holds A's checkpoint; an abandoned temporary (no lock) is still removed."""
     path = tmp_path / "opt.ckpt"
-    abandoned = tmp_path / (checkpoint._temporary_prefix(str(path)) + "0" * 16 + checkpoint.TEMP_SUFFIX)
+    abandoned = tmp_path / (_atomic_file.temporary_prefix(str(path)) + "0" * 16 + _atomic_file.TEMP_SUFFIX)
     abandoned.write_bytes(b"left by a killed save")
     real_savez = np.savez
     real_remove = checkpoint.remove_stale_temporaries
@@ -420,7 +420,7 @@ def test_cleanup_while_a_save_writes_keeps_its_temporary(tmp_path, monkeypatch):
     np.testing.assert_array_equal(restored.state[0]["exp_avg"], opt_a.state[0]["exp_avg"])
 
 
-@pytest.mark.skipif(checkpoint.fcntl is None, reason="saves lock their temporaries with flock")
+@pytest.mark.skipif(_atomic_file.fcntl is None, reason="saves lock their temporaries with flock")
 def test_two_threads_saving_to_one_path_while_one_cleans(tmp_path, monkeypatch):
     """Two threads save to the same path; the second starts (and runs its cleanup) while the first
     is in the middle of writing, then finishes first. Ordered with events, not sleeps. Both saves

@@ -9,6 +9,7 @@ from fastopt._core._kernel_api cimport ST_F32, ST_F64, ST_BF16, ST_F16
 import numpy as np
 
 from fastopt._core._bf16 import BF16Array
+from fastopt._core._storage import NAMES as STORAGE_NAMES
 
 cnp.import_array()
 
@@ -33,13 +34,7 @@ cdef int storage_code(cnp.ndarray a) noexcept:
 
 cdef str storage_name(int storage):
     """The dtype name of a storage code, for messages (a BF16Array's dtype says uint16)."""
-    if storage == ST_F32:
-        return "float32"
-    if storage == ST_F64:
-        return "float64"
-    if storage == ST_BF16:
-        return "bfloat16"
-    return "float16"
+    return STORAGE_NAMES[storage]
 
 
 cdef object as_array(object obj, str what):

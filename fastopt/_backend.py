@@ -203,7 +203,7 @@ def build_info():
         "threads": "fastopt pool" if _threads.has_threads() else "none",
         "cflags": list(_build_config.CFLAGS),
         "variant_cflags": dict(_build_config.VARIANT_CFLAGS).get(VARIANT, []),
-        # added for fastopt.minimize._lbfgs only (FMA contraction, wide vectors); see setup.py
+        # added for fastopt.minimize._lbfgs only (FMA contraction, wide vectors); see build_tools/flags.py
         "lbfgs_cflags": list(_build_config.LBFGS_CFLAGS),
         "num_threads": _threads.get_num_threads(),
     }

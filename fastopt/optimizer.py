@@ -1,6 +1,6 @@
 """The ``Optimizer`` base class: param groups, state arenas, ``step``, ``state_dict``.
 
-Everything here is generic: an optimizer class (``fastopt.Adam``, built by ``_classes.py``) only
+Everything here is generic: an optimizer class (``fastopt.Adam``, built by ``_factory.py``) only
 names its declaration (``fastopt/algorithms``), whose hyperparameters, constraints, rules and state
 this class reads. The state lives in per-(group, dtype) arenas inside
 :class:`fastopt._core._bucket.ParamBucket`, which runs the declared algorithm's compiled kernel.
@@ -155,7 +155,7 @@ class Optimizer:
         views of the optimizer's memory (a copy is in :meth:`state_dict`).
     """
 
-    #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _classes.py.
+    #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _factory.py.
     algorithm = None
 
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,

@@ -9,8 +9,8 @@ one declaration
   hyperparameters (filled from a dict *by field name*), a per-array prologue, and one straight-line
   element loop per combination of the algorithm's switches and per dtype;
 * fastopt builds the NumPy class (``fastopt.Adam``), its docstring, its group checks and its
-  ``state_dict`` layout (``fastopt/_classes.py``), and the ``torch.optim.Optimizer`` subclass of
-  ``fastopt.torch``.
+  ``state_dict`` layout, and the ``torch.optim.Optimizer`` subclass of ``fastopt.torch``
+  (both classes made by ``fastopt/_factory.py``).
 
 This module must stay importable on its own (the build loads this package by path, before
 anything is compiled): it imports nothing from fastopt outside ``fastopt.algorithms``.

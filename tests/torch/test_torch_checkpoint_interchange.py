@@ -123,7 +123,6 @@ REQUIRED = {"Adadelta": ("lr", "rho", "eps", "weight_decay"),
             "Adam": _ADAM_LIKE, "AdamW": _ADAM_LIKE, "Adamax": _ADAM_LIKE, "RAdam": _ADAM_LIKE,
             "NAdam": _ADAM_LIKE + ("momentum_decay",),
             "ASGD": ("lr", "lambd", "alpha", "t0", "weight_decay"),
-            "Lion": ("lr", "betas", "weight_decay"),
             "Muon": ("lr", "weight_decay", "momentum", "ns_coefficients", "eps", "ns_steps",
                      "adjust_lr_fn"),
             "RMSprop": ("lr", "alpha", "eps", "weight_decay"),
@@ -175,7 +174,7 @@ def test_a_group_without_one_of_the_algorithms_hyperparameters_is_refused(name):
     """torch fills only the keys it added over the years (foreach, maximize, ...); a checkpoint
     without, say, its eps was not made by this algorithm (or was edited), and is refused naming
     the key instead of running with the default."""
-    assert set(REQUIRED) == {a.name for a in ALGORITHMS if a.torch_name} | {"Lion"}
+    assert set(REQUIRED) == {a.name for a in ALGORITHMS if a.torch_name}
     p = _model_param(name)
     opt = getattr(ft, name)([p])
     _step(opt, p, _grads((4, 3), torch.float32, 2, seed=2))

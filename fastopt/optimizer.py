@@ -56,8 +56,9 @@ class ParamGroup(dict):
     December 2026), so a step re-checks a group only after one of its entries has been assigned
     (as an LR scheduler does): ``checked`` holds the :data:`Checked` hyperparameters of the last
     check (None: check again). ``fastopt.torch`` keeps its torch-side groups in this class too, and
-    ``pushed`` says that the group's values were copied into its fastopt group since it was
-    last modified. Mutable values are stored as tuples so they cannot change behind its back.
+    ``pushed`` is the fastopt group the group's values were last copied into, since it was last
+    modified (None: copy them again). Mutable values are stored as tuples so they cannot change
+    behind its back.
     """
 
     __slots__ = ("checked", "pushed")
@@ -68,7 +69,7 @@ class ParamGroup(dict):
 
     def _modified(self):
         self.checked = None
-        self.pushed = False
+        self.pushed = None
 
     def __setitem__(self, key, value):
         self._modified()
@@ -104,6 +105,17 @@ class ParamGroup(dict):
 
     def __reduce__(self):
         return (dict, (dict(self),))
+
+
+def _checked_step(value, where):
+    """A step count as an int: a whole number in [0, 2**53] (a 1-element array is taken as its
+    item); ValueError naming ``where`` otherwise."""
+    step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
+    if isinstance(step, (bool, np.bool_)) \
+            or not isinstance(step, (int, float, np.integer, np.floating)) \
+            or not float(step).is_integer() or not 0 <= step <= _MAX_STEP:
+        raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
+    return int(step)
 
 
 class Optimizer:
@@ -180,6 +192,7 @@ class Optimizer:
         self._params = []           # all params, in index order
         self._lock = threading.Lock()
         self._fast = None
+        self._slots = None          # param index -> (bucket, position): built on first use
         if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
             raise TypeError(
                 "params must be an iterable of arrays or of dicts (param groups), "
@@ -247,6 +260,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
+        self._slots = None
         # (param count, compiled step) for step()'s fast path: one group of one dtype only.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
         self._fast = (only.n_arrays, only.step) if only is not None else None
@@ -542,6 +556,35 @@ class Optimizer:
                     entry[name] = view.copy() if copy else view
         return entry
 
+    def _slot(self, index):
+        """(bucket, position in bucket) of param ``index``."""
+        if self._slots is None:
+            self._slots = {i: (bucket, k) for i, bucket, k in self._iter_param_slots()}
+        return self._slots[index]
+
+    def has_state(self, index):
+        """Whether param ``index`` has state yet (torch.optim creates it at the first step)."""
+        return self._has_state(*self._slot(index))
+
+    def param_state(self, index, copy=False):
+        """The state of param ``index``: ``{"step": int, <buffer name>: ndarray}``, or ``{}``
+        before its first step. The arrays are views of the optimizer's memory (copies with
+        ``copy=True``), as in :attr:`state`, which builds this for every param."""
+        bucket, k = self._slot(index)
+        return self._param_state(bucket, k, copy) if self._has_state(bucket, k) else {}
+
+    @_exclusive
+    def set_step(self, index, step):
+        """Set the step count of param ``index``, which has state (a whole number in
+        [0, 2**53], as :meth:`load_state_dict` takes it)."""
+        if not self._has_step:
+            raise ValueError(f"{type(self).__name__} keeps no step count")
+        bucket, k = self._slot(index)
+        if not self._has_state(bucket, k):
+            raise ValueError(f"param {index} has no state yet: its step count is set with the "
+                             "rest of its state (load_state_dict)")
+        bucket.steps[k] = _checked_step(step, f"the step of param {index}")
+
     @property
     def state(self):
         out = {}
@@ -648,12 +691,7 @@ class Optimizer:
             for name, value in entry.items():
                 where = f"state_dict['state'][{key}][{name!r}]"
                 if name == "step":
-                    step = value.item() if isinstance(value, np.ndarray) and value.size == 1 else value
-                    if isinstance(step, (bool, np.bool_)) \
-                            or not isinstance(step, (int, float, np.integer, np.floating)) \
-                            or not float(step).is_integer() or not 0 <= step <= _MAX_STEP:
-                        raise ValueError(f"{where} must be a whole number in [0, 2**53], got {value!r}")
-                    checked["step"] = int(step)
+                    checked["step"] = _checked_step(value, where)
                     continue
                 if name in scalar_names and isinstance(value, numbers.Real) \
                         and not isinstance(value, (bool, np.bool_)):

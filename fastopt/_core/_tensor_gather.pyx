@@ -4,12 +4,15 @@
 # This module never imports torch: the adapter hands it torch's own unbound methods and attribute
 # descriptors.
 #
-# Per param and step: its ``.grad``; for a gradient, its data pointer, dtype, shape, contiguity
-# and negative bit, each one call of torch's C API (these calls bound what a step of many small
-# tensors can save). Anything unusual -- a param whose memory moved, a
-# gradient of another kind, dtype, shape or layout, or one torch cannot describe this way -- makes
-# gather() return None, and the adapter's precise (slower) checks raise with a message that names
-# the param.
+# Per param and step: that it is still the param at its place in its group's ``params`` list (one
+# pointer comparison: torch.optim lets users and engines such as DeepSpeed replace, add or reorder
+# a group's params between steps), its data pointer and ``.grad``; for a gradient, its data
+# pointer, dtype, shape, contiguity and negative bit, each one call of torch's C API (these calls
+# bound what a step of many small tensors can save). Anything unusual -- a params list that
+# changed, a param whose memory moved, a gradient of another kind, dtype, shape or layout, or one
+# torch cannot describe this way -- makes gather() return None: the adapter then finds what
+# changed and rebuilds what it must, or its precise (slower) checks raise with a message that
+# names the param.
 #
 # The shape, not only the element count: a gradient resized in place (``p.grad.resize_(5, 4)`` on
 # a 4x5 param) or swapped under ``.grad.data`` keeps the count, and a matrix algorithm (Muon,
@@ -113,7 +116,13 @@ cdef class TensorGrads:
     Parameters
     ----------
     params : list of torch.Tensor
-        The params, each once, in the fastopt optimizer's order.
+        The params, each once, in the fastopt optimizer's order: their groups' ``params`` lists
+        one after the other.
+    shards : list of torch.Tensor
+        The tensor whose memory the step updates, per param: the param itself, or the local shard
+        of a DTensor param (then ``api`` names how to read it).
+    lengths : list of int
+        The length of each group's ``params`` list (they add up to ``len(params)``).
     sizes, storages : list of int
         Each param's element count and storage code (ST_*).
     dtypes : list
@@ -122,9 +131,15 @@ cdef class TensorGrads:
         torch's ``Tensor`` and ``Parameter`` types, ``torch.float32``, the unbound ``data_ptr``,
         ``is_contiguous``, ``is_neg`` and ``__len__`` methods of ``torch._C.TensorBase`` and its
         ``grad``, ``dtype``, ``shape``, ``ndim`` and ``nbytes`` attributes (descriptors).
-        Gradients of another type (a subclass) take the adapter's precise path.
+        Gradients of another type (a subclass) take the adapter's precise path. For DTensor
+        params, also ``"DTensor"`` (the type) and ``"local_tensor"`` (the descriptor of a
+        DTensor's local shard): each param's and gradient's shard is read through it.
     """
     cdef list params
+    cdef list shards
+    cdef object sharded_type           # DTensor, for sharded params (else None)
+    cdef _Attribute shard_of
+    cdef list lengths
     cdef list dtypes
     cdef list sizes
     cdef list shapes
@@ -159,12 +174,19 @@ cdef class TensorGrads:
         free(self.first_dims)
         free(self.shape_by_counts)
 
-    def __init__(self, list params, list sizes, list storages, list dtypes, dict api):
+    def __init__(self, list params, list shards, list lengths, list sizes, list storages,
+                 list dtypes, dict api):
         cdef Py_ssize_t i
         self.params = list(params)
+        self.shards = list(shards)
         self.n = len(params)
+        self.sharded_type = api.get("DTensor")
+        self.shard_of = _Attribute(api["local_tensor"]) if self.sharded_type is not None else None
+        if sum(lengths) != self.n:
+            raise ValueError(f"the group lengths {lengths} do not add up to {self.n} params")
+        self.lengths = list(lengths)
         self.sizes = list(sizes)
-        self.shapes = [p.shape for p in params]
+        self.shapes = [t.shape for t in shards]
         self.storages = list(storages)
         self.float32 = api["float32"]
         self.dtypes = list(dtypes)
@@ -179,7 +201,7 @@ cdef class TensorGrads:
         self.ndim_of = _Attribute(api["ndim"])
         self.nbytes_of = _Attribute(api["nbytes"])
         self.first_dim_of = _Length(api["__len__"])
-        self.param_ptrs = [self.data_ptr(p) for p in params]
+        self.param_ptrs = [self.data_ptr(t) for t in shards]
         self.ndims = <long*>malloc((self.n + 1) * sizeof(long))
         self.first_dims = <Py_ssize_t*>malloc((self.n + 1) * sizeof(Py_ssize_t))
         self.shape_by_counts = <bint*>malloc((self.n + 1) * sizeof(bint))
@@ -201,23 +223,44 @@ cdef class TensorGrads:
             return PyObject_RichCompareBool(self.shape_of.of(g), self.shapes[i], Py_EQ)
         return self.ndims[i] == 0 or self.first_dim_of.of(g) == self.first_dims[i]
 
-    def gather(self):
+    def gather(self, list lists):
         """The gradients as GradPointers (with ``updated``: the params that have one), or None when
-        a param or gradient needs the adapter's precise checks."""
+        ``lists`` (the groups' current ``params`` lists) no longer hold exactly these params, or a
+        param or gradient needs the adapter's precise checks."""
         cdef GradPointers out = GradPointers(self.n, self.sizes)
-        cdef Py_ssize_t i, size, nbytes
+        cdef Py_ssize_t i, size, nbytes, group, start = 0, end = 0
         cdef int storage
-        cdef object p, g, dtype
+        cdef object p, t, g, dtype, group_params = None
+        cdef object sharded_type = self.sharded_type
         cdef list updated = out.updated
         data_ptr = self.data_ptr
         cdef object tensor_type = self.tensor_type, parameter_type = self.parameter_type
+        if len(lists) != len(self.lengths):
+            return None
+        for group in range(len(lists)):
+            group_params = lists[group]
+            if type(group_params) is not list or len(<list>group_params) != self.lengths[group]:
+                return None
+        group = -1
         for i in range(self.n):
+            while i == end:                      # the first param of the next (non-empty) group
+                group += 1
+                group_params = lists[group]
+                start = end
+                end += len(<list>group_params)
             p = self.params[i]
-            if data_ptr(p) != self.param_ptrs[i]:
+            if (<list>group_params)[i - start] is not p:
+                return None                      # replaced in its group's list since the build
+            t = p if sharded_type is None else self.shard_of.of(p)
+            if data_ptr(t) != self.param_ptrs[i]:
                 return None                      # p.data = ... since the optimizer was built
             g = self.grad_of.of(p) if type(p) is parameter_type or type(p) is tensor_type else p.grad
             if g is None:
                 continue
+            if sharded_type is not None:
+                if type(g) is not sharded_type:
+                    return None
+                g = self.shard_of.of(g)
             if type(g) is not tensor_type and type(g) is not parameter_type:
                 return None
             dtype = self.dtype_of.of(g)
@@ -239,5 +282,5 @@ cdef class TensorGrads:
             except RuntimeError:                 # e.g. a sparse gradient has no strides, no nbytes
                 return None
             out.data[i] = <char*>PyLong_AsVoidPtr(data_ptr(g)) if size else &_empty_gradient
-            updated.append(p)
+            updated.append(t)
         return out

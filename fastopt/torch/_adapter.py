@@ -1,53 +1,23 @@
 """The adapter class behind ``fastopt.torch``: a ``torch.optim.Optimizer`` around a fastopt optimizer
 over zero-copy views of the params (see the package docstring), and the factory of its subclasses."""
-from collections import Counter, defaultdict
-
-import torch
+import re
 
 import numpy as np
+import torch
 
-from .. import _dtypes
 from .. import _validation as V
 from .. import _factory
-from .._core._tensor_gather import TensorGrads as _TensorGrads
 from ..algorithms._spec import identifiers
 from ..optimizer import ParamGroup as _ParamGroup
 from . import _compat as _torch_compat
+from ._runner import Runner, config_key, unique as _unique
+from ._state import ParamState, State
+from ._tensors import as_numpy, as_tensor, like_param, local, tensor_problem, torch_dtype
 
 # torch's private names (each with its fallback) are read in fastopt/torch/_compat.py only.
-_TORCH_API = _torch_compat.TENSOR_API
 _increment_version = _torch_compat.increment_version
 _scalar_dtype = _torch_compat.scalar_dtype
 _needs_hooked_step = _torch_compat.needs_hooked_step
-
-_SUPPORTED = ("dense (strided), contiguous CPU tensors of dtype float32, float64, float16 or "
-              "bfloat16 (gradients: their param's dtype, or float32 for a float16/bfloat16 param)")
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _torch_dtype(dtype):
-    """The torch dtype of a NumPy dtype fastopt keeps state in (bfloat16: ml_dtypes' or the uint16
-    bits of a BF16Array)."""
-    if dtype.name == "bfloat16" or dtype == np.uint16:
-        return torch.bfloat16
-    return {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype.name]
-
-
-def _as_numpy(t):
-    """A zero-copy NumPy view of a CPU tensor; bfloat16 as a BF16Array (its bits as uint16), as
-    NumPy has no bfloat16 of its own."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16).view(_dtypes.BF16Array)
-    return t.numpy()
-
-
-def _as_tensor(a):
-    """A tensor sharing ``a``'s memory (the inverse of _as_numpy)."""
-    if type(a) is _dtypes.BF16Array or a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(a)
 
 
 def _plain(value, name, where=None):
@@ -147,35 +117,16 @@ def _torch_words(algorithm, group, error):
     return None
 
 
-def _tensor_problem(t, what, like=None, shape_error=ValueError):
-    """Why ``t`` cannot be used (an exception instance), or None; a shape unlike ``like``'s is a
-    ``shape_error``."""
-    if not isinstance(t, torch.Tensor):
-        return TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        return TypeError(f"{what} is on device {t.device}; fastopt.torch supports {_SUPPORTED}")
-    if t.layout != torch.strided:
-        return TypeError(
-            f"{what} has layout {t.layout} (sparse tensors, e.g. from nn.Embedding(sparse=True), "
-            f"are not supported); fastopt.torch supports {_SUPPORTED}")
-    if t.dtype not in _DTYPES:
-        return TypeError(f"{what} has dtype {t.dtype}; fastopt.torch supports {_SUPPORTED}")
-    if like is not None:
-        if t.dtype != like.dtype and not (like.dtype in _HALF and t.dtype == torch.float32):
-            return TypeError(f"{what} has dtype {t.dtype}, but its param has dtype {like.dtype}")
-        if t.shape != like.shape:
-            return shape_error(f"{what} has shape {tuple(t.shape)}, but its param has shape {tuple(like.shape)}")
-    if not t.is_contiguous():
-        return ValueError(
-            f"{what} is not contiguous (strides {t.stride()}); fastopt.torch updates memory in place "
-            f"and never copies: it supports {_SUPPORTED}")
-    if t.is_conj() or t.is_neg():
-        return ValueError(f"{what} has a lazy conj/neg bit; call .resolve_conj()/.resolve_neg() first")
-    return None
-
-
 class _Adapter(torch.optim.Optimizer):
-    """Base class: a torch optimizer whose step runs a fastopt optimizer over NumPy views."""
+    """Base class: a torch optimizer whose step runs a fastopt optimizer over NumPy views.
+
+    torch.optim's whole contract holds: between steps, a group's params may be replaced, added,
+    removed or reordered, ``param_groups`` reassigned (DeepSpeed sets it to one group before each
+    step), params given new memory (``p.data = ...``), and ``state`` read and written as torch's
+    dict. Each configuration of the groups gets a :class:`Runner` (a fastopt optimizer over views
+    of its params), found again when the configuration comes back; a param's state lives in the
+    runner that last stepped it, or, detached, in a plain dict until a runner takes it in.
+    """
 
     #: fastopt class that does the work.
     _fastopt_cls = None
@@ -184,17 +135,24 @@ class _Adapter(torch.optim.Optimizer):
 
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
                  state_dtype=None, stochastic_rounding=False, seed=None):
-        self._fo = None
+        self._runner = None          # the runner of the configuration last stepped
+        self._runners = {}           # configuration key -> Runner
+        self._owner = {}             # id(param) -> the Runner holding its state
+        self._detached_state = {}    # id(param) -> (param, torch-format state dict)
         # torch.optim builds Adafactor and Muon over complex params and refuses them at step():
         # the error each step raises, as torch's does (None: nothing refused)
         self._refused_at_step = None
         self._skip_nonfinite = skip_nonfinite
+        self._grad_norm = None
+        self._found_inf = False
+        self._skipped_steps = 0
         stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
+        # one seed for every runner (drawn once when not given), so a resumed run rounds alike
         self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
-                               stochastic_rounding=stochastic_rounding, seed=seed)
+                               stochastic_rounding=stochastic_rounding, seed=V.check_seed(seed))
         self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
         super().__init__(params, defaults)
-        self._build()
+        self._activate(self.param_groups)
 
     def _check_defaults(self, defaults):
         """torch.optim's constructor checks, then fastopt's (with torch's error types)."""
@@ -233,18 +191,21 @@ class _Adapter(torch.optim.Optimizer):
         if group.get("differentiable", False):
             raise ValueError(f"{where}: differentiable=True is not supported by fastopt.torch")
 
-    def _fo_group(self, group, params, g):
-        out = {key: _plain(group[key], key, f"param group {g}") for key in self._keys}
-        out["params"] = [_as_numpy(p) if not self._refuses_at_step(p) else
-                         np.zeros(p.shape, dtype=np.float32)   # never stepped: step() raises
-                         for p in _unique(params)]
-        return out
-
     def _refuses_at_step(self, p):
         """Whether ``p`` is a param this algorithm takes at construction and refuses at step(),
         as torch.optim does (complex params of Adafactor and Muon)."""
         return (self._fastopt_cls.algorithm.torch_rejects_complex and isinstance(p, torch.Tensor)
                 and p.is_complex())
+
+    def _check_param(self, p, what):
+        """Raise the error that says why param ``p`` cannot be stepped, if any."""
+        if self._refuses_at_step(p):
+            return
+        problem = tensor_problem(local(p) if isinstance(p, torch.Tensor) else p, what)
+        if problem is not None:
+            raise problem
+        if self._precision["stochastic_rounding"] and p.dtype == torch.float16:
+            V.check_stochastic_rounding_target(as_numpy(local(p)), what)
 
     def add_param_group(self, param_group):
         first = sum(len(g["params"]) for g in self.param_groups)
@@ -256,70 +217,186 @@ class _Adapter(torch.optim.Optimizer):
         refused = None
         try:
             self._check_group_flags(group, f"param group {n_groups}")
+            self._fastopt_cls.check_hyperparameters(
+                {key: _plain(group[key], key, f"param group {n_groups}") for key in self._keys})
             algorithm = self._fastopt_cls.algorithm
             for i, p in enumerate(group["params"]):
                 if self._refuses_at_step(p):
                     refused = RuntimeError(f"{algorithm.name} does not support complex parameters")
                     continue
-                what = f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})"
-                problem = _tensor_problem(p, what)
-                if problem is not None:
-                    raise problem
-                if self._precision["stochastic_rounding"] and p.dtype == torch.float16:
-                    V.check_stochastic_rounding_target(_as_numpy(p), what)
-            if self._fo is not None:
-                self._fo.add_param_group(self._fo_group(group, group["params"], n_groups))
-                self._sync_params()
+                self._check_param(p, f"param {first + i} (group {n_groups}, shape {tuple(p.shape)})")
         except Exception:
             del self.param_groups[n_groups:]
             raise
         if refused is not None and self._refused_at_step is None:
             self._refused_at_step = refused
+        # the next step sees the new configuration and builds its runner
 
-    def _build(self):
-        groups = [self._fo_group(group, group["params"], g) for g, group in enumerate(self.param_groups)]
-        self._fo = self._make_fastopt(groups)
-        self._sync_params()
+    def _fo_group(self, group, params, g):
+        out = {key: _plain(group[key], key, f"param group {g}") for key in self._keys}
+        out["params"] = [as_numpy(local(p)) if not self._refuses_at_step(p) else
+                         np.zeros(p.shape, dtype=np.float32)   # never stepped: step() raises
+                         for p in _unique(params)]
+        return out
 
     def _make_fastopt(self, groups):
         return self._fastopt_cls(groups, skip_nonfinite=self._skip_nonfinite, **self._precision)
 
-    def _sync_params(self):
-        # fastopt holds each param once; torch updates a param listed twice in a group twice (it
-        # warns), which _step repeats for it.
-        self._params = [p for g in self.param_groups for p in _unique(g["params"])]
-        self._ptrs = [p.data_ptr() for p in self._params]
-        self._group_sizes = [len(g["params"]) for g in self.param_groups]
-        counts = Counter(id(p) for g in self.param_groups for p in g["params"])
-        self._repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(self._params)
-                         if counts[id(p)] > 1]
-        arrays = self._fo.params
-        self._tensor_grads = _TensorGrads(
-            self._params, [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
-            [p.dtype for p in self._params], _TORCH_API)
+    # ------------------------------------------------------------------------------------------
+    # Runners: one per configuration of param_groups
+    # ------------------------------------------------------------------------------------------
+
+    def _activate(self, groups):
+        """The runner of ``groups`` (their configuration now), built if it is new or its params'
+        memory moved, carrying every param's state over."""
+        key = config_key(groups)
+        runner = self._runners.get(key)
+        if runner is None or not runner.same_memory():
+            runner = self._build_runner(groups, key)
+        self._runner = runner
+        return runner
+
+    def _new_runner(self, groups, key):
+        """A runner over ``groups`` with no state, after checking every group and param."""
+        params = []
+        seen = set()
+        for g, group in enumerate(groups):
+            if not isinstance(group, dict):
+                raise TypeError(f"param_groups[{g}] must be a dict, got {type(group).__name__}")
+            self._check_group_flags(group, f"param_groups[{g}]")
+            missing = [k for k in self._keys if k not in group]
+            if missing:
+                raise ValueError(f"param_groups[{g}] has no {', '.join(map(repr, missing))}")
+            group_seen = set()
+            for i, p in enumerate(group["params"]):
+                if id(p) in group_seen:
+                    continue
+                if id(p) in seen:
+                    raise ValueError(f"param_groups[{g}]['params'][{i}] is also in another group: "
+                                     "some parameters appear in more than one parameter group")
+                group_seen.add(id(p))
+                self._check_param(p, f"param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})")
+                params.append(p)
+            seen |= group_seen
+        fo = self._make_fastopt([self._fo_group(group, group["params"], g)
+                                 for g, group in enumerate(groups)])
+        shards = [local(p) for p in params]
+        return Runner(key, groups, fo, params, shards)
+
+    def _build_runner(self, groups, key):
+        """Build, fill and register the runner of ``groups``: each param's state comes from the
+        runner holding it (retired then, its other params' state detached) or from the detached
+        state. Everything is checked before anything changes: on an error, all stays as it was."""
+        runner = self._new_runner(groups, key)
+        fo = runner.fo
+        states = {}
+        donors = set()
+        kept = None
+        for i, p in enumerate(runner.params):
+            owner = self._owner.get(id(p))
+            if owner is not None:
+                entry = owner.fo.param_state(owner.index[id(p)])   # views: copied by the load
+                donors.add(owner)
+            elif id(p) in self._detached_state:
+                kept = kept or fo.kept_dtypes()
+                entry = self._fo_entry(self._detached_state[id(p)][1], kept, i)
+            else:
+                continue
+            if entry:
+                states[i] = entry
+        if states:
+            try:
+                fo.load_state_dict({"state": states,
+                                    "param_groups": fo.state_dict()["param_groups"]})
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(self._kept_state_message(runner, groups, exc)) from None
+        for donor in donors:
+            self._retire(donor)
+        for p in runner.params:
+            self._detached_state.pop(id(p), None)
+            self._owner[id(p)] = runner
+        self._runners[key] = runner
+        return runner
+
+    def _kept_state_message(self, runner, groups, exc):
+        """``exc`` (fastopt's refusal of a param's kept state) in the terms of ``groups``."""
+        where = {}
+        for g, group in enumerate(groups):
+            for j, p in enumerate(group["params"]):
+                where.setdefault(id(p), f"param_groups[{g}]['params'][{j}] (shape {tuple(p.shape)})")
+
+        def name(match):
+            return "the state of " + where[id(runner.params[int(match.group(1))])]
+        text = re.sub(r"state_dict\['state'\]\[(\d+)\]", name, str(exc))
+        return (f"{text}. The optimizer keeps a param's state across changes of its param groups "
+                "and memory, and this state no longer fits its param (was the param resized or "
+                "given another dtype?); nothing was stepped or dropped: restore the param, or "
+                "`del optimizer.state[param]` to start its state afresh")
+
+    def _retire(self, runner):
+        """Unregister ``runner``: the state of its params becomes detached state (tensors that
+        share its arenas' memory, so nothing is copied until a runner takes them in)."""
+        for i, p in enumerate(runner.params):
+            if self._owner.get(id(p)) is not runner:
+                continue
+            del self._owner[id(p)]
+            entry = runner.fo.param_state(i)
+            if entry:
+                self._detached_state[id(p)] = (p, self._torch_entry(p, entry))
+        self._runners.pop(runner.key, None)
+        if self._runner is runner:
+            self._runner = None
+
+    def _torch_entry(self, p, entry, copy=False):
+        """A fastopt state entry (``{"step": int, name: ndarray}``) in torch's format."""
+        out = {}
+        for name, value in entry.items():
+            if name == "step":
+                out[name] = torch.tensor(float(value), dtype=_scalar_dtype())
+            else:
+                out[name] = like_param(as_tensor(value.copy() if copy else value), p)
+        return out
+
+    def _fo_entry(self, entry, kept, index):
+        """A torch-format state entry as fastopt's, floating-point tensors in the dtype fastopt
+        keeps them in (``kept``, from ``kept_dtypes()``) as torch's load casts them."""
+        out = {}
+        for name, value in entry.items():
+            if value is None:
+                continue
+            if name == "step":
+                one = isinstance(value, torch.Tensor) and value.numel() == 1
+                out[name] = value.item() if one else value
+            elif isinstance(value, torch.Tensor):
+                value = local(value).detach()
+                if value.is_floating_point() and value.dtype in (torch.float32, torch.float64,
+                                                                 torch.float16, torch.bfloat16):
+                    value = value.to(torch_dtype(kept(index, name)))
+                problem = tensor_problem(value, f"state '{name}' of param {index}")
+                if problem is not None and not isinstance(problem, ValueError):
+                    raise problem
+                out[name] = as_numpy(value.contiguous())
+            else:
+                out[name] = value
+        return out
 
     # ------------------------------------------------------------------------------------------
     # Step
     # ------------------------------------------------------------------------------------------
 
-    def _push_hyperparameters(self):
-        fo_groups = self._fo.param_groups
-        groups = self.param_groups
-        if len(groups) != len(fo_groups):
-            raise RuntimeError("param_groups was resized by hand; use add_param_group")
+    def _push_hyperparameters(self, runner, groups):
         keys = self._keys
-        for g, (tg, fg, size) in enumerate(zip(groups, fo_groups, self._group_sizes)):
-            if len(tg["params"]) != size:
-                raise RuntimeError(
-                    f"param_groups[{g}]['params'] was changed by hand; use add_param_group, or build "
-                    "a new optimizer")
-            if type(tg) is _ParamGroup and tg.pushed:
-                continue    # unchanged since it was last pushed
+        for g, (tg, fg) in enumerate(zip(groups, runner.fo.param_groups)):
+            if type(tg) is _ParamGroup and tg.pushed is fg:
+                continue    # unchanged since it was last pushed into this fastopt group
             if tg.get("capturable", False) or tg.get("differentiable", False):
                 self._check_group_flags(tg, f"param_groups[{g}]")
             tensors = False
             for key in keys:
-                value = tg[key]
+                try:
+                    value = tg[key]
+                except KeyError:
+                    raise ValueError(f"param_groups[{g}] has no {key!r}") from None
                 current = fg[key]
                 if value is current:
                     continue
@@ -329,57 +406,13 @@ class _Adapter(torch.optim.Optimizer):
                 if value != current or type(value) is not type(current):
                     fg[key] = value   # fastopt re-checks this group at the next step
             if type(tg) is _ParamGroup and not tensors:   # a tensor can change in place: not cached
-                tg.pushed = True
-
-    def _unique_params(self):
-        return [p for g in self.param_groups for p in _unique(g["params"])]
-
-    def _grads(self):
-        grads = []
-        updated = []
-        params = self._params
-        ptrs = self._ptrs
-        try:
-            for p in params:
-                g = p.grad
-                if g is None:
-                    grads.append(None)
-                else:
-                    grads.append(_as_numpy(g))
-                    updated.append(p)
-        except (TypeError, RuntimeError):
-            grads, updated = self._grads_slow()
-        for i, p in enumerate(params):
-            if p.data_ptr() != ptrs[i]:
-                raise RuntimeError(
-                    f"param {i} (shape {tuple(p.shape)}) now uses different memory than when the "
-                    "optimizer was built (p.data = ... or set_()?); fastopt.torch updates the "
-                    "original memory in place, so build a new optimizer after replacing params")
-        return grads, updated
-
-    def _grads_slow(self):
-        """The gradients, checked one by one with a message that names the bad one."""
-        grads = []
-        updated = []
-        for i, p in enumerate(self._params):
-            g = p.grad
-            if g is None:
-                grads.append(None)
-                continue
-            # torch.optim raises RuntimeError for a gradient shaped unlike its param (even with the
-            # same element count, e.g. after p.grad.resize_ or p.grad.data = ...)
-            problem = _tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})", like=p,
-                                      shape_error=RuntimeError)
-            if problem is not None:
-                raise problem from None    # called while handling the fast path's failure
-            grads.append(_as_numpy(g))
-            updated.append(p)
-        return grads, updated
+                tg.pushed = fg
 
     # Called by torch.optim.Optimizer.__init__/__setstate__ to wrap step() in torch's
     # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
     _patch_step_function = _torch_compat.keep_step_unwrapped
 
+    @_torch_compat.disable_dynamo
     def step(self, closure=None, *, max_norm=None, norm_type=2.0):
         """Perform one optimization step (``closure``: reevaluates the model and returns the loss).
 
@@ -388,6 +421,9 @@ class _Adapter(torch.optim.Optimizer):
         update reads them; the ``.grad`` tensors are left unchanged): the result equals
         :func:`fastopt.clip_grad_norm_` on the gradients followed by ``step()``, to the last bit.
         The norm is then in ``grad_norm``.
+
+        Under ``torch.compile``, the step runs eagerly: a compiled training step breaks its graph
+        here (the kernel updates memory in place, outside any graph).
         """
         if _needs_hooked_step(self):
             return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
@@ -396,7 +432,7 @@ class _Adapter(torch.optim.Optimizer):
     @property
     def grad_norm(self):
         """The gradients' norm in the last step that clipped (``step(max_norm=...)``), else None."""
-        return self._fo.grad_norm
+        return self._grad_norm
 
     def _step(self, closure=None, *, max_norm=None, norm_type=2.0):
         loss = None
@@ -405,28 +441,48 @@ class _Adapter(torch.optim.Optimizer):
                 loss = closure()
         if self._refused_at_step is not None:
             raise self._refused_at_step
-        self._push_hyperparameters()
-        # The fast gather reads every .grad through torch's C API into raw pointers; anything it
-        # does not vouch for (and a param listed twice) goes through the precise checks instead.
-        gathered = None if self._repeats else self._tensor_grads.gather()
+        groups = self.param_groups
+        try:
+            lists = [group["params"] for group in groups]
+        except (TypeError, KeyError):
+            lists = None
+        # The fast gather reads every .grad through torch's C API into raw pointers, and checks
+        # on the way that the groups still hold this runner's params at their memory; anything
+        # it does not vouch for goes through the runner of the groups as they are now, and the
+        # precise checks.
+        runner = self._runner
+        gathered = runner.gather(lists) if runner is not None and lists is not None else None
+        if gathered is None:
+            runner = self._activate(groups)
+            gathered = runner.gather(lists)
+        self._push_hyperparameters(runner, groups)
         if gathered is not None:
             grads, updated = gathered, gathered.updated
         else:
-            grads, updated = self._grads()
+            grads, updated = runner.grads()
         if not updated:
-            self._fo.grad_norm = None
+            self._grad_norm = None
             return loss
+        if runner.step_tensors:
+            runner.read_step_tensors()
+        fo = runner.fo
         try:
-            self._fo.step(grads, max_norm=max_norm, norm_type=norm_type)
-            for extra in range(1, max((n for _, n in self._repeats), default=0) + 1):
-                again = {i for i, n in self._repeats if n >= extra}
-                self._fo.step([g if i in again else None for i, g in enumerate(grads)])
+            fo.step(grads, max_norm=max_norm, norm_type=norm_type)
+            for extra in range(1, max((n for _, n in runner.repeats), default=0) + 1):
+                again = {i for i, n in runner.repeats if n >= extra}
+                fo.step([g if i in again else None for i, g in enumerate(grads)])
         except (TypeError, ValueError) as exc:
             # A grad NumPy could view but fastopt rejects (non-contiguous, wrong dtype or shape):
             # say which param in torch's terms.
-            self._grads_slow()
+            runner.grads()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
+        self._grad_norm = fo.grad_norm
+        self._found_inf = fo.found_inf
+        if fo.found_inf:
+            self._skipped_steps += 1
         _increment_version(updated)
+        if runner.step_tensors:
+            runner.write_step_tensors()
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
@@ -435,57 +491,112 @@ class _Adapter(torch.optim.Optimizer):
     @property
     def found_inf(self):
         """With ``skip_nonfinite=True``: whether the last step was skipped for a NaN/Inf gradient."""
-        return self._fo.found_inf
+        return self._found_inf
 
     @property
     def skipped_steps(self):
         """With ``skip_nonfinite=True``: how many steps were skipped for NaN/Inf gradients."""
-        return self._fo.skipped_steps
+        return self._skipped_steps
 
     # ------------------------------------------------------------------------------------------
     # State
     # ------------------------------------------------------------------------------------------
 
-    def _torch_state(self, copy):
-        out = defaultdict(dict)
-        if self.__dict__.get("_fo") is None:
-            return out
-        fo_state = self._fo.state_dict()["state"] if copy else self._fo.state
-        step_dtype = _scalar_dtype()
-        for index, entry in fo_state.items():
-            converted = {}
-            for name, value in entry.items():
-                if name == "step":
-                    converted[name] = torch.tensor(float(value), dtype=step_dtype)
-                else:
-                    converted[name] = _as_tensor(value)
-            out[self._params[index]] = converted
+    def _state_of(self, p):
+        """``optimizer.state[p]``: live in its runner's arenas, or its detached dict (created
+        empty, as torch.optim's ``defaultdict(dict)`` does)."""
+        if id(p) in self._owner:
+            return ParamState(self, p)
+        held = self._detached_state.get(id(p))
+        if held is None:
+            held = self._detached_state[id(p)] = (p, {})
+        return held[1]
+
+    def _detach(self, p, replace=ParamState):
+        """Take ``p``'s state out of its runner's arenas (retiring the runner: its params' state
+        is detached) and return its detached dict; with ``replace``, make that dict ``replace``
+        (None: drop the state). The next step that holds ``p`` loads it back, checked."""
+        runner = self._owner.get(id(p))
+        if runner is not None:
+            self._retire(runner)
+        if replace is None:
+            self._detached_state.pop(id(p), None)
+            return None
+        if replace is not ParamState:
+            self._detached_state[id(p)] = (p, replace)
+            return replace
+        return self._state_of(p)
+
+    def _has_state(self, p):
+        runner = self._owner.get(id(p))
+        if runner is not None:
+            return runner.fo.has_state(runner.index[id(p)])
+        return id(p) in self._detached_state
+
+    def _params_with_state(self):
+        out = [p for runner in self._runners.values() for i, p in enumerate(runner.params)
+               if self._owner.get(id(p)) is runner and runner.fo.has_state(i)]
+        out.extend(p for p, _ in self._detached_state.values())
+        return out
+
+    def _state_copies(self):
+        """``{param: copy of its state}`` for the params of ``param_groups`` (state_dict())."""
+        out = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in out:
+                    continue
+                runner = self._owner.get(id(p))
+                if runner is not None:
+                    entry = runner.fo.param_state(runner.index[id(p)], copy=True)
+                    if entry:
+                        out[p] = self._torch_entry(p, entry)
+                elif id(p) in self._detached_state:
+                    out[p] = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                              for name, value in self._detached_state[id(p)][1].items()}
         return out
 
     @property
     def state(self):
-        """Per-param state in torch's format, built on access.
+        """Per-param state in torch's format, ``{param: {name: value}}``, live.
 
-        ``"step"`` is a new scalar tensor; the buffers (``"exp_avg"``, ...) share memory with the
-        optimizer's state, so reading them is free and writing into them changes the state.
+        The buffers (``"exp_avg"``, ...) share memory with the optimizer's state: reading them is
+        free, and editing them in place (or assigning a tensor of the same shape, which is copied
+        in) changes the state. ``"step"`` is a scalar tensor, as in torch: an edit of it is seen
+        by the next step, which advances it. ``optimizer.state[p] = {...}``, new entries and
+        deletions are kept as given and checked when ``p`` is next stepped.
         """
-        return self._torch_state(copy=self.__dict__.get("_state_copies", False))
+        if self.__dict__.get("_copying_state"):
+            return self._state_copies()
+        return State(self)
 
     @state.setter
     def state(self, value):
-        # torch.optim.Optimizer.__init__ assigns an empty dict; anything else is not supported.
-        if value:
-            raise AttributeError("assigning opt.state is not supported; use load_state_dict()")
+        # torch.optim.Optimizer.__init__ assigns an empty defaultdict; users reset state so
+        if "_runners" not in self.__dict__:
+            return
+        if not isinstance(value, dict) and not isinstance(value, State):
+            raise TypeError(f"optimizer.state must be a dict of param states, got {type(value).__name__}")
+        entries = list(value.items())
+        for key, entry in entries:
+            if not isinstance(key, torch.Tensor):
+                raise TypeError(f"optimizer.state is keyed by params (tensors), got {type(key).__name__}")
+            if not isinstance(entry, dict):
+                raise TypeError(f"the state of a param must be a dict, got {type(entry).__name__}")
+        entries = [(key, dict(entry)) for key, entry in entries]
+        for runner in list(self._runners.values()):
+            self._retire(runner)
+        self._detached_state = {id(key): (key, entry) for key, entry in entries}
 
     def state_dict(self):
         """torch.optim's ``state_dict()`` (copies of the state, ``"step"`` as a scalar tensor)."""
-        self._state_copies = True
+        self._copying_state = True
         try:
             out = super().state_dict()
         finally:
-            self._state_copies = False
-        if self._fo.stochastic_rounding:
-            out["stochastic_rounding_seed"] = int(self._fo.seed)   # as fastopt's own state_dict
+            self._copying_state = False
+        if self._precision["stochastic_rounding"]:
+            out["stochastic_rounding_seed"] = int(self._precision["seed"])   # as fastopt's own
         return out
 
     def load_state_dict(self, state_dict):
@@ -522,9 +633,19 @@ class _Adapter(torch.optim.Optimizer):
                     group.setdefault(key, value)
                 group.update(self._fastopt_cls.algorithm.fixed)   # AdamW stays decoupled, as in torch
                 self._check_group_flags(group, f"state_dict['param_groups'][{g}]")
+            fo_groups = []
+            start = 0
+            for g, group in enumerate(self.param_groups):
+                entry = {key: _plain(group[key], key, f"state_dict['param_groups'][{g}]")
+                         for key in self._keys}
+                n = len(_unique(group["params"]))
+                entry["params"] = list(range(start, start + n))
+                start += n
+                fo_groups.append(entry)
+            runner = self._new_runner(self.param_groups, config_key(self.param_groups))
             fo_state = {}
-            index = {id(p): i for i, p in enumerate(self._unique_params())}
-            kept_dtype = self._fo.kept_dtypes()
+            index = runner.index
+            kept_dtype = runner.fo.kept_dtypes()
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
@@ -545,46 +666,40 @@ class _Adapter(torch.optim.Optimizer):
                         original = saved_entry.get(name) if isinstance(saved_entry, dict) else None
                         if isinstance(original, torch.Tensor) and original.is_floating_point() \
                                 and value.is_floating_point():
-                            value = original.detach().to(_torch_dtype(kept_dtype(index[id(key)], name)))
-                            problem = _tensor_problem(value, where)   # fastopt checks dtype, shape
+                            value = local(original).detach().to(
+                                torch_dtype(kept_dtype(index[id(key)], name)))
+                            problem = tensor_problem(value, where)   # fastopt checks dtype, shape
                         else:
-                            problem = _tensor_problem(value, where, like=key)
+                            value = local(value)
+                            problem = tensor_problem(value, where, like=local(key))
                         if problem is not None and not isinstance(problem, ValueError):
                             raise problem
-                        converted[name] = _as_numpy(value.contiguous())
+                        converted[name] = as_numpy(value.contiguous())
                     else:
                         converted[name] = value
                 if converted:
                     fo_state[index[id(key)]] = converted
-            fo_groups = []
-            start = 0
-            for g, group in enumerate(self.param_groups):
-                entry = {key: _plain(group[key], key, f"state_dict['param_groups'][{g}]")
-                         for key in self._keys}
-                n = len(_unique(group["params"]))
-                entry["params"] = list(range(start, start + n))
-                start += n
-                fo_groups.append(entry)
             fo_dict = {"state": fo_state, "param_groups": fo_groups}
-            if state_dict.get("stochastic_rounding_seed") is not None:
-                fo_dict["stochastic_rounding_seed"] = state_dict["stochastic_rounding_seed"]
-            self._fo.load_state_dict(fo_dict)
+            seed = state_dict.get("stochastic_rounding_seed")
+            if seed is not None:
+                fo_dict["stochastic_rounding_seed"] = seed
+            runner.fo.load_state_dict(fo_dict)
         except Exception:
             self.param_groups = old_groups
             self.defaults = old_defaults
             raise
-        self._sync_params()
+        # torch's load replaces the whole state: every other runner and detached state goes
+        if seed is not None and self._precision["stochastic_rounding"]:
+            self._precision["seed"] = runner.fo.seed
+        self._runners = {runner.key: runner}
+        self._owner = {id(p): runner for p in runner.params}
+        self._detached_state = {}
+        self._runner = runner
 
     def __getstate__(self):
         raise TypeError(
             f"fastopt.torch.{type(self).__name__} cannot be pickled or deep-copied (it holds raw "
             "pointers to its params); save optimizer.state_dict() instead")
-
-
-def _unique(params):
-    """``params`` without repeats, in first-seen order (torch allows a param twice in a group)."""
-    seen = set()
-    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
 
 
 def _required_in_checkpoints(algorithm):

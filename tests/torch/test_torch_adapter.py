@@ -353,12 +353,24 @@ def test_unsupported_grads():
     opt.param_groups[0]["lr"] = 0.1
     opt.step()
     assert p.ne(0).all()
-    p.data = torch.zeros(4, 3)                        # new memory: the views would be stale
-    with pytest.raises(RuntimeError, match="different memory"):
-        opt.step()
-    opt.param_groups[0]["params"].append(torch.nn.Parameter(torch.zeros(2)))
-    with pytest.raises(RuntimeError, match="changed by hand"):
-        opt.step()
+    # torch.optim's contract: new memory (p.data = ...) and params added to a group by hand
+    # are stepped as torch.optim steps them, the state carried over
+    reference = torch.optim.Adam([torch.nn.Parameter(p.detach().clone())], lr=0.1)
+    reference.load_state_dict(opt.state_dict())
+    q = reference.param_groups[0]["params"][0]
+    p.data = torch.zeros(4, 3)
+    q.data = torch.zeros(4, 3)
+    extra = torch.nn.Parameter(torch.ones(2))
+    opt.param_groups[0]["params"].append(extra)
+    reference.param_groups[0]["params"].append(torch.nn.Parameter(torch.ones(2)))
+    for a, b in zip(opt.param_groups[0]["params"], reference.param_groups[0]["params"]):
+        a.grad = torch.full_like(a, 0.5)
+        b.grad = torch.full_like(b, 0.5)
+    opt.step()
+    reference.step()
+    for a, b in zip(opt.param_groups[0]["params"], reference.param_groups[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert p.ne(0).all() and opt.state[p]["step"] == 2
 
 
 def test_not_picklable():

@@ -1,0 +1,146 @@
+"""A runner: the fastopt optimizer that steps one configuration of a fastopt.torch optimizer's
+param groups, and what a step needs to tell that the configuration still holds.
+
+torch.optim keys its state by param and reads ``param_groups`` afresh at every step, so users and
+engines change them between steps: DeepSpeed's ZeRO swaps each group's params for its flat
+partition and sets ``optimizer.param_groups`` to one group before each step; ZeRO-3 puts a
+sub-group's partition into its group's list for one step and empties it after. A fastopt optimizer
+is built over fixed arrays instead (views of the params' memory, state in per-bucket arenas), so
+the adapter keeps one runner per configuration -- which params, grouped how, at which memory --
+and a configuration that comes back finds its runner again with its state, at no cost.
+"""
+import weakref
+
+from .. import _dtypes
+from .._core._tensor_gather import TensorGrads
+from . import _compat
+from ._tensors import as_numpy, local, tensor_problem, is_dtensor
+
+
+def config_key(groups):
+    """The configuration of ``groups`` (a list of param group dicts) as a hashable key: which
+    params, in which group, in which order."""
+    try:
+        return tuple(tuple(map(id, group["params"])) for group in groups)
+    except (TypeError, KeyError):
+        raise TypeError("optimizer.param_groups must be a list of dicts, each with a 'params' "
+                        "list of tensors") from None
+
+
+def unique(params):
+    """``params`` without repeats, in first-seen order (torch allows a param twice in a group)."""
+    seen = set()
+    return [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+
+
+class Runner:
+    """The fastopt optimizer ``fo`` over one configuration of param groups.
+
+    Attributes
+    ----------
+    key : tuple
+        The configuration (:func:`config_key`).
+    fo : fastopt.Optimizer
+        Steps the views of ``shards``; holds the state of ``params``.
+    params : list of torch.Tensor
+        The params, each once, in the groups' order (fastopt's param indices).
+    shards : list of torch.Tensor
+        The tensor each param's step updates: the param, or its local shard (DTensor).
+    index : dict
+        ``id(param)`` -> its index in ``params``.
+    """
+
+    def __init__(self, key, groups, fo, params, shards):
+        self.key = key
+        self.fo = fo
+        self.params = params
+        self.shards = shards
+        self.index = {id(p): i for i, p in enumerate(params)}
+        self.ptrs = [t.data_ptr() for t in shards]
+        self.distributed = any(is_dtensor(p) for p in params)
+        # torch steps a param listed twice in a group twice (it warns); fastopt holds it once
+        counts = {}
+        for group in groups:
+            for p in group["params"]:
+                counts[id(p)] = counts.get(id(p), 0) + 1
+        self.repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(params) if counts[id(p)] > 1]
+        # "step" tensors handed out by opt.state[p]["step"], as (index, weakref, count given):
+        # torch keeps its step counts as tensors, which users edit in place and see advance
+        self.step_tensors = []
+        self.tensor_grads = None
+        api = _compat.dtensor_api() if self.distributed else {}
+        if not self.repeats and api is not None:
+            arrays = fo.params
+            self.tensor_grads = TensorGrads(
+                params, shards, [len(group["params"]) for group in groups],
+                [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
+                [p.dtype for p in params], dict(_compat.TENSOR_API, **api))
+
+    def gather(self, lists):
+        """The gradients (GradPointers with ``updated``) if ``lists`` -- the groups' current
+        ``params`` lists -- hold exactly this runner's params at their memory and every gradient
+        passes the fast checks; else None."""
+        tensor_grads = self.tensor_grads
+        return tensor_grads.gather(lists) if tensor_grads is not None else None
+
+    def same_memory(self):
+        """Whether every param still lives at the memory the runner's views show."""
+        if self.distributed:
+            return all(local(p).data_ptr() == ptr for p, ptr in zip(self.params, self.ptrs))
+        return all(p.data_ptr() == ptr for p, ptr in zip(self.params, self.ptrs))
+
+    def grads(self):
+        """The gradients as NumPy views, and the tensors they update, each gradient checked with a
+        message that names its param (the precise path: repeats, sharded params without the fast
+        gather's slot, or anything the fast gather did not vouch for)."""
+        grads = []
+        updated = []
+        for i, (p, shard) in enumerate(zip(self.params, self.shards)):
+            g = p.grad
+            if g is None:
+                grads.append(None)
+                continue
+            if self.distributed:
+                g = local(g)
+            # torch.optim raises RuntimeError for a gradient shaped unlike its param (even with the
+            # same element count, e.g. after p.grad.resize_ or p.grad.data = ...)
+            problem = tensor_problem(g, f"the .grad of param {i} (shape {tuple(p.shape)})",
+                                     like=shard, shape_error=RuntimeError)
+            if problem is not None:
+                raise problem
+            grads.append(as_numpy(g))
+            updated.append(shard)
+        return grads, updated
+
+    # -- step tensors -----------------------------------------------------------------------------
+
+    def hand_out_step(self, index, tensor):
+        """Remember ``tensor``, the step count of param ``index`` as ``opt.state[p]["step"]``
+        gave it, so that an edit of it is seen by the next step and each step advances it."""
+        self.step_tensors.append((index, weakref.ref(tensor), float(tensor)))
+
+    def read_step_tensors(self):
+        """Before a step: take the step counts users edited in the tensors handed out."""
+        alive = []
+        for index, ref, given in self.step_tensors:
+            tensor = ref()
+            if tensor is None:
+                continue
+            value = float(tensor)
+            if value != given:
+                self.fo.set_step(index, value)
+            alive.append((index, ref, value))
+        self.step_tensors = alive
+
+    def write_step_tensors(self):
+        """After a step: advance the handed-out step tensors to the new counts, in place."""
+        alive = []
+        for index, ref, _ in self.step_tensors:
+            tensor = ref()
+            if tensor is None:
+                continue
+            count = self.fo.param_state(index).get("step")
+            if count is not None:
+                tensor.fill_(count)
+                alive.append((index, ref, float(count)))
+        self.step_tensors = alive

@@ -17,7 +17,8 @@ Each rank writes ``OUT_DIR/rank<RANK>.pt``: ``{run name: record}``, run names
 mean loss per step trained), ``params`` (full params, ``DTensor.full_tensor()``, by name),
 ``layout`` (per param name and state key: kind, placements, local shape and dtype of
 ``opt.state[p][key]``) and ``error`` (None, or the exception that stopped the run, which the tests
-report); a failing run does not stop the others.
+report); a failing run does not stop the others. ``"example"`` holds the losses of
+examples/fsdp2.py, run in the same ranks.
 """
 import os
 import pathlib
@@ -170,6 +171,27 @@ def run(mesh, rank, config, impl, checkpoints, load_from=None):
     return record
 
 
+def run_example(rank, checkpoint_dir, steps=6):
+    """examples/fsdp2.py's run() in these ranks (no launch of its own): its losses per step, of
+    the original run and of the one resumed from its DCP checkpoint halfway."""
+    import importlib.util
+    record = dict(original=None, resumed=None, error=None)
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "fsdp2.py"
+    if not path.exists():
+        record["error"] = f"{path} not found (examples are not part of the installed package)"
+        return record
+    try:
+        spec = importlib.util.spec_from_file_location("fastopt_example_fsdp2", path)
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        optimizer = "fastopt" if CANDIDATE == "fastopt" else "torch"
+        record["original"], record["resumed"] = example.run(rank, WORLD, steps, optimizer, str(checkpoint_dir))
+    except Exception as error:
+        record["error"] = f"{type(error).__name__}: {error}"
+        traceback.print_exc()
+    return record
+
+
 def main(rank, out_dir):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -188,6 +210,7 @@ def main(rank, out_dir):
             for source, impl in (("torch", "fastopt"), ("fastopt", "torch")):
                 results[f"{config}/{source}->{impl}"] = run(mesh, rank, config, impl, checkpoints,
                                                             load_from=source)
+        results["example"] = run_example(rank, out_dir / "example-ckpt")
         torch.save(results, out_dir / f"rank{rank}.pt")
         # Both ranks reach here before either tears its group down (see ddp_worker.py).
         dist.barrier()

@@ -9,7 +9,8 @@ checkpoints, and writes each rank's results; the tests compare them:
   param's placements and local shape (``"step"``: a plain scalar tensor);
 * a DCP checkpoint (``get_state_dict`` + ``dcp.save``, then ``dcp.load`` + ``set_state_dict`` into
   a fresh model and optimizer) resumes fastopt's run bit for bit, and checkpoints move between
-  torch.optim and fastopt in both directions.
+  torch.optim and fastopt in both directions;
+* examples/fsdp2.py trains and resumes exactly.
 
 ``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim in fastopt's place: the harness against itself.
 """
@@ -125,3 +126,15 @@ def test_dcp_checkpoint_interchange(ranks, config, direction):
     continued = completed(ranks, f"{config}/{direction}")[0]
     assert len(continued["losses"]) == fsdp_worker.STEPS - fsdp_worker.SAVE_AT
     assert_same_run(continued, uninterrupted, exact=False, what=f"{config}: {direction}")
+
+
+def test_example_trains_and_resumes_exactly(ranks):
+    """examples/fsdp2.py (its run(), in the worker's ranks): the loss goes down and the run resumed
+    from its DCP checkpoint repeats the original one."""
+    example = ranks[0]["example"]
+    if example["error"] is not None and "not found" in example["error"]:
+        pytest.skip(example["error"])
+    assert example["error"] is None, f"examples/fsdp2.py failed: {example['error']}"
+    assert len(example["original"]) == 6
+    assert example["resumed"] == example["original"]
+    assert example["original"][-1] < example["original"][0]

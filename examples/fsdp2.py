@@ -99,15 +99,15 @@ def run(rank, world, steps, optimizer, checkpoint_dir):
 def worker(rank, world, steps, optimizer, checkpoint_dir=None):
     """One rank: join the group, agree on rank 0's checkpoint directory, run, leave."""
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    created = checkpoint_dir is None
+    shared = [tempfile.mkdtemp(prefix="fsdp2-ckpt-") if created and rank == 0 else checkpoint_dir]
     try:
-        created = checkpoint_dir is None
-        shared = [tempfile.mkdtemp(prefix="fsdp2-ckpt-") if created and rank == 0 else checkpoint_dir]
         dist.broadcast_object_list(shared, src=0)
         run(rank, world, steps, optimizer, shared[0])
         dist.barrier()                   # nobody still reads the checkpoint
-        if created and rank == 0:
-            shutil.rmtree(shared[0])
     finally:
+        if created and rank == 0:
+            shutil.rmtree(shared[0], ignore_errors=True)
         dist.destroy_process_group()
 
 

@@ -46,6 +46,13 @@ cdef extern from "Python.h":
     ctypedef Py_ssize_t (*lenfunc)(object) except? -1
     ctypedef struct PyTypeObject:
         pass
+    # A __slots__ member: its offset in the instance (structmember.h's PyMemberDef).
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    PyTypeObject PyMemberDescr_Type
     PyTypeObject PyGetSetDescr_Type
     PyTypeObject PyWrapperDescr_Type
     PyTypeObject* Py_TYPE(object)
@@ -56,17 +63,41 @@ cdef object _through_descriptor(object obj, void* descriptor):
     return (<object>descriptor).__get__(obj, type(obj))
 
 
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* The object in the __slots__ member at ``offset`` of ``obj`` (a new reference), or NULL
+       with AttributeError set when it is unset, as reading the attribute would. */
+    static PyObject* fastopt_read_slot(PyObject* obj, void* offset) {
+        PyObject* value = *(PyObject**)((char*)obj + (Py_ssize_t)offset);
+        if (value == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "slot is not set");
+            return NULL;
+        }
+        Py_INCREF(value);
+        return value;
+    }
+    """
+    object fastopt_read_slot(object obj, void* offset)
+    int T_OBJECT_EX
+
+
 @cython.final
 cdef class _Attribute:
     """A torch attribute read by calling its C getter directly (on an instance of the exact class
-    that defines it: a subclass might override it)."""
+    that defines it: a subclass might override it), or a ``__slots__`` member (DTensor's local
+    shard) read at its offset, as CPython's member descriptor does."""
     cdef object descriptor            # kept alive: get and closure point into it
     cdef getter get
     cdef void* closure
 
     def __init__(self, descriptor):
         self.descriptor = descriptor
-        if Py_TYPE(descriptor) == &PyGetSetDescr_Type:
+        if Py_TYPE(descriptor) == &PyMemberDescr_Type \
+                and (<PyMemberDescrObject*>descriptor).d_member.type == T_OBJECT_EX:
+            self.get = <getter>fastopt_read_slot
+            self.closure = <void*>(<PyMemberDescrObject*>descriptor).d_member.offset
+        elif Py_TYPE(descriptor) == &PyGetSetDescr_Type:
             self.get = (<PyGetSetDescrObject*>descriptor).d_getset.get
             self.closure = (<PyGetSetDescrObject*>descriptor).d_getset.closure
         else:
@@ -163,16 +194,19 @@ cdef class TensorGrads:
     cdef long* ndims
     cdef Py_ssize_t* first_dims
     cdef bint* shape_by_counts
+    cdef bint* sharded                 # per param: a DTensor, stepped on its local shard
 
     def __cinit__(self):
         self.ndims = NULL
         self.first_dims = NULL
         self.shape_by_counts = NULL
+        self.sharded = NULL
 
     def __dealloc__(self):
         free(self.ndims)
         free(self.first_dims)
         free(self.shape_by_counts)
+        free(self.sharded)
 
     def __init__(self, list params, list shards, list lengths, list sizes, list storages,
                  list dtypes, dict api):
@@ -205,9 +239,13 @@ cdef class TensorGrads:
         self.ndims = <long*>malloc((self.n + 1) * sizeof(long))
         self.first_dims = <Py_ssize_t*>malloc((self.n + 1) * sizeof(Py_ssize_t))
         self.shape_by_counts = <bint*>malloc((self.n + 1) * sizeof(bint))
-        if self.ndims == NULL or self.first_dims == NULL or self.shape_by_counts == NULL:
+        self.sharded = <bint*>malloc((self.n + 1) * sizeof(bint))
+        if self.ndims == NULL or self.first_dims == NULL or self.shape_by_counts == NULL \
+                or self.sharded == NULL:
             raise MemoryError()
         for i in range(self.n):
+            # (the slot is read at its offset: only ever on an instance of the type that has it)
+            self.sharded[i] = self.sharded_type is not None and isinstance(params[i], self.sharded_type)
             shape = self.shapes[i]
             self.ndims[i] = len(shape)
             self.first_dims[i] = shape[0] if len(shape) else 0
@@ -231,7 +269,7 @@ cdef class TensorGrads:
         cdef Py_ssize_t i, size, nbytes, group, start = 0, end = 0
         cdef int storage
         cdef object p, t, g, dtype, group_params = None
-        cdef object sharded_type = self.sharded_type
+        cdef object sharded_type = self.sharded_type     # (its instances have the slot)
         cdef list updated = out.updated
         data_ptr = self.data_ptr
         cdef object tensor_type = self.tensor_type, parameter_type = self.parameter_type
@@ -251,13 +289,16 @@ cdef class TensorGrads:
             p = self.params[i]
             if (<list>group_params)[i - start] is not p:
                 return None                      # replaced in its group's list since the build
-            t = p if sharded_type is None else self.shard_of.of(p)
+            t = self.shard_of.of(p) if self.sharded[i] else p
             if data_ptr(t) != self.param_ptrs[i]:
                 return None                      # p.data = ... since the optimizer was built
-            g = self.grad_of.of(p) if type(p) is parameter_type or type(p) is tensor_type else p.grad
+            # (a DTensor does not override .grad: its C getter, which the adapter calls with
+            # subclasses' __torch_function__ disabled, is the attribute itself)
+            g = self.grad_of.of(p) if (type(p) is parameter_type or type(p) is tensor_type
+                                       or self.sharded[i]) else p.grad
             if g is None:
                 continue
-            if sharded_type is not None:
+            if self.sharded[i]:
                 if type(g) is not sharded_type:
                     return None
                 g = self.shard_of.of(g)

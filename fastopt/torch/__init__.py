@@ -14,23 +14,38 @@ and drops into an existing training loop::
         opt.step()
         sched.step()
 
-How it works: each optimizer holds one fastopt optimizer built over zero-copy NumPy views of the
+How it works: each optimizer holds a fastopt optimizer built over zero-copy NumPy views of the
 params (``p.detach().numpy()`` shares the tensor's memory), with one fastopt param group per torch
-param group. ``step()`` copies the torch groups' hyperparameters into it (they stay the source of
-truth, so LR schedulers and hand edits of ``param_groups`` work), reads each ``p.grad``'s data
-pointer, dtype, size and layout in C (``fastopt/_core/_tensor_gather.pyx``: no NumPy array per
-gradient per step; anything unusual takes a precise path that raises naming the param) and runs
-the fused update in place. The params' autograd version counters are bumped, as an in-place torch
-op would do. ``step(max_norm=..., norm_type=2.0)`` clips by the global gradient norm inside the
-step (``grad_norm`` keeps the norm), bit-identical to :func:`fastopt.clip_grad_norm_` on the
-gradients followed by ``step()``.
+param group. torch.optim's whole contract holds: between steps a group's params may be replaced,
+added, removed or reordered, ``optimizer.param_groups`` reassigned (DeepSpeed sets it to one group
+before each step), a param given new memory (``p.data = ...``): the step sees it (the C gather
+checks each param's place in its group's list and its data pointer as it reads the gradient) and
+steps the groups as they are, each param with its state. Each configuration of the groups gets its
+own fastopt optimizer, found again when it comes back, so alternating configurations cost nothing;
+a new one costs one copy of the state it takes in. A param whose kept state no longer fits it
+(resized, another dtype) is refused with an error that says so, nothing dropped. ``step()`` copies
+the torch groups' hyperparameters into it (they stay the source of truth, so LR schedulers and hand
+edits of ``param_groups`` work), reads each ``p.grad``'s data pointer, dtype, size and layout in C
+(``fastopt/_core/_tensor_gather.pyx``: no NumPy array per gradient per step; anything unusual takes
+a precise path that raises naming the param) and runs the fused update in place. The params'
+autograd version counters are bumped, as an in-place torch op would do. ``step(max_norm=...,
+norm_type=2.0)`` clips by the global gradient norm inside the step (``grad_norm`` keeps the norm),
+bit-identical to :func:`fastopt.clip_grad_norm_` on the gradients followed by ``step()``.
 
-State lives in fastopt's arenas. ``opt.state[p]`` is built on access in torch's format
-(``"step"`` as a scalar tensor, ``"exp_avg"``, ... as tensors sharing the arena's memory);
-``state_dict()`` returns copies in torch's format, so checkpoints load into ``torch.optim.Adam`` and
-a ``torch.optim.Adam`` checkpoint loads into ``fastopt.torch.Adam`` (likewise for the others),
-from older torch versions too; a checkpoint of another optimizer (an SGD one into Adam) is refused.
-Bad hyperparameters raise torch.optim's error type, with its words followed by fastopt's.
+State lives in fastopt's arenas. ``opt.state`` is live, in torch's format: ``opt.state[p]`` holds
+``"step"`` as a scalar tensor (an edit of it is seen by the next step, which advances it) and
+``"exp_avg"``, ... as tensors sharing the arena's memory (edit them in place, or assign a tensor of
+the same shape, which is copied in); ``opt.state[p] = {...}`` (ZeroRedundancyOptimizer's and
+DeepSpeed's way of loading), new entries and ``del`` are kept as given and checked when ``p`` is
+next stepped. DTensor params (FSDP2, tensor parallel) are stepped on their local shards, as
+torch.optim's ops on DTensors are, and their states are DTensors with the param's placements, so
+``torch.distributed.checkpoint`` saves and loads them as it does torch.optim's (Muon and Adafactor,
+whose updates need the whole matrix, refuse DTensor params). Under ``torch.compile``, ``step()``
+runs eagerly (a clean graph break). ``state_dict()`` returns copies in torch's format, so
+checkpoints load into ``torch.optim.Adam`` and a ``torch.optim.Adam`` checkpoint loads into
+``fastopt.torch.Adam`` (likewise for the others), from older torch versions too; a checkpoint of
+another optimizer (an SGD one into Adam) is refused. Bad hyperparameters raise torch.optim's error
+type, with its words followed by fastopt's.
 
 Supported tensors: dense (strided), contiguous, CPU, float32, float64, float16 or bfloat16 params
 (half-precision ones with the ``master_weights``, ``state_dtype`` and ``stochastic_rounding``

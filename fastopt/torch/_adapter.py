@@ -12,7 +12,7 @@ from ..optimizer import ParamGroup as _ParamGroup
 from . import _compat as _torch_compat
 from ._runner import Runner, config_key, unique as _unique
 from ._state import ParamState, State
-from ._tensors import as_numpy, as_tensor, like_param, local, tensor_problem, torch_dtype
+from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor_problem, torch_dtype
 
 # torch's private names (each with its fallback) are read in fastopt/torch/_compat.py only.
 _increment_version = _torch_compat.increment_version
@@ -201,6 +201,13 @@ class _Adapter(torch.optim.Optimizer):
         """Raise the error that says why param ``p`` cannot be stepped, if any."""
         if self._refuses_at_step(p):
             return
+        algorithm = self._fastopt_cls.algorithm
+        if algorithm.driver is not None and is_dtensor(p):
+            # its update reads the whole matrix (Newton-Schulz, row and column statistics): on a
+            # local shard it would be another algorithm
+            raise TypeError(f"{what} is a DTensor (FSDP2, tensor parallel); {algorithm.name}'s "
+                            "update needs each param's whole matrix, which fastopt.torch does not "
+                            "gather: use it on plain tensors")
         problem = tensor_problem(local(p) if isinstance(p, torch.Tensor) else p, what)
         if problem is not None:
             raise problem

@@ -45,6 +45,12 @@ and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
     calls ``to_local()`` on each param and gradient (same results, a few microseconds more per
     tensor and step).
 
+``torch._C.DisableTorchFunctionSubclass``
+    A context in which attribute reads of tensor subclasses skip their ``__torch_function__``:
+    reading a DTensor param's ``.grad`` inside it takes half the time (~130 instead of ~260 ns a
+    tensor, AMD EPYC, 2 cores, 2026-12-06), which the gather pays per param and step under
+    FSDP2. Fallback: no context (the same reads, at the slower speed).
+
 ``torch._disable_dynamo``
     What torch.optim wraps its ``zero_grad``/``state_dict``/``load_state_dict`` in so that
     torch.compile does not trace them: it imports Dynamo only when first called. The adapter's
@@ -52,6 +58,8 @@ and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
     graph cleanly there. Fallback: the public ``torch.compiler.disable`` (imports Dynamo when
     fastopt.torch is imported).
 """
+import contextlib
+
 import torch
 import torch.optim.optimizer as _torch_optimizer
 
@@ -130,6 +138,10 @@ scalar_dtype = getattr(_torch_optimizer, "_get_scalar_dtype", None) or _default_
 
 
 # -- DTensor params (FSDP2, tensor parallel) --------------------------------------------------------
+
+
+#: ``with no_torch_function(): ...``: tensor subclasses' ``__torch_function__`` skipped inside.
+no_torch_function = getattr(torch._C, "DisableTorchFunctionSubclass", None) or contextlib.nullcontext
 
 
 def dtensor_api():

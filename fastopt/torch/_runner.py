@@ -81,7 +81,12 @@ class Runner:
         ``params`` lists -- hold exactly this runner's params at their memory and every gradient
         passes the fast checks; else None."""
         tensor_grads = self.tensor_grads
-        return tensor_grads.gather(lists) if tensor_grads is not None else None
+        if tensor_grads is None:
+            return None
+        if self.distributed:
+            with _compat.no_torch_function():     # a DTensor's .grad, without its dispatch
+                return tensor_grads.gather(lists)
+        return tensor_grads.gather(lists)
 
     def same_memory(self):
         """Whether every param still lives at the memory the runner's views show."""

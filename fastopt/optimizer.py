@@ -193,6 +193,7 @@ class Optimizer:
         self._lock = threading.Lock()
         self._fast = None
         self._slots = None          # param index -> (bucket, position): built on first use
+        self._bucket_indices = None  # [(param indices as an array, bucket)]: built on first use
         if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
             raise TypeError(
                 "params must be an iterable of arrays or of dicts (param groups), "
@@ -260,7 +261,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
-        self._slots = None
+        self._slots = self._bucket_indices = None
         # (param count, compiled step) for step()'s fast path: one group of one dtype only.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
         self._fast = (only.n_arrays, only.step) if only is not None else None
@@ -572,6 +573,17 @@ class Optimizer:
         ``copy=True``), as in :attr:`state`, which builds this for every param."""
         bucket, k = self._slot(index)
         return self._param_state(bucket, k, copy) if self._has_state(bucket, k) else {}
+
+    def step_counts(self):
+        """Every param's step count, as an int64 array in param index order (0 before a
+        param's first step)."""
+        if self._bucket_indices is None:
+            self._bucket_indices = [(np.asarray(bucket.indices, dtype=np.intp), bucket)
+                                    for group_buckets in self._buckets for bucket in group_buckets]
+        counts = np.zeros(len(self._params), dtype=np.int64)
+        for indices, bucket in self._bucket_indices:
+            counts[indices] = bucket.steps
+        return counts
 
     @_exclusive
     def set_step(self, index, step):

@@ -302,6 +302,8 @@ class _Adapter(torch.optim.Optimizer):
         for i, p in enumerate(runner.params):
             owner = self._owner.get(id(p))
             if owner is not None:
+                if owner.step_floats is not None:
+                    owner.read_step_tensors()
                 entry = owner.fo.param_state(owner.index[id(p)])   # views: copied by the load
                 donors.add(owner)
             elif id(p) in self._detached_state:
@@ -343,6 +345,8 @@ class _Adapter(torch.optim.Optimizer):
     def _retire(self, runner):
         """Unregister ``runner``: the state of its params becomes detached state (tensors that
         share its arenas' memory, so nothing is copied until a runner takes them in)."""
+        if runner.step_floats is not None:
+            runner.read_step_tensors()
         for i, p in enumerate(runner.params):
             if self._owner.get(id(p)) is not runner:
                 continue
@@ -470,7 +474,7 @@ class _Adapter(torch.optim.Optimizer):
         if not updated:
             self._grad_norm = None
             return loss
-        if runner.step_tensors:
+        if runner.step_floats is not None:
             runner.read_step_tensors()
         fo = runner.fo
         try:
@@ -488,8 +492,11 @@ class _Adapter(torch.optim.Optimizer):
         if fo.found_inf:
             self._skipped_steps += 1
         _increment_version(updated)
-        if runner.step_tensors:
-            runner.write_step_tensors()
+        if runner.step_floats is not None:
+            if runner.step_views_alive():
+                runner.write_step_tensors()
+            else:
+                runner.step_floats = None   # (their edits were read above)
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
@@ -555,6 +562,8 @@ class _Adapter(torch.optim.Optimizer):
                     continue
                 runner = self._owner.get(id(p))
                 if runner is not None:
+                    if runner.step_floats is not None:
+                        runner.read_step_tensors()
                     entry = runner.fo.param_state(runner.index[id(p)], copy=True)
                     if entry:
                         out[p] = self._torch_entry(p, entry)

@@ -11,6 +11,9 @@ and a configuration that comes back finds its runner again with its state, at no
 """
 import weakref
 
+import numpy as np
+import torch
+
 from .. import _dtypes
 from .._core._tensor_gather import TensorGrads
 from . import _compat
@@ -64,9 +67,10 @@ class Runner:
             for p in group["params"]:
                 counts[id(p)] = counts.get(id(p), 0) + 1
         self.repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(params) if counts[id(p)] > 1]
-        # "step" tensors handed out by opt.state[p]["step"], as (index, weakref, count given):
-        # torch keeps its step counts as tensors, which users edit in place and see advance
-        self.step_tensors = []
+        # every param's step count as a float tensor, once opt.state[p]["step"] handed out a view
+        # of it (see step_tensor)
+        self.step_floats = None
+        self.step_views = []
         self.tensor_grads = None
         api = _compat.dtensor_api() if self.distributed else {}
         if not self.repeats and api is not None:
@@ -119,33 +123,31 @@ class Runner:
 
     # -- step tensors -----------------------------------------------------------------------------
 
-    def hand_out_step(self, index, tensor):
-        """Remember ``tensor``, the step count of param ``index`` as ``opt.state[p]["step"]``
-        gave it, so that an edit of it is seen by the next step and each step advances it."""
-        self.step_tensors.append((index, weakref.ref(tensor), float(tensor)))
+    def step_tensor(self, index):
+        """``opt.state[p]["step"]`` of param ``index``: a 0-d view of one float tensor of every
+        param's step count (torch.optim keeps each count as a tensor, which users edit in place
+        and see advance). Once one is handed out, each step reads the edits from the whole
+        tensor and writes the new counts into it, a vector operation each, whatever the count."""
+        if self.step_floats is None:
+            self.step_floats = torch.from_numpy(
+                self.fo.step_counts().astype(torch.empty(0, dtype=_compat.scalar_dtype()).numpy().dtype))
+        view = self.step_floats[index]
+        self.step_views.append(weakref.ref(view))
+        return view
+
+    def step_views_alive(self):
+        """Whether a step tensor handed out is still held somewhere (else the steps stop paying
+        for them: the next read of a step hands out new ones)."""
+        self.step_views = [ref for ref in self.step_views if ref() is not None]
+        return bool(self.step_views)
 
     def read_step_tensors(self):
-        """Before a step: take the step counts users edited in the tensors handed out."""
-        alive = []
-        for index, ref, given in self.step_tensors:
-            tensor = ref()
-            if tensor is None:
-                continue
-            value = float(tensor)
-            if value != given:
-                self.fo.set_step(index, value)
-            alive.append((index, ref, value))
-        self.step_tensors = alive
+        """Take the step counts users edited in the tensors handed out (before a step, and before
+        the state is read: torch's step tensor is the state itself)."""
+        floats = self.step_floats.numpy()
+        for index in np.flatnonzero(floats != self.fo.step_counts()):
+            self.fo.set_step(int(index), float(floats[index]))
 
     def write_step_tensors(self):
-        """After a step: advance the handed-out step tensors to the new counts, in place."""
-        alive = []
-        for index, ref, _ in self.step_tensors:
-            tensor = ref()
-            if tensor is None:
-                continue
-            count = self.fo.param_state(index).get("step")
-            if count is not None:
-                tensor.fill_(count)
-                alive.append((index, ref, float(count)))
-        self.step_tensors = alive
+        """After a step: the new counts into the tensors handed out."""
+        self.step_floats.numpy()[:] = self.fo.step_counts()

@@ -16,7 +16,6 @@ from collections.abc import MutableMapping
 
 import torch
 
-from . import _compat
 from ._tensors import as_tensor, like_param, local
 
 
@@ -34,6 +33,8 @@ class ParamState(MutableMapping):
         runner = self._optimizer._owner.get(id(self._param))
         if runner is None:
             return None
+        if runner.step_floats is not None:
+            runner.read_step_tensors()     # an edited step tensor is the state, as in torch
         return runner, runner.index[id(self._param)]
 
     def _detached(self):
@@ -46,9 +47,7 @@ class ParamState(MutableMapping):
         runner, index = live
         value = runner.fo.param_state(index)[name]
         if name == "step":
-            tensor = torch.tensor(float(value), dtype=_compat.scalar_dtype())
-            runner.hand_out_step(index, tensor)
-            return tensor
+            return runner.step_tensor(index)
         return like_param(as_tensor(value), self._param)
 
     def __setitem__(self, name, value):

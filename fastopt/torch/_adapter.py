@@ -18,6 +18,7 @@ from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor
 _increment_version = _torch_compat.increment_version
 _scalar_dtype = _torch_compat.scalar_dtype
 _needs_hooked_step = _torch_compat.needs_hooked_step
+_dynamo_active = _torch_compat.dynamo_active
 
 
 def _plain(value, name, where=None):
@@ -285,10 +286,13 @@ class _Adapter(torch.optim.Optimizer):
                 self._check_param(p, f"param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})")
                 params.append(p)
             seen |= group_seen
-        fo = self._make_fastopt([self._fo_group(group, group["params"], g)
-                                 for g, group in enumerate(groups)])
+        # torch steps a group with no params as nothing (ZeRO-3 empties its groups between
+        # sub-group steps); fastopt groups are made for the others only
+        stepped = [g for g, group in enumerate(groups) if len(group["params"])]
+        fo = self._make_fastopt([self._fo_group(groups[g], groups[g]["params"], g)
+                                 for g in stepped]) if stepped else None
         shards = [local(p) for p in params]
-        return Runner(key, groups, fo, params, shards)
+        return Runner(key, groups, stepped, fo, params, shards)
 
     def _build_runner(self, groups, key):
         """Build, fill and register the runner of ``groups``: each param's state comes from the
@@ -397,7 +401,8 @@ class _Adapter(torch.optim.Optimizer):
 
     def _push_hyperparameters(self, runner, groups):
         keys = self._keys
-        for g, (tg, fg) in enumerate(zip(groups, runner.fo.param_groups)):
+        for g, fg in zip(runner.stepped, runner.fo.param_groups):
+            tg = groups[g]
             if type(tg) is _ParamGroup and tg.pushed is fg:
                 continue    # unchanged since it was last pushed into this fastopt group
             if tg.get("capturable", False) or tg.get("differentiable", False):
@@ -423,7 +428,6 @@ class _Adapter(torch.optim.Optimizer):
     # profile_hook_step; step() below uses that wrapper itself, only when it is needed.
     _patch_step_function = _torch_compat.keep_step_unwrapped
 
-    @_torch_compat.disable_dynamo
     def step(self, closure=None, *, max_norm=None, norm_type=2.0):
         """Perform one optimization step (``closure``: reevaluates the model and returns the loss).
 
@@ -436,6 +440,17 @@ class _Adapter(torch.optim.Optimizer):
         Under ``torch.compile``, the step runs eagerly: a compiled training step breaks its graph
         here (the kernel updates memory in place, outside any graph).
         """
+        if _dynamo_active():    # torch.compile is running: keep Dynamo out of the step
+            return self._step_outside_graph(closure, max_norm=max_norm, norm_type=norm_type)
+        if _needs_hooked_step(self):
+            return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
+        return self._step(closure, max_norm=max_norm, norm_type=norm_type)
+
+    # The graph break: Dynamo does not trace this, and runs it (and all it calls) eagerly. Taken
+    # only while torch.compile runs: the wrapper costs ~0.9 us a call (AMD EPYC, 2026-12-06), as
+    # much as the rest of a small step.
+    @_torch_compat.disable_dynamo
+    def _step_outside_graph(self, closure=None, *, max_norm=None, norm_type=2.0):
         if _needs_hooked_step(self):
             return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)
         return self._step(closure, max_norm=max_norm, norm_type=norm_type)
@@ -453,19 +468,23 @@ class _Adapter(torch.optim.Optimizer):
         if self._refused_at_step is not None:
             raise self._refused_at_step
         groups = self.param_groups
-        try:
-            lists = [group["params"] for group in groups]
-        except (TypeError, KeyError):
+        try:    # (one group, the common case, without a comprehension: 0.15 us of a 4 us step)
+            lists = [groups[0]["params"]] if len(groups) == 1 else [g["params"] for g in groups]
+        except (TypeError, KeyError, IndexError):
             lists = None
         # The fast gather reads every .grad through torch's C API into raw pointers, and checks
         # on the way that the groups still hold this runner's params at their memory; anything
         # it does not vouch for goes through the runner of the groups as they are now, and the
         # precise checks.
         runner = self._runner
-        gathered = runner.gather(lists) if runner is not None and lists is not None else None
+        gathered = (runner.gather(lists) if runner is not None and lists is not None
+                    and runner.gather is not None else None)
         if gathered is None:
             runner = self._activate(groups)
-            gathered = runner.gather(lists)
+            gathered = runner.gather(lists) if runner.gather is not None else None
+        if runner.fo is None:          # no group holds a param: nothing to step
+            self._grad_norm = None
+            return loss
         self._push_hyperparameters(runner, groups)
         if gathered is not None:
             grads, updated = gathered, gathered.updated
@@ -487,10 +506,13 @@ class _Adapter(torch.optim.Optimizer):
             # say which param in torch's terms.
             runner.grads()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        self._grad_norm = fo.grad_norm
-        self._found_inf = fo.found_inf
-        if fo.found_inf:
-            self._skipped_steps += 1
+        if max_norm is not None or self._skip_nonfinite:
+            self._grad_norm = fo.grad_norm
+            self._found_inf = fo.found_inf
+            if fo.found_inf:
+                self._skipped_steps += 1
+        else:
+            self._grad_norm = None
         _increment_version(updated)
         if runner.step_floats is not None:
             if runner.step_views_alive():
@@ -657,11 +679,12 @@ class _Adapter(torch.optim.Optimizer):
                 n = len(_unique(group["params"]))
                 entry["params"] = list(range(start, start + n))
                 start += n
-                fo_groups.append(entry)
+                if n:                  # (a group with no params has no fastopt group)
+                    fo_groups.append(entry)
             runner = self._new_runner(self.param_groups, config_key(self.param_groups))
             fo_state = {}
             index = runner.index
-            kept_dtype = runner.fo.kept_dtypes()
+            kept_dtype = runner.fo.kept_dtypes() if runner.fo is not None else None
             for key, entry in loaded.items():
                 if not isinstance(key, torch.Tensor) or id(key) not in index:
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
@@ -699,13 +722,14 @@ class _Adapter(torch.optim.Optimizer):
             seed = state_dict.get("stochastic_rounding_seed")
             if seed is not None:
                 fo_dict["stochastic_rounding_seed"] = seed
-            runner.fo.load_state_dict(fo_dict)
+            if runner.fo is not None:
+                runner.fo.load_state_dict(fo_dict)
         except Exception:
             self.param_groups = old_groups
             self.defaults = old_defaults
             raise
         # torch's load replaces the whole state: every other runner and detached state goes
-        if seed is not None and self._precision["stochastic_rounding"]:
+        if seed is not None and self._precision["stochastic_rounding"] and runner.fo is not None:
             self._precision["seed"] = runner.fo.seed
         self._runners = {runner.key: runner}
         self._owner = {id(p): runner for p in runner.params}

@@ -55,8 +55,13 @@ and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
     What torch.optim wraps its ``zero_grad``/``state_dict``/``load_state_dict`` in so that
     torch.compile does not trace them: it imports Dynamo only when first called. The adapter's
     ``step()`` runs its compiled kernel outside any graph, so a compiled training step breaks its
-    graph cleanly there. Fallback: the public ``torch.compiler.disable`` (imports Dynamo when
-    fastopt.torch is imported).
+    graph cleanly there. Fallback: the public ``torch.compiler.disable``.
+
+``torch._C._dynamo.eval_frame.get_eval_frame_callback``
+    Dynamo's frame callback (None unless torch.compile is running a compiled function, or
+    tracing): ``step()`` goes through the Dynamo-disabled wrapper only then, because the wrapper
+    costs ~0.9 us a call (AMD EPYC, 2026-12-06), as much as the rest of a small step. Fallback:
+    every step goes through the wrapper.
 """
 import contextlib
 
@@ -160,3 +165,18 @@ def dtensor_api():
 
 #: ``disable_dynamo(fn)``: ``fn`` wrapped so that torch.compile runs it eagerly (a graph break).
 disable_dynamo = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
+_eval_frame = getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None)
+_get_eval_frame_callback = getattr(_eval_frame, "get_eval_frame_callback", None)
+
+
+def dynamo_active():
+    """Whether torch.compile is running (a frame callback is set): then Dynamo could trace into
+    a step, which must run outside its graph."""
+    return _get_eval_frame_callback() is not None
+
+
+if _get_eval_frame_callback is None:
+    def dynamo_active():    # noqa: F811 -- the fallback: assume it is
+        """Always True: this torch lacks the name that tells (see the module docstring)."""
+        return True

@@ -43,8 +43,11 @@ class Runner:
     ----------
     key : tuple
         The configuration (:func:`config_key`).
-    fo : fastopt.Optimizer
-        Steps the views of ``shards``; holds the state of ``params``.
+    stepped : list of int
+        The groups that hold params (fastopt's groups, in order; torch steps an empty group as
+        nothing).
+    fo : fastopt.Optimizer or None
+        Steps the views of ``shards``; holds the state of ``params`` (None: no params).
     params : list of torch.Tensor
         The params, each once, in the groups' order (fastopt's param indices).
     shards : list of torch.Tensor
@@ -53,8 +56,9 @@ class Runner:
         ``id(param)`` -> its index in ``params``.
     """
 
-    def __init__(self, key, groups, fo, params, shards):
+    def __init__(self, key, groups, stepped, fo, params, shards):
         self.key = key
+        self.stepped = stepped      # the groups (indices) with params: fo's groups, in order
         self.fo = fo
         self.params = params
         self.shards = shards
@@ -72,25 +76,23 @@ class Runner:
         self.step_floats = None
         self.step_views = []
         self.tensor_grads = None
+        #: ``gather(lists)``: the gradients (GradPointers with ``updated``) if ``lists`` -- the
+        #: groups' current ``params`` lists -- hold exactly this runner's params at their memory
+        #: and every gradient passes the fast checks, else None; None if there is no fast gather
+        #: (a param listed twice, or no slot to read a DTensor's shard from).
+        self.gather = None
         api = _compat.dtensor_api() if self.distributed else {}
-        if not self.repeats and api is not None:
+        if not self.repeats and api is not None and fo is not None:
             arrays = fo.params
             self.tensor_grads = TensorGrads(
                 params, shards, [len(group["params"]) for group in groups],
                 [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
                 [p.dtype for p in params], dict(_compat.TENSOR_API, **api))
+            self.gather = self._gather_sharded if self.distributed else self.tensor_grads.gather
 
-    def gather(self, lists):
-        """The gradients (GradPointers with ``updated``) if ``lists`` -- the groups' current
-        ``params`` lists -- hold exactly this runner's params at their memory and every gradient
-        passes the fast checks; else None."""
-        tensor_grads = self.tensor_grads
-        if tensor_grads is None:
-            return None
-        if self.distributed:
-            with _compat.no_torch_function():     # a DTensor's .grad, without its dispatch
-                return tensor_grads.gather(lists)
-        return tensor_grads.gather(lists)
+    def _gather_sharded(self, lists):
+        with _compat.no_torch_function():     # a DTensor's .grad, without its dispatch
+            return self.tensor_grads.gather(lists)
 
     def same_memory(self):
         """Whether every param still lives at the memory the runner's views show."""

@@ -133,7 +133,7 @@ def test_the_compat_module_documents_each_name_it_reads():
 # -- fallbacks ------------------------------------------------------------------------------------
 
 _SCRIPT = r"""
-import json, sys
+import contextlib, json, sys
 import torch
 import torch.optim.optimizer
 owner, name = sys.argv[1], sys.argv[2]
@@ -177,7 +177,10 @@ out["compat"] = dict(
     light_step=compat.LIGHT_STEP,
     public_tensor_api=all(compat.TENSOR_API[n] is getattr(torch.Tensor, n) for n in compat._TENSOR_SLOTS),
     public_increment_version=compat.increment_version is torch.autograd.graph.increment_version,
-    written_scalar_dtype=compat.scalar_dtype is compat._default_scalar_dtype)
+    written_scalar_dtype=compat.scalar_dtype is compat._default_scalar_dtype,
+    dynamo_callback_read=compat._get_eval_frame_callback is not None,
+    subclass_dispatch_off=compat.no_torch_function is not contextlib.nullcontext,
+    public_dynamo_disable=compat.disable_dynamo is torch.compiler.disable)
 print(json.dumps(out))
 """
 
@@ -190,9 +193,12 @@ FALLBACKS = [
     ("torch._C", "TensorBase", dict(public_tensor_api=True)),
     ("torch._C", "_increment_version", dict(public_increment_version=True)),
     ("torch.optim.optimizer", "_get_scalar_dtype", dict(written_scalar_dtype=True)),
+    ("torch._C._dynamo.eval_frame", "get_eval_frame_callback", dict(dynamo_callback_read=False)),
+    ("torch._C", "DisableTorchFunctionSubclass", dict(subclass_dispatch_off=False)),
 ]
 NORMAL = dict(light_step=True, public_tensor_api=False, public_increment_version=False,
-              written_scalar_dtype=False)
+              written_scalar_dtype=False, dynamo_callback_read=True, subclass_dispatch_off=True,
+              public_dynamo_disable=False)
 
 
 def _run(owner="", name=""):

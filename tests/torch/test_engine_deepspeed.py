@@ -44,9 +44,10 @@ KEYS = {key: (stage, offload, dtype, layout, opt, resume)
 FP32 = dict(rtol=1e-5, atol=1e-6)
 # bf16: the forward and the gradients are bf16 (the optimizer's fp32 master weights are not), and
 # master weights a few ulps apart can round to a different bf16 weight, after which the trajectories
-# differ by bf16's resolution. Measured between DeepSpeedCPUAdam and torch.optim.AdamW (whose fp32
-# updates are a few ulps apart, as fastopt's are): losses 4.9e-4 (2.2e-3 relative), weights 6.4e-5.
-BF16 = dict(rtol=1e-2, atol=1e-3)
+# differ by bf16's resolution. Measured: fastopt against torch.optim.AdamW, the same losses and
+# master weights 1.2e-7 apart; DeepSpeedCPUAdam against torch.optim.AdamW (a few ulps apart per
+# step, enough to flip roundings), losses 4.9e-4 (2.2e-3 relative) and weights 6.4e-5 apart.
+BF16 = dict(rtol=2e-3, atol=5e-4)
 # DeepSpeedCPUAdam decays with an FMA and orders its update differently, a few ulps from
 # torch.optim.AdamW per step; measured 9.5e-7 (2.8e-6 relative) in losses, 4.5e-7 in weights.
 DSCPUADAM = dict(rtol=5e-5, atol=5e-6)

@@ -10,6 +10,7 @@ over both ranks), the final fp32 master weights gathered in full, and the except
 the same place). Rank 0 also saves the same training done in one process without DeepSpeed
 ("plain"), the reference the DeepSpeed runs must reproduce.
 """
+import datetime
 import os
 import sys
 import time
@@ -209,7 +210,8 @@ def main(out_path):
     # DeepSpeed's shared-memory all-reduce serves inference only (training's collectives go to
     # gloo); not loading it spares a fresh machine its JIT build.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="gloo")
+    # a collective that one rank never joins fails after this instead of gloo's 30 minutes
+    deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=120))
     checkpoint_dir = os.path.join(os.path.dirname(out_path), "checkpoints")
     results = {"plain-groups": plain("groups"), "plain-one-tensor": plain("one-tensor")}
     results["initial-groups"] = {n: p.detach().clone() for n, p in make_model("groups").named_parameters()}

@@ -90,7 +90,7 @@ def results(tmp_path_factory):
     try:
         for proc in procs:
             # DeepSpeedCPUAdam's op is JIT-built on its first use on a machine (~1 min, cached after)
-            out_text, _ = proc.communicate(timeout=600)
+            out_text, _ = proc.communicate(timeout=400)
             outputs.append(out_text)
     finally:
         for proc in procs:

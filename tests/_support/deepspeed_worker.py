@@ -1,7 +1,7 @@
 """One rank of the two-process DeepSpeed test in tests/torch/test_engine_deepspeed.py.
 
 Run as ``python deepspeed_worker.py OUT_PATH`` with DS_ACCELERATOR=cpu, MASTER_ADDR, MASTER_PORT,
-RANK, WORLD_SIZE and LOCAL_RANK set (the test starts both ranks). Every case of :data:`CASES` runs
+RANK, WORLD_SIZE and LOCAL_RANK set (the test starts both ranks). Every case of :func:`all_cases` runs
 in this one launch: a seeded tiny MLP trained for :data:`STEPS` steps through
 ``deepspeed.initialize(model=..., optimizer=<client optimizer>, config=...)`` with ZeRO's flat fp32
 partition handed to the client optimizer. Rank 0 saves, for each case, the per-step losses (mean
@@ -45,7 +45,7 @@ RESUME = [(2, True, "fp32"), (3, False, "fp32"), (3, True, "fp32")]
 
 def case_key(stage, offload, dtype, layout, optimizer, resume=False):
     """The results file's key of one run, e.g. ``z2-offload-fp32-groups-fastopt``."""
-    parts = [f"z{stage}", "offload" if offload else "gpu-states", dtype, layout, optimizer]
+    parts = [f"z{stage}", "offload" if offload else "no-offload", dtype, layout, optimizer]
     return "-".join(parts + (["resume"] if resume else []))
 
 

@@ -39,8 +39,18 @@ CPU_ADAM = [(1, True, "fp32"), (2, True, "fp32"), (3, True, "bf16")]
 #: partition (and hands the optimizer a one-group list), so neither the number of groups nor a
 #: group's length changes and a check that counts them cannot notice the swap.
 ONE_TENSOR = [(1, False, "fp32"), (2, False, "fp32"), (2, True, "fp32"), (3, False, "fp32")]
+#: ZeRO-3 with a sub_group_size that splits the decay group in two sub-groups (fc1.weight's and
+#: fc2.weight's partitions): each engine step steps the same param group twice, its params set to
+#: one sub-group's flat partition, then to the other's, each with its own state.
+SPLIT = [(3, False, "fp32"), (3, True, "fp32")]
+SUB_GROUP_SIZE = 100
 #: Checkpoint resume: save after RESUME_AT steps, load into a fresh engine, continue.
 RESUME = [(2, True, "fp32"), (3, False, "fp32"), (3, True, "fp32")]
+
+
+#: How the params are grouped: "groups" (decay / no decay), "split" (the same, in ZeRO-3 sub-groups),
+#: "one-tensor" (a one-weight model, one group).
+LAYOUTS = ("groups", "split", "one-tensor")
 
 
 def case_key(stage, offload, dtype, layout, optimizer, resume=False):
@@ -57,6 +67,8 @@ def all_cases():
         cases += [(stage, offload, dtype, "groups", opt, False) for opt in optimizers]
     cases += [(stage, offload, dtype, "one-tensor", opt, False)
               for stage, offload, dtype in ONE_TENSOR for opt in ("torch", "fastopt")]
+    cases += [(stage, offload, dtype, "split", opt, False)
+              for stage, offload, dtype in SPLIT for opt in ("torch", "fastopt")]
     cases += [(stage, offload, dtype, "groups", opt, True)
               for stage, offload, dtype in RESUME for opt in ("torch", "fastopt")]
     return [(case_key(*c), *c) for c in cases]
@@ -109,8 +121,10 @@ def make_optimizer(name, groups):
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def ds_config(stage, offload, dtype):
+def ds_config(stage, offload, dtype, layout):
     zero = {"stage": stage}
+    if layout == "split":
+        zero["sub_group_size"] = SUB_GROUP_SIZE
     if offload:
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
@@ -130,7 +144,10 @@ def make_engine(stage, offload, dtype, layout, optimizer):
     import deepspeed
     model = make_model(layout)
     opt = make_optimizer(optimizer, param_groups(model, layout))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(stage, offload, dtype))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(stage, offload, dtype, layout))
+    if layout == "split" and len(engine.optimizer.fp16_groups) != 3:
+        raise RuntimeError(f"expected the decay group in 2 ZeRO-3 sub-groups (3 in all), got "
+                           f"{len(engine.optimizer.fp16_groups)}")
     return engine
 
 
@@ -213,13 +230,14 @@ def main(out_path):
     # a collective that one rank never joins fails after this instead of gloo's 30 minutes
     deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=120))
     checkpoint_dir = os.path.join(os.path.dirname(out_path), "checkpoints")
-    results = {"plain-groups": plain("groups"), "plain-one-tensor": plain("one-tensor")}
-    results["initial-groups"] = {n: p.detach().clone() for n, p in make_model("groups").named_parameters()}
-    results["initial-one-tensor"] = {n: p.detach().clone()
-                                     for n, p in make_model("one-tensor").named_parameters()}
+    results = {}
+    for layout in LAYOUTS:
+        results[f"plain-{layout}"] = plain(layout)
+        results[f"initial-{layout}"] = {n: p.detach().clone() for n, p in make_model(layout).named_parameters()}
     start = time.perf_counter()
     for key, stage, offload, dtype, layout, optimizer, resume in all_cases():
         t0 = time.perf_counter()
+        print(f"case {key}", flush=True)      # where a rank was, in its log, should it hang
         try:
             losses, params = run_case(rank, stage, offload, dtype, layout, optimizer, resume,
                                       os.path.join(checkpoint_dir, key))
@@ -227,8 +245,7 @@ def main(out_path):
         except Exception as exc:
             losses, params = None, None
             error = f"{type(exc).__name__}: {exc}"
-            if rank == 0:
-                traceback.print_exc()
+            traceback.print_exc()
         results[key] = {"losses": losses, "params": params, "error": error,
                         "seconds": time.perf_counter() - t0}
         dist.barrier()

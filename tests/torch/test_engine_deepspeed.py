@@ -4,12 +4,13 @@ One two-process launch (gloo on the loopback, DS_ACCELERATOR=cpu) of tests/_supp
 trains a seeded tiny MLP through ``deepspeed.initialize(model=..., optimizer=<client optimizer>)``
 over ZeRO stage 1, 2, 3 x (optimizer states in place, ``offload_optimizer: cpu``) x (fp32, bf16),
 with fastopt.torch.AdamW, torch.optim.AdamW(foreach=False) and, under offload, DeepSpeedCPUAdam,
-plus a one-tensor param group and checkpoint resume; every test below reads that launch's results.
+plus a one-tensor param group, ZeRO-3 sub-groups (two flat partitions stepped through one param
+group in turn) and checkpoint resume; every test below reads that launch's results.
 
 What DeepSpeed does to its client optimizer (deepspeed 0.19.8): ZeRO-1/2 replace each group's
 ``params`` with one flat fp32 partition and step one group at a time with ``param_groups``
-reassigned to a one-group list; ZeRO-3 empties each group's ``params`` and puts the partition in
-for the step only. A correct client optimizer must follow all of it.
+reassigned to a one-group list; ZeRO-3 empties each group's ``params`` and puts a partition in for
+its step only, the other groups staying empty. A correct client optimizer must follow all of it.
 """
 import os
 import pathlib
@@ -82,22 +83,25 @@ def results(tmp_path_factory):
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, str(SUPPORT / "deepspeed_worker.py"), str(out)],
-                              env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)), cwd=out_dir,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(worker.WORLD)]
-    outputs = []
+    logs = [out_dir / f"rank{rank}.log" for rank in range(worker.WORLD)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as log_file:        # a file, not a pipe: a rank's output cannot block it
+            procs.append(subprocess.Popen(
+                [sys.executable, str(SUPPORT / "deepspeed_worker.py"), str(out)],
+                env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)), cwd=out_dir,
+                stdout=log_file, stderr=subprocess.STDOUT))
     try:
         for proc in procs:
             # DeepSpeedCPUAdam's op is JIT-built on its first use on a machine (~1 min, cached after)
-            out_text, _ = proc.communicate(timeout=400)
-            outputs.append(out_text)
+            proc.wait(timeout=400)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    for rank, (proc, out_text) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{out_text[-6000:]}"
+    failed = [rank for rank, proc in enumerate(procs) if proc.returncode != 0]
+    assert not failed, "\n".join(f"rank {rank} exited with {procs[rank].returncode}:\n"
+                                  + logs[rank].read_text(errors="replace")[-5000:] for rank in failed)
     data = torch.load(out, weights_only=False)
     data["wall"] = time.perf_counter() - start
     return data

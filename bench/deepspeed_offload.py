@@ -78,6 +78,26 @@ def _model(torch, shapes, seed=0):
     return Params()
 
 
+def _partitions(engine):
+    """The flat fp32 partitions ZeRO hands its client optimizer (one per param group)."""
+    return [p.detach().clone() for p in engine.optimizer.single_partition_of_fp32_groups]
+
+
+def _check_first_steps(torch, built):
+    """One step of each engine from the same weights and gradients must move the partitions, the
+    same way for every contender: a step that does nothing is not timed (it would look fast)."""
+    before = [_partitions(engine) for _, engine in built]
+    for contender, _ in built:
+        contender.run(1)
+    after = [_partitions(engine) for _, engine in built]
+    for (contender, _), old, new in zip(built, before, after):
+        if any(torch.equal(a, b) for a, b in zip(old, new)):
+            raise RuntimeError(f"{contender.name}: an optimizer step left a partition unchanged")
+        for a, b in zip(new, after[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: (
+                f"{contender.name} and {built[0][0].name} disagree after one step:\n{m}"))
+
+
 def _contender(deepspeed, torch, name, make_optimizer, shapes):
     """A Contender whose ``run(k)`` does k engine steps and returns the seconds spent in the
     client optimizer's ``step()`` alone."""
@@ -158,6 +178,7 @@ def measure_offload_step(cases=None, timing=None, log=print):
     with _one_thread(torch):
         for label, shapes in selected:
             built = [_contender(deepspeed, torch, name, make, shapes) for name, make in contenders.items()]
+            _check_first_steps(torch, built)
             stats, rounds = measure([c for c, _ in built], **(timing or TIMING))
             for _, engine in built:
                 engine.destroy()

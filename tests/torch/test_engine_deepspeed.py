@@ -199,3 +199,30 @@ def test_checkpoint_resume_equals_uninterrupted_run(results, key):
 def test_one_launch_runs_every_case(results):
     assert set(KEYS) <= set(results)
     print(f"deepspeed launch: {results['wall']:.1f} s wall, {results['seconds']:.1f} s in the cases")
+
+
+def test_the_documented_switch_from_deepspeedcpuadam_trains_to_the_same_losses():
+    """examples/deepspeed_zero2_offload.py, as a user would run it: its ZeRO-Offload config with
+    DeepSpeedCPUAdam, and the same config changed as the README says (no "optimizer" section,
+    ``zero_force_ds_cpu_optimizer: false``, fastopt.torch.AdamW as the client optimizer), trained
+    in lockstep on the same batches: the printed losses agree."""
+    example = pathlib.Path(__file__).parents[2] / "examples" / "deepspeed_zero2_offload.py"
+    import fastopt
+    root = str(pathlib.Path(fastopt.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)     # the example sets up its one rank itself
+    done = subprocess.run([sys.executable, str(example), "--width", "128", "--steps", "16"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = {}
+    for line in done.stdout.splitlines():
+        if "losses every 5 steps" in line:
+            name = line.split(":")[0].strip()
+            losses[name] = [float(v) for v in line.split("losses every 5 steps")[1].split()]
+    assert set(losses) == {"DeepSpeedCPUAdam", "fastopt.torch.AdamW"}, done.stdout
+    assert len(losses["fastopt.torch.AdamW"]) == 4
+    assert losses["fastopt.torch.AdamW"][-1] < losses["fastopt.torch.AdamW"][0]    # it trains
+    # (printed with 4 decimals; DeepSpeedCPUAdam's FMA keeps it a few ulps away per step)
+    torch.testing.assert_close(losses["fastopt.torch.AdamW"], losses["DeepSpeedCPUAdam"],
+                               rtol=0, atol=2e-4)

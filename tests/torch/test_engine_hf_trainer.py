@@ -1,0 +1,185 @@
+"""fastopt.torch.AdamW under Hugging Face's Trainer (CPU): the same run as with torch.optim.AdamW.
+
+A tiny Llama built from a config (tests/_support/hf_trainer_run.py) is trained for 20 steps, the
+loss logged at every step. fastopt's optimizer is handed over both ways the Trainer takes one
+(``optimizers=`` and ``optimizer_cls_and_kwargs=``); a run resumed from the step-10 checkpoint
+must end where the uninterrupted run ends, also when the checkpoint's optimizer.pt was written by
+the other optimizer; and a two-rank DDP run (gloo) gives the same losses with either optimizer.
+Every comparison also runs with torch.optim.AdamW on both sides, which shows the harness itself
+is exact.
+"""
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")                    # the Trainer needs it
+
+SUPPORT = pathlib.Path(__file__).resolve().parents[1] / "_support"
+sys.path.insert(0, str(SUPPORT))
+try:
+    import hf_trainer_run  # noqa: E402
+finally:
+    sys.path.remove(str(SUPPORT))
+
+pytestmark = pytest.mark.torch
+
+KINDS = hf_trainer_run.KINDS
+#: fastopt against torch.optim in float32 (as the parity tests of tests/torch/).
+CLOSE = dict(rtol=1e-5, atol=1e-6)
+LOSS_RTOL = 1e-5
+
+
+class Runs:
+    """Trainer runs done once per module and shared by the tests that compare them."""
+
+    def __init__(self, root):
+        self.root = root
+        self.done = {}
+
+    def get(self, kind, via="optimizers", resume_from=None):
+        """The run of ``kind``; ``resume_from`` is the kind whose step-10 checkpoint it resumes."""
+        key = (kind, via, resume_from)
+        if key not in self.done:
+            folder = self.root / "-".join(str(part) for part in key)
+            checkpoint = None
+            if resume_from is not None:
+                checkpoint = self.checkpoint(resume_from, via)
+            self.done[key] = hf_trainer_run.run(kind, folder, via=via, resume_from=checkpoint)
+            assert self.done[key]["global_step"] == hf_trainer_run.STEPS
+        return self.done[key]
+
+    def checkpoint(self, kind, via="optimizers"):
+        self.get(kind, via)
+        folder = self.root / "-".join((kind, via, "None")) / f"checkpoint-{hf_trainer_run.CHECKPOINT_STEP}"
+        assert (folder / "optimizer.pt").is_file(), f"the Trainer wrote no optimizer.pt in {folder}"
+        return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return Runs(tmp_path_factory.mktemp("hf_trainer"))
+
+
+def assert_same_run(actual, expected, exact=False):
+    assert len(actual["losses"]) == len(expected["losses"]) == hf_trainer_run.STEPS
+    assert actual["params"].keys() == expected["params"].keys()
+    if exact:
+        assert actual["losses"] == expected["losses"]
+        for name, value in expected["params"].items():
+            assert torch.equal(actual["params"][name], value), name
+    else:
+        torch.testing.assert_close(torch.tensor(actual["losses"]), torch.tensor(expected["losses"]),
+                                   rtol=LOSS_RTOL, atol=0)
+        for name, value in expected["params"].items():
+            torch.testing.assert_close(actual["params"][name], value, **CLOSE, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def assert_trained(run):
+    """The run moved the model and lowered the loss: the comparisons are about something."""
+    initial = dict(hf_trainer_run.make_model().named_parameters())
+    assert all(not torch.equal(value, initial[name]) for name, value in run["params"].items())
+    assert sum(run["losses"][-4:]) < sum(run["losses"][:4])
+
+
+@pytest.mark.parametrize("via", ["optimizers", "cls_and_kwargs"])
+def test_fastopt_matches_torch_optim(runs, via):
+    reference = runs.get("torch", via)
+    assert_trained(reference)
+    assert_same_run(runs.get("fastopt", via), reference)
+
+
+def test_the_two_ways_differ(runs):
+    """optimizer_cls_and_kwargs gives the Trainer's own param groups (no decay on biases and
+    LayerNorm weights) and schedule: a different run from ``optimizers=`` over model.parameters()
+    (so the test above checks two things)."""
+    a, b = runs.get("torch", "optimizers"), runs.get("torch", "cls_and_kwargs")
+    assert any(not torch.equal(a["params"][name], b["params"][name]) for name in a["params"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_from_checkpoint_is_exact(runs, kind):
+    assert_same_run(runs.get(kind, resume_from=kind), runs.get(kind), exact=True)
+
+
+@pytest.mark.parametrize("kind,written_by", [("fastopt", "torch"), ("torch", "fastopt")],
+                         ids=["torch-checkpoint-resumed-by-fastopt", "fastopt-checkpoint-resumed-by-torch"])
+def test_resume_from_the_other_optimizers_checkpoint(runs, kind, written_by):
+    resumed = runs.get(kind, resume_from=written_by)
+    # the first half is the writer's own run (the Trainer keeps its log history)
+    assert resumed["losses"][:hf_trainer_run.CHECKPOINT_STEP] == \
+        runs.get(written_by)["losses"][:hf_trainer_run.CHECKPOINT_STEP]
+    assert_same_run(resumed, runs.get(written_by))
+    assert_same_run(resumed, runs.get(kind))
+
+
+# ------------------------------------------------------------------------------------------------
+# two ranks under torch.distributed (gloo): the Trainer wraps the model in DDP
+# ------------------------------------------------------------------------------------------------
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fastopt_path():
+    import fastopt
+    return str(pathlib.Path(fastopt.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory):
+    """Both ranks' results of one two-process launch (each trains with both optimizers)."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    folder = tmp_path_factory.mktemp("hf_trainer_ddp")
+    base = dict(os.environ, PYTHONPATH=_fastopt_path(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                WORLD_SIZE="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    if sys.platform.startswith("linux"):
+        base["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
+    procs = [subprocess.Popen([sys.executable, str(SUPPORT / "hf_trainer_run.py"), str(folder / f"rank{rank}.pt")],
+                              env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)), cwd=folder,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(2)]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=180)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-6000:]}"
+    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
+    assert [rank["world_size"] for rank in ddp_ranks] == [2, 2]
+    first, second = (rank[kind] for rank in ddp_ranks)
+    assert first["losses"] == second["losses"]           # the logged loss is the mean over ranks
+    for name, value in first["params"].items():
+        assert torch.equal(second["params"][name], value), name
+    assert_trained(first)
+
+
+def test_ddp_fastopt_matches_torch_optim(ddp_ranks):
+    assert_same_run(ddp_ranks[0]["fastopt"], ddp_ranks[0]["torch"])
+
+
+def test_ddp_averages_gradients_over_ranks(ddp_ranks, runs):
+    """Two ranks with half batches train the same model as one process with whole batches (same
+    sampler order, gradients averaged), up to reduction order: DDP is really in the loop."""
+    single = runs.get("torch")
+    two = ddp_ranks[0]["torch"]
+    assert len(two["losses"]) == len(single["losses"])
+    for name, value in single["params"].items():
+        torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5)

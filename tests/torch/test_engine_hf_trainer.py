@@ -83,8 +83,9 @@ def assert_same_run(actual, expected, exact=False):
 def assert_trained(run):
     """The run moved the model and lowered the loss: the comparisons are about something."""
     initial = dict(hf_trainer_run.make_model().named_parameters())
-    assert all(not torch.equal(value, initial[name]) for name, value in run["params"].items())
-    assert sum(run["losses"][-4:]) < sum(run["losses"][:4])
+    unmoved = [name for name, value in run["params"].items() if torch.equal(value, initial[name])]
+    assert not unmoved, f"params still at their initial values after training: {unmoved}"
+    assert sum(run["losses"][-4:]) < sum(run["losses"][:4]), run["losses"]
 
 
 @pytest.mark.parametrize("via", ["optimizers", "cls_and_kwargs"])
@@ -116,6 +117,29 @@ def test_resume_from_the_other_optimizers_checkpoint(runs, kind, written_by):
         runs.get(written_by)["losses"][:hf_trainer_run.CHECKPOINT_STEP]
     assert_same_run(resumed, runs.get(written_by))
     assert_same_run(resumed, runs.get(kind))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_params_given_new_memory_then_state_reloaded(kind):
+    """What the Trainer's accelerate does to the optimizer under DDP on CPU, in one process.
+
+    accelerate's prepare() moves the model to its device, ``cpu:0`` under DDP on CPU, which
+    ``Module.to`` does by copying every param and assigning ``param.data`` (same Parameter
+    objects, new memory); then AcceleratedOptimizer reloads the optimizer's own state_dict. The
+    steps after it must update the params' new memory, as torch.optim's do.
+    """
+    model = hf_trainer_run.make_model()
+    optimizer = hf_trainer_run.optimizer_class(kind)(model.parameters(), **hf_trainer_run.optimizer_kwargs(kind))
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+    model.to(torch.device("cpu", 0))
+    assert all(p.data_ptr() != before[name] for name, p in model.named_parameters())   # new memory
+    optimizer.load_state_dict(optimizer.state_dict())
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    tokens = hf_trainer_run.RandomTokens()[0]["input_ids"][None]
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    optimizer.step()
+    unmoved = [name for name, p in model.named_parameters() if torch.equal(p, initial[name])]
+    assert not unmoved, f"{type(optimizer).__module__}.{type(optimizer).__name__} did not update: {unmoved}"
 
 
 # ------------------------------------------------------------------------------------------------

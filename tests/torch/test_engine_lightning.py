@@ -76,8 +76,9 @@ def assert_trained(run):
     """The run moved every param and lowered the loss: the comparisons are about something."""
     lightning_run.lightning.seed_everything(0, verbose=False)
     initial = dict(lightning_run.Regression("torch").named_parameters())
-    assert all(not torch.equal(value, initial[name]) for name, value in run["params"].items())
-    assert sum(run["losses"][-5:]) < sum(run["losses"][:5])
+    unmoved = [name for name, value in run["params"].items() if torch.equal(value, initial[name])]
+    assert not unmoved, f"params still at their initial values after training: {unmoved}"
+    assert sum(run["losses"][-5:]) < sum(run["losses"][:5]), run["losses"]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -1,9 +1,11 @@
 """A tiny Llama trained by Hugging Face's Trainer on CPU, for tests/torch/test_engine_hf_trainer.py.
 
 The test imports :func:`run` and trains in its own process; the same file is also one rank of the
-two-process DDP run (``python hf_trainer_run.py OUT_PATH`` with RANK, LOCAL_RANK, WORLD_SIZE,
-MASTER_ADDR and MASTER_PORT set, as torchrun sets them), which trains once with fastopt.torch.AdamW
-and once with torch.optim.AdamW and saves both results to OUT_PATH.
+two-process DDP run (``python hf_trainer_run.py RANK OUT_DIR`` with MASTER_ADDR, MASTER_PORT and
+WORLD_SIZE set: tests/_support/two_ranks.py launches it), which trains once with
+fastopt.torch.AdamW and once with torch.optim.AdamW and writes both results to
+``OUT_DIR/rank<RANK>.pt``. ``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim.AdamW in fastopt's
+place (the harness against itself), in the test's process and in the ranks.
 
 The model is built from a config (no download, no tokenizer: the data are random token ids) and
 has no dropout (Llama's default), so two runs differ only by their optimizer.
@@ -27,20 +29,23 @@ BATCH = 4
 #: The optimizer's hyperparameters (the Trainer's weight decay when it builds the optimizer).
 OPTIMIZER_KWARGS = dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
 KINDS = ("fastopt", "torch")
+#: What runs as "fastopt": fastopt's class, or with "torch" torch.optim's (see the module docstring).
+CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 
 def optimizer_class(kind):
     """fastopt.torch.AdamW or its reference torch.optim.AdamW (per-parameter loop, as fastopt's parity tests)."""
-    if kind == "fastopt":
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "fastopt" and CANDIDATE == "fastopt":
         import fastopt.torch
         return fastopt.torch.AdamW
-    if kind == "torch":
-        return torch.optim.AdamW
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return torch.optim.AdamW
 
 
 def optimizer_kwargs(kind):
-    return dict(OPTIMIZER_KWARGS, foreach=False) if kind == "torch" else dict(OPTIMIZER_KWARGS)
+    cls = optimizer_class(kind)
+    return dict(OPTIMIZER_KWARGS, foreach=False) if cls is torch.optim.AdamW else dict(OPTIMIZER_KWARGS)
 
 
 def make_model(seed=0):
@@ -105,23 +110,34 @@ def run(kind, output_dir, *, via="optimizers", resume_from=None, save=True, batc
     return {"losses": losses, "params": params, "global_step": trainer.state.global_step}
 
 
-def main(out_path):
-    """One rank of the DDP run: both optimizers, each over its half of every global batch."""
+def main(rank, out_dir):
+    """One rank of the DDP run: both optimizers, each over its half of every global batch.
+
+    Writes ``OUT_DIR/rank<RANK>.pt``: ``{kind: record}`` with :func:`run`'s record, or with
+    ``error`` (the traceback) for a run that raised; a failing run does not stop the other.
+    """
     import tempfile
+    import traceback
 
     import torch.distributed as dist
+    os.environ["LOCAL_RANK"] = str(rank)        # accelerate reads the rank from here
+    os.environ["RANK"] = str(rank)
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for kind in KINDS:
-            results[kind] = run(kind, os.path.join(scratch, kind), save=False, batch=BATCH // 2,
-                                ddp_backend="gloo")
-    results["world_size"] = dist.get_world_size()
-    torch.save(results, out_path)
-    # Both ranks reach here before either tears its group down (see ddp_worker.py).
-    dist.barrier()
-    dist.destroy_process_group()
+            try:
+                results[kind] = dict(run(kind, os.path.join(scratch, kind), save=False, batch=BATCH // 2,
+                                         ddp_backend="gloo"), error=None)
+            except Exception:
+                results[kind] = dict(error=traceback.format_exc())
+    results["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    if dist.is_initialized():
+        # Both ranks reach here before either tears its group down (see ddp_worker.py).
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(int(sys.argv[1]), sys.argv[2])

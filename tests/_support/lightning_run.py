@@ -1,11 +1,13 @@
 """A small model trained by Lightning's Trainer on CPU, for tests/torch/test_engine_lightning.py.
 
 The test imports :func:`run` and trains in its own process; the same file is also one rank of the
-two-process DDP run (``python lightning_run.py OUT_PATH`` with LOCAL_RANK, NODE_RANK, WORLD_SIZE,
-MASTER_ADDR and MASTER_PORT set: Lightning then takes the processes as launched and starts none),
-which trains once with fastopt.torch.AdamW and once with torch.optim.AdamW and saves both
-results to OUT_PATH. (strategy="ddp" would launch its ranks by running this process's command
-line again: under pytest, pytest itself.)
+two-process DDP run (``python lightning_run.py RANK OUT_DIR`` with MASTER_ADDR, MASTER_PORT and
+WORLD_SIZE set: tests/_support/two_ranks.py launches it), which trains once with
+fastopt.torch.AdamW and once with torch.optim.AdamW and writes both results to
+``OUT_DIR/rank<RANK>.pt``. The rank sets LOCAL_RANK and NODE_RANK, from which Lightning takes the
+processes as launched and starts none (strategy="ddp" would otherwise launch its ranks by running
+this process's command line again: under pytest, pytest itself). ``FASTOPT_ENGINE_CANDIDATE=torch``
+runs torch.optim.AdamW in fastopt's place (the harness against itself).
 """
 import os
 import sys
@@ -19,16 +21,18 @@ BATCH = 8
 WARMUP_STEPS = 3
 OPTIMIZER_KWARGS = dict(lr=3e-2, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
 KINDS = ("fastopt", "torch")
+#: What runs as "fastopt": fastopt's class, or with "torch" torch.optim's (see the module docstring).
+CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 
 def optimizer_class(kind):
     """fastopt.torch.AdamW or its reference torch.optim.AdamW (per-parameter loop, as fastopt's parity tests)."""
-    if kind == "fastopt":
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "fastopt" and CANDIDATE == "fastopt":
         import fastopt.torch
         return fastopt.torch.AdamW
-    if kind == "torch":
-        return torch.optim.AdamW
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return torch.optim.AdamW
 
 
 def warmup_then_linear_decay(step):
@@ -75,8 +79,9 @@ class Regression(lightning.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        kwargs = dict(OPTIMIZER_KWARGS, foreach=False) if self.kind == "torch" else dict(OPTIMIZER_KWARGS)
-        optimizer = optimizer_class(self.kind)(self.parameters(), **kwargs)
+        cls = optimizer_class(self.kind)
+        kwargs = dict(OPTIMIZER_KWARGS, foreach=False) if cls is torch.optim.AdamW else dict(OPTIMIZER_KWARGS)
+        optimizer = cls(self.parameters(), **kwargs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -105,22 +110,32 @@ def run(kind, root_dir, *, precision="32-true", resume_from=None, **trainer_argu
             "checkpoint": first if os.path.exists(first) else None}
 
 
-def main(out_path):
-    """One rank of the DDP run: both optimizers, each rank on its half of every epoch."""
+def main(rank, out_dir):
+    """One rank of the DDP run: both optimizers, each rank on its half of every epoch.
+
+    Writes ``OUT_DIR/rank<RANK>.pt``: ``{kind: record}`` with :func:`run`'s record, or with
+    ``error`` (the traceback) for a run that raised; a failing run does not stop the other.
+    """
     import tempfile
+    import traceback
 
     import torch.distributed as dist
+    os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")   # Lightning: processes launched outside
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for kind in KINDS:
-            results[kind] = run(kind, os.path.join(scratch, kind), strategy="ddp", devices=2)
-    results["world_size"] = dist.get_world_size()
-    torch.save(results, out_path)
-    # Both ranks reach here before either tears its group down (see ddp_worker.py).
-    dist.barrier()
-    dist.destroy_process_group()
+            try:
+                results[kind] = dict(run(kind, os.path.join(scratch, kind), strategy="ddp", devices=2), error=None)
+            except Exception:
+                results[kind] = dict(error=traceback.format_exc())
+    results["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    if dist.is_initialized():
+        # Both ranks reach here before either tears its group down (see ddp_worker.py).
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(int(sys.argv[1]), sys.argv[2])

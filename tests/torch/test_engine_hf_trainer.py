@@ -7,11 +7,10 @@ must end where the uninterrupted run ends, also when the checkpoint's optimizer.
 the other optimizer; and a two-rank DDP run (gloo) gives the same losses with either optimizer.
 Every comparison also runs with torch.optim.AdamW on both sides, which shows the harness itself
 is exact.
+``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim.AdamW in fastopt's place throughout (see
+tests/_support/two_ranks.py): every test must then pass, as it does.
 """
-import os
 import pathlib
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -23,6 +22,7 @@ pytest.importorskip("accelerate")                    # the Trainer needs it
 SUPPORT = pathlib.Path(__file__).resolve().parents[1] / "_support"
 sys.path.insert(0, str(SUPPORT))
 try:
+    import two_ranks  # noqa: E402
     import hf_trainer_run  # noqa: E402
 finally:
     sys.path.remove(str(SUPPORT))
@@ -146,49 +146,27 @@ def test_params_given_new_memory_then_state_reloaded(kind):
 # two ranks under torch.distributed (gloo): the Trainer wraps the model in DDP
 # ------------------------------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _fastopt_path():
-    import fastopt
-    return str(pathlib.Path(fastopt.__file__).resolve().parents[1])
-
-
 @pytest.fixture(scope="module")
 def ddp_ranks(tmp_path_factory):
     """Both ranks' results of one two-process launch (each trains with both optimizers)."""
-    import torch.distributed as dist
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this build")
-    folder = tmp_path_factory.mktemp("hf_trainer_ddp")
-    base = dict(os.environ, PYTHONPATH=_fastopt_path(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                WORLD_SIZE="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    if sys.platform.startswith("linux"):
-        base["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
-    procs = [subprocess.Popen([sys.executable, str(SUPPORT / "hf_trainer_run.py"), str(folder / f"rank{rank}.pt")],
-                              env=dict(base, RANK=str(rank), LOCAL_RANK=str(rank)), cwd=folder,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=180)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-6000:]}"
-    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    two_ranks.require_gloo()
+    out_dir = tmp_path_factory.mktemp("hf_trainer_ddp")
+    two_ranks.launch(SUPPORT / "hf_trainer_run.py", [out_dir], timeout=180)
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(two_ranks.WORLD_SIZE)]
+
+
+def completed(ranks, kind):
+    """Every rank's record of ``kind``; fails with the run's error if it raised on a rank."""
+    for rank, results in enumerate(ranks):
+        if results[kind]["error"] is not None:
+            pytest.fail(f"the {kind} run failed on rank {rank}:\n{results[kind]['error']}", pytrace=False)
+    return [results[kind] for results in ranks]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
     assert [rank["world_size"] for rank in ddp_ranks] == [2, 2]
-    first, second = (rank[kind] for rank in ddp_ranks)
+    first, second = completed(ddp_ranks, kind)
     assert first["losses"] == second["losses"]           # the logged loss is the mean over ranks
     for name, value in first["params"].items():
         assert torch.equal(second["params"][name], value), name
@@ -196,14 +174,14 @@ def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
 
 
 def test_ddp_fastopt_matches_torch_optim(ddp_ranks):
-    assert_same_run(ddp_ranks[0]["fastopt"], ddp_ranks[0]["torch"])
+    assert_same_run(completed(ddp_ranks, "fastopt")[0], completed(ddp_ranks, "torch")[0])
 
 
 def test_ddp_averages_gradients_over_ranks(ddp_ranks, runs):
     """Two ranks with half batches train the same model as one process with whole batches (same
     sampler order, gradients averaged), up to reduction order: DDP is really in the loop."""
     single = runs.get("torch")
-    two = ddp_ranks[0]["torch"]
+    two = completed(ddp_ranks, "torch")[0]
     assert len(two["losses"]) == len(single["losses"])
     for name, value in single["params"].items():
         torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5)

@@ -10,19 +10,24 @@ the updated partition back to the model are not), the two engines taking turns r
 one tensor of 1e6 and of 1e7 elements, and 200 small tensors (the partition is still one flat
 tensor: what changes is what the engine and the adapter see around it).
 
-    python bench/deepspeed_offload.py            # prints ms per step and the ratios
-    python bench/deepspeed_offload.py --quick    # the 1e6 and 200-tensor cases only
+    fastopt bench --deepspeed ...                          # the "deepspeed" table of the bench
+    python -m fastopt.benchmarks.deepspeed_offload         # this table alone
+    python -m fastopt.benchmarks.deepspeed_offload --quick # the 1e6 and 200-tensor cases only
 
-:func:`measure_offload_step` returns the results as a dict.
+DeepSpeed is optional: :func:`available` says whether it is installed without importing it (its
+import takes seconds, and its CPUAdam op is compiled on first use, a minute or two on a cold
+machine). :func:`measure_offload_step` returns the results as a dict.
 """
 import contextlib
 import gc
+import importlib.util
+import logging
 import os
 import socket
 import time
 
-from fastopt.benchmarks.timing import Contender, measure, noise
-from fastopt.benchmarks.training import ADAPTER_CASES
+from .timing import Contender, measure, noise
+from .training import ADAPTER_CASES
 
 #: (label, shapes of the model's params): the flat partition DeepSpeed hands the optimizer holds
 #: their elements.
@@ -31,7 +36,12 @@ CASES = (
     ("1 x 1e7", ((10_000_000,),)),
     ("200 tensors", dict(ADAPTER_CASES)["200 tensors"]),
 )
+#: Short names of the cases on the command line (``--deepspeed-cases 1e6,200``).
+SHORT_NAMES = {"1e6": "1 x 1e6", "1e7": "1 x 1e7", "200": "200 tensors"}
 QUICK = ("1 x 1e6", "200 tensors")
+#: The table's columns: the optimizers' names in the rows (and in targets), and what each is.
+COLUMNS = {"DeepSpeedCPUAdam": "deepspeed.ops.adam.DeepSpeedCPUAdam(adamw_mode=True)",
+           "fastopt": "fastopt.torch.AdamW"}
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 CONFIG = {
     "train_micro_batch_size_per_gpu": 1,
@@ -92,10 +102,11 @@ def _check_first_steps(torch, built):
     after = [_partitions(engine) for _, engine in built]
     for (contender, _), old, new in zip(built, before, after):
         if any(torch.equal(a, b) for a, b in zip(old, new)):
-            raise RuntimeError(f"{contender.name}: an optimizer step left a partition unchanged")
+            raise RuntimeError(f"{COLUMNS[contender.name]}: an optimizer step left a partition unchanged")
         for a, b in zip(new, after[0]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: (
-                f"{contender.name} and {built[0][0].name} disagree after one step:\n{m}"))
+                f"{COLUMNS[contender.name]} and {COLUMNS[built[0][0].name]} disagree after one "
+                f"step:\n{m}"))
 
 
 def _contender(deepspeed, torch, name, make_optimizer, shapes):
@@ -103,7 +114,14 @@ def _contender(deepspeed, torch, name, make_optimizer, shapes):
     client optimizer's ``step()`` alone."""
     model = _model(torch, shapes)
     optimizer = make_optimizer(model.parameters())
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=CONFIG)
+    from deepspeed.utils import logger
+    level = logger.level
+    # its "untested optimizer" warning is what "zero_allow_untested_optimizer" asks for: not news
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=CONFIG)
+    finally:
+        logger.setLevel(level)
     spent = []
     step = optimizer.step
 
@@ -144,6 +162,26 @@ def _one_thread(torch):
         fastopt.set_num_threads(before[1])
 
 
+def available():
+    """Whether DeepSpeed is installed (found without importing it: its import takes seconds)."""
+    try:
+        return importlib.util.find_spec("deepspeed") is not None
+    except (ImportError, ValueError):      # a broken or half-removed install
+        return False
+
+
+def select_cases(text):
+    """The case labels named in ``text``, comma-separated short names (``1e6``, ``1e7``, ``200``)
+    or labels; ValueError naming the unknown ones."""
+    labels = dict(SHORT_NAMES, **{label: label for label, _ in CASES})
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in labels]
+    if unknown or not names:
+        raise ValueError(f"--deepspeed-cases: unknown case(s) {unknown}; choose from "
+                         f"{', '.join(SHORT_NAMES)} (or {', '.join(repr(c) for c, _ in CASES)})")
+    return tuple(dict.fromkeys(labels[name] for name in names))
+
+
 def measure_offload_step(cases=None, timing=None, log=print):
     """Time the optimizer step of fastopt.torch.AdamW and DeepSpeedCPUAdam under ZeRO-2 offload.
 
@@ -152,16 +190,18 @@ def measure_offload_step(cases=None, timing=None, log=print):
     cases : sequence of str, optional
         Labels of :data:`CASES` to run (all by default).
     timing : dict, optional
-        :func:`fastopt.benchmarks.timing.measure`'s budget, min_reps and max_reps (:data:`TIMING`).
+        :func:`fastopt.benchmarks.timing.measure`'s budget, min_reps, max_reps and repeats
+        (:data:`TIMING` by default).
     log : callable or None
         Called with one line per case.
 
     Returns
     -------
     dict
-        ``{"threads": 1, "deepspeed": version, "rows": [row, ...]}``, a row being ``{"case", "n",
-        "tensors", "rounds", "ms_per_step": {contender: median ms}, "ratio": DeepSpeedCPUAdam ms /
-        fastopt ms, "noise"}``.
+        ``{"threads": 1, "deepspeed": version, "rows": [row, ...]}``, a row being ``{"size": case
+        label, "n", "tensors", "threads": 1, "rounds", "ms_per_step": {column: median ms},
+        "ratio": DeepSpeedCPUAdam ms / fastopt ms, "noise"}``, the columns those of
+        :data:`COLUMNS`.
     """
     import torch
 
@@ -170,7 +210,7 @@ def measure_offload_step(cases=None, timing=None, log=print):
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     contenders = {
-        "fastopt.torch.AdamW": lambda params: fastopt.torch.AdamW(params, **ADAMW),
+        "fastopt": lambda params: fastopt.torch.AdamW(params, **ADAMW),
         "DeepSpeedCPUAdam": lambda params: DeepSpeedCPUAdam(params, adamw_mode=True, **ADAMW),
     }
     selected = [c for c in CASES if cases is None or c[0] in cases]
@@ -179,28 +219,51 @@ def measure_offload_step(cases=None, timing=None, log=print):
         for label, shapes in selected:
             built = [_contender(deepspeed, torch, name, make, shapes) for name, make in contenders.items()]
             _check_first_steps(torch, built)
-            stats, rounds = measure([c for c, _ in built], **(timing or TIMING))
+            stats, rounds = measure([c for c, _ in built], **dict(TIMING, **(timing or {})))
             for _, engine in built:
                 engine.destroy()
             del built
             gc.collect()
             ms = {name: s["median"] * 1e3 for name, s in stats.items()}
             n = sum(torch.Size(s).numel() for s in shapes)
-            row = dict(case=label, n=n, tensors=len(shapes), rounds=rounds, ms_per_step=ms,
-                       ratio=ms["DeepSpeedCPUAdam"] / ms["fastopt.torch.AdamW"], noise=noise(stats))
+            row = dict(size=label, n=n, tensors=len(shapes), threads=1, rounds=rounds, ms_per_step=ms,
+                       ratio=ms["DeepSpeedCPUAdam"] / ms["fastopt"], noise=noise(stats))
             rows.append(row)
             if log is not None:
-                log(f"{label:>12} ({n:,} elements): fastopt {ms['fastopt.torch.AdamW']:.3f} ms, "
+                log(f"deepspeed {label:>12} ({n:,} elements): fastopt {ms['fastopt']:.3f} ms, "
                     f"DeepSpeedCPUAdam {ms['DeepSpeedCPUAdam']:.3f} ms, ratio {row['ratio']:.2f} "
                     f"({rounds} rounds, noise {row['noise']:.0%})")
     return {"threads": 1, "deepspeed": deepspeed.__version__, "rows": rows}
 
 
-if __name__ == "__main__":
+#: What the table's numbers are, printed above it.
+EXPLANATION = ("DeepSpeed ZeRO-2, optimizer offloaded to the CPU (1 rank, fp32, 1 thread): ms per "
+               "optimizer.step() of the engine's client optimizer (median of round-robin rounds);\n"
+               "ratio = DeepSpeedCPUAdam / fastopt.torch.AdamW, > 1: fastopt is faster")
+
+
+def main(argv=None):
+    """``python -m fastopt.benchmarks.deepspeed_offload [--quick] [--cases 1e6,200]``."""
     import argparse
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+    from .report import format_deepspeed
+    parser = argparse.ArgumentParser(prog="python -m fastopt.benchmarks.deepspeed_offload",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
-    args = parser.parse_args()
-    print("DeepSpeed ZeRO-2, optimizer offloaded to the CPU, 1 rank, 1 thread: the optimizer step "
-          "(median; ratio = DeepSpeedCPUAdam / fastopt)")
-    measure_offload_step(QUICK if args.quick else None)
+    parser.add_argument("--cases", default=None, help=f"comma-separated, from {', '.join(SHORT_NAMES)}")
+    args = parser.parse_args(argv)
+    if not available():
+        print("deepspeed: not installed (`python -m pip install deepspeed` adds it)")
+        return 1
+    try:
+        cases = select_cases(args.cases) if args.cases else (QUICK if args.quick else None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = measure_offload_step(cases)
+    print(EXPLANATION)
+    print(format_deepspeed(result["rows"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import socket
+import sys
 import time
 
 from .timing import Contender, measure, noise
@@ -170,14 +171,14 @@ def available():
         return False
 
 
-def select_cases(text):
+def select_cases(text, option="--deepspeed-cases"):
     """The case labels named in ``text``, comma-separated short names (``1e6``, ``1e7``, ``200``)
-    or labels; ValueError naming the unknown ones."""
+    or labels; ValueError naming ``option`` and the unknown ones."""
     labels = dict(SHORT_NAMES, **{label: label for label, _ in CASES})
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in labels]
     if unknown or not names:
-        raise ValueError(f"--deepspeed-cases: unknown case(s) {unknown}; choose from "
+        raise ValueError(f"{option}: unknown case(s) {unknown}; choose from "
                          f"{', '.join(SHORT_NAMES)} (or {', '.join(repr(c) for c, _ in CASES)})")
     return tuple(dict.fromkeys(labels[name] for name in names))
 
@@ -252,14 +253,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
     parser.add_argument("--cases", default=None, help=f"comma-separated, from {', '.join(SHORT_NAMES)}")
     args = parser.parse_args(argv)
+    try:
+        cases = select_cases(args.cases, "--cases") if args.cases else (QUICK if args.quick else None)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not available():
         print("deepspeed: not installed (`python -m pip install deepspeed` adds it)")
         return 1
-    try:
-        cases = select_cases(args.cases) if args.cases else (QUICK if args.quick else None)
-    except ValueError as exc:
-        parser.error(str(exc))
-    result = measure_offload_step(cases)
+    result = measure_offload_step(cases, log=lambda line: print(line, file=sys.stderr, flush=True))
     print(EXPLANATION)
     print(format_deepspeed(result["rows"]))
     return 0

@@ -152,3 +152,14 @@ def test_bench_deepspeed_runs(tmp_path):
     assert (row["size"], row["n"], row["threads"]) == ("1 x 1e6", 10**6, 1)
     assert row["rounds"] >= 5 and row["ratio"] == pytest.approx(
         row["ms_per_step"]["DeepSpeedCPUAdam"] / row["ms_per_step"]["fastopt"])
+
+
+def test_standalone_command_checks_its_arguments_and_says_when_deepspeed_is_missing(capsys, monkeypatch):
+    """``python -m fastopt.benchmarks.deepspeed_offload`` (and the bench/deepspeed_offload.py shim)."""
+    with pytest.raises(SystemExit) as exc:
+        deepspeed_offload.main(["--cases", "1e6,1e9"])
+    assert exc.value.code == 2
+    assert "--cases: unknown case(s) ['1e9']" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "deepspeed", None)
+    assert deepspeed_offload.main(["--quick"]) == 1
+    assert capsys.readouterr().out == "deepspeed: not installed (`python -m pip install deepspeed` adds it)\n"

@@ -59,6 +59,14 @@ def build_parser(prog="fastopt bench"):
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="start N processes that spin on a core each while the threads table runs, "
                          "to measure steps on a busy machine (default 0)")
+    ap.add_argument("--deepspeed", action="store_true",
+                    help="add the DeepSpeed table: ZeRO-2 with the optimizer offloaded to the CPU, "
+                         "fastopt.torch.AdamW vs DeepSpeedCPUAdam as the engine's optimizer (needs "
+                         "deepspeed and torch; not in the default run: importing DeepSpeed takes "
+                         "seconds and its CPUAdam op compiles on first use, a minute or two)")
+    ap.add_argument("--deepspeed-cases", default=None, metavar="CASES",
+                    help="with --deepspeed: comma-separated, from 1e6, 1e7, 200 (200 tensors) "
+                         "(default: all; with --quick 1e6,200)")
     ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
                     help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
     ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
@@ -87,6 +95,11 @@ def _parse(args):
         raise ValueError("--repeats must be >= 1")
     if args.busy < 0:
         raise ValueError("--busy must be >= 0")
+    if args.deepspeed_cases is not None:
+        if not args.deepspeed:
+            raise ValueError("--deepspeed-cases needs --deepspeed")
+        from .deepspeed_offload import select_cases
+        select_cases(args.deepspeed_cases)
     checks = targets_mod.load(args.check) if args.check else None
     return opts, sizes, dtypes, threads, checks
 
@@ -172,6 +185,32 @@ def run_lbfgsb(args, log):
               f"scikit-learn SAGA {owlqn['saga_s'] * 1e3:.1f} ms; objective relative gap "
               f"{owlqn['rel_gap']:.1e}; zero coefficients {owlqn['owlqn_zeros']} / {owlqn['saga_zeros']}")
     return rows
+
+
+def run_deepspeed(args, torch, log, timing):
+    """DeepSpeed ZeRO-2 offload: the client optimizer's step, fastopt vs DeepSpeedCPUAdam (see
+    .deepspeed_offload); None, after one line saying why, when DeepSpeed or torch is missing."""
+    from . import deepspeed_offload
+
+    if torch is None:
+        print("\ndeepspeed: skipped, the DeepSpeed table needs torch")
+        return None
+    if not deepspeed_offload.available():
+        print("\ndeepspeed: not installed, so no DeepSpeed table (`python -m pip install deepspeed` "
+              "adds it)")
+        return None
+    if args.deepspeed_cases:
+        cases = deepspeed_offload.select_cases(args.deepspeed_cases)
+    else:
+        cases = deepspeed_offload.QUICK if args.quick else None
+    log("DeepSpeed ZeRO-2 offload: the engine's optimizer step, fastopt vs DeepSpeedCPUAdam (importing "
+        "DeepSpeed; its CPUAdam op compiles on first use)")
+    ds_timing = dict(settings.DEEPSPEED_QUICK_TIMING if args.quick else deepspeed_offload.TIMING,
+                     repeats=timing["repeats"])
+    result = deepspeed_offload.measure_offload_step(cases, ds_timing, log=log)
+    print("\n" + deepspeed_offload.EXPLANATION + f" (deepspeed {result['deepspeed']})")
+    print(report.format_deepspeed(result["rows"]))
+    return result
 
 
 def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
@@ -318,6 +357,9 @@ def main(argv=None, prog="fastopt bench"):
     tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
     if not args.no_precision and "adam" in opts:
         tables["precision"] = run_precision(args, torch, log, timing, threads)
+    deepspeed = run_deepspeed(args, torch, log, timing) if args.deepspeed else None
+    if deepspeed is not None:
+        tables["deepspeed"] = deepspeed["rows"]
     lbfgs = run_lbfgs(args, log) if args.lbfgs else None
     lbfgsb = run_lbfgsb(args, log) if args.lbfgs else None
 
@@ -339,6 +381,7 @@ def main(argv=None, prog="fastopt bench"):
                           torch=torch.__version__ if torch is not None else None,
                           results=rows, clip=clip_rows, matrix=matrix_rows, lbfgs=lbfgs,
                           lbfgsb=lbfgsb, **tables,
+                          deepspeed_version=deepspeed and deepspeed["deepspeed"],
                           elapsed_s=elapsed,
                           targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
         print(f"json: {args.json}")

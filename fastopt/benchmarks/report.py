@@ -214,3 +214,10 @@ def format_precision(rows):
     ratios = [("master/f32", "bf16-master", "f32"), ("f32/sbf16", "f32", "bf16-master-sbf16"),
               ("fused/bf16", "torch-fused-bf16", "bf16"), ("fused/f16", "torch-fused-f16", "f16")]
     return _table(rows, keys, columns, ratios, "ns_per_elem")
+
+
+def format_deepspeed(rows):
+    """DeepSpeed ZeRO-2 offload: the client optimizer's step (ms), DeepSpeedCPUAdam vs fastopt."""
+    keys = [("case", 12, "size"), ("elements", 10, "n")]
+    return _table(rows, keys, ["DeepSpeedCPUAdam", "fastopt"], [("DS/fastopt", "DeepSpeedCPUAdam", "fastopt")],
+                  "ms_per_step")

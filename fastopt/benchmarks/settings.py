@@ -147,6 +147,8 @@ DEFAULT_DTYPES = "float32,float64"
 #: shortest sample (consecutive steps are timed together until a sample lasts that long).
 TIMING = MappingProxyType(dict(budget=0.2, min_reps=5, max_reps=41, min_sample=1e-3))
 QUICK_TIMING = MappingProxyType(dict(budget=0.03, min_reps=3, max_reps=11, min_sample=2e-4))
+#: The DeepSpeed table with --quick: each round is an engine step per contender (a few ms).
+DEEPSPEED_QUICK_TIMING = MappingProxyType(dict(budget=0.3, min_reps=5, max_reps=15))
 
 #: A cell whose noisiest contender has an interquartile range above this fraction of its median is
 #: flagged as measured on a busy machine.

@@ -26,7 +26,10 @@ check of one measured quantity:
 * ``column: name`` -- one column of the row (the adapter's ``extra ns/tensor``).
 
 The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``clipstep``, ``threads``
-(filtered by ``busy``, the number of spinning processes of the run) and ``precision``.
+(filtered by ``busy``, the number of spinning processes of the run), ``precision`` and
+``deepspeed`` (measured with ``--deepspeed`` only: ms per optimizer step under DeepSpeed ZeRO-2
+with the optimizer offloaded to the CPU, columns ``DeepSpeedCPUAdam`` and ``fastopt``, sizes
+``1 x 1e6``, ``1 x 1e7`` and ``200 tensors``).
 
 against ``at_most`` or ``at_least``; ``note`` is printed with it. A target that matches no row is
 reported as not measured. The bench exits with status 1 when a measured target is missed.
@@ -38,7 +41,7 @@ from .settings import NOISY
 
 TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
           "lbfgsb": None, "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
-          "precision": "ns_per_elem"}
+          "precision": "ns_per_elem", "deepspeed": "ms_per_step"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
 FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "min_elements", "max_elements", "min_n",
@@ -98,7 +101,7 @@ def _matches(target, row):
 def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
-    if table in ("adapter", "clipstep", "threads", "precision"):
+    if table in ("adapter", "clipstep", "threads", "precision", "deepspeed"):
         extra = f", busy {row['busy']}" if table == "threads" else f", {row['threads']} thr"
         return f"{table} {row['size']}{extra}"
     what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "

@@ -187,7 +187,7 @@ def run_lbfgsb(args, log):
     return rows
 
 
-def run_deepspeed(args, torch, log, timing):
+def run_deepspeed(args, torch, log, timing, threads=(1,)):
     """DeepSpeed ZeRO-2 offload: the client optimizer's step, fastopt vs DeepSpeedCPUAdam (see
     .deepspeed_offload); None, after one line saying why, when DeepSpeed or torch is missing."""
     from . import deepspeed_offload
@@ -207,7 +207,7 @@ def run_deepspeed(args, torch, log, timing):
         "DeepSpeed; its CPUAdam op compiles on first use)")
     ds_timing = dict(settings.DEEPSPEED_QUICK_TIMING if args.quick else deepspeed_offload.TIMING,
                      repeats=timing["repeats"])
-    result = deepspeed_offload.measure_offload_step(cases, ds_timing, log=log)
+    result = deepspeed_offload.measure_offload_step(cases, ds_timing, log=log, threads=threads)
     print("\n" + deepspeed_offload.EXPLANATION + f" (deepspeed {result['deepspeed']})")
     print(report.format_deepspeed(result["rows"]))
     return result
@@ -357,7 +357,7 @@ def main(argv=None, prog="fastopt bench"):
     tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
     if not args.no_precision and "adam" in opts:
         tables["precision"] = run_precision(args, torch, log, timing, threads)
-    deepspeed = run_deepspeed(args, torch, log, timing) if args.deepspeed else None
+    deepspeed = run_deepspeed(args, torch, log, timing, threads) if args.deepspeed else None
     if deepspeed is not None:
         tables["deepspeed"] = deepspeed["rows"]
     lbfgs = run_lbfgs(args, log) if args.lbfgs else None

@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO-2 with the optimizer offloaded to the CPU: the optimizer step of
-fastopt.torch.AdamW against DeepSpeedCPUAdam, on one thread.
+fastopt.torch.AdamW against DeepSpeedCPUAdam, on the same number of threads (one by default;
+the bench's thread counts under ``fastopt bench --deepspeed``).
 
 Both run as the client optimizer of a real DeepSpeed engine (ZeRO stage 2, ``offload_optimizer``
 on the CPU, fp32, one rank: gloo with world size 1, DeepSpeed's CPU accelerator), so each is handed
@@ -145,14 +146,16 @@ def _contender(deepspeed, torch, name, make_optimizer, shapes):
 
 
 @contextlib.contextmanager
-def _one_thread(torch):
+def _threads(torch, count):
+    """``count`` threads for both: fastopt's pool, and torch's and DeepSpeedCPUAdam's OpenMP loop
+    (DeepSpeed's offload runs it on every core by default)."""
     import fastopt
     before = (torch.get_num_threads(), fastopt.get_num_threads())
-    torch.set_num_threads(1)
-    fastopt.set_num_threads(1)
+    torch.set_num_threads(count)
+    fastopt.set_num_threads(count)
     try:
         from threadpoolctl import threadpool_limits
-        limits = threadpool_limits(limits=1, user_api="openmp")   # DeepSpeedCPUAdam's OpenMP loop
+        limits = threadpool_limits(limits=count, user_api="openmp")   # DeepSpeedCPUAdam's loop
     except ImportError:
         limits = contextlib.nullcontext()
     try:
@@ -183,7 +186,7 @@ def select_cases(text, option="--deepspeed-cases"):
     return tuple(dict.fromkeys(labels[name] for name in names))
 
 
-def measure_offload_step(cases=None, timing=None, log=print):
+def measure_offload_step(cases=None, timing=None, log=print, threads=(1,)):
     """Time the optimizer step of fastopt.torch.AdamW and DeepSpeedCPUAdam under ZeRO-2 offload.
 
     Parameters
@@ -195,12 +198,14 @@ def measure_offload_step(cases=None, timing=None, log=print):
         (:data:`TIMING` by default).
     log : callable or None
         Called with one line per case.
+    threads : sequence of int
+        The thread counts to measure each case at (the same for both contenders).
 
     Returns
     -------
     dict
-        ``{"threads": 1, "deepspeed": version, "rows": [row, ...]}``, a row being ``{"size": case
-        label, "n", "tensors", "threads": 1, "rounds", "ms_per_step": {column: median ms},
+        ``{"threads": threads, "deepspeed": version, "rows": [row, ...]}``, a row being ``{"size":
+        case label, "n", "tensors", "threads", "rounds", "ms_per_step": {column: median ms},
         "ratio": DeepSpeedCPUAdam ms / fastopt ms, "noise"}``, the columns those of
         :data:`COLUMNS`.
     """
@@ -216,29 +221,30 @@ def measure_offload_step(cases=None, timing=None, log=print):
     }
     selected = [c for c in CASES if cases is None or c[0] in cases]
     rows = []
-    with _one_thread(torch):
-        for label, shapes in selected:
-            built = [_contender(deepspeed, torch, name, make, shapes) for name, make in contenders.items()]
-            _check_first_steps(torch, built)
-            stats, rounds = measure([c for c, _ in built], **dict(TIMING, **(timing or {})))
-            for _, engine in built:
-                engine.destroy()
-            del built
-            gc.collect()
-            ms = {name: s["median"] * 1e3 for name, s in stats.items()}
-            n = sum(torch.Size(s).numel() for s in shapes)
-            row = dict(size=label, n=n, tensors=len(shapes), threads=1, rounds=rounds, ms_per_step=ms,
-                       ratio=ms["DeepSpeedCPUAdam"] / ms["fastopt"], noise=noise(stats))
-            rows.append(row)
-            if log is not None:
-                log(f"deepspeed {label:>12} ({n:,} elements): fastopt {ms['fastopt']:.3f} ms, "
-                    f"DeepSpeedCPUAdam {ms['DeepSpeedCPUAdam']:.3f} ms, ratio {row['ratio']:.2f} "
-                    f"({rounds} rounds, noise {row['noise']:.0%})")
-    return {"threads": 1, "deepspeed": deepspeed.__version__, "rows": rows}
+    for count in threads:
+        with _threads(torch, count):
+            for label, shapes in selected:
+                built = [_contender(deepspeed, torch, name, make, shapes) for name, make in contenders.items()]
+                _check_first_steps(torch, built)
+                stats, rounds = measure([c for c, _ in built], **dict(TIMING, **(timing or {})))
+                for _, engine in built:
+                    engine.destroy()
+                del built
+                gc.collect()
+                ms = {name: s["median"] * 1e3 for name, s in stats.items()}
+                n = sum(torch.Size(s).numel() for s in shapes)
+                row = dict(size=label, n=n, tensors=len(shapes), threads=count, rounds=rounds, ms_per_step=ms,
+                           ratio=ms["DeepSpeedCPUAdam"] / ms["fastopt"], noise=noise(stats))
+                rows.append(row)
+                if log is not None:
+                    log(f"deepspeed {label:>12} ({n:,} elements), {count} thr: fastopt {ms['fastopt']:.3f} ms, "
+                        f"DeepSpeedCPUAdam {ms['DeepSpeedCPUAdam']:.3f} ms, ratio {row['ratio']:.2f} "
+                        f"({rounds} rounds, noise {row['noise']:.0%})")
+    return {"threads": list(threads), "deepspeed": deepspeed.__version__, "rows": rows}
 
 
 #: What the table's numbers are, printed above it.
-EXPLANATION = ("DeepSpeed ZeRO-2, optimizer offloaded to the CPU (1 rank, fp32, 1 thread): ms per "
+EXPLANATION = ("DeepSpeed ZeRO-2, optimizer offloaded to the CPU (1 rank, fp32): ms per "
                "optimizer.step() of the engine's client optimizer (median of round-robin rounds);\n"
                "ratio = DeepSpeedCPUAdam / fastopt.torch.AdamW, > 1: fastopt is faster")
 

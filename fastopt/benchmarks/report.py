@@ -218,6 +218,6 @@ def format_precision(rows):
 
 def format_deepspeed(rows):
     """DeepSpeed ZeRO-2 offload: the client optimizer's step (ms), DeepSpeedCPUAdam vs fastopt."""
-    keys = [("case", 12, "size"), ("elements", 10, "n")]
+    keys = [("case", 12, "size"), ("elements", 10, "n"), ("thr", 3, "threads")]
     return _table(rows, keys, ["DeepSpeedCPUAdam", "fastopt"], [("DS/fastopt", "DeepSpeedCPUAdam", "fastopt")],
                   "ms_per_step")

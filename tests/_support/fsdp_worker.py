@@ -20,7 +20,6 @@ mean loss per step trained), ``params`` (full params, ``DTensor.full_tensor()``,
 report); a failing run does not stop the others. ``"example"`` holds the losses of
 examples/fsdp2.py, run in the same ranks.
 """
-import os
 import pathlib
 import sys
 import traceback
@@ -28,12 +27,13 @@ from datetime import timedelta
 
 import torch
 
+from engine_candidate import CANDIDATE, optimizer_class
+
 STEPS = 10
 SAVE_AT = 4
 WORLD = 2
 PER_RANK = 8           # samples per rank per step
 IMPLS = ("torch", "fastopt")
-CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 #: name -> (algorithm, defaults, groups): ``groups`` None for one group of all params, else a list
 #: of (param-name predicate, group overrides).
@@ -76,11 +76,7 @@ def make_model(mesh):
 
 def make_optimizer(model, config, impl):
     algorithm, defaults, groups = CONFIGS[config]
-    if impl == "fastopt" and CANDIDATE == "fastopt":
-        import fastopt.torch
-        cls, extra = getattr(fastopt.torch, algorithm), {}
-    else:
-        cls, extra = getattr(torch.optim, algorithm), dict(foreach=False)
+    cls, extra = optimizer_class(impl, algorithm)
     named = list(model.named_parameters())
     if groups is None:
         params = [p for _, p in named]

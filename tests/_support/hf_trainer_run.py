@@ -19,6 +19,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from engine_candidate import KINDS, optimizer_class  # noqa: E402
+
 STEPS = 20
 CHECKPOINT_STEP = 10
 WARMUP_STEPS = 3
@@ -28,24 +30,13 @@ SAMPLES = 64             # 16 batches of 4: the 20 steps cross an epoch boundary
 BATCH = 4
 #: The optimizer's hyperparameters (the Trainer's weight decay when it builds the optimizer).
 OPTIMIZER_KWARGS = dict(lr=3e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
-KINDS = ("fastopt", "torch")
-#: What runs as "fastopt": fastopt's class, or with "torch" torch.optim's (see the module docstring).
-CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 
-def optimizer_class(kind):
-    """fastopt.torch.AdamW or its reference torch.optim.AdamW (per-parameter loop, as fastopt's parity tests)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "fastopt" and CANDIDATE == "fastopt":
-        import fastopt.torch
-        return fastopt.torch.AdamW
-    return torch.optim.AdamW
 
-
-def optimizer_kwargs(kind):
-    cls = optimizer_class(kind)
-    return dict(OPTIMIZER_KWARGS, foreach=False) if cls is torch.optim.AdamW else dict(OPTIMIZER_KWARGS)
+def optimizer_of(kind):
+    """The class of side ``kind`` and its arguments (see engine_candidate.py)."""
+    cls, extra = optimizer_class(kind)
+    return cls, dict(OPTIMIZER_KWARGS, **extra)
 
 
 def make_model(seed=0):
@@ -91,7 +82,7 @@ def run(kind, output_dir, *, via="optimizers", resume_from=None, save=True, batc
     ``resume_from`` is a checkpoint folder to resume from. ``arguments`` go to TrainingArguments.
     """
     model = make_model()
-    cls, kwargs = optimizer_class(kind), optimizer_kwargs(kind)
+    cls, kwargs = optimizer_of(kind)
     extra = {}
     if via == "optimizers":
         optimizer = cls(model.parameters(), **kwargs)

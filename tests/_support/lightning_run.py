@@ -15,24 +15,14 @@ import sys
 import lightning
 import torch
 
+from engine_candidate import KINDS, optimizer_class
+
 STEPS = 20
 BATCHES_PER_EPOCH = 10        # the checkpoint at the end of epoch 0 is step 10
 BATCH = 8
 WARMUP_STEPS = 3
 OPTIMIZER_KWARGS = dict(lr=3e-2, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1)
-KINDS = ("fastopt", "torch")
-#: What runs as "fastopt": fastopt's class, or with "torch" torch.optim's (see the module docstring).
-CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
-
-def optimizer_class(kind):
-    """fastopt.torch.AdamW or its reference torch.optim.AdamW (per-parameter loop, as fastopt's parity tests)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind == "fastopt" and CANDIDATE == "fastopt":
-        import fastopt.torch
-        return fastopt.torch.AdamW
-    return torch.optim.AdamW
 
 
 def warmup_then_linear_decay(step):
@@ -79,9 +69,8 @@ class Regression(lightning.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        cls = optimizer_class(self.kind)
-        kwargs = dict(OPTIMIZER_KWARGS, foreach=False) if cls is torch.optim.AdamW else dict(OPTIMIZER_KWARGS)
-        optimizer = cls(self.parameters(), **kwargs)
+        cls, extra = optimizer_class(self.kind)
+        optimizer = cls(self.parameters(), **OPTIMIZER_KWARGS, **extra)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -102,7 +91,7 @@ def run(kind, root_dir, *, precision="32-true", resume_from=None, **trainer_argu
         logger=False, callbacks=[checkpoints], enable_progress_bar=False, enable_model_summary=False,
         gradient_clip_val=1.0, deterministic=True, num_sanity_val_steps=0, **trainer_arguments)
     trainer.fit(module, pacing_loader(world_size), ckpt_path=None if resume_from is None else str(resume_from))
-    assert type(trainer.optimizers[0]) is optimizer_class(kind)
+    assert type(trainer.optimizers[0]) is optimizer_class(kind)[0]
     assert trainer.global_step == STEPS
     first = os.path.join(root_dir, "checkpoints", f"epoch=0-step={BATCHES_PER_EPOCH}.ckpt")
     return {"losses": module.losses, "global_step": trainer.global_step,

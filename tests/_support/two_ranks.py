@@ -5,22 +5,22 @@
 RANK, WORLD_SIZE), waits for both and fails with both ranks' output if either fails. The workers
 write their results to files the tests read, so that one launch serves every test of a file.
 
-``FASTOPT_ENGINE_CANDIDATE=torch`` makes the workers run ``torch.optim``'s class where they would
-run fastopt's, which proves a harness with the reference on both sides (every comparison must
-then hold exactly); the default, ``fastopt``, is what the tests are for.
+:func:`results` does it all for a test module's fixture: the launch, and each rank's results
+file loaded. ``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim in fastopt's place (see
+engine_candidate.py).
 """
 import os
 import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
+from engine_candidate import CANDIDATE
+
 WORLD_SIZE = 2
-#: Which optimizers the workers compare with torch.optim's: "fastopt" (the tests' point) or
-#: "torch" (the harness checked against itself).
-CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 
 def _free_port():
@@ -52,27 +52,51 @@ def launch(worker, args, timeout=120):
                FASTOPT_ENGINE_CANDIDATE=CANDIDATE)
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
+    # each rank's output goes to a file: a rank that fills a pipe nobody reads yet (its warnings)
+    # would block, and the other rank would wait for it in a collective until the timeout
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(WORLD_SIZE)]
     procs = [subprocess.Popen([sys.executable, str(worker), str(rank), *map(str, args)],
-                              env=dict(env, RANK=str(rank)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for rank in range(WORLD_SIZE)]
+                              env=dict(env, RANK=str(rank)), stdout=log, stderr=subprocess.STDOUT,
+                              text=True)
+             for rank, log in enumerate(logs)]
     outputs = []
     try:
-        for proc in procs:
+        for proc, log in zip(procs, logs):
             try:
-                out, _ = proc.communicate(timeout=timeout)
+                proc.wait(timeout=timeout)
+                killed = ""
             except subprocess.TimeoutExpired:
                 proc.kill()
-                out, _ = proc.communicate()
-                out = f"(killed after {timeout} s)\n{out}"
-            outputs.append(out)
+                proc.wait()
+                killed = f"(killed after {timeout} s)\n"
+            log.seek(0)
+            outputs.append(killed + log.read())
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
+        for log in logs:
+            log.close()
     failed = [f"rank {rank} exited with {proc.returncode}:\n{out}"
               for rank, (proc, out) in enumerate(zip(procs, outputs)) if proc.returncode != 0]
     if failed:
         pytest.fail("\n".join(failed), pytrace=False)
     return outputs
+
+
+def results(worker, out_dir, timeout=120):
+    """Launch ``worker`` (it writes ``out_dir/rank<RANK>.pt``) and return each rank's results."""
+    import torch
+    require_gloo()
+    launch(worker, [out_dir], timeout=timeout)
+    return [torch.load(pathlib.Path(out_dir) / f"rank{rank}.pt", weights_only=False)
+            for rank in range(WORLD_SIZE)]
+
+
+def completed(ranks, kind):
+    """Every rank's record of ``kind``; fails with the run's error if it raised on a rank."""
+    for rank, outcome in enumerate(ranks):
+        if outcome[kind]["error"] is not None:
+            pytest.fail(f"the {kind} run failed on rank {rank}:\n{outcome[kind]['error']}", pytrace=False)
+    return [outcome[kind] for outcome in ranks]

@@ -18,7 +18,6 @@ fsdp_worker.py (``"<config>/<impl>"``, ``"<config>/<impl>/resumed"``,
 trained), ``params`` (this rank's final params by name) and ``error`` (None, or the exception
 that stopped the run); a failing run does not stop the others.
 """
-import os
 import pathlib
 import sys
 import traceback
@@ -26,12 +25,13 @@ from datetime import timedelta
 
 import torch
 
+from engine_candidate import optimizer_class
+
 STEPS = 10
 SAVE_AT = 4
 WORLD = 2
 PER_RANK = 8           # samples per rank per step
 IMPLS = ("torch", "fastopt")
-CANDIDATE = os.environ.get("FASTOPT_ENGINE_CANDIDATE", "fastopt")
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
 #: name -> (algorithm, defaults, two groups?, DDP options, ZeRO options or None for no ZeRO).
@@ -60,18 +60,11 @@ def make_model(ddp_options):
     return DistributedDataParallel(make_module(), **ddp_options)
 
 
-def optimizer_class(algorithm, impl):
-    """The class and the extra arguments of ``impl``'s ``algorithm``."""
-    if impl == "fastopt" and CANDIDATE == "fastopt":
-        import fastopt.torch
-        return getattr(fastopt.torch, algorithm), {}
-    return getattr(torch.optim, algorithm), dict(foreach=False)
-
 
 def make_optimizer(model, config, impl):
     from torch.distributed.optim import ZeroRedundancyOptimizer
     algorithm, defaults, two_groups, _, zero_options = CONFIGS[config]
-    cls, extra = optimizer_class(algorithm, impl)
+    cls, extra = optimizer_class(impl, algorithm)
     named = list(model.module.named_parameters())
     if two_groups:
         params = [dict(params=[p for name, p in named if name.endswith("weight")], lr=2 * defaults["lr"]),

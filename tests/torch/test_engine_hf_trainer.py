@@ -130,7 +130,8 @@ def test_params_given_new_memory_then_state_reloaded(kind):
     steps after it must update the params' new memory, as torch.optim's do.
     """
     model = hf_trainer_run.make_model()
-    optimizer = hf_trainer_run.optimizer_class(kind)(model.parameters(), **hf_trainer_run.optimizer_kwargs(kind))
+    cls, kwargs = hf_trainer_run.optimizer_of(kind)
+    optimizer = cls(model.parameters(), **kwargs)
     before = {name: p.data_ptr() for name, p in model.named_parameters()}
     model.to(torch.device("cpu", 0))
     assert all(p.data_ptr() != before[name] for name, p in model.named_parameters())   # new memory
@@ -150,24 +151,13 @@ def test_params_given_new_memory_then_state_reloaded(kind):
 @pytest.fixture(scope="module")
 def ddp_ranks(tmp_path_factory):
     """Both ranks' results of one two-process launch (each trains with both optimizers)."""
-    two_ranks.require_gloo()
-    out_dir = tmp_path_factory.mktemp("hf_trainer_ddp")
-    two_ranks.launch(SUPPORT / "hf_trainer_run.py", [out_dir], timeout=180)
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(two_ranks.WORLD_SIZE)]
-
-
-def completed(ranks, kind):
-    """Every rank's record of ``kind``; fails with the run's error if it raised on a rank."""
-    for rank, results in enumerate(ranks):
-        if results[kind]["error"] is not None:
-            pytest.fail(f"the {kind} run failed on rank {rank}:\n{results[kind]['error']}", pytrace=False)
-    return [results[kind] for results in ranks]
+    return two_ranks.results(SUPPORT / "hf_trainer_run.py", tmp_path_factory.mktemp("hf_trainer_ddp"), timeout=180)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
     assert [rank["world_size"] for rank in ddp_ranks] == [2, 2]
-    first, second = completed(ddp_ranks, kind)
+    first, second = two_ranks.completed(ddp_ranks, kind)
     assert first["losses"] == second["losses"]           # the logged loss is the mean over ranks
     for name, value in first["params"].items():
         assert torch.equal(second["params"][name], value), name
@@ -175,14 +165,14 @@ def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
 
 
 def test_ddp_fastopt_matches_torch_optim(ddp_ranks):
-    assert_same_run(completed(ddp_ranks, "fastopt")[0], completed(ddp_ranks, "torch")[0])
+    assert_same_run(two_ranks.completed(ddp_ranks, "fastopt")[0], two_ranks.completed(ddp_ranks, "torch")[0])
 
 
 def test_ddp_averages_gradients_over_ranks(ddp_ranks, runs):
     """Two ranks with half batches train the same model as one process with whole batches (same
     sampler order, gradients averaged), up to reduction order: DDP is really in the loop."""
     single = runs.get("torch")
-    two = completed(ddp_ranks, "torch")[0]
+    two = two_ranks.completed(ddp_ranks, "torch")[0]
     assert len(two["losses"]) == len(single["losses"])
     for name, value in single["params"].items():
         torch.testing.assert_close(two["params"][name], value, rtol=1e-4, atol=1e-5)

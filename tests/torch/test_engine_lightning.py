@@ -111,24 +111,13 @@ def test_resume_from_checkpoint_is_exact(runs, kind, precision):
 @pytest.fixture(scope="module")
 def ddp_ranks(tmp_path_factory):
     """Both ranks' results of one two-process launch (each trains with both optimizers)."""
-    two_ranks.require_gloo()
-    out_dir = tmp_path_factory.mktemp("lightning_ddp")
-    two_ranks.launch(SUPPORT / "lightning_run.py", [out_dir], timeout=180)
-    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(two_ranks.WORLD_SIZE)]
-
-
-def completed(ranks, kind):
-    """Every rank's record of ``kind``; fails with the run's error if it raised on a rank."""
-    for rank, results in enumerate(ranks):
-        if results[kind]["error"] is not None:
-            pytest.fail(f"the {kind} run failed on rank {rank}:\n{results[kind]['error']}", pytrace=False)
-    return [results[kind] for results in ranks]
+    return two_ranks.results(SUPPORT / "lightning_run.py", tmp_path_factory.mktemp("lightning_ddp"), timeout=180)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
     assert [rank["world_size"] for rank in ddp_ranks] == [2, 2]
-    first, second = completed(ddp_ranks, kind)
+    first, second = two_ranks.completed(ddp_ranks, kind)
     assert first["losses"] != second["losses"]           # each rank trained on its own batches
     for name, value in first["params"].items():
         assert torch.equal(second["params"][name], value), name
@@ -137,4 +126,4 @@ def test_ddp_ranks_hold_the_same_model(ddp_ranks, kind):
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_ddp_fastopt_matches_torch_optim(ddp_ranks, rank):
-    assert_close_runs(completed(ddp_ranks, "fastopt")[rank], completed(ddp_ranks, "torch")[rank])
+    assert_close_runs(two_ranks.completed(ddp_ranks, "fastopt")[rank], two_ranks.completed(ddp_ranks, "torch")[rank])

@@ -36,10 +36,7 @@ TOL = dict(rtol=1e-6, atol=1e-9)
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Each rank's ``{run name: record}`` (see zero_worker.py), from one two-rank launch."""
-    two_ranks.require_gloo()
-    out_dir = tmp_path_factory.mktemp("zero")
-    two_ranks.launch(pathlib.Path(zero_worker.__file__), [out_dir])
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(two_ranks.WORLD_SIZE)]
+    return two_ranks.results(pathlib.Path(zero_worker.__file__), tmp_path_factory.mktemp("zero"))
 
 
 def completed(ranks, run):

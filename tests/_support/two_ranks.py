@@ -100,3 +100,18 @@ def completed(ranks, kind):
         if outcome[kind]["error"] is not None:
             pytest.fail(f"the {kind} run failed on rank {rank}:\n{outcome[kind]['error']}", pytrace=False)
     return [outcome[kind] for outcome in ranks]
+
+
+def assert_same_run(ours, reference, exact, what, tolerance):
+    """Same losses (for the steps ``ours`` trained: the last ones) and the same final params
+    (``{name: tensor}``): bit for bit if ``exact``, else within ``tolerance``."""
+    import torch
+    tolerance = dict(rtol=0, atol=0) if exact else tolerance
+    trained = len(ours["losses"])
+    torch.testing.assert_close(torch.tensor(ours["losses"], dtype=torch.float64),
+                               torch.tensor(reference["losses"][-trained:], dtype=torch.float64),
+                               **tolerance, msg=lambda m: f"{what}: losses differ\n{m}")
+    assert ours["params"].keys() == reference["params"].keys()
+    for name, param in ours["params"].items():
+        torch.testing.assert_close(param, reference["params"][name], **tolerance,
+                                   msg=lambda m, name=name: f"{what}: param {name} differs\n{m}")

@@ -42,34 +42,16 @@ def ranks(tmp_path_factory):
     return two_ranks.results(pathlib.Path(fsdp_worker.__file__), tmp_path_factory.mktemp("fsdp2"))
 
 
-def completed(ranks, run):
-    """The records of ``run`` on every rank; fails with the run's error if it did not finish."""
-    records = [results[run] for results in ranks]
-    for rank, record in enumerate(records):
-        if record["error"] is not None:
-            pytest.fail(f"{run} failed on rank {rank}: {record['error']}", pytrace=False)
-    return records
-
 
 def assert_same_run(ours, reference, exact, what):
-    """Same losses (for the steps ``ours`` trained: the last ones) and the same final full params:
-    bit for bit if ``exact``, else within TOL."""
-    tolerance = dict(rtol=0, atol=0) if exact else TOL
-    trained = len(ours["losses"])
-    torch.testing.assert_close(torch.tensor(ours["losses"], dtype=torch.float64),
-                               torch.tensor(reference["losses"][-trained:], dtype=torch.float64),
-                               **tolerance, msg=lambda m: f"{what}: losses differ\n{m}")
-    assert ours["params"].keys() == reference["params"].keys()
-    for name, param in ours["params"].items():
-        torch.testing.assert_close(param, reference["params"][name], **tolerance,
-                                   msg=lambda m, name=name: f"{what}: param {name} differs\n{m}")
+    two_ranks.assert_same_run(ours, reference, exact, what, TOL)
 
 
 # The harness itself: torch.optim under FSDP2 trains, keeps DTensor states and resumes exactly.
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_reference_runs_are_sound(ranks, config):
-    full, resumed = completed(ranks, f"{config}/torch"), completed(ranks, f"{config}/torch/resumed")
+    full, resumed = two_ranks.completed(ranks, f"{config}/torch"), two_ranks.completed(ranks, f"{config}/torch/resumed")
     assert len(full[0]["losses"]) == fsdp_worker.STEPS
     assert len(resumed[0]["losses"]) == fsdp_worker.STEPS - fsdp_worker.SAVE_AT
     for rank in range(1, len(ranks)):       # full_tensor() gathers the same params on every rank
@@ -90,8 +72,8 @@ def test_reference_runs_are_sound(ranks, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fastopt_matches_torch_under_fsdp2(ranks, config):
-    reference = completed(ranks, f"{config}/torch")[0]
-    ours = completed(ranks, f"{config}/fastopt")[0]
+    reference = two_ranks.completed(ranks, f"{config}/torch")[0]
+    ours = two_ranks.completed(ranks, f"{config}/fastopt")[0]
     assert len(ours["losses"]) == fsdp_worker.STEPS
     assert_same_run(ours, reference, exact=False, what=f"{config}: fastopt vs torch.optim")
 
@@ -99,16 +81,16 @@ def test_fastopt_matches_torch_under_fsdp2(ranks, config):
 @pytest.mark.parametrize("config", CONFIGS)
 def test_state_layout_matches_torch(ranks, config):
     """opt.state[p][name]: a DTensor with torch's placements and local shape, on every rank."""
-    references = completed(ranks, f"{config}/torch")
-    ours = completed(ranks, f"{config}/fastopt")
+    references = two_ranks.completed(ranks, f"{config}/torch")
+    ours = two_ranks.completed(ranks, f"{config}/fastopt")
     for rank, (mine, reference) in enumerate(zip(ours, references)):
         assert mine["layout"] == reference["layout"], f"rank {rank}"
 
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_dcp_resume_is_bit_identical(ranks, config):
-    full = completed(ranks, f"{config}/fastopt")
-    resumed = completed(ranks, f"{config}/fastopt/resumed")
+    full = two_ranks.completed(ranks, f"{config}/fastopt")
+    resumed = two_ranks.completed(ranks, f"{config}/fastopt/resumed")
     for rank in range(len(ranks)):
         assert len(resumed[rank]["losses"]) == fsdp_worker.STEPS - fsdp_worker.SAVE_AT
         assert_same_run(resumed[rank], full[rank], exact=True, what=f"{config}: fastopt resumed, rank {rank}")
@@ -119,8 +101,8 @@ def test_dcp_resume_is_bit_identical(ranks, config):
 def test_dcp_checkpoint_interchange(ranks, config, direction):
     """A checkpoint saved with one implementation continues in the other like the original run."""
     source = direction.split("->")[0]
-    uninterrupted = completed(ranks, f"{config}/{source}")[0]
-    continued = completed(ranks, f"{config}/{direction}")[0]
+    uninterrupted = two_ranks.completed(ranks, f"{config}/{source}")[0]
+    continued = two_ranks.completed(ranks, f"{config}/{direction}")[0]
     assert len(continued["losses"]) == fsdp_worker.STEPS - fsdp_worker.SAVE_AT
     assert_same_run(continued, uninterrupted, exact=False, what=f"{config}: {direction}")
 

@@ -39,27 +39,9 @@ def ranks(tmp_path_factory):
     return two_ranks.results(pathlib.Path(zero_worker.__file__), tmp_path_factory.mktemp("zero"))
 
 
-def completed(ranks, run):
-    """The records of ``run`` on every rank; fails with the run's error if it did not finish."""
-    records = [results[run] for results in ranks]
-    for rank, record in enumerate(records):
-        if record["error"] is not None:
-            pytest.fail(f"{run} failed on rank {rank}: {record['error']}", pytrace=False)
-    return records
-
 
 def assert_same_run(ours, reference, exact, what):
-    """Same losses (for the steps ``ours`` trained: the last ones) and the same final params:
-    bit for bit if ``exact``, else within TOL."""
-    tolerance = dict(rtol=0, atol=0) if exact else TOL
-    trained = len(ours["losses"])
-    torch.testing.assert_close(torch.tensor(ours["losses"], dtype=torch.float64),
-                               torch.tensor(reference["losses"][-trained:], dtype=torch.float64),
-                               **tolerance, msg=lambda m: f"{what}: losses differ\n{m}")
-    assert ours["params"].keys() == reference["params"].keys()
-    for name, param in ours["params"].items():
-        torch.testing.assert_close(param, reference["params"][name], **tolerance,
-                                   msg=lambda m, name=name: f"{what}: param {name} differs\n{m}")
+    two_ranks.assert_same_run(ours, reference, exact, what, TOL)
 
 
 def assert_ranks_agree(records, what):
@@ -74,7 +56,7 @@ def assert_ranks_agree(records, what):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_reference_runs_are_sound(ranks, config):
-    full, resumed = completed(ranks, f"{config}/torch"), completed(ranks, f"{config}/torch/resumed")
+    full, resumed = two_ranks.completed(ranks, f"{config}/torch"), two_ranks.completed(ranks, f"{config}/torch/resumed")
     assert len(full[0]["losses"]) == zero_worker.STEPS
     assert len(resumed[0]["losses"]) == zero_worker.STEPS - zero_worker.SAVE_AT
     assert_ranks_agree(full, f"{config}/torch")
@@ -87,8 +69,8 @@ def test_reference_runs_are_sound(ranks, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_fastopt_matches_torch(ranks, config):
-    reference = completed(ranks, f"{config}/torch")[0]
-    ours = completed(ranks, f"{config}/fastopt")
+    reference = two_ranks.completed(ranks, f"{config}/torch")[0]
+    ours = two_ranks.completed(ranks, f"{config}/fastopt")
     assert len(ours[0]["losses"]) == zero_worker.STEPS
     assert_ranks_agree(ours, f"{config}/fastopt")
     assert_same_run(ours[0], reference, exact=False, what=f"{config}: fastopt vs torch.optim")
@@ -96,8 +78,8 @@ def test_fastopt_matches_torch(ranks, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_resume_is_bit_identical(ranks, config):
-    full = completed(ranks, f"{config}/fastopt")
-    resumed = completed(ranks, f"{config}/fastopt/resumed")
+    full = two_ranks.completed(ranks, f"{config}/fastopt")
+    resumed = two_ranks.completed(ranks, f"{config}/fastopt/resumed")
     for rank in range(len(ranks)):
         assert len(resumed[rank]["losses"]) == zero_worker.STEPS - zero_worker.SAVE_AT
         assert_same_run(resumed[rank], full[rank], exact=True, what=f"{config}: fastopt resumed, rank {rank}")
@@ -108,7 +90,7 @@ def test_resume_is_bit_identical(ranks, config):
 def test_checkpoint_interchange(ranks, config, direction):
     """A checkpoint saved with one implementation continues in the other like the original run."""
     source = direction.split("->")[0]
-    uninterrupted = completed(ranks, f"{config}/{source}")[0]
-    continued = completed(ranks, f"{config}/{direction}")[0]
+    uninterrupted = two_ranks.completed(ranks, f"{config}/{source}")[0]
+    continued = two_ranks.completed(ranks, f"{config}/{direction}")[0]
     assert len(continued["losses"]) == zero_worker.STEPS - zero_worker.SAVE_AT
     assert_same_run(continued, uninterrupted, exact=False, what=f"{config}: {direction}")

@@ -1,6 +1,7 @@
 """The adapter class behind ``fastopt.torch``: a ``torch.optim.Optimizer`` around a fastopt optimizer
 over zero-copy views of the params (see the package docstring), and the factory of its subclasses."""
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -325,6 +326,11 @@ class _Adapter(torch.optim.Optimizer):
                 raise type(exc)(self._kept_state_message(runner, groups, exc)) from None
         for donor in donors:
             self._retire(donor)
+        # a runner whose params have no state costs nothing to rebuild: dropping it keeps params
+        # that are swapped for new ones at every step from piling up with their runners
+        for other in [r for r in self._runners.values() if r is not self._runner]:
+            if other.fo is None or not any(other.fo.has_state(i) for i in range(len(other.params))):
+                self._retire(other)
         for p in runner.params:
             self._detached_state.pop(id(p), None)
             self._owner[id(p)] = runner
@@ -613,13 +619,13 @@ class _Adapter(torch.optim.Optimizer):
         # torch.optim.Optimizer.__init__ assigns an empty defaultdict; users reset state so
         if "_runners" not in self.__dict__:
             return
-        if not isinstance(value, dict) and not isinstance(value, State):
+        if not isinstance(value, Mapping):
             raise TypeError(f"optimizer.state must be a dict of param states, got {type(value).__name__}")
         entries = list(value.items())
         for key, entry in entries:
             if not isinstance(key, torch.Tensor):
                 raise TypeError(f"optimizer.state is keyed by params (tensors), got {type(key).__name__}")
-            if not isinstance(entry, dict):
+            if not isinstance(entry, Mapping):
                 raise TypeError(f"the state of a param must be a dict, got {type(entry).__name__}")
         entries = [(key, dict(entry)) for key, entry in entries]
         for runner in list(self._runners.values()):

@@ -27,6 +27,15 @@ finally:
 
 pytestmark = pytest.mark.torch
 
+
+@pytest.fixture(autouse=True)
+def torch_flags_settable():
+    """torch's own test utilities, which the optim_db tests import into the same session, forbid
+    setting ``torch.backends`` flags outside their context manager; Lightning's Trainer sets them."""
+    allow = getattr(torch.backends, "__allow_nonbracketed_mutation")
+    with allow():
+        yield
+
 KINDS = lightning_run.KINDS
 PRECISIONS = ["32-true", "bf16-mixed"]
 #: fastopt against torch.optim in float32 (as the parity tests of tests/torch/), per precision:

@@ -28,11 +28,9 @@ from datetime import timedelta
 import torch
 
 from engine_candidate import CANDIDATE, optimizer_class
+from two_rank_data import STEPS, WORLD, train_step
 
-STEPS = 10
 SAVE_AT = 4
-WORLD = 2
-PER_RANK = 8           # samples per rank per step
 IMPLS = ("torch", "fastopt")
 
 #: name -> (algorithm, defaults, groups): ``groups`` None for one group of all params, else a list
@@ -86,24 +84,6 @@ def make_optimizer(model, config, impl):
     return cls(params, **defaults, **extra)
 
 
-def batch(step, rank):
-    g = torch.Generator().manual_seed(1000 + step)
-    x = torch.randn(WORLD * PER_RANK, 6, generator=g, dtype=torch.float64)
-    y = torch.randn(WORLD * PER_RANK, 1, generator=g, dtype=torch.float64)
-    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-    return x[mine], y[mine]
-
-
-def train_step(model, opt, step, rank):
-    import torch.distributed as dist
-    x, y = batch(step, rank)
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(x), y)
-    loss.backward()                       # FSDP2 reduce-scatters the mean gradient over ranks
-    opt.step()
-    total = loss.detach().clone()
-    dist.all_reduce(total)                # gloo has no AVG: sum, then divide
-    return total.item() / WORLD
 
 
 def describe(value):

@@ -26,11 +26,9 @@ from datetime import timedelta
 import torch
 
 from engine_candidate import optimizer_class
+from two_rank_data import STEPS, WORLD, train_step
 
-STEPS = 10
 SAVE_AT = 4
-WORLD = 2
-PER_RANK = 8           # samples per rank per step
 IMPLS = ("torch", "fastopt")
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
@@ -76,24 +74,6 @@ def make_optimizer(model, config, impl):
     return ZeroRedundancyOptimizer(params, optimizer_class=cls, **zero_options, **defaults, **extra)
 
 
-def batch(step, rank):
-    g = torch.Generator().manual_seed(1000 + step)
-    x = torch.randn(WORLD * PER_RANK, 6, generator=g, dtype=torch.float64)
-    y = torch.randn(WORLD * PER_RANK, 1, generator=g, dtype=torch.float64)
-    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
-    return x[mine], y[mine]
-
-
-def train_step(model, opt, step, rank):
-    import torch.distributed as dist
-    x, y = batch(step, rank)
-    opt.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(x), y)
-    loss.backward()                       # DDP all-reduces the mean gradient
-    opt.step()
-    total = loss.detach().clone()
-    dist.all_reduce(total)                # gloo has no AVG: sum, then divide
-    return total.item() / WORLD
 
 
 def save_checkpoint(model, opt, path, rank):

@@ -378,9 +378,12 @@ class _Adapter(torch.optim.Optimizer):
                 out[name] = like_param(as_tensor(value.copy() if copy else value), p)
         return out
 
-    def _fo_entry(self, entry, kept, index):
-        """A torch-format state entry as fastopt's, floating-point tensors in the dtype fastopt
-        keeps them in (``kept``, from ``kept_dtypes()``) as torch's load casts them."""
+    def _fo_entry(self, entry, kept, index, param=None, saved=None):
+        """A torch-format state entry of param ``index`` as fastopt's: a floating-point tensor in
+        the dtype fastopt keeps it in (``kept``, from ``kept_dtypes()``), taken from ``saved`` --
+        the entry as a checkpoint held it, before torch's load cast it to its param's dtype --
+        when given; other tensors must match ``param``; a step count as a number (anything else
+        as it is, for fastopt's check to show)."""
         out = {}
         for name, value in entry.items():
             if value is None:
@@ -389,11 +392,15 @@ class _Adapter(torch.optim.Optimizer):
                 one = isinstance(value, torch.Tensor) and value.numel() == 1
                 out[name] = value.item() if one else value
             elif isinstance(value, torch.Tensor):
-                value = local(value).detach()
-                if value.is_floating_point() and value.dtype in (torch.float32, torch.float64,
-                                                                 torch.float16, torch.bfloat16):
-                    value = value.to(torch_dtype(kept(index, name)))
-                problem = tensor_problem(value, f"state '{name}' of param {index}")
+                where = f"state '{name}' of param {index}"
+                original = saved.get(name) if isinstance(saved, dict) else value
+                if isinstance(original, torch.Tensor) and original.is_floating_point() \
+                        and value.is_floating_point():
+                    value = local(original).detach().to(torch_dtype(kept(index, name)))
+                    problem = tensor_problem(value, where)   # fastopt checks dtype, shape
+                else:
+                    value = local(value).detach()
+                    problem = tensor_problem(value, where, like=None if param is None else local(param))
                 if problem is not None and not isinstance(problem, ValueError):
                     raise problem
                 out[name] = as_numpy(value.contiguous())
@@ -696,32 +703,8 @@ class _Adapter(torch.optim.Optimizer):
                     raise ValueError(f"state_dict['state'] has an entry {key!r} for no param of this optimizer")
                 if not isinstance(entry, dict):
                     raise TypeError(f"the state of param {index[id(key)]} must be a dict")
-                converted = {}
-                for name, value in entry.items():
-                    if value is None:
-                        continue
-                    if name == "step":
-                        # a number for fastopt's check (a whole number in range); anything else
-                        # as it is, for the error to show
-                        one = isinstance(value, torch.Tensor) and value.numel() == 1
-                        converted[name] = value.item() if one else value
-                    elif isinstance(value, torch.Tensor):
-                        where = f"state '{name}' of param {index[id(key)]}"
-                        saved_entry = saved.get(id(key))
-                        original = saved_entry.get(name) if isinstance(saved_entry, dict) else None
-                        if isinstance(original, torch.Tensor) and original.is_floating_point() \
-                                and value.is_floating_point():
-                            value = local(original).detach().to(
-                                torch_dtype(kept_dtype(index[id(key)], name)))
-                            problem = tensor_problem(value, where)   # fastopt checks dtype, shape
-                        else:
-                            value = local(value)
-                            problem = tensor_problem(value, where, like=local(key))
-                        if problem is not None and not isinstance(problem, ValueError):
-                            raise problem
-                        converted[name] = as_numpy(value.contiguous())
-                    else:
-                        converted[name] = value
+                converted = self._fo_entry(entry, kept_dtype, index[id(key)], param=key,
+                                           saved=saved.get(id(key)))
                 if converted:
                     fo_state[index[id(key)]] = converted
             fo_dict = {"state": fo_state, "param_groups": fo_groups}

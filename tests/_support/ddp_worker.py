@@ -1,8 +1,9 @@
 """One rank of the two-process DDP test in test_torch_adapter.py (also its single-process reference).
 
-Run as ``python ddp_worker.py RANK OUT_PATH`` with MASTER_ADDR, MASTER_PORT and WORLD_SIZE set; it
-trains with fastopt.torch.Adam under DistributedDataParallel (gloo) on its half of the data and
-saves the final params to OUT_PATH.
+Run as ``python ddp_worker.py RANK OUT_DIR`` with MASTER_ADDR, MASTER_PORT and WORLD_SIZE set (as
+tests/_support/two_ranks.py launches it); it trains with fastopt.torch.Adam under
+DistributedDataParallel (gloo) on its half of the data and saves the final params to
+``OUT_DIR/rank<RANK>.pt``.
 """
 import sys
 
@@ -48,7 +49,8 @@ def single_process():
     return [p.detach().clone() for p in model.parameters()]
 
 
-def main(rank, out_path):
+def main(rank, out_dir):
+    import os
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     torch.set_num_threads(1)
@@ -56,7 +58,8 @@ def main(rank, out_path):
     try:
         model = DDP(make_model())
         train(model, model.parameters(), rank)
-        torch.save([p.detach().clone() for p in model.module.parameters()], out_path)
+        torch.save([p.detach().clone() for p in model.module.parameters()],
+                   os.path.join(out_dir, f"rank{rank}.pt"))
         # Both ranks reach here before either tears its group down: a rank that destroys its gloo
         # group while the other still talks to it can abort the other ("terminate called without
         # an active exception", seen once in CI).

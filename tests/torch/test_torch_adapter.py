@@ -2,14 +2,12 @@
 import copy
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
-import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -72,6 +70,11 @@ def pair(name, kwargs, dtype):
 def assert_same_params(a, b, dtype):
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(q, p, **TOL[dtype])
+
+
+def _fastopt_path():
+    here = pathlib.Path(fastopt.__file__).resolve().parent.parent
+    return os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])
 
 
 def test_import_fastopt_does_not_import_torch(tmp_path):
@@ -391,46 +394,14 @@ def test_skip_nonfinite():
 # torch.distributed: two processes, gloo on 127.0.0.1
 # ----------------------------------------------------------------------------------------------
 
-def _fastopt_path():
-    here = pathlib.Path(fastopt.__file__).resolve().parent.parent
-    return os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_match_single_process(tmp_path):
-    import torch.distributed as dist
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available in this build")
-    worker = pathlib.Path(__file__).parents[1] / "_support" / "ddp_worker.py"
-    sys.path.insert(0, str(worker.parent))
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "_support"))
     try:
         import ddp_worker
+        import two_ranks
     finally:
         sys.path.pop(0)
-    env = dict(os.environ, PYTHONPATH=_fastopt_path(), MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(_free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        env["GLOO_SOCKET_IFNAME"] = "lo"              # keep gloo on the loopback interface
-    procs = [subprocess.Popen([sys.executable, str(worker), str(rank), str(tmp_path / f"rank{rank}.pt")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for rank in range(2)]
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=90)
-            outputs.append(out)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{out}"
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    ranks = two_ranks.results(pathlib.Path(ddp_worker.__file__), tmp_path, timeout=90)
     single = ddp_worker.single_process()
     assert len(ranks[0]) == len(single) > 0
     for a, b, c in zip(ranks[0], ranks[1], single):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
+import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -19,7 +19,7 @@ from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor
 _increment_version = _torch_compat.increment_version
 _scalar_dtype = _torch_compat.scalar_dtype
 _needs_hooked_step = _torch_compat.needs_hooked_step
-_dynamo_active = _torch_compat.dynamo_active
+_dynamo_callback = _torch_compat.dynamo_callback
 
 
 def _plain(value, name, where=None):
@@ -453,7 +453,7 @@ class _Adapter(torch.optim.Optimizer):
         Under ``torch.compile``, the step runs eagerly: a compiled training step breaks its graph
         here (the kernel updates memory in place, outside any graph).
         """
-        if _dynamo_active():    # torch.compile is running: keep Dynamo out of the step
+        if _dynamo_callback() is not None:   # torch.compile is running: keep Dynamo out of the step
             return self._step_outside_graph(closure, max_norm=max_norm, norm_type=norm_type)
         if _needs_hooked_step(self):
             return self._hooked_step(closure, max_norm=max_norm, norm_type=norm_type)

@@ -170,13 +170,6 @@ _eval_frame = getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None)
 _get_eval_frame_callback = getattr(_eval_frame, "get_eval_frame_callback", None)
 
 
-def dynamo_active():
-    """Whether torch.compile is running (a frame callback is set): then Dynamo could trace into
-    a step, which must run outside its graph."""
-    return _get_eval_frame_callback() is not None
-
-
-if _get_eval_frame_callback is None:
-    def dynamo_active():    # noqa: F811 -- the fallback: assume it is
-        """Always True: this torch lacks the name that tells (see the module docstring)."""
-        return True
+#: ``dynamo_callback()``: Dynamo's frame callback, None unless torch.compile is running (then
+#: Dynamo could trace into a step, which must run outside its graph). Fallback: never None.
+dynamo_callback = _get_eval_frame_callback if _get_eval_frame_callback is not None else (lambda: True)

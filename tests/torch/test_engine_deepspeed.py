@@ -27,12 +27,9 @@ import fastopt  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
-SUPPORT = pathlib.Path(__file__).parents[1] / "_support"
-sys.path.insert(0, str(SUPPORT))
-try:
-    import deepspeed_worker as worker  # noqa: E402
-finally:
-    sys.path.pop(0)
+import deepspeed_worker as worker  # noqa: E402  (tests/_support: pytest's pythonpath)
+
+SUPPORT = pathlib.Path(worker.__file__).parent
 
 CASES = worker.all_cases()
 KEYS = {key: (stage, offload, dtype, layout, opt, resume)

@@ -15,18 +15,13 @@ checkpoints, and writes each rank's results; the tests compare them:
 ``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim in fastopt's place: the harness against itself.
 """
 import pathlib
-import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "_support"))
-try:
-    import fsdp_worker  # noqa: E402
-    import two_ranks  # noqa: E402
-finally:
-    sys.path.pop(0)
+import fsdp_worker  # noqa: E402  (tests/_support: pytest's pythonpath)
+import two_ranks  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -11,7 +11,6 @@ is exact.
 tests/_support/two_ranks.py): every test must then pass, as it does.
 """
 import pathlib
-import sys
 
 import pytest
 
@@ -19,13 +18,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")                    # the Trainer needs it
 
-SUPPORT = pathlib.Path(__file__).resolve().parents[1] / "_support"
-sys.path.insert(0, str(SUPPORT))
-try:
-    import two_ranks  # noqa: E402
-    import hf_trainer_run  # noqa: E402
-finally:
-    sys.path.remove(str(SUPPORT))
+import hf_trainer_run  # noqa: E402  (tests/_support: pytest's pythonpath)
+import two_ranks  # noqa: E402
+
+SUPPORT = pathlib.Path(two_ranks.__file__).parent
 
 pytestmark = pytest.mark.torch
 

@@ -13,18 +13,13 @@ from them in fresh models and optimizers, and writes each rank's results; the te
 ``FASTOPT_ENGINE_CANDIDATE=torch`` runs torch.optim in fastopt's place: the harness against itself.
 """
 import pathlib
-import sys
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "_support"))
-try:
-    import two_ranks  # noqa: E402
-    import zero_worker  # noqa: E402
-finally:
-    sys.path.pop(0)
+import two_ranks  # noqa: E402  (tests/_support: pytest's pythonpath)
+import zero_worker  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

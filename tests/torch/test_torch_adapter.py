@@ -396,12 +396,8 @@ def test_skip_nonfinite():
 # ----------------------------------------------------------------------------------------------
 
 def test_ddp_two_processes_match_single_process(tmp_path):
-    sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "_support"))
-    try:
-        import ddp_worker
-        import two_ranks
-    finally:
-        sys.path.pop(0)
+    import ddp_worker
+    import two_ranks
     ranks = two_ranks.results(pathlib.Path(ddp_worker.__file__), tmp_path, timeout=90)
     single = ddp_worker.single_process()
     assert len(ranks[0]) == len(single) > 0

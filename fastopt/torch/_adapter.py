@@ -307,8 +307,7 @@ class _Adapter(torch.optim.Optimizer):
         for i, p in enumerate(runner.params):
             owner = self._owner.get(id(p))
             if owner is not None:
-                if owner.step_floats is not None:
-                    owner.read_step_tensors()
+                owner.read_step_tensors()
                 entry = owner.fo.param_state(owner.index[id(p)])   # views: copied by the load
                 donors.add(owner)
             elif id(p) in self._detached_state:
@@ -355,8 +354,7 @@ class _Adapter(torch.optim.Optimizer):
     def _retire(self, runner):
         """Unregister ``runner``: the state of its params becomes detached state (tensors that
         share its arenas' memory, so nothing is copied until a runner takes them in)."""
-        if runner.step_floats is not None:
-            runner.read_step_tensors()
+        runner.read_step_tensors()
         for i, p in enumerate(runner.params):
             if self._owner.get(id(p)) is not runner:
                 continue
@@ -368,14 +366,15 @@ class _Adapter(torch.optim.Optimizer):
         if self._runner is runner:
             self._runner = None
 
-    def _torch_entry(self, p, entry, copy=False):
-        """A fastopt state entry (``{"step": int, name: ndarray}``) in torch's format."""
+    def _torch_entry(self, p, entry):
+        """A fastopt state entry (``{"step": int, name: ndarray}``) in torch's format, its
+        tensors sharing the arrays' memory."""
         out = {}
         for name, value in entry.items():
             if name == "step":
                 out[name] = torch.tensor(float(value), dtype=_scalar_dtype())
             else:
-                out[name] = like_param(as_tensor(value.copy() if copy else value), p)
+                out[name] = like_param(as_tensor(value), p)
         return out
 
     def _fo_entry(self, entry, kept, index, param=None, saved=None):
@@ -527,11 +526,8 @@ class _Adapter(torch.optim.Optimizer):
         else:
             self._grad_norm = None
         _increment_version(updated)
-        if runner.step_floats is not None:
-            if runner.step_views_alive():
-                runner.write_step_tensors()
-            else:
-                runner.step_floats = None   # (their edits were read above)
+        if runner.step_floats is not None:   # (the check spares the hot path a call)
+            runner.write_step_tensors()
         return loss
 
     #: step() with torch's hooks and profiler range (torch.optim.Optimizer.profile_hook_step).
@@ -597,8 +593,7 @@ class _Adapter(torch.optim.Optimizer):
                     continue
                 runner = self._owner.get(id(p))
                 if runner is not None:
-                    if runner.step_floats is not None:
-                        runner.read_step_tensors()
+                    runner.read_step_tensors()
                     entry = runner.fo.param_state(runner.index[id(p)], copy=True)
                     if entry:
                         out[p] = self._torch_entry(p, entry)

@@ -131,25 +131,27 @@ class Runner:
         and see advance). Once one is handed out, each step reads the edits from the whole
         tensor and writes the new counts into it, a vector operation each, whatever the count."""
         if self.step_floats is None:
-            self.step_floats = torch.from_numpy(
-                self.fo.step_counts().astype(torch.empty(0, dtype=_compat.scalar_dtype()).numpy().dtype))
+            self.step_floats = torch.from_numpy(self.fo.step_counts()).to(_compat.scalar_dtype())
         view = self.step_floats[index]
         self.step_views.append(weakref.ref(view))
         return view
 
-    def step_views_alive(self):
-        """Whether a step tensor handed out is still held somewhere (else the steps stop paying
-        for them: the next read of a step hands out new ones)."""
-        self.step_views = [ref for ref in self.step_views if ref() is not None]
-        return bool(self.step_views)
-
     def read_step_tensors(self):
-        """Take the step counts users edited in the tensors handed out (before a step, and before
-        the state is read: torch's step tensor is the state itself)."""
+        """Take the step counts users edited in the tensors handed out, if any (before a step,
+        and before the state is read or moved: torch's step tensor is the state itself)."""
+        if self.step_floats is None:
+            return
         floats = self.step_floats.numpy()
         for index in np.flatnonzero(floats != self.fo.step_counts()):
             self.fo.set_step(int(index), float(floats[index]))
 
     def write_step_tensors(self):
-        """After a step: the new counts into the tensors handed out."""
-        self.step_floats.numpy()[:] = self.fo.step_counts()
+        """After a step: the new counts into the tensors handed out; once none is held any more,
+        the steps stop paying for them (the next read of a step hands out new ones)."""
+        if self.step_floats is None:
+            return
+        self.step_views = [ref for ref in self.step_views if ref() is not None]
+        if self.step_views:
+            self.step_floats.numpy()[:] = self.fo.step_counts()
+        else:
+            self.step_floats = None     # (their edits were read before the step)

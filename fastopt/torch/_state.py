@@ -12,7 +12,7 @@ arenas into a plain dict (the optimizer's *detached* state, see ``_adapter.py``)
 would and loaded back, checked, when the param is next stepped.
 """
 import numbers
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 import torch
 
@@ -33,8 +33,7 @@ class ParamState(MutableMapping):
         runner = self._optimizer._owner.get(id(self._param))
         if runner is None:
             return None
-        if runner.step_floats is not None:
-            runner.read_step_tensors()     # an edited step tensor is the state, as in torch
+        runner.read_step_tensors()     # an edited step tensor is the state, as in torch
         return runner, runner.index[id(self._param)]
 
     def _detached(self):
@@ -103,7 +102,7 @@ class State(MutableMapping):
     def __setitem__(self, param, value):
         if not isinstance(param, torch.Tensor):
             raise TypeError(f"optimizer.state is keyed by params (tensors), got {type(param).__name__}")
-        if not isinstance(value, MutableMapping):
+        if not isinstance(value, Mapping):
             raise TypeError(f"the state of a param must be a dict, got {type(value).__name__}")
         self._optimizer._detach(param, replace=dict(value))
 

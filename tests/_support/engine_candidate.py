@@ -22,3 +22,27 @@ def optimizer_class(kind, algorithm="AdamW"):
         import fastopt.torch
         return getattr(fastopt.torch, algorithm), {}
     return getattr(torch.optim, algorithm), dict(foreach=False)
+
+
+def run_each_kind_and_save(rank, out_dir, run_kind):
+    """One rank's part of a two-rank comparison: ``run_kind(kind, scratch_folder)`` for each of
+    :data:`KINDS` (a run that raises is recorded as ``{"error": traceback}``; the other goes on),
+    saved with the world size to ``OUT_DIR/rank<RANK>.pt``; then both ranks meet at a barrier
+    before the process group is torn down (see ddp_worker.py)."""
+    import tempfile
+    import traceback
+
+    import torch
+    import torch.distributed as dist
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind in KINDS:
+            try:
+                results[kind] = dict(run_kind(kind, os.path.join(scratch, kind)), error=None)
+            except Exception:
+                results[kind] = dict(error=traceback.format_exc())
+    results["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from engine_candidate import KINDS, optimizer_class  # noqa: E402
+from engine_candidate import optimizer_class, run_each_kind_and_save  # noqa: E402
 
 STEPS = 20
 CHECKPOINT_STEP = 10
@@ -107,27 +107,11 @@ def main(rank, out_dir):
     Writes ``OUT_DIR/rank<RANK>.pt``: ``{kind: record}`` with :func:`run`'s record, or with
     ``error`` (the traceback) for a run that raised; a failing run does not stop the other.
     """
-    import tempfile
-    import traceback
-
-    import torch.distributed as dist
     os.environ["LOCAL_RANK"] = str(rank)        # accelerate reads the rank from here
     os.environ["RANK"] = str(rank)
     torch.set_num_threads(1)
-    results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for kind in KINDS:
-            try:
-                results[kind] = dict(run(kind, os.path.join(scratch, kind), save=False, batch=BATCH // 2,
-                                         ddp_backend="gloo"), error=None)
-            except Exception:
-                results[kind] = dict(error=traceback.format_exc())
-    results["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    if dist.is_initialized():
-        # Both ranks reach here before either tears its group down (see ddp_worker.py).
-        dist.barrier()
-        dist.destroy_process_group()
+    run_each_kind_and_save(rank, out_dir, lambda kind, folder: run(kind, folder, save=False, batch=BATCH // 2,
+                                                                    ddp_backend="gloo"))
 
 
 if __name__ == "__main__":

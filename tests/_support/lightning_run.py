@@ -15,7 +15,7 @@ import sys
 import lightning
 import torch
 
-from engine_candidate import KINDS, optimizer_class
+from engine_candidate import optimizer_class, run_each_kind_and_save
 
 STEPS = 20
 BATCHES_PER_EPOCH = 10        # the checkpoint at the end of epoch 0 is step 10
@@ -105,25 +105,9 @@ def main(rank, out_dir):
     Writes ``OUT_DIR/rank<RANK>.pt``: ``{kind: record}`` with :func:`run`'s record, or with
     ``error`` (the traceback) for a run that raised; a failing run does not stop the other.
     """
-    import tempfile
-    import traceback
-
-    import torch.distributed as dist
     os.environ.update(LOCAL_RANK=str(rank), NODE_RANK="0")   # Lightning: processes launched outside
     torch.set_num_threads(1)
-    results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for kind in KINDS:
-            try:
-                results[kind] = dict(run(kind, os.path.join(scratch, kind), strategy="ddp", devices=2), error=None)
-            except Exception:
-                results[kind] = dict(error=traceback.format_exc())
-    results["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    if dist.is_initialized():
-        # Both ranks reach here before either tears its group down (see ddp_worker.py).
-        dist.barrier()
-        dist.destroy_process_group()
+    run_each_kind_and_save(rank, out_dir, lambda kind, folder: run(kind, folder, strategy="ddp", devices=2))
 
 
 if __name__ == "__main__":

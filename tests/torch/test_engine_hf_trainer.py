@@ -19,13 +19,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")                    # the Trainer needs it
 
 import hf_trainer_run  # noqa: E402  (tests/_support: pytest's pythonpath)
+from engine_candidate import KINDS  # noqa: E402
 import two_ranks  # noqa: E402
 
 SUPPORT = pathlib.Path(two_ranks.__file__).parent
 
 pytestmark = pytest.mark.torch
 
-KINDS = hf_trainer_run.KINDS
 #: fastopt against torch.optim in float32 (as the parity tests of tests/torch/).
 CLOSE = dict(rtol=1e-5, atol=1e-6)
 LOSS_RTOL = 1e-5

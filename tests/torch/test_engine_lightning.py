@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lightning")
 
 import lightning_run  # noqa: E402  (tests/_support: pytest's pythonpath)
+from engine_candidate import KINDS  # noqa: E402
 import two_ranks  # noqa: E402
 
 SUPPORT = pathlib.Path(two_ranks.__file__).parent
@@ -32,7 +33,6 @@ def torch_flags_settable():
     with allow():
         yield
 
-KINDS = lightning_run.KINDS
 PRECISIONS = ["32-true", "bf16-mixed"]
 #: fastopt against torch.optim in float32 (as the parity tests of tests/torch/), per precision:
 #: bf16-mixed still updates float32 params, but its forward rounds them to bfloat16, where the two

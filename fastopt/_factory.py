@@ -26,6 +26,17 @@ MAXIMIZE_DOC = "Maximize the objective instead of minimizing it (the gradient is
 OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
            "stochastic_rounding": False, "seed": None}
 
+#: fastopt.torch's own options (a NumPy loop flattens its arrays with :func:`fastopt.flatten`).
+TORCH_OPTIONS = {"flat": False}
+
+TORCH_OPTIONS_DOC = """\
+flat : bool, default False
+    Move the params of each param group and dtype into one flat buffer, and their gradients into
+    one flat gradient buffer (:func:`fastopt.torch.flatten_`): a step then updates each buffer with
+    one call, with no per-tensor work. ``zero_grad()`` zeroes the gradient buffer and keeps the
+    views (``set_to_none=True`` only when asked explicitly). Params must require grad and not share
+    memory; DTensor params and Adafactor/Muon (whole-matrix updates) are refused."""
+
 OPTIONS_DOC = """\
 skip_nonfinite : bool, default False
     Check every gradient for NaN/Inf before each step and skip a step that holds one, leaving params
@@ -110,14 +121,15 @@ def make_init(algorithm, root, torch=False):
     defaults = {h.name: h.default for h in algorithm.hyperparameters}
     if torch:
         defaults.update(algorithm.torch_extras)
-        group_names = [n for n in pos + kw if n not in OPTIONS]
+        group_names = [n for n in pos + kw if n not in OPTIONS and n not in TORCH_OPTIONS]
     else:
         group_names = [h.name for h in algorithm.hyperparameters if h.name not in algorithm.fixed]
-    defaults.update(OPTIONS)
+    options = dict(OPTIONS, **TORCH_OPTIONS) if torch else OPTIONS
+    defaults.update(options)
     args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
-    args += ["*"] + [f"{n}=_d_{n}" for n in kw + list(OPTIONS)]
+    args += ["*"] + [f"{n}=_d_{n}" for n in kw + list(options)]
     group = ", ".join(f"{n!r}: {n}" for n in group_names)
-    options = ", ".join(f"{n}={n}" for n in OPTIONS)
+    options = ", ".join(f"{n}={n}" for n in options)
     source = (f"def __init__({', '.join(args)}):\n"
               f"    _root.__init__(self, params, {{{group}, **_fixed}}, {options})\n")
     namespace = {f"_d_{n}": v for n, v in defaults.items()}

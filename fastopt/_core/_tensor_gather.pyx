@@ -325,3 +325,25 @@ cdef class TensorGrads:
             out.data[i] = <char*>PyLong_AsVoidPtr(data_ptr(g)) if size else &_empty_gradient
             updated.append(t)
         return out
+
+
+def same_items(list lists, list expected):
+    """Whether ``lists`` (a list of lists) holds exactly the objects of ``expected`` (the same
+    shape of lists), compared by identity: one pointer comparison an item. A flat step checks the
+    param groups' ``params`` lists with it (``==`` would compare tensors by value)."""
+    cdef Py_ssize_t g, i, n
+    cdef list a, b
+    if len(lists) != len(expected):
+        return False
+    for g in range(len(lists)):
+        a = lists[g] if type(lists[g]) is list else None
+        b = expected[g]
+        if a is None:
+            return False
+        n = len(a)
+        if n != len(b):
+            return False
+        for i in range(n):
+            if <void*>a[i] is not <void*>b[i]:
+                return False
+    return True

@@ -59,6 +59,7 @@ checkpoint compatibility) but do not change anything: the update is always fasto
 ``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
 """
 from ._adapter import ADAPTERS as _ADAPTERS
+from ._flat import FlatParams, flatten_
 from ._lbfgs import LBFGS
 
 # One adapter per declared algorithm, each named here so that readers, IDEs and static tools see
@@ -82,5 +83,5 @@ SGD = _ADAPTERS["SGD"]
 __all__ = [
     "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
     "RAdam", "RMSprop", "Rprop", "SGD",
-    "LBFGS",
+    "LBFGS", "FlatParams", "flatten_",
 ]

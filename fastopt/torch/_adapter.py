@@ -11,9 +11,11 @@ from .. import _factory
 from ..algorithms._spec import identifiers
 from ..optimizer import ParamGroup as _ParamGroup
 from . import _compat as _torch_compat
+from ._flat import FlatRunner, NotFlat, dtype_runs, flatten_, warn_per_tensor
 from ._runner import Runner, config_key, unique as _unique
 from ._state import ParamState, State
 from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor_problem, torch_dtype
+from .._core._tensor_gather import same_items
 
 # torch's private names (each with its fallback) are read in fastopt/torch/_compat.py only.
 _increment_version = _torch_compat.increment_version
@@ -136,7 +138,12 @@ class _Adapter(torch.optim.Optimizer):
     _keys = ()
 
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
-                 state_dtype=None, stochastic_rounding=False, seed=None):
+                 state_dtype=None, stochastic_rounding=False, seed=None, flat=False):
+        self._flat = None            # flat=True: every FlatParams, in group order (see _flat.py)
+        self._flat_groups = []       # ... per param group
+        self._flat_lists = None      # the groups' params lists the flat runner steps
+        self._flat_blocked = None    # why the state cannot go back into the flat buffers now
+        self._flat_warned = False
         self._runner = None          # the runner of the configuration last stepped
         self._runners = {}           # configuration key -> Runner
         self._owner = {}             # id(param) -> the Runner holding its state
@@ -153,8 +160,19 @@ class _Adapter(torch.optim.Optimizer):
         self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
                                stochastic_rounding=stochastic_rounding, seed=V.check_seed(seed))
         self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
+        flat = V.check_bool("flat", flat)
+        if flat and self._fastopt_cls.algorithm.driver is not None:
+            raise ValueError(f"flat=True is not available for {self._fastopt_cls.algorithm.name}: "
+                             "its update reads each param's whole matrix, which a flat buffer "
+                             "does not keep apart")
         super().__init__(params, defaults)
-        self._activate(self.param_groups)
+        if flat:
+            self._flat = []
+            for g, group in enumerate(self.param_groups):
+                self._flatten_group(g, group)
+            self._flat_prepare(self.param_groups, [g["params"] for g in self.param_groups])
+        else:
+            self._activate(self.param_groups)
 
     def _check_defaults(self, defaults):
         """torch.optim's constructor checks, then fastopt's (with torch's error types)."""
@@ -239,7 +257,137 @@ class _Adapter(torch.optim.Optimizer):
             raise
         if refused is not None and self._refused_at_step is None:
             self._refused_at_step = refused
+        if self.__dict__.get("_flat") is not None:     # (torch's __init__ adds groups before)
+            try:
+                self._flatten_group(n_groups, group)
+            except Exception:
+                del self.param_groups[n_groups:]
+                raise
         # the next step sees the new configuration and builds its runner
+
+    # ------------------------------------------------------------------------------------------
+    # Flat mode (flat=True; see _flat.py)
+    # ------------------------------------------------------------------------------------------
+
+    def _flatten_group(self, g, group):
+        """Move group ``g``'s params into one flat buffer per dtype (checked first: on an error
+        nothing moved)."""
+        params = group["params"]
+        if len(_unique(params)) != len(params):
+            raise ValueError(f"flat=True: param_groups[{g}] lists a param twice")
+        flats = []
+        for run in dtype_runs(params):
+            try:
+                flats.append(flatten_(run))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"flat=True, param_groups[{g}]: {exc}") from None
+        self._flat_groups.append(flats)
+        self._flat.extend(flats)
+        self._flat_lists = [list(group["params"]) for group in self.param_groups]
+        self._flat_blocked = None
+
+    def _flat_where(self, groups):
+        names = {id(p): f"param_groups[{g}]['params'][{j}]"
+                 for g, group in enumerate(groups) for j, p in enumerate(group["params"])}
+        return lambda p: names.get(id(p), "a flattened param")
+
+    def _new_flat_runner(self, groups, key):
+        stepped = [g for g, group in enumerate(groups) if len(group["params"])]
+        fo_groups = []
+        layouts = []
+        for g in stepped:
+            fo_group = {k: _plain(groups[g][k], k, f"param group {g}") for k in self._keys}
+            fo_group["params"] = [flat.data_array for flat in self._flat_groups[g]]
+            fo_groups.append(fo_group)
+            layouts.extend(self._flat_groups[g])
+        fo = self._make_fastopt(fo_groups)
+        params = [p for g in stepped for p in groups[g]["params"]]
+        scalars = {s.name for s in self._fastopt_cls.algorithm.scalar_state}
+        return FlatRunner(key, groups, stepped, fo, params, layouts, scalars)
+
+    def _flat_prepare(self, groups, lists):
+        """The flat runner, after the full check of every param and gradient (gradients that are
+        not the buffers' views copied in), its state taken in; NotFlat if the groups, params,
+        gradients or state cannot be stepped flat now (nothing written then)."""
+        if self._flat_blocked is not None:
+            raise NotFlat(self._flat_blocked)
+        if lists is None or not same_items(lists, self._flat_lists):
+            raise NotFlat("the param groups no longer hold the params that flat=True flattened")
+        where = self._flat_where(groups)
+        foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self._flat]
+        key = ("flat",) + config_key(groups)
+        runner = self._runners.get(key)
+        if runner is not None and not runner.settle():
+            raise NotFlat("a param's step count was set apart from the rest of its flat buffer's")
+        if runner is None:
+            runner = self._new_flat_runner(groups, key)
+            try:
+                self._build_runner(groups, key, runner)
+            except NotFlat as exc:
+                self._flat_blocked = str(exc)
+                raise
+        for flat, grads in zip(self._flat, foreign):
+            flat.attach(grads)
+            flat.recount()
+        self._runner = runner
+        return runner
+
+    def _flat_runner(self, runner, groups, lists):
+        """The flat runner if this step can update the flat buffers, else None (the step goes
+        per tensor, as without the flat mode)."""
+        if runner is not None and runner.flat:
+            if runner.step_floats is not None:
+                runner.read_step_tensors()
+            if runner.ready(lists):
+                return runner
+        try:
+            return self._flat_prepare(groups, lists)
+        except NotFlat as exc:
+            if not self._flat_warned:
+                self._flat_warned = True
+                warn_per_tensor(str(exc))
+            return None
+
+    def _step_flat(self, runner, groups, loss, max_norm, norm_type):
+        self._push_hyperparameters(runner, groups)
+        fo = runner.fo
+        try:
+            fo.step(runner.grad_arrays, max_norm=max_norm, norm_type=norm_type)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
+        if max_norm is not None or self._skip_nonfinite:
+            self._grad_norm = fo.grad_norm
+            self._found_inf = fo.found_inf
+            if fo.found_inf:
+                self._skipped_steps += 1
+        else:
+            self._grad_norm = None
+        _increment_version(runner.bumped)
+        runner.after_step()
+        if runner.step_floats is not None:
+            runner.write_step_tensors()
+        return loss
+
+    def _zero_grad(self, set_to_none=None):
+        if self._flat is None or set_to_none:
+            return super().zero_grad(True if set_to_none is None else set_to_none)
+        groups = self.param_groups
+        lists = [group["params"] for group in groups]
+        if not same_items(lists, self._flat_lists):
+            return super().zero_grad(False)
+        for flat in self._flat:
+            flat.zero_grad()
+
+    # torch.optim's zero_grad is not traced by torch.compile either
+    zero_grad = _torch_compat.disable_dynamo(_zero_grad)
+    zero_grad.__doc__ = """Reset the gradients of all params.
+
+        As torch.optim's, with ``set_to_none=True`` by default. With ``flat=True`` the default
+        keeps every ``.grad`` a view of its flat gradient buffer and zeroes the buffer in one pass
+        (a param whose ``.grad`` was replaced or set to None gets its view back, zeroed); pass
+        ``set_to_none=True`` to set them to None (the next step then copies the new gradients
+        into the buffer).
+        """
 
     def _fo_group(self, group, params, g):
         out = {key: _plain(group[key], key, f"param group {g}") for key in self._keys}
@@ -295,11 +443,13 @@ class _Adapter(torch.optim.Optimizer):
         shards = [local(p) for p in params]
         return Runner(key, groups, stepped, fo, params, shards)
 
-    def _build_runner(self, groups, key):
-        """Build, fill and register the runner of ``groups``: each param's state comes from the
-        runner holding it (retired then, its other params' state detached) or from the detached
-        state. Everything is checked before anything changes: on an error, all stays as it was."""
-        runner = self._new_runner(groups, key)
+    def _build_runner(self, groups, key, runner=None):
+        """Build, fill and register the runner of ``groups`` (``runner``: one already made, not
+        filled yet): each param's state comes from the runner holding it (retired then, its other
+        params' state detached) or from the detached state. Everything is checked before anything
+        changes: on an error, all stays as it was."""
+        if runner is None:
+            runner = self._new_runner(groups, key)
         fo = runner.fo
         states = {}
         donors = set()
@@ -308,27 +458,30 @@ class _Adapter(torch.optim.Optimizer):
             owner = self._owner.get(id(p))
             if owner is not None:
                 owner.read_step_tensors()
-                entry = owner.fo.param_state(owner.index[id(p)])   # views: copied by the load
+                entry = owner.param_state(owner.index[id(p)])   # views: copied by the load
                 donors.add(owner)
             elif id(p) in self._detached_state:
-                kept = kept or fo.kept_dtypes()
+                kept = kept or runner.kept_dtypes()
                 entry = self._fo_entry(self._detached_state[id(p)][1], kept, i)
             else:
                 continue
             if entry:
                 states[i] = entry
         if states:
+            fo_states = runner.fo_states(states)   # (a flat runner: NotFlat if they differ)
             try:
-                fo.load_state_dict({"state": states,
+                fo.load_state_dict({"state": fo_states,
                                     "param_groups": fo.state_dict()["param_groups"]})
             except (TypeError, ValueError) as exc:
+                if runner.flat:    # the per-param path says which param's state does not fit
+                    raise NotFlat(f"a param's state does not fit it ({exc})") from None
                 raise type(exc)(self._kept_state_message(runner, groups, exc)) from None
         for donor in donors:
             self._retire(donor)
         # a runner whose params have no state costs nothing to rebuild: dropping it keeps params
         # that are swapped for new ones at every step from piling up with their runners
         for other in [r for r in self._runners.values() if r is not self._runner]:
-            if other.fo is None or not any(other.fo.has_state(i) for i in range(len(other.params))):
+            if other.fo is None or not any(other.has_state(i) for i in range(len(other.params))):
                 self._retire(other)
         for p in runner.params:
             self._detached_state.pop(id(p), None)
@@ -359,7 +512,7 @@ class _Adapter(torch.optim.Optimizer):
             if self._owner.get(id(p)) is not runner:
                 continue
             del self._owner[id(p)]
-            entry = runner.fo.param_state(i)
+            entry = runner.param_state(i)
             if entry:
                 self._detached_state[id(p)] = (p, self._torch_entry(p, entry))
         self._runners.pop(runner.key, None)
@@ -489,6 +642,11 @@ class _Adapter(torch.optim.Optimizer):
         # it does not vouch for goes through the runner of the groups as they are now, and the
         # precise checks.
         runner = self._runner
+        if self._flat is not None:
+            flat_runner = self._flat_runner(runner, groups, lists)
+            if flat_runner is not None:
+                return self._step_flat(flat_runner, groups, loss, max_norm, norm_type)
+            runner = self._runner
         gathered = (runner.gather(lists) if runner is not None and lists is not None
                     and runner.gather is not None else None)
         if gathered is None:
@@ -564,6 +722,7 @@ class _Adapter(torch.optim.Optimizer):
         runner = self._owner.get(id(p))
         if runner is not None:
             self._retire(runner)
+        self._flat_blocked = None     # the edited state may fit the flat buffers again
         if replace is None:
             self._detached_state.pop(id(p), None)
             return None
@@ -575,12 +734,12 @@ class _Adapter(torch.optim.Optimizer):
     def _has_state(self, p):
         runner = self._owner.get(id(p))
         if runner is not None:
-            return runner.fo.has_state(runner.index[id(p)])
+            return runner.has_state(runner.index[id(p)])
         return id(p) in self._detached_state
 
     def _params_with_state(self):
         out = [p for runner in self._runners.values() for i, p in enumerate(runner.params)
-               if self._owner.get(id(p)) is runner and runner.fo.has_state(i)]
+               if self._owner.get(id(p)) is runner and runner.has_state(i)]
         out.extend(p for p, _ in self._detached_state.values())
         return out
 
@@ -594,7 +753,7 @@ class _Adapter(torch.optim.Optimizer):
                 runner = self._owner.get(id(p))
                 if runner is not None:
                     runner.read_step_tensors()
-                    entry = runner.fo.param_state(runner.index[id(p)], copy=True)
+                    entry = runner.param_state(runner.index[id(p)], copy=True)
                     if entry:
                         out[p] = self._torch_entry(p, entry)
                 elif id(p) in self._detached_state:
@@ -633,6 +792,7 @@ class _Adapter(torch.optim.Optimizer):
         for runner in list(self._runners.values()):
             self._retire(runner)
         self._detached_state = {id(key): (key, entry) for key, entry in entries}
+        self._flat_blocked = None
 
     def state_dict(self):
         """torch.optim's ``state_dict()`` (copies of the state, ``"step"`` as a scalar tensor)."""
@@ -719,6 +879,7 @@ class _Adapter(torch.optim.Optimizer):
         self._owner = {id(p): runner for p in runner.params}
         self._detached_state = {}
         self._runner = runner
+        self._flat_blocked = None
 
     def __getstate__(self):
         raise TypeError(

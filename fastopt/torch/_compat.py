@@ -30,6 +30,15 @@ and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
     (``fastopt/_core/_tensor_gather.pyx``) calls directly. Fallback: the same public attributes of
     ``torch.Tensor``, which the gather calls through Python (slower per gradient, same results).
 
+``torch._C._storage_Use_Count`` and ``Tensor._use_count``
+    How many references a storage (a tensor) has. The flat mode (``flat=True``) compares the
+    count of its flat buffers' storages with the one seen at its last full check, one call per
+    buffer, to tell that no param was given other memory and no ``.grad`` replaced, instead of
+    reading every param and gradient each step; and it gives a param its place in the flat buffer
+    with ``torch.utils.swap_tensors`` only when the param has no other C++ holder. Fallback: a
+    full check of every param and gradient at each step, and ``param.data = view`` (the param
+    then keeps its own autograd version counter, bumped after each step one by one).
+
 ``torch._C._increment_version``
     Bumps the autograd version counters of the updated params, as an in-place op does, in one
     call for all of them. Fallback: the public ``torch.autograd.graph.increment_version``.
@@ -64,6 +73,7 @@ and ``grad``, ``dtype``, ``shape``, ``ndim``, ``nbytes`` descriptors)
     every step goes through the wrapper.
 """
 import contextlib
+import weakref
 
 import torch
 import torch.optim.optimizer as _torch_optimizer
@@ -173,3 +183,36 @@ _get_eval_frame_callback = getattr(_eval_frame, "get_eval_frame_callback", None)
 #: ``dynamo_callback()``: Dynamo's frame callback, None unless torch.compile is running (then
 #: Dynamo could trace into a step, which must run outside its graph). Fallback: never None.
 dynamo_callback = _get_eval_frame_callback if _get_eval_frame_callback is not None else (lambda: True)
+
+
+# -- flat mode: who still uses a flat buffer --------------------------------------------------------
+
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def storage_handle(t):
+    """What :func:`storage_users` takes for ``t``'s storage (its StorageImpl's address), or None
+    when this torch cannot count a storage's users (the flat mode then checks every param and
+    gradient at each step: same results, a per-tensor cost)."""
+    if _storage_use_count is None:
+        return None
+    return t.untyped_storage()._cdata
+
+
+#: ``storage_users(handle)``: how many references the storage has now (one per tensor viewing it,
+#: plus other holders). A param given other memory, or a ``.grad`` replaced, lowers it.
+storage_users = _storage_use_count
+
+
+def can_swap(t):
+    """Whether ``torch.utils.swap_tensors`` may give param ``t`` new memory while keeping it the
+    same object with nothing lost: an exact ``Tensor``/``Parameter`` with no C++ holder besides
+    itself (``Tensor._use_count``: an AccumulateGrad node kept by DDP or DeepSpeed, a graph not
+    yet run backward), no weak references and no hooks (they live on the tensor it swaps away).
+    False when this torch lacks ``_use_count``."""
+    use_count = getattr(t, "_use_count", None)
+    if use_count is None or type(t) not in (torch.Tensor, torch.nn.Parameter):
+        return False
+    return (use_count() == 1 and weakref.getweakrefcount(t) == 0 and t.is_leaf
+            and not getattr(t, "_backward_hooks", None)
+            and not getattr(t, "_post_accumulate_grad_hooks", None))

@@ -56,6 +56,9 @@ class Runner:
         ``id(param)`` -> its index in ``params``.
     """
 
+    #: Whether the runner steps flat buffers (``_flat.FlatRunner``) rather than each param.
+    flat = False
+
     def __init__(self, key, groups, stepped, fo, params, shards):
         self.key = key
         self.stepped = stepped      # the groups (indices) with params: fo's groups, in order
@@ -89,6 +92,26 @@ class Runner:
                 [a.size for a in arrays], [_dtypes.storage_of(a) for a in arrays],
                 [p.dtype for p in params], dict(_compat.TENSOR_API, **api))
             self.gather = self._gather_sharded if self.distributed else self.tensor_grads.gather
+
+    # -- state, per param (a flat runner's params share their buffer's arenas) -------------------
+
+    def param_state(self, index, copy=False):
+        """Param ``index``'s state in fastopt's format (views of the arenas; copies with ``copy``)."""
+        return self.fo.param_state(index, copy)
+
+    def has_state(self, index):
+        return self.fo.has_state(index)
+
+    def set_step(self, index, step):
+        self.fo.set_step(index, step)
+
+    def kept_dtypes(self):
+        """``kept(index, name)``: the NumPy dtype state ``name`` of param ``index`` is kept in."""
+        return self.fo.kept_dtypes()
+
+    def fo_states(self, states):
+        """``{param index: entry}`` as the fastopt optimizer's ``load_state_dict`` takes it."""
+        return states
 
     def _gather_sharded(self, lists):
         with _compat.no_torch_function():     # a DTensor's .grad, without its dispatch

@@ -44,7 +44,7 @@ class ParamState(MutableMapping):
         if live is None:
             return self._detached()[name]
         runner, index = live
-        value = runner.fo.param_state(index)[name]
+        value = runner.param_state(index)[name]
         if name == "step":
             return runner.step_tensor(index)
         return like_param(as_tensor(value), self._param)
@@ -53,12 +53,12 @@ class ParamState(MutableMapping):
         live = self._live()
         if live is not None:
             runner, index = live
-            entry = runner.fo.param_state(index)
+            entry = runner.param_state(index)
             if name in entry and name == "step":
                 if isinstance(value, torch.Tensor) and value.numel() == 1:
                     value = value.item()
                 if isinstance(value, numbers.Real):
-                    runner.fo.set_step(index, value)
+                    runner.set_step(index, value)
                     return
             elif name in entry and isinstance(value, torch.Tensor):
                 target = as_tensor(entry[name])
@@ -75,11 +75,11 @@ class ParamState(MutableMapping):
 
     def __iter__(self):
         live = self._live()
-        return iter(list(self._detached() if live is None else live[0].fo.param_state(live[1])))
+        return iter(list(self._detached() if live is None else live[0].param_state(live[1])))
 
     def __len__(self):
         live = self._live()
-        return len(self._detached() if live is None else live[0].fo.param_state(live[1]))
+        return len(self._detached() if live is None else live[0].param_state(live[1]))
 
     def __repr__(self):
         return repr(dict(self.items()))

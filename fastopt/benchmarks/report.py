@@ -185,9 +185,18 @@ def write_json(path, **payload):
 def format_adapter(rows):
     """The torch adapter table (µs per step; the adapter's extra ns per tensor)."""
     keys = [("case", 14, "size"), ("tensors", 7, "tensors"), ("thr", 3, "threads")]
-    return _table(rows, keys, ["numpy-api", "adapter", "torch-fused", "extra ns/tensor"],
-                  [("adapter/np", "adapter", "numpy-api"), ("fused/adapter", "torch-fused", "adapter")],
+    return _table(rows, keys, ["numpy-api", "adapter", "torch-fused", "extra ns/tensor", "numpy-flat", "flat"],
+                  [("adapter/np", "adapter", "numpy-api"), ("fused/adapter", "torch-fused", "adapter"),
+                   ("flat/np-flat", "flat", "numpy-flat")],
                   "us_per_step")
+
+
+def format_iteration(rows):
+    """A whole training iteration (zero_grad, backward, step), ms."""
+    keys = [("model", 12, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, ["torch-fused", "adapter", "flat"],
+                  [("fused/flat", "torch-fused", "flat"), ("fused/adapter", "torch-fused", "adapter")],
+                  "ms_per_iteration")
 
 
 def format_clipstep(rows):

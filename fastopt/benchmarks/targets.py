@@ -25,7 +25,7 @@ check of one measured quantity:
   iteration);
 * ``column: name`` -- one column of the row (the adapter's ``extra ns/tensor``).
 
-The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``clipstep``, ``threads``
+The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``iteration``, ``clipstep``, ``threads``
 (filtered by ``busy``, the number of spinning processes of the run), ``precision`` and
 ``deepspeed`` (measured with ``--deepspeed`` only: ms per optimizer step under DeepSpeed ZeRO-2
 with the optimizer offloaded to the CPU, columns ``DeepSpeedCPUAdam`` and ``fastopt``, sizes
@@ -41,7 +41,7 @@ from .settings import NOISY
 
 TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
           "lbfgsb": None, "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
-          "precision": "ns_per_elem", "deepspeed": "ms_per_step"}
+          "precision": "ns_per_elem", "deepspeed": "ms_per_step", "iteration": "ms_per_iteration"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
 FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "min_elements", "max_elements", "min_n",
@@ -101,7 +101,7 @@ def _matches(target, row):
 def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
-    if table in ("adapter", "clipstep", "threads", "precision", "deepspeed"):
+    if table in ("adapter", "clipstep", "threads", "precision", "deepspeed", "iteration"):
         extra = f", busy {row['busy']}" if table == "threads" else f", {row['threads']} thr"
         return f"{table} {row['size']}{extra}"
     what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "

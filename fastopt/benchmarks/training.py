@@ -5,6 +5,12 @@ Three tables, each timed round-robin like the step table (:func:`.timing.measure
 * ``adapter`` -- ``fastopt.torch.Adam.step()`` against ``fastopt.Adam.step(grads)`` on the same
   tensors (the adapter reads every ``.grad`` each step), and torch's fused step, from one tensor of
   1e4 elements to 10,000 tensors of 100: µs per step, and the adapter's extra cost per tensor.
+  The flat mode (``flat=True``: the tensors are views of one buffer) against ``fastopt.Adam``'s
+  step over one flat array of the same size (``numpy-flat``); its gradient buffer's version is
+  bumped before each step, as a backward pass writing into it does, so each step makes the checks
+  of a training loop (``torch.autograd.graph.increment_version``: no pass over memory).
+* ``iteration`` -- a whole training iteration (``zero_grad()``, backward, ``step()``) of a model of
+  10,000 params of 100 elements, with torch's fused Adam, fastopt.torch.Adam and its flat mode.
 * ``clipstep`` -- Adam with clipping: ``step(grads, max_norm=...)`` (one read pass for the norm,
   the coefficient applied as the update reads the gradients) against the step alone and against
   ``torch.nn.utils.clip_grad_norm_`` followed by ``torch.optim.Adam(fused=True).step()``.
@@ -54,7 +60,50 @@ def adapter_cell(torch, shapes, timing):
         p.grad = torch.from_numpy(g.copy())
     fused = torch.optim.Adam(fparams, fused=True, **ADAM)
     contenders.append(Contender("torch-fused", fused.step))
+    flat_np = fastopt.Adam([np.concatenate([p.reshape(-1) for p in params0])], **ADAM)
+    flat_grad = [np.concatenate([g.reshape(-1) for g in grads])]
+    contenders.append(Contender("numpy-flat", lambda: flat_np.step(flat_grad)))
+    lparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+    flat = ft.Adam(lparams, flat=True, **ADAM)
+    buffers = [f.grad for f in flat._flat]
+    with torch.no_grad():
+        buffers[0].copy_(torch.from_numpy(flat_grad[0]))
+    bump = torch.autograd.graph.increment_version
+
+    def flat_step():
+        bump(buffers)             # what backward's writes into the buffer do to its version
+        flat.step()
+    contenders.append(Contender("flat", flat_step))
     return measure(contenders, **timing)
+
+
+ITERATION_TENSORS = 10_000
+
+
+def iteration_cell(torch, timing):
+    """({contender: stats}, rounds): a training iteration of a model of 10,000 params of 100
+    elements (each a row of one matrix product), with torch's fused Adam and fastopt.torch.Adam
+    without and with the flat mode."""
+    import fastopt.torch as ft
+    x = torch.from_numpy(_arrays([(100, 8)], 6)[0])
+
+    def model():
+        values = _arrays([(100,)] * ITERATION_TENSORS, 7, 0.1)
+        return [torch.nn.Parameter(torch.from_numpy(v)) for v in values]
+
+    def iteration(params, opt):
+        def run():
+            opt.zero_grad()
+            (torch.stack(params) @ x).square().mean().backward()
+            opt.step()
+        return run
+    contenders = []
+    for name, make in (("torch-fused", lambda p: torch.optim.Adam(p, fused=True, **ADAM)),
+                       ("adapter", lambda p: ft.Adam(p, **ADAM)),
+                       ("flat", lambda p: ft.Adam(p, flat=True, **ADAM))):
+        params = model()
+        contenders.append(Contender(name, iteration(params, make(params))))
+    return measure(contenders, **dict(timing, min_reps=3, max_reps=10))
 
 
 def clipstep_cell(torch, n, timing):
@@ -132,7 +181,7 @@ def busy_machine(n):
 
 def run(args, torch, log, timing, threads):
     """The three tables' rows: {"adapter": [...], "clipstep": [...], "threads": [...]}."""
-    out = {"adapter": [], "clipstep": [], "threads": []}
+    out = {"adapter": [], "clipstep": [], "threads": [], "iteration": []}
     import fastopt
     before = fastopt.get_num_threads()
     try:
@@ -151,7 +200,20 @@ def run(args, torch, log, timing, threads):
                                threads=th, reps=reps, us_per_step=us, noise=noise(stats))
                     out["adapter"].append(row)
                     log(f"adapter {label:>14} thr={th}: numpy-api {us['numpy-api']:.1f} us, "
-                        f"adapter {us['adapter']:.1f} us")
+                        f"adapter {us['adapter']:.1f} us, flat {us['flat']:.1f} us "
+                        f"(numpy-flat {us['numpy-flat']:.1f})")
+            if not args.quick:
+                for th in threads:
+                    fastopt.set_num_threads(th)
+                    torch.set_num_threads(th)
+                    with blas_limits(th):
+                        stats, reps = iteration_cell(torch, timing)
+                    ms = {c: s["median"] * 1e3 for c, s in stats.items()}
+                    out["iteration"].append(dict(size=f"{ITERATION_TENSORS} x 100", n=ITERATION_TENSORS * 100,
+                                                 tensors=ITERATION_TENSORS, threads=th, reps=reps,
+                                                 ms_per_iteration=ms, noise=noise(stats)))
+                    log(f"iteration {ITERATION_TENSORS} x 100 thr={th}: torch-fused {ms['torch-fused']:.1f} ms, "
+                        f"flat {ms['flat']:.1f} ms")
         n = 1_000_000 if args.quick else 10_000_000
         for th in threads:
             fastopt.set_num_threads(th)

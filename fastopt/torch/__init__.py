@@ -56,6 +56,12 @@ the param; nothing is copied behind your back. ``capturable=True`` and
 ``differentiable=True`` are not supported; ``foreach`` and ``fused`` are accepted (and stored, for
 checkpoint compatibility) but do not change anything: the update is always fastopt's fused kernel.
 
+Flat mode: ``flat=True`` (or :func:`flatten_` on a list of params) moves the params of each param
+group and dtype into one flat buffer and their gradients into one flat gradient buffer, so a step
+updates each buffer with one call and checks a few numbers per buffer instead of every tensor (see
+``_flat.py`` for exactly what it detects); ``zero_grad()`` then zeroes the gradient buffer and keeps
+the views.
+
 ``import fastopt`` never imports torch; only ``import fastopt.torch`` does.
 """
 from ._adapter import ADAPTERS as _ADAPTERS

@@ -11,7 +11,7 @@ from .. import _factory
 from ..algorithms._spec import identifiers
 from ..optimizer import ParamGroup as _ParamGroup
 from . import _compat as _torch_compat
-from ._flat import FlatRunner, NotFlat, dtype_runs, flatten_, warn_per_tensor
+from ._flat import FlatRunner, NotFlat, dtype_runs, flattened, warn_per_tensor
 from ._runner import Runner, config_key, unique as _unique
 from ._state import ParamState, State
 from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor_problem, torch_dtype
@@ -278,7 +278,7 @@ class _Adapter(torch.optim.Optimizer):
         flats = []
         for run in dtype_runs(params):
             try:
-                flats.append(flatten_(run))
+                flats.append(flattened(run))
             except (TypeError, ValueError) as exc:
                 raise type(exc)(f"flat=True, param_groups[{g}]: {exc}") from None
         self._flat_groups.append(flats)
@@ -910,10 +910,14 @@ def _make_adapter(algorithm, base):
     declared.update(algorithm.torch_extras)
     declared.update(algorithm.torch_load_defaults)
     declared.update(algorithm.fixed)
+    doc = fastopt_cls.__doc__
+    if algorithm.driver is None:     # (flat=True is refused by whole-matrix updates)
+        doc = doc.replace("skip_nonfinite : bool", _factory.TORCH_OPTIONS_DOC + "\nskip_nonfinite : bool", 1)
     return type(algorithm.name, (base,), {
         "__init__": _factory.make_init(algorithm, _Adapter, torch=True),
         "__doc__": (f"{follows} running :class:`fastopt.{algorithm.name}`'s fused kernel (same "
-                    f"arguments, plus ``skip_nonfinite``).\n\n" + fastopt_cls.__doc__),
+                    f"arguments, plus ``skip_nonfinite``"
+                    + (" and ``flat``" if algorithm.driver is None else "") + ").\n\n" + doc),
         "__module__": __package__,   # fastopt.torch: where users find it (and pickle too)
         "__qualname__": algorithm.name,
         "_fastopt_cls": fastopt_cls,

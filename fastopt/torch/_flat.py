@@ -42,6 +42,11 @@ from ._tensors import DTYPES, as_numpy, is_dtensor, tensor_problem
 from .._core._tensor_gather import same_items
 
 
+#: Every live FlatParams by the id of its first param, so that an optimizer built with flat=True
+#: over params that ``flatten_`` already laid out takes their buffers as they are.
+_LAID_OUT = weakref.WeakValueDictionary()
+
+
 class NotFlat(Exception):
     """The params, gradients or state of a configuration cannot be stepped flat now; the
     optimizer steps them per tensor (the message says why)."""
@@ -296,7 +301,37 @@ def flatten_(params):
             if not _place(p, data[a:b].view(shape)):
                 own.append(p)
             p.grad = grad[a:b].view(shape)
-    return FlatParams(params, data, grad, offsets, own)
+    flat = FlatParams(params, data, grad, offsets, own)
+    if params:
+        _LAID_OUT[id(params[0])] = flat
+    return flat
+
+
+def flattened(params):
+    """The FlatParams holding exactly ``params`` (in order, each still in its place) if
+    :func:`flatten_` laid them out and it is alive, with every ``.grad`` made its view again (a
+    gradient of another tensor copied in, None made a zero view); else a new :func:`flatten_`."""
+    params = list(params)
+    flat = _LAID_OUT.get(id(params[0])) if params else None
+    if flat is None or not same_items([params], [flat.params]) \
+            or not all(flat._in_place(i, p) for i, p in enumerate(params)):
+        return flatten_(params)
+    views = flat.grads
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            g = p.grad
+            if g is not None and flat._is_view(i, g):
+                continue
+            problem = None if g is None else tensor_problem(g, f"the .grad of params[{i}]", like=p)
+            if problem is not None:
+                raise problem
+            if g is None:
+                views[i].zero_()
+            else:
+                views[i].copy_(g)
+            p.grad = views[i]
+    flat.recount()
+    return flat
 
 
 def dtype_runs(params):

@@ -397,3 +397,22 @@ def test_a_compiled_model_and_training_step():
     flat = run(True)
     assert ran_flat(flat[1])
     assert_same_run(flat, run(False))
+
+
+def test_params_flattened_beforehand_keep_their_buffers():
+    model = make_model()
+    laid_out = ft.flatten_(model.parameters())
+    ptr = laid_out.data.data_ptr()
+    model[0].bias.grad = None                     # given its view back, zeroed
+    opt = ft.Adam(model.parameters(), lr=1e-2, flat=True)
+    assert opt._flat == [laid_out] and model[0].weight.data_ptr() == ptr
+    assert model[0].bias.grad.data_ptr() == laid_out.grads[1].data_ptr()
+    ref = make_model()
+    ropt = ft.Adam(ref.parameters(), lr=1e-2)
+    for batch in batches(3):
+        for m, o in ((model, opt), (ref, ropt)):
+            o.zero_grad(set_to_none=False)
+            loss_of(m, batch).backward()
+            o.step()
+    assert ran_flat(opt)
+    assert_same_run((model, opt), (ref, ropt))

@@ -24,6 +24,7 @@
 cimport cython
 from libc.stdint cimport intptr_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memmove
 
 from fastopt._core._gather cimport GradPointers
 from fastopt._core._kernel_api cimport ST_F32, ST_F64, ST_BF16, ST_F16
@@ -347,3 +348,24 @@ def same_items(list lists, list expected):
             if <void*>a[i] is not <void*>b[i]:
                 return False
     return True
+
+
+def copy_gathered(GradPointers grads, list targets):
+    """Copy each gathered gradient that is not at its place in a flat gradient buffer into it.
+
+    ``targets[i]`` is ``(address, storage code)`` of param i's place. Returns how many were
+    copied, or -1 with nothing copied if a param has no gradient or one is stored in another
+    dtype than its place (the flat mode's precise checks then say which)."""
+    cdef Py_ssize_t i, n = grads.n, copied = 0
+    cdef char* place
+    if len(targets) != n:
+        return -1
+    for i in range(n):
+        if grads.data[i] == NULL or grads.storages[i] != <int>targets[i][1]:
+            return -1
+    for i in range(n):
+        place = <char*>PyLong_AsVoidPtr(targets[i][0])
+        if grads.data[i] != place and grads.sizes[i]:
+            memmove(place, grads.data[i], grads.sizes[i] * _itemsize(grads.storages[i]))
+            copied += 1
+    return copied

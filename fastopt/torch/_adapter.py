@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .. import _dtypes
 from .. import _validation as V
 from .. import _factory
 from ..algorithms._spec import identifiers
@@ -15,7 +16,7 @@ from ._flat import FlatRunner, NotFlat, dtype_runs, flattened, warn_per_tensor
 from ._runner import Runner, config_key, unique as _unique
 from ._state import ParamState, State
 from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor_problem, torch_dtype
-from .._core._tensor_gather import same_items
+from .._core._tensor_gather import TensorGrads, copy_gathered, same_items
 
 # torch's private names (each with its fallback) are read in fastopt/torch/_compat.py only.
 _increment_version = _torch_compat.increment_version
@@ -283,8 +284,19 @@ class _Adapter(torch.optim.Optimizer):
                 raise type(exc)(f"flat=True, param_groups[{g}]: {exc}") from None
         self._flat_groups.append(flats)
         self._flat.extend(flats)
-        self._flat_lists = [list(group["params"]) for group in self.param_groups]
+        self._flat_lists = [list(group["params"]) for group in self.param_groups[:len(self._flat_groups)]]
         self._flat_blocked = None
+        # the full check's fast form: the compiled gather over the flattened params, and where
+        # each one's gradient goes in its buffer
+        place = {id(p): (flat, i) for flat in self._flat for i, p in enumerate(flat.params)}
+        params = [p for group in self._flat_lists for p in group]
+        self._flat_gather = TensorGrads(
+            params, params, [len(group) for group in self._flat_lists],
+            [p.numel() for p in params],
+            [_dtypes.storage_of(place[id(p)][0].grad_array) for p in params],
+            [p.dtype for p in params], dict(_torch_compat.TENSOR_API))
+        self._flat_targets = [(place[id(p)][0]._grad_ptrs[place[id(p)][1]],
+                               _dtypes.storage_of(place[id(p)][0].grad_array)) for p in params]
 
     def _flat_where(self, groups):
         names = {id(p): f"param_groups[{g}]['params'][{j}]"
@@ -313,8 +325,15 @@ class _Adapter(torch.optim.Optimizer):
             raise NotFlat(self._flat_blocked)
         if lists is None or not same_items(lists, self._flat_lists):
             raise NotFlat("the param groups no longer hold the params that flat=True flattened")
-        where = self._flat_where(groups)
-        foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self._flat]
+        # The compiled gather checks every param's place and gradient as a per-tensor step does,
+        # and the gradients not at their place in the buffer are copied in; anything it does not
+        # vouch for takes the precise checks, which say what keeps the step from running flat.
+        gathered = self._flat_gather.gather(lists)
+        copied = -1 if gathered is None else copy_gathered(gathered, self._flat_targets)
+        foreign = None
+        if copied < 0:
+            where = self._flat_where(groups)
+            foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self._flat]
         key = ("flat",) + config_key(groups)
         runner = self._runners.get(key)
         if runner is not None and not runner.settle():
@@ -326,9 +345,13 @@ class _Adapter(torch.optim.Optimizer):
             except NotFlat as exc:
                 self._flat_blocked = str(exc)
                 raise
-        for flat, grads in zip(self._flat, foreign):
-            flat.attach(grads)
-            flat.recount()
+        if foreign is not None:
+            for flat, grads in zip(self._flat, foreign):
+                flat.copy_in(grads)
+            copied = sum(map(len, foreign))
+        if not copied:      # every .grad is its view: trust the counts from now on (else the
+            for flat in self._flat:     # next step checks again: see FlatParams.copy_in)
+                flat.recount()
         self._runner = runner
         return runner
 

@@ -52,6 +52,17 @@ class NotFlat(Exception):
     optimizer steps them per tensor (the message says why)."""
 
 
+def _contiguous_strides(shape):
+    """The strides of a contiguous tensor of ``shape`` (torch's rule: a size-0 or 1 dimension
+    counts as 1)."""
+    strides = []
+    step = 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 def _place(p, view):
     """Make ``view`` (a view of a flat buffer) the memory of param ``p``, keeping ``p`` the same
     object with its attributes. Returns whether ``p`` now shares the buffer's autograd version
@@ -91,6 +102,10 @@ class FlatParams:
         self.params = params
         self.shapes = [p.shape for p in params]
         self.offsets = offsets
+        # Python ints: slicing a tensor with NumPy integers takes a slow path (~25 us a slice)
+        self._bounds = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        # a view of the buffer is one as_strided call (slicing, then view(shape), takes two)
+        self._strides = [_contiguous_strides(s) for s in self.shapes]
         self.size = int(offsets[-1])
         self.data = data
         self.grad = grad
@@ -121,7 +136,7 @@ class FlatParams:
         """Views of a flat ``buffer`` (``size`` elements) shaped as the params, in order."""
         if buffer.shape != (self.size,):
             raise ValueError(f"buffer must have shape ({self.size},), got {tuple(buffer.shape)}")
-        return [buffer[a:b].view(s) for a, b, s in zip(self.offsets[:-1], self.offsets[1:], self.shapes)]
+        return [buffer.as_strided(s, st, a) for (a, _), s, st in zip(self._bounds, self.shapes, self._strides)]
 
     @property
     def grads(self):
@@ -152,42 +167,47 @@ class FlatParams:
         self._seen_version = self.grad._version
 
     def _in_place(self, i, p):
-        return (p.data_ptr() == self._data_ptrs[i] and p.dtype == self.data.dtype
-                and p.shape == self.shapes[i] and not is_dtensor(p) and p.is_contiguous())
+        return (p.data_ptr() == self._data_ptrs[i] and p.shape == self.shapes[i]
+                and p.dtype == self.data.dtype and p.is_contiguous())
 
     def _is_view(self, i, g):
-        return (g.data_ptr() == self._grad_ptrs[i] and g.dtype == self.grad.dtype
-                and g.shape == self.shapes[i] and g.layout == torch.strided and g.is_contiguous()
-                and g.device.type == "cpu")
+        return (g.data_ptr() == self._grad_ptrs[i] and g.shape == self.shapes[i]
+                and g.dtype == self.grad.dtype and g.is_contiguous())
 
     def check(self, where):
-        """The full check: the gradients to copy into the buffer, as ``[(index, grad)]``, or
-        NotFlat saying why the params cannot be stepped flat (``where(i)`` names param i)."""
+        """The full check: the gradients that are not the buffer's views, to copy into it, as
+        ``[(index, grad)]``; or NotFlat saying why the params cannot be stepped flat
+        (``where(i)`` names param i). Writes nothing."""
         foreign = []
+        data_ptrs, grad_ptrs, shapes = self._data_ptrs, self._grad_ptrs, self.shapes
+        dtype = self.data.dtype
         for i, p in enumerate(self.params):
-            if not self._in_place(i, p):
+            if p.data_ptr() != data_ptrs[i] or p.shape != shapes[i] or p.dtype != dtype \
+                    or not p.is_contiguous():
                 raise NotFlat(f"{where(i)} is no longer a view of its flat buffer (given other "
                               "memory, dtype or shape)")
             g = p.grad
             if g is None:
                 raise NotFlat(f"{where(i)} has no gradient (.grad is None): it is skipped, as "
                               "torch.optim does")
-            if self._is_view(i, g):
+            if g.data_ptr() == grad_ptrs[i] and g.shape == shapes[i] and g.dtype == dtype \
+                    and g.is_contiguous():
                 continue
-            if tensor_problem(g, "", like=p) is not None or g.dtype != self.data.dtype:
+            if tensor_problem(g, "", like=p) is not None or g.dtype != dtype:
                 raise NotFlat(f"the .grad of {where(i)} cannot be copied into the flat buffer")
             foreign.append((i, g))
         return foreign
 
-    def attach(self, foreign):
-        """Copy each ``(index, grad)`` into the gradient buffer and make its view the ``.grad``."""
-        if not foreign:
-            return
-        views = self.grads
+    def copy_in(self, foreign):
+        """Copy each ``(index, grad)`` into the gradient buffer (the ``.grad`` stays the tensor it
+        is: the counts then keep differing from the last full check's, so each step checks and
+        copies until :meth:`zero_grad` makes the views the gradients again)."""
         with torch.no_grad():
             for i, g in foreign:
-                views[i].copy_(g)
-                self.params[i].grad = views[i]
+                self._grad_view(i).copy_(g)
+
+    def _grad_view(self, i):
+        return self.grad.as_strided(self.shapes[i], self._strides[i], self._bounds[i][0])
 
     def zero_grad(self):
         """Zero the gradient buffer (one pass) and make every ``.grad`` its view again: a param
@@ -197,21 +217,23 @@ class FlatParams:
             self.grad.zero_()
         if self._users is None or _compat.storage_users(self._handles[1]) != self._users[1] \
                 or _compat.storage_users(self._handles[0]) != self._users[0]:
-            views = None
+            clean = True
             for i, p in enumerate(self.params):
                 g = p.grad
                 if g is not None and self._is_view(i, g):
                     continue
                 if self._in_place(i, p):
-                    views = views or self.grads
-                    p.grad = views[i]
-                elif g is not None:
-                    if g.grad_fn is not None:
-                        g.detach_()
-                    else:
-                        g.requires_grad_(False)
-                    g.zero_()
-            self.recount()
+                    p.grad = self._grad_view(i)
+                else:
+                    clean = False          # the next step's full check steps per tensor
+                    if g is not None:
+                        if g.grad_fn is not None:
+                            g.detach_()
+                        else:
+                            g.requires_grad_(False)
+                        g.zero_()
+            if clean:
+                self.recount()
         self.mark_seen()
 
 
@@ -288,15 +310,16 @@ def flatten_(params):
                              "one param, or leave them out of flat mode")
     sizes = [p.numel() for p in params]
     offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.intp)
+    bounds = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
     data = torch.empty(int(offsets[-1]), dtype=dtype or torch.float32)
     grad = torch.zeros(int(offsets[-1]), dtype=dtype or torch.float32)
     own = []
     with torch.no_grad():
-        for p, a, b in zip(params, offsets[:-1], offsets[1:]):
+        for p, (a, b) in zip(params, bounds):
             data[a:b].view(p.shape).copy_(p)
             if p.grad is not None:
                 grad[a:b].view(p.shape).copy_(p.grad)
-        for p, a, b in zip(params, offsets[:-1], offsets[1:]):
+        for p, (a, b) in zip(params, bounds):
             shape = p.shape
             if not _place(p, data[a:b].view(shape)):
                 own.append(p)
@@ -401,8 +424,9 @@ class FlatRunner(Runner):
             raise NotFlat("the param groups no longer hold the params that were flattened")
         foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self.layouts]
         for flat, grads in zip(self.layouts, foreign):
-            flat.attach(grads)
-            flat.recount()
+            flat.copy_in(grads)
+            if not grads:
+                flat.recount()
 
     def after_step(self):
         for flat in self.layouts:

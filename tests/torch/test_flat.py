@@ -161,9 +161,11 @@ def test_replaced_gradients_are_copied_in_and_the_step_stays_flat(action):
     flat = train(True, action=action, lr=1e-2)
     assert ran_flat(flat[1]) and not flat[2]
     assert_same_run(flat, train(False, action=action, lr=1e-2))
+    flat[1].zero_grad()
     views = flat[1]._flat[0].grads
     for p, view in zip(flat[0].parameters(), views):   # the views are the gradients again
         assert p.grad.data_ptr() == view.data_ptr()
+        assert not p.grad.any()
 
 
 def _one_grad_none(model, opt, t):
@@ -202,8 +204,12 @@ def test_zero_grad_keeps_the_views_and_set_to_none_is_as_torch():
     opt.zero_grad(set_to_none=True)
     assert all(p.grad is None for p in model.parameters())
     loss_of(model, batches(1)[0]).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
     opt.step()                                  # the new gradients are copied into the buffer
     assert ran_flat(opt)
+    assert torch.equal(flat.grad, torch.cat([g.reshape(-1) for g in grads]))
+    assert model[0].weight.grad.data_ptr() != flat.grads[0].data_ptr()
+    opt.zero_grad()                             # and the views are the gradients again
     assert model[0].weight.grad.data_ptr() == flat.grads[0].data_ptr()
 
 

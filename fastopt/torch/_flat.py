@@ -245,7 +245,9 @@ def flatten_(params):
     Each param's ``.grad`` becomes a view of ``FlatParams.grad`` (holding the gradient it had, or
     zeros), which backward then accumulates into in place. ``fastopt.torch.<Optimizer>(...,
     flat=True)`` calls this for each param group and dtype; call it yourself to flatten before
-    wrapping a model in DDP (``DistributedDataParallel`` then finds each param in its buffer).
+    wrapping a model in DDP, and keep the FlatParams it returns: an optimizer built later with
+    ``flat=True`` over the same params takes its buffers as they are (DDP then holds the params,
+    and moving them again would cost each param its shared version counter).
 
     Parameters
     ----------

@@ -126,7 +126,8 @@ def set_up(config, side):
         model = DistributedDataParallel(module, **options["ddp"])
         return model, opt
     if options["build"] == "flatten_" and extra.get("flat"):
-        fastopt.torch.flatten_(module.parameters())
+        # kept, as flatten_'s docstring says: flat=True then takes its buffers as they are
+        module.laid_out = fastopt.torch.flatten_(module.parameters())
     model = DistributedDataParallel(module, **options["ddp"])
     params = param_groups(module, options.get("groups", 1))
     if options.get("zero") is not None:

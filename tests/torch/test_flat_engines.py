@@ -45,7 +45,9 @@ STEPS_FLAT["zero-params-as-bucket-view"] = "is no longer a view of its flat buff
 #: (build order, own version counters?): the optimizer built before the DDP wrap can move the
 #: params with torch.utils.swap_tensors (they share the buffer's version counter); after it,
 #: DDP's reducer holds them, and the flat mode places them with ``param.data = view``.
-PLACED_WITH_SWAP = {"before": True, "after": False}
+#: How each way of building places the params: swap_tensors (True) or param.data = view. With
+#: flatten_ before DDP, the optimizer takes flatten_'s buffers as they are (swapped before DDP).
+PLACED_WITH_SWAP = {"before": True, "after": False, "flatten_": True}
 
 FLAT_SIDE_IS_FLAT = CANDIDATE == "fastopt" and flat_ddp_worker.FLAT_CANDIDATE == "flat"
 

@@ -371,15 +371,12 @@ class _Adapter(torch.optim.Optimizer):
                 warn_per_tensor(str(exc))
             return None
 
-    def _record_step(self, fo, max_norm):
-        """Keep what the step ``fo`` just ran tells: the norm it clipped by, whether it skipped."""
-        if max_norm is not None or self._skip_nonfinite:
-            self._grad_norm = fo.grad_norm
-            self._found_inf = fo.found_inf
-            if fo.found_inf:
-                self._skipped_steps += 1
-        else:
-            self._grad_norm = None
+    def _record_step(self, fo):
+        """Keep what a step of ``fo`` that clipped or checked tells: the norm, whether it skipped."""
+        self._grad_norm = fo.grad_norm
+        self._found_inf = fo.found_inf
+        if fo.found_inf:
+            self._skipped_steps += 1
 
     def _step_flat(self, runner, groups, loss, max_norm, norm_type):
         self._push_hyperparameters(runner, groups)
@@ -388,7 +385,10 @@ class _Adapter(torch.optim.Optimizer):
             fo.step(runner.grad_arrays, max_norm=max_norm, norm_type=norm_type)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        self._record_step(fo, max_norm)
+        if max_norm is not None or self._skip_nonfinite:
+            self._record_step(fo)
+        else:
+            self._grad_norm = None
         _increment_version(runner.bumped)
         runner.after_step()
         if runner.step_floats is not None:
@@ -703,7 +703,10 @@ class _Adapter(torch.optim.Optimizer):
             # say which param in torch's terms.
             runner.grads()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        self._record_step(fo, max_norm)
+        if max_norm is not None or self._skip_nonfinite:
+            self._record_step(fo)
+        else:
+            self._grad_norm = None
         _increment_version(updated)
         if runner.step_floats is not None:   # (the check spares the hot path a call)
             runner.write_step_tensors()

@@ -20,15 +20,21 @@ What a flat step checks, per buffer, before it trusts the buffers (:meth:`FlatPa
   (backward, DDP's averaging, clipping) wrote into it. If it did not -- every ``.grad`` may have
   been replaced while views of the old ones are still held -- the full check runs.
 
-Anything else runs the full check (:meth:`FlatParams.check`, every param and gradient): a
-gradient that is not the buffer's view but a tensor of the param's shape and dtype (DDP's
-``gradient_as_bucket_view``, ``model.zero_grad()`` then backward) is copied into the buffer and the
-view put back as ``.grad``; a ``.grad`` of None (the param is skipped, as torch.optim does) or a
-param no longer in its buffer makes the optimizer step per tensor, as without the flat mode.
+Anything else runs the full check: the compiled gather reads every param and ``.grad`` as a
+per-tensor step does, and a gradient that is not the buffer's view but a tensor of the param's
+shape and dtype (DDP's ``gradient_as_bucket_view``, ``model.zero_grad()`` then backward,
+``p.grad = p.grad * 2``) is copied into the buffer in C (the ``.grad`` stays that tensor until
+``zero_grad()`` makes the buffer's views the gradients again; until then each step checks and
+copies, at the cost of a per-tensor step). What the gather does not vouch for goes to
+:meth:`FlatParams.check`, which says why the step cannot run flat: a ``.grad`` of None (the param is
+skipped, as torch.optim does), a param no longer in its buffer; the optimizer then steps per
+tensor, as without the flat mode, and warns once.
 
-What it cannot see: a param given other memory *and*, between the same two steps, a new view of
-the param buffer kept alive elsewhere (the counts cancel out); likewise for a ``.grad``. Nothing in
-torch, DDP, ZeroRedundancyOptimizer or the tests does this.
+What it cannot see: a ``.grad`` replaced (or a param given other memory) while a reference to the
+old gradient (a view of the param buffer) is kept alive, when backward also wrote into the buffer
+since the last step: the counts do not move. E.g. ``old = [p.grad for p in params]`` followed by
+``p.grad = f(p.grad)`` for every param. Torch, DDP, ZeroRedundancyOptimizer, the Trainer and
+Lightning do not do this; a user who does writes into the gradients in place instead.
 """
 import warnings
 import weakref
@@ -418,17 +424,6 @@ class FlatRunner(Runner):
             if not flat.unchanged():
                 return False
         return True
-
-    def prepare(self, lists, where):
-        """The full check of every param and gradient; copies the gradients that are not the
-        buffer's views into it. NotFlat (nothing written) if the params cannot be stepped flat."""
-        if lists is None or not same_items(lists, self.snapshot):
-            raise NotFlat("the param groups no longer hold the params that were flattened")
-        foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self.layouts]
-        for flat, grads in zip(self.layouts, foreign):
-            flat.copy_in(grads)
-            if not grads:
-                flat.recount()
 
     def after_step(self):
         for flat in self.layouts:

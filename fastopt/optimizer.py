@@ -16,6 +16,7 @@ import numpy as np
 from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
+from ._core._fastopt_threads import PREWAKE_MIN, prewake as _prewake_helpers
 from ._core._gather import GradPointers
 
 #: A group's checked hyperparameters, in the forms the step uses: ``packed`` (the kernel's struct,
@@ -192,6 +193,7 @@ class Optimizer:
         self._params = []           # all params, in index order
         self._lock = threading.Lock()
         self._fast = None
+        self._wake_work = 0         # the step's work if it may wake the pool's helpers ahead, else 0
         self._slots = None          # param index -> (bucket, position): built on first use
         self._bucket_indices = None  # [(param indices as an array, bucket)]: built on first use
         if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
@@ -265,6 +267,11 @@ class Optimizer:
         # (param count, compiled step) for step()'s fast path: one group of one dtype only.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
         self._fast = (only.n_arrays, only.step) if only is not None else None
+        # The step's work, for waking the thread pool's helpers as step() starts (elementwise
+        # steps only: a driver's first job may come after BLAS products, which helpers woken
+        # ahead would only spin against).
+        work = sum(p.size for p in self._params) * self.algorithm.weight
+        self._wake_work = work if work >= PREWAKE_MIN and self.algorithm.driver is None else 0
         self._init_group_state(group, buckets)
 
     def _new_bucket(self, params, indices):
@@ -423,6 +430,10 @@ class Optimizer:
             True if the update was applied; False if ``skip_nonfinite`` found a NaN/Inf gradient
             and skipped it.
         """
+        if self._wake_work:
+            # A step large enough for the thread pool: wake its helpers now, so that their wake-up
+            # overlaps the checks below and the step's jobs find them awake.
+            _prewake_helpers(self._wake_work)
         # Fast path (one group, one dtype, checked hyperparameters, an exact list, no clipping):
         # the whole Python-side cost of a small step is here, so it does the least that is still
         # safe. The compiled bucket validates every gradient before writing anything.

@@ -69,10 +69,12 @@ cdef enum:
     AWAKE_MIN_NS = 4000
     # When they sleep, a job worth this many wake-ups (calibrated) on one thread. Measured on the
     # development machine (AMD EPYC, KVM guest, 2 vCPUs, December 2026) with 1 ms of other work
-    # between Adam steps, so that each step found the helpers asleep: wake-up ~20-40 us; two
-    # threads took 1.10x the one-thread time at 1e5 elements (~2 wake-ups of work), 0.75x at 2e5
-    # (~4); 2 wake-ups were not enough.
-    COLD_WAKES = 3
+    # between Adam steps, so that each step found the helpers asleep (calibrated wake-up 20-60 us,
+    # ~31 in this run): two threads took 1.48x the one-thread time at 1e5 elements (48 us on one
+    # thread), 1.09-1.22x at 2e5 (85 us), 0.83x at 3e5 (150 us), 0.86x at 4e5 (178 us). A helper
+    # woken for the job runs its chunks slower than the caller (its core cold, the data in the
+    # caller's cache), and the caller waits for its last one.
+    COLD_WAKES = 4
     # Jobs below this much work never consider helpers (and are not timed either).
     SMALL_WORK = 4096
     # Steps below this much work never wake the helpers ahead (prewake): ~22,000 Adam elements take

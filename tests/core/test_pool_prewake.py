@@ -143,7 +143,7 @@ def test_prewake_of_back_to_back_steps_wakes_the_helpers(two_threads):
     time.sleep(0.01)          # a pause: the next step is not back to back with any before it
     woke_after_pause = threads.prewake(work)
     if estimate < 2.5 * cal["wake_ns"]:
-        assert woke_after_pause is False    # (worth less than COLD_WAKES = 3 wake-ups)
+        assert woke_after_pause is False    # (worth less than COLD_WAKES = 4 wake-ups)
         assert threads.calibration()["helpers_awake"] is False
     woke_back_to_back = threads.prewake(work)   # right after: back to back
     assert (woke_after_pause, woke_back_to_back) in [(False, True), (True, False)]

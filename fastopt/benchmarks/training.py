@@ -230,7 +230,8 @@ def run(args, torch, log, timing, threads):
             log(f"clip+step 1e{int(np.log10(n))} thr={th}: step {ns['step']:.3g} ns/elem, "
                 f"clip+step {ns['clip+step']:.3g}")
         steps = 60 if args.quick else 400
-        between = BETWEEN_MS if args.between_work is None else args.between_work
+        between = getattr(args, "between_work", None)
+        between = BETWEEN_MS if between is None else between
         with busy_machine(args.busy):
             out["threads"] = thread_rows(THREAD_CASES, steps, args.busy, between, log)
     finally:

@@ -16,6 +16,7 @@ import numpy as np
 from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
+from ._core._fastopt_threads import PREWAKE_MIN, prewake as _prewake_helpers
 from ._core._gather import GradPointers
 
 #: A group's checked hyperparameters, in the forms the step uses: ``packed`` (the kernel's struct,
@@ -107,6 +108,15 @@ class ParamGroup(dict):
         return (dict, (dict(self),))
 
 
+def _waking_first(bucket_step, work):
+    """``bucket_step`` (a bucket's compiled step) that first wakes the thread pool's helpers for a
+    step of ``work`` units, so that their wake-up overlaps the bucket's checks."""
+    def step(grads, packed, gmul, active):
+        _prewake_helpers(work)
+        return bucket_step(grads, packed, gmul, active)
+    return step
+
+
 def _checked_step(value, where):
     """A step count as an int: a whole number in [0, 2**53] (a 1-element array is taken as its
     item); ValueError naming ``where`` otherwise."""
@@ -192,6 +202,7 @@ class Optimizer:
         self._params = []           # all params, in index order
         self._lock = threading.Lock()
         self._fast = None
+        self._wake_work = 0         # the step's work if it may wake the pool's helpers ahead, else 0
         self._slots = None          # param index -> (bucket, position): built on first use
         self._bucket_indices = None  # [(param indices as an array, bucket)]: built on first use
         if isinstance(params, np.ndarray) or isinstance(params, (dict, str, bytes)):
@@ -262,9 +273,16 @@ class Optimizer:
         self._buckets.append(buckets)
         self._params.extend(arrays)
         self._slots = self._bucket_indices = None
-        # (param count, compiled step) for step()'s fast path: one group of one dtype only.
+        # The step's work, for waking the thread pool's helpers as step() starts (elementwise
+        # steps only: a driver's first job may come after BLAS products, which helpers woken
+        # ahead would only spin against).
+        work = sum(p.size for p in self._params) * self.algorithm.weight
+        self._wake_work = work if work >= PREWAKE_MIN and self.algorithm.driver is None else 0
+        # (param count, compiled step) for step()'s fast path: one group of one dtype only. A
+        # step worth waking the helpers for wakes them first; smaller ones pay nothing for it.
         only = self._buckets[0][0] if len(self._buckets) == 1 and len(buckets) == 1 else None
-        self._fast = (only.n_arrays, only.step) if only is not None else None
+        self._fast = (only.n_arrays, _waking_first(only.step, self._wake_work)
+                      if self._wake_work else only.step) if only is not None else None
         self._init_group_state(group, buckets)
 
     def _new_bucket(self, params, indices):
@@ -425,7 +443,8 @@ class Optimizer:
         """
         # Fast path (one group, one dtype, checked hyperparameters, an exact list, no clipping):
         # the whole Python-side cost of a small step is here, so it does the least that is still
-        # safe. The compiled bucket validates every gradient before writing anything.
+        # safe. The compiled bucket validates every gradient before writing anything (and a step
+        # large enough for the thread pool wakes its helpers first: _waking_first).
         fast = self._fast
         if fast is not None and (type(grads) is list or type(grads) is GradPointers) \
                 and len(grads) == fast[0] and max_norm is None \
@@ -440,6 +459,10 @@ class Optimizer:
                 finally:
                     self._lock.release()
                 return True
+        if self._wake_work:
+            # A step large enough for the thread pool: wake its helpers now, so that their wake-up
+            # overlaps the checks below and the step's jobs find them awake.
+            _prewake_helpers(self._wake_work)
         if max_norm is not None:
             max_norm = V.check_real("max_norm", max_norm, low=0.0)
             norm_type = V.check_norm_type(norm_type)

@@ -11,9 +11,25 @@
 #
 # Whether a job is worth helpers is measured, not assumed: the pool's wake-up cost (publishing a job
 # to sleeping helpers until one runs a chunk) is calibrated once per process, and the time a unit
-# of work takes on one thread is followed as steps run. A job goes parallel when it would take more
-# than twice the wake-up cost on one thread, or, when the helpers are still awake from a job just
-# before (they spin for pool.c's FO_SPIN_NS, 100 us), more than AWAKE_MIN_NS.
+# of work takes on one thread is followed as steps run. A job goes parallel when it would take
+# COLD_WAKES times the wake-up cost on one thread, or, when the helpers are still awake from a job
+# just before (they spin for pool.h's FO_POOL_SPIN_NS, 100 us) or were woken ahead of it, more
+# than AWAKE_MIN_NS.
+#
+# An optimizer step wakes the helpers ahead of its jobs (prewake(), as step() starts): the wake-up
+# then runs while the step validates its gradients, the step's jobs find the helpers awake (the
+# AWAKE_MIN_NS rule), and the caller starts on the chunks at once, so a helper that is still
+# waking costs nothing but the chunks it does not take. How large a step must be for that depends
+# on how often the wake-up is paid:
+# * steps that follow each other closer than the helpers' spin (back to back: an optimizer stepped
+#   in a loop, or after little other work) keep them awake once woken, so one wake-up serves every
+#   later step, and the step is worth waking them for if it is worth sharing with awake helpers
+#   (AWAKE_MIN_NS). Without this, a step on one thread leaves them asleep, and so every later step
+#   too, however well two threads would do;
+# * steps further apart (a forward and backward pass between them) find the helpers asleep each
+#   time and pay the whole wake-up each time, on the caller's side too (the wake's system call,
+#   ~10 us in a KVM guest): they wake them from COLD_WAKES wake-ups' worth of work, the rule of a
+#   job that finds the helpers asleep.
 from libc.stdint cimport int64_t
 
 cdef extern from "pool.h":
@@ -27,6 +43,8 @@ cdef extern from "pool.h":
     void fo_pool_set_helper_chunk_hold_us(long us) noexcept nogil
     long fo_pool_helper_chunks_held() noexcept nogil
     long fo_pool_test_start_delay_ms() noexcept nogil
+    int fo_pool_prewake(int max_threads) noexcept nogil
+    enum: FO_POOL_SPIN_NS
     double fo_pool_measure_wake_ns(int rounds) noexcept nogil
 
 cdef extern from *:
@@ -49,8 +67,24 @@ cdef enum:
     MAX_CHUNKS = 512
     # When the helpers spin, a job this long on one thread is worth sharing.
     AWAKE_MIN_NS = 4000
+    # When they sleep, a job worth this many wake-ups (calibrated) on one thread. Measured on the
+    # development machine (AMD EPYC, KVM guest, 2 vCPUs, December 2026) with 1 ms of other work
+    # between Adam steps, so that each step found the helpers asleep (calibrated wake-up 20-60 us,
+    # ~31 in this run): two threads took 1.48x the one-thread time at 1e5 elements (48 us on one
+    # thread), 1.09-1.22x at 2e5 (85 us), 0.83x at 3e5 (150 us), 0.86x at 4e5 (178 us). A helper
+    # woken for the job runs its chunks slower than the caller (its core cold, the data in the
+    # caller's cache), and the caller waits for its last one.
+    COLD_WAKES = 4
     # Jobs below this much work never consider helpers (and are not timed either).
     SMALL_WORK = 4096
+    # Steps below this much work never wake the helpers ahead (prewake): ~22,000 Adam elements take
+    # a few us on one thread, less than any wake-up from sleep (a futex wake and a context switch,
+    # 10-50 us measured), and the wake's system call would cost the caller a microsecond or two.
+    PREWAKE_MIN_WORK = 65536
+
+#: An optimizer whose step has less work than this (elements times the kernel's weight) need not
+#: call prewake(): it would do nothing.
+PREWAKE_MIN = PREWAKE_MIN_WORK
 
 # -1: decide by measurement; >= 0: set_parallel_min_size's fixed threshold (in work units).
 cdef Py_ssize_t _parallel_min_size = -1
@@ -59,6 +93,10 @@ cdef Py_ssize_t _parallel_min_size = -1
 cdef double _unit_ns = 0.25
 # The pool's calibrated wake-up cost (< 0: not measured yet).
 cdef double _wake_ns = -1.0
+# When the last optimizer step large enough for prewake() started (fo_clock_ns), and its
+# one-thread estimate: how far apart steps come.
+cdef long long _last_step_ns = 0
+cdef double _last_step_estimate = 0.0
 
 
 def has_threads():
@@ -130,6 +168,18 @@ def _helper_chunks_held():
     return fo_pool_helper_chunks_held()
 
 
+def _decide_threads(Py_ssize_t work):
+    """Test hook: how many threads a job of ``work`` units (elements times the kernel's weight)
+    would run on if it started now (the decision of every job, from the helpers' state)."""
+    return _threads_for(work)
+
+
+def _wake_helpers():
+    """Test hook: wake the helpers for the thread count set now, whatever the work to come (what
+    :func:`prewake` does once it has decided); True if some were asleep."""
+    return fo_pool_prewake(fastopt_pool_get_num_threads() if fo_pool_available() else 1) != 0
+
+
 def _pool_start_delay_ms():
     """Test hook: the milliseconds every new helper thread sleeps before it starts, as if the OS
     had not scheduled it yet. Set by the environment variable ``FASTOPT_POOL_TEST_START_DELAY_MS``,
@@ -137,8 +187,17 @@ def _pool_start_delay_ms():
     return fo_pool_test_start_delay_ms()
 
 
-cdef int _threads_for(Py_ssize_t work) noexcept nogil:
+cdef inline double _calibrated_wake_ns() noexcept nogil:
+    """The pool's wake-up cost, measured on first use."""
     global _wake_ns
+    if _wake_ns < 0:
+        _wake_ns = fo_pool_measure_wake_ns(5)
+        if _wake_ns < 0:
+            _wake_ns = 1e9   # no helpers can be had: never wait for one
+    return _wake_ns
+
+
+cdef int _threads_for(Py_ssize_t work) noexcept nogil:
     cdef int t = fastopt_pool_get_num_threads() if fo_pool_available() else 1
     if t <= 1:
         return 1
@@ -147,13 +206,46 @@ cdef int _threads_for(Py_ssize_t work) noexcept nogil:
     if work < SMALL_WORK:
         return 1
     cdef double estimate = work * _unit_ns
-    if fo_pool_helpers_awake():
+    if fo_pool_helpers_awake():   # spinning after a job, or woken by prewake()
         return t if estimate >= AWAKE_MIN_NS else 1
-    if _wake_ns < 0:
-        _wake_ns = fo_pool_measure_wake_ns(5)
-        if _wake_ns < 0:
-            _wake_ns = 1e9   # no helpers can be had: never wait for one
-    return t if estimate >= 2.0 * _wake_ns else 1
+    return t if estimate >= COLD_WAKES * _calibrated_wake_ns() else 1
+
+
+def prewake(Py_ssize_t work):
+    """Wake the pool's helpers ahead of an optimizer step of ``work`` units (elements times the
+    kernel's weight) if they sleep and the step is worth them (see the module's head: AWAKE_MIN_NS
+    of work on one thread when steps come back to back, COLD_WAKES wake-ups' worth otherwise).
+
+    Call it once per step as the step starts, before validating anything: the wake-up then
+    overlaps that, and the step's jobs find the helpers awake. Returns True if it woke sleeping
+    helpers (a system call); otherwise it did nothing (one thread, a small step, helpers already
+    awake, a step not worth them). Results never depend on it: only the thread count of the jobs
+    that follow does.
+    """
+    global _last_step_ns, _last_step_estimate
+    cdef double wake_ns = _wake_ns
+    cdef double estimate = work * _unit_ns
+    cdef long long now
+    if work < PREWAKE_MIN_WORK:
+        return False
+    now = fo_clock_ns()
+    # back to back: this step starts before helpers woken for the last one would have slept again
+    cdef bint back_to_back = now - _last_step_ns < FO_POOL_SPIN_NS + _last_step_estimate
+    _last_step_ns = now
+    _last_step_estimate = estimate
+    cdef int t = fastopt_pool_get_num_threads() if fo_pool_available() else 1
+    if t <= 1 or fo_pool_helpers_awake():
+        return False
+    if _parallel_min_size >= 0:
+        if work < _parallel_min_size:
+            return False
+    else:
+        if wake_ns < 0:
+            with nogil:   # the first large step of the process measures it (a few ms)
+                wake_ns = _calibrated_wake_ns()
+        if estimate < (AWAKE_MIN_NS if back_to_back else COLD_WAKES * wake_ns):
+            return False
+    return fo_pool_prewake(t) != 0
 
 
 cdef Plan plan_for(Py_ssize_t n, Py_ssize_t active, int weight, Py_ssize_t unit) noexcept nogil:

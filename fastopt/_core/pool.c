@@ -25,6 +25,7 @@ FO_EXPORT int fastopt_pool_get_num_threads(void) { return 1; }
 FO_EXPORT void fastopt_pool_set_num_threads(int n) { (void)n; }   /* one thread whatever it says */
 int fo_pool_available(void) { return 0; }
 int fo_pool_helpers_awake(void) { return 0; }
+int fo_pool_prewake(int max_threads) { (void)max_threads; return 0; }
 void fo_pool_set_helper_delay_us(long us) { (void)us; }
 void fo_pool_set_helper_chunk_hold_us(long us) { (void)us; }
 long fo_pool_helper_chunks_held(void) { return 0; }
@@ -53,12 +54,12 @@ static _Atomic int fo_default = 0;     /* the default, found once (it costs a sy
 
 enum {
     FO_MAX_HELPERS = 255,
-    /* A helper spins this long after a job before it sleeps: back-to-back jobs (a training loop's
-     * steps over several param groups, a norm then a scale) find it awake. */
-    FO_SPIN_NS = 100000,
+    FO_SPIN_NS = FO_POOL_SPIN_NS,   /* see pool.h */
 };
 /* The calibration's probe waits this long for a helper to claim it before the caller runs it. */
 #define FO_PROBE_WAIT_NS 10000000
+/* and is published once the helpers have slept this long. */
+#define FO_PROBE_ASLEEP_NS 1000000
 
 static struct {
     pthread_mutex_t lock;            /* sleeping and waking helpers, starting them */
@@ -68,7 +69,13 @@ static struct {
      * chunk count a late helper believes it has (see fo_claim). */
     _Atomic uint64_t state;
     _Atomic ptrdiff_t done;          /* chunks of the current job finished */
-    _Atomic int sleepers;            /* helpers waiting on `wake` */
+    /* Helpers waiting on `wake`. A waker (a job published, or fo_pool_prewake) sets it to 0 as it
+     * broadcasts, under `lock`, so from then on the helpers count as awake, though the OS may
+     * take tens of microseconds to run them; a helper that finds work at once uncounts itself. */
+    _Atomic int sleepers;
+    /* Bumped by fo_pool_prewake: a sleeping helper wakes for it as for a job, and spins. */
+    _Atomic uint32_t wake_epoch;
+    _Atomic int waker_cpu;           /* the CPU the last waker ran on (-1: unknown) */
     /* The current job: release-stored before it is published, acquire-loaded (free on x86). */
     _Atomic uintptr_t fn;
     _Atomic uintptr_t ctx;
@@ -81,6 +88,7 @@ static struct {
     uint32_t generation;             /* the caller's (under `busy`) */
 } fo_pool = {
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    .waker_cpu = -1,
 };
 static pthread_once_t fo_pool_once = PTHREAD_ONCE_INIT;
 /* Test hook (FASTOPT_POOL_TEST_START_DELAY_MS, read once when the pool is first used): every new
@@ -132,23 +140,77 @@ static void fo_work(uint32_t gen, fo_chunk_fn fn, void* ctx, ptrdiff_t n, long h
     }
 }
 
-/* Wait (spin, then sleep) until a job newer than `seen` is published; return the state word. */
+/* Wake every sleeping helper, after a new job or wake epoch was stored: they count as awake from
+ * now on. The broadcast comes after the unlock: a helper woken while the lock is still held would
+ * block on it at once, and the unlock would have to wake it a second time (a wake-up costs the
+ * caller ~10 us in a KVM guest). A helper that takes the lock in between sees the new job or
+ * epoch, so no wake-up is lost. */
+static void fo_wake_sleepers(int new_epoch) {
+#if defined(__linux__)
+    atomic_store_explicit(&fo_pool.waker_cpu, sched_getcpu(), memory_order_relaxed);
+#endif
+    pthread_mutex_lock(&fo_pool.lock);
+    if (new_epoch) atomic_fetch_add(&fo_pool.wake_epoch, 1);
+    atomic_store(&fo_pool.sleepers, 0);
+    pthread_mutex_unlock(&fo_pool.lock);
+    pthread_cond_broadcast(&fo_pool.wake);
+}
+
+/* Called by a helper the waker just woke: if the OS runs it on the waker's own CPU, move to
+ * another. Linux may place a woken thread there even when another CPU is idle: measured in a KVM
+ * guest (AMD EPYC, 2 vCPUs, December 2026), where an idle vCPU can pass for a busy one, from one
+ * wake-up in ten to most of them. The helper then preempts the caller it should run beside and
+ * spins there (FO_SPIN_NS): waking it cost the caller ~115 us instead of ~8. Leaving that CPU
+ * costs two system calls, and only in that case; the helper's affinity is restored at once, so
+ * the scheduler places it freely afterwards. */
+static void fo_leave_waker_cpu(void) {
+#if defined(__linux__)
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu != atomic_load_explicit(&fo_pool.waker_cpu, memory_order_relaxed)) return;
+    cpu_set_t allowed, others;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0 || !CPU_ISSET(cpu, &allowed)
+            || CPU_COUNT(&allowed) < 2)
+        return;
+    others = allowed;
+    CPU_CLR(cpu, &others);
+    if (sched_setaffinity(0, sizeof(others), &others) == 0)   /* moves this thread off `cpu` now */
+        sched_setaffinity(0, sizeof(allowed), &allowed);
+#endif
+}
+
+/* Wait (spin, then sleep) until a job newer than `seen` is published; return the state word. A
+ * pre-wake (fo_pool_prewake) ends a sleep too: the helper then spins again, for a job that is
+ * about to come, and sleeps again if none does. */
 static uint64_t fo_wait_for_job(uint32_t seen) {
     uint64_t s;
-    int64_t start = fo_now_ns();
-    for (unsigned i = 0;; i++) {
+    for (;;) {
+        int64_t start = fo_now_ns();
+        for (unsigned i = 0;; i++) {
+            s = atomic_load(&fo_pool.state);
+            if ((uint32_t)(s >> 32) != seen) return s;
+            fo_cpu_relax();
+            if ((i & 255) == 255 && fo_now_ns() - start > FO_SPIN_NS) break;
+        }
+        pthread_mutex_lock(&fo_pool.lock);
+        uint32_t epoch = atomic_load(&fo_pool.wake_epoch);
+        /* Counted before the state is read again: a publisher that stores the state and then
+         * finds no sleeper counted is seen here (both sequentially consistent), so no job is
+         * published to a helper that goes on sleeping. */
+        atomic_fetch_add(&fo_pool.sleepers, 1);
         s = atomic_load(&fo_pool.state);
+        if ((uint32_t)(s >> 32) != seen) {
+            atomic_fetch_sub(&fo_pool.sleepers, 1);   /* never slept; no waker uncounted it */
+            pthread_mutex_unlock(&fo_pool.lock);
+            return s;
+        }
+        /* Whoever ends this wait (a job, a pre-wake) set `sleepers` to 0 when it broadcast. */
+        while ((uint32_t)((s = atomic_load(&fo_pool.state)) >> 32) == seen
+               && atomic_load(&fo_pool.wake_epoch) == epoch)
+            pthread_cond_wait(&fo_pool.wake, &fo_pool.lock);
+        pthread_mutex_unlock(&fo_pool.lock);
+        fo_leave_waker_cpu();
         if ((uint32_t)(s >> 32) != seen) return s;
-        fo_cpu_relax();
-        if ((i & 255) == 255 && fo_now_ns() - start > FO_SPIN_NS) break;
     }
-    pthread_mutex_lock(&fo_pool.lock);
-    atomic_fetch_add(&fo_pool.sleepers, 1);
-    while ((uint32_t)((s = atomic_load(&fo_pool.state)) >> 32) == seen)
-        pthread_cond_wait(&fo_pool.wake, &fo_pool.lock);
-    atomic_fetch_sub(&fo_pool.sleepers, 1);
-    pthread_mutex_unlock(&fo_pool.lock);
-    return s;
 }
 
 static void* fo_helper_main(void* arg) {
@@ -198,6 +260,7 @@ static void fo_after_fork_in_child(void) {
     pthread_mutex_init(&fo_pool.busy, NULL);
     fo_pool.n_helpers = 0;
     atomic_store(&fo_pool.sleepers, 0);
+    atomic_store(&fo_pool.wake_epoch, 0);
     atomic_store(&fo_default, 0);   /* the child may run on other CPUs */
 }
 
@@ -221,11 +284,7 @@ static void fo_publish(fo_chunk_fn fn, void* ctx, ptrdiff_t n_chunks, int helper
     fo_pool.generation++;
     /* publishes the fields */
     atomic_store(&fo_pool.state, (uint64_t)fo_pool.generation << 32 | (uint64_t)n_chunks);
-    if (atomic_load(&fo_pool.sleepers) > 0) {
-        pthread_mutex_lock(&fo_pool.lock);
-        pthread_cond_broadcast(&fo_pool.wake);
-        pthread_mutex_unlock(&fo_pool.lock);
-    }
+    if (atomic_load(&fo_pool.sleepers) > 0) fo_wake_sleepers(0);
 }
 
 /* Wait until all `n` chunks of the current job have finished. Call it only once every chunk is
@@ -294,6 +353,15 @@ int fo_pool_helpers_awake(void) {
     return fo_pool.n_helpers > 0 && atomic_load_explicit(&fo_pool.sleepers, memory_order_relaxed) == 0;
 }
 
+int fo_pool_prewake(int max_threads) {
+    if (max_threads <= 1) return 0;
+    pthread_once(&fo_pool_once, fo_pool_init);
+    if (fo_pool.n_helpers < max_threads - 1) fo_start_helpers(max_threads - 1);
+    if (atomic_load(&fo_pool.sleepers) == 0) return 0;   /* every helper spins (or none exists) */
+    fo_wake_sleepers(1);
+    return 1;
+}
+
 void fo_pool_set_helper_delay_us(long us) { atomic_store(&fo_pool.helper_delay_us, us < 0 ? 0 : us); }
 
 void fo_pool_set_helper_chunk_hold_us(long us) {
@@ -332,12 +400,17 @@ double fo_pool_measure_wake_ns(int rounds) {
     }
     int taken = 0;
     for (int r = 0; r < rounds; r++) {
-        /* wait (at most ~20 ms) until every helper sleeps, as after a forward/backward pass */
+        /* wait (at most ~20 ms) until every helper sleeps, and then a while longer, as after a
+         * forward and backward pass: a thread that has slept for a millisecond can take longer
+         * to wake than one that has just gone to sleep (its CPU idles deeper; in the KVM guest
+         * above, 18-36 us against 12-20) */
         int64_t limit = fo_now_ns() + 20000000;
         while (atomic_load(&fo_pool.sleepers) < fo_pool.n_helpers && fo_now_ns() < limit) {
             struct timespec t = {0, 200000};
             nanosleep(&t, NULL);
         }
+        struct timespec asleep = {0, FO_PROBE_ASLEEP_NS};
+        nanosleep(&asleep, NULL);
         int64_t start = fo_now_ns();
         fo_publish(fo_probe_chunk, NULL, 1, 1);   /* one chunk, for a helper */
         /* Like any job's chunk, the probe is waited for only once a helper has claimed it: the

@@ -59,6 +59,11 @@ def build_parser(prog="fastopt bench"):
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="start N processes that spin on a core each while the threads table runs, "
                          "to measure steps on a busy machine (default 0)")
+    ap.add_argument("--between-work", type=float, default=None, metavar="MS",
+                    help="the threads table times steps back to back and, as in a training loop, "
+                         "each after MS milliseconds of other single-threaded CPU work (NumPy passes "
+                         "over a 4 MiB buffer, as a forward and backward pass would do; default 1; "
+                         "0: back to back only)")
     ap.add_argument("--deepspeed", action="store_true",
                     help="add the DeepSpeed table: ZeRO-2 with the optimizer offloaded to the CPU, "
                          "fastopt.torch.AdamW vs DeepSpeedCPUAdam as the engine's optimizer (needs "
@@ -95,6 +100,8 @@ def _parse(args):
         raise ValueError("--repeats must be >= 1")
     if args.busy < 0:
         raise ValueError("--busy must be >= 0")
+    if args.between_work is not None and not 0 <= args.between_work <= 1000:
+        raise ValueError(f"--between-work must be between 0 and 1000 ms, got {args.between_work:g}")
     if args.deepspeed_cases is not None:
         if not args.deepspeed:
             raise ValueError("--deepspeed-cases needs --deepspeed")
@@ -150,8 +157,9 @@ def run_training(args, torch, log, timing, threads):
     print("\nAdam with clipping inside the step (step(grads, max_norm=1)) vs the step alone and vs "
           "torch's clip_grad_norm_(foreach) + Adam(fused); ns per element per step")
     print(report.format_clipstep(tables["clipstep"]))
-    print(f"\nThreads: single Adam steps (float32) on 1 and 2 threads, alternated; us per step, median "
-          f"and 90th percentile; {args.busy} spinning process(es) on the machine (--busy N)")
+    print(f"\nThreads: single Adam steps (float32, NumPy API) on 1 and 2 threads, alternated; us per "
+          f"step, median and 90th percentile; {args.busy} spinning process(es) on the machine (--busy N);"
+          f"\nbetween ms: other CPU work between steps (0: back to back; --between-work MS)")
     print(report.format_threads(tables["threads"]))
     return tables
 

@@ -208,8 +208,9 @@ def format_clipstep(rows):
 
 
 def format_threads(rows):
-    """1 and 2 threads, single steps (µs): median and 90th percentile."""
-    keys = [("size", 6, "size"), ("busy", 4, "busy")]
+    """1 and 2 threads, single steps (µs): median and 90th percentile, back to back or with other
+    work between steps (``between ms``)."""
+    keys = [("size", 11, "size"), ("busy", 4, "busy"), ("between ms", 10, "between_ms")]
     return _table(rows, keys, ["1thr-median", "2thr-median", "1thr-p90", "2thr-p90"],
                   [("2/1 median", "2thr-median", "1thr-median"), ("2/1 p90", "2thr-p90", "1thr-p90")],
                   "us_per_step")

@@ -25,8 +25,9 @@ check of one measured quantity:
   iteration);
 * ``column: name`` -- one column of the row (the adapter's ``extra ns/tensor``).
 
-The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``iteration``, ``clipstep``, ``threads``
-(filtered by ``busy``, the number of spinning processes of the run), ``precision`` and
+The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``iteration``, ``clipstep``,
+``threads`` (filtered by ``busy``, the number of spinning processes of the run, and ``between_ms``,
+the milliseconds of other work between steps: 0 for steps back to back), ``precision`` and
 ``deepspeed`` (measured with ``--deepspeed`` only: ms per optimizer step under DeepSpeed ZeRO-2
 with the optimizer offloaded to the CPU, columns ``DeepSpeedCPUAdam`` and ``fastopt``, sizes
 ``1 x 1e6``, ``1 x 1e7`` and ``200 tensors``).
@@ -44,8 +45,8 @@ TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step"
           "precision": "ns_per_elem", "deepspeed": "ms_per_step", "iteration": "ms_per_iteration"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
-FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "min_elements", "max_elements", "min_n",
-           "max_n"}
+FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "between_ms", "min_elements",
+           "max_elements", "min_n", "max_n"}
 METRICS = {"ratio", "overhead_us", "value", "column"}
 KEYS = FILTERS | METRICS | {"table", "at_most", "at_least", "note"}
 
@@ -90,7 +91,7 @@ def load(path):
 
 def _matches(target, row):
     if any(key in target and row.get(key) != target[key]
-           for key in ("optimizer", "dtype", "size", "threads", "busy")):
+           for key in ("optimizer", "dtype", "size", "threads", "busy", "between_ms")):
         return False
     count = row["n"]
     if any(key in target and count < target[key] for key in ("min_elements", "min_n")):
@@ -102,7 +103,10 @@ def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
     if table in ("adapter", "clipstep", "threads", "precision", "deepspeed", "iteration"):
-        extra = f", busy {row['busy']}" if table == "threads" else f", {row['threads']} thr"
+        if table == "threads":
+            extra = f", busy {row['busy']}, {row.get('between_ms', 0):g} ms between steps"
+        else:
+            extra = f", {row['threads']} thr"
         return f"{table} {row['size']}{extra}"
     what = f"{row['optimizer']} " if table in ("steps", "matrix") else "clip_grad_norm_ "
     return f"{what}{row['dtype']} {row['size']}, {row['threads']} thr"

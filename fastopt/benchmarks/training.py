@@ -15,7 +15,10 @@ Three tables, each timed round-robin like the step table (:func:`.timing.measure
   the coefficient applied as the update reads the gradients) against the step alone and against
   ``torch.nn.utils.clip_grad_norm_`` followed by ``torch.optim.Adam(fused=True).step()``.
 * ``threads`` -- the same Adam step on 1 and 2 threads, median and 90th percentile of single steps
-  (a stalled step shows in the tail), on a quiet machine or with ``--busy N`` spinning processes.
+  (a stalled step shows in the tail), on a quiet machine or with ``--busy N`` spinning processes,
+  in two regimes: steps back to back (the pool's helpers are still awake from the step before),
+  and steps separated by ``--between-work MS`` of other CPU work, as a forward and backward pass
+  would separate them (the helpers have gone to sleep, and the caches hold other data).
 """
 import contextlib
 import multiprocessing
@@ -128,28 +131,91 @@ def clipstep_cell(torch, n, timing):
     return measure(contenders, **timing)
 
 
-def thread_cell(n, steps):
-    """Single Adam steps at ``n`` float32 elements on 1 and 2 threads, alternated: µs per step
+#: The threads table's cases: (label, shapes), one Adam step (NumPy API) over float32 arrays.
+THREAD_CASES = (
+    ("1e4", ((10_000,),)),
+    ("1e5", ((100_000,),)),
+    ("1e6", ((1_000_000,),)),
+    ("200 tensors", ((512, 512),) * 4 + ((512,),) * 96 + ((4096,),) * 100),
+)
+#: Milliseconds of other work between the threads table's steps when ``--between-work`` is not given.
+BETWEEN_MS = 1.0
+#: The other work: passes of one ufunc over this many float32 elements (4 MiB, more than a core's
+#: L2 cache, so the step's arrays leave it as they would in a forward and backward pass).
+BETWEEN_BUFFER = 1 << 20
+
+
+class OtherWork:
+    """Spends ``ms`` milliseconds of wall time on other single-threaded CPU work: in-place NumPy
+    ufunc passes over a buffer larger than L2, chunk by chunk until the time is up (nothing when
+    ``ms`` is 0). NumPy's ufuncs run on the calling thread only, as the non-BLAS parts of a
+    forward and backward pass do."""
+
+    def __init__(self, ms):
+        self.seconds = ms / 1e3
+        self._buffer = np.ones(BETWEEN_BUFFER if ms > 0 else 0, dtype=np.float32)
+        self._parts = np.array_split(self._buffer, 16) if ms > 0 else []
+
+    def __call__(self):
+        if self.seconds <= 0:
+            return
+        end = time.perf_counter() + self.seconds
+        while True:
+            for part in self._parts:      # ~5-20 us each: the time is met within a part
+                np.multiply(part, 1.0, out=part)
+                if time.perf_counter() >= end:
+                    return
+
+
+def thread_cell(shapes, steps, between_ms=0.0):
+    """Single Adam steps (NumPy API, float32 arrays of ``shapes``) on 1 and 2 threads, alternated,
+    each after ``between_ms`` ms of other work (:class:`OtherWork`; 0: back to back): µs per step
     ``{"1thr": [...], "2thr": [...]}``."""
     import fastopt
-    params, grads = _arrays([(n,)], 4), _arrays([(n,)], 5, 1e-2)
+    if isinstance(shapes, int):
+        shapes = ((shapes,),)
+    params, grads = _arrays(shapes, 4), _arrays(shapes, 5, 1e-2)
     opt = fastopt.Adam(params, **ADAM)
+    other_work = OtherWork(between_ms)
     times = {1: [], 2: []}
     before = fastopt.get_num_threads()
     try:
         for _ in range(3):
             for th in (1, 2):
                 fastopt.set_num_threads(th)
+                other_work()
                 opt.step(grads)                       # warm: state, helpers started
         for _ in range(steps):
             for th in (1, 2):
                 fastopt.set_num_threads(th)
+                other_work()
                 t0 = time.perf_counter()
                 opt.step(grads)
                 times[th].append((time.perf_counter() - t0) * 1e6)
     finally:
         fastopt.set_num_threads(before)
     return {f"{th}thr": xs for th, xs in times.items()}
+
+
+def thread_rows(cases, steps, busy, between, log):
+    """The threads table's rows: each case of ``cases`` ((label, shapes)) back to back and with
+    ``between`` ms of other work between steps; ``steps`` single steps per thread count (a quarter
+    of them from 1e6 elements on)."""
+    rows = []
+    for label, shapes in cases:
+        n = int(sum(np.prod(s) for s in shapes))
+        for between_ms in dict.fromkeys((0.0, float(between))):
+            times = thread_cell(shapes, steps if n < 1_000_000 else max(steps // 4, 5), between_ms)
+            values = {}
+            for key, xs in times.items():
+                values[f"{key}-median"] = float(np.median(xs))
+                values[f"{key}-p90"] = float(np.percentile(xs, 90))
+            rows.append(dict(size=label, n=n, tensors=len(shapes), threads=2, busy=busy,
+                             between_ms=between_ms, us_per_step=values, noise=None))
+            log(f"threads {label:>11} busy={busy} between={between_ms:g} ms: 1 thr "
+                f"{values['1thr-median']:.1f} us, 2 thr {values['2thr-median']:.1f} us "
+                f"(p90 {values['2thr-p90']:.1f})")
+    return rows
 
 
 def _spin(stop):
@@ -226,17 +292,10 @@ def run(args, torch, log, timing, threads):
             log(f"clip+step 1e{int(np.log10(n))} thr={th}: step {ns['step']:.3g} ns/elem, "
                 f"clip+step {ns['clip+step']:.3g}")
         steps = 60 if args.quick else 400
+        between = getattr(args, "between_work", None)
+        between = BETWEEN_MS if between is None else between
         with busy_machine(args.busy):
-            for n in (10_000, 1_000_000):
-                times = thread_cell(n, steps if n < 1e6 else steps // 4)
-                values = {}
-                for key, xs in times.items():
-                    values[f"{key}-median"] = float(np.median(xs))
-                    values[f"{key}-p90"] = float(np.percentile(xs, 90))
-                out["threads"].append(dict(size=f"1e{int(np.log10(n))}", n=n, threads=2, busy=args.busy,
-                                           us_per_step=values, noise=None))
-                log(f"threads 1e{int(np.log10(n))} busy={args.busy}: 1 thr {values['1thr-median']:.1f} us, "
-                    f"2 thr {values['2thr-median']:.1f} us (p90 {values['2thr-p90']:.1f})")
+            out["threads"] = thread_rows(THREAD_CASES, steps, args.busy, between, log)
     finally:
         fastopt.set_num_threads(before)
     return out

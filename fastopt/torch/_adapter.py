@@ -144,6 +144,7 @@ class _Adapter(torch.optim.Optimizer):
         self._flat_groups = []       # ... per param group
         self._flat_lists = None      # the groups' params lists the flat runner steps
         self._flat_blocked = None    # why the state cannot go back into the flat buffers now
+        self._flat_failed_counts = None   # the buffers' counts when the last full check failed
         self._flat_warned = False
         self._runner = None          # the runner of the configuration last stepped
         self._runners = {}           # configuration key -> Runner
@@ -330,10 +331,21 @@ class _Adapter(torch.optim.Optimizer):
         # vouch for takes the precise checks, which say what keeps the step from running flat.
         gathered = self._flat_gather.gather(lists)
         copied = -1 if gathered is None else copy_gathered(gathered, self._flat_targets)
-        foreign = None
+        checked = None
         if copied < 0:
+            # (a full check that failed is not repeated while the buffers' counts stay as they
+            # were then: the step goes per tensor at once)
+            counts = tuple(flat.counts() for flat in self._flat)
+            if None in counts:
+                counts = None      # (without counts, every step checks)
+            elif counts == self._flat_failed_counts:
+                raise NotFlat("unchanged since the last check")
             where = self._flat_where(groups)
-            foreign = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self._flat]
+            try:
+                checked = [flat.check(lambda i, flat=flat: where(flat.params[i])) for flat in self._flat]
+            except NotFlat:
+                self._flat_failed_counts = counts
+                raise
         key = ("flat",) + config_key(groups)
         runner = self._runners.get(key)
         if runner is not None and not runner.settle():
@@ -345,10 +357,12 @@ class _Adapter(torch.optim.Optimizer):
             except NotFlat as exc:
                 self._flat_blocked = str(exc)
                 raise
-        if foreign is not None:
-            for flat, grads in zip(self._flat, foreign):
+        if checked is not None:
+            for flat, (grads, moved) in zip(self._flat, checked):
+                flat.put_back(moved)
                 flat.copy_in(grads)
-            copied = sum(map(len, foreign))
+            runner.refresh()
+            copied = sum(len(grads) for grads, _ in checked)
         if not copied:      # every .grad is its view: trust the counts from now on (else the
             for flat in self._flat:     # next step checks again: see FlatParams.copy_in)
                 flat.recount()

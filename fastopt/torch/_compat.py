@@ -203,6 +203,20 @@ def storage_handle(t):
 #: plus other holders). A param given other memory, or a ``.grad`` replaced, lowers it.
 storage_users = _storage_use_count
 
+# What a storage viewed by one tensor alone counts (its Python storage object, which asking for
+# the handle creates and torch then keeps, adds one on torch 2.13), measured rather than assumed.
+def _alone_count():
+    probe = torch.zeros(1)     # (held while its storage is counted)
+    return _storage_use_count(storage_handle(probe))
+
+
+_ALONE = None if _storage_use_count is None else _alone_count()
+
+
+def alone_in_its_memory(t):
+    """Whether no tensor but ``t`` views its memory (False when this torch cannot tell)."""
+    return _ALONE is not None and _storage_use_count(storage_handle(t)) == _ALONE
+
 
 def can_swap(t):
     """Whether ``torch.utils.swap_tensors`` may give param ``t`` new memory while keeping it the

@@ -26,9 +26,11 @@ shape and dtype (DDP's ``gradient_as_bucket_view``, ``model.zero_grad()`` then b
 ``p.grad = p.grad * 2``) is copied into the buffer in C (the ``.grad`` stays that tensor until
 ``zero_grad()`` makes the buffer's views the gradients again; until then each step checks and
 copies, at the cost of a per-tensor step). What the gather does not vouch for goes to
-:meth:`FlatParams.check`, which says why the step cannot run flat: a ``.grad`` of None (the param is
-skipped, as torch.optim does), a param no longer in its buffer; the optimizer then steps per
-tensor, as without the flat mode, and warns once.
+:meth:`FlatParams.check`: a param given memory of its own that no other tensor views (a copy made by
+``model.to("cpu:0")``) is put back into the buffer with its values; a ``.grad`` of None (the param
+is skipped, as torch.optim does), a param whose memory another tensor views or of another dtype or
+shape make the optimizer step per tensor, as without the flat mode (it warns once, and does not
+repeat a failed check while the buffers' counts stay as they were).
 
 What it cannot see: a ``.grad`` replaced (or a param given other memory) while a reference to the
 old gradient (a view of the param buffer) is kept alive, when backward also wrote into the buffer
@@ -158,6 +160,12 @@ class FlatParams:
             self._users = (_compat.storage_users(self._handles[0]),
                            _compat.storage_users(self._handles[1]))
 
+    def counts(self):
+        """The buffers' reference counts now (None: no counts in this torch)."""
+        if self._handles[0] is None:
+            return None
+        return (_compat.storage_users(self._handles[0]), _compat.storage_users(self._handles[1]))
+
     def unchanged(self):
         """Whether, by the buffers' reference counts and the gradient buffer's version, every
         param is still in the buffer and every ``.grad`` the buffer's view, and backward (or
@@ -181,17 +189,29 @@ class FlatParams:
                 and g.dtype == self.grad.dtype and g.is_contiguous())
 
     def check(self, where):
-        """The full check: the gradients that are not the buffer's views, to copy into it, as
-        ``[(index, grad)]``; or NotFlat saying why the params cannot be stepped flat
-        (``where(i)`` names param i). Writes nothing."""
+        """The full check: ``(foreign, moved)``, the gradients that are not the buffer's views,
+        to copy into it, as ``[(index, grad)]``, and the params given memory of their own that
+        nothing else uses (``model.to("cpu:0")`` copies), to put back into it, as indices; or
+        NotFlat saying why the params cannot be stepped flat (``where(i)`` names param i).
+        Writes nothing."""
         foreign = []
+        moved = []
         data_ptrs, grad_ptrs, shapes = self._data_ptrs, self._grad_ptrs, self.shapes
         dtype = self.data.dtype
         for i, p in enumerate(self.params):
-            if p.data_ptr() != data_ptrs[i] or p.shape != shapes[i] or p.dtype != dtype \
-                    or not p.is_contiguous():
+            if p.data_ptr() != data_ptrs[i]:
+                # Memory of its own that no other tensor views (a copy made by .to(), say) can go
+                # back into the buffer with its values; memory shared with another tensor (a tie
+                # made with p.data = q.data) cannot without breaking the sharing.
+                if (p.shape != shapes[i] or p.dtype != dtype or not p.is_contiguous()
+                        or p.layout != torch.strided or p.device.type != "cpu" or is_dtensor(p)
+                        or not _compat.alone_in_its_memory(p)):
+                    raise NotFlat(f"{where(i)} is no longer a view of its flat buffer (given "
+                                  "other memory, shared or of another dtype or shape)")
+                moved.append(i)
+            elif p.shape != shapes[i] or p.dtype != dtype or not p.is_contiguous():
                 raise NotFlat(f"{where(i)} is no longer a view of its flat buffer (given other "
-                              "memory, dtype or shape)")
+                              "dtype or shape)")
             g = p.grad
             if g is None:
                 raise NotFlat(f"{where(i)} has no gradient (.grad is None): it is skipped, as "
@@ -202,7 +222,24 @@ class FlatParams:
             if tensor_problem(g, "", like=p) is not None or g.dtype != dtype:
                 raise NotFlat(f"the .grad of {where(i)} cannot be copied into the flat buffer")
             foreign.append((i, g))
-        return foreign
+        return foreign, moved
+
+    def put_back(self, moved):
+        """Put each param of ``moved`` (indices) back into the buffer, with its values (it gets
+        its place as at flattening: swapped, or ``.data`` with a counter of its own)."""
+        with torch.no_grad():
+            for i in moved:
+                p = self.params[i]
+                view = self.data.as_strided(self.shapes[i], self._strides[i], self._bounds[i][0])
+                view.copy_(p)
+                grad = p.grad
+                shared = _place(p, view)
+                if grad is not None and p.grad is None:    # (swapping leaves it on the old tensor)
+                    p.grad = grad
+                if not shared and not any(q is p for q in self.own_counters):
+                    self.own_counters.append(p)
+                elif shared:
+                    self.own_counters = [q for q in self.own_counters if q is not p]
 
     def copy_in(self, foreign):
         """Copy each ``(index, grad)`` into the gradient buffer (the ``.grad`` stays the tensor it
@@ -407,11 +444,15 @@ class FlatRunner(Runner):
                 where[id(p)] = (k, int(flat.offsets[j]), int(flat.offsets[j + 1]), flat.shapes[j])
         self.members = [where[id(p)] for p in params]
         self.buffer_of = np.array([m[0] for m in self.members], dtype=np.intp)
-        #: What a step bumps the autograd version of: the param buffers (their params share their
-        #: counters) and the params that keep their own.
-        self.bumped = [flat.data for flat in layouts] + [p for flat in layouts for p in flat.own_counters]
+        self.refresh()
         self.scalar_names = scalar_names
         self.step_overrides = {}
+
+    def refresh(self):
+        #: What a step bumps the autograd version of: the param buffers (their params share their
+        #: counters) and the params that keep their own.
+        self.bumped = ([flat.data for flat in self.layouts]
+                       + [p for flat in self.layouts for p in flat.own_counters])
 
     # -- the step's checks ---------------------------------------------------------------------
 
@@ -544,7 +585,8 @@ class FlatRunner(Runner):
 
 
 def warn_per_tensor(reason):
-    """Say once per optimizer that its flat mode now steps per tensor, and why."""
-    warnings.warn(f"flat=True: the optimizer steps per tensor from now on: {reason}. Its state "
-                  "can go back into flat buffers only when every param of a buffer has the same "
-                  "step count again (e.g. after load_state_dict).", RuntimeWarning, stacklevel=4)
+    """Say once per optimizer that its flat mode steps per tensor, and why."""
+    warnings.warn(f"flat=True: the optimizer steps per tensor ({reason}); it goes back to its flat "
+                  "buffers when they can be stepped again (params stepped a different number of "
+                  "times keep it per tensor until load_state_dict() or an edit of their state)",
+                  RuntimeWarning, stacklevel=4)

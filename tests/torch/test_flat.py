@@ -155,12 +155,26 @@ def _grad_data_swapped(model, opt, t):
         model[2].bias.grad.data = model[2].bias.grad.data.clone() * 3
 
 
+def _param_given_new_memory(model, opt, t):
+    if t == 3:      # memory of its own that nothing else views: put back into the buffer
+        model[2].weight.data = model[2].weight.data.clone()
+
+
+def _model_moved_to_its_own_device(model, opt, t):
+    if t == 2:      # accelerate's DDP on CPU moves the model to cpu:<rank>: a copy of each param
+        model.to(torch.device("cpu", 0))
+
+
 @pytest.mark.parametrize("action", [_model_zero_grad, _replace_one_grad, _scale_grads_in_place,
-                                    _grad_data_swapped])
+                                    _grad_data_swapped, _param_given_new_memory,
+                                    _model_moved_to_its_own_device])
 def test_replaced_gradients_are_copied_in_and_the_step_stays_flat(action):
     flat = train(True, action=action, lr=1e-2)
     assert ran_flat(flat[1]) and not flat[2]
     assert_same_run(flat, train(False, action=action, lr=1e-2))
+    buffer = flat[1]._flat[0]
+    for p, view in zip(flat[0].parameters(), buffer.views(buffer.data)):   # params in place
+        assert p.data_ptr() == view.data_ptr()
     flat[1].zero_grad()
     views = flat[1]._flat[0].grads
     for p, view in zip(flat[0].parameters(), views):   # the views are the gradients again
@@ -173,9 +187,12 @@ def _one_grad_none(model, opt, t):
         model[0].bias.grad = None
 
 
-def _param_given_new_memory(model, opt, t):
-    if t == 3:
-        model[2].weight.data = model[2].weight.data.clone()
+def _param_tied_to_another_tensor(model, opt, t):
+    if t == 3:      # its memory is shared with another tensor: cannot go back into the buffer
+        model[2].weight.data = _TIE.setdefault("w", model[2].weight.data.clone())
+
+
+_TIE = {}
 
 
 def _step_count_edited(model, opt, t):
@@ -183,9 +200,11 @@ def _step_count_edited(model, opt, t):
         opt.state[model[0].weight]["step"].fill_(10)
 
 
-@pytest.mark.parametrize("action", [_one_grad_none, _param_given_new_memory, _step_count_edited])
+@pytest.mark.parametrize("action", [_one_grad_none, _param_tied_to_another_tensor, _step_count_edited])
 def test_what_cannot_be_stepped_flat_is_stepped_per_tensor_with_a_warning(action):
+    _TIE.clear()
     flat = train(True, action=action, lr=1e-2)
+    _TIE.clear()
     assert not ran_flat(flat[1])
     assert len(flat[2]) == 1          # said once
     assert_same_run(flat, train(False, action=action, lr=1e-2))

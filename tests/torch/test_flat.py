@@ -441,3 +441,19 @@ def test_params_flattened_beforehand_keep_their_buffers():
             o.step()
     assert ran_flat(opt)
     assert_same_run((model, opt), (ref, ropt))
+
+
+def test_a_failed_full_check_is_not_repeated_while_nothing_changes(monkeypatch):
+    from fastopt.torch import _flat
+    calls = []
+    check = _flat.FlatParams.check
+    monkeypatch.setattr(_flat.FlatParams, "check", lambda self, where: calls.append(1) or check(self, where))
+
+    def unused_bias(model, opt, t):
+        model[0].bias.grad = None           # at every step: skipped, per tensor
+    flat = train(True, steps=8, action=unused_bias, lr=1e-2)
+    assert not ran_flat(flat[1]) and len(flat[2]) == 1
+    # the first step that falls back, and the next (the per-tensor runner's views of the params
+    # count on the buffer too): then not again
+    assert len(calls) == 2
+    assert_same_run(flat, train(False, steps=8, action=unused_bias, lr=1e-2))

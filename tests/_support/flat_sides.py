@@ -112,3 +112,33 @@ def run_each_and_save(rank, out_dir, runs):
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def flat_side_only():
+    """Skip a test about the flat mode's own behaviour when the harness runs against itself."""
+    import pytest
+    if not FLAT_SIDE_IS_FLAT:
+        pytest.skip("the harness checked against itself: the flat side does not run the flat mode")
+
+
+def assert_same_state(ours, reference, what):
+    """Two ``{param name: state}`` records hold the same states, bit for bit."""
+    import torch
+    assert ours.keys() == reference.keys(), f"{what}: state kept for other params"
+    for name, entry in ours.items():
+        assert entry.keys() == reference[name].keys(), f"{what}: {name} keeps other state"
+        for key, value in entry.items():
+            assert torch.equal(value, reference[name][key]), f"{what}: state {key!r} of {name} differs"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch on one thread inside: a tiny model's ops are too small to share, and on a busy machine
+    two threads take several times as long (every side runs alike, so the comparisons hold)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

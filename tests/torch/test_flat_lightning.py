@@ -28,6 +28,7 @@ pytest.importorskip("lightning")
 
 import flat_lightning_run  # noqa: E402  (tests/_support: pytest's pythonpath)
 import flat_sides  # noqa: E402
+from flat_sides import assert_same_state, flat_side_only  # noqa: E402
 import lightning_run  # noqa: E402
 import two_ranks  # noqa: E402
 
@@ -74,27 +75,8 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    # one thread: the small model's ops are too small to share, and on a busy machine two threads
-    # take several times as long (every side runs alike, so the comparisons are the same)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with flat_sides.one_torch_thread():
         yield Runs(tmp_path_factory.mktemp("flat_lightning"))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def flat_side_only():
-    if not flat_sides.FLAT_SIDE_IS_FLAT:
-        pytest.skip("the harness checked against itself: the flat side does not run the flat mode")
-
-
-def assert_same_state(ours, reference, what):
-    assert ours.keys() == reference.keys(), f"{what}: state kept for other params"
-    for name, entry in ours.items():
-        assert entry.keys() == reference[name].keys(), f"{what}: {name} keeps other state"
-        for key, value in entry.items():
-            assert torch.equal(value, reference[name][key]), f"{what}: state {key!r} of {name} differs"
 
 
 def assert_identical(ours, reference, what):

@@ -33,6 +33,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")                    # the Trainer needs it
 
 import flat_sides  # noqa: E402  (tests/_support: pytest's pythonpath)
+from flat_sides import assert_same_state, flat_side_only  # noqa: E402
 import flat_trainer_run  # noqa: E402
 import hf_trainer_run  # noqa: E402
 import two_ranks  # noqa: E402
@@ -92,27 +93,8 @@ class Runs:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    # one thread: the tiny model's ops are too small to share, and on a busy machine two threads
-    # take ten times as long (every side runs alike, so the comparisons are the same)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with flat_sides.one_torch_thread():
         yield Runs(tmp_path_factory.mktemp("flat_trainer"))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def flat_side_only():
-    if not flat_sides.FLAT_SIDE_IS_FLAT:
-        pytest.skip("the harness checked against itself: the flat side does not run the flat mode")
-
-
-def assert_same_state(ours, reference, what):
-    assert ours.keys() == reference.keys(), f"{what}: state kept for other params"
-    for name, entry in ours.items():
-        assert entry.keys() == reference[name].keys(), f"{what}: {name} keeps other state"
-        for key, value in entry.items():
-            assert torch.equal(value, reference[name][key]), f"{what}: state {key!r} of {name} differs"
 
 
 def assert_identical(ours, reference, what):

@@ -4,6 +4,7 @@
 run fastopt's, which proves a harness with the reference on both sides (every comparison must then
 hold exactly); the default, ``fastopt``, is what the tests are for.
 """
+import contextlib
 import os
 
 #: "fastopt" (the tests' point) or "torch" (the harness checked against itself).
@@ -45,4 +46,24 @@ def run_each_kind_and_save(rank, out_dir, run_kind):
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     if dist.is_initialized():
         dist.barrier()
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def rank_results(rank, world, out_dir):
+    """One rank of a two-rank launch (gloo, torch on one thread): yields the dict of the rank's
+    results, saved to ``OUT_DIR/rank<RANK>.pt`` when the block ends; then both ranks meet at a
+    barrier before the process group is torn down (see ddp_worker.py)."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        results = {}
+        yield results
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
         dist.destroy_process_group()

@@ -42,11 +42,10 @@ import pathlib
 import sys
 import traceback
 import warnings
-from datetime import timedelta
 
 import torch
 
-from engine_candidate import optimizer_class
+from engine_candidate import optimizer_class, rank_results
 from two_rank_data import WORLD, batch
 
 STEPS = 8
@@ -229,12 +228,8 @@ def run(rank, config, side, checkpoints, load_from=None):
 
 
 def main(rank, out_dir):
-    import torch.distributed as dist
-    torch.set_num_threads(1)
     out_dir = pathlib.Path(out_dir)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {}
+    with rank_results(rank, WORLD, out_dir) as results:
         for config in CONFIGS:
             checkpoints = {side: out_dir / f"{config}-{side}.pt" for side in SIDES}
             for side in SIDES:
@@ -242,11 +237,6 @@ def main(rank, out_dir):
             results[f"{config}/flat/resumed"] = run(rank, config, "flat", checkpoints, load_from="flat")
             results[f"{config}/flat->torch"] = run(rank, config, "torch", checkpoints, load_from="flat")
             results[f"{config}/torch->flat"] = run(rank, config, "flat", checkpoints, load_from="torch")
-        torch.save(results, out_dir / f"rank{rank}.pt")
-        # Both ranks reach here before either tears its group down (see ddp_worker.py).
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ examples/fsdp2.py, run in the same ranks.
 import pathlib
 import sys
 import traceback
-from datetime import timedelta
 
 import torch
 
-from engine_candidate import CANDIDATE, optimizer_class
+from engine_candidate import CANDIDATE, optimizer_class, rank_results
 from two_rank_data import STEPS, WORLD, train_step
 
 SAVE_AT = 4
@@ -169,14 +168,10 @@ def run_example(rank, checkpoint_dir, steps=6):
 
 
 def main(rank, out_dir):
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    torch.set_num_threads(1)
     out_dir = pathlib.Path(out_dir)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
+    with rank_results(rank, WORLD, out_dir) as results:
         mesh = init_device_mesh("cpu", (WORLD,))
-        results = {}
         for config in CONFIGS:
             checkpoints = {impl: out_dir / f"{config}-{impl}-ckpt" for impl in IMPLS}
             for impl in IMPLS:
@@ -187,11 +182,6 @@ def main(rank, out_dir):
                 results[f"{config}/{source}->{impl}"] = run(mesh, rank, config, impl, checkpoints,
                                                             load_from=source)
         results["example"] = run_example(rank, out_dir / "example-ckpt")
-        torch.save(results, out_dir / f"rank{rank}.pt")
-        # Both ranks reach here before either tears its group down (see ddp_worker.py).
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ that stopped the run); a failing run does not stop the others.
 import pathlib
 import sys
 import traceback
-from datetime import timedelta
 
 import torch
 
-from engine_candidate import optimizer_class
+from engine_candidate import optimizer_class, rank_results
 from two_rank_data import STEPS, WORLD, train_step
 
 SAVE_AT = 4
@@ -120,12 +119,8 @@ def run(rank, config, impl, checkpoints, load_from=None):
 
 
 def main(rank, out_dir):
-    import torch.distributed as dist
-    torch.set_num_threads(1)
     out_dir = pathlib.Path(out_dir)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60))
-    try:
-        results = {}
+    with rank_results(rank, WORLD, out_dir) as results:
         for config in CONFIGS:
             checkpoints = {impl: out_dir / f"{config}-{impl}.pt" for impl in IMPLS}
             for impl in IMPLS:
@@ -134,11 +129,6 @@ def main(rank, out_dir):
                 results[f"{config}/{impl}/resumed"] = run(rank, config, impl, checkpoints, load_from=impl)
             for source, impl in (("torch", "fastopt"), ("fastopt", "torch")):
                 results[f"{config}/{source}->{impl}"] = run(rank, config, impl, checkpoints, load_from=source)
-        torch.save(results, out_dir / f"rank{rank}.pt")
-        # Both ranks reach here before either tears its group down (see ddp_worker.py).
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -289,15 +289,14 @@ class _Adapter(torch.optim.Optimizer):
         self._flat_blocked = None
         # the full check's fast form: the compiled gather over the flattened params, and where
         # each one's gradient goes in its buffer
-        place = {id(p): (flat, i) for flat in self._flat for i, p in enumerate(flat.params)}
+        place = {id(p): (flat._grad_ptrs[i], _dtypes.storage_of(flat.grad_array))
+                 for flat in self._flat for i, p in enumerate(flat.params)}
         params = [p for group in self._flat_lists for p in group]
+        self._flat_targets = [place[id(p)] for p in params]
         self._flat_gather = TensorGrads(
             params, params, [len(group) for group in self._flat_lists],
-            [p.numel() for p in params],
-            [_dtypes.storage_of(place[id(p)][0].grad_array) for p in params],
+            [p.numel() for p in params], [storage for _, storage in self._flat_targets],
             [p.dtype for p in params], dict(_torch_compat.TENSOR_API))
-        self._flat_targets = [(place[id(p)][0]._grad_ptrs[place[id(p)][1]],
-                               _dtypes.storage_of(place[id(p)][0].grad_array)) for p in params]
 
     def _flat_where(self, groups):
         names = {id(p): f"param_groups[{g}]['params'][{j}]"
@@ -375,39 +374,22 @@ class _Adapter(torch.optim.Optimizer):
         if runner is not None and runner.flat:
             if runner.step_floats is not None:
                 runner.read_step_tensors()
-            if runner.ready(lists):
-                return runner
-        try:
-            return self._flat_prepare(groups, lists)
-        except NotFlat as exc:
-            if not self._flat_warned:
-                self._flat_warned = True
-                warn_per_tensor(str(exc))
-            return None
-
-    def _record_step(self, fo):
-        """Keep what a step of ``fo`` that clipped or checked tells: the norm, whether it skipped."""
-        self._grad_norm = fo.grad_norm
-        self._found_inf = fo.found_inf
-        if fo.found_inf:
-            self._skipped_steps += 1
-
-    def _step_flat(self, runner, groups, loss, max_norm, norm_type):
-        self._push_hyperparameters(runner, groups)
-        fo = runner.fo
-        try:
-            fo.step(runner.grad_arrays, max_norm=max_norm, norm_type=norm_type)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
-        if max_norm is not None or self._skip_nonfinite:
-            self._record_step(fo)
+            if not runner.ready(lists):
+                runner = None
         else:
-            self._grad_norm = None
-        _increment_version(runner.bumped)
-        runner.after_step()
-        if runner.step_floats is not None:
-            runner.write_step_tensors()
-        return loss
+            runner = None
+        if runner is None:
+            try:
+                runner = self._flat_prepare(groups, lists)
+            except NotFlat as exc:
+                if not self._flat_warned:
+                    self._flat_warned = True
+                    warn_per_tensor(str(exc))
+                return None
+        # the gradients as they are now are the ones this step uses (the step does not write
+        # them: marking them before it is marking them after)
+        runner.mark_seen()
+        return runner
 
     def _zero_grad(self, set_to_none=None):
         if self._flat is None or set_to_none:
@@ -682,34 +664,35 @@ class _Adapter(torch.optim.Optimizer):
         # on the way that the groups still hold this runner's params at their memory; anything
         # it does not vouch for goes through the runner of the groups as they are now, and the
         # precise checks.
-        runner = self._runner
-        if self._flat is not None:
-            flat_runner = self._flat_runner(runner, groups, lists)
-            if flat_runner is not None:
-                return self._step_flat(flat_runner, groups, loss, max_norm, norm_type)
-            runner = self._runner
-        gathered = (runner.gather(lists) if runner is not None and lists is not None
-                    and runner.gather is not None else None)
-        if gathered is None:
-            runner = self._activate(groups)
-            gathered = runner.gather(lists) if runner.gather is not None else None
-        if runner.fo is None:          # no group holds a param: nothing to step
-            self._grad_norm = None
-            return loss
-        self._push_hyperparameters(runner, groups)
-        if gathered is not None:
-            grads, updated = gathered, gathered.updated
+        flat_runner = None if self._flat is None else self._flat_runner(self._runner, groups, lists)
+        if flat_runner is not None:      # each flat buffer with one call (see _flat.py)
+            runner = flat_runner
+            self._push_hyperparameters(runner, groups)
+            grads, updated = runner.grad_arrays, runner.bumped
         else:
-            grads, updated = runner.grads()
-        if not updated:
-            self._grad_norm = None
-            return loss
-        if runner.step_floats is not None:
-            runner.read_step_tensors()
+            runner = self._runner
+            gathered = (runner.gather(lists) if runner is not None and lists is not None
+                        and runner.gather is not None else None)
+            if gathered is None:
+                runner = self._activate(groups)
+                gathered = runner.gather(lists) if runner.gather is not None else None
+            if runner.fo is None:          # no group holds a param: nothing to step
+                self._grad_norm = None
+                return loss
+            self._push_hyperparameters(runner, groups)
+            if gathered is not None:
+                grads, updated = gathered, gathered.updated
+            else:
+                grads, updated = runner.grads()
+            if not updated:
+                self._grad_norm = None
+                return loss
+            if runner.step_floats is not None:
+                runner.read_step_tensors()
         fo = runner.fo
         try:
             fo.step(grads, max_norm=max_norm, norm_type=norm_type)
-            for extra in range(1, max((n for _, n in runner.repeats), default=0) + 1):
+            for extra in range(1, runner.extra_steps + 1):
                 again = {i for i, n in runner.repeats if n >= extra}
                 fo.step([g if i in again else None for i, g in enumerate(grads)])
         except (TypeError, ValueError) as exc:
@@ -718,10 +701,13 @@ class _Adapter(torch.optim.Optimizer):
             runner.grads()
             raise type(exc)(f"fastopt.torch.{type(self).__name__}.step: {exc}") from None
         if max_norm is not None or self._skip_nonfinite:
-            self._record_step(fo)
+            self._grad_norm = fo.grad_norm
+            self._found_inf = fo.found_inf
+            if fo.found_inf:
+                self._skipped_steps += 1
         else:
             self._grad_norm = None
-        _increment_version(updated)
+        _increment_version(updated)     # (flat: the buffers, whose counters the params share)
         if runner.step_floats is not None:   # (the check spares the hot path a call)
             runner.write_step_tensors()
         return loss

@@ -144,7 +144,7 @@ class FlatParams:
         """Views of a flat ``buffer`` (``size`` elements) shaped as the params, in order."""
         if buffer.shape != (self.size,):
             raise ValueError(f"buffer must have shape ({self.size},), got {tuple(buffer.shape)}")
-        return [buffer.as_strided(s, st, a) for (a, _), s, st in zip(self._bounds, self.shapes, self._strides)]
+        return [self._view(buffer, i) for i in range(len(self.params))]
 
     @property
     def grads(self):
@@ -156,9 +156,7 @@ class FlatParams:
 
     def recount(self):
         """Remember the references to both buffers' storages, after a full check."""
-        if self._handles[0] is not None:
-            self._users = (_compat.storage_users(self._handles[0]),
-                           _compat.storage_users(self._handles[1]))
+        self._users = self.counts()
 
     def counts(self):
         """The buffers' reference counts now (None: no counts in this torch)."""
@@ -196,28 +194,26 @@ class FlatParams:
         Writes nothing."""
         foreign = []
         moved = []
-        data_ptrs, grad_ptrs, shapes = self._data_ptrs, self._grad_ptrs, self.shapes
         dtype = self.data.dtype
         for i, p in enumerate(self.params):
-            if p.data_ptr() != data_ptrs[i]:
+            if p.data_ptr() != self._data_ptrs[i]:
                 # Memory of its own that no other tensor views (a copy made by .to(), say) can go
                 # back into the buffer with its values; memory shared with another tensor (a tie
                 # made with p.data = q.data) cannot without breaking the sharing.
-                if (p.shape != shapes[i] or p.dtype != dtype or not p.is_contiguous()
+                if (p.shape != self.shapes[i] or p.dtype != dtype or not p.is_contiguous()
                         or p.layout != torch.strided or p.device.type != "cpu" or is_dtensor(p)
                         or not _compat.alone_in_its_memory(p)):
                     raise NotFlat(f"{where(i)} is no longer a view of its flat buffer (given "
                                   "other memory, shared or of another dtype or shape)")
                 moved.append(i)
-            elif p.shape != shapes[i] or p.dtype != dtype or not p.is_contiguous():
+            elif not self._in_place(i, p):
                 raise NotFlat(f"{where(i)} is no longer a view of its flat buffer (given other "
                               "dtype or shape)")
             g = p.grad
             if g is None:
                 raise NotFlat(f"{where(i)} has no gradient (.grad is None): it is skipped, as "
                               "torch.optim does")
-            if g.data_ptr() == grad_ptrs[i] and g.shape == shapes[i] and g.dtype == dtype \
-                    and g.is_contiguous():
+            if self._is_view(i, g):
                 continue
             if tensor_problem(g, "", like=p) is not None or g.dtype != dtype:
                 raise NotFlat(f"the .grad of {where(i)} cannot be copied into the flat buffer")
@@ -230,7 +226,7 @@ class FlatParams:
         with torch.no_grad():
             for i in moved:
                 p = self.params[i]
-                view = self.data.as_strided(self.shapes[i], self._strides[i], self._bounds[i][0])
+                view = self._view(self.data, i)
                 view.copy_(p)
                 grad = p.grad
                 shared = _place(p, view)
@@ -249,8 +245,12 @@ class FlatParams:
             for i, g in foreign:
                 self._grad_view(i).copy_(g)
 
+    def _view(self, buffer, i):
+        """Param i's view of a flat ``buffer``."""
+        return buffer.as_strided(self.shapes[i], self._strides[i], self._bounds[i][0])
+
     def _grad_view(self, i):
-        return self.grad.as_strided(self.shapes[i], self._strides[i], self._bounds[i][0])
+        return self._view(self.grad, i)
 
     def zero_grad(self):
         """Zero the gradient buffer (one pass) and make every ``.grad`` its view again: a param
@@ -258,8 +258,7 @@ class FlatParams:
         memory keeps its own gradient, zeroed as ``zero_grad(set_to_none=False)`` does."""
         with torch.no_grad():
             self.grad.zero_()
-        if self._users is None or _compat.storage_users(self._handles[1]) != self._users[1] \
-                or _compat.storage_users(self._handles[0]) != self._users[0]:
+        if self._users is None or self.counts() != self._users:
             clean = True
             for i, p in enumerate(self.params):
                 g = p.grad
@@ -384,7 +383,6 @@ def flattened(params):
     if flat is None or not same_items([params], [flat.params]) \
             or not all(flat._in_place(i, p) for i, p in enumerate(params)):
         return flatten_(params)
-    views = flat.grads
     with torch.no_grad():
         for i, p in enumerate(params):
             g = p.grad
@@ -393,11 +391,12 @@ def flattened(params):
             problem = None if g is None else tensor_problem(g, f"the .grad of params[{i}]", like=p)
             if problem is not None:
                 raise problem
+            view = flat._grad_view(i)
             if g is None:
-                views[i].zero_()
+                view.zero_()
             else:
-                views[i].copy_(g)
-            p.grad = views[i]
+                view.copy_(g)
+            p.grad = view
     flat.recount()
     return flat
 
@@ -431,6 +430,7 @@ class FlatRunner(Runner):
         self.index = {id(p): i for i, p in enumerate(params)}
         self.distributed = False
         self.repeats = []
+        self.extra_steps = 0
         self.step_floats = None
         self.step_views = []
         self.tensor_grads = None
@@ -458,7 +458,7 @@ class FlatRunner(Runner):
 
     def ready(self, lists):
         """Whether the flat buffers can be stepped as they are, by the cheap checks (see the
-        module docstring); False: run :meth:`prepare`."""
+        module docstring); False: the adapter's full check decides."""
         if self.step_overrides or not same_items(lists, self.snapshot):
             return False
         for flat in self.layouts:
@@ -466,12 +466,10 @@ class FlatRunner(Runner):
                 return False
         return True
 
-    def after_step(self):
+    def mark_seen(self):
+        """The gradients as they are now are the ones a step used (see FlatParams.unchanged)."""
         for flat in self.layouts:
             flat.mark_seen()
-
-    def same_memory(self):
-        return all(flat._in_place(i, p) for flat in self.layouts for i, p in enumerate(flat.params))
 
     # -- state, per param ----------------------------------------------------------------------
 
@@ -551,37 +549,18 @@ class FlatRunner(Runner):
             out[k] = entry
         return out
 
-    # -- step tensors, per param -------------------------------------------------------------
+    # -- step counts, per param (the step tensors are Runner's) -------------------------------
 
-    def _member_counts(self):
+    def step_counts(self):
         counts = self.fo.step_counts()[self.buffer_of].astype(np.float64)
         for index, step in self.step_overrides.items():
             counts[index] = float(step)
         return counts
 
-    def step_tensor(self, index):
-        if self.step_floats is None:
-            self.step_floats = torch.from_numpy(self._member_counts()).to(_compat.scalar_dtype())
-        view = self.step_floats[index]
-        self.step_views.append(weakref.ref(view))
-        return view
-
-    def read_step_tensors(self):
-        if self.step_floats is None:
-            return
-        floats = self.step_floats.numpy()
-        for index in np.flatnonzero(floats != self._member_counts()):
-            self.step_overrides[int(index)] = float(floats[index])
+    def set_steps(self, indices, steps):
+        for index, step in zip(indices, steps):
+            self.step_overrides[int(index)] = float(step)
         self.settle()
-
-    def write_step_tensors(self):
-        if self.step_floats is None:
-            return
-        self.step_views = [ref for ref in self.step_views if ref() is not None]
-        if self.step_views:
-            self.step_floats.numpy()[:] = self._member_counts()
-        else:
-            self.step_floats = None
 
 
 def warn_per_tensor(reason):

@@ -74,6 +74,8 @@ class Runner:
             for p in group["params"]:
                 counts[id(p)] = counts.get(id(p), 0) + 1
         self.repeats = [(i, counts[id(p)] - 1) for i, p in enumerate(params) if counts[id(p)] > 1]
+        #: How many more times than once a step steps some param (0: none is listed twice).
+        self.extra_steps = max((n for _, n in self.repeats), default=0)
         # every param's step count as a float tensor, once opt.state[p]["step"] handed out a view
         # of it (see step_tensor)
         self.step_floats = None
@@ -104,6 +106,15 @@ class Runner:
 
     def set_step(self, index, step):
         self.fo.set_step(index, step)
+
+    def step_counts(self):
+        """Every param's step count, in param index order."""
+        return self.fo.step_counts()
+
+    def set_steps(self, indices, steps):
+        """Take the step counts ``steps`` users set for params ``indices`` (in step tensors)."""
+        for index, step in zip(indices, steps):
+            self.fo.set_step(int(index), float(step))
 
     def kept_dtypes(self):
         """``kept(index, name)``: the NumPy dtype state ``name`` of param ``index`` is kept in."""
@@ -154,7 +165,7 @@ class Runner:
         and see advance). Once one is handed out, each step reads the edits from the whole
         tensor and writes the new counts into it, a vector operation each, whatever the count."""
         if self.step_floats is None:
-            self.step_floats = torch.from_numpy(self.fo.step_counts()).to(_compat.scalar_dtype())
+            self.step_floats = torch.from_numpy(self.step_counts()).to(_compat.scalar_dtype())
         view = self.step_floats[index]
         self.step_views.append(weakref.ref(view))
         return view
@@ -165,8 +176,8 @@ class Runner:
         if self.step_floats is None:
             return
         floats = self.step_floats.numpy()
-        for index in np.flatnonzero(floats != self.fo.step_counts()):
-            self.fo.set_step(int(index), float(floats[index]))
+        edited = np.flatnonzero(floats != self.step_counts())
+        self.set_steps(edited, floats[edited])
 
     def write_step_tensors(self):
         """After a step: the new counts into the tensors handed out; once none is held any more,
@@ -175,6 +186,6 @@ class Runner:
             return
         self.step_views = [ref for ref in self.step_views if ref() is not None]
         if self.step_views:
-            self.step_floats.numpy()[:] = self.fo.step_counts()
+            self.step_floats.numpy()[:] = self.step_counts()
         else:
             self.step_floats = None     # (their edits were read before the step)

@@ -1,6 +1,6 @@
 """What a training loop pays around the kernel: the torch adapter, clipping, a busy machine.
 
-Three tables, each timed round-robin like the step table (:func:`.timing.measure`):
+Four tables, each timed round-robin like the step table (:func:`.timing.measure`):
 
 * ``adapter`` -- ``fastopt.torch.Adam.step()`` against ``fastopt.Adam.step(grads)`` on the same
   tensors (the adapter reads every ``.grad`` each step), and torch's fused step, from one tensor of
@@ -53,28 +53,26 @@ def adapter_cell(torch, shapes, timing):
     params0, grads = _arrays(shapes, 0), _arrays(shapes, 1, 1e-2)
     numpy_opt = fastopt.Adam([p.copy() for p in params0], **ADAM)
     contenders = [Contender("numpy-api", lambda: numpy_opt.step(grads))]
-    tparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
-    for p, g in zip(tparams, grads):
-        p.grad = torch.from_numpy(g.copy())
-    adapter = ft.Adam(tparams, **ADAM)
+
+    def tensors():
+        """The params as a fresh set of torch params, each with its gradient."""
+        out = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+        for p, g in zip(out, grads):
+            p.grad = torch.from_numpy(g.copy())
+        return out
+    adapter = ft.Adam(tensors(), **ADAM)
     contenders.append(Contender("adapter", adapter.step))
-    fparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
-    for p, g in zip(fparams, grads):
-        p.grad = torch.from_numpy(g.copy())
-    fused = torch.optim.Adam(fparams, fused=True, **ADAM)
+    fused = torch.optim.Adam(tensors(), fused=True, **ADAM)
     contenders.append(Contender("torch-fused", fused.step))
     flat_np = fastopt.Adam([np.concatenate([p.reshape(-1) for p in params0])], **ADAM)
     flat_grad = [np.concatenate([g.reshape(-1) for g in grads])]
     contenders.append(Contender("numpy-flat", lambda: flat_np.step(flat_grad)))
-    lparams = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
-    flat = ft.Adam(lparams, flat=True, **ADAM)
-    buffers = [f.grad for f in flat._flat]
-    with torch.no_grad():
-        buffers[0].copy_(torch.from_numpy(flat_grad[0]))
+    laid_out = ft.flatten_(tensors())          # (the gradients copied into its buffer)
+    flat = ft.Adam(laid_out.params, flat=True, **ADAM)
     bump = torch.autograd.graph.increment_version
 
     def flat_step():
-        bump(buffers)             # what backward's writes into the buffer do to its version
+        bump(laid_out.grad)       # what backward's writes into the buffer do to its version
         flat.step()
     contenders.append(Contender("flat", flat_step))
     return measure(contenders, **timing)
@@ -172,8 +170,6 @@ def thread_cell(shapes, steps, between_ms=0.0):
     each after ``between_ms`` ms of other work (:class:`OtherWork`; 0: back to back): µs per step
     ``{"1thr": [...], "2thr": [...]}``."""
     import fastopt
-    if isinstance(shapes, int):
-        shapes = ((shapes,),)
     params, grads = _arrays(shapes, 4), _arrays(shapes, 5, 1e-2)
     opt = fastopt.Adam(params, **ADAM)
     other_work = OtherWork(between_ms)
@@ -246,7 +242,8 @@ def busy_machine(n):
 
 
 def run(args, torch, log, timing, threads):
-    """The three tables' rows: {"adapter": [...], "clipstep": [...], "threads": [...]}."""
+    """The four tables' rows: {"adapter": [...], "iteration": [...], "clipstep": [...],
+    "threads": [...]}."""
     out = {"adapter": [], "clipstep": [], "threads": [], "iteration": []}
     import fastopt
     before = fastopt.get_num_threads()

@@ -46,7 +46,7 @@ import warnings
 import torch
 
 from engine_candidate import optimizer_class, rank_results
-from two_rank_data import WORLD, batch
+from two_rank_data import WORLD, batch, load_checkpoint, save_checkpoint
 
 STEPS = 8
 SAVE_AT = 4
@@ -183,18 +183,6 @@ def train_step(model, opt, side, step, rank, micro):
     return total.item() / WORLD
 
 
-def save_checkpoint(model, opt, path, rank):
-    import torch.distributed as dist
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    if isinstance(opt, ZeroRedundancyOptimizer):
-        opt.consolidate_state_dict(to=0)  # collective: every rank sends its partition's state
-    try:
-        if rank == 0:
-            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
-    finally:
-        dist.barrier()                    # the file exists before any rank may load it
-
-
 def run(rank, config, side, checkpoints, load_from=None):
     """Train ``config`` with ``side``: from scratch (saving at SAVE_AT into checkpoints[side]) or,
     with ``load_from``, from checkpoints[load_from] for the remaining steps."""
@@ -208,9 +196,7 @@ def run(rank, config, side, checkpoints, load_from=None):
             model, opt = set_up(config, side)
             first = 0
             if load_from is not None:
-                checkpoint = torch.load(checkpoints[load_from], weights_only=True)
-                model.module.load_state_dict(checkpoint["model"])
-                opt.load_state_dict(checkpoint["optim"])
+                load_checkpoint(model, opt, checkpoints[load_from])
                 first = SAVE_AT
             for step in range(first, STEPS):
                 record["losses"].append(train_step(model, opt, side, step, rank, micro))

@@ -1,5 +1,6 @@
 """The data and the training step of the FSDP2 and ZeroRedundancyOptimizer workers: the same
-seeded regression batches on every rank (each takes its slice), float64."""
+seeded regression batches on every rank (each takes its slice), float64; and the checkpoints of
+the DDP workers (a DDP-wrapped model and its optimizer, ZeroRedundancyOptimizer's consolidated)."""
 import torch
 
 STEPS = 10
@@ -27,3 +28,25 @@ def train_step(model, opt, step, rank):
     total = loss.detach().clone()
     dist.all_reduce(total)                # gloo has no AVG: sum, then divide
     return total.item() / WORLD
+
+
+def save_checkpoint(model, opt, path, rank):
+    """Rank 0 saves the DDP-wrapped ``model``'s module and ``opt`` to ``path`` (a
+    ZeroRedundancyOptimizer consolidates its state first: a collective); every rank returns once
+    the file exists."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    if isinstance(opt, ZeroRedundancyOptimizer):
+        opt.consolidate_state_dict(to=0)  # collective: every rank sends its partition's state
+    try:
+        if rank == 0:
+            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
+    finally:
+        dist.barrier()                    # the file exists before any rank may load it
+
+
+def load_checkpoint(model, opt, path):
+    """Load what :func:`save_checkpoint` saved into the DDP-wrapped ``model`` and ``opt``."""
+    checkpoint = torch.load(path, weights_only=True)
+    model.module.load_state_dict(checkpoint["model"])
+    opt.load_state_dict(checkpoint["optim"])

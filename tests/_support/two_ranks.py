@@ -115,3 +115,14 @@ def assert_same_run(ours, reference, exact, what, tolerance):
     for name, param in ours["params"].items():
         torch.testing.assert_close(param, reference["params"][name], **tolerance,
                                    msg=lambda m, name=name: f"{what}: param {name} differs\n{m}")
+
+
+def assert_resumed(ranks, run, resumed, steps_left, what, assert_same):
+    """The run ``resumed`` (from ``run``'s checkpoint) trained ``run``'s last ``steps_left`` steps
+    and ends as ``run`` did, bit for bit, on every rank (``assert_same(ours, reference, exact,
+    what)``: the test file's comparison)."""
+    full = completed(ranks, run)
+    again = completed(ranks, resumed)
+    for rank in range(len(ranks)):
+        assert len(again[rank]["losses"]) == steps_left, f"{what}, rank {rank}"
+        assert_same(again[rank], full[rank], exact=True, what=f"{what}, rank {rank}")

@@ -25,7 +25,7 @@ import traceback
 import torch
 
 from engine_candidate import optimizer_class, rank_results
-from two_rank_data import STEPS, WORLD, train_step
+from two_rank_data import STEPS, WORLD, load_checkpoint, save_checkpoint, train_step
 
 SAVE_AT = 4
 IMPLS = ("torch", "fastopt")
@@ -71,26 +71,6 @@ def make_optimizer(model, config, impl):
     if zero_options is None:
         return cls(params, **defaults, **extra)
     return ZeroRedundancyOptimizer(params, optimizer_class=cls, **zero_options, **defaults, **extra)
-
-
-
-
-def save_checkpoint(model, opt, path, rank):
-    import torch.distributed as dist
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-    if isinstance(opt, ZeroRedundancyOptimizer):
-        opt.consolidate_state_dict(to=0)  # collective: every rank sends its partition's state
-    try:
-        if rank == 0:
-            torch.save({"model": model.module.state_dict(), "optim": opt.state_dict()}, path)
-    finally:
-        dist.barrier()                    # the file exists before any rank may load it
-
-
-def load_checkpoint(model, opt, path):
-    checkpoint = torch.load(path, weights_only=True)
-    model.module.load_state_dict(checkpoint["model"])
-    opt.load_state_dict(checkpoint["optim"])
 
 
 def run(rank, config, impl, checkpoints, load_from=None):

@@ -84,11 +84,9 @@ def test_state_layout_matches_torch(ranks, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_dcp_resume_is_bit_identical(ranks, config):
-    full = two_ranks.completed(ranks, f"{config}/fastopt")
-    resumed = two_ranks.completed(ranks, f"{config}/fastopt/resumed")
-    for rank in range(len(ranks)):
-        assert len(resumed[rank]["losses"]) == fsdp_worker.STEPS - fsdp_worker.SAVE_AT
-        assert_same_run(resumed[rank], full[rank], exact=True, what=f"{config}: fastopt resumed, rank {rank}")
+    two_ranks.assert_resumed(ranks, f"{config}/fastopt", f"{config}/fastopt/resumed",
+                             fsdp_worker.STEPS - fsdp_worker.SAVE_AT, f"{config}: fastopt resumed",
+                             assert_same_run)
 
 
 @pytest.mark.parametrize("direction", ["torch->fastopt", "fastopt->torch"])

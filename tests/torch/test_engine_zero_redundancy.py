@@ -73,11 +73,9 @@ def test_fastopt_matches_torch(ranks, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_resume_is_bit_identical(ranks, config):
-    full = two_ranks.completed(ranks, f"{config}/fastopt")
-    resumed = two_ranks.completed(ranks, f"{config}/fastopt/resumed")
-    for rank in range(len(ranks)):
-        assert len(resumed[rank]["losses"]) == zero_worker.STEPS - zero_worker.SAVE_AT
-        assert_same_run(resumed[rank], full[rank], exact=True, what=f"{config}: fastopt resumed, rank {rank}")
+    two_ranks.assert_resumed(ranks, f"{config}/fastopt", f"{config}/fastopt/resumed",
+                             zero_worker.STEPS - zero_worker.SAVE_AT, f"{config}: fastopt resumed",
+                             assert_same_run)
 
 
 @pytest.mark.parametrize("direction", ["torch->fastopt", "fastopt->torch"])

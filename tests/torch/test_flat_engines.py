@@ -167,11 +167,9 @@ def test_flat_checkpoint_equals_plain_checkpoint(ranks, out_dir, config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_flat_resume_is_bit_identical(ranks, config):
-    full = two_ranks.completed(ranks, f"{config}/flat")
-    resumed = two_ranks.completed(ranks, f"{config}/flat/resumed")
-    for rank in range(len(ranks)):
-        assert len(resumed[rank]["losses"]) == flat_ddp_worker.STEPS - flat_ddp_worker.SAVE_AT
-        assert_same_run(resumed[rank], full[rank], exact=True, what=f"{config}: flat resumed, rank {rank}")
+    two_ranks.assert_resumed(ranks, f"{config}/flat", f"{config}/flat/resumed",
+                             flat_ddp_worker.STEPS - flat_ddp_worker.SAVE_AT, f"{config}: flat resumed",
+                             assert_same_run)
 
 
 @pytest.mark.parametrize("direction", ["flat->torch", "torch->flat"])

@@ -115,3 +115,14 @@ def thread_settings():
     yield kernels
     fastopt.set_num_threads(0)
     kernels.set_parallel_min_size(minimum)
+
+
+@pytest.fixture
+def torch_flags_settable():
+    """torch's own test utilities, which the optim_db tests import into the same session, forbid
+    setting ``torch.backends`` flags outside their context manager; Lightning's Trainer sets them
+    (the Lightning test files use this fixture on every test)."""
+    import torch
+    allow = getattr(torch.backends, "__allow_nonbracketed_mutation")
+    with allow():
+        yield

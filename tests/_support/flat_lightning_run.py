@@ -60,12 +60,7 @@ def run(side, root_dir, *, precision="32-true", resume_from=None, **trainer_argu
     lightning.seed_everything(0, verbose=False)
     world_size = int(trainer_arguments.get("devices", 1))
     module = Regression(side, world_size)
-    checkpoints = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=os.path.join(root_dir, "checkpoints"),
-                                                              save_top_k=-1, every_n_epochs=1)
-    trainer = lightning.Trainer(
-        accelerator="cpu", max_steps=STEPS, precision=precision, default_root_dir=str(root_dir),
-        logger=False, callbacks=[checkpoints], enable_progress_bar=False, enable_model_summary=False,
-        gradient_clip_val=1.0, deterministic=True, num_sanity_val_steps=0, **trainer_arguments)
+    trainer = lightning_run.make_trainer(root_dir, precision, **trainer_arguments)
     started = time.perf_counter()
     with recording_warnings() as caught:
         trainer.fit(module, lightning_run.pacing_loader(world_size),
@@ -74,12 +69,11 @@ def run(side, root_dir, *, precision="32-true", resume_from=None, **trainer_argu
     optimizer = trainer.optimizers[0]
     assert type(optimizer) is optimizer_of(side, {})[0]
     assert trainer.global_step == STEPS
-    first = os.path.join(root_dir, "checkpoints", f"epoch=0-step={lightning_run.BATCHES_PER_EPOCH}.ckpt")
     return {"losses": module.losses, "runners": module.runners,
             "params": {name: p.detach().clone() for name, p in module.named_parameters()},
             "state": state_by_name(optimizer, module),
             "warnings": per_tensor_warnings(caught),
-            "checkpoint": first if os.path.exists(first) else None, "seconds": seconds}
+            "checkpoint": lightning_run.first_checkpoint(root_dir), "seconds": seconds}
 
 
 def main(rank, out_dir):

@@ -22,23 +22,11 @@ import two_ranks  # noqa: E402
 
 SUPPORT = pathlib.Path(two_ranks.__file__).parent
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_flags_settable")]
 
-
-@pytest.fixture(autouse=True)
-def torch_flags_settable():
-    """torch's own test utilities, which the optim_db tests import into the same session, forbid
-    setting ``torch.backends`` flags outside their context manager; Lightning's Trainer sets them."""
-    allow = getattr(torch.backends, "__allow_nonbracketed_mutation")
-    with allow():
-        yield
 
 PRECISIONS = ["32-true", "bf16-mixed"]
-#: fastopt against torch.optim in float32 (as the parity tests of tests/torch/), per precision:
-#: bf16-mixed still updates float32 params, but its forward rounds them to bfloat16, where the two
-#: optimizers' last-bit differences sometimes round apart and give a gradient a bfloat16-sized
-#: (0.4 %) difference; seen: 3e-5 on a param after 20 steps.
-CLOSE = {"32-true": dict(rtol=1e-5, atol=1e-6), "bf16-mixed": dict(rtol=1e-4, atol=1e-4)}
+CLOSE = lightning_run.CLOSE
 LOSS_RTOL = {"32-true": 1e-5, "bf16-mixed": 1e-4}
 
 

@@ -32,23 +32,12 @@ from flat_sides import assert_same_state, flat_side_only  # noqa: E402
 import lightning_run  # noqa: E402
 import two_ranks  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("torch_flags_settable")]
 
 STEPS = flat_lightning_run.STEPS
 HALF = lightning_run.BATCHES_PER_EPOCH
 PRECISIONS = flat_lightning_run.PRECISIONS
-#: fastopt against torch.optim, per precision (see tests/torch/test_engine_lightning.py: in
-#: bf16-mixed the forward rounds the params to bfloat16, where last-bit differences can round apart).
-CLOSE = {"32-true": dict(rtol=1e-5, atol=1e-6), "bf16-mixed": dict(rtol=1e-4, atol=1e-4)}
-
-
-@pytest.fixture(autouse=True)
-def torch_flags_settable():
-    """torch's own test utilities, which the optim_db tests import into the same session, forbid
-    setting ``torch.backends`` flags outside their context manager; Lightning's Trainer sets them."""
-    allow = getattr(torch.backends, "__allow_nonbracketed_mutation")
-    with allow():
-        yield
+CLOSE = lightning_run.CLOSE      # fastopt against torch.optim, per precision
 
 
 class Runs:

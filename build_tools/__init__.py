@@ -12,6 +12,7 @@ setuptools. Environment: ``FASTOPT_NATIVE=1`` (a native build), ``FASTOPT_BUILD_
 compiler jobs; default: the CPUs this process may use), ``FASTOPT_CYTHON_JOBS`` (parallel Cython
 jobs; default the same).
 """
+import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,9 +34,13 @@ def extension(name, *c_sources, contract=False):
     from setuptools import Extension
 
     pyx = os.path.join(*name.split(".")) + ".pyx"
+    # every header of the compiled core (hand-written and generated): a change in one recompiles the
+    # modules (Cython's own dependency check sees .pyx/.pxd/.pxi files, not the headers they include)
+    headers = sorted(glob.glob(os.path.join("fastopt", "_core", "*.h")))
     ext = Extension(name, [pyx, *c_sources],
                     include_dirs=[np.get_include(), os.path.join("fastopt", "_core")],
-                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                    depends=headers)
     ext.fastopt_contract = contract
     return ext
 

@@ -16,6 +16,7 @@ It writes, into ``fastopt/_core`` (untracked; each file only when its text chang
 is recompiled when nothing changed):
 
 * ``_storage.h``: the storage codes of ``fastopt/_core/_storage.py`` as C constants;
+* ``_q8_tables.h``: the 8-bit format's maps and code lookup tables (``fastopt/_core/_dynamic_map.py``);
 * ``_algorithm_structs.h`` and ``_algorithm_structs.pxi``: each kernel's hyperparameter and
   per-array structs, laid out once in C and declared to Cython from that header;
 * ``_algorithm_loops.h`` (the C loops) and ``_algorithms.pxi`` (packers, prologues, kernel table),
@@ -56,6 +57,7 @@ def _load(name, path):
 
 
 storage = _load("_fastopt_storage_for_build", os.path.join(CORE, "_storage.py"))
+dynamic_map = _load("_fastopt_dynamic_map_for_build", os.path.join(CORE, "_dynamic_map.py"))
 
 #: (suffix, C type) of the compute dtypes: a prologue is generated for each.
 DTYPES = (("f32", "float"), ("f64", "double"))
@@ -69,9 +71,13 @@ LOAD = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_load({x})", "f16": "fo_f16_
 ROUND = {"f32": "{x}", "f64": "{x}", "bf16": "fo_bf16_rne({x})", "f16": "fo_f16_round({x})"}
 ROUND_STOCHASTIC = {"bf16": "fo_bf16_sr({x}, fo_random_bits(sr_key + {salt}, index0 + i))"}
 
-#: Storage a loop reaches through float32 blocks (simd.h's fo_f16_load_block/fo_f16_store_block):
-#: the element loop then sees float32 there, and the loop's wrapper converts block by block.
-BLOCKED = {"f16": "f32"}
+#: Storage a loop reaches through float32 blocks (simd.h's fo_f16_load_block/fo_f16_store_block,
+#: q8.h's fo_q8_load_block/fo_q8_store_block): the element loop then sees float32 there, and the
+#: loop's wrapper converts block by block.
+BLOCKED = {"f16": "f32", "q8": "f32"}
+#: Elements per block of the wrapper: float16's (small blocks keep the streams moving together),
+#: or the 8-bit format's block of one absmax when a state is stored in 8 bits.
+BLOCK_SIZE = {"f16": "FO_F16_BLOCK", "q8": "FO_Q8_BLOCK"}
 
 
 def _seen(storage):
@@ -113,6 +119,14 @@ def _storage_configs():
             # a float32 master copy, with float32 or bfloat16 states
             out.append(StorageConfig(f"{half}{g}_master", half, grad, "f32", master=True))
             out.append(StorageConfig(f"{half}{g}_master_sbf16", half, grad, "bf16", master=True))
+    # 8-bit states (blockwise, bitsandbytes' format): float32 params, and half-precision ones with
+    # or without a float32 master copy (no stochastic rounding with 8-bit states)
+    out.append(StorageConfig("f32_q8", "f32", "f32", "q8"))
+    for half in HALF:
+        for grad in (half, "f32"):
+            g = "" if grad == half else "_g32"
+            out.append(StorageConfig(f"{half}{g}_q8", half, grad, "q8"))
+            out.append(StorageConfig(f"{half}{g}_master_q8", half, grad, "q8", master=True))
     return out
 
 
@@ -123,8 +137,9 @@ CONFIGS = _storage_configs()
 def reachable(algorithm, config):
     """Whether the Python layer can select ``config`` for ``algorithm``: an algorithm with a
     compiled driver takes float32 and float64 params only (its reductions and matrix products run in
-    the param's own dtype; fastopt.optimizer refuses half-precision params for it)."""
-    return algorithm.driver is None or config.param not in HALF
+    the param's own dtype; fastopt.optimizer refuses half-precision params for it), and keeps its
+    states in the param's dtype (no 8-bit states: its loops' states are not elementwise only)."""
+    return algorithm.driver is None or (config.param not in HALF and config.state != "q8")
 
 
 def load_algorithms():
@@ -200,6 +215,7 @@ class KernelCode:
             self.dtypes.append(_Namespace(suffix=suffix, ctype=ctype, choices=choices,
                                           per_array=_indent(per_array, 4)))
 
+        code_maps = {s.name: s.code_map for s in a.loop_state}
         self.configs = []
         elements = {}   # element loop -> the name of its one function
         for config in CONFIGS:
@@ -222,7 +238,8 @@ class KernelCode:
                 locals_ = [t for t in a.temporaries if t in names]
                 key = (body, tuple(active))
                 if key not in by_code:
-                    states = [_state_access(config, j, s, s in assigned) for j, s in active]
+                    states = [_state_access(config, j, s, s in assigned, code_maps[s])
+                              for j, s in active]
                     loop = _Namespace(
                         name=f"{self.name}_loop_{config.name}_{len(loops)}", fields=loop_fields,
                         scalars=loop_scalars, temporaries=locals_,
@@ -260,13 +277,14 @@ def _store(config, storage, name, salt):
     return ROUND[storage].format(x=name)
 
 
-def _state_access(config, j, name, stored):
+def _state_access(config, j, name, stored, code_map):
     """(index, name, load expression, store expression, const qualifier of its pointer: a state
-    the loop only reads is const) of one state in one configuration."""
+    the loop only reads is const, the dynamic map of its 8-bit codes) of one state in one
+    configuration."""
     seen = _seen(config.state)
     return _Namespace(index=j, name=name, load=LOAD[seen].format(x=f"{name}_[i]"),
                       store=_store(config, seen, name, 0x9E37 * (j + 1)),
-                      const="" if stored else "const ")
+                      const="" if stored else "const ", code_map=code_map)
 
 
 def _blocks(config, states, assigned):
@@ -278,13 +296,23 @@ def _blocks(config, states, assigned):
         return None
     buffers, loads, stores, arguments = [], [], [], []
 
-    def array(name, storage, data, loaded, stored):
+    def array(name, storage, data, loaded, stored, code_map=None, index=None):
         if storage not in BLOCKED:
             const = "const " if not stored else ""
             arguments.append(f"({const}{STORAGE_TYPE[storage]}*){data} + start")
             return
         buffers.append(f"{name}_block")
         arguments.append(f"{name}_block")
+        if storage == "q8":
+            # the codes of an 8-bit state, and its blocks' absmax after the states' pointers
+            absmax = f"(float*)state_[FO_Q8_ABSMAX + {index}] + start / FO_Q8_BLOCK"
+            if loaded:
+                loads.append(f"fo_q8_load_block({name}_block, (const uint8_t*){data} + start, "
+                             f"({absmax})[0], fo_q8_map_{code_map}, len);")
+            if stored:
+                stores.append(f"fo_q8_store_block_{code_map}((uint8_t*){data} + start, {absmax}, "
+                              f"{name}_block, len);")
+            return
         if loaded:
             loads.append(f"fo_{storage}_load_block({name}_block, "
                          f"(const {STORAGE_TYPE[storage]}*){data} + start, len);")
@@ -296,14 +324,25 @@ def _blocks(config, states, assigned):
     array("p", config.param, "p_data", loaded=not config.master, stored=True)
     array("g", config.grad, "g_data", loaded=True, stored=False)
     for st in states:
-        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=st.name in assigned)
+        array(st.name, config.state, f"state_[{st.index}]", loaded=True, stored=st.name in assigned,
+              code_map=st.code_map, index=st.index)
     arguments.append("master_ + start" if config.master else "master_")
-    return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments)
+    size = BLOCK_SIZE["q8" if config.state == "q8" else "f16"]
+    return _Namespace(buffers=buffers, loads=loads, stores=stores, arguments=arguments, size=size)
+
+
+def q8_tables():
+    """The 8-bit format's constants for ``_q8_tables.h``: (block size, [(kind, map values,
+    mantissa bits of its lookup, lookup entries)], tiny exponent, rows per sign)."""
+    d = dynamic_map
+    kinds = [(kind, [float.hex(v) + "f" for v in d.MAPS[kind]], d.MANTISSA_BITS[kind], d.code_table(kind))
+             for kind in d.KINDS]
+    return d.BLOCK, kinds, d.TINY_EXPONENT, d.ROWS
 
 
 #: The templates (``templates/<output>.tp``); each renders into ``fastopt/_core/<output>``.
-OUTPUTS = ("_storage.h", "_algorithm_structs.h", "_algorithm_structs.pxi", "_algorithm_loops.h",
-           "_algorithms.pxi", "_drivers.pxi")
+OUTPUTS = ("_storage.h", "_q8_tables.h", "_algorithm_structs.h", "_algorithm_structs.pxi",
+           "_algorithm_loops.h", "_algorithms.pxi", "_drivers.pxi")
 
 
 def render_texts():
@@ -318,7 +357,8 @@ def render_texts():
             template = Tempita.Template(f.read(), name=path)
         out[name] = template.substitute(
             kernels=kernels, driven=[k for k in kernels if k.driver], configs=CONFIGS,
-            storages=storage.STORAGES, enumerate=enumerate, len=len, repr=repr)
+            storages=storage.STORAGES, q8=q8_tables, enumerate=enumerate, len=len, repr=repr,
+            range=range)
     return out
 
 

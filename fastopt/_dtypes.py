@@ -14,7 +14,7 @@ import numpy as np
 # BF16Array and bf16_bits live in the compiled core's package, which needs them (and imports
 # nothing from this layer); they are fastopt's bfloat16 helpers all the same.
 from ._core._bf16 import BF16Array, bf16_bits  # noqa: F401
-from ._core._storage import BF16, F16, F32, F64, HALF, NAMES  # noqa: F401 (re-exported)
+from ._core._storage import BF16, F16, F32, F64, HALF, NAMES, Q8  # noqa: F401 (re-exported)
 
 
 def bf16_dtype():
@@ -43,7 +43,7 @@ def storage_of(array):
 
 def empty_like_storage(storage, shape, like=None):
     """An array of ``storage``, shaped ``shape``, of the same kind as ``like`` (a bfloat16 array of
-    ml_dtypes, or a BF16Array) where that matters."""
+    ml_dtypes, or a BF16Array) where that matters; 8-bit states (``Q8``) are uint8 codes."""
     if storage != BF16:
         return np.empty(shape, dtype=NAMES[storage])
     if like is not None and type(like) is BF16Array:

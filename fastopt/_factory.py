@@ -24,7 +24,7 @@ MAXIMIZE_DOC = "Maximize the objective instead of minimizing it (the gradient is
 
 #: fastopt's own keyword-only options of every optimizer (not hyperparameters), with their defaults.
 OPTIONS = {"skip_nonfinite": False, "master_weights": False, "state_dtype": None,
-           "stochastic_rounding": False, "seed": None}
+           "stochastic_rounding": False, "seed": None, "optim_bits": 32, "min_8bit_size": 4096}
 
 #: fastopt.torch's own options (a NumPy loop flattens its arrays with :func:`fastopt.flatten`).
 TORCH_OPTIONS = {"flat": False}
@@ -51,7 +51,24 @@ stochastic_rounding : bool, default False
     For bfloat16 params without master weights: round stores stochastically (``seed``); params
     of other dtypes are refused.
 seed : int, optional
-    The stochastic-rounding seed."""
+    The stochastic-rounding seed.
+optim_bits : {32, 8}, default 32
+    8: keep the states of params of ``min_8bit_size`` elements or more in 8 bits, in bitsandbytes'
+    blockwise format (a uint8 code per element, ``<state>_absmax``: a float32 per block of 256
+    elements; dynamic maps, signed for first moments and unsigned for second ones); each step
+    dequantizes, updates and requantizes them block by block, in one pass over memory. For float32,
+    bfloat16 and float16 params.
+min_8bit_size : int, default 4096
+    With ``optim_bits=8``: params with fewer elements keep their states as without it."""
+
+
+def options_doc(algorithm):
+    """:data:`OPTIONS_DOC` with the defaults ``algorithm`` gives them (bitsandbytes' 8-bit classes
+    keep states in 8 bits by default)."""
+    text = OPTIONS_DOC
+    if algorithm.option_defaults.get("optim_bits", 32) == 8:
+        text = text.replace("optim_bits : {32, 8}, default 32", "optim_bits : {8, 32}, default 8")
+    return text
 
 
 def parameters_doc(algorithm, names):
@@ -103,7 +120,7 @@ def class_doc(algorithm):
         "param's dtype, in torch's order of operations):",
         ".. math::\n\n" + maximize + formula,
         "Parameters\n----------\n" + PARAMS_DOC + "\n" + parameters_doc(algorithm, pos + kw)
-        + "\n" + OPTIONS_DOC,
+        + "\n" + options_doc(algorithm),
         textwrap.fill(state_doc(algorithm), 96),
     ]
     if algorithm.reference:
@@ -124,7 +141,8 @@ def make_init(algorithm, root, torch=False):
         group_names = [n for n in pos + kw if n not in OPTIONS and n not in TORCH_OPTIONS]
     else:
         group_names = [h.name for h in algorithm.hyperparameters if h.name not in algorithm.fixed]
-    options = dict(OPTIONS, **TORCH_OPTIONS) if torch else OPTIONS
+    options = dict(OPTIONS, **TORCH_OPTIONS) if torch else dict(OPTIONS)
+    options.update((k, v) for k, v in algorithm.option_defaults.items() if k in options)
     defaults.update(options)
     args = ["self", "params"] + [f"{n}=_d_{n}" for n in pos]
     args += ["*"] + [f"{n}=_d_{n}" for n in kw + list(options)]

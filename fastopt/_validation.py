@@ -210,6 +210,15 @@ def check_state_dtype(value):
     raise ValueError(f"state_dtype must be None, float32 or bfloat16, got {value!r}")
 
 
+def check_optim_bits(value):
+    """``optim_bits``: 8 (8-bit blockwise states) or 32 (states as the params keep them)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"optim_bits must be 8 or 32, got {value!r}")
+    if int(value) not in (8, 32):
+        raise ValueError(f"optim_bits must be 8 or 32, got {value!r}")
+    return int(value)
+
+
 def check_seed(seed):
     """A stochastic-rounding seed: an int in [0, 2**64), or None for one drawn from the OS."""
     if seed is None:

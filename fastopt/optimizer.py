@@ -16,6 +16,7 @@ import numpy as np
 from . import _dtypes
 from . import _validation as V
 from ._backend import kernels
+from ._core._dynamic_map import BLOCK
 from ._core._fastopt_threads import PREWAKE_MIN, prewake as _prewake_helpers
 from ._core._gather import GradPointers
 
@@ -181,11 +182,25 @@ class Optimizer:
     algorithm = None
 
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
-                 state_dtype=None, stochastic_rounding=False, seed=None):
+                 state_dtype=None, stochastic_rounding=False, seed=None, optim_bits=32,
+                 min_8bit_size=4096):
         self.skip_nonfinite = V.check_bool("skip_nonfinite", skip_nonfinite)
         self.master_weights = V.check_bool("master_weights", master_weights)
         self.state_dtype = V.check_state_dtype(state_dtype)
         self.stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
+        self.optim_bits = V.check_optim_bits(optim_bits)
+        self.min_8bit_size = V.check_integer("min_8bit_size", min_8bit_size, low=0)
+        if self.optim_bits == 8:
+            if self.algorithm.driver is not None:
+                raise ValueError(f"optim_bits=8: {self.algorithm.name} keeps no 8-bit states (its "
+                                 "step is not elementwise); use optim_bits=32")
+            if self.stochastic_rounding:
+                raise ValueError("stochastic_rounding is not available with 8-bit states "
+                                 "(optim_bits=8): the param is rounded to nearest")
+            if self.state_dtype is not None:
+                raise ValueError("state_dtype is not available with optim_bits=8: the states of "
+                                 "params of min_8bit_size elements or more are kept in 8 bits, "
+                                 "the others in float32")
         if self.state_dtype is not None and not self.master_weights:
             raise ValueError("state_dtype needs master_weights=True (without a master copy, "
                              "a half-precision param's states are kept in its own dtype)")
@@ -264,11 +279,11 @@ class Optimizer:
                 group[key] = value
         self._checked(group)   # raises before anything is stored
 
-        by_dtype = {}
+        by_dtype = {}    # (dtype, 8-bit states) -> the params' positions
         for i, arr in enumerate(arrays):
-            by_dtype.setdefault(arr.dtype, []).append(i)
-        buckets = [self._new_bucket([arrays[i] for i in idx], [first + i for i in idx])
-                   for idx in by_dtype.values()]
+            by_dtype.setdefault((arr.dtype, self._eight_bit(arr)), []).append(i)
+        buckets = [self._new_bucket([arrays[i] for i in idx], [first + i for i in idx], eight_bit)
+                   for (_, eight_bit), idx in by_dtype.items()]
         self.param_groups.append(group)
         self._buckets.append(buckets)
         self._params.extend(arrays)
@@ -285,12 +300,22 @@ class Optimizer:
                       if self._wake_work else only.step) if only is not None else None
         self._init_group_state(group, buckets)
 
-    def _new_bucket(self, params, indices):
+    def _eight_bit(self, param):
+        """Whether ``param``'s states are kept in 8 bits: with ``optim_bits=8``, a param of at least
+        ``min_8bit_size`` elements (smaller ones keep float32 states, as in bitsandbytes)."""
+        return self.optim_bits == 8 and param.size >= self.min_8bit_size
+
+    def _new_bucket(self, params, indices, eight_bit=False):
         alg = self.algorithm
         storage = _dtypes.storage_of(params[0])
         half = storage in _dtypes.HALF
         master = self.master_weights and half
-        if master:
+        if eight_bit:
+            if storage == _dtypes.F64:
+                raise TypeError(f"8-bit states (optim_bits=8) are kept for float32, bfloat16 and "
+                                f"float16 params, got float64 (params[{indices[0]}])")
+            state = _dtypes.Q8
+        elif master:
             state = _dtypes.BF16 if self.state_dtype == "bfloat16" else _dtypes.F32
         else:
             state = storage
@@ -308,7 +333,8 @@ class Optimizer:
             config_f32_grad=(kernels.config_index(storage, _dtypes.F32, state, master, stochastic,
                                                   alg.kernel) if half else -1),
             state_like=_dtypes.empty_like_storage(state, (0,), like=params[0]),
-            master=master, seed=self.seed)
+            master=master, seed=self.seed,
+            code_maps=tuple(s.code_map for s in alg.loop_state) if eight_bit else ())
         bucket = kernels.bucket_class(alg.driver)(spec)
         if alg.shaped_state:
             bucket.set_state_shapes({s.name: [s.shape_for(p.shape) for p in params]
@@ -329,6 +355,7 @@ class Optimizer:
         for h in alg.hyperparameters:
             checked = V.check_constraint(h.name, group[h.name], h.constraint)
             values.update(zip(h.fields, checked) if len(h.fields) > 1 else ((h.name, checked),))
+        values.update(alg.constant_values)
         for rule in alg.rules:
             if not rule.test(values):
                 raise rule.error(rule.message)
@@ -527,9 +554,21 @@ class Optimizer:
 
     @property
     def _state_names(self):
-        """Names of the state buffers kept per param, in state_dict order."""
-        names = tuple(s.name for s in self.algorithm.state)
-        return names + ("master",) if self.master_weights else names
+        """Names of the state buffers kept per param, in state_dict order: with 8-bit states, each
+        elementwise state's codes are followed by ``<name>_absmax``, one float32 per block."""
+        names = []
+        for s in self.algorithm.state:
+            names.append(s.name)
+            if self.optim_bits == 8 and s.shape == "param":
+                names.append(s.name + "_absmax")
+        return tuple(names) + (("master",) if self.master_weights else ())
+
+    @property
+    def _absmax_names(self):
+        """``{"<name>_absmax": name}`` of the elementwise states (their 8-bit blocks' absmax)."""
+        if self.optim_bits != 8:
+            return {}
+        return {s.name + "_absmax": s.name for s in self.algorithm.elementwise_state}
 
     @property
     def _has_step(self):
@@ -549,7 +588,8 @@ class Optimizer:
         param ``index`` in -- float32 for scalar states and master copies, else the state dtype of
         the param's bucket. The param-to-bucket map is built once, by this call, for a whole load
         of a checkpoint (call it again after ``add_param_group``)."""
-        float32_names = {"master", *(s.name for s in self.algorithm.scalar_state)}
+        float32_names = {"master", *(s.name for s in self.algorithm.scalar_state),
+                         *self._absmax_names}
         bucket_dtype = {i: bucket.state_dtype for i, bucket, _ in self._iter_param_slots()}
 
         def kept(index, name):
@@ -705,6 +745,7 @@ class Optimizer:
 
         n_params = len(self._params)
         states = {s.name: s for s in self.algorithm.state}
+        absmax_names = self._absmax_names
         scalar_names = {s.name for s in self.algorithm.scalar_state}
         allowed = set(self._state_names) | ({"step"} if self._has_step else set())
         plan = []   # (bucket, k, entry) checked entries to write
@@ -741,6 +782,20 @@ class Optimizer:
                                          f"and dtype {value.dtype}")
                     checked[name] = value.reshape(())
                     continue
+                if name in absmax_names:
+                    if not bucket.code_maps:
+                        raise ValueError(
+                            f"{where}: param {key} keeps float32 states (it has {param.size} "
+                            f"elements, fewer than min_8bit_size={self.min_8bit_size}), not 8-bit "
+                            "ones with an absmax per block")
+                    blocks = -(-param.size // BLOCK)
+                    if value.shape != (blocks,):
+                        raise ValueError(f"{where} has shape {value.shape}; a param of {param.size} "
+                                         f"elements has {blocks} blocks of {BLOCK}, one absmax each")
+                    if value.dtype.newbyteorder("=") != np.float32:
+                        raise TypeError(f"{where} has dtype {value.dtype}; an absmax is float32")
+                    checked[name] = value
+                    continue
                 declared = states.get(name)    # None: the float32 master copy (the param's shape)
                 shape = declared.shape_for(param.shape) if declared is not None else param.shape
                 if shape is None:
@@ -757,6 +812,13 @@ class Optimizer:
                     raise TypeError(f"{where} has dtype {value.dtype}; this optimizer keeps it as "
                                     f"{expected} (its param has dtype {param.dtype})")
                 checked[name] = value
+            if bucket.code_maps:
+                for absmax, name in absmax_names.items():
+                    if (name in checked) != (absmax in checked):
+                        raise ValueError(
+                            f"state_dict['state'][{key}] has {name if name in checked else absmax!r} "
+                            f"without {absmax if name in checked else name!r}: an 8-bit state is its "
+                            "codes and its blocks' absmax together")
             g = self._group_of(int(key))
             self._check_entry(key, checked, new_groups[g], param.shape)
             plan.append((g, bucket, k, checked))
@@ -783,6 +845,11 @@ class Optimizer:
                 if name == "master":
                     bucket.state_view(name, k)[...] = value
                     bucket.master_ready[k] = 1
+                    continue
+                if name in absmax_names:
+                    base = states[absmax_names[name]]
+                    bucket.arena(base.name, self._initial_value(base, values))
+                    bucket.state_view(name, k)[...] = value
                     continue
                 if states[name].shape != "scalar":
                     bucket.arena(name, self._initial_value(states[name], values))

@@ -47,7 +47,7 @@ from libc.string cimport memcpy, memset
 from fastopt._core._contracts cimport BucketSpec, PackedHyperparameters
 from fastopt._core._gather cimport GradPointers, checked_grad, storage_code
 from fastopt._core._kernel_api cimport (
-    AlgorithmKernels, KernelTable, ST_F32, ST_F64, ST_BF16, ST_F16)
+    AlgorithmKernels, KernelTable, ST_F32, ST_F64, ST_BF16, ST_F16, Q8_BLOCK, Q8_ABSMAX)
 from fastopt._core._reduce cimport ArraySet
 from fastopt._core._table cimport kernel_table
 from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_point
@@ -55,6 +55,7 @@ from fastopt._core._fastopt_threads cimport Plan, plan_for, run_plan, split_poin
 import numpy as np
 
 from fastopt._core._bf16 import BF16Array, bf16_bits
+from fastopt._core._dynamic_map import MAPS, search_code
 
 cnp.import_array()
 
@@ -66,6 +67,10 @@ cdef enum:
     MAX_SCALAR_STATE = 4
     # Largest hyperparameter struct, in doubles.
     MAX_HYPER = 64
+
+# a loop finds its 8-bit states' absmax pointers after MAX_STATE state pointers (_storage.h)
+if Q8_ABSMAX != MAX_STATE:
+    raise ImportError("q8.h's FO_Q8_ABSMAX must equal _bucket.pyx's MAX_STATE; rebuild fastopt")
 
 
 cdef struct StepJob:
@@ -80,6 +85,8 @@ cdef struct StepJob:
     int param_size                   # bytes per param element
     int state_size                   # bytes per state element
     char* state[MAX_STATE]           # arena base pointers (NULL: inactive)
+    float* absmax[MAX_STATE]         # 8-bit states: their blocks' absmax arenas
+    const Py_ssize_t* block_offsets  # 8-bit states: per array, its first block (NULL: not 8-bit)
     float* master                    # float32 master copies (NULL: none)
     const uint64_t* sr_key           # per array: the stochastic-rounding stream of this step
     const void* hyper
@@ -103,11 +110,26 @@ cdef inline Py_ssize_t _first_array_at(const Py_ssize_t* offsets, Py_ssize_t n_a
 
 
 cdef void _run_span(const StepJob* j, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
-    """Apply the step to elements [lo, hi) of array k (local indices)."""
-    cdef Py_ssize_t off = j.offsets[k] + lo, s
-    cdef char* state[MAX_STATE]
+    """Apply the step to elements [lo, hi) of array k (local indices). With 8-bit states, to the
+    whole blocks that start in [lo, hi) instead: a block is requantized as a whole, by the one
+    span its first element falls in, so any split into chunks gives the same bits."""
+    cdef Py_ssize_t n, s
+    if j.block_offsets != NULL:
+        n = j.offsets[k + 1] - j.offsets[k]
+        lo = (lo + Q8_BLOCK - 1) // Q8_BLOCK * Q8_BLOCK
+        hi = (hi + Q8_BLOCK - 1) // Q8_BLOCK * Q8_BLOCK
+        if hi > n:
+            hi = n
+        if lo >= hi:
+            return
+    cdef Py_ssize_t off = j.offsets[k] + lo
+    # the states' pointers, then (8-bit states) their absmax pointers: q8.h's FO_Q8_ABSMAX
+    cdef char* state[2 * MAX_STATE]
     for s in range(j.alg.n_state):
         state[s] = j.state[s] + off * j.state_size if j.state[s] != NULL else NULL
+        if j.block_offsets != NULL:
+            state[MAX_STATE + s] = (<char*>(j.absmax[s] + j.block_offsets[k] + lo // Q8_BLOCK)
+                                    if j.absmax[s] != NULL else NULL)
     j.alg.loops[j.config[k]][j.variant[k]](
         j.hyper, j.per_array + k * j.array_size, j.gmul, j.params[k] + lo * j.param_size,
         j.grads[k] + lo * j.grad_size[k], state, j.master + off if j.master != NULL else NULL,
@@ -140,6 +162,15 @@ cdef inline uint64_t _mix64(uint64_t x) noexcept nogil:
     x *= 0x94D049BB133111EBULL
     x ^= x >> 31
     return x
+
+
+def quantized_fill(double fill, str code_map):
+    """(code, absmax) of an 8-bit state whose every element is ``fill``: each block's absmax is
+    ``|fill|``, and every code that of ``fill / |fill|`` (an all-zero block: 0 / 0, as the loops
+    quantize it)."""
+    top = np.float32(abs(fill))
+    quotient = float(np.float32(fill) / top) if top > 0 else float("nan")
+    return search_code(quotient, MAPS[code_map], code_map == "signed"), float(top)
 
 
 def _aligned_full(Py_ssize_t n, double fill, like):
@@ -205,8 +236,12 @@ cdef class ParamBucket:
     cdef Py_ssize_t* _index
     cdef Py_ssize_t _max_index
     cdef char* _state[MAX_STATE]
+    cdef float* _absmax[MAX_STATE]
     cdef float* _scalar[MAX_SCALAR_STATE]
     cdef float* _master
+    cdef readonly tuple code_maps            # 8-bit states: per state, its map (empty: not 8-bit)
+    cdef Py_ssize_t* _block_offsets          # 8-bit states: per array, its first block
+    cdef readonly Py_ssize_t total_blocks
 
     def __cinit__(self, BucketSpec spec not None):
         cdef const KernelTable* table = kernel_table()
@@ -233,9 +268,11 @@ cdef class ParamBucket:
                 or self._per_array == NULL or self._variant == NULL or self._index == NULL):
             raise MemoryError()
         memset(self._state, 0, sizeof(self._state))
+        memset(self._absmax, 0, sizeof(self._absmax))
         memset(self._scalar, 0, sizeof(self._scalar))
         memset(self._sr_key, 0, (n + 1) * sizeof(uint64_t))
         self._master = NULL
+        self._block_offsets = NULL
 
     def __dealloc__(self):
         free(self._offsets)
@@ -247,6 +284,7 @@ cdef class ParamBucket:
         free(self._per_array)
         free(self._variant)
         free(self._index)
+        free(self._block_offsets)
 
     def __init__(self, BucketSpec spec not None):
         cdef Py_ssize_t k, total = 0
@@ -270,6 +308,9 @@ cdef class ParamBucket:
             raise ValueError(f"no storage configuration ({spec.config}, {spec.config_f32_grad})")
         self.state_like = spec.state_like
         self.state_size = spec.state_like.dtype.itemsize
+        self.code_maps = spec.code_maps
+        if self.code_maps and (self.state_size != 1 or self.alg.n_state != len(self.code_maps)):
+            raise ValueError("8-bit states are kept as uint8 codes, one map per state")
         self.master = spec.master
         self.seed = <uint64_t>(spec.seed & 0xFFFFFFFFFFFFFFFF)
         self.params = list(spec.params)
@@ -297,6 +338,15 @@ cdef class ParamBucket:
             total += cnp.PyArray_SIZE(p)
         self._offsets[self.n_arrays] = total
         self.total_size = total
+        if self.code_maps:
+            self._block_offsets = <Py_ssize_t*>malloc((self.n_arrays + 1) * sizeof(Py_ssize_t))
+            if self._block_offsets == NULL:
+                raise MemoryError()
+            self._block_offsets[0] = 0
+            for k in range(self.n_arrays):
+                self._block_offsets[k + 1] = self._block_offsets[k] + (
+                    self._offsets[k + 1] - self._offsets[k] + Q8_BLOCK - 1) // Q8_BLOCK
+            self.total_blocks = self._block_offsets[self.n_arrays]
         self.arenas = {}
         self._state_arrays = []
         self.steps = np.zeros(self.n_arrays, dtype=np.int64)
@@ -325,15 +375,27 @@ cdef class ParamBucket:
         return self.state_like.dtype
 
     def arena(self, str name, double fill=0.0):
-        """The elementwise state arena ``name``, created (filled with ``fill``) on first use."""
+        """The elementwise state arena ``name``, created (filled with ``fill``) on first use. An
+        8-bit state's arena holds its codes, and ``name + "_absmax"`` its blocks' absmax: ``fill``
+        is then quantized (every block's absmax is ``|fill|``)."""
         arr = self.arenas.get(name)
+        cdef Py_ssize_t s
         if arr is None:
             if name not in self.state_names:
                 raise KeyError(f"{name!r} is not a state of this bucket's algorithm")
-            arr = _aligned_full(self.total_size, fill, self.state_like)
+            s = self.state_names.index(name)
+            if self.code_maps:
+                code, top = quantized_fill(fill, self.code_maps[s])
+                arr = _aligned_full(self.total_size, code, self.state_like)
+                absmax = _aligned_full(self.total_blocks, top, np.empty(0, dtype=np.float32))
+                self.arenas[name + "_absmax"] = absmax
+                self._state_arrays.append(absmax)
+                self._absmax[s] = <float*>cnp.PyArray_DATA(<cnp.ndarray>absmax)
+            else:
+                arr = _aligned_full(self.total_size, fill, self.state_like)
             self.arenas[name] = arr
             self._state_arrays.append(arr)
-            self._state[self.state_names.index(name)] = <char*>cnp.PyArray_DATA(<cnp.ndarray>arr)
+            self._state[s] = <char*>cnp.PyArray_DATA(<cnp.ndarray>arr)
         return arr
 
     def drop_state(self):
@@ -341,7 +403,9 @@ cdef class ParamBucket:
         the master copies (remade from the params at their next step) and scalar states."""
         for name in self.state_names:
             self.arenas.pop(name, None)
+            self.arenas.pop(name + "_absmax", None)
         memset(self._state, 0, sizeof(self._state))
+        memset(self._absmax, 0, sizeof(self._absmax))
         self._state_arrays = [self.arenas[n] for n in ("master",) if n in self.arenas]
         self._make_scalar_states()
         self.steps[:] = 0
@@ -349,10 +413,13 @@ cdef class ParamBucket:
         self.master_ready[:] = 0
 
     def state_view(self, str name, Py_ssize_t k):
-        """Param ``k``'s part of state ``name`` (a view): the param's shape, or () for a scalar."""
+        """Param ``k``'s part of state ``name`` (a view): the param's shape, or () for a scalar;
+        for an 8-bit state's ``<name>_absmax``, one float32 per block of the param (flat)."""
         arr = self.arenas[name]
         if name in self.scalar_names:
             return arr[k:k + 1].reshape(())
+        if self.code_maps and name.endswith("_absmax") and name[:len(name) - 7] in self.state_names:
+            return arr[self._block_offsets[k]:self._block_offsets[k + 1]]
         return arr[self._offsets[k]:self._offsets[k + 1]].reshape((<object>self.params[k]).shape)
 
     # -- gathering -----------------------------------------------------------------------------
@@ -482,6 +549,8 @@ cdef class ParamBucket:
         j.state_size = self.state_size
         for s, _ in active:
             j.state[s] = self._state[s]
+            j.absmax[s] = self._absmax[s]
+        j.block_offsets = self._block_offsets
         j.master = self._master
         j.sr_key = self._sr_key
         j.hyper = hyper_buf

@@ -18,3 +18,4 @@ cdef class BucketSpec:
     cdef readonly object state_like
     cdef readonly bint master
     cdef readonly object seed
+    cdef readonly tuple code_maps       # 8-bit states: per state, its map (empty: not 8-bit)

@@ -80,11 +80,19 @@ cdef class BucketSpec:
         Keep a float32 master copy of every param (half-precision params).
     seed : int
         The stochastic-rounding seed (used by configurations that round stochastically).
+    code_maps : tuple of str, optional
+        For states kept in 8 bits (bitsandbytes' blockwise format; ``state_like`` is uint8): each
+        state's dynamic map, ``"signed"`` or ``"unsigned"``, in ``state_names`` order. Empty (the
+        default): the states are kept as ``state_like``.
     """
 
     def __init__(self, *, list params, indices, int kernel, tuple state_names,
                  tuple scalar_states, tuple lazy_states, int config, int config_f32_grad,
-                 state_like, bint master, seed):
+                 state_like, bint master, seed, tuple code_maps=()):
+        if code_maps and (len(code_maps) != len(state_names)
+                          or any(m not in ("signed", "unsigned") for m in code_maps)):
+            raise ValueError("code_maps must give 'signed' or 'unsigned' for every state")
+        self.code_maps = code_maps
         self.params = params
         self.indices = tuple(int(i) for i in indices)
         self.kernel = kernel

@@ -13,6 +13,11 @@ cdef extern from "_storage.h":
         ST_F64
         ST_BF16
         ST_F16
+        ST_Q8
+    # 8-bit states: elements per block (one float32 absmax each), and where a loop finds the
+    # absmax pointers among its state pointers
+    const Py_ssize_t Q8_BLOCK "FO_Q8_BLOCK"
+    const int Q8_ABSMAX "FO_Q8_ABSMAX"
 
 # One array span of an element loop: (hyperparameter struct, this array's per-array scalars,
 # gradient multiplier, param, grad, elementwise states, float32 master copy or NULL, element count,

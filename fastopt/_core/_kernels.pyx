@@ -23,12 +23,14 @@
 
 cimport cython
 from libc.math cimport sqrt, sqrtf, fabs, fabsf, pow, exp, log, NAN   # per_array may call them
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.float cimport FLT_EPSILON, DBL_EPSILON     # for prologues (Adafactor's eps=None)
 from cpython.pycapsule cimport PyCapsule_New
 
+import numpy as np
+
 from fastopt._core._kernel_api cimport (
-    AlgorithmKernels, KernelTable, loop_fn, ST_F32, ST_F64, ST_BF16, ST_F16,
+    AlgorithmKernels, KernelTable, loop_fn, ST_F32, ST_F64, ST_BF16, ST_F16, Q8_BLOCK,
     RED_SUMSQ, RED_MAXABS, RED_SUMPOW, RED_NONFINITE, TR_SCALE, TR_CLAMP)
 
 cdef extern from "simd.h":
@@ -248,6 +250,61 @@ cdef void _transform(int storage, int kind, double a, char* x, Py_ssize_t n) noe
         _span_transform(kind, a, <double*>x, n)
     else:
         _transform_half(storage, kind, a, x, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8-bit blocks (q8.h), reachable from Python for the tests and for converting checkpoints
+# ----------------------------------------------------------------------------------------------
+
+cdef extern from "q8.h":
+    void fo_q8_load_block(float* dst, const uint8_t* codes, float absmax, const float* qmap,
+                          Py_ssize_t n) noexcept nogil
+    void fo_q8_store_block_signed(uint8_t* codes, float* absmax, const float* v,
+                                  Py_ssize_t n) noexcept nogil
+    void fo_q8_store_block_unsigned(uint8_t* codes, float* absmax, const float* v,
+                                    Py_ssize_t n) noexcept nogil
+    const float* fo_q8_map_signed
+    const float* fo_q8_map_unsigned
+
+
+def quantize_blockwise(const float[::1] values not None, str code_map):
+    """``(codes, absmax)`` of float32 ``values`` in 8-bit blocks, as the loops store a state:
+    ``code_map`` is ``"signed"`` or ``"unsigned"``."""
+    if code_map not in ("signed", "unsigned"):
+        raise ValueError(f"code_map must be 'signed' or 'unsigned', got {code_map!r}")
+    cdef Py_ssize_t n = values.shape[0], n_blocks = (n + Q8_BLOCK - 1) // Q8_BLOCK, b, start
+    codes = np.empty(n, dtype=np.uint8)
+    absmax = np.empty(n_blocks, dtype=np.float32)
+    cdef uint8_t[::1] c = codes
+    cdef float[::1] a = absmax
+    cdef bint signed = code_map == "signed"
+    with nogil:
+        for b in range(n_blocks):
+            start = b * Q8_BLOCK
+            if signed:
+                fo_q8_store_block_signed(&c[start], &a[b], &values[start], min(Q8_BLOCK, n - start))
+            else:
+                fo_q8_store_block_unsigned(&c[start], &a[b], &values[start], min(Q8_BLOCK, n - start))
+    return codes, absmax
+
+
+def dequantize_blockwise(const uint8_t[::1] codes not None, const float[::1] absmax not None,
+                         str code_map):
+    """The float32 values of 8-bit ``codes`` with their blocks' ``absmax``, as the loops load them."""
+    if code_map not in ("signed", "unsigned"):
+        raise ValueError(f"code_map must be 'signed' or 'unsigned', got {code_map!r}")
+    cdef Py_ssize_t n = codes.shape[0], n_blocks = (n + Q8_BLOCK - 1) // Q8_BLOCK, b, start
+    if absmax.shape[0] != n_blocks:
+        raise ValueError(f"absmax must hold {n_blocks} values (one per block of {Q8_BLOCK}), "
+                         f"got {absmax.shape[0]}")
+    out = np.empty(n, dtype=np.float32)
+    cdef float[::1] o = out
+    cdef const float* qmap = fo_q8_map_signed if code_map == "signed" else fo_q8_map_unsigned
+    with nogil:
+        for b in range(n_blocks):
+            start = b * Q8_BLOCK
+            fo_q8_load_block(&o[start], &codes[start], absmax[b], qmap, min(Q8_BLOCK, n - start))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

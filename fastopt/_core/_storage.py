@@ -13,9 +13,12 @@ STORAGES = (
     (1, "f64", "float64", "double"),
     (2, "bf16", "bfloat16", "uint16_t"),
     (3, "f16", "float16", "fo_half"),
+    # 8-bit blockwise codes of a state (never a param): a uint8 code per element and a float32
+    # absmax per block, in bitsandbytes' format (fastopt/_core/_dynamic_map.py)
+    (4, "q8", "uint8", "uint8_t"),
 )
 
-F32, F64, BF16, F16 = (code for code, _, _, _ in STORAGES)
+F32, F64, BF16, F16, Q8 = (code for code, _, _, _ in STORAGES)
 #: code -> NumPy dtype name
 NAMES = {code: dtype for code, _, dtype, _ in STORAGES}
 #: code -> short name (the generated loops' and the build's)

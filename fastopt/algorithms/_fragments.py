@@ -12,7 +12,8 @@ import textwrap
 
 from ._spec import Hyper, Switch, flag, pair, real
 
-__all__ = ["code", "lerp_switch", "L2_SWITCH", "L2_DECAY", "DECAY_SWITCH", "DECAY",
+__all__ = ["code", "lerp_switch", "L2_SWITCH", "L2_DECAY", "DECAY_SWITCH", "DECAY", "DECAY_AFTER",
+           "DECAY_AFTER_UPDATE", "bitsandbytes_variant",
            "MOMENT_WEIGHTS", "DECAY_SCALE", "BIAS_CORRECTION2", "FIRST_MOMENT", "SECOND_MOMENT",
            "BETAS", "EPS", "WEIGHT_DECAY", "DECOUPLED_WEIGHT_DECAY", "DECAY_FORMULA",
            "MOMENTS_FORMULA"]
@@ -57,6 +58,18 @@ p = p * decay_scale
 {{endif}}
 """
 DECAY_SCALE = "decay_scale = 1.0 - lr * weight_decay"
+#: bitsandbytes' rule (its CUDA kernels): the param decays after the update instead of before,
+#: ``p <- (p - update) (1 - lr wd)``: pinned by its variants (``Algorithm.constants``).
+DECAY_AFTER = Hyper("decay_after_update", False, flag(),
+                    "Decay the param after the update (bitsandbytes' CUDA kernels) rather than "
+                    "before (torch).")
+#: With ``DECAY_AFTER`` on, the update's step is decayed too: ``p (1 - lr wd) + s (1 - lr wd) u``
+#: is ``(p + s u)(1 - lr wd)`` (``step`` names the per-array step size; ``decay_scale`` from
+#: ``DECAY_SCALE``).
+DECAY_AFTER_UPDATE = """
+if decay_after_update:
+    {step} = {step} * decay_scale
+"""
 
 # -- Adam's moments -------------------------------------------------------------------------------
 
@@ -89,3 +102,29 @@ DECAY_FORMULA = r"""
              p \leftarrow p (1 - \eta\lambda) \text{ instead)} \\"""
 MOMENTS_FORMULA = r"""
         m &\leftarrow m + (1 - \beta_1)(g - m), \quad v \leftarrow \beta_2 v + (1 - \beta_2) g^2 \\"""
+
+
+# -- bitsandbytes' classes ------------------------------------------------------------------------
+
+def bitsandbytes_variant(base, name, what, states, *, signature, defaults=None, fixed=None,
+                         decay_after=False, notes="", groups=None):
+    """The variant of ``base`` that follows ``bitsandbytes.optim.<name>``: its arguments and
+    defaults (``signature``, ``defaults``; fastopt's options such as ``optim_bits`` and
+    ``min_8bit_size`` are keyword arguments of every class), its update rule (``decay_after``: the
+    param decays after the update, as its CUDA kernels do), states in 8 bits by default, and
+    checkpoints in its format (``states``: the states bitsandbytes keeps as ``state1`` and
+    ``state2``; ``groups``: the group keys it keeps that this class does not, see
+    ``Algorithm.bitsandbytes_groups``). Its state counts steps, as bitsandbytes' does (SGD's
+    too)."""
+    reference = (f"{base.reference} Arguments, defaults and checkpoint format of "
+                 f"``bitsandbytes.optim.{name}`` (bitsandbytes 0.50); the 8-bit format of Dettmers "
+                 "et al., *8-bit Optimizers via Block-wise Quantization*, ICLR 2022."
+                 + (" As bitsandbytes' CUDA kernels, the param decays after the update "
+                    "(bitsandbytes' CPU path decays it before)." if decay_after else "")
+                 + (" " + notes if notes else ""))
+    return base.variant(
+        name, f"{what}, as ``bitsandbytes.optim.{name}``: states in 8 bits by default.",
+        defaults=defaults, fixed=fixed, numpy_signature=signature, torch_signature=signature,
+        torch_name="", constants={"decay_after_update": True} if decay_after else None,
+        reference=reference, option_defaults={"optim_bits": 8}, bitsandbytes_states=states,
+        torch_extras={}, bitsandbytes_groups=groups, has_step=True)

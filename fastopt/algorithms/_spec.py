@@ -216,14 +216,23 @@ class State:
     lazy : bool
         Its first write replaces instead of updating (SGD's momentum buffer): ``first_use`` is 1 in
         ``per_array`` until a step in which it was active has run on the array.
+    code_map : {"signed", "unsigned"}
+        The dynamic map of its 8-bit codes when the optimizer keeps states in 8 bits
+        (``optim_bits=8``): ``"unsigned"`` for a state that is never negative and whose values
+        bitsandbytes keeps in its second state (Adam's ``exp_avg_sq``), else ``"signed"`` (its first
+        state, even where the values are >= 0: RMSprop's ``square_avg``), so checkpoints
+        interchange with bitsandbytes.
     """
 
-    __slots__ = ("name", "doc", "when", "init", "shape", "eager", "lazy", "shape_doc")
+    __slots__ = ("name", "doc", "when", "init", "shape", "eager", "lazy", "shape_doc", "code_map")
 
     def __init__(self, name, doc, when=None, init=0.0, shape="param", eager=False, lazy=False,
-                 shape_doc=""):
+                 shape_doc="", code_map="signed"):
         if shape not in ("param", "scalar") and not callable(shape):
             raise ValueError(f"state {name!r}: shape must be 'param', 'scalar' or a function")
+        if code_map not in ("signed", "unsigned"):
+            raise ValueError(f"state {name!r}: code_map must be 'signed' or 'unsigned'")
+        self.code_map = code_map
         self.name = name
         self.doc = doc
         self.when = when
@@ -382,13 +391,31 @@ class Algorithm:
         torch's class raises RuntimeError("<name> does not support complex parameters") for complex
         params (fastopt.torch raises that too, at construction; other algorithms raise TypeError,
         as for any other unsupported dtype).
+    constants : list of Hyper
+        Struct fields of the update rule that are neither arguments nor group keys: their value is
+        the Hyper's default, which a variant may pin otherwise (``variant(constants=...)``), as
+        bitsandbytes' Adam decays the param after the update rather than before.
+    option_defaults : dict
+        Defaults of fastopt's options (``fastopt._factory.OPTIONS``) that differ for this class:
+        bitsandbytes' 8-bit classes keep their states in 8 bits (``{"optim_bits": 8}``).
+    bitsandbytes_states : tuple of tuple of str, optional
+        For a class that follows a bitsandbytes optimizer: which states its checkpoints hold as
+        bitsandbytes' ``state1`` and ``state2`` (AdEMAMix's ``state1`` stacks two), so that
+        ``state_dict()`` and ``load_state_dict`` speak bitsandbytes' format (fastopt.torch).
+    bitsandbytes_groups : dict, optional
+        The group keys bitsandbytes' checkpoints hold that this class's do not: a tuple of this
+        class's keys that it packs (SGD's ``betas`` is ``(momentum, dampening)``), or a constant;
+        and this class's keys that bitsandbytes' lack, with the value its rule implies (Adagrad's
+        ``lr_decay``: 0).
     """
 
     def __init__(self, name, title, formula, hyperparameters, state, per_array, update, scalars,
                  switches=(), temporaries=(), weight=1, has_step=True, numpy_signature="",
                  torch_signature="", torch_extras=None, fixed=None, rules=(), torch_name=None,
                  reference="", kernel=None, torch_load_defaults=None, driver=None,
-                 phases=(), driver_scalars=(), param_rules=(), torch_rejects_complex=False):
+                 phases=(), driver_scalars=(), param_rules=(), torch_rejects_complex=False,
+                 constants=(), option_defaults=None, bitsandbytes_states=None,
+                 bitsandbytes_groups=None):
         self.name = name
         self.title = title
         self.formula = formula
@@ -419,14 +446,25 @@ class Algorithm:
         self.driver_scalars = tuple(driver_scalars)
         self.param_rules = list(param_rules)
         self.torch_rejects_complex = torch_rejects_complex
+        self.constants = list(constants)
+        self.option_defaults = dict(option_defaults or {})
+        self.bitsandbytes_states = (tuple(tuple(names) for names in bitsandbytes_states)
+                                    if bitsandbytes_states is not None else None)
+        self.bitsandbytes_groups = dict(bitsandbytes_groups or {})
         self._validate()
 
     # -- derived views -----------------------------------------------------------------------
 
     @property
     def fields(self):
-        """``[(field, c_type)]`` of the hyperparameter struct, in declaration order."""
-        return [(f, h.c_type) for h in self.hyperparameters for f in h.fields]
+        """``[(field, c_type)]`` of the hyperparameter struct, in declaration order (the
+        hyperparameters', then the constants')."""
+        return [(f, h.c_type) for h in self.hyperparameters + self.constants for f in h.fields]
+
+    @property
+    def constant_values(self):
+        """``{field: value}`` of the constants (see ``constants``)."""
+        return {h.name: h.default for h in self.constants}
 
     @property
     def hyper_by_name(self):
@@ -516,27 +554,39 @@ class Algorithm:
         return 2 + len(active), 1 + len(active)
 
     def variant(self, name, title, *, defaults=None, fixed=None, numpy_signature=None,
-                torch_signature=None, torch_name=None, formula=None):
+                torch_signature=None, torch_name=None, formula=None, constants=None,
+                reference=None, option_defaults=None, bitsandbytes_states=None,
+                torch_extras=None, bitsandbytes_groups=None, has_step=None):
         """A named variant sharing this algorithm's kernel (AdamW from Adam)."""
         hypers = []
         for h in self.hyperparameters:
             default = (defaults or {}).get(h.name, h.default)
             hypers.append(Hyper(h.name, default, h.constraint, h.doc, h.fields))
+        pinned = [Hyper(h.name, (constants or {}).get(h.name, h.default), h.constraint, h.doc,
+                        h.fields) for h in self.constants]
+        unknown = set(constants or {}) - {h.name for h in self.constants}
+        if unknown:
+            raise ValueError(f"{name}: {sorted(unknown)} are not constants of {self.name}")
         return Algorithm(
             name, title, formula or self.formula, hypers, self.state, self.per_array, self.update,
-            self.scalars, self.switches, self.temporaries, self.weight, self.has_step,
+            self.scalars, self.switches, self.temporaries, self.weight,
+            self.has_step if has_step is None else has_step,
             numpy_signature or self.numpy_signature, torch_signature or self.torch_signature,
-            self.torch_extras, {**self.fixed, **(fixed or {})}, self.rules,
-            torch_name if torch_name is not None else name, self.reference, kernel=self.kernel,
+            self.torch_extras if torch_extras is None else torch_extras,
+            {**self.fixed, **(fixed or {})}, self.rules,
+            torch_name if torch_name is not None else name,
+            reference if reference is not None else self.reference, kernel=self.kernel,
             torch_load_defaults=self.torch_load_defaults,
             driver=self.driver, phases=self.phases, driver_scalars=self.driver_scalars,
-            param_rules=self.param_rules, torch_rejects_complex=self.torch_rejects_complex)
+            param_rules=self.param_rules, torch_rejects_complex=self.torch_rejects_complex,
+            constants=pinned, option_defaults=option_defaults,
+            bitsandbytes_states=bitsandbytes_states, bitsandbytes_groups=bitsandbytes_groups)
 
     # -- consistency ---------------------------------------------------------------------------
 
     def _validate(self):
         names = [h.name for h in self.hyperparameters]
-        if len(set(names)) != len(names):
+        if len(set(names + [h.name for h in self.constants])) != len(names) + len(self.constants):
             raise ValueError(f"{self.name}: duplicate hyperparameter")
         fields = [f for f, _ in self.fields]
         reserved = {"p", "g", "i", "n", "step", "first_use", "h", "a", "phase", "variant", "T"}
@@ -553,6 +603,10 @@ class Algorithm:
                                  "per_array does not assign")
         if self.driver is None and (self.phases or self.driver_scalars or self.shaped_state):
             raise ValueError(f"{self.name}: phases, driver scalars and shaped states need a driver")
+        state_names = {s.name for s in self.elementwise_state}
+        for kept in self.bitsandbytes_states or ():
+            if not kept or not set(kept) <= state_names:
+                raise ValueError(f"{self.name}: bitsandbytes_states must name elementwise states")
         allowed = set(names) | set(self.torch_extras) | {"skip_nonfinite"}
         for torch in (False, True):
             pos, kw = self.signature(torch)

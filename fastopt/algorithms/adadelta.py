@@ -19,8 +19,10 @@ ADADELTA = Algorithm(
         Hyper("eps", 1e-6, real(low=0), r":math:`\epsilon`, added under both square roots."),
         Hyper("weight_decay", 0.0, real(low=0), r"L2 penalty :math:`\lambda`, added to the gradient."),
     ],
-    state=[State("square_avg", r":math:`v`, the running average of :math:`g^2`"),
-           State("acc_delta", r":math:`u`, the running average of :math:`\Delta^2`")],
+    state=[State("square_avg", r":math:`v`, the running average of :math:`g^2`",
+                 code_map="unsigned"),
+           State("acc_delta", r":math:`u`, the running average of :math:`\Delta^2`",
+                 code_map="unsigned")],
     per_array="""
         lr_neg = -lr
         w = 1.0 - rho

@@ -1,6 +1,6 @@
 """Adagrad (Duchi, Hazan & Singer, 2011)."""
 from ._spec import Algorithm, Hyper, State, real
-from ._fragments import L2_DECAY, L2_SWITCH, code
+from ._fragments import bitsandbytes_variant, L2_DECAY, L2_SWITCH, code
 
 ADAGRAD = Algorithm(
     name="Adagrad",
@@ -38,4 +38,11 @@ ADAGRAD = Algorithm(
     torch_extras={"foreach": None, "differentiable": False, "fused": None},
 )
 
-ALGORITHMS = (ADAGRAD,)
+ADAGRAD8BIT = bitsandbytes_variant(
+    ADAGRAD, "Adagrad8bit", "Adagrad", (("sum",),),
+    signature="lr, lr_decay, weight_decay, initial_accumulator_value, eps, *, maximize",
+    groups={"betas": (0.0, 0.0), "lr_decay": 0.0, "initial_accumulator_value": 0.0},
+    notes=("``lr_decay`` and ``initial_accumulator_value``, which bitsandbytes refuses unless 0, are "
+           "applied."))
+
+ALGORITHMS = (ADAGRAD, ADAGRAD8BIT)

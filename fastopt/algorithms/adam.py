@@ -1,8 +1,8 @@
 """Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019)."""
 from ._spec import Algorithm, Hyper, State, flag, real
-from ._fragments import (BETAS, DECAY, DECAY_FORMULA, DECAY_SCALE, DECAY_SWITCH, DECOUPLED_WEIGHT_DECAY,
-                         EPS, FIRST_MOMENT, MOMENT_WEIGHTS, SECOND_MOMENT, WEIGHT_DECAY, code,
-                         lerp_switch)
+from ._fragments import (BETAS, DECAY, DECAY_AFTER, DECAY_AFTER_UPDATE, DECAY_FORMULA, DECAY_SCALE,
+                         DECAY_SWITCH, DECOUPLED_WEIGHT_DECAY, EPS, FIRST_MOMENT, MOMENT_WEIGHTS,
+                         SECOND_MOMENT, WEIGHT_DECAY, bitsandbytes_variant, code, lerp_switch)
 
 ADAM = Algorithm(
     name="Adam",
@@ -23,12 +23,13 @@ ADAM = Algorithm(
         Hyper("amsgrad", False, flag(), r"Use the running maximum :math:`\hat v` of :math:`v` (AMSGrad)."),
         DECOUPLED_WEIGHT_DECAY,
     ],
-    state=[State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`"),
-           State("max_exp_avg_sq", r":math:`\hat v`", when="amsgrad")],
+    state=[State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`", code_map="unsigned"),
+           State("max_exp_avg_sq", r":math:`\hat v`", when="amsgrad", code_map="unsigned")],
     per_array=code(MOMENT_WEIGHTS, DECAY_SCALE, """
         step_size = -(lr / (1.0 - pow(beta1, step)))
         bc2_sqrt = sqrt(1.0 - pow(beta2, step))
-    """),
+    """, DECAY_AFTER_UPDATE.format(step="step_size")),
+    constants=[DECAY_AFTER],
     scalars=("w1", "w2", "decay_scale", "step_size", "bc2_sqrt"),
     switches=[DECAY_SWITCH, lerp_switch("w1")],
     temporaries=("denom",),
@@ -58,4 +59,16 @@ ADAMW = ADAM.variant(
         DECAY_FORMULA, "\n        " r"p &\leftarrow p\,(1 - \eta\lambda) \qquad \text{(decoupled weight decay)} \\"),
 )
 
-ALGORITHMS = (ADAM, ADAMW)
+_BNB_SIGNATURE = "lr, betas, eps, weight_decay, amsgrad, *, maximize"
+_BNB_NOTES = ("Its weight decay is decoupled (as AdamW's); ``amsgrad``, which bitsandbytes accepts "
+              "and ignores, is applied.")
+ADAM8BIT = bitsandbytes_variant(
+    ADAM, "Adam8bit", "Adam", (("exp_avg",), ("exp_avg_sq",)), signature=_BNB_SIGNATURE,
+    fixed={"decoupled_weight_decay": True}, decay_after=True, notes=_BNB_NOTES,
+    groups={"alpha": 0.0, "t_alpha": None, "t_beta3": None})
+ADAMW8BIT = bitsandbytes_variant(
+    ADAM, "AdamW8bit", "AdamW", (("exp_avg",), ("exp_avg_sq",)), signature=_BNB_SIGNATURE,
+    defaults={"weight_decay": 1e-2}, fixed={"decoupled_weight_decay": True}, decay_after=True,
+    notes=_BNB_NOTES, groups={"alpha": 0.0, "t_alpha": None, "t_beta3": None})
+
+ALGORITHMS = (ADAM, ADAMW, ADAM8BIT, ADAMW8BIT)

@@ -20,7 +20,7 @@ ADAMAX = Algorithm(
         Hyper("eps", 1e-8, real(low=0), r":math:`\epsilon`, added to :math:`|g|`."),
         Hyper("weight_decay", 0.0, real(low=0), r"L2 penalty :math:`\lambda`."),
     ],
-    state=[State("exp_avg", ":math:`m`"), State("exp_inf", ":math:`u`, the infinity norm")],
+    state=[State("exp_avg", ":math:`m`"), State("exp_inf", ":math:`u`, the infinity norm", code_map="unsigned")],
     per_array="""
         w1 = 1.0 - beta1
         clr_neg = -(lr / (1.0 - pow(beta1, step)))

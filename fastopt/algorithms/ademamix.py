@@ -1,7 +1,8 @@
 """AdEMAMix: Adam with a mixture of a fast and a slow momentum (Pagliardini, Ablin & Grangier,
 2024). torch.optim has no AdEMAMix; the arguments and defaults are bitsandbytes'."""
 from ._spec import Algorithm, Hyper, State, Switch, real, tuple_of
-from ._fragments import DECAY_SCALE, EPS, MOMENT_WEIGHTS, SECOND_MOMENT, code
+from ._fragments import (DECAY_AFTER, DECAY_AFTER_UPDATE, DECAY_SCALE, EPS, MOMENT_WEIGHTS,
+                         SECOND_MOMENT, bitsandbytes_variant, code)
 
 _BETA = real(0, 1, high_inclusive=False)
 # beta3's schedule runs from beta1 to beta3 through their logarithms: both must be positive
@@ -43,7 +44,7 @@ ADEMAMIX = Algorithm(
     ],
     state=[State("exp_avg", r":math:`m_1`, the fast momentum"),
            State("exp_avg_slow", r":math:`m_2`, the slow momentum"),
-           State("exp_avg_sq", ":math:`v`")],
+           State("exp_avg_sq", ":math:`v`", code_map="unsigned")],
     # t_alpha / t_beta3 of None arrive as NaN (which compares unequal to itself).
     per_array=code(MOMENT_WEIGHTS, DECAY_SCALE, """
         lr_neg = -lr
@@ -58,7 +59,8 @@ ADEMAMIX = Algorithm(
             beta3_t = min(exp(log(beta1) * log(beta3)
                               / ((1.0 - step_scale) * log(beta3) + step_scale * log(beta1))), beta3)
         w3 = 1.0 - beta3_t
-    """),
+    """, DECAY_AFTER_UPDATE.format(step="lr_neg")),
+    constants=[DECAY_AFTER],
     scalars=("w1", "w2", "w3", "beta3_t", "decay_scale", "lr_neg", "bias_correction1", "bc2_sqrt",
              "alpha_t"),
     switches=[Switch("decay", "weight_decay != 0")],
@@ -78,4 +80,8 @@ ADEMAMIX = Algorithm(
     torch_signature="lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, *, maximize",
 )
 
-ALGORITHMS = (ADEMAMIX,)
+ADEMAMIX8BIT = bitsandbytes_variant(
+    ADEMAMIX, "AdEMAMix8bit", "AdEMAMix", (("exp_avg", "exp_avg_slow"), ("exp_avg_sq",)),
+    signature="lr, betas, alpha, t_alpha, t_beta3, eps, weight_decay, *, maximize", decay_after=True)
+
+ALGORITHMS = (ADEMAMIX, ADEMAMIX8BIT)

@@ -1,6 +1,6 @@
 """Lion: sign momentum found by program search (Chen et al., 2023). torch.optim has no Lion."""
 from ._spec import Algorithm, Hyper, State, Switch, pair, real
-from ._fragments import DECAY_SCALE, MOMENT_WEIGHTS, code
+from ._fragments import DECAY_SCALE, MOMENT_WEIGHTS, bitsandbytes_variant, code
 
 LION = Algorithm(
     name="Lion",
@@ -39,4 +39,8 @@ LION = Algorithm(
     torch_signature="lr, betas, weight_decay, *, maximize",
 )
 
-ALGORITHMS = (LION,)
+LION8BIT = bitsandbytes_variant(LION, "Lion8bit", "Lion", (("exp_avg",),),
+                                signature="lr, betas, weight_decay, *, maximize",
+                                groups={"eps": 0.0})
+
+ALGORITHMS = (LION, LION8BIT)

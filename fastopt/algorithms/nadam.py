@@ -26,7 +26,7 @@ NADAM = Algorithm(
     ],
     state=[State("mu_product", r":math:`\Pi_t`, the product of the momentum schedule",
                  shape="scalar", init=1.0),
-           State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`")],
+           State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`", code_map="unsigned")],
     # torch keeps mu_product as a float32 tensor: its product is rounded to float32 every step,
     # and the coefficients are then computed in double from that float32 value.
     per_array=code(MOMENT_WEIGHTS, DECAY_SCALE, BIAS_CORRECTION2, """

@@ -23,7 +23,7 @@ RADAM = Algorithm(
         WEIGHT_DECAY,
         DECOUPLED_WEIGHT_DECAY,
     ],
-    state=[State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`")],
+    state=[State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`", code_map="unsigned")],
     # Python's x ** 0.5 is pow(x, 0.5), which torch uses for both square roots below.
     per_array=code(MOMENT_WEIGHTS, DECAY_SCALE, """
         bias_correction1 = 1.0 - pow(beta1, step)

@@ -1,6 +1,6 @@
 """RMSprop (Hinton, Lecture 6e of Neural Networks for Machine Learning, 2012)."""
 from ._spec import Algorithm, Hyper, State, flag, real
-from ._fragments import L2_DECAY, L2_SWITCH, code, lerp_switch
+from ._fragments import bitsandbytes_variant, L2_DECAY, L2_SWITCH, code, lerp_switch
 
 RMSPROP = Algorithm(
     name="RMSprop",
@@ -55,4 +55,11 @@ RMSPROP = Algorithm(
     torch_extras={"capturable": False, "foreach": None, "differentiable": False},
 )
 
-ALGORITHMS = (RMSPROP,)
+RMSPROP8BIT = bitsandbytes_variant(
+    RMSPROP, "RMSprop8bit", "RMSprop", (("square_avg",),),
+    signature="lr, alpha, eps, weight_decay, momentum, centered, *, maximize",
+    groups={"betas": ("alpha", "momentum")},
+    notes=("``momentum`` (which bitsandbytes ignores) and ``centered`` (which it refuses) are "
+           "applied, their states in 8 bits too."))
+
+ALGORITHMS = (RMSPROP, RMSPROP8BIT)

@@ -1,6 +1,6 @@
 """Stochastic gradient descent with momentum, dampening and Nesterov momentum."""
 from ._spec import Algorithm, Hyper, Rule, State, Switch, flag, real
-from ._fragments import L2_DECAY, L2_SWITCH, code
+from ._fragments import bitsandbytes_variant, L2_DECAY, L2_SWITCH, code
 
 SGD = Algorithm(
     name="SGD",
@@ -53,4 +53,11 @@ SGD = Algorithm(
     torch_load_defaults={"fused": False},
 )
 
-ALGORITHMS = (SGD,)
+SGD8BIT = bitsandbytes_variant(
+    SGD, "SGD8bit", "SGD with momentum", (("momentum_buffer",),),
+    signature="lr, momentum, dampening, weight_decay, nesterov, *, maximize",
+    groups={"betas": ("momentum", "dampening"), "eps": 0.0},
+    notes=("``dampening`` and ``nesterov``, which bitsandbytes accepts and ignores, are applied, and "
+           "``momentum=0`` (which bitsandbytes refuses) is plain SGD without state."))
+
+ALGORITHMS = (SGD, SGD8BIT)

@@ -15,6 +15,7 @@ from . import _compat as _torch_compat
 from ._flat import FlatRunner, NotFlat, dtype_runs, flattened, warn_per_tensor
 from ._runner import Runner, config_key, unique as _unique
 from ._state import ParamState, State
+from . import _bitsandbytes
 from ._tensors import as_numpy, as_tensor, is_dtensor, like_param, local, tensor_problem, torch_dtype
 from .._core._tensor_gather import TensorGrads, copy_gathered, same_items
 
@@ -122,6 +123,15 @@ def _torch_words(algorithm, group, error):
     return None
 
 
+def _codes(value, saved, name):
+    """The uint8 codes of an 8-bit state: ``saved[name]`` (as a checkpoint held it) or ``value``
+    if either is uint8, else None."""
+    original = saved.get(name) if isinstance(saved, dict) else None
+    if isinstance(original, torch.Tensor) and original.dtype == torch.uint8:
+        return original
+    return value if value.dtype == torch.uint8 else None
+
+
 class _Adapter(torch.optim.Optimizer):
     """Base class: a torch optimizer whose step runs a fastopt optimizer over NumPy views.
 
@@ -139,7 +149,8 @@ class _Adapter(torch.optim.Optimizer):
     _keys = ()
 
     def __init__(self, params, defaults, skip_nonfinite=False, master_weights=False,
-                 state_dtype=None, stochastic_rounding=False, seed=None, flat=False):
+                 state_dtype=None, stochastic_rounding=False, seed=None, optim_bits=32,
+                 min_8bit_size=4096, flat=False):
         self._flat = None            # flat=True: every FlatParams, in group order (see _flat.py)
         self._flat_groups = []       # ... per param group
         self._flat_lists = None      # the groups' params lists the flat runner steps
@@ -160,9 +171,14 @@ class _Adapter(torch.optim.Optimizer):
         stochastic_rounding = V.check_bool("stochastic_rounding", stochastic_rounding)
         # one seed for every runner (drawn once when not given), so a resumed run rounds alike
         self._precision = dict(master_weights=master_weights, state_dtype=state_dtype,
-                               stochastic_rounding=stochastic_rounding, seed=V.check_seed(seed))
+                               stochastic_rounding=stochastic_rounding, seed=V.check_seed(seed),
+                               optim_bits=V.check_optim_bits(optim_bits),
+                               min_8bit_size=V.check_integer("min_8bit_size", min_8bit_size, low=0))
         self._check_defaults(defaults)   # as torch: hyperparameters are checked before params
         flat = V.check_bool("flat", flat)
+        if flat and self._precision["optim_bits"] == 8:
+            raise ValueError("flat=True is not available with 8-bit states (optim_bits=8): their "
+                             "blocks are each param's own, which a flat buffer does not keep apart")
         if flat and self._fastopt_cls.algorithm.driver is not None:
             raise ValueError(f"flat=True is not available for {self._fastopt_cls.algorithm.name}: "
                              "its update reads each param's whole matrix, which a flat buffer "
@@ -566,6 +582,10 @@ class _Adapter(torch.optim.Optimizer):
             if name == "step":
                 one = isinstance(value, torch.Tensor) and value.numel() == 1
                 out[name] = value.item() if one else value
+            elif isinstance(value, torch.Tensor) and _codes(value, saved, name) is not None:
+                # the codes of an 8-bit state (which torch's load casts to the param's dtype: taken
+                # as saved); fastopt's load checks their shape and dtype
+                out[name] = local(_codes(value, saved, name)).detach().contiguous().numpy()
             elif isinstance(value, torch.Tensor):
                 where = f"state '{name}' of param {index}"
                 original = saved.get(name) if isinstance(saved, dict) else value
@@ -827,6 +847,8 @@ class _Adapter(torch.optim.Optimizer):
             self._copying_state = False
         if self._precision["stochastic_rounding"]:
             out["stochastic_rounding_seed"] = int(self._precision["seed"])   # as fastopt's own
+        if self._fastopt_cls.algorithm.bitsandbytes_states:
+            out = _bitsandbytes.to_bitsandbytes(self._fastopt_cls.algorithm, out)
         return out
 
     def load_state_dict(self, state_dict):
@@ -838,6 +860,9 @@ class _Adapter(torch.optim.Optimizer):
         comes from another optimizer and is refused (ValueError). Everything is checked before the
         fastopt state is replaced; on an error the optimizer is left as it was.
         """
+        if self._fastopt_cls.algorithm.bitsandbytes_states:
+            state_dict = _bitsandbytes.from_bitsandbytes(self._fastopt_cls.algorithm, state_dict,
+                                                         self._declared)
         old_groups = self.param_groups
         old_defaults = dict(self.defaults)
         super().load_state_dict(state_dict)   # torch's checks, id mapping and dtype casts

@@ -56,8 +56,9 @@ def local(t):
 def like_param(t, param):
     """``t`` (a tensor shaped like ``param``'s local shard) as ``param`` holds it: a DTensor with
     ``param``'s mesh and placements if ``param`` is one (torch.optim's state of a DTensor param is
-    a DTensor: torch.distributed.checkpoint saves it sharded), else ``t``."""
-    if is_dtensor(param):
+    a DTensor: torch.distributed.checkpoint saves it sharded), else ``t`` (also a tensor of another
+    shape: the absmax of 8-bit states, one per block)."""
+    if is_dtensor(param) and t.shape == param.to_local().shape:
         module = sys.modules["torch.distributed.tensor"]
         return module.DTensor.from_local(t, param.device_mesh, param.placements, run_check=False,
                                          shape=param.shape, stride=param.stride())

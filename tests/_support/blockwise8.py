@@ -116,3 +116,48 @@ def dequantize(codes, absmax, qmap, block=BLOCK):
     codes = np.asarray(codes, dtype=np.uint8).reshape(-1)
     scale = np.repeat(np.asarray(absmax, dtype=np.float32), block)[:codes.size]
     return (qmap[codes] * scale).astype(np.float32)
+
+
+class AdamState8bit:
+    """bitsandbytes' Adam/AdamW with 8-bit states as fastopt computes it, emulated exactly in NumPy
+    float32 (the compiled loops round every operation once, in this order, without FMA): the moments
+    dequantized, updated as torch's Adam does (``m + w1 (g - m)``, ``v b2 + (w2 g) g``), the param
+    decayed after the update (bitsandbytes' CUDA rule, folded into the step size as fastopt does:
+    ``p (1 - lr wd) + s (1 - lr wd) u``), and the moments requantized with :func:`quantize`.
+
+    The per-step scalars are computed in double and rounded once to float32, as the kernels' per-array
+    prologue does."""
+
+    def __init__(self, n, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self.signed, self.unsigned = dynamic_map(True), dynamic_map(False)
+        blocks = -(-n // BLOCK)
+        self.m_codes, self.m_absmax = np.zeros(n, np.uint8), np.zeros(blocks, np.float32)
+        self.v_codes, self.v_absmax = np.zeros(n, np.uint8), np.zeros(blocks, np.float32)
+        self.step_count = 0
+
+    def step(self, p, g):
+        """One step: returns the new param (float32) and updates the codes and maxima."""
+        self.step_count += 1
+        t = self.step_count
+        b1, b2 = self.betas
+        f = np.float32
+        w1, w2 = f(1.0 - b1), f(1.0 - b2)
+        decay_scale = 1.0 - self.lr * self.weight_decay
+        step_size = -(self.lr / (1.0 - b1 ** t))
+        if self.weight_decay != 0:
+            step_size *= decay_scale
+        step_size, bc2_sqrt = f(step_size), f(np.sqrt(1.0 - b2 ** t))
+        m = dequantize(self.m_codes, self.m_absmax, self.signed)
+        v = dequantize(self.v_codes, self.v_absmax, self.unsigned)
+        p = np.asarray(p, np.float32).copy()
+        g = np.asarray(g, np.float32)
+        if self.weight_decay != 0:
+            p = p * f(decay_scale)
+        m = m + w1 * (g - m)
+        v = v * f(b2) + (w2 * g) * g
+        denom = np.sqrt(v) / bc2_sqrt + f(self.eps)
+        p = p + (step_size * m) / denom
+        self.m_codes, self.m_absmax = quantize(m, self.signed, True)
+        self.v_codes, self.v_absmax = quantize(v, self.unsigned, False)
+        return p

@@ -76,7 +76,8 @@ def build_jobs():
 def _variant_extension(ext, variant):
     """A copy of extension ``ext`` named for instruction-set ``variant``, from the same sources."""
     copy = type(ext)(isa.variant_module(ext.name, variant), list(ext.sources),
-                     include_dirs=list(ext.include_dirs), define_macros=list(ext.define_macros))
+                     include_dirs=list(ext.include_dirs), define_macros=list(ext.define_macros),
+                     depends=list(ext.depends))
     copy.fastopt_variant, copy.fastopt_contract = variant, ext.fastopt_contract
     return copy
 

@@ -44,6 +44,8 @@ Adam8bit = _CLASSES["Adam8bit"]
 AdamW8bit = _CLASSES["AdamW8bit"]
 AdEMAMix8bit = _CLASSES["AdEMAMix8bit"]
 Adagrad8bit = _CLASSES["Adagrad8bit"]
+LAMB8bit = _CLASSES["LAMB8bit"]
+LARS8bit = _CLASSES["LARS8bit"]
 Lion8bit = _CLASSES["Lion8bit"]
 RMSprop8bit = _CLASSES["RMSprop8bit"]
 SGD8bit = _CLASSES["SGD8bit"]
@@ -70,7 +72,8 @@ __all__ = [
     "Optimizer",
     "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
     "RAdam", "RMSprop", "Rprop", "SGD",
-    "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "Lion8bit", "RMSprop8bit", "SGD8bit",
+    "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "LAMB8bit", "LARS8bit", "Lion8bit",
+    "RMSprop8bit", "SGD8bit",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",
     "LBFGS", "lbfgs", "minimize_lbfgs", "newton", "minimize_bfgs", "classify_critical_point",
     "save", "load", "set_num_threads", "get_num_threads", "build_info", "lr_scheduler",

@@ -71,4 +71,15 @@ ADAMW8BIT = bitsandbytes_variant(
     defaults={"weight_decay": 1e-2}, fixed={"decoupled_weight_decay": True}, decay_after=True,
     notes=_BNB_NOTES, groups={"alpha": 0.0, "t_alpha": None, "t_beta3": None})
 
-ALGORITHMS = (ADAM, ADAMW, ADAM8BIT, ADAMW8BIT)
+#: bitsandbytes' LAMB8bit: its 8-bit (blockwise) kernels take the Adam step without LAMB's trust
+#: ratio (max_unorm acts only through its 32-bit kernel); for the trust ratio, fastopt.LAMB.
+LAMB8BIT = bitsandbytes_variant(
+    ADAM, "LAMB8bit", "LAMB's Adam step on 8-bit states", (("exp_avg",), ("exp_avg_sq",)),
+    signature=_BNB_SIGNATURE, fixed={"decoupled_weight_decay": True}, decay_after=True,
+    notes="As bitsandbytes' 8-bit kernels, no layer-wise trust ratio is applied (bitsandbytes "
+          "applies ``max_unorm`` only to params below ``min_8bit_size``, through its 32-bit "
+          "kernel; its ``bias_correction``, ``adam_w_mode`` and ``max_unorm`` are not taken); "
+          "``fastopt.LAMB`` has the trust ratio, with float32 states.",
+    groups={"alpha": 0.0, "t_alpha": None, "t_beta3": None})
+
+ALGORITHMS = (ADAM, ADAMW, ADAM8BIT, ADAMW8BIT, LAMB8BIT)

@@ -60,4 +60,15 @@ SGD8BIT = bitsandbytes_variant(
     notes=("``dampening`` and ``nesterov``, which bitsandbytes accepts and ignores, are applied, and "
            "``momentum=0`` (which bitsandbytes refuses) is plain SGD without state."))
 
-ALGORITHMS = (SGD, SGD8BIT)
+#: bitsandbytes' LARS8bit: its 8-bit (blockwise) kernels take the momentum step without LARS's trust
+#: ratio; for the trust ratio, fastopt.LARS.
+LARS8BIT = bitsandbytes_variant(
+    SGD, "LARS8bit", "LARS's momentum step on 8-bit states", (("momentum_buffer",),),
+    signature="lr, momentum, dampening, weight_decay, nesterov, *, maximize",
+    groups={"betas": ("momentum", "dampening"), "eps": 0.0},
+    notes="As bitsandbytes' 8-bit kernels, no layer-wise trust ratio is applied (bitsandbytes "
+          "applies ``max_unorm`` only to params below ``min_8bit_size``, through its 32-bit "
+          "kernel; its ``max_unorm`` is not taken); ``fastopt.LARS`` has the trust ratio, with "
+          "float32 states.")
+
+ALGORITHMS = (SGD, SGD8BIT, LARS8BIT)

@@ -91,6 +91,8 @@ Adam8bit = _ADAPTERS["Adam8bit"]
 AdamW8bit = _ADAPTERS["AdamW8bit"]
 AdEMAMix8bit = _ADAPTERS["AdEMAMix8bit"]
 Adagrad8bit = _ADAPTERS["Adagrad8bit"]
+LAMB8bit = _ADAPTERS["LAMB8bit"]
+LARS8bit = _ADAPTERS["LARS8bit"]
 Lion8bit = _ADAPTERS["Lion8bit"]
 RMSprop8bit = _ADAPTERS["RMSprop8bit"]
 SGD8bit = _ADAPTERS["SGD8bit"]
@@ -98,6 +100,7 @@ SGD8bit = _ADAPTERS["SGD8bit"]
 __all__ = [
     "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
     "RAdam", "RMSprop", "Rprop", "SGD",
-    "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "Lion8bit", "RMSprop8bit", "SGD8bit",
+    "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "LAMB8bit", "LARS8bit", "Lion8bit",
+    "RMSprop8bit", "SGD8bit",
     "LBFGS", "FlatParams", "flatten_",
 ]

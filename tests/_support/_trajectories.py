@@ -50,6 +50,10 @@ SHAPES = [(3,), (17, 5), (1000,), (33, 33), (7,)]
 #: every param of two or more dimensions (a 3-D one: a stack of matrices).
 SHAPES_OF = {"Muon": [(17, 5), (33, 33), (5, 40), (64, 3)],
              "Adafactor": SHAPES + [(3, 4, 5)]}
+# bitsandbytes' classes: their 8-bit states on the larger params (1000 and 1089 elements)
+CONFIGS += [("AdamW8bit", dict(lr=0.01, weight_decay=0.1, min_8bit_size=256)),
+            ("SGD8bit", dict(lr=0.05, momentum=0.9, min_8bit_size=256)),
+            ("RMSprop8bit", dict(lr=0.01, centered=True, momentum=0.5, min_8bit_size=256))]
 # Every declared algorithm is recorded: one not configured above runs with its defaults.
 CONFIGS += [(a.name, {}) for a in ALGORITHMS if a.name not in {name for name, _ in CONFIGS}]
 
@@ -93,12 +97,18 @@ def _modes(dtype):
 def _runs():
     """(key, algorithm, options, param dtype, grad dtype, clip) of every recorded run."""
     for c, (name, kwargs) in enumerate(CONFIGS):
+        eight_bit = getattr(fastopt, name).algorithm.option_defaults.get("optim_bits") == 8
         for dtype in (np.float32, np.float64):
-            yield f"{c}-{name}-{np.dtype(dtype).name}", c, name, kwargs, dtype, dtype, True
+            # 8-bit states are for float32 and half-precision params
+            options = dict(optim_bits=32) if eight_bit and dtype == np.float64 else {}
+            yield (f"{c}-{name}-{np.dtype(dtype).name}", c, name, dict(kwargs, **options), dtype,
+                   dtype, True)
         if getattr(fastopt, name).algorithm.driver is not None:
             continue    # drivers take float32 and float64 params only
         for dtype in _half_dtypes():
             for mode, options, grad_dtype in _modes(dtype):
+                if eight_bit and ("state_dtype" in options or "stochastic_rounding" in options):
+                    continue    # (refused with 8-bit states)
                 yield (f"{c}-{name}-{dtype.name}-{mode}", c, name, dict(kwargs, **options), dtype,
                        grad_dtype, False)
 

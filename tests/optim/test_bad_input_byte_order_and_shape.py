@@ -38,8 +38,16 @@ MATRIX = CANDIDATE_SHAPES[0]
 
 def config(name):
     """The fullest of the shared test configurations of ``name`` (momentum, amsgrad, ...: its
-    states in use), or its defaults."""
-    return dict(CONFIGS.get(name, [{}])[-1])
+    states in use), or its defaults; a bitsandbytes class (``SGD8bit``) takes those of the class
+    whose kernel it shares, with the arguments it has (its small params keep float32 states)."""
+    if name in CONFIGS:
+        return dict(CONFIGS[name][-1])
+    kernel = BY_NAME[name].kernel
+    parent = next((a.name for a in ALGORITHMS if a.kernel == kernel and a.name in CONFIGS), None)
+    if parent is None:
+        return {}
+    pos, kw = BY_NAME[name].signature()
+    return {k: v for k, v in CONFIGS[parent][-1].items() if k in pos + kw}
 
 
 def make(name, params, **kwargs):
@@ -335,7 +343,9 @@ def torch_state(opt, torch):
     out = {}
     for index, entry in opt.state_dict()["state"].items():
         for key, value in entry.items():
-            out[index, key] = value.clone() if isinstance(value, torch.Tensor) else value
+            # (bitsandbytes' classes keep their quantization tensors in a nested dict)
+            for sub, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+                out[index, key, sub] = item.clone() if isinstance(item, torch.Tensor) else item
     return out
 
 

@@ -114,11 +114,94 @@ def test_optim_bits_8_on_the_torch_named_class_is_the_same_storage():
 
 
 ELEMENTWISE_8BIT = ["Adam8bit", "AdamW8bit", "Lion8bit", "SGD8bit", "RMSprop8bit", "Adagrad8bit",
-                    "AdEMAMix8bit"]
+                    "AdEMAMix8bit", "LAMB8bit", "LARS8bit"]
 
 
 def _kwargs(name):
-    return {"SGD8bit": {"lr": 1e-2, "momentum": 0.9}}.get(name, {})
+    return {"SGD8bit": {"lr": 1e-2, "momentum": 0.9},
+            "LARS8bit": {"lr": 1e-2, "momentum": 0.9}}.get(name, {})
+
+
+#: Each class with every option that adds a state or a branch.
+FULL = {"Adam8bit": dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
+        "AdamW8bit": dict(lr=1e-2, weight_decay=0.1, maximize=True),
+        "Lion8bit": dict(lr=1e-3, weight_decay=0.5),
+        "SGD8bit": dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.01),
+        "RMSprop8bit": dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=0.01),
+        "Adagrad8bit": dict(lr=5e-2, lr_decay=0.01, initial_accumulator_value=0.1),
+        "AdEMAMix8bit": dict(lr=1e-2, t_alpha=4.0, t_beta3=4.0, weight_decay=0.1),
+        "LAMB8bit": dict(lr=1e-2, weight_decay=0.1),
+        "LARS8bit": dict(lr=1e-2, momentum=0.9, dampening=0.1, weight_decay=0.01)}
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE_8BIT)
+def test_every_8bit_class_is_its_float32_run_with_quantized_states(name):
+    """The exact oracle of every class: each 8-bit step is the float32 step (the same class with
+    optim_bits=32) from the dequantized states, bit for bit, and its codes and maxima are the
+    emulation's quantization of the float32 step's new states."""
+    cls = getattr(fastopt, name)
+    maps = {s.name: s.code_map for s in cls.algorithm.elementwise_state}
+    rng = np.random.default_rng(7)
+    n = 9000                                           # two whole blocks... and a short one
+    p8 = rng.standard_normal(n).astype(np.float32)
+    p32 = p8.copy()
+    eight = cls([p8], **FULL[name])
+    twin = cls([p32], optim_bits=32, **FULL[name])
+    for t in range(6):
+        if t:
+            entry = {"step": int(eight.state[0]["step"])}
+            for state, kind in maps.items():
+                if state in eight.state[0]:
+                    entry[state] = blockwise8.dequantize(
+                        eight.state[0][state], eight.state[0][state + "_absmax"],
+                        blockwise8.dynamic_map(kind == "signed"))
+            twin.load_state_dict({"state": {0: entry},
+                                  "param_groups": twin.state_dict()["param_groups"]})
+        g = (rng.standard_normal(n) * rng.lognormal(0, 2, n)).astype(np.float32)
+        eight.step([g])
+        twin.step([g])
+        np.testing.assert_array_equal(p8, p32, err_msg=f"step {t + 1}")
+        for state, kind in maps.items():
+            if state not in twin.state[0]:
+                continue
+            codes, absmax = blockwise8.quantize(twin.state[0][state],
+                                                blockwise8.dynamic_map(kind == "signed"),
+                                                kind == "signed")
+            np.testing.assert_array_equal(eight.state[0][state], codes, err_msg=state)
+            np.testing.assert_array_equal(eight.state[0][state + "_absmax"], absmax, err_msg=state)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE_8BIT)
+def test_with_optim_bits_32_the_class_follows_the_rule_of_its_torch_named_parent(name):
+    """With float32 states, a bitsandbytes class steps as the fastopt class it varies (Lion8bit as
+    Lion, ...); Adam's and AdEMAMix's decay the param after the update, as bitsandbytes' CUDA
+    kernels do: ``(p + s u)(1 - lr wd)``, computed as ``p (1 - lr wd) + (s (1 - lr wd)) u``."""
+    cls = getattr(fastopt, name)
+    parent = {"Adam8bit": "AdamW", "AdamW8bit": "AdamW", "LAMB8bit": "AdamW",
+              "LARS8bit": "SGD"}.get(name, name.replace("8bit", ""))
+    kwargs = {k: v for k, v in FULL[name].items() if k != "maximize"}
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal(5000).astype(np.float32)
+    b = a.copy()
+    ours = cls([a], optim_bits=32, **kwargs)
+    decays_after = "decay_after_update" in cls.algorithm.constant_values
+    theirs = getattr(fastopt, parent)([b], **dict(kwargs, weight_decay=0.0) if decays_after
+                                      else kwargs)
+    lr, wd = kwargs.get("lr"), kwargs.get("weight_decay", 0.0)
+    for _ in range(3):
+        g = rng.standard_normal(5000).astype(np.float32)
+        before = b.copy()
+        ours.step([g])
+        theirs.step([g])
+        if decays_after and wd:
+            # the parent without decay took the update u = b - before; decay it after
+            update = (b - before).astype(np.float64)
+            expected = (before.astype(np.float64) + update) * (1 - lr * wd)
+            np.testing.assert_allclose(a, expected, rtol=2e-6, atol=1e-7)
+            b[...] = a          # continue both from the same param
+        else:
+            np.testing.assert_array_equal(a, b)
+    assert cls.algorithm.constant_values.get("decay_after_update", False) == decays_after
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE_8BIT)
@@ -283,3 +366,20 @@ def test_absmax_for_a_param_that_keeps_float32_states_is_refused():
     bad["state"][0]["exp_avg_absmax"] = np.ones(1, np.float32)
     with pytest.raises(ValueError, match="fewer than min_8bit_size=4096"):
         opt.load_state_dict(bad)
+
+
+def test_clipping_inside_the_step_is_clipping_then_stepping():
+    rng = np.random.default_rng(9)
+    sizes = (6000, 300)
+    a = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    b = [x.copy() for x in a]
+    one = fastopt.AdamW8bit(a, lr=1e-2)
+    two = fastopt.AdamW8bit(b, lr=1e-2)
+    for _ in range(3):
+        g = [rng.standard_normal(n).astype(np.float32) * 10 for n in sizes]
+        one.step([x.copy() for x in g], max_norm=1.0)
+        clipped = [x.copy() for x in g]
+        fastopt.clip_grad_norm_(clipped, 1.0)
+        two.step(clipped)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

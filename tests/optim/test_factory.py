@@ -29,7 +29,7 @@ def test_the_options_are_declared_once():
 @pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.name)
 def test_every_numpy_class_takes_the_options_keyword_only_with_their_defaults(algorithm):
     defaults = _keyword_defaults(getattr(fastopt, algorithm.name))
-    assert {n: defaults[n] for n in _factory.OPTIONS} == _factory.OPTIONS
+    assert {n: defaults[n] for n in _factory.OPTIONS} == dict(_factory.OPTIONS, **algorithm.option_defaults)
 
 
 @pytest.mark.torch
@@ -37,7 +37,7 @@ def test_every_numpy_class_takes_the_options_keyword_only_with_their_defaults(al
 def test_every_torch_class_takes_the_same_options(algorithm):
     torch_front = pytest.importorskip("fastopt.torch")
     defaults = _keyword_defaults(getattr(torch_front, algorithm.name))
-    assert {n: defaults[n] for n in _factory.OPTIONS} == _factory.OPTIONS
+    assert {n: defaults[n] for n in _factory.OPTIONS} == dict(_factory.OPTIONS, **algorithm.option_defaults)
     assert getattr(torch_front, algorithm.name)._fastopt_cls is getattr(fastopt, algorithm.name)
 
 

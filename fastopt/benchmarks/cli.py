@@ -196,7 +196,8 @@ def measure_eight_bit(args, torch, refs, log, timing, threads):
                          "bitsandbytes` adds them)")
     if refs is None:
         notes.append("no C references, so no mem-bound column")
-    log("8-bit states: AdamW8bit vs AdamW, torch's fused step and bitsandbytes")
+    log("8-bit states: AdamW8bit vs AdamW, torch's fused step and bitsandbytes"
+        + (" (imported bitsandbytes)" if bnb is not None else ""))
     rows = eight_bit.run(args, torch, bnb, refs, log, timing, threads)
     names = eight_bit.memory_names(torch, bnb, args.quick)
     if args.quick and len(names) < len(eight_bit.memory_names(torch, bnb, False)):

@@ -58,7 +58,9 @@ def build_parser(prog="fastopt bench"):
                     help="skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
     ap.add_argument("--no-eight-bit", action="store_true",
                     help="skip the 8-bit table (AdamW with 8-bit states vs float32, torch and "
-                         "bitsandbytes, and the state bytes per param; run with adam)")
+                         "bitsandbytes at 1e6, 1e7 and the 200 arrays whatever --sizes, with "
+                         "--quick 1e6 and the 200 arrays; and the state bytes per param, a fresh "
+                         "process per optimizer; run with adam)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="start N processes that spin on a core each while the threads table runs, "
                          "to measure steps on a busy machine (default 0)")

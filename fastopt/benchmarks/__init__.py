@@ -11,6 +11,8 @@ Modules, one job each:
 * :mod:`.cases` -- the data of a size and the contenders of a cell; :mod:`.timing` -- round-robin
   timing.
 * :mod:`.report` -- table, plot, JSON; :mod:`.targets` -- ``--check TARGETS.json``.
+* :mod:`.eight_bit` -- AdamW with 8-bit states against float32 AdamW, torch and bitsandbytes, and
+  the state bytes per param.
 * :mod:`.lbfgs_vs_scipy` -- L-BFGS overhead per iteration against SciPy's L-BFGS-B.
 * :mod:`.cli` -- the command line.
 """

@@ -56,6 +56,11 @@ def build_parser(prog="fastopt bench"):
                          "1 vs 2 threads; run with adam)")
     ap.add_argument("--no-precision", action="store_true",
                     help="skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
+    ap.add_argument("--no-eight-bit", action="store_true",
+                    help="skip the 8-bit table (AdamW with 8-bit states vs float32, torch and "
+                         "bitsandbytes at 1e6, 1e7 and the 200 arrays whatever --sizes, with "
+                         "--quick 1e6 and the 200 arrays; and the state bytes per param, a fresh "
+                         "process per optimizer; run with adam)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="start N processes that spin on a core each while the threads table runs, "
                          "to measure steps on a busy machine (default 0)")
@@ -175,6 +180,57 @@ def run_precision(args, torch, log, timing, threads):
           "states in their dtype (14 B), and torch's fused step on the same bf16/f16 params")
     print(report.format_precision(rows))
     return rows
+
+
+def measure_eight_bit(args, torch, refs, log, timing, threads):
+    """The 8-bit tables (see .eight_bit): {"eight_bit": rows, "eight_bit_memory": [row]} and the
+    lines that say what was left out. Measured while the C references are loaded (its bound)."""
+    from . import eight_bit
+
+    notes = []
+    bnb = None
+    if torch is None:
+        notes.append("bitsandbytes: skipped, it needs torch")
+    else:
+        bnb, why = eight_bit.import_bitsandbytes()
+        if bnb is None:
+            notes.append(f"bitsandbytes: {why}, so no bnb columns (`python -m pip install "
+                         "bitsandbytes` adds them)")
+    if refs is None:
+        notes.append("no C references, so no mem-bound column")
+    log("8-bit states: AdamW8bit vs AdamW, torch's fused step and bitsandbytes"
+        + (" (imported bitsandbytes)" if bnb is not None else ""))
+    rows = eight_bit.run(args, torch, bnb, refs, log, timing, threads)
+    names = eight_bit.memory_names(torch, bnb, args.quick)
+    if args.quick and len(names) < len(eight_bit.memory_names(torch, bnb, False)):
+        notes.append("--quick: the state memory of fastopt's optimizers only (importing torch and "
+                     "bitsandbytes takes seconds a process)")
+    memory = eight_bit.memory_row(eight_bit.state_bytes(names, log=log))
+    return {"eight_bit": rows, "eight_bit_memory": [memory]}, notes
+
+
+def print_eight_bit(tables, notes):
+    """The 8-bit table and the state bytes per param."""
+    from .eight_bit import BOUND_BYTES
+
+    print(f"\n8-bit states (bitsandbytes' blockwise format), AdamW, ns per element per step: "
+          f"fastopt.AdamW8bit on float32 params; mem-bound: its {BOUND_BYTES} B per element\n"
+          "streamed in C; fastopt.AdamW float32; AdamW8bit on bfloat16 params without a master "
+          "copy; torch.optim.AdamW(fused=True); bitsandbytes' AdamW8bit\nand AdamW(optim_bits=32) "
+          "on CPU tensors (own round-robin, fewer rounds); ratios > 1 but 8bit/bound: the 8-bit "
+          "step is that many times faster")
+    for note in notes:
+        print(note)
+    rows = tables["eight_bit"]
+    print(report.format_eight_bit(rows))
+    for r in rows:
+        if r["bound_gb_per_s"] and r["size"] == "1e7":
+            print(f"memory bandwidth of the bound, {r['threads']} thr: {r['bound_gb_per_s']:.1f} GB/s "
+                  f"(1e7, {BOUND_BYTES} B per element)")
+    memory = tables["eight_bit_memory"][0]
+    print(f"\nState bytes per param: the resident set's growth over one {memory['n']:,}-element "
+          "param's optimizer and first step, in a fresh process each, minus the param and gradient")
+    print(report.format_eight_bit_memory(memory))
 
 
 def run_lbfgsb(args, log):
@@ -359,10 +415,14 @@ def main(argv=None, prog="fastopt bench"):
             log(f"[{done:3d}/{total}] {case.name:<8} {dtype.name:<7} {row['size']:>10} thr={th}: "
                 f"fastopt {row['ms_per_step']['fastopt']:.3g} ms, {reps} rounds, "
                 f"{time.perf_counter() - t0:.1f} s")
+        elapsed = time.perf_counter() - t_start
+        # the 8-bit table is Adam's, printed after the others; measured here, where the C
+        # references (its memory-traffic bound) are loaded
+        eight_bit = (measure_eight_bit(args, torch, refs, log, timing, threads)
+                     if not args.no_eight_bit and "adam" in opts else None)
     finally:
         if refs is not None:
             refs.close()
-    elapsed = time.perf_counter() - t_start
 
     _print_results(rows, clip_rows, steps_opts, dtypes)
     _print_matrix(matrix_rows)
@@ -371,6 +431,9 @@ def main(argv=None, prog="fastopt bench"):
     tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
     if not args.no_precision and "adam" in opts:
         tables["precision"] = run_precision(args, torch, log, timing, threads)
+    if eight_bit is not None:
+        tables.update(eight_bit[0])
+        print_eight_bit(*eight_bit)
     deepspeed = run_deepspeed(args, torch, log, timing, threads) if args.deepspeed else None
     if deepspeed is not None:
         tables["deepspeed"] = deepspeed["rows"]
@@ -384,9 +447,9 @@ def main(argv=None, prog="fastopt bench"):
         print(f"\nTargets from {args.check} (ratios of this run; a busy machine can miss one)")
         print(targets_mod.format_check(checked))
 
-    if not args.no_plot and rows:
+    if not args.no_plot and (rows or tables.get("eight_bit")):
         try:
-            report.write_plot(rows, args.plot)
+            report.write_plot(rows, args.plot, eight_bit=tables.get("eight_bit") or ())
             print(f"plot: {args.plot}")
         except ImportError:
             print("plot: skipped, matplotlib is not installed (`python -m pip install matplotlib` adds it)")

@@ -6,7 +6,7 @@ import platform
 
 import numpy as np
 
-from .settings import ALGORITHMS, MANY, NOISY
+from .settings import ALGORITHMS, MANY, MANY_LABEL, NOISY
 
 #: Contender columns of the step table, in order (absent contenders print as "-").
 COLUMNS = ["fastopt", "mem-bound", "C-adam", "torch-fused", "torch-foreach", "torch-loop", "numpy"]
@@ -19,6 +19,13 @@ MATRIX_COLUMNS = ["fastopt", "torch-loop", "torch-foreach"]
 MATRIX_RATIOS = [("torch/fo", "torch", "fastopt")]
 CLIP_RATIOS = [("fo/bound", "fastopt", "mem-bound"), ("torch/fo", "torch-foreach", "fastopt"),
                ("numpy/fo", "numpy", "fastopt")]
+#: The 8-bit table (AdamW, ns per element per step; see .eight_bit): contenders and ratios. Ratios
+#: > 1 but the first: the other contender is that many times slower than the 8-bit step.
+EIGHT_BIT_COLUMNS = ["fastopt-8bit", "mem-bound", "fastopt-f32", "fastopt-bf16-8bit", "torch-fused",
+                     "bnb-8bit", "bnb-32bit"]
+EIGHT_BIT_RATIOS = [("8bit/bound", "fastopt-8bit", "mem-bound"), ("f32/8bit", "fastopt-f32", "fastopt-8bit"),
+                    ("bnb8/8bit", "bnb-8bit", "fastopt-8bit"), ("fused/8bit", "torch-fused", "fastopt-8bit"),
+                    ("f32/bf16-8bit", "fastopt-f32", "fastopt-bf16-8bit")]
 
 
 def machine_info():
@@ -132,15 +139,17 @@ def bandwidth(rows):
     return out
 
 
-def write_plot(rows, path):
-    """A log-log plot of ns per element against the element count (needs matplotlib)."""
+def write_plot(rows, path, eight_bit=()):
+    """A log-log plot of ns per element against the element count (needs matplotlib): a panel per
+    algorithm and dtype of the step table, and one for the 8-bit table's rows ``eight_bit``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     opts = list(dict.fromkeys(r["optimizer"] for r in rows))
-    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows)) or ["float32"]
     threads = sorted({r["threads"] for r in rows})
-    fig, axes = plt.subplots(len(opts), len(dtypes), figsize=(6 * len(dtypes), 3.6 * len(opts)),
+    n_rows = len(opts) + (1 if eight_bit else 0)
+    fig, axes = plt.subplots(n_rows, len(dtypes), figsize=(6 * len(dtypes), 3.6 * n_rows),
                              squeeze=False)
     colors = dict(zip(COLUMNS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     styles = ["-", "--", ":", "-."]
@@ -166,9 +175,46 @@ def write_plot(rows, path):
             ax.grid(True, which="both", alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
+    if eight_bit:
+        _plot_eight_bit(axes[len(opts)][0], eight_bit, plt)
+        for ax in axes[len(opts)][1:]:
+            ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_eight_bit(ax, rows, plt):
+    """The 8-bit table's panel: a line per contender and thread count over the single arrays, a
+    star on the 200 arrays (at their element count); the bound dashed in grey."""
+    colors = dict(zip([c for c in EIGHT_BIT_COLUMNS if c != "mem-bound"],
+                      plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colors["mem-bound"] = "0.5"
+    threads = sorted({r["threads"] for r in rows})
+    for c in EIGHT_BIT_COLUMNS:
+        for ti, th in enumerate(threads):
+            sel = [r for r in rows if r["threads"] == th and r["ns_per_elem"].get(c) is not None]
+            single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if not _is_many(r))
+            many = [(r["n"], r["ns_per_elem"][c]) for r in sel if _is_many(r)]
+            style = "--" if c == "mem-bound" else ["-", ":", "-.", (0, (5, 1))][ti % 4]
+            label = f"{c} ({th} thr)"
+            if single:
+                ax.plot(*zip(*single), linestyle=style, marker="o", ms=3, color=colors[c], label=label)
+                label = None
+            if many:
+                ax.plot(*zip(*many), "*", ms=9, color=colors[c], label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("AdamW, 8-bit states  (star: 200 arrays)")
+    ax.set_xlabel("elements")
+    ax.set_ylabel("ns / element / step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+
+
+def _is_many(row):
+    """A row of the 200 arrays (the 8-bit table's rows have a size label, no size key)."""
+    return row["size"] == MANY_LABEL
 
 
 def write_json(path, **payload):
@@ -231,3 +277,28 @@ def format_deepspeed(rows):
     keys = [("case", 12, "size"), ("elements", 10, "n"), ("thr", 3, "threads")]
     return _table(rows, keys, ["DeepSpeedCPUAdam", "fastopt"], [("DS/fastopt", "DeepSpeedCPUAdam", "fastopt")],
                   "ms_per_step")
+
+
+def format_eight_bit(rows):
+    """8-bit AdamW against float32 AdamW, torch's fused step and bitsandbytes (ns per element per
+    step)."""
+    keys = [("size", 10, "size"), ("thr", 3, "threads")]
+    return _table(rows, keys, EIGHT_BIT_COLUMNS, EIGHT_BIT_RATIOS, "ns_per_elem")
+
+
+def format_eight_bit_memory(row):
+    """The state memory per param, one line per contender: measured, expected, and the readings."""
+    lines = [f"{'optimizer':<18} {'B/param':>8} {'expected':>8}  resident set growth",
+             "-" * 72]
+    for name, value in row["bytes_per_param"].items():
+        reading = row["readings"][name]
+        expected = row["expected_bytes_per_param"].get(name)
+        expected = "-" if expected is None else f"{expected:.3f}"
+        if value is None:
+            lines.append(f"{name:<18} {'-':>8} {expected:>8}  not measured: {reading.get('error', '?')}")
+            continue
+        growth = (reading["rss_after"] - reading["rss_before"]) / 1e6
+        lines.append(f"{name:<18} {value:>8.3f} {expected:>8}  "
+                     f"{growth:.1f} MB ({reading['source']}) - param and gradient "
+                     f"{reading['param_grad_bytes'] / 1e6:.1f} MB")
+    return "\n".join(lines)

@@ -27,10 +27,13 @@ check of one measured quantity:
 
 The tables: ``steps``, ``clip``, ``lbfgs``, ``lbfgsb``, ``adapter``, ``iteration``, ``clipstep``,
 ``threads`` (filtered by ``busy``, the number of spinning processes of the run, and ``between_ms``,
-the milliseconds of other work between steps: 0 for steps back to back), ``precision`` and
+the milliseconds of other work between steps: 0 for steps back to back), ``precision``,
 ``deepspeed`` (measured with ``--deepspeed`` only: ms per optimizer step under DeepSpeed ZeRO-2
 with the optimizer offloaded to the CPU, columns ``DeepSpeedCPUAdam`` and ``fastopt``, sizes
-``1 x 1e6``, ``1 x 1e7`` and ``200 tensors``).
+``1 x 1e6``, ``1 x 1e7`` and ``200 tensors``), ``eight_bit`` (AdamW with 8-bit states, ns per
+element: columns ``fastopt-8bit``, ``mem-bound``, ``fastopt-f32``, ``fastopt-bf16-8bit``,
+``torch-fused``, ``bnb-8bit``, ``bnb-32bit``) and ``eight_bit_memory`` (one row: the state bytes
+per param of each optimizer, by ``column``: ``fastopt-8bit``, ``fastopt-lion8bit``, ...).
 
 against ``at_most`` or ``at_least``; ``note`` is printed with it. A target that matches no row is
 reported as not measured. The bench exits with status 1 when a measured target is missed.
@@ -42,7 +45,8 @@ from .settings import NOISY
 
 TABLES = {"steps": "ns_per_elem", "clip": "us_per_call", "matrix": "ms_per_step", "lbfgs": None,
           "lbfgsb": None, "adapter": "us_per_step", "clipstep": "ns_per_elem", "threads": "us_per_step",
-          "precision": "ns_per_elem", "deepspeed": "ms_per_step", "iteration": "ms_per_iteration"}
+          "precision": "ns_per_elem", "deepspeed": "ms_per_step", "iteration": "ms_per_iteration",
+          "eight_bit": "ns_per_elem", "eight_bit_memory": "bytes_per_param"}
 #: The tables whose targets name a row field (``value``) rather than two columns.
 VALUE_TABLES = ("lbfgs", "lbfgsb")
 FILTERS = {"optimizer", "dtype", "size", "threads", "busy", "between_ms", "min_elements",
@@ -102,6 +106,10 @@ def _matches(target, row):
 def _describe(row, table):
     if table in VALUE_TABLES:
         return f"{'L-BFGS' if table == 'lbfgs' else 'L-BFGS-B (bounds)'} n = {row['n']:,}"
+    if table == "eight_bit_memory":
+        return f"8-bit state memory, one {row['size']} param, bytes per param"
+    if table == "eight_bit":
+        return f"8-bit AdamW {row['size']}, {row['threads']} thr"
     if table in ("adapter", "clipstep", "threads", "precision", "deepspeed", "iteration"):
         if table == "threads":
             extra = f", busy {row['busy']}, {row.get('between_ms', 0):g} ms between steps"

@@ -107,7 +107,8 @@ def test_algorithm_declarations_are_checked():
 
 
 ARGS = ["--quick", "--sizes", "1e3", "--threads", "1", "--optimizers", "adam,sgd", "--no-plot",
-        "--no-torch", "--no-ceiling", "--dtypes", "float32", "--no-lbfgs"]
+        "--no-torch", "--no-ceiling", "--dtypes", "float32", "--no-lbfgs",
+        "--no-eight-bit"]     # (the 8-bit table's own run: test_bench_eight_bit.py)
 
 
 def _rows(out, *names):

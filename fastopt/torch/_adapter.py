@@ -586,6 +586,14 @@ class _Adapter(torch.optim.Optimizer):
                 # the codes of an 8-bit state (which torch's load casts to the param's dtype: taken
                 # as saved); fastopt's load checks their shape and dtype
                 out[name] = local(_codes(value, saved, name)).detach().contiguous().numpy()
+            elif isinstance(value, torch.Tensor) and kept is not None \
+                    and kept(index, name) == np.uint8:
+                # an 8-bit state saved in another dtype (float32 states, int8 codes), which torch's
+                # load cast to the param's dtype: taken as saved, for fastopt's load to name its
+                # dtype (there is no float dtype of uint8 codes to cast it to)
+                original = saved.get(name) if isinstance(saved, dict) else None
+                original = original if isinstance(original, torch.Tensor) else value
+                out[name] = as_numpy(local(original).detach().contiguous())
             elif isinstance(value, torch.Tensor):
                 where = f"state '{name}' of param {index}"
                 original = saved.get(name) if isinstance(saved, dict) else value

@@ -26,6 +26,33 @@ def _code_maps(algorithm):
     return {s.name: s.code_map for s in algorithm.state}
 
 
+#: bitsandbytes' block of elements sharing one absmax: the only blocksize fastopt keeps.
+_BLOCK = 256
+
+
+def _check_codes(entry, slot, halves, where):
+    """Refuse an 8-bit state ``slot`` of ``entry`` (bitsandbytes' names; it has an absmax or a
+    qmap) whose codes are not uint8 or whose absmax does not count bitsandbytes' blocks of 256
+    (``halves`` states stacked: AdEMAMix's state1). Shapes against the param, and a stacked state
+    without its halves, are checked after."""
+    codes, absmax = entry.get(f"state{slot}"), entry.get(f"absmax{slot}")
+    if not isinstance(codes, torch.Tensor):
+        return
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"{where}['state{slot}'] has dtype {codes.dtype}; with its absmax{slot} "
+                        f"and qmap{slot} it holds 8-bit codes, which are uint8")
+    if not isinstance(absmax, torch.Tensor) or absmax.dim() < 1 \
+            or (halves > 1 and (codes.dim() < 1 or codes.shape[0] != halves)):
+        return
+    per_state = codes.numel() // halves
+    blocks = -(-per_state // _BLOCK)
+    if absmax.shape[-1] != blocks:
+        raise ValueError(
+            f"{where}['absmax{slot}'] has {absmax.shape[-1]} blocks a state for {per_state} "
+            f"elements; bitsandbytes' blocks of {_BLOCK} (the only blocksize fastopt keeps) make "
+            f"{blocks}")
+
+
 def _packs(spec):
     """Whether a ``bitsandbytes_groups`` entry packs this class's keys (else it is a constant)."""
     return isinstance(spec, tuple) and all(isinstance(k, str) for k in spec)
@@ -72,9 +99,12 @@ def from_bitsandbytes(algorithm, state_dict, group_keys):
     Raises
     ------
     ValueError
-        For a ``qmap`` that is not bitsandbytes' dynamic map of that state, or a stacked state
-        (AdEMAMix's ``state1``, ``absmax1``) without its two halves; the names ``state_dict``'s
-        entry. (The codes' dtype and the absmax's length are checked with the rest of the state.)
+        For a ``qmap`` that is not bitsandbytes' dynamic map of that state, an ``absmax`` whose
+        length is not the count of blocks of 256 of its state, or a stacked state (AdEMAMix's
+        ``state1``, ``absmax1``) without its two halves; the message names ``state_dict``'s entry.
+        (Shapes against the params are checked with the rest of the state.)
+    TypeError
+        For 8-bit codes (a ``state`` with its ``absmax`` or ``qmap``) that are not uint8.
     """
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict):
         return state_dict        # (the load refuses it, with its own words)
@@ -101,6 +131,8 @@ def from_bitsandbytes(algorithm, state_dict, group_keys):
                         f"{where}['qmap{slot}'] is not bitsandbytes' {maps[names[0]]} dynamic map "
                         "(create_dynamic_map(signed="
                         f"{maps[names[0]] == 'signed'})), the only 8-bit format fastopt keeps")
+            if qmap is not None or f"absmax{slot}" in entry:
+                _check_codes(entry, slot, len(names), where)
             for prefix, suffix in ((f"state{slot}", ""), (f"absmax{slot}", "_absmax")):
                 if prefix not in entry:
                     continue

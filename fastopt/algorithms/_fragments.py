@@ -122,9 +122,11 @@ def bitsandbytes_variant(base, name, what, states, *, signature, defaults=None, 
                  + (" As bitsandbytes' CUDA kernels, the param decays after the update "
                     "(bitsandbytes' CPU path decays it before)." if decay_after else "")
                  + (" " + notes if notes else ""))
-    return base.variant(
+    variant = base.variant(
         name, f"{what}, as ``bitsandbytes.optim.{name}``: states in 8 bits by default.",
         defaults=defaults, fixed=fixed, numpy_signature=signature, torch_signature=signature,
         torch_name="", constants={"decay_after_update": True} if decay_after else None,
         reference=reference, option_defaults={"optim_bits": 8}, bitsandbytes_states=states,
         torch_extras={}, bitsandbytes_groups=groups, has_step=True)
+    variant.torch_name = None        # (no torch.optim class)
+    return variant

@@ -113,7 +113,8 @@ def _sgd_checkpoint(momentum):
     return sgd.state_dict()
 
 
-OTHERS = [a.name for a in ALGORITHMS if a.name != "SGD"]
+#: (bitsandbytes' SGD8bit and LARS8bit keep SGD's group keys: a torch SGD checkpoint's groups fit them)
+OTHERS = [a.name for a in ALGORITHMS if a.name not in ("SGD", "SGD8bit", "LARS8bit")]
 _ADAM_LIKE = ("lr", "betas", "eps", "weight_decay")
 # The group keys every checkpoint of each algorithm holds: all but those torch added later and fills
 # on load (its optimizers' __setstate__: foreach, maximize, amsgrad, ...).
@@ -137,7 +138,14 @@ def _required(name):
         return REQUIRED[name]
     algorithm = BY_NAME[name]
     assert algorithm.torch_name is None, f"REQUIRED lacks torch.optim.{algorithm.torch_name}'s keys"
-    return tuple(h.name for h in algorithm.hyperparameters if h.constraint.kind != "flag")
+    # a bitsandbytes class fills the keys bitsandbytes' checkpoints lack (Adagrad's lr_decay), and,
+    # as torch for its namesake, a switch that turns a state on (RMSprop's and SGD's momentum)
+    implied = set(algorithm.bitsandbytes_groups) & set(algorithm.hyper_by_name)
+    if algorithm.bitsandbytes_states:
+        implied |= {h.name for h in algorithm.hyperparameters for s in algorithm.state
+                    if s.when and h.name in s.when}
+    return tuple(h.name for h in algorithm.hyperparameters
+                 if h.constraint.kind != "flag" and h.name not in implied)
 
 
 @pytest.mark.parametrize("name", OTHERS)
@@ -179,9 +187,13 @@ def test_a_group_without_one_of_the_algorithms_hyperparameters_is_refused(name):
     opt = getattr(ft, name)([p])
     _step(opt, p, _grads((4, 3), torch.float32, 2, seed=2))
     before = _snapshot(opt)
+    packs = BY_NAME[name].bitsandbytes_groups   # (bitsandbytes' keys that pack ours: SGD's betas)
     for key in _required(name):
         sd = opt.state_dict()
         del sd["param_groups"][0][key]
+        for packed, spec in packs.items():
+            if isinstance(spec, tuple) and key in spec:
+                del sd["param_groups"][0][packed]
         with pytest.raises(ValueError, match=rf"\['param_groups'\]\[0\] has no '{key}'"):
             opt.load_state_dict(sd)
         _assert_unchanged(opt, before)

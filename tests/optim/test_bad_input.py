@@ -160,7 +160,8 @@ RULE_VIOLATIONS = {
     "SGD": [dict(nesterov=True), dict(nesterov=True, momentum=0.9, dampening=0.1)],
     "Rprop": [dict(etas=(1.0, 0.5)), dict(etas=(0.5, 1.0)), dict(etas=(0.5, 1.2), step_sizes=(1.0, 0.5))],
 }
-RULE_VIOLATIONS["SGD8bit"] = RULE_VIOLATIONS["SGD"]     # bitsandbytes' SGD: the same rules
+RULE_VIOLATIONS["SGD8bit"] = RULE_VIOLATIONS["SGD"]     # bitsandbytes' SGD and LARS: the same rules
+RULE_VIOLATIONS["LARS8bit"] = RULE_VIOLATIONS["SGD"]
 
 
 @pytest.mark.parametrize("name", [a.name for a in ALGORITHMS if a.rules])

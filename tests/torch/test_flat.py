@@ -60,7 +60,13 @@ def assert_same_run(a, b):
     for i in sa["state"]:
         assert sa["state"][i].keys() == sb["state"][i].keys()
         for name, value in sa["state"][i].items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][i][name])), (i, name)
+            other = sb["state"][i][name]
+            if isinstance(value, dict):     # (bitsandbytes' classes: their wrapped state1, ...)
+                assert value.keys() == other.keys()
+                for key in value:
+                    assert torch.equal(value[key], other[key]), (i, name, key)
+                continue
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (i, name)
 
 
 def ran_flat(opt):
@@ -73,6 +79,8 @@ def ran_flat(opt):
 def test_flat_steps_as_the_per_tensor_path_bit_for_bit(name):
     cls = getattr(ft, name)
     kwargs = {"lr": 1e-2} if name not in ("Adadelta",) else {}
+    if cls._fastopt_cls.algorithm.bitsandbytes_states:
+        kwargs["optim_bits"] = 32       # (8-bit states are refused with flat=True: below)
     flat = train(True, cls=cls, **kwargs)
     assert ran_flat(flat[1]) and not flat[2]
     assert_same_run(flat, train(False, cls=cls, **kwargs))
@@ -457,3 +465,13 @@ def test_a_failed_full_check_is_not_repeated_while_nothing_changes(monkeypatch):
     # count on the buffer too): then not again
     assert len(calls) == 2
     assert_same_run(flat, train(False, steps=8, action=unused_bias, lr=1e-2))
+
+
+def test_flat_refuses_8bit_states_naming_both_options():
+    """8-bit states keep blocks of each param's own; a flat buffer does not keep them apart."""
+    model = make_model()
+    with pytest.raises(ValueError, match=r"flat=True is not available with 8-bit states \(optim_bits=8\)"):
+        ft.AdamW8bit(model.parameters(), flat=True)
+    with pytest.raises(ValueError, match="optim_bits=8"):
+        ft.Adam(model.parameters(), flat=True, optim_bits=8)
+    ft.AdamW8bit(model.parameters(), flat=True, optim_bits=32)      # float32 states: flat works

@@ -78,6 +78,8 @@ AdEMAMix = _ADAPTERS["AdEMAMix"]
 AdamW = _ADAPTERS["AdamW"]
 Adamax = _ADAPTERS["Adamax"]
 ASGD = _ADAPTERS["ASGD"]
+LAMB = _ADAPTERS["LAMB"]
+LARS = _ADAPTERS["LARS"]
 Lion = _ADAPTERS["Lion"]
 Muon = _ADAPTERS["Muon"]
 NAdam = _ADAPTERS["NAdam"]
@@ -87,7 +89,7 @@ Rprop = _ADAPTERS["Rprop"]
 SGD = _ADAPTERS["SGD"]
 
 __all__ = [
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
-    "RAdam", "RMSprop", "Rprop", "SGD",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "LAMB", "LARS", "Lion",
+    "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
     "LBFGS", "FlatParams", "flatten_",
 ]

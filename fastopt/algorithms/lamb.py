@@ -2,10 +2,10 @@
 form of bitsandbytes' ``LAMB`` (``optim_bits=32``), whose arguments and defaults it takes.
 
 bitsandbytes accepts ``bias_correction``, ``amsgrad`` and ``adam_w_mode`` and ignores them; fastopt
-takes only the value whose behaviour it implements (True, False, True) and refuses any other, so
-that a setting never silently does nothing.
+takes only the value whose behaviour it implements (True, False, True: a one-value choice) and
+refuses any other, so that a setting never silently does nothing.
 """
-from ._spec import Algorithm, Hyper, Rule, State, Switch, flag, real
+from ._spec import Algorithm, Hyper, State, Switch, choice, real
 from ._fragments import BETAS, EPS, MOMENT_WEIGHTS, SECOND_MOMENT, code
 
 # The first two phases run when max_unorm > 0 (the driver takes the norms in between); "fused" is
@@ -42,36 +42,25 @@ LAMB = Algorithm(
              (1 - \eta\lambda)""",
     hyperparameters=[
         Hyper("lr", 1e-3, real(low=0), r"Learning rate :math:`\eta`."),
-        Hyper("bias_correction", True, flag(),
-              "Correct the moments' bias (always: bitsandbytes ignores this argument, and "
-              "fastopt takes only True)."),
+        Hyper("bias_correction", True, choice(True),
+              "Correct the moments' bias: always (bitsandbytes accepts False and ignores it; "
+              "fastopt refuses it rather than silently doing nothing)."),
         BETAS,
         EPS,
         Hyper("weight_decay", 0.0, real(low=0),
               r"Decoupled weight decay :math:`\lambda`, applied after the update as bitsandbytes' "
               "CUDA kernel applies it (its CPU path applies it before: the two differ by "
               r":math:`\eta^2 \lambda` times the update)."),
-        Hyper("amsgrad", False, flag(),
-              "AMSGrad (never: bitsandbytes ignores this argument, and fastopt takes only False)."),
-        Hyper("adam_w_mode", True, flag(),
-              "Decoupled weight decay (always: bitsandbytes ignores this argument, and fastopt "
-              "takes only True)."),
+        Hyper("amsgrad", False, choice(False),
+              "AMSGrad: never (bitsandbytes accepts True and ignores it; fastopt refuses it)."),
+        Hyper("adam_w_mode", True, choice(True),
+              "Decoupled weight decay: always (bitsandbytes accepts False and ignores it; fastopt "
+              "refuses it)."),
         Hyper("max_unorm", 1.0, real(low=0),
               r":math:`\mu`: the update's norm is clipped to :math:`\mu` times the param's norm, "
               r"taken before the step (0: no clipping, :math:`s = 1`). bitsandbytes' CPU path "
               r"measures :math:`u`, as fastopt does; its CUDA kernel measures the bias-corrected "
               r"update :math:`\sqrt{1 - \beta_2^t} / (1 - \beta_1^t)\, u`."),
-    ],
-    rules=[
-        Rule(lambda v: v["bias_correction"],
-             "bias_correction=False is not supported: LAMB always corrects the moments' bias "
-             "(bitsandbytes accepts the argument and ignores it)"),
-        Rule(lambda v: not v["amsgrad"],
-             "amsgrad=True is not supported: LAMB keeps no running maximum of v (bitsandbytes "
-             "accepts the argument and ignores it)"),
-        Rule(lambda v: v["adam_w_mode"],
-             "adam_w_mode=False is not supported: LAMB's weight decay is always decoupled "
-             "(bitsandbytes accepts the argument and ignores it)"),
     ],
     state=[State("exp_avg", ":math:`m`"), State("exp_avg_sq", ":math:`v`")],
     per_array=code(MOMENT_WEIGHTS, """

@@ -3,9 +3,10 @@
 and defaults it takes (``lr`` has no default, and momentum is required, as there).
 
 bitsandbytes accepts ``dampening`` and ``nesterov`` and ignores them; fastopt takes only their
-defaults (0 and False) and refuses any other value, so that a setting never silently does nothing.
+defaults (0 and False: one-value choices) and refuses any other value, so that a setting never
+silently does nothing.
 """
-from ._spec import REQUIRED, Algorithm, Hyper, Rule, State, Switch, flag, real
+from ._spec import REQUIRED, Algorithm, Hyper, State, Switch, choice, real
 from ._fragments import code
 
 _MOMENTUM = """
@@ -45,32 +46,22 @@ LARS = Algorithm(
         p &\leftarrow p - \eta\, s\, B""",
     hyperparameters=[
         Hyper("lr", REQUIRED, real(low=0), r"Learning rate :math:`\eta` (required)."),
-        Hyper("momentum", 0.0, real(low=0),
-              r"Momentum factor :math:`\mu`; LARS needs one (> 0): the default 0 is refused, as "
-              "bitsandbytes refuses it."),
-        Hyper("dampening", 0.0, real(),
-              "Dampening (never: bitsandbytes ignores this argument, and fastopt takes only 0)."),
+        Hyper("momentum", 0.0, real(low=0, low_inclusive=False),
+              r"Momentum factor :math:`\mu`. LARS needs one: the default 0 is refused, as "
+              "bitsandbytes refuses it (give a momentum, 0.9 say)."),
+        Hyper("dampening", 0.0, choice(0.0, 0),
+              "Dampening: none (bitsandbytes accepts any value and ignores it; fastopt refuses "
+              "any but 0 rather than silently doing nothing)."),
         Hyper("weight_decay", 0.0, real(low=0),
               r":math:`\lambda`: an L2 penalty added to the gradient."),
-        Hyper("nesterov", False, flag(),
-              "Nesterov momentum (never: bitsandbytes ignores this argument, and fastopt takes "
-              "only False)."),
+        Hyper("nesterov", False, choice(False),
+              "Nesterov momentum: never (bitsandbytes accepts True and ignores it; fastopt "
+              "refuses it)."),
         Hyper("max_unorm", 0.02, real(low=0),
               r":math:`\nu`: the step's norm is clipped to :math:`\nu` times the param's norm, "
               r"taken before the step (0: no clipping, :math:`s = 1`). bitsandbytes' CPU path "
               r"measures :math:`B`, as fastopt does; its CUDA kernel measures the buffer updated "
               "without the weight-decay term (and applies the one with it)."),
-    ],
-    rules=[
-        Rule(lambda v: v["momentum"] > 0,
-             "momentum=0 is not supported: LARS needs a momentum > 0 (bitsandbytes refuses "
-             "LARS without momentum too)"),
-        Rule(lambda v: v["dampening"] == 0,
-             "dampening must be 0: LARS adds the gradient to the momentum buffer undamped "
-             "(bitsandbytes accepts the argument and ignores it)"),
-        Rule(lambda v: not v["nesterov"],
-             "nesterov=True is not supported: LARS applies the momentum buffer itself "
-             "(bitsandbytes accepts the argument and ignores it)"),
     ],
     state=[State("momentum_buffer", r":math:`B`")],
     per_array="""

@@ -124,23 +124,29 @@ def test_lars_follows_bitsandbytes(cfg, steps, front_end):
                      f"momentum_buffer {i}")
 
 
-def test_the_trust_ratio_clips_in_the_clipped_cases_and_not_in_the_others():
-    """bitsandbytes' update norm (its unorm_vec) against max_unorm times the param's norm, at the
-    first step: the "clipped" cases clip every param, the "never-clipped" ones none, so the
-    trajectories above cover both."""
-    def ratios(cls, cfg):
-        params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in _start()]
-        norms = [float(torch.linalg.vector_norm(p.detach())) for p in params]
-        opt = cls(params, optim_bits=32, **cfg)
-        for p, g in zip(params, _gradients(1)[0]):
-            p.grad = torch.from_numpy(g)
-        opt.step()
-        return [float(opt.state[p]["unorm_vec"]) / (cfg["max_unorm"] * n)
-                for p, n in zip(params, norms)]
-    assert all(r > 1.5 for r in ratios(bnb_optim.LAMB, LAMB_CASES[1].values[0]))
-    assert all(r < 1 for r in ratios(bnb_optim.LAMB, LAMB_CASES[2].values[0]))
-    assert all(r > 1.5 for r in ratios(bnb_optim.LARS, dict(lr=0.1, momentum=0.9, max_unorm=0.02)))
-    assert all(r < 1 for r in ratios(bnb_optim.LARS, LARS_CASES[1].values[0]))
+@pytest.mark.parametrize("name, cfg, clips", [
+    ("LAMB", LAMB_CASES[1].values[0], True), ("LAMB", LAMB_CASES[2].values[0], False),
+    ("LARS", LARS_CASES[0].values[0], True), ("LARS", LARS_CASES[1].values[0], False)])
+def test_the_first_step_is_scaled_by_the_ratio_bitsandbytes_measures(name, cfg, clips):
+    """bitsandbytes' update norm (its unorm_vec) over max_unorm times the param's norm is above 1
+    for every param in the clipping cases and below in the others (so the trajectories above
+    cover both), and fastopt's first step is its step without the trust ratio divided by it."""
+    cfg = dict(cfg, max_unorm=cfg.get("max_unorm", 0.02 if name == "LARS" else 1.0))
+    params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in _start()]
+    norms = [float(torch.linalg.vector_norm(p.detach())) for p in params]
+    opt = getattr(bnb_optim, name)(params, optim_bits=32, **cfg)
+    for p, g in zip(params, _gradients(1)[0]):
+        p.grad = torch.from_numpy(g)
+    opt.step()
+    ratios = [float(opt.state[p]["unorm_vec"]) / (cfg["max_unorm"] * n) for p, n in zip(params, norms)]
+    assert all(r > 1.5 for r in ratios) if clips else all(r < 1 for r in ratios), ratios
+    start = _start()
+    clipped, free = _fastopt_run(name, cfg, 1, "numpy")[0], \
+        _fastopt_run(name, dict(cfg, max_unorm=0.0), 1, "numpy")[0]
+    for p0, p1, q1, ratio in zip(start, clipped, free, ratios):
+        expected = (q1 - p0) / max(ratio, 1.0)
+        np.testing.assert_allclose(p1 - p0, expected, rtol=1e-4,
+                                   atol=_tolerance(p0, 1) + 1e-4 * float(np.abs(expected).max()))
 
 
 def test_bitsandbytes_cpu_decays_lamb_before_the_update_and_fastopt_after():

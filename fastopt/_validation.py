@@ -191,6 +191,8 @@ def check_constraint(name, value, constraint):
         return tuple(check_constraint(f"{name}[{i}]", v, c)
                      for i, (v, c) in enumerate(zip(value, constraint.items)))
     if kind == "choice":
+        if isinstance(value, np.generic):   # np.bool_(True) is True, np.float64(0) is 0.0
+            value = value.item()
         for index, allowed in enumerate(constraint.values):
             if type(value) is type(allowed) and value == allowed:
                 return index

@@ -183,6 +183,19 @@ def test_refused_arguments_name_themselves_before_anything_is_written(name, key,
     assert fingerprint(opt, params)[:-1] == before[:-1]     # (the last entry: the groups' values)
 
 
+def test_the_accepted_values_may_be_numpy_scalars():
+    """The one value an ignored argument takes, as a NumPy scalar too (a value read from an array
+    or a saved config), not only as a Python bool or float."""
+    p = [np.ones(3, np.float32)]
+    fastopt.LAMB(p, bias_correction=np.bool_(True), amsgrad=np.bool_(False), adam_w_mode=np.True_)
+    fastopt.LARS(p, lr=0.1, momentum=0.9, dampening=np.float64(0), nesterov=np.False_)
+    fastopt.LARS(p, lr=0.1, momentum=0.9, dampening=0)
+    with pytest.raises(ValueError, match="nesterov"):
+        fastopt.LARS(p, lr=0.1, momentum=0.9, nesterov=np.True_)
+    with pytest.raises(ValueError, match="dampening"):
+        fastopt.LARS(p, lr=0.1, momentum=0.9, dampening=np.float32(0.5))
+
+
 def test_lars_requires_lr_and_momentum_as_bitsandbytes():
     """No default lr (torch.optim's old ``required``): the constructor or every group gives one;
     the default momentum=0 is refused, as bitsandbytes refuses it."""

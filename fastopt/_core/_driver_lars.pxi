@@ -1,6 +1,6 @@
 # LARS's driver (fastopt/algorithms/lars.py declares the algorithm): the trust ratio's passes of
-# _driver_trust_ratio.pxi, with d = B, the momentum buffer the moment phase updates (it reads p
-# for the weight decay and stores it unchanged; the apply phase reads it through g), and coef = -lr * s.
+# _driver_trust_ratio.pxi, with d = B, the momentum buffer the moment phase updates (it reads a
+# copy of p for the weight decay; the apply phase reads B through g), and coef = -lr * s.
 
 
 cdef class LarsBucket(TrustRatioBucket):

@@ -6,8 +6,9 @@
 # param. The ratio needs every element of a param before any of it is written, so a step with
 # max_unorm > 0 makes two passes over memory, each through the declaration's generated loops:
 #   1. (phase moment) per work item, a block of elements at a time: the block's sum of squares of
-#      p, the loop (states updated; LAMB writes d into a scratch block through p, LARS keeps d in
-#      its momentum buffer and stores p unchanged), the block's sum of squares of d;
+#      p, the loop (states updated; its p is a scratch block: LAMB writes d there, LARS reads a
+#      copy of p there for its weight decay and keeps d in its momentum buffer), the block's sum
+#      of squares of d;
 #   .  per param: both norms (float64 sums in item order, then rounded to the param's dtype, as
 #      torch's norms of float32 tensors are) and s, into the per-array scalar coef (the subclass
 #      multiplies its step size by s);
@@ -61,7 +62,7 @@ cdef struct TrJob:
 cdef void _tr_block(const TrJob* j, Py_ssize_t k, Py_ssize_t first, Py_ssize_t n, char* scratch,
                     double* psq, double* dsq) noexcept nogil:
     """Elements [first, first + n) of param k through this pass's loop (and, when measuring,
-    their sums of squares added to psq and dsq)."""
+    their sums of squares added to psq and dsq; the param is not written then)."""
     cdef char* state[MAX_STATE]
     cdef Py_ssize_t s, at = (j.offsets[k] + first) * j.itemsize
     cdef char* p = j.params[k] + first * j.itemsize
@@ -71,8 +72,11 @@ cdef void _tr_block(const TrJob* j, Py_ssize_t k, Py_ssize_t first, Py_ssize_t n
         state[s] = j.state[s] + at if j.state[s] != NULL else NULL
     if j.measure:
         psq[0] += _sumsq(j.table, j.f32, p, n)
-        if j.measured_state < 0:
-            p = scratch
+        if j.measured_state >= 0:
+            # LARS reads p (its weight decay) and the loop stores it unchanged: into the scratch
+            # block (in cache), not back into the param's memory
+            memcpy(scratch, p, n * j.itemsize)
+        p = scratch
     elif j.apply:
         g = state[j.apply_state]
         gmul = 1.0
@@ -93,7 +97,7 @@ cdef void _tr_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcept n
     cdef char* scratch = NULL
     if lo >= hi:
         return
-    if j.measure and j.measured_state < 0:
+    if j.measure:
         scratch = <char*>calloc(TR_BLOCK_ELEMENTS, j.itemsize)
         if scratch == NULL:
             abort()   # a block of memory could not be had: nothing sensible is left to do

@@ -72,8 +72,8 @@ LARS = Algorithm(
     # (fastopt/_core/_driver_lars.pxi)
     driver="LarsBucket",
     driver_scalars=("coef",),
-    # moment: B (p read for the decay, stored unchanged); apply: the update, with B through g
-    # (gmul 1); fused: the whole step, when max_unorm = 0
+    # moment: B (p, a copy in the driver's scratch, read for the decay); apply: the update, with
+    # B through g (gmul 1); fused: the whole step, when max_unorm = 0
     phases=("moment", "apply", "fused"),
     switches=[Switch("l2", "weight_decay != 0"), Switch("first", "step == 1")],
     update=code('{{if phase == "moment"}}', _MOMENTUM, '{{elif phase == "apply"}}', _APPLY_B,

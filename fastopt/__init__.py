@@ -31,6 +31,8 @@ AdEMAMix = _CLASSES["AdEMAMix"]
 AdamW = _CLASSES["AdamW"]
 Adamax = _CLASSES["Adamax"]
 ASGD = _CLASSES["ASGD"]
+LAMB = _CLASSES["LAMB"]
+LARS = _CLASSES["LARS"]
 Lion = _CLASSES["Lion"]
 Muon = _CLASSES["Muon"]
 NAdam = _CLASSES["NAdam"]
@@ -70,8 +72,8 @@ def get_num_threads():
 
 __all__ = [
     "Optimizer",
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
-    "RAdam", "RMSprop", "Rprop", "SGD",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "LAMB", "LARS", "Lion",
+    "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
     "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "LAMB8bit", "LARS8bit", "Lion8bit",
     "RMSprop8bit", "SGD8bit",
     "FlatParams", "flatten", "clip_grad_norm_", "clip_grad_value_", "grads_finite",

@@ -11,6 +11,7 @@ below, and the declaration itself as ``cls.algorithm``. Everything else (checks,
 import textwrap
 
 from .algorithms import ALGORITHMS
+from .algorithms._spec import REQUIRED
 from .optimizer import Optimizer
 
 # Shared documentation fragments, written once for every optimizer.
@@ -90,7 +91,8 @@ def parameters_doc(algorithm, names):
         doc = h.doc if h.name != "maximize" else MAXIMIZE_DOC
         if c.kind not in ("flag",):
             doc += f" Must be {c.describe()}."
-        out.append(f"{name} : {kind}, default {h.default!r}\n"
+        default = "" if h.default is REQUIRED else f", default {h.default!r}"
+        out.append(f"{name} : {kind}{default}\n"
                    + textwrap.indent(textwrap.fill(doc, 92), "    "))
     return "\n".join(out)
 

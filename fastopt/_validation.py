@@ -12,6 +12,7 @@ import numbers
 import numpy as np
 
 from . import _dtypes
+from .algorithms._spec import REQUIRED
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PARAM_DTYPES = "float32, float64, float16 or bfloat16"
@@ -161,6 +162,9 @@ def check_constraint(name, value, constraint):
     ``optional`` constraint passes None through.
     """
     kind = constraint.kind
+    if value is REQUIRED:
+        raise TypeError(f"{name} is required: it has no default, so the constructor or every "
+                        "param group must give it")
     if value is None and constraint.optional:
         return None
     if kind == "real":
@@ -187,6 +191,8 @@ def check_constraint(name, value, constraint):
         return tuple(check_constraint(f"{name}[{i}]", v, c)
                      for i, (v, c) in enumerate(zip(value, constraint.items)))
     if kind == "choice":
+        if isinstance(value, np.generic):   # np.bool_(True) is True, np.float64(0) is 0.0
+            value = value.item()
         for index, allowed in enumerate(constraint.values):
             if type(value) is type(allowed) and value == allowed:
                 return index

@@ -150,3 +150,7 @@ cdef void _phase_chunk(void* ctx, Py_ssize_t chunk, Py_ssize_t n_chunks) noexcep
 cdef void run_phase(PhaseJob* job) noexcept nogil:
     """Run ``job`` (one phase over n elements) in chunks on the pool, as the generic step does."""
     run_plan(plan_for(job.n, job.n, job.alg.weight, SPLIT_ALIGN), _phase_chunk, job)
+
+
+# LAMB's and LARS's shared driver (the trust ratio of bitsandbytes' 32-bit LAMB and LARS)
+include "_driver_trust_ratio.pxi"

@@ -9,7 +9,7 @@ This package imports nothing from the rest of fastopt: the build loads it by pat
 import importlib
 import os
 
-from ._spec import Algorithm
+from ._spec import REQUIRED, Algorithm
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,6 +48,8 @@ def docs_table():
         pos, kw = a.signature()
         by_name = a.hyper_by_name
         def fmt(n):
+            if n in by_name and by_name[n].default is REQUIRED:
+                return n
             return f"{n}={by_name[n].default!r}" if n in by_name else f"{n}=False"
         args = ", ".join([fmt(n) for n in pos] + (["*"] if kw else []) + [fmt(n) for n in kw])
         follows = f"`torch.optim.{a.torch_name}`" if a.torch_name else a.reference

@@ -62,8 +62,23 @@ column statistics and its update norm, Muon's matrix products); they declare
 import keyword
 import re
 
-__all__ = ["Constraint", "Hyper", "State", "Switch", "Rule", "Algorithm",
+__all__ = ["Constraint", "Hyper", "State", "Switch", "Rule", "Algorithm", "REQUIRED",
            "real", "flag", "pair", "integer", "choice", "tuple_of"]
+
+
+class _Required:
+    """The default of a hyperparameter that has none (bitsandbytes' LARS ``lr``), as torch.optim's
+    ``required``: every param group must give a value (the constructor's argument, or the group's
+    own), else the group's check raises TypeError naming it."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "REQUIRED"
+
+
+#: A ``Hyper`` default meaning "no default": every param group must be given a value.
+REQUIRED = _Required()
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +176,8 @@ class Hyper:
     name : str
         The group key and keyword argument (torch's name).
     default
-        The constructor's default.
+        The constructor's default, or :data:`REQUIRED` for an argument without one (every param
+        group must then be given a value, as for torch.optim's ``required``).
     constraint : Constraint
     doc : str
         One sentence for the class docstring (NumPy style, may hold ``:math:``).

@@ -187,13 +187,14 @@ def bench_clip(size, dtype, threads, data, torch, refs, timing):
 def bench_matrix_cell(case, shapes, dtype, threads, torch, timing):
     """Time one cell of the matrix table (``case`` on params of ``shapes``): fastopt against
     torch.optim with ``foreach=False`` and ``foreach=True`` (Muon has one implementation, timed as
-    ``torch-loop``); returns ({contender: stats in seconds per step}, rounds)."""
+    ``torch-loop``; LAMB and LARS have none in torch.optim: fastopt alone); returns ({contender:
+    stats in seconds per step}, rounds)."""
     import fastopt
     params0, grads = make_data(None, dtype, shapes=shapes)
     fo_params = [p.copy() for p in params0]
     fo = getattr(fastopt, case.cls)(fo_params, **case.hyper)
     contenders = [Contender("fastopt", lambda: fo.step(grads))]
-    if torch is not None:
+    if torch is not None and hasattr(torch.optim, case.cls):
         for label, kw in (("torch-loop", dict(foreach=False)), ("torch-foreach", dict(foreach=True))):
             tparams = [torch.from_numpy(p.copy()) for p in params0]
             for tp, g in zip(tparams, grads):

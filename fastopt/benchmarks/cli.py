@@ -315,9 +315,10 @@ def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
 def _print_matrix(rows):
     if rows:
         print("\nSteps that are not elementwise (Adafactor's row and column statistics, Muon's "
-              "Newton-Schulz products), ms per step;\ntorch-loop: foreach=False (Muon's only "
-              "implementation), torch-foreach: foreach=True; torch/fo: the faster torch / fastopt; BLAS "
-              "pinned to the row's threads")
+              "Newton-Schulz products, LAMB's and LARS's trust ratios), ms per step;\ntorch-loop: "
+              "foreach=False (Muon's only implementation), torch-foreach: foreach=True (LAMB and LARS: "
+              "none in torch.optim); torch/fo: the faster torch / fastopt; BLAS pinned to the row's "
+              "threads")
         print(report.format_matrix(rows))
 
 

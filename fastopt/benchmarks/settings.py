@@ -119,7 +119,8 @@ def _matrices(count, rows, cols):
 
 #: The matrix cases, by command-line name. Adafactor keeps row and column statistics over the last
 #: two dims; Muon orthogonalizes each matrix with BLAS products (OpenBLAS's threads, pinned to the
-#: row's thread count like torch's).
+#: row's thread count like torch's); LAMB and LARS scale each param's update by a trust ratio
+#: (norms over the whole param; torch.optim has neither: fastopt is timed alone).
 MATRIX_CASES = MappingProxyType({
     "adafactor": (MatrixCase("adafactor", "Adafactor", _matrices(1, 512, 512), _matrices(1, 512, 512),
                              dict(lr=1e-2)),
@@ -127,6 +128,10 @@ MATRIX_CASES = MappingProxyType({
                              _matrices(1, 1024, 1024), dict(lr=1e-2))),
     "muon": (MatrixCase("muon", "Muon", _matrices(4, 1024, 1024), _matrices(4, 256, 256),
                         dict(lr=2e-2)),),
+    "lamb": (MatrixCase("lamb", "LAMB", _matrices(4, 1024, 1024), _matrices(4, 256, 256),
+                        dict(weight_decay=1e-2)),),
+    "lars": (MatrixCase("lars", "LARS", _matrices(4, 1024, 1024), _matrices(4, 256, 256),
+                        dict(lr=0.1, momentum=0.9, weight_decay=1e-4)),),
 })
 #: The matrix table's dtypes (its targets are float32; --dtypes narrows it).
 MATRIX_DTYPES = ("float32",)

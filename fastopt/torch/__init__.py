@@ -78,6 +78,8 @@ AdEMAMix = _ADAPTERS["AdEMAMix"]
 AdamW = _ADAPTERS["AdamW"]
 Adamax = _ADAPTERS["Adamax"]
 ASGD = _ADAPTERS["ASGD"]
+LAMB = _ADAPTERS["LAMB"]
+LARS = _ADAPTERS["LARS"]
 Lion = _ADAPTERS["Lion"]
 Muon = _ADAPTERS["Muon"]
 NAdam = _ADAPTERS["NAdam"]
@@ -98,8 +100,8 @@ RMSprop8bit = _ADAPTERS["RMSprop8bit"]
 SGD8bit = _ADAPTERS["SGD8bit"]
 
 __all__ = [
-    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "Lion", "Muon", "NAdam",
-    "RAdam", "RMSprop", "Rprop", "SGD",
+    "Adadelta", "Adafactor", "Adagrad", "Adam", "AdEMAMix", "AdamW", "Adamax", "ASGD", "LAMB", "LARS", "Lion",
+    "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD",
     "Adam8bit", "AdamW8bit", "AdEMAMix8bit", "Adagrad8bit", "LAMB8bit", "LARS8bit", "Lion8bit",
     "RMSprop8bit", "SGD8bit",
     "LBFGS", "FlatParams", "flatten_",

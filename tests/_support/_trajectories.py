@@ -44,12 +44,18 @@ CONFIGS = [
     ("Muon", dict(lr=0.02)),
     ("Muon", dict(lr=0.02, weight_decay=0.05, momentum=0.9, nesterov=False, ns_steps=3,
                   adjust_lr_fn="match_rms_adamw")),
+    ("LAMB", dict(lr=0.01, weight_decay=0.1)),
+    ("LAMB", dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, max_unorm=0.0, maximize=True)),
+    ("LARS", dict(lr=0.1, momentum=0.9, weight_decay=0.01)),
+    ("LARS", dict(lr=0.05, momentum=0.5, max_unorm=0.0, maximize=True)),
 ]
 SHAPES = [(3,), (17, 5), (1000,), (33, 33), (7,)]
 #: shapes for algorithms with rules of their own: Muon takes matrices only; Adafactor factors
 #: every param of two or more dimensions (a 3-D one: a stack of matrices).
 SHAPES_OF = {"Muon": [(17, 5), (33, 33), (5, 40), (64, 3)],
-             "Adafactor": SHAPES + [(3, 4, 5)]}
+             "Adafactor": SHAPES + [(3, 4, 5)],
+             # LAMB and LARS: a param of several work items (their norms' partial sums)
+             "LAMB": SHAPES + [(70_001,)], "LARS": SHAPES + [(70_001,)]}
 # bitsandbytes' classes: their 8-bit states on the larger params (1000 and 1089 elements)
 CONFIGS += [("AdamW8bit", dict(lr=0.01, weight_decay=0.1, min_8bit_size=256)),
             ("SGD8bit", dict(lr=0.05, momentum=0.9, min_8bit_size=256)),

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 import fastopt
+import trust_ratio
 
 # Relative tolerances for reference comparisons (a few ulp over a few tens of steps).
 RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-14}
@@ -41,6 +42,11 @@ DEFAULTS = {
     "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, maximize=False),
     "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
                       maximize=False),
+    "LAMB": dict(lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, adam_w_mode=True, max_unorm=1.0, maximize=False),
+    # LARS has no default lr, and its default momentum (0) is refused: REQUIRED_ARGUMENTS gives them
+    "LARS": dict(lr=1e-2, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+                 max_unorm=0.02, maximize=False),
     # Muon takes matrices only, so it is not in CONFIGS (whose tests use every shape): tests/optim/test_muon.py
     "Muon": dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5, adjust_lr_fn=None,
@@ -167,16 +173,36 @@ CONFIGS = {
         dict(lr=0.01, maximize=True),
         dict(lr=0.5, beta2_decay=-1.0, eps=(1e-3, 0.1), d=2.0, weight_decay=0.05, maximize=True),
     ],
+    "LAMB": [
+        dict(lr=0.001),
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.05, betas=(0.8, 0.99), eps=1e-6, max_unorm=0.05),     # the trust ratio clips
+        dict(lr=0.001, max_unorm=0.0),                                  # no trust ratio
+        dict(lr=0.001, maximize=True),
+        dict(lr=0.02, betas=(0.5, 0.9), eps=1e-4, weight_decay=0.05, max_unorm=0.5, maximize=True),
+    ],
+    "LARS": [
+        dict(lr=0.1, momentum=0.9),                                     # the trust ratio clips
+        dict(lr=0.1, momentum=0.5, weight_decay=0.01),
+        dict(lr=0.001, momentum=0.9, max_unorm=1e4),                    # it never clips
+        dict(lr=0.01, momentum=0.9, max_unorm=0.0),                     # no trust ratio
+        dict(lr=0.1, momentum=0.9, maximize=True),
+        dict(lr=0.05, momentum=0.99, weight_decay=0.1, max_unorm=0.5, dampening=0, maximize=True),
+    ],
 }
+
+#: Arguments an algorithm cannot be built without (bitsandbytes' LARS: no default lr, and its
+#: default momentum, 0, is refused): make_fastopt and the reference fill them in when not given.
+REQUIRED_ARGUMENTS = {"LARS": dict(lr=1e-2, momentum=0.9)}
 
 ALL_CONFIGS = [(name, cfg) for name, cfgs in CONFIGS.items() for cfg in cfgs]
 #: Algorithms whose step reduces over elements (norms, row and column statistics): fastopt sums in
 #: float64 in its own fixed order, the reference with NumPy's, so they agree to an ulp of the
 #: reductions' rounding (in the param's dtype), not bit for bit.
-REDUCING = {"Adafactor"}
-#: The algorithms torch.optim has (Lion and AdEMAMix are not among them): the torch parity tests
-#: run these.
-TORCH_NAMES = [name for name in CONFIGS if name not in ("Lion", "AdEMAMix")]
+REDUCING = {"Adafactor", "LAMB", "LARS"}
+#: The algorithms torch.optim has (Lion, AdEMAMix, LAMB and LARS are not among them): the torch
+#: parity tests run these.
+TORCH_NAMES = [name for name in CONFIGS if name not in ("Lion", "AdEMAMix", "LAMB", "LARS")]
 TORCH_CONFIGS = [(name, cfg) for name, cfg in ALL_CONFIGS if name in TORCH_NAMES]
 
 
@@ -186,7 +212,7 @@ def config_id(name_cfg):
 
 
 def make_fastopt(name, params, **kwargs):
-    return getattr(fastopt, name)(params, **kwargs)
+    return getattr(fastopt, name)(params, **dict(REQUIRED_ARGUMENTS.get(name, {}), **kwargs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -609,12 +635,26 @@ def muon_step(p, g, state, lr, weight_decay, momentum, nesterov, ns_coefficients
     p[...] = pv + t(-(lr * ratio)) * x.astype(p.dtype)
 
 
+def lamb_reference_step(p, g, state, lr, bias_correction, betas, eps, weight_decay, amsgrad,
+                        adam_w_mode, max_unorm, maximize):
+    """tests/_support/trust_ratio.py's LAMB (the flags take their one accepted value)."""
+    assert bias_correction and adam_w_mode and not amsgrad
+    trust_ratio.lamb_step(p, g, state, lr, betas, eps, weight_decay, max_unorm, maximize)
+
+
+def lars_reference_step(p, g, state, lr, momentum, dampening, weight_decay, nesterov, max_unorm,
+                        maximize):
+    """tests/_support/trust_ratio.py's LARS (dampening and nesterov take their one accepted value)."""
+    assert dampening == 0 and not nesterov
+    trust_ratio.lars_step(p, g, state, lr, momentum, weight_decay, max_unorm, maximize)
+
+
 STEP_FUNCTIONS = {"SGD": sgd_step, "Adam": adam_step, "AdamW": adam_step, "RMSprop": rmsprop_step,
                   "Adagrad": adagrad_step, "NAdam": nadam_step, "RAdam": radam_step,
                   "Adamax": adamax_step, "Lion": lion_step, "AdEMAMix": ademamix_step,
                   "Adadelta": adadelta_step,
                   "Rprop": rprop_step, "ASGD": asgd_step, "Adafactor": adafactor_step,
-                  "Muon": muon_step}
+                  "Muon": muon_step, "LAMB": lamb_reference_step, "LARS": lars_reference_step}
 
 
 class RefOptimizer:

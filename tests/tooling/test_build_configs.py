@@ -15,6 +15,7 @@ import pytest
 import fastopt
 from fastopt import _backend, _dtypes
 from fastopt.algorithms import ALGORITHMS
+from reference import REQUIRED_ARGUMENTS  # (tests/_support: pytest's pythonpath)
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -31,7 +32,7 @@ def _selectable(algorithm, dtype):
                        stochastic_rounding=stochastic_rounding)
         param = np.linspace(-1, 1, 4 * 8).reshape(4, 8).astype(dtype)
         try:
-            optimizer = cls([param], **options)
+            optimizer = cls([param], **options, **REQUIRED_ARGUMENTS.get(algorithm.name, {}))
         except (TypeError, ValueError) as error:
             assert "storage configuration" not in str(error), (algorithm.name, dtype, options)
             continue   # a choice the Python layer refuses

@@ -10,8 +10,10 @@ torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
 from fastopt.torch import _compat  # noqa: E402
 
+#: The algorithms whose step is elementwise (those with a driver read whole params: flat refused)
 FLAT_ALGORITHMS = sorted(name for name in ft.__all__
-                         if name not in ("LBFGS", "FlatParams", "flatten_", "Adafactor", "Muon"))
+                         if name not in ("LBFGS", "FlatParams", "flatten_")
+                         and getattr(ft, name)._fastopt_cls.algorithm.driver is None)
 PER_TENSOR = "flat=True: the optimizer steps per tensor"
 
 
@@ -370,10 +372,11 @@ def test_a_param_with_hooks_is_given_its_place_without_losing_them():
 
 # -- refusals ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["Adafactor", "Muon"])
+@pytest.mark.parametrize("name", ["Adafactor", "Muon", "LAMB", "LARS"])
 def test_whole_matrix_algorithms_refuse_flat(name):
+    required = dict(lr=0.1, momentum=0.9) if name == "LARS" else {}
     with pytest.raises(ValueError, match="flat=True is not available"):
-        getattr(ft, name)([torch.nn.Parameter(torch.randn(4, 4))], flat=True)
+        getattr(ft, name)([torch.nn.Parameter(torch.randn(4, 4))], flat=True, **required)
 
 
 def test_refused_params_name_the_argument_and_nothing_moves():

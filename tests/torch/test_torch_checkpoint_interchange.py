@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastopt.torch as ft  # noqa: E402
 from fastopt.algorithms import ALGORITHMS, BY_NAME  # noqa: E402
+from reference import REQUIRED_ARGUMENTS  # noqa: E402  (tests/_support: pytest's pythonpath)
 
 pytestmark = pytest.mark.torch
 
@@ -153,7 +154,7 @@ def test_a_torch_sgd_checkpoint_is_refused_by_every_other_algorithm(name):
     """An SGD checkpoint has no betas, rho, eps... (and its state no exp_avg): torch would load it
     and fail later, or run with defaults nobody chose; fastopt.torch refuses it up front."""
     p = _model_param(name)
-    opt = getattr(ft, name)([p], lr=1e-3)
+    opt = getattr(ft, name)([p], **dict(REQUIRED_ARGUMENTS.get(name, {}), lr=1e-3))
     _step(opt, p, _grads((4, 3), torch.float32, 2, seed=2))
     before = _snapshot(opt)
     lacking = [key for key in _required(name) if key not in _sgd_checkpoint(0.0)["param_groups"][0]]
@@ -184,7 +185,7 @@ def test_a_group_without_one_of_the_algorithms_hyperparameters_is_refused(name):
     the key instead of running with the default."""
     assert set(REQUIRED) == {a.name for a in ALGORITHMS if a.torch_name}
     p = _model_param(name)
-    opt = getattr(ft, name)([p])
+    opt = getattr(ft, name)([p], **REQUIRED_ARGUMENTS.get(name, {}))
     _step(opt, p, _grads((4, 3), torch.float32, 2, seed=2))
     before = _snapshot(opt)
     packs = BY_NAME[name].bitsandbytes_groups   # (bitsandbytes' keys that pack ours: SGD's betas)

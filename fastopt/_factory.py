@@ -36,7 +36,8 @@ flat : bool, default False
     one flat gradient buffer (:func:`fastopt.torch.flatten_`): a step then updates each buffer with
     one call, with no per-tensor work. ``zero_grad()`` zeroes the gradient buffer and keeps the
     views (``set_to_none=True`` only when asked explicitly). Params must require grad and not share
-    memory; DTensor params and Adafactor/Muon (whole-matrix updates) are refused."""
+    memory; DTensor params, 8-bit states and Adafactor/Muon/LAMB/LARS (updates that read each param
+    as a whole) are refused."""
 
 OPTIONS_DOC = """\
 skip_nonfinite : bool, default False

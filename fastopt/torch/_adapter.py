@@ -181,8 +181,8 @@ class _Adapter(torch.optim.Optimizer):
                              "blocks are each param's own, which a flat buffer does not keep apart")
         if flat and self._fastopt_cls.algorithm.driver is not None:
             raise ValueError(f"flat=True is not available for {self._fastopt_cls.algorithm.name}: "
-                             "its update reads each param's whole matrix, which a flat buffer "
-                             "does not keep apart")
+                             "its update reads each param as a whole (its matrix, or its norms), "
+                             "which a flat buffer does not keep apart")
         super().__init__(params, defaults)
         if flat:
             self._flat = []
@@ -244,8 +244,8 @@ class _Adapter(torch.optim.Optimizer):
             # its update reads the whole matrix (Newton-Schulz, row and column statistics): on a
             # local shard it would be another algorithm
             raise TypeError(f"{what} is a DTensor (FSDP2, tensor parallel); {algorithm.name}'s "
-                            "update needs each param's whole matrix, which fastopt.torch does not "
-                            "gather: use it on plain tensors")
+                            "update needs each param as a whole (its matrix, or its norms), which "
+                            "fastopt.torch does not gather: use it on plain tensors")
         problem = tensor_problem(local(p) if isinstance(p, torch.Tensor) else p, what)
         if problem is not None:
             raise problem

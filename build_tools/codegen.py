@@ -120,12 +120,16 @@ def _storage_configs():
             out.append(StorageConfig(f"{half}{g}_master", half, grad, "f32", master=True))
             out.append(StorageConfig(f"{half}{g}_master_sbf16", half, grad, "bf16", master=True))
     # 8-bit states (blockwise, bitsandbytes' format): float32 params, and half-precision ones with
-    # or without a float32 master copy (no stochastic rounding with 8-bit states)
+    # or without a float32 master copy; codes rounded stochastically for float32 and bfloat16
+    # params without a master copy (a bfloat16 param then rounds stochastically too)
     out.append(StorageConfig("f32_q8", "f32", "f32", "q8"))
+    out.append(StorageConfig("f32_q8_sr", "f32", "f32", "q8", stochastic=True))
     for half in HALF:
         for grad in (half, "f32"):
             g = "" if grad == half else "_g32"
             out.append(StorageConfig(f"{half}{g}_q8", half, grad, "q8"))
+            if half == "bf16":
+                out.append(StorageConfig(f"{half}{g}_q8_sr", half, grad, "q8", stochastic=True))
             out.append(StorageConfig(f"{half}{g}_master_q8", half, grad, "q8", master=True))
     return out
 
@@ -253,8 +257,10 @@ class KernelCode:
                         blocks=_blocks(config, states, assigned))
                     # the element loop proper: configurations that differ only in what the
                     # wrapper converts block by block (float16 through float32) share it
+                    # (stochastic rounding changes an element loop only where it stores bfloat16)
+                    rounds = config.stochastic and "bf16" in (_seen(config.param), _seen(config.state))
                     element_key = (ctype, _seen(config.param), _seen(config.grad),
-                                   _seen(config.state), config.master, config.stochastic,
+                                   _seen(config.state), config.master, rounds,
                                    key, tuple(st.name in assigned for st in states))
                     loop.defines_element = element_key not in elements
                     loop.element = elements.setdefault(element_key, f"{loop.name}_loop")
@@ -309,7 +315,11 @@ def _blocks(config, states, assigned):
             if loaded:
                 loads.append(f"fo_q8_load_block({name}_block, (const uint8_t*){data} + start, "
                              f"({absmax})[0], fo_q8_map_{code_map}, len);")
-            if stored:
+            if stored and config.stochastic:
+                # each state its own random stream (the param's is sr_key itself)
+                stores.append(f"fo_q8_store_block_{code_map}_sr((uint8_t*){data} + start, {absmax}, "
+                              f"{name}_block, len, sr_key + {0x51ED27 * (index + 1)}u, index0 + start);")
+            elif stored:
                 stores.append(f"fo_q8_store_block_{code_map}((uint8_t*){data} + start, {absmax}, "
                               f"{name}_block, len);")
             return

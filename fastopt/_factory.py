@@ -50,8 +50,10 @@ master_weights : bool, default False
 state_dtype : None, "float32" or "bfloat16", default None
     With ``master_weights``: the moments' dtype (float32 by default).
 stochastic_rounding : bool, default False
-    For bfloat16 params without master weights: round stores stochastically (``seed``); params
-    of other dtypes are refused.
+    For bfloat16 params without master weights: round stores stochastically (``seed``); with
+    ``optim_bits=8``, the codes of 8-bit states too (unbiased: a value takes the farther of its two
+    codes with probability equal to its distance from the nearer one over their spacing). float16
+    params are refused.
 seed : int, optional
     The stochastic-rounding seed.
 optim_bits : {32, 8}, default 32

@@ -89,14 +89,14 @@ def check_stochastic_rounding_target(arr, name):
             "optimizer of their own), or leave stochastic_rounding off")
 
 
-def check_stochastic_rounding_has_target(storages):
-    """Raise ValueError if none of ``storages`` (the params' storage codes) is bfloat16: the
-    option would act on nothing."""
-    if _dtypes.BF16 not in storages:
+def check_stochastic_rounding_has_target(storages, eight_bit=False):
+    """Raise ValueError if none of ``storages`` (the params' storage codes) is bfloat16 and no
+    param keeps 8-bit states (``eight_bit``): the option would act on nothing."""
+    if _dtypes.BF16 not in storages and not eight_bit:
         names = sorted({_dtypes.NAMES[s] for s in storages})
         raise ValueError(
-            "stochastic_rounding=True rounds bfloat16 params, and params has none (dtypes: "
-            f"{', '.join(names)}); leave stochastic_rounding off")
+            "stochastic_rounding=True rounds bfloat16 params and the codes of 8-bit states, and "
+            f"params has none (dtypes: {', '.join(names)}); leave stochastic_rounding off")
 
 
 def check_no_overlap(arrays, names):

@@ -156,7 +156,9 @@ class Optimizer:
         With ``master_weights``: the dtype of the moment buffers (float32 by default; bfloat16
         halves their memory traffic).
     stochastic_rounding : bool, default False
-        For bfloat16 params without master weights: round the params and states stochastically
+        For 8-bit states (``optim_bits=8``): round their codes stochastically (a value between two
+        codes takes the farther one with probability equal to its distance from the nearer one
+        over their spacing: unbiased). For bfloat16 params without master weights: round the params and states stochastically
         when storing them (unbiased: up with probability equal to the distance from the value
         below), which keeps small updates from being lost. Reproducible for a given ``seed``,
         whatever the thread count. float32/float64 params may sit beside them (they are stored
@@ -194,9 +196,6 @@ class Optimizer:
             if self.algorithm.driver is not None:
                 raise ValueError(f"optim_bits=8: {self.algorithm.name} keeps no 8-bit states (its "
                                  "step is not elementwise); use optim_bits=32")
-            if self.stochastic_rounding:
-                raise ValueError("stochastic_rounding is not available with 8-bit states "
-                                 "(optim_bits=8): the param is rounded to nearest")
             if self.state_dtype is not None:
                 raise ValueError("state_dtype is not available with optim_bits=8: the states of "
                                  "params of min_8bit_size elements or more are kept in 8 bits, "
@@ -235,7 +234,9 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
         if self.stochastic_rounding:
-            V.check_stochastic_rounding_has_target({_dtypes.storage_of(p) for p in self._params})
+            V.check_stochastic_rounding_has_target(
+                {_dtypes.storage_of(p) for p in self._params},
+                eight_bit=any(self._eight_bit(p) for p in self._params))
 
     # ------------------------------------------------------------------------------------------
     # Param groups
@@ -319,7 +320,8 @@ class Optimizer:
             state = _dtypes.BF16 if self.state_dtype == "bfloat16" else _dtypes.F32
         else:
             state = storage
-        stochastic = self.stochastic_rounding and storage == _dtypes.BF16
+        # bfloat16 params round stochastically; 8-bit states round their codes stochastically
+        stochastic = self.stochastic_rounding and (storage == _dtypes.BF16 or eight_bit)
         if alg.driver is not None and half:
             # a driver's reductions and matrix products run in the param's own dtype
             raise TypeError(f"{alg.name} supports float32 and float64 params, got "

@@ -171,6 +171,45 @@ static inline void fo_q8_store_block(uint8_t* restrict codes, float* restrict ab
         codes[i] = fo_q8_code(lut, bits, is_signed, v[i] / top);
 }
 
+/* Stochastic rounding of codes: a quotient between two codes' values takes the farther one with
+ * probability equal to its distance from the nearer one over their spacing, so the stored value
+ * is unbiased (small updates of a state are not lost on average); the random bits depend only on
+ * the key (seed, param, step, state) and the element's index in its param, so any thread count
+ * draws the same. A quotient equal to a code's value, NaN, and the ends of the map keep the
+ * nearest code. */
+static inline void fo_q8_store_block_sr(uint8_t* restrict codes, float* restrict absmax,
+                                        const float* restrict v, Py_ssize_t n,
+                                        const uint32_t* restrict lut, int bits, int is_signed,
+                                        const float* restrict map, uint64_t key, Py_ssize_t index0) {
+    const float top = fo_q8_absmax(v, n);
+    *absmax = top;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float x = v[i] / top;
+        const int nearest = fo_q8_code(lut, bits, is_signed, x);
+        const float at = map[nearest];
+        int other = x > at ? nearest + 1 : (x < at ? nearest - 1 : nearest);
+        other = other < 0 ? 0 : (other > 255 ? 255 : other);
+        const float spacing = map[other] - at;
+        const float p = spacing != 0.0f ? (x - at) / spacing : 0.0f;         /* in [0, 1/2] */
+        const float u = (float)(fo_random_bits(key, index0 + i) >> 8) * 0x1p-24f;
+        codes[i] = (uint8_t)(u < p ? other : nearest);
+    }
+}
+
+static inline void fo_q8_store_block_signed_sr(uint8_t* restrict codes, float* restrict absmax,
+                                               const float* restrict v, Py_ssize_t n, uint64_t key,
+                                               Py_ssize_t index0) {
+    fo_q8_store_block_sr(codes, absmax, v, n, fo_q8_lut_signed, FO_Q8_SIGNED_BITS, 1,
+                         fo_q8_map_signed, key, index0);
+}
+
+static inline void fo_q8_store_block_unsigned_sr(uint8_t* restrict codes, float* restrict absmax,
+                                                 const float* restrict v, Py_ssize_t n,
+                                                 uint64_t key, Py_ssize_t index0) {
+    fo_q8_store_block_sr(codes, absmax, v, n, fo_q8_lut_unsigned, FO_Q8_UNSIGNED_BITS, 0,
+                         fo_q8_map_unsigned, key, index0);
+}
+
 static inline void fo_q8_store_block_signed(uint8_t* restrict codes, float* restrict absmax,
                                             const float* restrict v, Py_ssize_t n) {
     fo_q8_store_block(codes, absmax, v, n, fo_q8_lut_signed, FO_Q8_SIGNED_BITS, 1);

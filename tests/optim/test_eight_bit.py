@@ -328,8 +328,10 @@ def test_8bit_states_are_refused_where_they_cannot_be_kept():
         fastopt.AdamW8bit([np.zeros(5000, np.float64)])
     with pytest.raises(ValueError, match="Adafactor keeps no 8-bit states"):
         fastopt.Adafactor([np.zeros((64, 64), np.float32)], optim_bits=8)
-    with pytest.raises(ValueError, match="stochastic_rounding"):
-        fastopt.AdamW8bit([np.zeros(5000, np.float32)], stochastic_rounding=True)
+    with pytest.raises(ValueError, match="stochastic_rounding.*params has none"):
+        fastopt.AdamW8bit([np.zeros(100, np.float32)], stochastic_rounding=True)   # (float32 states)
+    with pytest.raises(ValueError, match="float16"):
+        fastopt.AdamW8bit([np.zeros(5000, np.float16)], stochastic_rounding=True)
     fastopt.AdamW8bit([np.zeros(100, np.float64)])     # below min_8bit_size: float64 states
 
 
@@ -383,3 +385,123 @@ def test_clipping_inside_the_step_is_clipping_then_stepping():
         two.step(clipped)
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+# -- stochastic rounding of codes --------------------------------------------------------------
+
+def _mix64(x):
+    """splitmix64's finalizer (the bucket's), on uint64 arrays or scalars."""
+    x = np.uint64(x)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def _random_bits(key, index):
+    """simd.h's fo_random_bits(key, index) for an array of indices."""
+    key, index = np.uint64(key), np.asarray(index, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (index.astype(np.uint32) * np.uint32(0x9E3779B1)) ^ (index >> np.uint64(32)).astype(np.uint32) \
+            ^ np.uint32(key & np.uint64(0xFFFFFFFF))
+        x = x + np.uint32(key >> np.uint64(32))
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x85EBCA6B)
+        x ^= x >> np.uint32(13)
+        x *= np.uint32(0xC2B2AE35)
+        x ^= x >> np.uint32(16)
+    return x
+
+
+def _stochastic_codes(values, kind, key):
+    """The emulation of the loops' stochastic rounding of codes (q8.h's fo_q8_store_block_sr)."""
+    qmap = blockwise8.dynamic_map(kind == "signed")
+    nearest, absmax = blockwise8.quantize(values, qmap, kind == "signed")
+    x = (values / np.repeat(absmax, 256)[:values.size]).astype(np.float32)
+    at = qmap[nearest]
+    other = np.clip(np.where(x > at, nearest.astype(np.int64) + 1,
+                             np.where(x < at, nearest.astype(np.int64) - 1, nearest)), 0, 255)
+    spacing = qmap[other] - at
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(spacing != 0, (x - at) / spacing, np.float32(0)).astype(np.float32)
+    u = (_random_bits(key, np.arange(values.size)) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+    return np.where(u < p, other, nearest).astype(np.uint8), absmax
+
+
+def test_stochastic_codes_are_the_emulations():
+    """One step from zero states with stochastic_rounding: the codes are the emulation's for the
+    random bits keyed by the seed, the param's index, the step and the state (the param's own
+    stream is the key itself, each state's the key plus its salt)."""
+    seed, n = 1234, 9000
+    rng = np.random.default_rng(10)
+    p8 = rng.standard_normal(n).astype(np.float32)
+    p32 = p8.copy()
+    eight = fastopt.AdamW8bit([p8], lr=1e-2, stochastic_rounding=True, seed=seed)
+    twin = fastopt.AdamW8bit([p32], lr=1e-2, optim_bits=32)
+    g = rng.standard_normal(n).astype(np.float32)
+    eight.step([g])
+    twin.step([g])
+    np.testing.assert_array_equal(p8, p32)
+    key = int(_mix64(np.uint64(seed) ^ _mix64(np.uint64(0) * np.uint64(0x9E3779B97F4A7C15)
+                                              + np.uint64(1))))
+    for j, (state, kind) in enumerate((("exp_avg", "signed"), ("exp_avg_sq", "unsigned"))):
+        salt = 0x51ED27 * (j + 1)
+        codes, absmax = _stochastic_codes(twin.state[0][state], kind, (key + salt) % 2 ** 64)
+        np.testing.assert_array_equal(eight.state[0][state + "_absmax"], absmax)
+        np.testing.assert_array_equal(eight.state[0][state], codes)
+        nearest, _ = blockwise8.quantize(twin.state[0][state], blockwise8.dynamic_map(kind == "signed"),
+                                         kind == "signed")
+        assert 0.05 < np.mean(codes != nearest) < 0.45     # (it does round some the other way)
+
+
+def test_stochastic_codes_are_unbiased_where_nearest_codes_are_not():
+    """The mean of a value's dequantized codes over many seeds is the value; the nearest code's
+    error is systematic."""
+    rng = np.random.default_rng(11)
+    block = (rng.standard_normal(256) * 0.3).astype(np.float32)
+    block[0] = 1.0                                   # the block's absmax is 1: codes are the values
+    qmap = blockwise8.dynamic_map(True)
+    means = np.zeros(256)
+    seeds = 400
+    for seed in range(seeds):
+        p = np.zeros(256 * 20, np.float32)           # 20 blocks, the same values, other random bits
+        opt = fastopt.SGD8bit([p], lr=1.0, momentum=0.5, stochastic_rounding=True, seed=seed,
+                              min_8bit_size=0)
+        opt.step([np.tile(block, 20)])               # the momentum buffer is the gradient: block
+        buf = opt.state[0]["momentum_buffer"].reshape(20, 256)
+        means += qmap[buf].mean(axis=0)
+    means /= seeds
+    nearest_error = np.abs(qmap[blockwise8.search_codes(block, qmap, True)] - block)
+    spread = 0.01 * np.maximum(nearest_error.max(), 1e-3)
+    worst = nearest_error.argmax()
+    assert abs(means[worst] - block[worst]) < nearest_error[worst] / 4
+    assert np.max(np.abs(means - block)) < 0.003 + spread
+
+
+@pytest.mark.parametrize("name", ["AdamW8bit", "Lion8bit", "RMSprop8bit"])
+def test_stochastic_codes_do_not_depend_on_the_thread_count_and_follow_the_seed(name):
+    rng = np.random.default_rng(12)
+    start = rng.standard_normal(300_001).astype(np.float32)
+    grads = [rng.standard_normal(300_001).astype(np.float32) for _ in range(3)]
+    runs = []
+    saved = fastopt.get_num_threads(), kernels.get_parallel_min_size()
+    try:
+        for threads, seed in ((1, 5), (2, 5), (1, 6)):
+            fastopt.set_num_threads(threads)
+            kernels.set_parallel_min_size(1)
+            p = start.copy()
+            opt = getattr(fastopt, name)([p], stochastic_rounding=True, seed=seed)
+            for g in grads:
+                opt.step([g])
+            runs.append(opt.state_dict())
+    finally:
+        fastopt.set_num_threads(saved[0])
+        kernels.set_parallel_min_size(saved[1])
+    first, same_seed, other_seed = (r["state"][0] for r in runs)
+    for key in first:
+        np.testing.assert_array_equal(first[key], same_seed[key])
+    assert any(not np.array_equal(first[k], other_seed[k]) for k in first if k != "step")
+    assert runs[0]["stochastic_rounding_seed"] == 5

@@ -158,11 +158,12 @@ class Optimizer:
     stochastic_rounding : bool, default False
         For 8-bit states (``optim_bits=8``): round their codes stochastically (a value between two
         codes takes the farther one with probability equal to its distance from the nearer one
-        over their spacing: unbiased). For bfloat16 params without master weights: round the params and states stochastically
-        when storing them (unbiased: up with probability equal to the distance from the value
-        below), which keeps small updates from being lost. Reproducible for a given ``seed``,
-        whatever the thread count. float32/float64 params may sit beside them (they are stored
-        as computed); float16 params, or no bfloat16 param at all, are refused (ValueError).
+        over their spacing: unbiased). For bfloat16 params without master weights: round the
+        params and states stochastically when storing them (unbiased: up with probability equal
+        to the distance from the value below), which keeps small updates from being lost.
+        Reproducible for a given ``seed``, whatever the thread count. float32/float64 params may
+        sit beside them (they are stored as computed); float16 params, or neither a bfloat16
+        param nor an 8-bit state at all, are refused (ValueError).
     seed : int, optional
         The stochastic-rounding seed (default: drawn from the OS). ``state_dict()`` keeps it (as
         ``"stochastic_rounding_seed"``) with each param's step count, and ``load_state_dict``

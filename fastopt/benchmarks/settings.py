@@ -72,10 +72,12 @@ SETTINGS = MappingProxyType({
 })
 
 #: The benchmark's algorithms, by the name used on the command line (``--optimizers adam,sgd``):
-#: every declared elementwise algorithm, in declaration order.
+#: every declared elementwise algorithm with float32 states, in declaration order.
 ALGORITHMS = MappingProxyType({
     declared.name.lower(): Algorithm.from_declaration(declared, SETTINGS.get(declared.name))
-    for declared in DECLARED if declared.driver is None})
+    for declared in DECLARED
+    # bitsandbytes' classes keep 8-bit states by default: the "8-bit" table times them
+    if declared.driver is None and declared.bitsandbytes_states is None})
 
 
 @dataclass(frozen=True)

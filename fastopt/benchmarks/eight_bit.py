@@ -282,8 +282,13 @@ def measure_state_bytes(name, n):
 def _state_bytes_process(name, n, env, timeout):
     """:func:`measure_state_bytes` in a fresh process: its readings, or dict(error=one line)."""
     cmd = [sys.executable, "-m", "fastopt.benchmarks.eight_bit", name, str(n)]
+    # run from the folder that holds the fastopt this process imported: ``-m`` puts the working
+    # directory first on the path, and at a source checkout's root that is the unbuilt source tree
+    import fastopt
+    here = os.path.dirname(os.path.dirname(os.path.abspath(fastopt.__file__)))
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=here)
     except subprocess.TimeoutExpired:
         return dict(error=f"no result within {timeout} s")
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]

@@ -211,3 +211,14 @@ def test_bench_runs_the_table_and_no_eight_bit_skips_it(tiny, capsys, tmp_path):
         assert f"plot: {plot}" in out and plot.stat().st_size > 0
     assert cli.main(ARGS + ["--no-plot", "--no-torch", "--no-ceiling", "--optimizers", "sgd"]) == 0
     assert "8-bit states" not in capsys.readouterr().out       # Adam's table: run with adam
+
+
+def test_the_memory_measure_imports_this_fastopt_from_a_source_checkouts_root(tmp_path, monkeypatch):
+    """``fastopt bench`` run at the root of a source checkout (where ``fastopt/`` is the unbuilt
+    source tree) still measures the installed fastopt in its fresh processes."""
+    (tmp_path / "fastopt").mkdir()
+    (tmp_path / "fastopt" / "__init__.py").write_text("raise ImportError('the unbuilt source tree')\n")
+    monkeypatch.chdir(tmp_path)
+    readings = eight_bit.state_bytes(["fastopt-8bit"], n=1_000_000)
+    assert "error" not in readings["fastopt-8bit"], readings
+    assert readings["fastopt-8bit"]["source"] in ("statm", "peak RSS")

@@ -579,13 +579,14 @@ class _Adapter(torch.optim.Optimizer):
         for name, value in entry.items():
             if value is None:
                 continue
+            codes = _codes(value, saved, name) if isinstance(value, torch.Tensor) else None
             if name == "step":
                 one = isinstance(value, torch.Tensor) and value.numel() == 1
                 out[name] = value.item() if one else value
-            elif isinstance(value, torch.Tensor) and _codes(value, saved, name) is not None:
+            elif codes is not None:
                 # the codes of an 8-bit state (which torch's load casts to the param's dtype: taken
                 # as saved); fastopt's load checks their shape and dtype
-                out[name] = local(_codes(value, saved, name)).detach().contiguous().numpy()
+                out[name] = local(codes).detach().contiguous().numpy()
             elif isinstance(value, torch.Tensor) and kept is not None \
                     and kept(index, name) == np.uint8:
                 # an 8-bit state saved in another dtype (float32 states, int8 codes), which torch's

@@ -11,11 +11,16 @@ Generated pages are skipped (docs/_build, the gallery docs/auto_examples, the pe
 docs/performance/_generated and the API pages docs/api, written by the build). ``bash`` and
 ``text`` blocks are not run. Under CI a block that needs a missing package (torch, DeepSpeed, ...)
 fails like any other; elsewhere it is skipped, as tests/conftest.py does for test modules.
+
+Most of a block's time is its interpreter starting and importing torch, so the selected blocks are
+started ahead, two at a time (``FASTOPT_DOC_BLOCK_JOBS``), and each test waits for its own.
 """
 import os
 import re
 import subprocess
 import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -28,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ("_build", "auto_examples", "performance/_generated", "api")
 #: Seconds a block may take; blocks are meant to be small (a few steps on small arrays).
 TIMEOUT = 120
+#: Blocks run at once: their time is mostly interpreters starting and importing torch.
+JOBS = max(1, int(os.environ.get("FASTOPT_DOC_BLOCK_JOBS", "2")))
 #: A fence that opens a Python block: ```python (or ```{code-block} python, MyST's directive form).
 _OPENING = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?:python|py|\{code-block\}\s+python|\{code\}\s+python)\s*$")
 
@@ -94,22 +101,48 @@ def test_blocks_are_found_with_their_lines(tmp_path):
     assert python_blocks(page) == [(3, "print(1)\n"), (11, "print(2)\n")]
 
 
-@pytest.mark.parametrize("code", CASES)
-def test_code_block_runs(code, tmp_path, under_ci):
+def run_block(code):
+    """Run ``code`` as a script in a fresh interpreter in an empty folder: ``(status, stdout,
+    stderr)``, status None when it ran longer than TIMEOUT."""
     package_root = str(Path(fastopt.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    env.setdefault("OMP_NUM_THREADS", "1")     # small blocks; the machines' cores are shared
-    script = tmp_path / "block.py"
-    script.write_text(code, encoding="utf-8")
-    try:
-        done = subprocess.run([sys.executable, str(script)], cwd=str(tmp_path), env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as timeout:
-        pytest.fail(f"the block ran longer than {TIMEOUT} s:\n{code}\n{timeout.stdout or ''}")
-    if done.returncode != 0:
-        missing = re.search(r"ModuleNotFoundError: No module named '([^']+)'", done.stderr)
+    env.setdefault("OMP_NUM_THREADS", "1")     # small blocks, run two at a time
+    with tempfile.TemporaryDirectory() as folder:
+        script = Path(folder) / "block.py"
+        script.write_text(code, encoding="utf-8")
+        try:
+            done = subprocess.run([sys.executable, str(script)], cwd=folder, env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired as timeout:
+            return None, timeout.stdout or "", timeout.stderr or ""
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def started_blocks(request):
+    """The selected blocks' runs, started in test order, JOBS at a time."""
+    codes = [item.callspec.params["code"] for item in request.session.items
+             if item.module is request.module and hasattr(item, "callspec")
+             and "code" in item.callspec.params]
+    with ThreadPoolExecutor(max_workers=JOBS) as pool:
+        runs = {}
+        for code in codes:
+            if code not in runs:
+                runs[code] = pool.submit(run_block, code)
+        yield runs
+        for run in runs.values():
+            run.cancel()
+
+
+@pytest.mark.parametrize("code", CASES)
+def test_code_block_runs(code, started_blocks, under_ci):
+    status, stdout, stderr = started_blocks[code].result()
+    if status is None:
+        pytest.fail(f"the block ran longer than {TIMEOUT} s:\n{code}\n{stdout}", pytrace=False)
+    if status != 0:
+        missing = re.search(r"ModuleNotFoundError: No module named '([^']+)'", stderr)
         if missing and missing.group(1).split(".")[0] != "fastopt" and not under_ci:
             pytest.skip(f"could not import '{missing.group(1)}' (the block needs it)")
-        pytest.fail(f"the block exited with status {done.returncode}:\n{code}\n"
-                    f"--- stdout ---\n{done.stdout}\n--- stderr ---\n{done.stderr}", pytrace=False)
+        pytest.fail(f"the block exited with status {status}:\n{code}\n"
+                    f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}", pytrace=False)

@@ -49,13 +49,70 @@ def machine_info():
         load = None
     return {"cpu": model, "logical_cpus": os.cpu_count(), "usable_cpus": usable,
             "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "loadavg": load}
+            "numpy": np.__version__, "loadavg": load, "caches": cache_sizes()}
+
+
+def cache_sizes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """{"L1d": bytes, "L2": bytes, "L3": bytes, ...} of the first CPU's data and unified caches,
+    from Linux's sysfs (empty where it cannot be read: another OS, a container hiding it)."""
+    sizes = {}
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return sizes
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, entry, "level")) as fh:
+                level = int(fh.read())
+            with open(os.path.join(root, entry, "type")) as fh:
+                kind = fh.read().strip()
+            with open(os.path.join(root, entry, "size")) as fh:
+                text = fh.read().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction":
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMGB")) * scale
+        except ValueError:
+            continue
+        sizes[f"L{level}d" if kind == "Data" else f"L{level}"] = size
+    return sizes
+
+
+def last_level_cache(caches):
+    """(name, bytes) of the largest cache in ``caches`` (see :func:`cache_sizes`), or None."""
+    if not caches:
+        return None
+    return max(caches.items(), key=lambda item: item[1])
+
+
+def where_data_lives(working_set, caches):
+    """Where a step's ``working_set`` bytes fit: the smallest cache of ``caches`` that holds
+    them (``"L2"``, ``"L3"``), ``"memory"`` beyond the last-level cache, or None when the
+    caches are unknown."""
+    if not caches:
+        return None
+    for name, size in sorted(caches.items(), key=lambda item: item[1]):
+        if working_set <= size:
+            return name
+    return "memory"
 
 
 def fmt(x, width=8):
-    """A number with 3 significant digits (no exponent), right-aligned; "-" when missing."""
+    """A number with 3 significant digits (no exponent), right-aligned; "-" when missing.
+
+    Every figure of the tables is a time, a rate or a ratio of them, never below zero: a
+    negative one is a difference of two timings (an overhead, a marginal cost) that the
+    machine's noise turned over, and prints as ``noise``.
+    """
     if x is None or not math.isfinite(x):
         return "-".rjust(width)
+    if x < 0:
+        return "noise".rjust(width)
     if x >= 100:
         s = f"{x:.0f}"
     elif x >= 10:
@@ -126,12 +183,17 @@ def format_traffic(names, dtypes):
     return "\n".join(lines)
 
 
-def bandwidth(rows):
-    """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured."""
+def bandwidth(rows, caches=None):
+    """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured
+    whose working set exceeds the last-level cache of ``caches`` (any size when they are
+    unknown): a bound measured in a cache is the cache's bandwidth, not the memory's."""
     out = {}
+    llc = last_level_cache(caches)
     for r in rows:
         bound = r["ns_per_elem"].get("mem-bound")
         if bound is None or r["n_key"] == MANY:
+            continue
+        if llc is not None and r["bytes_per_elem"] * r["n"] <= llc[1]:
             continue
         best = out.get(r["threads"])
         if best is None or r["n"] > best[1]["n"]:

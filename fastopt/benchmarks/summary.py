@@ -9,7 +9,7 @@ memory-traffic bound, torch.optim's fastest CPU path and in-place NumPy, and thr
 """
 import math
 
-from .report import fmt, last_level_cache, ratio, where_data_lives
+from .report import fmt, last_level_cache, markdown, ratio, where_data_lives
 from .settings import MANY_LABEL, NOISY
 
 #: The ratios of the summary: (key, numerator, denominator), numerator and denominator being
@@ -69,9 +69,30 @@ GROUPS = (
 )
 
 
-def format_table(rows, caches):
+#: The Markdown table's header: a title per column, naming the group's meaning.
+MARKDOWN_HEADER = ("optimizer", "size", "data in", "threads", "fastopt ns", "mem-bound ns", "torch ns",
+                   "numpy ns", "x faster than torch", "x faster than numpy", "time / memory bound",
+                   "noise")
+
+
+def _cells(r, caches):
+    return {"optimizer": r["optimizer"], "size": r["size"], "data": data_location(r, caches),
+            "threads": str(r["threads"]),
+            "noise": "-" if r.get("noise") is None else f"{100 * r['noise']:.0f}%" + ("!" if is_noisy(r) else " ")}
+
+
+def format_table(rows, caches, as_markdown=False):
     """The summary table: a group header naming what each group of numbers means, the column
-    titles, and one line per row."""
+    titles, and one line per row (with ``as_markdown``, a Markdown table whose column titles
+    say it)."""
+    if as_markdown:
+        lines = []
+        for r in rows:
+            v, cells = values(r), _cells(r, caches)
+            lines.append([cells["optimizer"], cells["size"], cells["data"], cells["threads"]]
+                         + [fmt(v[k], 0) for k in ("fastopt", "mem-bound", "torch", "numpy", "x torch",
+                                                   "x numpy", "of bound")] + [cells["noise"]])
+        return markdown(MARKDOWN_HEADER, lines)
     groups = []
     for title, columns in GROUPS:
         width = sum(w for _, _, w in columns) + len(columns) - 1
@@ -86,10 +107,7 @@ def format_table(rows, caches):
                        for g, (_, columns, _) in enumerate(groups))
     lines = [head.rstrip(), names, "-" * len(names)]
     for r in rows:
-        v = values(r)
-        cells = {"optimizer": r["optimizer"], "size": r["size"], "data": data_location(r, caches),
-                 "threads": str(r["threads"]),
-                 "noise": "-" if r.get("noise") is None else f"{100 * r['noise']:.0f}%" + ("!" if is_noisy(r) else " ")}
+        v, cells = values(r), _cells(r, caches)
         parts = []
         for g, (_, columns, _) in enumerate(groups):
             texts = []

@@ -411,7 +411,7 @@ def _print_results(rows, clip_rows, opts, dtypes, caches=None):
                   f"{r['dtype']} {r['size']}, {r['bytes_per_elem']} B per element)")
         llc = report.last_level_cache(caches)
         if not measured and llc is not None and any("mem-bound" in r["ns_per_elem"] for r in rows):
-            print(f"memory bandwidth: not measured, every array fits in the {llc[1] >> 20} MiB "
+            print(f"memory bandwidth: not measured, every single array fits in the {llc[1] >> 20} MiB "
                   f"{llc[0]} cache (the bound there is the cache's)")
     if clip_rows:
         print(f"\nclip_grad_norm_(max_norm={settings.CLIP_MAX_NORM}) over the 200 arrays (norm ~12: every "

@@ -239,8 +239,8 @@ def write_plot(rows, path, eight_bit=()):
                 for ti, th in enumerate(threads):
                     sel = [r for r in rows if r["optimizer"] == opt and r["dtype"] == dt
                            and r["threads"] == th and r["ns_per_elem"].get(c) is not None]
-                    single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] != MANY)
-                    many = [(r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] == MANY]
+                    single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if not _is_many(r))
+                    many = [(r["n"], r["ns_per_elem"][c]) for r in sel if _is_many(r)]
                     if single:
                         ax.plot(*zip(*single), styles[ti % 4], marker="o", ms=3, color=colors[c],
                                 label=f"{c} ({th} thr)")

@@ -175,7 +175,7 @@ def test_bench_uses_its_own_c_reference(capsys):
         assert "memory bandwidth of the bound, 1 thr:" in out
     else:
         assert "memory bandwidth of the bound" not in out
-        assert (f"memory bandwidth: not measured, every array fits in the {llc[1] >> 20} MiB {llc[0]} "
+        assert (f"memory bandwidth: not measured, every single array fits in the {llc[1] >> 20} MiB {llc[0]} "
                 "cache (the bound there is the cache's)") in out.splitlines()
 
 

@@ -31,16 +31,22 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.total = total
         self.done = 0
-        bar_class = _tqdm_class(self.stream) if bar is None else (bar or None)
-        self._bar = (bar_class(total=total, file=self.stream, unit="step", leave=False,
-                               dynamic_ncols=True, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                               "[{elapsed}<{remaining}] {postfix}")
-                     if bar_class is not None else None)
+        self._bar_class = _tqdm_class(self.stream) if bar is None else (bar or None)
+        self._bar = None
+        self._start_bar()
+
+    def _start_bar(self):
+        # (a bar is drawn once there is a total: tqdm draws nothing for a total of 0)
+        if self._bar is None and self._bar_class is not None and self.total > 0:
+            self._bar = self._bar_class(total=self.total, initial=self.done, file=self.stream,
+                                        unit="step", leave=False, dynamic_ncols=True, mininterval=0.2,
+                                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                                   "[{elapsed}<{remaining}]{postfix}")
 
     @property
     def interactive(self):
         """True when the progress is a bar rather than lines."""
-        return self._bar is not None
+        return self._bar_class is not None
 
     def add(self, units):
         """Count ``units`` more steps in the total (a table whose size is known late)."""
@@ -48,9 +54,12 @@ class Progress:
         if self._bar is not None:
             self._bar.total = self.total
             self._bar.refresh()
+        self._start_bar()
 
     def log(self, message):
-        if self._bar is not None:
+        if self._bar is None and self._bar_class is not None:
+            print(message, file=self.stream, flush=True)     # before the bar: a line
+        elif self._bar is not None:
             self._bar.set_postfix_str(message.strip()[:80])
         else:
             print(message, file=self.stream, flush=True)
@@ -82,3 +91,4 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._bar_class = None            # what follows is logged as lines

@@ -9,6 +9,8 @@ memory-traffic bound, torch.optim's fastest CPU path and in-place NumPy, and thr
 """
 import math
 
+import numpy as np
+
 from .report import fmt, last_level_cache, markdown, ratio, where_data_lives
 from .settings import MANY_LABEL, NOISY
 
@@ -25,6 +27,14 @@ PANELS = (
     ("x numpy", "fastopt's speed-up over NumPy", "x faster than in-place NumPy"),
 )
 TORCH_PATHS = ("torch-fused", "torch-foreach", "torch-loop")
+#: The figure's axes span the cells that are not noisy, but at most this factor either side of
+#: their median: a cell whose contender stalled all along (a preempted thread makes every round
+#: slow, so its spread stays small) is drawn at the edge with its value written, not let stretch
+#: the axis over the other cells.
+AXIS_SPREAD = 20.0
+#: The lowest a panel's axis goes: fastopt's time can hardly be below the time of streaming its
+#: own memory traffic, so a ratio far below 1 is a disturbed measurement of the bound.
+AXIS_FLOOR = {"of bound": 0.5}
 
 
 def torch_column(row):
@@ -171,8 +181,10 @@ def plot_data(rows):
     Returns a dict: ``optimizers`` (x positions 0, 1, ...), ``series`` (one per size and thread
     count: ``label``, ``size``, ``threads``, ``offset`` from the optimizer's position) and
     ``panels``, one per :data:`PANELS` entry: ``key``, ``title``, ``ylabel``, ``ylim`` (from the
-    cells that are not noisy, with 1.0 inside) and ``points`` (``optimizer``, ``series``, ``x``,
-    ``value`` as measured, ``y`` as drawn -- clipped to ``ylim`` --, ``hollow`` for a noisy cell,
+    cells that are not noisy, at most :data:`AXIS_SPREAD` times either side of every cell's median and
+    not below :data:`AXIS_FLOOR`, with 1.0 inside), ``missing`` (optimizers without that ratio:
+    no torch.optim class) and ``points`` (``optimizer``, ``series``, ``x``, ``value`` as
+    measured, ``y`` as drawn -- clipped to ``ylim`` --, ``hollow`` for a noisy cell,
     ``clipped``).
     """
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
@@ -194,11 +206,17 @@ def plot_data(rows):
                                x=optimizers.index(r["optimizer"]) + series[j]["offset"],
                                value=value, hollow=is_noisy(r)))
         trusted = [p["value"] for p in points if not p["hollow"]] or [p["value"] for p in points] or [1.0]
+        # (the median of every cell: on a busy machine the few clean cells may be the stalled ones)
+        middle = float(np.median([p["value"] for p in points] or [1.0]))
+        trusted = [min(max(v, middle / AXIS_SPREAD, AXIS_FLOOR.get(key, 0.0)), middle * AXIS_SPREAD)
+                   for v in trusted]
         low, high = min(trusted + [1.0]) / 1.3, max(trusted + [1.0]) * 1.3
         for p in points:
             p["y"] = min(max(p["value"], low), high)
             p["clipped"] = p["y"] != p["value"]
-        panels.append(dict(key=key, title=title, ylabel=ylabel, ylim=(low, high), points=points))
+        missing = [o for o in optimizers if not any(p["optimizer"] == o for p in points)]
+        panels.append(dict(key=key, title=title, ylabel=ylabel, ylim=(low, high), points=points,
+                           missing=missing))
     return dict(optimizers=optimizers, series=series, panels=panels)
 
 
@@ -224,6 +242,15 @@ def write_plot(rows, path, title=None, figsize=(11, 4.6), dpi=110):
             ax.plot([p["x"]], [p["y"]], linestyle="none", marker=markers[s["threads"]], ms=7,
                     markeredgecolor=color, markeredgewidth=1.5, clip_on=False,
                     markerfacecolor="none" if p["hollow"] else color)
+            if p["clipped"]:          # at the edge: say where it really is
+                up = p["value"] > p["y"]
+                ax.annotate(f"{'↑' if up else '↓'}{fmt(p['value'], 0)}", (p["x"], p["y"]), fontsize=6,
+                            color=color, ha="center", va="top" if up else "bottom",
+                            xytext=(0, -6 if up else 6), textcoords="offset points")
+        for name in panel["missing"]:
+            ax.text(data["optimizers"].index(name), math.sqrt(panel["ylim"][0] * panel["ylim"][1]),
+                    "not in\ntorch.optim" if panel["key"] == "x torch" else "not measured",
+                    ha="center", va="center", fontsize=7, color="0.4")
         ax.axhline(1.0, color="0.4", linewidth=1, linestyle="--", zorder=0)
         ax.set_yscale("log")
         ax.set_ylim(*panel["ylim"])
@@ -242,12 +269,14 @@ def write_plot(rows, path, title=None, figsize=(11, 4.6), dpi=110):
     handles += [Line2D([], [], linestyle="none", marker=markers[t], ms=7, color="0.3", label=f"{t} thread"
                        + ("s" if t > 1 else "")) for t in threads]
     handles.append(Line2D([], [], linestyle="none", marker="o", ms=7, markerfacecolor="none",
-                          markeredgecolor="0.3", label=f"noisy cell (IQR > {100 * NOISY:.0f}% of median), "
-                          "at the axis' edge if beyond it"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+                          markeredgecolor="0.3", label=f"noisy cell (IQR > {100 * NOISY:.0f}% of median)"))
+    handles.append(Line2D([], [], linestyle="none", marker="$↑$", ms=7, color="0.3",
+                          label="beyond the axis: at its edge, value written"))
+    columns = min(len(handles), 4)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    rows_of_legend = math.ceil(len(handles) / 4)
+    rows_of_legend = math.ceil(len(handles) / columns)
     fig.tight_layout(rect=(0, 0.05 + 0.045 * rows_of_legend, 1, 0.95 if title else 1))
     fig.savefig(path, dpi=dpi, metadata={"Software": None})
     plt.close(fig)

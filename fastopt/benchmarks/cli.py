@@ -33,8 +33,8 @@ def build_parser(prog="fastopt bench"):
     ap.add_argument("--full", action="store_true",
                     help="the whole matrix (every optimizer, float32 and float64, four sizes) and "
                          "every table: clip_grad_norm_, matrices, training loop, mixed precision, "
-                         "8-bit states, L-BFGS (a few minutes); the options below marked 'full' "
-                         "apply to it")
+                         "8-bit states, L-BFGS (a few minutes); the options whose help starts "
+                         "with 'full:' tune it")
     ap.add_argument("--optimizers", default=None,
                     help=f"comma-separated, from {','.join(list(ALGORITHMS) + list(MATRIX_CASES))} "
                          f"(default {settings.SUMMARY_OPTIMIZERS}; with --full all; "
@@ -49,8 +49,8 @@ def build_parser(prog="fastopt bench"):
                     help=f"float32 and/or float64 (default {settings.SUMMARY_DTYPES}; with --full both)")
     ap.add_argument("--threads", default=None, help="comma-separated (default: 1 and all usable cores)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="rounds per cell (default: fit ~0.2 s per cell, clamped to 7..41; with "
-                         "--full 5..41)")
+                    help="rounds per cell (default: fit ~0.25 s per cell, clamped to 7..41; with "
+                         "--full ~0.2 s, 5..41)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3-11 short rounds per cell, no 1e7 unless --sizes asks")
     ap.add_argument("--no-clip", action="store_true", help="full: skip the clip_grad_norm_ benchmark")

@@ -84,10 +84,9 @@ def summary_page(payload, out_dir, name):
     caption = ("ns per element per step, lower is better; *x faster than*: how many times faster "
                "fastopt's step is than torch.optim's fastest CPU step and than in-place NumPy; "
                "*time / memory bound*: fastopt's time over the memory bound's, 1.00 = at the "
-               "machine's limit. " + " ".join(line[0].upper() + line[1:] + "." for line in
-                                               summary.explanation(rows, caches)))
+               "machine's limit; " + "; ".join(summary.explanation(rows, caches)) + ".")
     return "\n".join([
-        _section("Summary: fastopt against the memory bound, torch.optim and NumPy", caption,
+        _section("fastopt against the memory bound, torch.optim and NumPy", caption,
                  summary.format_table(rows, caches, as_markdown=True), payload),
         _figure(figure, "fastopt's time over the memory bound and its speed-ups over torch.optim "
                 "and NumPy, per optimizer", payload)])
@@ -144,6 +143,13 @@ def full_page(payload, out_dir, name):
           "float32 AdamW, torch's fused step and bitsandbytes; ratios > 1 but 8bit/bound: the 8-bit "
           "step is that many times faster.",
           payload.get("eight_bit"), lambda rows: report.format_eight_bit(rows, as_markdown=True))
+    memory = payload.get("eight_bit_memory")
+    if memory:
+        parts.append(_section(
+            "State bytes per param",
+            f"The resident set's growth over one {memory[0]['n']:,}-element param's optimizer and first "
+            "step, in a fresh process each, minus the param and its gradient (lower is better).",
+            "```text\n" + report.format_eight_bit_memory(memory[0]) + "\n```", payload))
     table("DeepSpeed ZeRO-2 offload",
           "ms per optimizer step, lower is better: DeepSpeedCPUAdam against fastopt.torch.AdamW as the "
           "engine's optimizer.",
@@ -233,7 +239,7 @@ def rewrite_readme(readme, payload, figure_dir=HERE):
     block = f"{README_BEGIN}\n{headline_block(payload)}\n{README_END}"
     readme.write_text(text[:start] + block + text[end + len(README_END):])
     _, summary, _, _ = _benchmarks()
-    summary.write_plot(payload["results"], Path(figure_dir) / README_FIGURE, figsize=(9, 3.6), dpi=72,
+    summary.write_plot(payload["results"], Path(figure_dir) / README_FIGURE, figsize=(11, 4.6), dpi=72,
                        title=f"fastopt bench, float32: {payload['machine']['cpu']}, "
                              f"{payload['machine']['cores']} cores")
 

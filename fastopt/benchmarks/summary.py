@@ -20,10 +20,8 @@ RATIOS = (("of bound", "fastopt", "mem-bound"), ("x torch", "torch", "fastopt"),
           ("x numpy", "numpy", "fastopt"))
 #: The figure's panels: (ratio key, title, y label).
 PANELS = (
-    ("of bound", "fastopt's time / the memory bound",
-     "1.00 = at the machine's memory limit (lower is better)"),
-    ("x torch", "fastopt's speed-up over torch.optim",
-     "x faster than torch's fastest CPU step (fused=True)"),
+    ("of bound", "fastopt's time / the memory bound", "1.00 = at the limit (lower is better)"),
+    ("x torch", "fastopt's speed-up over torch.optim", "x faster than torch's fused=True step"),
     ("x numpy", "fastopt's speed-up over NumPy", "x faster than in-place NumPy"),
 )
 TORCH_PATHS = ("torch-fused", "torch-foreach", "torch-loop")

@@ -56,7 +56,8 @@ def build_parser(prog="fastopt bench"):
     ap.add_argument("--no-clip", action="store_true", help="full: skip the clip_grad_norm_ benchmark")
     ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
     ap.add_argument("--torch-loop", action="store_true", default=None,
-                    help="time torch foreach=False at every size (default: on the 200 arrays only)")
+                    help="full: time torch foreach=False at every size (default: on the 200 arrays "
+                         "only; the summary times torch's fastest path alone)")
     ap.add_argument("--numpy-block", type=int, default=None, metavar="ELEMENTS",
                     help="NumPy's cache block in elements (default: 256 KiB per stream; 0: no blocking, "
                          "whole-array ufuncs as usually written)")

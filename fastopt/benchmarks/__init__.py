@@ -10,7 +10,9 @@ Modules, one job each:
   float32 Adam step and the streaming kernel that measures an algorithm's memory-traffic bound.
 * :mod:`.cases` -- the data of a size and the contenders of a cell; :mod:`.timing` -- round-robin
   timing.
-* :mod:`.report` -- table, plot, JSON; :mod:`.targets` -- ``--check TARGETS.json``.
+* :mod:`.summary` -- the default run's compact table and figure; :mod:`.report` -- the full
+  run's tables, its plot, the JSON; :mod:`.progress` -- progress on stderr; :mod:`.targets` --
+  ``--check TARGETS.json``.
 * :mod:`.eight_bit` -- AdamW with 8-bit states against float32 AdamW, torch and bitsandbytes, and
   the state bytes per param.
 * :mod:`.lbfgs_vs_scipy` -- L-BFGS overhead per iteration against SciPy's L-BFGS-B.

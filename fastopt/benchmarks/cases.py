@@ -79,13 +79,18 @@ def state_arrays(optimizer, index=0):
             if isinstance(value, np.ndarray) and key != "step" and value.ndim and value.size == size]
 
 
-def _torch_contenders(torch, name, params0, grads, loop=True):
+def _torch_contenders(torch, name, params0, grads, loop=True, fastest_only=False):
+    """torch.optim's implementations of algorithm ``name`` as contenders: ``fused=True``,
+    ``foreach=True`` and (with ``loop``) ``foreach=False``, those torch has; with
+    ``fastest_only``, the first of them torch has (its fastest CPU path)."""
     algorithm = ALGORITHMS[name]
     out = []
     variants = [("torch-fused", dict(fused=True)), ("torch-foreach", dict(foreach=True))]
     if loop:
         variants.append(("torch-loop", dict(foreach=False)))
     for label, kw in variants:
+        if fastest_only and out:
+            break
         tparams = [torch.from_numpy(p.copy()) for p in params0]
         for tp, g in zip(tparams, grads):
             tp.grad = torch.from_numpy(g)
@@ -98,7 +103,7 @@ def _torch_contenders(torch, name, params0, grads, loop=True):
     return out
 
 
-def _c_contenders(refs, name, size, dtype, fo, fo_params, grads):
+def _c_contenders(refs, name, size, dtype, fo, fo_params, grads, c_adam=True):
     """``mem-bound`` (and for Adam float32 ``C-adam``) on fastopt's buffers, or flat copies."""
     algorithm = ALGORITHMS[name]
     n = n_elements(size)
@@ -113,7 +118,7 @@ def _c_contenders(refs, name, size, dtype, fo, fo_params, grads):
     extra = algorithm.reads - algorithm.writes
     read_only = (read_only + [np.zeros(n, dtype) for _ in range(extra)])[:extra]
     out = [Contender("mem-bound", timed=refs.stream(written, read_only))]
-    if algorithm.cls == "Adam" and dtype == np.float32:
+    if c_adam and algorithm.cls == "Adam" and dtype == np.float32:
         if size != MANY:
             m, v = (fo.state[0][key].reshape(-1) for key in ("exp_avg", "exp_avg_sq"))
         else:
@@ -131,8 +136,13 @@ def set_threads(threads, torch=None, refs=None):
         refs.set_threads(threads)
 
 
-def bench_cell(name, size, dtype, threads, data, torch, refs, timing, torch_loop=None, numpy_block=None):
-    """Time one cell; returns ({contender: stats in seconds per step}, rounds)."""
+def bench_cell(name, size, dtype, threads, data, torch, refs, timing, torch_loop=None, numpy_block=None,
+               summary=False):
+    """Time one cell; returns ({contender: stats in seconds per step}, rounds).
+
+    With ``summary``, the summary's contenders only: fastopt, NumPy, torch's fastest CPU path
+    (``fused=True``, else ``foreach=True``) and the memory-traffic bound (no ``C-adam``).
+    """
     params0, grads = data
     contenders = []
     fo_params = [p.copy() for p in params0]
@@ -146,9 +156,10 @@ def bench_cell(name, size, dtype, threads, data, torch, refs, timing, torch_loop
         # foreach=False differs from foreach=True only with several tensors (one tensor: the same
         # arithmetic, one kernel per op); by default it is timed on the 200-array case only.
         loop = (size == MANY) if torch_loop is None else torch_loop
-        contenders.extend(_torch_contenders(torch, name, params0, grads, loop=loop))
+        contenders.extend(_torch_contenders(torch, name, params0, grads, loop=loop and not summary,
+                                            fastest_only=summary))
     if refs is not None:
-        contenders.extend(_c_contenders(refs, name, size, dtype, fo, fo_params, grads))
+        contenders.extend(_c_contenders(refs, name, size, dtype, fo, fo_params, grads, c_adam=not summary))
     set_threads(threads, torch, refs)
     with blas_limits(threads):
         return measure(contenders, **timing)

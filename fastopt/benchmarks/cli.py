@@ -2,14 +2,21 @@
 
 Everything is reported as ns per element per step (medians over round-robin rounds) and as ratios
 measured in the same run. Results go to stdout, progress to stderr.
+
+The default run is the summary (:mod:`.summary`): a few optimizers at three sizes, float32, one
+table and one figure, in well under a minute; ``--full`` runs the whole matrix and every table.
 """
 import argparse
+import datetime
+import os
+import shlex
 import sys
 import time
 
 import numpy as np
 
-from . import ceiling, report, settings, targets as targets_mod
+from . import ceiling, report, settings, summary, targets as targets_mod
+from .progress import Progress
 from .cases import (bench_cell, bench_clip, bench_matrix_cell, make_data, matrix_row, n_elements,
                     parse_size, size_label)
 from .settings import ALGORITHMS, MANY, MANY_LABEL, MANY_SHAPES, MATRIX_CASES
@@ -21,24 +28,36 @@ def build_parser(prog="fastopt bench"):
         prog=prog,
         description="fastopt's fused steps vs this machine's memory-traffic bound, torch.optim and "
                     "in-place NumPy: ns per element per step, medians of round-robin repetitions, "
-                    "ratios from one run.")
-    ap.add_argument("--optimizers", default=",".join(list(ALGORITHMS) + list(MATRIX_CASES)),
+                    "ratios from one run. By default a summary (a few optimizers, float32, one "
+                    "table and one figure, under a minute); --full for every table.")
+    ap.add_argument("--full", action="store_true",
+                    help="the whole matrix (every optimizer, float32 and float64, four sizes) and "
+                         "every table: clip_grad_norm_, matrices, training loop, mixed precision, "
+                         "8-bit states, L-BFGS (a few minutes); the options whose help starts "
+                         "with 'full:' tune it")
+    ap.add_argument("--optimizers", default=None,
                     help=f"comma-separated, from {','.join(list(ALGORITHMS) + list(MATRIX_CASES))} "
-                         f"(default: all; {', '.join(MATRIX_CASES)} are timed on matrices, in the "
-                         "matrix table; 'none' for the L-BFGS comparison alone)")
+                         f"(default {settings.SUMMARY_OPTIMIZERS}; with --full all; "
+                         f"{', '.join(MATRIX_CASES)} are timed on matrices, in the matrix table; "
+                         "'none' for the L-BFGS comparison alone)")
     ap.add_argument("--sizes", default=None,
                     help=f"comma-separated element counts of one array, and/or {MANY} for the 200-array "
-                         f"model (default {settings.DEFAULT_SIZES}; with --quick {settings.QUICK_SIZES})")
-    ap.add_argument("--dtypes", default=settings.DEFAULT_DTYPES, help="float32 and/or float64 (default both)")
+                         f"model (default {settings.SUMMARY_SIZES}, with --quick "
+                         f"{settings.SUMMARY_QUICK_SIZES}; with --full {settings.DEFAULT_SIZES}, "
+                         f"with --full --quick {settings.QUICK_SIZES})")
+    ap.add_argument("--dtypes", default=None,
+                    help=f"float32 and/or float64 (default {settings.SUMMARY_DTYPES}; with --full both)")
     ap.add_argument("--threads", default=None, help="comma-separated (default: 1 and all usable cores)")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="rounds per cell (default: fit ~0.2 s per cell, clamped to 5..41)")
+                    help="rounds per cell (default: fit ~0.25 s per cell, clamped to 7..41; with "
+                         "--full ~0.2 s, 5..41)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 3-11 short rounds per cell, no 1e7 unless --sizes asks")
-    ap.add_argument("--no-clip", action="store_true", help="skip the clip_grad_norm_ benchmark")
+    ap.add_argument("--no-clip", action="store_true", help="full: skip the clip_grad_norm_ benchmark")
     ap.add_argument("--no-torch", action="store_true", help="leave torch out even when installed")
     ap.add_argument("--torch-loop", action="store_true", default=None,
-                    help="time torch foreach=False at every size (default: on the 200 arrays only)")
+                    help="full: time torch foreach=False at every size (default: on the 200 arrays "
+                         "only; the summary times torch's fastest path alone)")
     ap.add_argument("--numpy-block", type=int, default=None, metavar="ELEMENTS",
                     help="NumPy's cache block in elements (default: 256 KiB per stream; 0: no blocking, "
                          "whole-array ufuncs as usually written)")
@@ -48,29 +67,32 @@ def build_parser(prog="fastopt bench"):
                     help="check the measured ratios against the targets declared in this file (the "
                          "repository's are in bench/targets.json); exit status 1 if one is missed")
     ap.add_argument("--plot", nargs="?", const="fastopt-bench.png", default="fastopt-bench.png",
-                    metavar="OUT.png", help="write a log-log plot (default fastopt-bench.png)")
+                    metavar="OUT.png", help="write the summary figure (default fastopt-bench.png; "
+                    "with --full also the log-log plot of every cell, OUT-detail.png)")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--json", metavar="OUT.json", default=None, help="write all results as JSON")
+    ap.add_argument("--json", metavar="OUT.json", default=None,
+                    help="write all results as JSON, with the machine, the date, the command line "
+                         "and the versions (docs/performance/render.py renders it)")
     ap.add_argument("--no-training", action="store_true",
-                    help="skip the training-loop tables (torch adapter, clipping inside the step, "
+                    help="full: skip the training-loop tables (torch adapter, clipping inside the step, "
                          "1 vs 2 threads; run with adam)")
     ap.add_argument("--no-precision", action="store_true",
-                    help="skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
+                    help="full: skip the mixed-precision table (bfloat16/float16 Adam; run with adam)")
     ap.add_argument("--no-eight-bit", action="store_true",
-                    help="skip the 8-bit table (AdamW with 8-bit states vs float32, torch and "
+                    help="full: skip the 8-bit table (AdamW with 8-bit states vs float32, torch and "
                          "bitsandbytes at 1e6, 1e7 and the 200 arrays whatever --sizes, with "
                          "--quick 1e6 and the 200 arrays; and the state bytes per param, a fresh "
                          "process per optimizer; run with adam)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
-                    help="start N processes that spin on a core each while the threads table runs, "
+                    help="full: start N processes that spin on a core each while the threads table runs, "
                          "to measure steps on a busy machine (default 0)")
     ap.add_argument("--between-work", type=float, default=None, metavar="MS",
-                    help="the threads table times steps back to back and, as in a training loop, "
+                    help="full: the threads table times steps back to back and, as in a training loop, "
                          "each after MS milliseconds of other single-threaded CPU work (NumPy passes "
                          "over a 4 MiB buffer, as a forward and backward pass would do; default 1; "
                          "0: back to back only)")
     ap.add_argument("--deepspeed", action="store_true",
-                    help="add the DeepSpeed table: ZeRO-2 with the optimizer offloaded to the CPU, "
+                    help="full: add the DeepSpeed table: ZeRO-2 with the optimizer offloaded to the CPU, "
                          "fastopt.torch.AdamW vs DeepSpeedCPUAdam as the engine's optimizer (needs "
                          "deepspeed and torch; not in the default run: importing DeepSpeed takes "
                          "seconds and its CPUAdam op compiles on first use, a minute or two)")
@@ -78,19 +100,32 @@ def build_parser(prog="fastopt bench"):
                     help="with --deepspeed: comma-separated, from 1e6, 1e7, 200 (200 tensors) "
                          "(default: all; with --quick 1e6,200)")
     ap.add_argument("--no-lbfgs", dest="lbfgs", action="store_false",
-                    help="skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
+                    help="full: skip the L-BFGS vs SciPy L-BFGS-B comparison (run by default, ~5 s)")
     ap.add_argument("--lbfgs", dest="lbfgs", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
+#: Options that tune a table of the full run only: (attribute, option, its value when not given).
+FULL_ONLY = (("busy", "--busy", 0), ("between_work", "--between-work", None),
+             ("deepspeed", "--deepspeed", False), ("deepspeed_cases", "--deepspeed-cases", None))
+
+
 def _parse(args):
     """The run's optimizers, sizes, dtypes and thread counts; ValueError on a bad value."""
+    if args.optimizers is None:
+        args.optimizers = (",".join(list(ALGORITHMS) + list(MATRIX_CASES)) if args.full
+                           else settings.SUMMARY_OPTIMIZERS)
+    if args.dtypes is None:
+        args.dtypes = settings.DEFAULT_DTYPES if args.full else settings.SUMMARY_DTYPES
     opts = [o.strip().lower() for o in args.optimizers.split(",") if o.strip()]
     bad = [o for o in opts if o not in ALGORITHMS and o not in MATRIX_CASES and o != "none"]
     if bad:
         raise ValueError(f"unknown optimizer(s) {bad}; choose from {list(ALGORITHMS) + list(MATRIX_CASES)}")
     opts = [o for o in opts if o != "none"]
-    size_text = args.sizes or (settings.QUICK_SIZES if args.quick else settings.DEFAULT_SIZES)
+    if args.full:
+        size_text = args.sizes or (settings.QUICK_SIZES if args.quick else settings.DEFAULT_SIZES)
+    else:
+        size_text = args.sizes or (settings.SUMMARY_QUICK_SIZES if args.quick else settings.SUMMARY_SIZES)
     sizes = [parse_size(s) for s in size_text.split(",") if s.strip()]
     dtypes = [np.dtype(d.strip()) for d in args.dtypes.split(",") if d.strip()]
     if any(d not in (np.float32, np.float64) for d in dtypes):
@@ -107,6 +142,10 @@ def _parse(args):
         raise ValueError("--busy must be >= 0")
     if args.between_work is not None and not 0 <= args.between_work <= 1000:
         raise ValueError(f"--between-work must be between 0 and 1000 ms, got {args.between_work:g}")
+    if not args.full:
+        for attribute, option, unset in FULL_ONLY:
+            if getattr(args, attribute) != unset:
+                raise ValueError(f"{option} tunes a table of the full run: add --full")
     if args.deepspeed_cases is not None:
         if not args.deepspeed:
             raise ValueError("--deepspeed-cases needs --deepspeed")
@@ -125,29 +164,45 @@ def _optional(module, what, hint):
         return None
 
 
-def run_lbfgs(args, log):
+def run_lbfgs(args, progress):
     """L-BFGS vs SciPy's L-BFGS-B: time per iteration outside the objective (chained Rosenbrock)."""
     from . import lbfgs_vs_scipy
 
     sizes = settings.LBFGS_QUICK_SIZES if args.quick else lbfgs_vs_scipy.DEFAULT_SIZES
     repeats = args.repeats or (settings.LBFGS_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
-    log(f"L-BFGS vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)} ({repeats} runs each)")
+    progress.log(f"L-BFGS vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)} "
+                 f"({repeats} runs each)")
     rows = lbfgs_vs_scipy.compare_with_scipy(sizes=sizes, repeats=repeats)
+    progress.step("L-BFGS vs SciPy L-BFGS-B")
+    with progress.paused():
+        _print_lbfgs(rows)
+    return rows
+
+
+def _print_lbfgs(rows):
+    from . import lbfgs_vs_scipy
+
     print("\nL-BFGS vs SciPy L-BFGS-B: microseconds per iteration spent outside the objective "
           "(chained Rosenbrock, m=10, one BLAS thread, best of the runs; ratio = fastopt / SciPy;\n"
           "history floor = one-threaded OpenBLAS doing the two passes over the 2m x n history "
           "that any L-BFGS iteration needs)")
     print(lbfgs_vs_scipy.format_rows(rows))
-    return rows
 
 
-def run_training(args, torch, log, timing, threads):
+def run_training(args, torch, progress, timing, threads):
     """The torch adapter, clipping inside the step, and 1 vs 2 threads (see .training)."""
     from . import training
 
-    log("training-loop tables: the torch adapter, clipping inside the step, 1 vs 2 threads"
-        + (f" ({args.busy} busy processes)" if args.busy else ""))
-    tables = training.run(args, torch, log, timing, threads)
+    progress.log("training-loop tables: the torch adapter, clipping inside the step, 1 vs 2 threads"
+                 + (f" ({args.busy} busy processes)" if args.busy else ""))
+    tables = training.run(args, torch, progress.log, timing, threads)
+    progress.step("training-loop tables")
+    with progress.paused():
+        _print_training(args, tables)
+    return tables
+
+
+def _print_training(args, tables):
     if tables["adapter"]:
         print("\ntorch adapter: fastopt.torch.Adam.step() vs fastopt.Adam.step(grads) on the same tensors, "
               "and torch.optim.Adam(fused=True); us per step\n(extra ns/tensor: what the adapter adds "
@@ -166,20 +221,25 @@ def run_training(args, torch, log, timing, threads):
           f"step, median and 90th percentile; {args.busy} spinning process(es) on the machine (--busy N);"
           f"\nbetween ms: other CPU work between steps (0: back to back; --between-work MS)")
     print(report.format_threads(tables["threads"]))
-    return tables
 
 
-def run_precision(args, torch, log, timing, threads):
+def run_precision(args, torch, progress, timing, threads):
     """Mixed-precision Adam (see .precision)."""
     from . import precision
 
-    log("mixed precision: bfloat16/float16 Adam")
-    rows = precision.run(args, torch, log, timing, threads)
+    progress.log("mixed precision: bfloat16/float16 Adam")
+    rows = precision.run(args, torch, progress.log, timing, threads)
+    progress.step("mixed precision")
+    with progress.paused():
+        _print_precision(rows)
+    return rows
+
+
+def _print_precision(rows):
     print("\nMixed precision, Adam, ns per element per step: f32 (28 B/elem); bf16 params with a float32 "
           "master copy and states (28 B); the same with bf16 moments (20 B);\nbf16/f16 params with "
           "states in their dtype (14 B), and torch's fused step on the same bf16/f16 params")
     print(report.format_precision(rows))
-    return rows
 
 
 def measure_eight_bit(args, torch, refs, log, timing, threads):
@@ -209,7 +269,7 @@ def measure_eight_bit(args, torch, refs, log, timing, threads):
     return {"eight_bit": rows, "eight_bit_memory": [memory]}, notes
 
 
-def print_eight_bit(tables, notes):
+def print_eight_bit(tables, notes, caches=None):
     """The 8-bit table and the state bytes per param."""
     from .eight_bit import BOUND_BYTES
 
@@ -223,8 +283,11 @@ def print_eight_bit(tables, notes):
         print(note)
     rows = tables["eight_bit"]
     print(report.format_eight_bit(rows))
+    llc = report.last_level_cache(caches)
     for r in rows:
-        if r["bound_gb_per_s"] and r["size"] == "1e7":
+        # the bandwidth of memory, measured beyond the last-level cache only
+        beyond = llc is None or BOUND_BYTES * r["n"] > llc[1]
+        if r["bound_gb_per_s"] and r["size"] == "1e7" and beyond:
             print(f"memory bandwidth of the bound, {r['threads']} thr: {r['bound_gb_per_s']:.1f} GB/s "
                   f"(1e7, {BOUND_BYTES} B per element)")
     memory = tables["eight_bit_memory"][0]
@@ -233,53 +296,66 @@ def print_eight_bit(tables, notes):
     print(report.format_eight_bit_memory(memory))
 
 
-def run_lbfgsb(args, log):
+def run_lbfgsb(args, progress):
     """L-BFGS-B with bounds vs SciPy's: the marginal time of an iteration outside the objective."""
     from . import lbfgsb_vs_scipy
 
     sizes = settings.LBFGS_QUICK_SIZES if args.quick else lbfgsb_vs_scipy.DEFAULT_SIZES
     repeats = args.repeats or (settings.LBFGSB_QUICK_REPEATS if args.quick else settings.LBFGS_REPEATS)
-    log(f"L-BFGS-B (bounds) vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)}")
+    progress.log(f"L-BFGS-B (bounds) vs SciPy L-BFGS-B at n = {', '.join(str(int(n)) for n in sizes)}")
     rows = lbfgsb_vs_scipy.compare_bounded_with_scipy(sizes=sizes, repeats=repeats)
+    try:
+        owlqn = lbfgsb_vs_scipy.compare_owlqn_with_saga(repeats=1 if args.quick else 3)
+    except ImportError:
+        owlqn = None
+    progress.step("L-BFGS-B (bounds) vs SciPy L-BFGS-B")
+    with progress.paused():
+        _print_lbfgsb(rows, owlqn)
+    return rows
+
+
+def _print_lbfgsb(rows, owlqn):
+    from . import lbfgsb_vs_scipy
+
     print("\nL-BFGS-B with bounds vs SciPy L-BFGS-B: microseconds per iteration outside the objective "
           "(chained Rosenbrock in a box that cuts its minimizer off,\na third of the coordinates at "
           "a bound; marginal cost: full run minus a one-iteration run, over the extra iterations)")
     print(lbfgsb_vs_scipy.format_bounded_rows(rows))
-    try:
-        owlqn = lbfgsb_vs_scipy.compare_owlqn_with_saga(repeats=1 if args.quick else 3)
-    except ImportError:
+    if owlqn is None:
         print("scikit-learn: not installed, so no OWL-QN comparison (`python -m pip install "
               "scikit-learn` adds it)")
     else:
         print(f"OWL-QN (L1 logistic regression, breast cancer): {owlqn['owlqn_s'] * 1e3:.1f} ms vs "
               f"scikit-learn SAGA {owlqn['saga_s'] * 1e3:.1f} ms; objective relative gap "
               f"{owlqn['rel_gap']:.1e}; zero coefficients {owlqn['owlqn_zeros']} / {owlqn['saga_zeros']}")
-    return rows
 
 
-def run_deepspeed(args, torch, log, timing, threads=(1,)):
+def run_deepspeed(args, torch, progress, timing, threads=(1,)):
     """DeepSpeed ZeRO-2 offload: the client optimizer's step, fastopt vs DeepSpeedCPUAdam (see
     .deepspeed_offload); None, after one line saying why, when DeepSpeed or torch is missing."""
     from . import deepspeed_offload
 
-    if torch is None:
-        print("\ndeepspeed: skipped, the DeepSpeed table needs torch")
-        return None
-    if not deepspeed_offload.available():
-        print("\ndeepspeed: not installed, so no DeepSpeed table (`python -m pip install deepspeed` "
-              "adds it)")
+    why = ("skipped, the DeepSpeed table needs torch" if torch is None else
+           None if deepspeed_offload.available() else
+           "not installed, so no DeepSpeed table (`python -m pip install deepspeed` adds it)")
+    if why is not None:
+        progress.step("DeepSpeed ZeRO-2 offload: skipped")
+        with progress.paused():
+            print(f"\ndeepspeed: {why}")
         return None
     if args.deepspeed_cases:
         cases = deepspeed_offload.select_cases(args.deepspeed_cases)
     else:
         cases = deepspeed_offload.QUICK if args.quick else None
-    log("DeepSpeed ZeRO-2 offload: the engine's optimizer step, fastopt vs DeepSpeedCPUAdam (importing "
-        "DeepSpeed; its CPUAdam op compiles on first use)")
+    progress.log("DeepSpeed ZeRO-2 offload: the engine's optimizer step, fastopt vs DeepSpeedCPUAdam "
+                 "(importing DeepSpeed; its CPUAdam op compiles on first use)")
     ds_timing = dict(settings.DEEPSPEED_QUICK_TIMING if args.quick else deepspeed_offload.TIMING,
                      repeats=timing["repeats"])
-    result = deepspeed_offload.measure_offload_step(cases, ds_timing, log=log, threads=threads)
-    print("\n" + deepspeed_offload.EXPLANATION + f" (deepspeed {result['deepspeed']})")
-    print(report.format_deepspeed(result["rows"]))
+    result = deepspeed_offload.measure_offload_step(cases, ds_timing, log=progress.log, threads=threads)
+    progress.step("DeepSpeed ZeRO-2 offload")
+    with progress.paused():
+        print("\n" + deepspeed_offload.EXPLANATION + f" (deepspeed {result['deepspeed']})")
+        print(report.format_deepspeed(result["rows"]))
     return result
 
 
@@ -322,7 +398,7 @@ def _print_matrix(rows):
         print(report.format_matrix(rows))
 
 
-def _print_results(rows, clip_rows, opts, dtypes):
+def _print_results(rows, clip_rows, opts, dtypes, caches=None):
     if rows:
         print("Optimizer steps, ns per element per step (lower is better)")
         print("mem-bound: the time to stream the algorithm's memory traffic (below) in C, on the same "
@@ -330,9 +406,14 @@ def _print_results(rows, clip_rows, opts, dtypes):
               "machine's memory limit); fused/fo, numpy/fo > 1: fastopt is faster")
         print(report.format_traffic(opts, dtypes))
         print(report.format_table(rows))
-        for th, (gbs, r) in sorted(report.bandwidth(rows).items()):
+        measured = report.bandwidth(rows, caches)
+        for th, (gbs, r) in sorted(measured.items()):
             print(f"memory bandwidth of the bound, {th} thr: {gbs:.1f} GB/s ({r['optimizer']} "
                   f"{r['dtype']} {r['size']}, {r['bytes_per_elem']} B per element)")
+        llc = report.last_level_cache(caches)
+        if not measured and llc is not None and any("mem-bound" in r["ns_per_elem"] for r in rows):
+            print(f"memory bandwidth: not measured, every single array fits in the {llc[1] >> 20} MiB "
+                  f"{llc[0]} cache (the bound there is the cache's)")
     if clip_rows:
         print(f"\nclip_grad_norm_(max_norm={settings.CLIP_MAX_NORM}) over the 200 arrays (norm ~12: every "
               "call scales), us per call; mem-bound: one read pass plus one read-and-write pass")
@@ -342,104 +423,187 @@ def _print_results(rows, clip_rows, opts, dtypes):
               f"{100 * settings.NOISY:.0f}%: the machine was busy; rerun or raise --repeats)")
 
 
+def _print_summary_head(info, torch, refs, refs_note, fastopt):
+    """The summary's head: machine, software and the C references, a line each."""
+    load = ", ".join(f"{x:.2f}" for x in info["loadavg"]) if info["loadavg"] else "?"
+    llc = report.last_level_cache(info.get("caches"))
+    cache = f", {llc[1] >> 20} MiB {llc[0]} cache" if llc else ""
+    print(f"machine : {info['cpu']}, {info['usable_cpus']} usable cores{cache}; load average {load}")
+    print(f"software: fastopt {fastopt.__version__} ({fastopt.build_info().get('variant', '?')} kernels), "
+          f"Python {info['python']}, NumPy {info['numpy']}, "
+          f"torch {torch.__version__ if torch is not None else 'not installed'}")
+    if refs is not None:
+        print(f"memory bound: the step's reads and writes streamed by a C loop (`{refs.flags}`) on "
+              "the same buffers: no step can be faster")
+    elif refs_note:
+        print(f"memory bound: not measured, {refs_note}")
+
+
+def _print_summary(rows, caches, timing, repeats):
+    rounds = f"{repeats} rounds" if repeats else f"{timing['min_reps']}-{timing['max_reps']} rounds"
+    print(f"Optimizer steps, {', '.join(dict.fromkeys(r['dtype'] for r in rows))}: medians of "
+          f"{rounds} per cell, contenders interleaved round-robin (`fastopt bench --full`: every table)")
+    print(summary.format_table(rows, caches))
+    for line in summary.explanation(rows, caches):
+        print(line)
+
+
+def _command_line(prog, argv):
+    return " ".join([prog] + [shlex.quote(a) for a in argv])
+
+
+def _versions(fastopt, torch):
+    import platform
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__ if torch is not None else None, "fastopt": fastopt.__version__}
+
+
+def _machine(info, fastopt):
+    """The machine part of the JSON: CPU model, ISA variant, cores, caches, load."""
+    build = fastopt.build_info()
+    return {**info, "isa": build.get("variant"), "cpu_features": build.get("cpu_features"),
+            "cores": info["usable_cpus"]}
+
+
 def main(argv=None, prog="fastopt bench"):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_start = time.perf_counter()
+    started_utc = datetime.datetime.now(datetime.timezone.utc)
     args = build_parser(prog).parse_args(argv)
-
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     try:
         opts, sizes, dtypes, threads, checks = _parse(args)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    timing = dict(settings.QUICK_TIMING if args.quick else settings.TIMING, repeats=args.repeats)
+    if args.full:
+        timing = dict(settings.QUICK_TIMING if args.quick else settings.TIMING, repeats=args.repeats)
+    else:
+        timing = dict(settings.QUICK_TIMING if args.quick else settings.SUMMARY_TIMING, repeats=args.repeats)
+    progress = Progress(total=0)
+    try:
+        return _run(args, prog, argv, opts, sizes, dtypes, threads, checks, timing, progress,
+                    run_start, started_utc)
+    finally:
+        progress.close()
 
+
+def _run(args, prog, argv, opts, sizes, dtypes, threads, checks, timing, progress, run_start, started_utc):
     import fastopt
 
-    torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
-    if args.lbfgs or not args.no_clip:
-        _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
+    full = args.full
+    log = progress.log
     steps_opts = [o for o in opts if o in ALGORITHMS]
-    refs, refs_note = ((None, None) if args.no_ceiling or not (steps_opts or not args.no_clip)
-                       else ceiling.build())
-    info = report.machine_info()
-    _print_head(info, torch, refs, refs_note, args.numpy_block, fastopt)
-    print(flush=True)
-
+    with_clip = full and not args.no_clip
+    with_lbfgs = full and args.lbfgs
+    adam_tables = full and "adam" in opts
     cells = [(s, d, o, t) for s in sizes for d in dtypes for o in steps_opts for t in threads]
-    clip_cells = [] if args.no_clip else [(d, t) for d in dtypes for t in threads]
+    clip_cells = [(d, t) for d in dtypes for t in threads] if with_clip else []
     matrix_cells = [(case, case.quick_shapes if args.quick else case.shapes, d, t)
                     for o in opts if o in MATRIX_CASES for case in MATRIX_CASES[o]
                     for d in dtypes if d.name in settings.MATRIX_DTYPES for t in threads]
-    total = len(cells) + len(clip_cells) + len(matrix_cells)
+    extra_tables = (sum([adam_tables and not args.no_eight_bit, adam_tables and not args.no_training,
+                         adam_tables and not args.no_precision, bool(args.deepspeed)])
+                    + 2 * with_lbfgs)
+    progress.add(len(cells) + len(clip_cells) + len(matrix_cells) + extra_tables)
+
+    log("importing torch" if not args.no_torch else "starting")
+    torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
+    if with_lbfgs or with_clip:
+        _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
+    need_refs = not args.no_ceiling and bool(steps_opts or with_clip)
+    if need_refs:
+        log("building the C references (ceiling.c)")
+    refs, refs_note = ceiling.build() if need_refs else (None, None)
+    info = report.machine_info()
+    caches = info.get("caches")
+    with progress.paused():
+        if full:
+            _print_head(info, torch, refs, refs_note, args.numpy_block, fastopt)
+        else:
+            _print_summary_head(info, torch, refs, refs_note, fastopt)
+        print(flush=True)
+
     rows, clip_rows, matrix_rows = [], [], []
     t_start = time.perf_counter()
-    done = 0
+    setup_s = t_start - run_start
     try:
         for size in sizes if steps_opts else ():
             for dtype in dtypes:
                 data = make_data(size, dtype)          # one size in memory at a time
                 for name in steps_opts:
                     for th in threads:
-                        done += 1
                         t0 = time.perf_counter()
                         stats, reps = bench_cell(name, size, dtype, th, data, torch, refs, timing,
-                                                 torch_loop=args.torch_loop, numpy_block=args.numpy_block)
+                                                 torch_loop=args.torch_loop, numpy_block=args.numpy_block,
+                                                 summary=not full)
                         n = n_elements(size)
                         ns = {c: s["median"] * 1e9 / n for c, s in stats.items()}
+                        bytes_per_elem = ALGORITHMS[name].bytes_per_element(dtype.itemsize)
+                        cell_s = time.perf_counter() - t0
                         rows.append(dict(optimizer=name, dtype=dtype.name, size=size_label(size),
                                          n_key=size, n=n, threads=th, reps=reps, ns_per_elem=ns,
-                                         bytes_per_elem=ALGORITHMS[name].bytes_per_element(dtype.itemsize),
-                                         noise=noise(stats), seconds_per_step=stats))
-                        log(f"[{done:3d}/{total}] {name:<8} {dtype.name:<7} {size_label(size):>10} "
-                            f"thr={th}: fastopt {ns['fastopt']:.3g} ns/elem, "
-                            f"{reps} rounds, {time.perf_counter() - t0:.1f} s")
+                                         bytes_per_elem=bytes_per_elem, noise=noise(stats),
+                                         data_in=report.where_data_lives(bytes_per_elem * n, caches),
+                                         cell_seconds=cell_s, seconds_per_step=stats))
+                        progress.step(f"{name:<8} {dtype.name:<7} {size_label(size):>10} "
+                                      f"thr={th}: fastopt {ns['fastopt']:.3g} ns/elem, "
+                                      f"{reps} rounds, {cell_s:.1f} s")
         for dtype in dtypes if clip_cells else ():
             data = make_data(MANY, dtype, seed=1)
             for th in threads:
-                done += 1
                 t0 = time.perf_counter()
                 stats, reps = bench_clip(MANY, dtype, th, data, torch, refs, timing)
                 us = {c: s["median"] * 1e6 for c, s in stats.items()}
                 clip_rows.append(dict(dtype=dtype.name, size=MANY_LABEL, n=n_elements(MANY),
                                       threads=th, reps=reps, us_per_call=us, noise=noise(stats),
-                                      seconds_per_call=stats))
-                log(f"[{done:3d}/{total}] clip     {dtype.name:<7} {MANY_LABEL} thr={th}: "
-                    f"fastopt {us['fastopt']:.1f} us, {reps} rounds, {time.perf_counter() - t0:.1f} s")
+                                      cell_seconds=time.perf_counter() - t0, seconds_per_call=stats))
+                progress.step(f"clip     {dtype.name:<7} {MANY_LABEL} thr={th}: fastopt {us['fastopt']:.1f} us, "
+                              f"{reps} rounds, {time.perf_counter() - t0:.1f} s")
         for case, shapes, dtype, th in matrix_cells:
-            done += 1
             t0 = time.perf_counter()
             stats, reps = bench_matrix_cell(case, shapes, dtype, th, torch, timing)
             row = matrix_row(case, shapes, dtype, th, stats, reps)
+            row["cell_seconds"] = time.perf_counter() - t0
             matrix_rows.append(row)
-            log(f"[{done:3d}/{total}] {case.name:<8} {dtype.name:<7} {row['size']:>10} thr={th}: "
-                f"fastopt {row['ms_per_step']['fastopt']:.3g} ms, {reps} rounds, "
-                f"{time.perf_counter() - t0:.1f} s")
+            progress.step(f"{case.name:<8} {dtype.name:<7} {row['size']:>10} thr={th}: "
+                          f"fastopt {row['ms_per_step']['fastopt']:.3g} ms, {reps} rounds, "
+                          f"{row['cell_seconds']:.1f} s")
         elapsed = time.perf_counter() - t_start
         # the 8-bit table is Adam's, printed after the others; measured here, where the C
         # references (its memory-traffic bound) are loaded
-        eight_bit = (measure_eight_bit(args, torch, refs, log, timing, threads)
-                     if not args.no_eight_bit and "adam" in opts else None)
+        eight_bit = None
+        if adam_tables and not args.no_eight_bit:
+            eight_bit = measure_eight_bit(args, torch, refs, log, timing, threads)
+            progress.step("8-bit states")
     finally:
         if refs is not None:
             refs.close()
 
-    _print_results(rows, clip_rows, steps_opts, dtypes)
-    _print_matrix(matrix_rows)
-    print(f"\n{len(rows) + len(clip_rows) + len(matrix_rows)} cells in {elapsed:.1f} s")
-    # the training-loop and precision tables are Adam's: they run when the run includes Adam
-    tables = run_training(args, torch, log, timing, threads) if not args.no_training and "adam" in opts else {}
-    if not args.no_precision and "adam" in opts:
-        tables["precision"] = run_precision(args, torch, log, timing, threads)
-    if eight_bit is not None:
-        tables.update(eight_bit[0])
-        print_eight_bit(*eight_bit)
-    deepspeed = run_deepspeed(args, torch, log, timing, threads) if args.deepspeed else None
+    tables = {}
+    with progress.paused():
+        if full:
+            _print_results(rows, clip_rows, steps_opts, dtypes, caches)
+        elif rows:
+            _print_summary(rows, caches, timing, args.repeats)
+        _print_matrix(matrix_rows)
+        if full:
+            print(f"\n{len(rows) + len(clip_rows) + len(matrix_rows)} cells in {elapsed:.1f} s")
+    if full:
+        # the training-loop and precision tables are Adam's: they run when the run includes Adam
+        if adam_tables and not args.no_training:
+            tables = run_training(args, torch, progress, timing, threads)
+        if adam_tables and not args.no_precision:
+            tables["precision"] = run_precision(args, torch, progress, timing, threads)
+        if eight_bit is not None:
+            tables.update(eight_bit[0])
+            with progress.paused():
+                print_eight_bit(*eight_bit, caches=caches)
+    deepspeed = run_deepspeed(args, torch, progress, timing, threads) if args.deepspeed else None
     if deepspeed is not None:
         tables["deepspeed"] = deepspeed["rows"]
-    lbfgs = run_lbfgs(args, log) if args.lbfgs else None
-    lbfgsb = run_lbfgsb(args, log) if args.lbfgs else None
+    lbfgs = run_lbfgs(args, progress) if with_lbfgs else None
+    lbfgsb = run_lbfgsb(args, progress) if with_lbfgs else None
+    progress.close()
 
     checked = None
     if checks is not None:
@@ -449,18 +613,38 @@ def main(argv=None, prog="fastopt bench"):
         print(targets_mod.format_check(checked))
 
     if not args.no_plot and (rows or tables.get("eight_bit")):
-        try:
-            report.write_plot(rows, args.plot, eight_bit=tables.get("eight_bit") or ())
-            print(f"plot: {args.plot}")
-        except ImportError:
-            print("plot: skipped, matplotlib is not installed (`python -m pip install matplotlib` adds it)")
+        _write_plots(args, rows, tables, info)
+    elapsed_run = time.perf_counter() - run_start
     if args.json:
-        report.write_json(args.json, machine=info, build_info=fastopt.build_info(),
+        report.write_json(args.json, mode="full" if full else "summary",
+                          command=_command_line(prog, argv), date_utc=started_utc.isoformat(timespec="seconds"),
+                          machine=_machine(info, fastopt), versions=_versions(fastopt, torch),
+                          build_info=fastopt.build_info(),
                           torch=torch.__version__ if torch is not None else None,
                           results=rows, clip=clip_rows, matrix=matrix_rows, lbfgs=lbfgs,
                           lbfgsb=lbfgsb, **tables,
                           deepspeed_version=deepspeed and deepspeed["deepspeed"],
-                          elapsed_s=elapsed,
+                          elapsed_s=elapsed_run, cells_s=elapsed, setup_s=setup_s,
+                          timing={k: v for k, v in timing.items() if v is not None},
                           targets=None if checked is None else [{"ok": ok, "text": t} for ok, t in checked])
         print(f"json: {args.json}")
+    print(f"{prog}: {len(rows) + len(clip_rows) + len(matrix_rows)} cells, {elapsed_run:.1f} s in all"
+          + ("" if full else "; --full for every table"))
     return 1 if checked and any(ok is False for ok, _ in checked) else 0
+
+
+def _write_plots(args, rows, tables, info):
+    """The summary figure at --plot's path; with --full also the log-log plot of every cell."""
+    float32 = [r for r in rows if r["dtype"] == "float32"] or rows
+    try:
+        if float32:
+            summary.write_plot(float32, args.plot, title=f"fastopt bench, {float32[0]['dtype']}: {info['cpu']}, "
+                               f"{info['usable_cpus']} cores")
+            print(f"plot: {args.plot}")
+        if args.full:
+            stem, ext = os.path.splitext(args.plot)
+            detail = f"{stem}-detail{ext or '.png'}"
+            report.write_plot(rows, detail, eight_bit=tables.get("eight_bit") or ())
+            print(f"plot: {detail} (every cell, log-log)")
+    except ImportError:
+        print("plot: skipped, matplotlib is not installed (`python -m pip install matplotlib` adds it)")

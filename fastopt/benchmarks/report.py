@@ -49,13 +49,70 @@ def machine_info():
         load = None
     return {"cpu": model, "logical_cpus": os.cpu_count(), "usable_cpus": usable,
             "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "loadavg": load}
+            "numpy": np.__version__, "loadavg": load, "caches": cache_sizes()}
+
+
+def cache_sizes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """{"L1d": bytes, "L2": bytes, "L3": bytes, ...} of the first CPU's data and unified caches,
+    from Linux's sysfs (empty where it cannot be read: another OS, a container hiding it)."""
+    sizes = {}
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return sizes
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(root, entry, "level")) as fh:
+                level = int(fh.read())
+            with open(os.path.join(root, entry, "type")) as fh:
+                kind = fh.read().strip()
+            with open(os.path.join(root, entry, "size")) as fh:
+                text = fh.read().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction":
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMGB")) * scale
+        except ValueError:
+            continue
+        sizes[f"L{level}d" if kind == "Data" else f"L{level}"] = size
+    return sizes
+
+
+def last_level_cache(caches):
+    """(name, bytes) of the largest cache in ``caches`` (see :func:`cache_sizes`), or None."""
+    if not caches:
+        return None
+    return max(caches.items(), key=lambda item: item[1])
+
+
+def where_data_lives(working_set, caches):
+    """Where a step's ``working_set`` bytes fit: the smallest cache of ``caches`` that holds
+    them (``"L2"``, ``"L3"``), ``"memory"`` beyond the last-level cache, or None when the
+    caches are unknown."""
+    if not caches:
+        return None
+    for name, size in sorted(caches.items(), key=lambda item: item[1]):
+        if working_set <= size:
+            return name
+    return "memory"
 
 
 def fmt(x, width=8):
-    """A number with 3 significant digits (no exponent), right-aligned; "-" when missing."""
+    """A number with 3 significant digits (no exponent), right-aligned; "-" when missing.
+
+    Every figure of the tables is a time, a rate or a ratio of them, never below zero: a
+    negative one is a difference of two timings (an overhead, a marginal cost) that the
+    machine's noise turned over, and prints as ``noise``.
+    """
     if x is None or not math.isfinite(x):
         return "-".rjust(width)
+    if x < 0:
+        return "noise".rjust(width)
     if x >= 100:
         s = f"{x:.0f}"
     elif x >= 10:
@@ -79,9 +136,26 @@ def _noise(row):
     return (f"{100 * x:.0f}%" + ("!" if x > NOISY else " ")).rjust(6)
 
 
-def _table(rows, keys, columns, ratios, values):
+def markdown(header, lines):
+    """A Markdown table of ``header`` (titles) and ``lines`` (lists of cell texts); the first
+    column left-aligned, the others right-aligned."""
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(str(c).strip() or " " for c in cells) + " |" for cells in lines]
+    return "\n".join(out)
+
+
+def _table(rows, keys, columns, ratios, values, as_markdown=False):
     """Rows as a fixed-width table: ``keys`` (title, width, field) left, then ``columns`` from
-    ``row[values]``, then ``ratios`` (title, numerator, denominator), then the noise."""
+    ``row[values]``, then ``ratios`` (title, numerator, denominator), then the noise; with
+    ``as_markdown``, the same cells as a Markdown table."""
+    if as_markdown:
+        header = [title for title, _, _ in keys] + list(columns) + [t for t, _, _ in ratios] + ["noise"]
+        lines = [[str(r[field]) for _, _, field in keys]
+                 + [fmt(r[values].get(c), 0) for c in columns]
+                 + [fmt(ratio(r[values].get(a), r[values].get(b)), 0) for _, a, b in ratios]
+                 + [_noise(r).strip()] for r in rows]
+        return markdown(header, lines)
     widths = {c: max(len(c), 8) for c in columns + [title for title, _, _ in ratios]}
     head = (" ".join(f"{title:<{w}}" if i < 2 else f"{title:>{w}}" for i, (title, w, _) in enumerate(keys))
             + " " + " ".join(f"{c:>{widths[c]}}" for c in columns)
@@ -98,22 +172,22 @@ def _table(rows, keys, columns, ratios, values):
     return "\n".join(lines)
 
 
-def format_table(rows):
+def format_table(rows, as_markdown=False):
     """The optimizer-step table (ns per element per step)."""
     keys = [("optimizer", 9, "optimizer"), ("dtype", 7, "dtype"), ("size", 10, "size"), ("thr", 3, "threads")]
-    return _table(rows, keys, COLUMNS, RATIOS, "ns_per_elem")
+    return _table(rows, keys, COLUMNS, RATIOS, "ns_per_elem", as_markdown=as_markdown)
 
 
-def format_clip(rows):
+def format_clip(rows, as_markdown=False):
     """The clip_grad_norm_ table (µs per call)."""
     keys = [("dtype", 7, "dtype"), ("size", 10, "size"), ("thr", 3, "threads")]
-    return _table(rows, keys, CLIP_COLUMNS, CLIP_RATIOS, "us_per_call")
+    return _table(rows, keys, CLIP_COLUMNS, CLIP_RATIOS, "us_per_call", as_markdown=as_markdown)
 
 
-def format_matrix(rows):
+def format_matrix(rows, as_markdown=False):
     """The matrix table (ms per step)."""
     keys = [("optimizer", 9, "optimizer"), ("dtype", 7, "dtype"), ("size", 11, "size"), ("thr", 3, "threads")]
-    return _table(rows, keys, MATRIX_COLUMNS, MATRIX_RATIOS, "ms_per_step")
+    return _table(rows, keys, MATRIX_COLUMNS, MATRIX_RATIOS, "ms_per_step", as_markdown=as_markdown)
 
 
 def format_traffic(names, dtypes):
@@ -126,12 +200,17 @@ def format_traffic(names, dtypes):
     return "\n".join(lines)
 
 
-def bandwidth(rows):
-    """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured."""
+def bandwidth(rows, caches=None):
+    """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured
+    whose working set exceeds the last-level cache of ``caches`` (any size when they are
+    unknown): a bound measured in a cache is the cache's bandwidth, not the memory's."""
     out = {}
+    llc = last_level_cache(caches)
     for r in rows:
         bound = r["ns_per_elem"].get("mem-bound")
         if bound is None or r["n_key"] == MANY:
+            continue
+        if llc is not None and r["bytes_per_elem"] * r["n"] <= llc[1]:
             continue
         best = out.get(r["threads"])
         if best is None or r["n"] > best[1]["n"]:
@@ -160,8 +239,8 @@ def write_plot(rows, path, eight_bit=()):
                 for ti, th in enumerate(threads):
                     sel = [r for r in rows if r["optimizer"] == opt and r["dtype"] == dt
                            and r["threads"] == th and r["ns_per_elem"].get(c) is not None]
-                    single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] != MANY)
-                    many = [(r["n"], r["ns_per_elem"][c]) for r in sel if r["n_key"] == MANY]
+                    single = sorted((r["n"], r["ns_per_elem"][c]) for r in sel if not _is_many(r))
+                    many = [(r["n"], r["ns_per_elem"][c]) for r in sel if _is_many(r)]
                     if single:
                         ax.plot(*zip(*single), styles[ti % 4], marker="o", ms=3, color=colors[c],
                                 label=f"{c} ({th} thr)")
@@ -228,62 +307,62 @@ def write_json(path, **payload):
         json.dump(payload, fh, indent=1, default=str)
 
 
-def format_adapter(rows):
+def format_adapter(rows, as_markdown=False):
     """The torch adapter table (µs per step; the adapter's extra ns per tensor)."""
     keys = [("case", 14, "size"), ("tensors", 7, "tensors"), ("thr", 3, "threads")]
     return _table(rows, keys, ["numpy-api", "adapter", "torch-fused", "extra ns/tensor", "numpy-flat", "flat"],
                   [("adapter/np", "adapter", "numpy-api"), ("fused/adapter", "torch-fused", "adapter"),
                    ("flat/np-flat", "flat", "numpy-flat")],
-                  "us_per_step")
+                  "us_per_step", as_markdown=as_markdown)
 
 
-def format_iteration(rows):
+def format_iteration(rows, as_markdown=False):
     """A whole training iteration (zero_grad, backward, step), ms."""
     keys = [("model", 12, "size"), ("thr", 3, "threads")]
     return _table(rows, keys, ["torch-fused", "adapter", "flat"],
                   [("fused/flat", "torch-fused", "flat"), ("fused/adapter", "torch-fused", "adapter")],
-                  "ms_per_iteration")
+                  "ms_per_iteration", as_markdown=as_markdown)
 
 
-def format_clipstep(rows):
+def format_clipstep(rows, as_markdown=False):
     """Adam with clipping inside the step (ns per element per step)."""
     keys = [("size", 6, "size"), ("thr", 3, "threads")]
     return _table(rows, keys, ["step", "clip+step", "torch-clip+fused"],
                   [("clip/step", "clip+step", "step"), ("torch/clip", "torch-clip+fused", "clip+step")],
-                  "ns_per_elem")
+                  "ns_per_elem", as_markdown=as_markdown)
 
 
-def format_threads(rows):
+def format_threads(rows, as_markdown=False):
     """1 and 2 threads, single steps (µs): median and 90th percentile, back to back or with other
     work between steps (``between ms``)."""
     keys = [("size", 11, "size"), ("busy", 4, "busy"), ("between ms", 10, "between_ms")]
     return _table(rows, keys, ["1thr-median", "2thr-median", "1thr-p90", "2thr-p90"],
                   [("2/1 median", "2thr-median", "1thr-median"), ("2/1 p90", "2thr-p90", "1thr-p90")],
-                  "us_per_step")
+                  "us_per_step", as_markdown=as_markdown)
 
 
-def format_precision(rows):
+def format_precision(rows, as_markdown=False):
     """Mixed-precision Adam (ns per element per step)."""
     keys = [("size", 10, "size"), ("thr", 3, "threads")]
     columns = ["f32", "bf16-master", "bf16-master-sbf16", "bf16", "f16", "torch-fused-bf16",
                "torch-fused-f16"]
     ratios = [("master/f32", "bf16-master", "f32"), ("f32/sbf16", "f32", "bf16-master-sbf16"),
               ("fused/bf16", "torch-fused-bf16", "bf16"), ("fused/f16", "torch-fused-f16", "f16")]
-    return _table(rows, keys, columns, ratios, "ns_per_elem")
+    return _table(rows, keys, columns, ratios, "ns_per_elem", as_markdown=as_markdown)
 
 
-def format_deepspeed(rows):
+def format_deepspeed(rows, as_markdown=False):
     """DeepSpeed ZeRO-2 offload: the client optimizer's step (ms), DeepSpeedCPUAdam vs fastopt."""
     keys = [("case", 12, "size"), ("elements", 10, "n"), ("thr", 3, "threads")]
     return _table(rows, keys, ["DeepSpeedCPUAdam", "fastopt"], [("DS/fastopt", "DeepSpeedCPUAdam", "fastopt")],
-                  "ms_per_step")
+                  "ms_per_step", as_markdown=as_markdown)
 
 
-def format_eight_bit(rows):
+def format_eight_bit(rows, as_markdown=False):
     """8-bit AdamW against float32 AdamW, torch's fused step and bitsandbytes (ns per element per
     step)."""
     keys = [("size", 10, "size"), ("thr", 3, "threads")]
-    return _table(rows, keys, EIGHT_BIT_COLUMNS, EIGHT_BIT_RATIOS, "ns_per_elem")
+    return _table(rows, keys, EIGHT_BIT_COLUMNS, EIGHT_BIT_RATIOS, "ns_per_elem", as_markdown=as_markdown)
 
 
 def format_eight_bit_memory(row):

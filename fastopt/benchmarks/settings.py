@@ -146,14 +146,26 @@ MANY_LABEL = "200 arrays"
 #: clip_grad_norm_'s max_norm; the benchmark's gradients have a norm of ~12, so every call scales.
 CLIP_MAX_NORM = 1.0
 
+#: ``fastopt bench --full``: the whole matrix (every algorithm, both dtypes, these sizes).
 DEFAULT_SIZES = "1e4,1e6,1e7," + MANY
 QUICK_SIZES = "1e4,1e6," + MANY
 DEFAULT_DTYPES = "float32,float64"
+
+#: ``fastopt bench`` (the summary): the optimizers that tell the story -- the Adam family most
+#: models train with, SGD with momentum, Adagrad (all with a fused step in torch.optim) and Lion
+#: (none in torch.optim: against NumPy and the bound) --, in float32, at an in-cache size, a size
+#: far beyond any last-level cache (memory-bound) and a small model's 200 arrays.
+SUMMARY_OPTIMIZERS = "adam,adamw,sgd,adagrad,lion"
+SUMMARY_SIZES = "1e5,1e7," + MANY
+SUMMARY_QUICK_SIZES = "1e5," + MANY
+SUMMARY_DTYPES = "float32"
 
 #: Round-robin timing per cell (see :func:`.timing.measure`): seconds of budget, rounds, and the
 #: shortest sample (consecutive steps are timed together until a sample lasts that long).
 TIMING = MappingProxyType(dict(budget=0.2, min_reps=5, max_reps=41, min_sample=1e-3))
 QUICK_TIMING = MappingProxyType(dict(budget=0.03, min_reps=3, max_reps=11, min_sample=2e-4))
+#: The summary's cells: fewer contenders than the full table's, so more rounds for the same time.
+SUMMARY_TIMING = MappingProxyType(dict(budget=0.25, min_reps=7, max_reps=41, min_sample=1e-3))
 #: The DeepSpeed table with --quick: each round is an engine step per contender (a few ms).
 DEEPSPEED_QUICK_TIMING = MappingProxyType(dict(budget=0.3, min_reps=5, max_reps=15))
 

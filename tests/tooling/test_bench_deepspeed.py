@@ -14,7 +14,7 @@ from fastopt.benchmarks import cli, deepspeed_offload, report, targets
 
 TARGETS_FILE = Path(__file__).resolve().parents[2] / "bench" / "targets.json"
 #: A short run with nothing but what a test looks at.
-ARGS = ["--quick", "--sizes", "1e3", "--threads", "1", "--optimizers", "none", "--no-plot",
+ARGS = ["--full", "--quick", "--sizes", "1e3", "--threads", "1", "--optimizers", "none", "--no-plot",
         "--no-ceiling", "--dtypes", "float32", "--no-lbfgs", "--no-clip", "--no-training",
         "--no-precision"]
 LABELS = [label for label, _ in deepspeed_offload.CASES]

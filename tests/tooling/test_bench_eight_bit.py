@@ -16,7 +16,7 @@ TIMING = dict(budget=0.01, min_reps=3, max_reps=3, min_sample=1e-4, repeats=None
 #: A small stand-in for the 200-array model: params above and below min_8bit_size (4096).
 SMALL_MANY = ((64, 128),) * 2 + ((5000,),) * 3 + ((100,),) * 4
 #: The bench's run without the other tables.
-ARGS = ["--quick", "--threads", "1", "--optimizers", "adam", "--sizes", "1e3", "--dtypes", "float32",
+ARGS = ["--full", "--quick", "--threads", "1", "--optimizers", "adam", "--sizes", "1e3", "--dtypes", "float32",
         "--no-clip", "--no-lbfgs", "--no-training", "--no-precision"]
 
 

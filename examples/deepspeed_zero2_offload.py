@@ -191,6 +191,7 @@ if __name__ == "__main__":
 
 if __name__ == "__main__" and not args.no_plot:
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, (ax_loss, ax_time) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
     for (name, r), style in zip(results.items(), ["-", "o"]):
         steps = range(1, len(r["losses"]) + 1)
@@ -199,6 +200,8 @@ if __name__ == "__main__" and not args.no_plot:
     ax_loss.set(xlabel="step", ylabel="cross-entropy", title="ZeRO-2 with CPU offload, 1 rank")
     ax_time.axvspan(0.5, 5.5, color="0.9", label="warm-up")
     ax_time.set(xlabel="step", ylabel="optimizer step (ms)", yscale="log")
+    ax_time.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_time.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_loss.legend()
     ax_time.legend()
     plt.show()

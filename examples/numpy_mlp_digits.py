@@ -1,13 +1,21 @@
-"""A NumPy MLP trained with fastopt on scikit-learn's bundled digits (8x8 images, 10 classes).
+"""
+A NumPy MLP on the digits, trained with fastopt.Adam
+====================================================
 
-Everything is written out by hand: the activations (sigmoid, tanh, ReLU) and their derivatives,
-softmax cross-entropy, and backprop. Training uses minibatches, ``fastopt.Adam``, a cosine LR
-schedule, ``fastopt.clip_grad_norm_`` and early stopping on the validation error (the best params
-are restored at the end).
+A multilayer perceptron written out in NumPy -- the activations (sigmoid, tanh, ReLU) and their
+derivatives, softmax cross-entropy and backprop -- trained on scikit-learn's bundled digits (8x8
+images, 10 classes; no download) with minibatches, :class:`fastopt.Adam`, a cosine learning-rate
+schedule (:class:`fastopt.lr_scheduler.CosineAnnealingLR`), :func:`fastopt.clip_grad_norm_` and
+early stopping on the validation error (the best params are restored at the end).
+
+Run it as a script, with any of the three activations::
 
     python examples/numpy_mlp_digits.py --activation tanh
 
-No download: ``sklearn.datasets.load_digits`` ships with scikit-learn.
+With the defaults (ReLU, one hidden layer of 64, seed 0) one run printed a test accuracy of 0.9667
+after 23 epochs (tanh: 0.9611, sigmoid: 0.9583), in under a second of training. The test set holds
+360 images, so one image is 0.28 points; over seeds 0 to 4 the ReLU model's test accuracy ranged
+from 0.950 to 0.975 (``--seed`` changes the split, the initial weights and the batches).
 """
 import argparse
 import math
@@ -18,9 +26,10 @@ import numpy as np
 import fastopt
 from fastopt.lr_scheduler import CosineAnnealingLR
 
-# ------------------------------------------------------------------------------------------------
-# Activations: f(z) and f'(z), written out.
-# ------------------------------------------------------------------------------------------------
+# %%
+# Activations
+# -----------
+# Each activation is a pair: :math:`f(z)` and its derivative :math:`f'(z)`, written out.
 
 
 def sigmoid(z):
@@ -57,9 +66,11 @@ ACTIVATIONS = {
 }
 
 
-# ------------------------------------------------------------------------------------------------
+# %%
 # The model
-# ------------------------------------------------------------------------------------------------
+# ---------
+# ``params`` is the list of weight matrices and bias vectors that the optimizer updates in place;
+# ``loss_and_grad`` fills the matching ``grads`` with backprop.
 
 
 class MLP:
@@ -131,9 +142,13 @@ class MLP:
         return loss
 
 
-# ------------------------------------------------------------------------------------------------
+# %%
 # Data and training
-# ------------------------------------------------------------------------------------------------
+# -----------------
+# A stratified 60/20/20 split. Each epoch shuffles the training set, steps Adam once per
+# minibatch (gradients clipped to a global norm of 5), then lowers the learning rate along the
+# cosine and measures the validation error; training stops when it has not improved for
+# ``patience`` epochs.
 
 
 def load_data(seed=0, dtype=np.float64):
@@ -197,8 +212,24 @@ def main(activation="relu", hidden=(64,), epochs=60, batch_size=32, lr=5e-3, eta
             "epochs_run": len(history), "history": history}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def plot_history(result, activation):
+    """Training loss and validation error per epoch, with the epoch whose params were kept."""
+    import matplotlib.pyplot as plt
+    epochs, lrs, losses, val_errors = zip(*result["history"])
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
+    ax_loss.plot(epochs, losses)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", yscale="log")
+    ax_err.plot(epochs, val_errors, label="validation error")
+    ax_err.axvline(result["best_epoch"], color="gray", linestyle=":", label="params kept")
+    ax_err.set(xlabel="epoch", ylabel="error rate")
+    ax_err.legend()
+    fig.suptitle(f"{activation} MLP on the digits: fastopt.Adam, cosine schedule; "
+                 f"test accuracy {result['test_accuracy']:.4f}")
+    return fig
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="A NumPy MLP on the digits, trained with fastopt.Adam.")
     parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64])
     parser.add_argument("--epochs", type=int, default=60)
@@ -206,6 +237,28 @@ if __name__ == "__main__":
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    main(activation=args.activation, hidden=tuple(args.hidden), epochs=args.epochs,
-         batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed)
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the training curves")
+    return parser.parse_args(argv)
+
+
+# %%
+# Train
+# -----
+# One line per epoch: the learning rate of the epoch, the mean training loss of its minibatches
+# and the validation error after it.
+
+if __name__ == "__main__":
+    args = parse_args()
+    result = main(activation=args.activation, hidden=tuple(args.hidden), epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed)
+
+# %%
+# The training curves
+# -------------------
+# The training loss keeps falling while the validation error levels off; early stopping keeps
+# the params of the epoch with the lowest validation error.
+
+if __name__ == "__main__" and not args.no_plot:
+    import matplotlib.pyplot as plt
+    plot_history(result, args.activation)
+    plt.show()

@@ -61,12 +61,29 @@ _threadpool.register(__version__)   # threadpoolctl can see and limit fastopt's 
 
 def set_num_threads(n):
     """Use ``n`` threads for large steps (``0``: the default, ``OMP_NUM_THREADS`` if set, else the
-    CPUs this process may use)."""
+    CPUs this process may use).
+
+    Examples
+    --------
+    >>> import fastopt
+    >>> before = fastopt.get_num_threads()
+    >>> fastopt.set_num_threads(1)
+    >>> fastopt.get_num_threads()
+    1
+    >>> fastopt.set_num_threads(before)           # as it was
+    """
     _kernels.set_num_threads(_validation.check_num_threads(n))
 
 
 def get_num_threads():
-    """The number of threads a large step uses."""
+    """The number of threads a large step uses.
+
+    Examples
+    --------
+    >>> import fastopt
+    >>> fastopt.get_num_threads() >= 1
+    True
+    """
     return _kernels.get_num_threads()
 
 

@@ -190,6 +190,17 @@ def build_info():
     ``FASTOPT_FORCE_BASELINE``: ``variant_forced``) and ``modules`` the module that runs for each
     dispatched one; ``vector_isa`` what the kernels in use were compiled for; the flags are those
     of every module, plus ``variant_cflags`` for a variant's and ``lbfgs_cflags`` for L-BFGS.
+
+    Examples
+    --------
+    >>> import fastopt
+    >>> info = fastopt.build_info()
+    >>> info["build"] in ("portable", "native")
+    True
+    >>> sorted(info)[:4]
+    ['build', 'cflags', 'cpu_features', 'lbfgs_cflags']
+    >>> info["num_threads"] == fastopt.get_num_threads()
+    True
     """
     return {
         "build": _build_config.BUILD,

@@ -10,6 +10,7 @@ below, and the declaration itself as ``cls.algorithm``. Everything else (checks,
 """
 import textwrap
 
+from . import _validation
 from .algorithms import ALGORITHMS
 from .algorithms._spec import REQUIRED
 from .optimizer import Optimizer
@@ -114,8 +115,85 @@ def state_doc(algorithm):
     return "State per param: " + ", ".join(parts) + "." if parts else "No state per param."
 
 
-def class_doc(algorithm):
-    """The class docstring: summary, update formula, parameters, state, reference."""
+#: The learning rate of the generated examples (the declared defaults, 1e-4 for Lion, barely move
+#: the small quadratic in a few steps).
+EXAMPLE_LR = 0.1
+
+#: Values an example tries, in order, for a hyperparameter whose default its constraint refuses
+#: (LARS's momentum): the first one the constraint accepts is used.
+EXAMPLE_CANDIDATES = {"real": (0.9, 0.5, 1.0), "integer": (1, 5), "flag": (True,)}
+
+
+def example_arguments(algorithm):
+    """The constructor arguments of the generated example: ``lr`` (:data:`EXAMPLE_LR`), and a
+    valid value for every hyperparameter without a usable default (required, or refused by its
+    own constraint, as LARS's ``momentum``), taken from :data:`EXAMPLE_CANDIDATES`."""
+    arguments = {"lr": EXAMPLE_LR}
+    pos, kw = algorithm.signature()
+    by_name = algorithm.hyper_by_name
+    for name in pos + kw:
+        h = by_name.get(name)
+        if h is None or name in arguments or name in algorithm.fixed:
+            continue
+        try:
+            _validation.check_constraint(name, h.default, h.constraint)
+            continue
+        except (TypeError, ValueError):
+            pass
+        for value in EXAMPLE_CANDIDATES.get(h.constraint.kind, ()):
+            try:
+                _validation.check_constraint(name, value, h.constraint)
+            except (TypeError, ValueError):
+                continue
+            arguments[name] = value
+            break
+        else:
+            raise ValueError(f"{algorithm.name}.{name}: no example value fits {h.constraint.describe()}; "
+                             "add one to EXAMPLE_CANDIDATES")
+    return arguments
+
+
+def examples_doc(algorithm, torch=False):
+    """The ``Examples`` section: a few steps on :math:`\\tfrac12 \\lVert p \\rVert^2` from the
+    same start with every algorithm, showing the loss going down (a doctest:
+    tests/tooling/test_docstring_examples.py runs it). ``torch``: ``fastopt.torch``'s class, with
+    autograd."""
+    arguments = ", ".join(f"{k}={v!r}" for k, v in example_arguments(algorithm).items())
+    intro = textwrap.fill("A few steps on :math:`f(p) = \\tfrac12 \\lVert p \\rVert^2`, whose gradient "
+                          "is :math:`p`, from :math:`f = 7.125` (a matrix: every algorithm takes one):", 96)
+    if torch:
+        code = f"""\
+>>> import torch
+>>> import fastopt.torch
+>>> p = torch.nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+>>> opt = fastopt.torch.{algorithm.name}([p], {arguments})
+>>> losses = []
+>>> for _ in range(5):
+...     opt.zero_grad()
+...     loss = 0.5 * (p * p).sum()
+...     loss.backward()
+...     opt.step()
+...     losses.append(loss.item())
+>>> print(losses[0], losses[-1] < losses[0])
+7.125 True"""
+    else:
+        code = f"""\
+>>> import numpy as np
+>>> import fastopt
+>>> p = np.array([[1.0, -2.0], [3.0, 0.5]], dtype=np.float32)
+>>> opt = fastopt.{algorithm.name}([p], {arguments})
+>>> loss = lambda p: 0.5 * float((p * p).sum())
+>>> before = loss(p)
+>>> for _ in range(5):
+...     _ = opt.step([p.copy()])        # the gradient of f at p; p is updated in place
+>>> print(before, loss(p) < before)
+7.125 True"""
+    return "Examples\n--------\n" + intro + "\n\n" + code
+
+
+def class_doc(algorithm, torch=False):
+    """The class docstring: summary, update formula, parameters, state, reference, examples
+    (``torch``: of ``fastopt.torch``'s class)."""
     pos, kw = algorithm.signature()
     formula = textwrap.indent(textwrap.dedent(algorithm.formula).strip("\n"), "    ")
     maximize = r"    g &\leftarrow -g \qquad \text{(if maximize)} \\" + "\n"
@@ -130,6 +208,7 @@ def class_doc(algorithm):
     ]
     if algorithm.reference:
         sections.append("References\n----------\n" + algorithm.reference)
+    sections.append(examples_doc(algorithm, torch))
     return "\n\n".join(sections) + "\n"
 
 

@@ -106,6 +106,24 @@ def save(optimizer, path, *, params=False):
     ValueError
         A param group holds a value that cannot be stored without pickle (an arbitrary object);
         nothing is written then.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import fastopt
+    >>> p = np.ones(3)
+    >>> opt = fastopt.Adam([p], lr=0.1)
+    >>> _ = opt.step([np.ones(3)])
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "checkpoint.npz")
+    >>> fastopt.save(opt, path, params=True)
+    >>> q = np.zeros(3)                               # a fresh run resumes from the file
+    >>> resumed = fastopt.Adam([q], lr=0.1)
+    >>> fastopt.load(resumed, path)
+    >>> bool(np.array_equal(q, p)), resumed.state[0]["step"]
+    (True, 1)
+    >>> folder.cleanup()
     """
     from .optimizer import Optimizer
     if not isinstance(optimizer, Optimizer):
@@ -211,6 +229,29 @@ def load(optimizer, path):
     truncated, corrupted, wrong-class or mismatched file raises ValueError naming the problem and
     leaves the optimizer (and its params) unchanged. When the file holds params (``save(...,
     params=True)``) they are copied into the optimizer's params.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import fastopt
+    >>> p = np.ones(3)
+    >>> opt = fastopt.Adam([p], lr=0.1)
+    >>> _ = opt.step([np.ones(3)])
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> path = os.path.join(folder.name, "checkpoint.npz")
+    >>> fastopt.save(opt, path)                       # the state only: restore the params yourself
+    >>> q = p.copy()
+    >>> resumed = fastopt.Adam([q], lr=0.1)
+    >>> fastopt.load(resumed, path)
+    >>> _ = opt.step([np.ones(3)]), resumed.step([np.ones(3)])
+    >>> bool(np.array_equal(q, p))                    # the resumed run goes on identically
+    True
+    >>> fastopt.load(fastopt.SGD([q]), path)
+    Traceback (most recent call last):
+        ...
+    ValueError: checkpoint '...checkpoint.npz' holds the state of a 'Adam' optimizer, not of a 'SGD'
+    >>> folder.cleanup()
     """
     from .optimizer import Optimizer
     if not isinstance(optimizer, Optimizer):

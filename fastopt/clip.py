@@ -34,6 +34,18 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False):
     -------
     float
         The total norm before clipping.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> grads = [np.array([3.0, 0.0]), np.array([[0.0, 4.0]])]
+    >>> fastopt.clip_grad_norm_(grads, max_norm=1.0)       # the norm before clipping
+    5.0
+    >>> print(np.round(grads[0], 4), np.round(grads[1], 4))
+    [0.6 0. ] [[0.  0.8]]
+    >>> round(fastopt.clip_grad_norm_(grads, max_norm=1.0, norm_type="inf"), 6)
+    0.8
     """
     max_norm = V.check_real("max_norm", max_norm, low=0.0)
     norm_type = V.check_norm_type(norm_type)
@@ -60,11 +72,32 @@ def clip_grad_value_(grads, clip_value):
         float32/float64, C-contiguous, writeable arrays.
     clip_value : float
         :math:`c \ge 0`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> grads = [np.array([-3.0, 0.5, 2.0]), np.array([np.nan, -0.25])]
+    >>> fastopt.clip_grad_value_(grads, 1.0)
+    >>> grads
+    [array([-1. ,  0.5,  1. ]), array([  nan, -0.25])]
     """
     clip_value = V.check_real("clip_value", clip_value, low=0.0)
     kernels.gather_arrays(grads, "grads", True).clamp_(clip_value)
 
 
 def grads_finite(grads):
-    """True if every element of ``grads`` is finite (one read-only pass, any thread count)."""
+    """True if every element of ``grads`` is finite (one read-only pass, any thread count).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> grads = [np.array([1.0, 2.0]), np.zeros((2, 2), dtype=np.float32)]
+    >>> fastopt.grads_finite(grads)
+    True
+    >>> grads[1][0, 1] = np.inf
+    >>> fastopt.grads_finite(grads)
+    False
+    """
     return kernels.gather_arrays(grads, "grads", False).all_finite()

@@ -30,6 +30,21 @@ class FlatParams:
     shapes : list of tuple
     offsets : ndarray
         ``offsets[i]:offsets[i + 1]`` is array i's range in the flat buffers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> flat = fastopt.FlatParams([(2, 3), (3,)])
+    >>> flat
+    FlatParams(2 arrays, 9 elements, float32)
+    >>> W, b = flat.params                         # views into flat.data
+    >>> W[...] = 1.0
+    >>> flat.grads[1][...] = 0.5                   # a backward pass writes into the grad views
+    >>> opt = fastopt.SGD([flat.data], lr=0.1)
+    >>> _ = opt.step([flat.grad])                  # one step over one buffer
+    >>> print(flat.data)
+    [ 1.    1.    1.    1.    1.    1.   -0.05 -0.05 -0.05]
     """
 
     def __init__(self, shapes, dtype=np.float32):
@@ -89,6 +104,18 @@ def flatten(arrays, dtype=None):
     -------
     FlatParams
         Use ``flat.params`` (views) in place of the original arrays from then on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> W, b = np.ones((2, 2), dtype=np.float32), np.zeros(2, dtype=np.float32)
+    >>> flat = fastopt.flatten([W, b])
+    >>> W, b = flat.params                         # use the views from now on
+    >>> flat.data
+    array([1., 1., 1., 1., 0., 0.], dtype=float32)
+    >>> flat.offsets
+    array([0, 4, 6])
     """
     arrays = [np.asarray(a) for a in arrays]
     if dtype is None:

@@ -128,6 +128,22 @@ class LRScheduler:
     -----
     Constructing a scheduler overwrites the optimizer's learning rates. When restoring a
     checkpoint, construct the scheduler before restoring the optimizer's param groups.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import LRScheduler
+    >>> class HalvingLR(LRScheduler):          # halve the initial lr every epoch
+    ...     def get_lr(self):
+    ...         return [base / 2 ** self.last_epoch for base in self.base_lrs]
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = HalvingLR(opt)
+    >>> for epoch in range(3):
+    ...     _ = opt.step([np.ones(3)])
+    ...     sched.step()
+    >>> sched.last_epoch, sched.get_last_lr(), opt.param_groups[0]["lr"]
+    (3, [0.125], 0.125)
     """
 
     _get_lr_called_within_step = False
@@ -260,6 +276,20 @@ class LambdaLR(LRScheduler):
     -----
     :meth:`state_dict` saves the ``__dict__`` of callable *objects* among the lambdas; plain
     functions and lambdas are not saved (``None`` in their place), as in torch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import LambdaLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=0.5)
+    >>> sched = LambdaLR(opt, lr_lambda=lambda epoch: 1 / (1 + epoch))
+    >>> lrs = []
+    >>> for epoch in range(4):
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 4))
+    ...     sched.step()
+    >>> lrs
+    [0.5, 0.25, 0.1667, 0.125]
     """
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
@@ -326,6 +356,20 @@ class StepLR(LRScheduler):
     gamma : float, default 0.1
         Multiplicative factor of the decay.
     last_epoch : int, default -1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import StepLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = StepLR(opt, step_size=2, gamma=0.5)
+    >>> lrs = []
+    >>> for epoch in range(6):
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    ...     sched.step()
+    >>> lrs
+    [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     """
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
@@ -360,6 +404,20 @@ class MultiStepLR(LRScheduler):
     gamma : float, default 0.1
         Multiplicative factor of the decay.
     last_epoch : int, default -1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import MultiStepLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = MultiStepLR(opt, milestones=[2, 5], gamma=0.1)
+    >>> lrs = []
+    >>> for epoch in range(7):
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 6))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 1.0, 0.1, 0.1, 0.1, 0.01, 0.01]
     """
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
@@ -408,6 +466,20 @@ class LinearLR(LRScheduler):
     total_iters : int, default 5
         Number of epochs over which the factor moves; positive.
     last_epoch : int, default -1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import LinearLR
+    >>> opt = fastopt.Adam([np.zeros(3)], lr=1e-3)
+    >>> sched = LinearLR(opt, start_factor=0.25, total_iters=3)    # a warm-up over 3 epochs
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 6))
+    ...     sched.step()
+    >>> lrs
+    [0.00025, 0.0005, 0.00075, 0.001, 0.001]
     """
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
@@ -465,6 +537,20 @@ class ExponentialLR(LRScheduler):
     gamma : float
         Multiplicative factor of the decay.
     last_epoch : int, default -1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import ExponentialLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = ExponentialLR(opt, gamma=0.5)
+    >>> lrs = []
+    >>> for epoch in range(4):
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.5, 0.25, 0.125]
     """
 
     def __init__(self, optimizer, gamma, last_epoch=-1):
@@ -509,6 +595,20 @@ class CosineAnnealingLR(LRScheduler):
     eta_min : float, default 0.0
         Minimum learning rate.
     last_epoch : int, default -1
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import CosineAnnealingLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = CosineAnnealingLR(opt, T_max=4, eta_min=0.0)
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 4))
+    ...     sched.step()
+    >>> lrs
+    [1.0, 0.8536, 0.5, 0.1464, 0.0]
     """
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
@@ -568,6 +668,22 @@ class SequentialLR(LRScheduler):
     Notes
     -----
     :meth:`state_dict` includes the state of every wrapped scheduler.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import ExponentialLR, LinearLR, SequentialLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> warmup = LinearLR(opt, start_factor=0.5, total_iters=2)
+    >>> decay = ExponentialLR(opt, gamma=0.5)
+    >>> sched = SequentialLR(opt, schedulers=[warmup, decay], milestones=[2])
+    >>> lrs = []
+    >>> for epoch in range(5):
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    ...     sched.step()
+    >>> lrs
+    [0.5, 0.75, 1.0, 0.5, 0.25]
     """
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
@@ -692,6 +808,20 @@ class ReduceLROnPlateau(LRScheduler):
         Lower bound of the lr, for all groups or per group.
     eps : float, default 1e-8
         Reductions smaller than this are skipped.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import ReduceLROnPlateau
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=1.0)
+    >>> sched = ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=1)
+    >>> lrs = []
+    >>> for val_loss in [1.0, 0.8, 0.8, 0.8, 0.8, 0.8]:    # stops improving after the 2nd epoch
+    ...     sched.step(val_loss)
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    >>> lrs
+    [1.0, 1.0, 1.0, 0.5, 0.5, 0.25]
     """
 
     def __init__(
@@ -864,6 +994,20 @@ class OneCycleLR(LRScheduler):
     The cycle ends at step ``total_steps - 1`` (construction is step 0). Like torch, one more
     :meth:`step` is allowed; it extrapolates the last phase one step past ``min_lr`` (with
     ``anneal_strategy='linear'`` that can make the lr negative).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> from fastopt.lr_scheduler import OneCycleLR
+    >>> opt = fastopt.SGD([np.zeros(3)], lr=0.1, momentum=0.9)
+    >>> sched = OneCycleLR(opt, max_lr=1.0, total_steps=10)
+    >>> lrs = []
+    >>> for step in range(10):                 # step it after every batch
+    ...     lrs.append(round(opt.param_groups[0]["lr"], 3))
+    ...     sched.step()
+    >>> lrs
+    [0.04, 0.52, 1.0, 0.95, 0.812, 0.611, 0.389, 0.188, 0.05, 0.0]
     """
 
     def __init__(

@@ -179,6 +179,32 @@ class Optimizer:
     state : dict
         ``{param_index: {state_name: view, "step": int}}`` for params that have state; the arrays are
         views of the optimizer's memory (a copy is in :meth:`state_dict`).
+
+    Examples
+    --------
+    Every optimizer class (:class:`fastopt.SGD`, :class:`fastopt.Adam`, ...) is an ``Optimizer``:
+    params in groups, one gradient per param given to :meth:`step`, params updated in place.
+
+    >>> import numpy as np
+    >>> import fastopt
+    >>> W, b = np.ones((2, 2)), np.zeros(2)
+    >>> opt = fastopt.SGD([{"params": [W]}, {"params": [b], "lr": 0.5}], lr=0.1, momentum=0.9)
+    >>> isinstance(opt, fastopt.Optimizer)
+    True
+    >>> opt.step([np.ones((2, 2)), np.ones(2)])
+    True
+    >>> float(W[0, 0]), float(b[0])
+    (0.9, -0.5)
+    >>> sorted(opt.state), sorted(opt.state[1])
+    ([0, 1], ['momentum_buffer'])
+
+    With ``skip_nonfinite=True`` a step whose gradients hold a NaN or Inf is skipped:
+
+    >>> opt = fastopt.Adam([W], lr=0.1, skip_nonfinite=True)
+    >>> opt.step([np.full((2, 2), np.nan)]), opt.found_inf, opt.skipped_steps
+    (False, True, 1)
+    >>> float(W[0, 0])
+    0.9
     """
 
     #: The algorithm's declaration (a ``fastopt.algorithms._spec.Algorithm``); set by _factory.py.

@@ -56,6 +56,19 @@ def two_loop_direction(const floating[::1] grad, const floating[:, ::1] history,
         With ``q = -grad``: for i from newest to oldest, ``a_i = rho_i s_i'q``, ``q -= a_i y_i``;
         then ``r = gamma q``; for i from oldest to newest, ``b_i = rho_i y_i'r``,
         ``r += (a_i - b_i) s_i``; ``d = r``.
+
+    Examples
+    --------
+    One pair of :math:`f(x) = x^\\top x` (so :math:`y = 2 s`) and :math:`\\gamma = s^\\top y /
+    y^\\top y = 1/2`: the direction is Newton's, :math:`-\\tfrac12 g`.
+
+    >>> import numpy as np
+    >>> from fastopt.minimize import two_loop_direction
+    >>> s, y = np.array([1.0, 0.0]), np.array([2.0, 0.0])
+    >>> history = np.stack([s, y])             # m = 1: row 0 is s, row 1 is y
+    >>> rho = np.array([1.0 / (s @ y)])
+    >>> two_loop_direction(np.array([2.0, 4.0]), history, rho, 0, 1, (s @ y) / (y @ y))
+    array([-1., -2.])
     """
     cdef Py_ssize_t n = grad.shape[0]
     cdef int m = rho.shape[0]

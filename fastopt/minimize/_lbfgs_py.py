@@ -106,6 +106,26 @@ def minimize_lbfgs(fun, x0, args=(), jac=True, bounds=None, m=10, gtol=1e-5,
     If the line search fails, the history is dropped and the step retried along steepest
     descent; a failure with an empty history ends the run with status 2. Trials where ``fun``
     returns NaN or Inf are cut back toward the last finite point instead of being used.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.optimize import rosen, rosen_der
+    >>> import fastopt
+    >>> result = fastopt.minimize_lbfgs(lambda x: (rosen(x), rosen_der(x)), np.zeros(5))
+    >>> bool(result.success), bool(np.allclose(result.x, 1.0, atol=1e-4))
+    (True, True)
+
+    With bounds (L-BFGS-B), and with an L1 penalty (OWL-QN), on
+    :math:`\\lVert x - (1, 2, 3) \\rVert^2`:
+
+    >>> def fun(x):
+    ...     r = x - np.array([1.0, 2.0, 3.0])
+    ...     return r @ r, 2 * r
+    >>> np.round(fastopt.minimize_lbfgs(fun, np.zeros(3), bounds=[(0, 1.5)] * 3).x, 6)
+    array([1. , 1.5, 1.5])
+    >>> np.round(fastopt.minimize_lbfgs(fun, np.zeros(3), l1=2.0).x, 6) + 0.0
+    array([0., 1., 2.])
     """
     if not isinstance(args, tuple):
         args = (args,)
@@ -220,6 +240,18 @@ def lbfgs(fun, x0, args=(), jac=None, hess=None, hessp=None, bounds=None, constr
     ``l1``). ``tol`` sets ``gtol`` and ``ftol`` unless they are given. ``hess`` and ``hessp``
     are ignored; constraints are refused. Unknown options are ignored with an
     ``OptimizeWarning``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.optimize import minimize, rosen, rosen_der
+    >>> import fastopt
+    >>> ours = minimize(rosen, np.zeros(5), jac=rosen_der, method=fastopt.lbfgs,
+    ...                 bounds=[(-2, 0.5)] * 5, options={"maxcor": 10})
+    >>> scipy = minimize(rosen, np.zeros(5), jac=rosen_der, method="L-BFGS-B",
+    ...                  bounds=[(-2, 0.5)] * 5, options={"maxcor": 10})
+    >>> ours.message == scipy.message, bool(np.allclose(ours.x, scipy.x, atol=1e-6))
+    (True, True)
     """
     if constraints:
         raise ValueError("constraints: fastopt.lbfgs handles bounds only; use "
@@ -274,6 +306,21 @@ class LBFGS:
     ``closure()`` must re-evaluate the model at the current values of ``params`` and return
     ``(loss, grads)`` with ``grads`` a list aligned with ``params``. As in torch, pairs with
     ``y's <= 1e-10`` are skipped and ``H0 = (y's / y'y) I`` from the newest stored pair.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastopt
+    >>> x = np.zeros(2)
+    >>> target = np.array([1.0, -2.0])
+    >>> def closure():                    # the loss and the gradients, at the current x
+    ...     r = x - target
+    ...     return float(r @ r), [2 * r]
+    >>> opt = fastopt.LBFGS([x], line_search_fn="strong_wolfe")
+    >>> opt.step(closure)                 # the loss before the step, as torch returns it
+    5.0
+    >>> np.round(x, 6) + 0.0
+    array([ 1., -2.])
     """
 
     def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7,

@@ -257,6 +257,23 @@ cdef class MoreThuente:
 
     ``task`` ends as ``"CONVERGENCE"``, a ``"WARNING: ..."`` (``stp`` is then the last trial), or
     ``"ERROR"`` (bad arguments, e.g. a non-descent direction).
+
+    Examples
+    --------
+    Along :math:`\\phi(a) = (a - 3)^2` from a first trial of 0.1, too short for the curvature
+    condition (:math:`|\\phi'(0.1)| = 5.8 > 0.9 |\\phi'(0)|`), the search extrapolates:
+
+    >>> from fastopt.minimize import MoreThuente
+    >>> phi = lambda a: (a - 3.0) ** 2
+    >>> dphi = lambda a: 2.0 * (a - 3.0)
+    >>> ls = MoreThuente(c1=1e-4, c2=0.9)
+    >>> stp, task = ls.start(phi(0.0), dphi(0.0), 0.1)
+    >>> trials = [stp]
+    >>> while task == "FG":
+    ...     stp, task = ls.iterate(phi(stp), dphi(stp), stp)
+    ...     trials.append(round(stp, 6))
+    >>> task, trials
+    ('CONVERGENCE', [0.1, 0.5, 0.5])
     """
     cdef SearchState state
     cdef int task

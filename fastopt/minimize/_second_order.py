@@ -26,6 +26,17 @@ def classify_critical_point(H, tol=1e-8):
     * ``"degenerate"`` if H is semi-definite with a zero eigenvalue (the second-order test is
       inconclusive),
     * ``"minimum"`` if all eigenvalues are positive, ``"maximum"`` if all are negative.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastopt import classify_critical_point
+    >>> classify_critical_point(np.diag([2.0, 1.0]))
+    'minimum'
+    >>> classify_critical_point(np.diag([2.0, -1.0]))         # f = x^2 - y^2/2 at 0
+    'saddle'
+    >>> classify_critical_point(np.diag([0.0, 1.0]))
+    'degenerate'
     """
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
@@ -168,6 +179,26 @@ def newton(fun, x0, jac, hess, args=(), saddle_free=False, gtol=1e-8, ftol=0.0, 
     ``||g||^2``, whose slope along p is ``2 g'Hp = -2 ||g||^2 < 0``. So plain Newton converges to
     whatever critical point is near, saddle or not; check the result with
     :func:`classify_critical_point`, or use ``saddle_free=True`` to minimize.
+
+    Examples
+    --------
+    :math:`f(x, y) = x^2 - y^2 + y^4 / 4` has a saddle at the origin and minima at
+    :math:`y = \\pm\\sqrt 2`. Started near the saddle, plain Newton converges to it; the
+    saddle-free step moves downhill to a minimum:
+
+    >>> import numpy as np
+    >>> import fastopt
+    >>> def fun(z):
+    ...     x, y = z
+    ...     return x * x - y * y + y ** 4 / 4, np.array([2 * x, -2 * y + y ** 3])
+    >>> def hess(z):
+    ...     return np.array([[2.0, 0.0], [0.0, -2.0 + 3 * z[1] ** 2]])
+    >>> plain = fastopt.newton(fun, np.array([0.5, 0.1]), jac=True, hess=hess)
+    >>> np.round(plain.x, 6) + 0.0, fastopt.classify_critical_point(hess(plain.x))
+    (array([0., 0.]), 'saddle')
+    >>> free = fastopt.newton(fun, np.array([0.5, 0.1]), jac=True, hess=hess, saddle_free=True)
+    >>> np.round(free.x, 6) + 0.0, fastopt.classify_critical_point(hess(free.x))
+    (array([0.      , 1.414214]), 'minimum')
     """
     if not isinstance(args, tuple):
         args = (args,)
@@ -273,6 +304,15 @@ def minimize_bfgs(fun, x0, args=(), jac=True, gtol=1e-5, ftol=2.2e-9, maxiter=15
     search fails, H is reset to the identity and steepest descent tried once before giving up.
     The stopping tests run in L-BFGS-B's order (limits before convergence). The result also
     carries ``hess_inv``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy.optimize import rosen, rosen_der
+    >>> import fastopt
+    >>> result = fastopt.minimize_bfgs(lambda x: (rosen(x), rosen_der(x)), np.zeros(5))
+    >>> bool(result.success), bool(np.allclose(result.x, 1.0, atol=1e-4)), result.hess_inv.shape
+    (True, True, (5, 5))
     """
     if not isinstance(args, tuple):
         args = (args,)

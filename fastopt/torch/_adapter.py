@@ -968,7 +968,7 @@ def _make_adapter(algorithm, base):
     declared.update(algorithm.torch_extras)
     declared.update(algorithm.torch_load_defaults)
     declared.update(algorithm.fixed)
-    doc = fastopt_cls.__doc__
+    doc = _factory.class_doc(algorithm, torch=True)
     if algorithm.driver is None:     # (flat=True is refused by whole-matrix updates)
         doc = doc.replace("skip_nonfinite : bool", _factory.TORCH_OPTIONS_DOC + "\nskip_nonfinite : bool", 1)
     return type(algorithm.name, (base,), {

@@ -104,6 +104,25 @@ class FlatParams:
     shapes : list of torch.Size
     offsets : ndarray
         ``offsets[i]:offsets[i + 1]`` is param i's range in the flat buffers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import fastopt.torch
+    >>> model = torch.nn.Linear(3, 2)
+    >>> flat = fastopt.torch.flatten_(model.parameters())
+    >>> flat.offsets, flat.size
+    (array([0, 6, 8]), 8)
+    >>> model.bias.data_ptr() == flat.data.data_ptr() + 6 * flat.data.element_size()
+    True
+    >>> opt = fastopt.torch.SGD(model.parameters(), lr=0.1)
+    >>> model(torch.ones(4, 3)).sum().backward()     # accumulates into flat.grad
+    >>> flat.grad[6:]
+    tensor([4., 4.])
+    >>> bias = model.bias.detach().clone()
+    >>> opt.step()
+    >>> torch.allclose(model.bias, bias - 0.4)
+    True
     """
 
     def __init__(self, params, data, grad, offsets, own_counters):

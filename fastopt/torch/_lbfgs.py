@@ -155,6 +155,25 @@ class LBFGS(torch.optim.Optimizer):
     and continues the same trajectory; ``load_state_dict`` checks what it loads (``TypeError`` /
     ``ValueError`` naming the entry, the optimizer unchanged). torch's scratch list ``al`` is
     not kept (torch makes it again when it is missing).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import fastopt.torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> target = torch.tensor([1.0, -2.0])
+    >>> opt = fastopt.torch.LBFGS([x], line_search_fn="strong_wolfe")
+    >>> def closure():
+    ...     opt.zero_grad()
+    ...     loss = ((x - target) ** 2).sum()
+    ...     loss.backward()
+    ...     return loss
+    >>> opt.step(closure).item()           # the loss before the step, as torch returns it
+    5.0
+    >>> torch.allclose(x, target)
+    True
+    >>> opt.state[x]["n_iter"] >= 1
+    True
     """
 
     def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7,

@@ -72,6 +72,10 @@ myst_heading_anchors = 3
 
 # -- math: MathJax 3 from the django-static-mathjax package (see _ext/offline_mathjax.py) ----------
 mathjax_path = "mathjax/tex-chtml.js"
+# \text{...} in the declared formulas escapes underscores (decoupled\_weight\_decay): textmacros
+# reads them as text-mode macros (the component is copied with the rest of MathJax)
+mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]},
+                   "tex": {"packages": {"[+]": ["textmacros"]}}}
 
 # -- sphinx-gallery -------------------------------------------------------------------------------
 sphinx_gallery_conf = {
@@ -85,10 +89,14 @@ sphinx_gallery_conf = {
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "image_scrapers": ("matplotlib",),
+    # the examples run one after another in this process: each starts from a clean state
+    "reset_modules": ("matplotlib", "gallery_reset.reset_process_state"),
     "within_subsection_order": "FileNameSortKey",
     "remove_config_comments": True,
     "download_all_examples": False,
     "show_memory": False,
+    # (its execution-times pages load jQuery and DataTables from a CDN: the site loads nothing remote)
+    "write_computation_times": False,
     "show_signature": False,
 }
 
@@ -96,6 +104,9 @@ sphinx_gallery_conf = {
 html_theme = "pydata_sphinx_theme"
 html_title = f"fastopt {release}"
 html_static_path = ["_static"]
+html_favicon = "_static/favicon.svg"
+# the theme's light/dark switch starts from the reader's system setting ("auto")
+html_context = {"default_mode": "auto"}
 html_css_files = ["fastopt.css"]
 html_show_sourcelink = False
 html_theme_options = {

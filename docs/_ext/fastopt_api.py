@@ -110,10 +110,15 @@ def _state(algorithm):
 
 
 def _follows(algorithm):
+    """The class (or paper) the optimizer follows, in a sentence; the full citation is under
+    *Reference*."""
     if algorithm.torch_name:
         return (f"``torch.optim.{algorithm.torch_name}`` (same arguments, defaults, param-group keys, "
                 "state names and checkpoint format).")
-    return algorithm.reference
+    if algorithm.bitsandbytes_states is not None:
+        return (f"``bitsandbytes.optim.{algorithm.name}`` (its arguments, defaults and checkpoint "
+                "format; the differences are under *Reference*).")
+    return "the work cited under *Reference*."
 
 
 def _traffic(algorithm):

@@ -73,9 +73,11 @@ myst_heading_anchors = 3
 # -- math: MathJax 3 from the django-static-mathjax package (see _ext/offline_mathjax.py) ----------
 mathjax_path = "mathjax/tex-chtml.js"
 # \text{...} in the declared formulas escapes underscores (decoupled\_weight\_decay): textmacros
-# reads them as text-mode macros (the component is copied with the rest of MathJax)
+# reads them as text-mode macros (the component is copied with the rest of MathJax). Without
+# noundefined, an unknown macro is a TeX error MathJax shows as such (not red text), which
+# tests/tooling/test_docs.py looks for.
 mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]},
-                   "tex": {"packages": {"[+]": ["textmacros"]}}}
+                   "tex": {"packages": {"[+]": ["textmacros"], "[-]": ["noundefined"]}}}
 
 # -- sphinx-gallery -------------------------------------------------------------------------------
 sphinx_gallery_conf = {

@@ -10,8 +10,9 @@ entries that match no page; with none left, it is nothing.
 ``fastopt-cards`` is a grid of cards, one per part of the site.
 
 Each line of the directive's content is ``pattern | title | text``. ``pattern`` is a document name
-or a glob of them (``guides/*``); the card links to every document that matches, by its title, so
-the cards follow the pages as they are added. Pages are written by several people at once: a card
+or a glob of them (``coming-from/*``): the card's title links to the first match (a folder's
+``index`` first), and a list under the text to every other, by its title, so the cards follow the
+pages as they are added. Pages are written by several people at once: a card
 whose pattern matches no page yet is left out.
 """
 import fnmatch
@@ -65,7 +66,7 @@ class CardsDirective(Directive):
             card += nodes.paragraph(text=text)
             if len(docs) > 1:
                 items = nodes.bullet_list()
-                for doc in docs:
+                for doc in docs[1:] if docs[0].endswith("/index") else docs:
                     item = nodes.list_item()
                     para = nodes.paragraph()
                     para += self._link(env, doc, None)

@@ -29,7 +29,6 @@ version = release = fastopt.__version__
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "numpydoc",
     "myst_parser",
@@ -61,7 +60,6 @@ nitpick_ignore_regex = [
 # -- autodoc / numpydoc ---------------------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
-autosummary_generate = False
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False

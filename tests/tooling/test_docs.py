@@ -30,7 +30,7 @@ EXAMPLES = ROOT / "examples"
 #: gallery's examples and the generated API pages import (the ``test`` extra).
 BUILD_REQUIREMENTS = ("sphinx", "pydata_sphinx_theme", "numpydoc", "sphinx_gallery", "myst_parser",
                       "mathjax", "matplotlib", "torch", "sklearn", "deepspeed", "transformers",
-                      "accelerate")
+                      "accelerate", "ml_dtypes")
 #: Debian's Chromium and its driver (apt-get install chromium chromium-driver).
 CHROMIUM = "/usr/bin/chromium"
 #: Pages the browser test loads: the landing page, an optimizer's page, the gallery.

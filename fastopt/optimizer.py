@@ -56,7 +56,7 @@ class ParamGroup(dict):
     Re-checking every hyperparameter costs ~13 us (Adam or SGD), more than a whole step of a small
     param (under 1 us; both measured on the development machine, an AMD EPYC with AVX-512,
     December 2026), so a step re-checks a group only after one of its entries has been assigned
-    (as an LR scheduler does): ``checked`` holds the :data:`Checked` hyperparameters of the last
+    (as an LR scheduler does): ``checked`` holds the ``Checked`` hyperparameters of the last
     check (None: check again). ``fastopt.torch`` keeps its torch-side groups in this class too, and
     ``pushed`` is the fastopt group the group's values were last copied into, since it was last
     modified (None: copy them again). Mutable values are stored as tuples so they cannot change
@@ -376,7 +376,7 @@ class Optimizer:
         the algorithm's declaration: their constraints, then the rules across them.
 
         A class method, so that a front end can check hyperparameters before it builds an
-        optimizer. Returns the group's :data:`Checked` values; raises the declaration's
+        optimizer. Returns the group's ``Checked`` values; raises the declaration's
         TypeError or ValueError naming the argument.
         """
         alg = cls.algorithm
@@ -691,6 +691,8 @@ class Optimizer:
 
     @property
     def state(self):
+        """``{param index: state}`` for every param that has state, each as :meth:`param_state`
+        gives it (views of the optimizer's memory)."""
         out = {}
         for index, bucket, k in sorted(self._iter_param_slots(), key=lambda t: t[0]):
             if self._has_state(bucket, k):

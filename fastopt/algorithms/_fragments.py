@@ -116,8 +116,9 @@ def bitsandbytes_variant(base, name, what, states, *, signature, defaults=None, 
     ``state2``; ``groups``: the group keys it keeps that this class does not, see
     ``Algorithm.bitsandbytes_groups``). Its state counts steps, as bitsandbytes' does (SGD's
     too)."""
-    reference = (f"{base.reference} Arguments, defaults and checkpoint format of "
-                 f"``bitsandbytes.optim.{name}`` (bitsandbytes 0.50); the 8-bit format of Dettmers "
+    # (SGD, RMSprop and LARS cite no paper: their reference is empty)
+    reference = ((f"{base.reference} " if base.reference else "") + "Arguments, defaults and checkpoint format of "
+                 + f"``bitsandbytes.optim.{name}`` (bitsandbytes 0.50); the 8-bit format of Dettmers "
                  "et al., *8-bit Optimizers via Block-wise Quantization*, ICLR 2022."
                  + (" As bitsandbytes' CUDA kernels, the param decays after the update "
                     "(bitsandbytes' CPU path decays it before)." if decay_after else "")

@@ -137,7 +137,7 @@ class FlatParams:
         self.data = data
         self.grad = grad
         #: The params that keep their own autograd version counter (bumped one by one after a
-        #: step): those ``swap_tensors`` could not move (see :func:`_place`).
+        #: step): those ``swap_tensors`` could not move (see ``_place``).
         self.own_counters = own_counters
         self.data_array = as_numpy(data)
         self.grad_array = as_numpy(grad)

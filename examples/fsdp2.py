@@ -125,7 +125,7 @@ def run(rank, world, steps, optimizer, checkpoint_dir):
 # The ranks
 # ---------
 # Each rank is a process of this script started with ``RANK`` and ``WORLD_SIZE`` set (by
-# ``torchrun``, or by :func:`launch`); without them, the script launches two.
+# ``torchrun``, or by ``launch()``); without them, the script launches two.
 
 
 def worker(rank, world, steps, optimizer, checkpoint_dir=None, losses_json=None):

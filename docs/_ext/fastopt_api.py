@@ -2,7 +2,7 @@
 
 Writes ``api/generated/`` (git-ignored) before the pages are read:
 
-* ``optimizers.md`` -- the overview table (``fastopt.algorithms.docs_table()``, the README's table)
+* ``optimizers.md`` -- the overview table (``fastopt.algorithms.docs_table()``)
   and a toctree of the optimizer pages;
 * ``<Name>.rst`` for every optimizer class in ``fastopt.__all__`` (bitsandbytes' 8-bit classes
   included): its update formula, arguments (default, accepted values, meaning), state, the class it

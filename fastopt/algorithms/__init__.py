@@ -41,7 +41,7 @@ KERNELS = tuple({a.kernel: a for a in reversed(ALGORITHMS)}[k]
 
 
 def docs_table():
-    """README's table of optimizers (markdown), made from the declarations."""
+    """The table of optimizers (markdown) of the docs' API overview, made from the declarations."""
     rows = ["| class | follows | arguments (defaults) | state per param |",
             "|---|---|---|---|"]
     for a in ALGORITHMS:

@@ -53,6 +53,21 @@ def _sphinx_build():
     return beside or shutil.which("sphinx-build")
 
 
+def readme_sphinx_arguments():
+    """The arguments of the sphinx-build in README.md's docs command (``python -m pip install
+    ".[docs]" && sphinx-build ...``), so the site is built here as the README tells a reader to
+    build it; the output directory, its last argument, is the caller's to choose."""
+    readme = ROOT / "README.md"
+    found = re.search(r"<!-- docs-command -->\n```bash\n.*?&& sphinx-build (.+)\n```",
+                      readme.read_text(encoding="utf-8"))
+    assert found, "README.md lost its <!-- docs-command --> block (pip install ... && sphinx-build ...)"
+    return found.group(1).split()[:-1]
+
+
+def test_readme_docs_command_builds_with_warnings_as_errors():
+    assert readme_sphinx_arguments() == ["-W", "-b", "html", "docs"]
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory, under_ci):
     assert (DOCS / "conf.py").is_file(), f"no Sphinx site at {DOCS}"
@@ -65,7 +80,7 @@ def site(tmp_path_factory, under_ci):
             pytest.fail("CI: " + message)
         pytest.skip(message)
     out = tmp_path_factory.mktemp("docs-html")
-    process = subprocess.run([sphinx_build, "-W", "-b", "html", "docs", str(out)], cwd=ROOT,
+    process = subprocess.run([sphinx_build, *readme_sphinx_arguments(), str(out)], cwd=ROOT,
                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
     return Build(process, out)
 

@@ -200,8 +200,9 @@ def test_one_launch_runs_every_case(results):
 
 def test_the_documented_switch_from_deepspeedcpuadam_trains_to_the_same_losses():
     """examples/deepspeed_zero2_offload.py, as a user would run it: its ZeRO-Offload config with
-    DeepSpeedCPUAdam, and the same config changed as docs/coming-from/deepspeed-cpu-adam.md says (no "optimizer" section,
-    ``zero_force_ds_cpu_optimizer: false``, fastopt.torch.AdamW as the client optimizer), trained
+    DeepSpeedCPUAdam, and the same config changed as docs/coming-from/deepspeed-cpu-adam.md says
+    (no "optimizer" section, ``zero_force_ds_cpu_optimizer: false``, fastopt.torch.AdamW as the
+    client optimizer), trained
     in lockstep on the same batches: the printed losses agree."""
     example = pathlib.Path(__file__).parents[2] / "examples" / "deepspeed_zero2_offload.py"
     import fastopt

@@ -368,8 +368,8 @@ def _print_head(info, torch, refs, refs_note, numpy_block, fastopt):
           f"torch {torch.__version__ if torch is not None else 'not installed'}, fastopt {fastopt.__version__}")
     print(f"fastopt.build_info(): {fastopt.build_info()}")
     if torch is None:
-        print("torch   : not installed, so its columns are left out (its CPU build: python -m pip "
-              "install torch --index-url https://download.pytorch.org/whl/cpu)")
+        print(f"torch   : not installed, so its columns are left out (its CPU build: "
+              f"{summary.TORCH_CPU_INSTALL})")
     if refs is not None:
         print(f"C references: ceiling.c built with `{refs.flags}`, timed inside C"
               + ("" if refs.openmp else " (no OpenMP: one thread)"))
@@ -507,7 +507,8 @@ def _run(args, prog, argv, opts, sizes, dtypes, threads, checks, timing, progres
     progress.add(len(cells) + len(clip_cells) + len(matrix_cells) + extra_tables)
 
     log("importing torch" if not args.no_torch else "starting")
-    torch = None if args.no_torch else _optional("torch", "no torch.optim columns", "torch")
+    torch = None if args.no_torch else _optional(
+        "torch", "no torch.optim columns", summary.TORCH_CPU_INSTALL.removeprefix("python -m pip install "))
     if with_lbfgs or with_clip:
         _optional("threadpoolctl", "BLAS is not pinned to the run's thread count", "threadpoolctl")
     need_refs = not args.no_ceiling and bool(steps_opts or with_clip)

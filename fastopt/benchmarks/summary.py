@@ -35,6 +35,11 @@ AXIS_SPREAD = 20.0
 AXIS_FLOOR = {"of bound": 0.5}
 
 
+#: How to install torch's CPU build (a plain ``pip install torch`` takes the CUDA build on Linux
+#: x86-64, several GB that a CPU benchmark does not use).
+TORCH_CPU_INSTALL = "python -m pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
 def torch_column(row):
     """(contender name, ns per element) of torch's fastest path timed in ``row``, or (None, None)."""
     values = row["ns_per_elem"]
@@ -139,9 +144,14 @@ def explanation(rows, caches):
     described = {"torch-fused": "fused=True", "torch-foreach": "foreach=True (torch has no fused step)",
                  "torch-loop": "foreach=False"}
     parts = [f"{described[p]}: {', '.join(dict.fromkeys(names))}" for p, names in paths.items() if p]
-    if None in paths:
-        parts.append(f"not in torch.optim (or torch not installed): {', '.join(dict.fromkeys(paths[None]))}")
-    lines.append("torch = torch.optim's fastest CPU step; " + "; ".join(parts))
+    if rows and list(paths) == [None]:
+        # not one row has a torch column, Adam's fused step included: torch was not there
+        lines.append(f"torch = torch.optim's fastest CPU step: not measured (torch is not installed, "
+                     f"or --no-torch; its CPU build: {TORCH_CPU_INSTALL})")
+    else:
+        if None in paths:
+            parts.append(f"not in torch.optim: {', '.join(dict.fromkeys(paths[None]))}")
+        lines.append("torch = torch.optim's fastest CPU step; " + "; ".join(parts))
     llc = last_level_cache(caches)
     lines.append(bandwidth_line(rows, llc))
     lines.append(f"noise: the largest interquartile range / median of a cell's contenders ('!' above "

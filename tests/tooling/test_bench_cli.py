@@ -147,7 +147,8 @@ def test_missing_torch_and_matplotlib_say_how_to_add_them(capsys, monkeypatch, t
     out = capsys.readouterr().out
     torch_lines = [ln for ln in out.splitlines() if ln.startswith("torch: not installed")]
     assert torch_lines == ["torch: not installed, so no torch.optim columns "
-                           "(`python -m pip install torch` adds it)"]
+                           "(`python -m pip install torch --index-url "
+                           "https://download.pytorch.org/whl/cpu` adds it)"]
     assert ("plot: skipped, matplotlib is not installed (`python -m pip install matplotlib` adds it)"
             in out.splitlines())
     assert not (tmp_path / "p.png").exists()

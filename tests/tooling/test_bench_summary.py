@@ -229,3 +229,16 @@ def test_tqdm_is_in_the_bench_extra():
         pytest.skip("pyproject.toml is part of the repository, not of the installed package")
     bench = next(ln for ln in pyproject.read_text().splitlines() if ln.startswith("bench = "))
     assert '"tqdm' in bench
+
+
+def test_without_torch_the_run_says_so_and_gives_the_cpu_build_command(capsys):
+    """A run without torch says torch was not measured (not that Adam is "not in torch.optim") and
+    names torch's CPU build: a plain `pip install torch` fetches the CUDA build on Linux x86-64."""
+    from fastopt.benchmarks.cli import main
+
+    assert main(["--quick", "--no-torch", "--no-ceiling", "--no-plot", "--sizes", "1e3",
+                 "--optimizers", "adam,sgd"]) == 0
+    out = capsys.readouterr().out
+    assert "fastest CPU step: not measured" in out
+    assert "not in torch.optim: adam" not in out
+    assert "--index-url https://download.pytorch.org/whl/cpu" in out

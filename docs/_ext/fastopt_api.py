@@ -146,44 +146,12 @@ def _traffic(algorithm):
             + text)
 
 
-#: Values an example tries, in order, for an argument whose default its own constraint refuses
-#: (one with no default, as LARS's ``lr``, or a default that must be changed, as its ``momentum``).
-EXAMPLE_CANDIDATES = {"real": (0.01, 0.9, 1.0), "integer": (1, 5), "flag": (True,)}
-
-
-def example_arguments(algorithm):
-    """``{name: value}`` for each argument whose declared default cannot be used as it is: the
-    first of :data:`EXAMPLE_CANDIDATES` that its constraint accepts. The others keep their defaults."""
-    from fastopt._validation import check_constraint
-    from fastopt.algorithms._spec import REQUIRED
-    pos, kw = algorithm.signature()
-    chosen = {}
-    for name in pos + kw:
-        h = algorithm.hyper_by_name.get(name)
-        if h is None or name in algorithm.fixed:
-            continue
-        if h.default is not REQUIRED:
-            try:
-                check_constraint(name, h.default, h.constraint)
-                continue
-            except (TypeError, ValueError):
-                pass
-        for value in EXAMPLE_CANDIDATES.get(h.constraint.kind, ()):
-            try:
-                check_constraint(name, value, h.constraint)
-            except (TypeError, ValueError):
-                continue
-            chosen[name] = value
-            break
-        else:
-            raise ExtensionError(f"{algorithm.name}: no example value of {name!r} fits "
-                                 f"{h.constraint.describe()}; add one to EXAMPLE_CANDIDATES")
-    return chosen
-
-
 def example_sources(algorithm):
     """(NumPy example, torch example) for ``algorithm``: a few steps on a sum of squares, with the
-    default arguments but those :func:`example_arguments` must give."""
+    arguments of the docstring's generated example (``fastopt._factory.example_arguments``: a
+    learning rate that moves in a few steps, and a value for each argument whose default its
+    constraint refuses); the other arguments keep their defaults."""
+    from fastopt._factory import example_arguments
     name = algorithm.name
     extra = "".join(f", {k}={v!r}" for k, v in example_arguments(algorithm).items())
     numpy_code = f"""\

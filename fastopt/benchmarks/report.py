@@ -200,15 +200,16 @@ def format_traffic(names, dtypes):
     return "\n".join(lines)
 
 
-def bandwidth(rows, caches=None):
+def bandwidth(rows, caches=None, single_arrays_only=True):
     """{threads: (GB/s, row)} of the memory-traffic bound, on the largest single array measured
-    whose working set exceeds the last-level cache of ``caches`` (any size when they are
-    unknown): a bound measured in a cache is the cache's bandwidth, not the memory's."""
+    (or, with ``single_arrays_only=False``, the largest row, the 200 arrays included) whose
+    working set exceeds the last-level cache of ``caches`` (any size when they are unknown): a
+    bound measured in a cache is the cache's bandwidth, not the memory's."""
     out = {}
     llc = last_level_cache(caches)
     for r in rows:
         bound = r["ns_per_elem"].get("mem-bound")
-        if bound is None or r["n_key"] == MANY:
+        if bound is None or (single_arrays_only and r["n_key"] == MANY):
             continue
         if llc is not None and r["bytes_per_elem"] * r["n"] <= llc[1]:
             continue

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .report import fmt, last_level_cache, markdown, ratio, where_data_lives
+from .report import bandwidth, fmt, last_level_cache, markdown, ratio, where_data_lives
 from .settings import MANY_LABEL, NOISY
 
 #: The ratios of the summary: (key, numerator, denominator), numerator and denominator being
@@ -160,26 +160,18 @@ def explanation(rows, caches):
 
 
 def bandwidth_line(rows, llc):
-    """The memory bandwidth the bound measured, per thread count, on the largest single array
-    beyond the last-level cache ``llc`` ((name, bytes) or None: then on the largest array)."""
-    best = {}
-    for r in rows:
-        bound = r["ns_per_elem"].get("mem-bound")
-        if bound is None:
-            continue
-        if llc is not None and r["bytes_per_elem"] * r["n"] <= llc[1]:
-            continue
-        if r["threads"] not in best or r["n"] > best[r["threads"]]["n"]:
-            best[r["threads"]] = r
+    """The memory bandwidth the bound measured, per thread count, on the largest row (the 200
+    arrays included) beyond the last-level cache ``llc`` ((name, bytes) or None: then on the
+    largest row): :func:`report.bandwidth`'s choice."""
+    best = bandwidth(rows, None if llc is None else dict([llc]), single_arrays_only=False)
     if not best:
         if llc is None:
             return "memory bandwidth: no memory bound measured"
         return (f"memory bandwidth: not measured, every step's data fits in the {llc[1] >> 20} MiB "
                 f"{llc[0]} cache (the bound there is the cache's)")
     where = f"beyond the {llc[1] >> 20} MiB {llc[0]} cache" if llc else "cache sizes unknown"
-    per = ", ".join(f"{th} thr {r['bytes_per_elem'] / r['ns_per_elem']['mem-bound']:.1f} GB/s"
-                    for th, r in sorted(best.items()))
-    sample = next(iter(best.values()))
+    per = ", ".join(f"{th} thr {gb_per_s:.1f} GB/s" for th, (gb_per_s, _) in sorted(best.items()))
+    sample = next(iter(best.values()))[1]
     return f"memory bandwidth of the bound ({sample['optimizer']} {sample['size']}, {where}): {per}"
 
 
